@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -20,6 +21,18 @@ inline std::vector<std::pair<int, CommandAdder>>& command_adders() {
 inline bool register_command(int order, CommandAdder adder) {
   command_adders().emplace_back(order, std::move(adder));
   return true;
+}
+
+// Returns the subcommand `name` of `parent`, creating it when absent, so that several
+// cmd_*.cpp files can add children to one group (e.g. `vla eval offline`, `vla eval closed-loop`).
+inline CLI::App* get_or_add_subcommand(CLI::App& parent, const std::string& name,
+                                       const std::string& description) {
+  for (CLI::App* sub : parent.get_subcommands({})) {
+    if (sub->get_name() == name) return sub;
+  }
+  CLI::App* sub = parent.add_subcommand(name, description);
+  sub->require_subcommand(1);
+  return sub;
 }
 
 }  // namespace vla::cli
