@@ -1,0 +1,209 @@
+// vla policy: a whole vision-language-action policy = VLM (Qwen2.5-VL architecture) + sensor
+// encoder over the 650 Hz force/torque window + action expert that emits a chunk of H Cartesian
+// target deltas, plus the normalisation statistics of the data it was trained on.
+//
+// Two paths, used from different threads by the runtime:
+//   slow: encode(views, instruction) -> VL features            (the VLM; ~Hz)
+//   fast: act(vl_features, force_window, proprio) -> [H, 3]    (sensor encoder + expert; 10-100 Hz)
+//
+// A policy checkpoint is a folder:
+//   policy.json          config, normalisation stats, expected VLM fingerprint, provenance
+//   policy.safetensors   sensor encoder + action expert weights (names "expert.*")
+//   vlm/                 the VLM as a Hugging Face style Qwen2.5-VL folder (optional for tests)
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/core.h"
+
+namespace vla::policy {
+
+// ---------------------------------------------------------------- configuration
+struct PolicyConfig {
+  // Sensor stream.
+  int sensor_window = 65;   // samples per window (100 ms at 650 Hz)
+  int sensor_channels = 6;  // Fx Fy Fz Tx Ty Tz
+  int proprio_dim = 3;      // stage position (m)
+  // Actions.
+  int horizon = 8;     // actions per chunk (80 Hz -> 100 ms)
+  int action_dim = 3;  // Cartesian target deltas (m)
+  // VL features: [tokens, vl_dim] (tokens = 1 for pooled features).
+  int vl_dim = 64;
+  int vl_tokens = 1;
+  // Expert.
+  std::string head = "flow";  // "flow" (flow matching transformer) | "mlp" (direct regression)
+  int d_model = 128;
+  int sensor_dim = 64;  // sensor encoder channels
+  int layers = 2;       // transformer layers (flow head) / hidden layers (mlp head)
+  int heads = 4;
+  int ff_dim = 256;
+  int flow_steps = 6;       // Euler integration steps at inference
+  float dropout = 0.0f;     // training dropout in the expert
+  float vl_dropout = 0.0f;  // probability of zeroing VL features during training (robustness)
+  // What encode() expects (set from the VLM / dataset).
+  int num_views = 5;
+  int image_width = 112;
+  int image_height = 112;
+  std::string pooling = "last";  // VLM feature pooling: "mean" | "last"
+
+  nlohmann::json to_json() const;
+  static PolicyConfig from_json(const nlohmann::json& j);  // missing fields keep defaults
+  void validate() const;                                   // throws vla::Error on bad values
+};
+
+// Per-channel affine normalisation: (x - mean) / std. Stats are [C] tensors (float32).
+struct Normalizer {
+  torch::Tensor mean;  // [C]
+  torch::Tensor std;   // [C]
+  bool defined() const { return mean.defined() && std.defined(); }
+  // Identity stats for C channels.
+  static Normalizer identity(int channels);
+  // Stats over all rows of x [N, C]; std floored at min_std.
+  static Normalizer fit(const torch::Tensor& x, double min_std = 1e-6);
+  torch::Tensor normalize(const torch::Tensor& x) const;    // broadcast over the last dim
+  torch::Tensor denormalize(const torch::Tensor& x) const;  // inverse
+  nlohmann::json to_json() const;
+  static Normalizer from_json(const nlohmann::json& j, int channels, const std::string& what);
+};
+
+struct NormStats {
+  Normalizer force;    // [sensor_channels]
+  Normalizer proprio;  // [proprio_dim]
+  Normalizer action;   // [action_dim]
+  nlohmann::json to_json() const;
+  static NormStats from_json(const nlohmann::json& j, const PolicyConfig& c);
+  static NormStats identity(const PolicyConfig& c);
+};
+
+// ---------------------------------------------------------------- modules
+// 1-D conv stack over the (normalised) force window: [B, W, C] -> tokens [B, S, sensor_dim].
+struct SensorEncoderImpl : torch::nn::Module {
+  explicit SensorEncoderImpl(const PolicyConfig& c);
+  torch::Tensor forward(const torch::Tensor& window);  // [B, W, C]
+  int num_tokens() const { return tokens_; }
+  torch::nn::Conv1d c1{nullptr}, c2{nullptr}, c3{nullptr};
+  torch::nn::Linear last{nullptr};  // embeds the newest sample as an extra token
+  int tokens_ = 0;
+};
+TORCH_MODULE(SensorEncoder);
+
+// Sensor encoder + action expert with one of two heads. All inputs normalised.
+struct ExpertImpl : torch::nn::Module {
+  explicit ExpertImpl(const PolicyConfig& c);
+  // Conditioning tokens [B, T, d_model] from VL features [B, Tv, vl_dim], force [B, W, C],
+  // proprio [B, P].
+  torch::Tensor condition(const torch::Tensor& vl, const torch::Tensor& force,
+                          const torch::Tensor& proprio);
+  // Training loss on normalised action chunks [B, H, A] (MSE for "mlp"; flow-matching velocity
+  // MSE for "flow", with t ~ U(0,1) and Gaussian x0 drawn from the torch RNG).
+  torch::Tensor loss(const torch::Tensor& vl, const torch::Tensor& force,
+                     const torch::Tensor& proprio, const torch::Tensor& actions);
+  // Prediction of normalised action chunks [B, H, A] (flow: Euler from x0 = 0, deterministic).
+  torch::Tensor predict(const torch::Tensor& vl, const torch::Tensor& force,
+                        const torch::Tensor& proprio);
+  // Parameter groups for per-group learning rates.
+  std::vector<torch::Tensor> sensor_parameters();
+  std::vector<torch::Tensor> action_parameters();
+
+  PolicyConfig cfg;
+  SensorEncoder sensor{nullptr};
+  torch::nn::Linear vl_proj{nullptr}, sensor_proj{nullptr}, proprio_proj{nullptr};
+  torch::Tensor cond_pos;  // [T_cond, d_model] learned position embeddings of the condition
+  // flow head
+  torch::nn::Linear act_in{nullptr}, time_in{nullptr}, act_out{nullptr};
+  torch::Tensor act_pos;  // [H, d_model]
+  torch::nn::TransformerEncoder trunk{nullptr};
+  torch::nn::LayerNorm out_norm{nullptr};
+  // mlp head
+  torch::nn::Sequential mlp{nullptr};
+
+ private:
+  torch::Tensor flow_velocity(const torch::Tensor& cond, const torch::Tensor& x,
+                              const torch::Tensor& t);
+};
+TORCH_MODULE(Expert);
+
+// Named tensors of a module (parameters + buffers) and loading them back with shape checks.
+std::vector<std::pair<std::string, torch::Tensor>> named_state(torch::nn::Module& m,
+                                                               const std::string& prefix);
+void load_state(torch::nn::Module& m, const std::string& prefix,
+                const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                const std::string& source);
+
+// Tensor file I/O for policy checkpoints: a safetensors file (F32/F64/I64/U8 ...), written
+// crash-safe (temp + rename). Errors name the file and the tensor.
+void save_tensors(const std::string& path,
+                  const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                  const nlohmann::json& metadata = nlohmann::json::object());
+std::vector<std::pair<std::string, torch::Tensor>> load_tensors(const std::string& path);
+
+// ---------------------------------------------------------------- VLM
+// The slow path's encoder. The policy owns one; the default implementation wraps the
+// Qwen2.5-VL engine (src/models). Tests may plug in their own.
+class VlmEncoder {
+ public:
+  virtual ~VlmEncoder() = default;
+  // views (num_views images) + instruction -> features [tokens, dim] (float32, CPU).
+  virtual torch::Tensor encode(const std::vector<Image>& views,
+                               const std::string& instruction) const = 0;
+  virtual int feature_dim() const = 0;
+  // Stable identity of the VLM (config + weights hash); recorded by the policy.
+  virtual std::string fingerprint() const = 0;
+  // Writes the VLM as a folder (HF layout) so that load_vlm() restores it.
+  virtual void save(const std::string& dir) const = 0;
+};
+// Loads `dir` (a Qwen2.5-VL folder) with the engine; throws when the engine is not built in.
+std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg);
+
+// ---------------------------------------------------------------- the policy
+class Policy {
+ public:
+  // Loads a policy folder. "default" = assets/policy/default, resolved (in order) against
+  // $VLA_ASSETS_DIR, the directory of the running executable and its parents, the source tree
+  // this binary was built from, and the working directory. Same for "no_reuse".
+  static std::shared_ptr<Policy> load(const std::string& dir_or_default);
+  // Resolves "default"/"no_reuse"/a path to an existing policy folder (throws if none).
+  static std::string resolve(const std::string& dir_or_default);
+  // A fresh (random-init) policy around an expert and stats; vlm may be null (act-only policy).
+  Policy(PolicyConfig cfg, Expert expert, NormStats stats, std::shared_ptr<VlmEncoder> vlm,
+         nlohmann::json provenance = nlohmann::json::object());
+  // Writes the folder crash-safe (files via temp + rename; vlm/ when a VLM is attached).
+  void save(const std::string& dir) const;
+
+  // Slow path (VLM): camera views + instruction -> VL features [tokens, vl_dim].
+  // Thread-safe w.r.t. act() (they share no mutable state).
+  torch::Tensor encode(const std::vector<Image>& views, const std::string& instruction) const;
+  // Fast path: VL features [tokens, vl_dim] (or [vl_dim]) + raw force window [window, 6]
+  // (newest last, 650 Hz) + proprio [3] -> chunk [horizon, 3] of target deltas (m).
+  // Runs under InferenceMode; safe to call concurrently with encode().
+  torch::Tensor act(const torch::Tensor& vl_features, const torch::Tensor& force_window,
+                    const torch::Tensor& proprio) const;
+
+  int sensor_window() const { return cfg_.sensor_window; }
+  int horizon() const { return cfg_.horizon; }
+  int num_views() const { return cfg_.num_views; }
+  int image_width() const { return cfg_.image_width; }
+  int image_height() const { return cfg_.image_height; }
+  // {"config", "norm", "vlm_fingerprint", "provenance", "dir"}.
+  const nlohmann::json& info() const { return info_; }
+
+  const PolicyConfig& config() const { return cfg_; }
+  const NormStats& stats() const { return stats_; }
+  Expert expert() const { return expert_; }
+  std::shared_ptr<VlmEncoder> vlm() const { return vlm_; }
+
+ private:
+  void refresh_info();
+  PolicyConfig cfg_;
+  Expert expert_;
+  NormStats stats_;
+  std::shared_ptr<VlmEncoder> vlm_;
+  nlohmann::json provenance_;
+  nlohmann::json info_;
+};
+
+}  // namespace vla::policy
