@@ -249,5 +249,67 @@ TEST(WeightStore, ShardedIndexRoundTrip) {
   EXPECT_THROW(SafetensorsIndex::open(dir + "/bad2.index.json"), Error);
 }
 
+// Deterministic tensors written by our writer; tests/weights/fixtures/vla_written.safetensors
+// holds this file as committed and make_safetensors_fixture.py checked it with HF safe_open.
+std::map<std::string, torch::Tensor> interop_tensors() {
+  std::map<std::string, torch::Tensor> m;
+  m["lm_head.weight"] = torch::arange(0, 12, torch::kFloat32).reshape({3, 4}) / 8.0;
+  m["half"] = (torch::arange(0, 5, torch::kFloat32) - 2.5).to(torch::kFloat16);
+  m["bf"] = (torch::arange(0, 6, torch::kFloat32) * 0.25).reshape({2, 3}).to(torch::kBFloat16);
+  m["ids"] = torch::arange(-2, 3, torch::kInt64);
+  m["i32"] = torch::tensor({5, -6}, torch::kInt32);
+  m["u8"] = torch::tensor({1, 2, 250}, torch::kUInt8);
+  m["mask"] = torch::tensor({false, true});
+  return m;
+}
+
+std::string fixture(const std::string& name) {
+  return std::string(VLA_SOURCE_DIR) + "/tests/weights/fixtures/" + name;
+}
+
+TEST(Safetensors, WriterOutputIsStableAndReadByHf) {
+  const std::string dir = temp_dir();
+  save_safetensors(dir + "/v.safetensors", interop_tensors(), {{"format", "pt"}});
+  if (const char* w = std::getenv("VLA_WRITE_FIXTURES"))
+    save_safetensors(std::string(w) + "/vla_written.safetensors", interop_tensors(),
+                     {{"format", "pt"}});
+  ASSERT_TRUE(file_exists(fixture("vla_written.safetensors")));
+  EXPECT_EQ(read_file(dir + "/v.safetensors"), read_file(fixture("vla_written.safetensors")))
+      << "writer output changed: re-run make_safetensors_fixture.py";
+  if (!file_exists(fixture("vla_written.hf_check.json"))) GTEST_SKIP() << "no HF check yet";
+  auto check = read_json(fixture("vla_written.hf_check.json"));
+  ASSERT_TRUE(check["ok"].get<bool>()) << check.dump();
+  EXPECT_EQ(check["metadata"]["format"], "pt");
+  auto tensors = interop_tensors();
+  ASSERT_EQ(check["tensors"].size(), tensors.size());
+  for (const auto& kv : tensors) {
+    const auto& e = check["tensors"][kv.first];
+    EXPECT_EQ(e["shape"].get<std::vector<int64_t>>(), kv.second.sizes().vec()) << kv.first;
+    auto vals = e["values"].get<std::vector<double>>();
+    auto mine = kv.second.to(torch::kFloat64).flatten();
+    ASSERT_EQ(static_cast<int64_t>(vals.size()), mine.numel());
+    for (size_t i = 0; i < vals.size(); ++i)
+      EXPECT_EQ(vals[i], mine[static_cast<int64_t>(i)].item<double>()) << kv.first;
+  }
+}
+
+TEST(Safetensors, ReadsFileWrittenByHf) {
+  if (!file_exists(fixture("hf_written.safetensors"))) GTEST_SKIP() << "fixture missing";
+  auto f = SafetensorsFile::open(fixture("hf_written.safetensors"));
+  auto ref = read_json(fixture("hf_written.json"));
+  EXPECT_EQ(f->metadata().at("k"), "v");
+  ASSERT_EQ(f->size(), ref.size());
+  for (auto it = ref.begin(); it != ref.end(); ++it) {
+    auto t = f->load(it.key(), torch::kFloat64).flatten();
+    EXPECT_EQ(f->info(it.key()).shape, it.value()["shape"].get<std::vector<int64_t>>());
+    auto vals = it.value()["values"].get<std::vector<double>>();
+    ASSERT_EQ(static_cast<int64_t>(vals.size()), t.numel()) << it.key();
+    for (size_t i = 0; i < vals.size(); ++i)
+      EXPECT_EQ(vals[i], t[static_cast<int64_t>(i)].item<double>()) << it.key();
+  }
+  EXPECT_EQ(f->info("visual.blocks.0.attn.qkv.weight").dtype, StDType::BF16);
+  EXPECT_EQ(f->info("mask").dtype, StDType::BOOL);
+}
+
 }  // namespace
 }  // namespace vla
