@@ -1,0 +1,216 @@
+// vla gpu: the GPU fast path for Qwen2.5-VL VL features.
+//
+// An inference engine specialised for fixed shapes (a robot's views x resolution x prompt do not
+// change): host uint8 HxWx3 frames -> pinned upload -> GPU preprocessing (PIL-exact bicubic resize,
+// rescale, normalise, patchify straight into the vision tower's window order) -> vision tower with
+// packed variable-length window attention (one flash-attention call per layer for all windows of
+// all views) and fused RMSNorm / rotary / SwiGLU kernels -> patch merger scattered straight into
+// the token embeddings -> Qwen2.5 decoder (GQA, M-RoPE) -> last hidden states. The fixed-shape
+// path is captured into CUDA graphs. Weights are the Hugging Face tensors (same names as the
+// reference model in src/models), converted once to bf16 with fused QKV / gate-up matrices.
+//
+// The same code runs on the CPU in float32 with reference (pure ATen) versions of the fused ops, so
+// the layout logic (window permutation, position ids, fused weights) is tested in CI without a
+// GPU; the CUDA kernels are compared against those references on the GPU machine.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace vla::gpu {
+
+// True when this build has the CUDA kernels (torch with CUDA) and a CUDA device is visible.
+bool cuda_available();
+// True when this build compiled the CUDA kernels at all.
+bool kernels_compiled();
+// "NVIDIA H100 80GB HBM3" or "cpu".
+std::string device_name(const at::Device& device);
+
+// ------------------------------------------------------------------ architecture
+struct VisionDims {
+  int depth = 32;
+  int hidden = 1280;
+  int heads = 16;
+  int intermediate = 3420;
+  int out_hidden = 2048;
+  int in_chans = 3;
+  int patch = 14;
+  int temporal_patch = 2;
+  int merge = 2;
+  int window = 112;
+  std::vector<int> fullatt_blocks = {7, 15, 23, 31};
+  double eps = 1e-6;
+  double rope_theta = 10000.0;
+  int head_dim() const { return hidden / heads; }
+  int patch_dim() const { return in_chans * temporal_patch * patch * patch; }
+};
+
+struct TextDims {
+  int layers = 36;
+  int hidden = 2048;
+  int heads = 16;
+  int kv_heads = 2;
+  int intermediate = 11008;
+  int64_t vocab = 151936;
+  double eps = 1e-6;
+  double rope_theta = 1000000.0;
+  std::vector<int> mrope_section = {16, 24, 24};
+  bool tie_embeddings = true;
+  int64_t image_token_id = 151655;
+  int64_t vision_start_id = 151652;
+  int64_t vision_end_id = 151653;
+  int head_dim() const { return hidden / heads; }
+};
+
+struct ModelDims {
+  VisionDims vision;
+  TextDims text;
+  // The published Qwen2.5-VL-3B-Instruct architecture.
+  static ModelDims qwen25vl_3b();
+  // Parses a Hugging Face config.json (published flat layout or transformers 5 nested
+  // text_config / vision_config); vision fields missing from the file take transformers' defaults.
+  static ModelDims from_config_json(const nlohmann::json& config);
+  static ModelDims from_checkpoint_dir(const std::string& dir);
+};
+
+// Qwen2VLImageProcessor settings.
+struct PreprocessConfig {
+  int64_t min_pixels = 56 * 56;
+  int64_t max_pixels = 28 * 28 * 1280;
+  std::array<float, 3> mean = {0.48145466f, 0.4578275f, 0.40821073f};
+  std::array<float, 3> std = {0.26862954f, 0.26130258f, 0.27577711f};
+  // Reads preprocessor_config.json / processor_config.json of a checkpoint folder when present.
+  static PreprocessConfig from_checkpoint_dir(const std::string& dir);
+};
+
+// Qwen2-VL smart_resize: (height, width) -> multiples of `factor` within [min_pixels, max_pixels].
+std::pair<int, int> smart_resize(int height, int width, int factor, int64_t min_pixels,
+                                 int64_t max_pixels);
+
+// ------------------------------------------------------------------ engine
+// Returns the tensor of a Hugging Face name, or an undefined tensor when absent.
+using WeightFn = std::function<at::Tensor(const std::string& name)>;
+
+struct EngineOptions {
+  // cuda:0 when available, else cpu.
+  at::Device device = at::Device(at::kCPU);
+  // bf16 on CUDA, f32 on CPU unless set.
+  at::ScalarType dtype = at::kFloat;
+  // Capture prepared plans into CUDA graphs (CUDA only).
+  bool cuda_graphs = true;
+  // Use the CUDA kernels for fused ops (else the ATen references; for checking).
+  bool fused_kernels = true;
+  // Default options for this machine: cuda:0 + bf16 when available, else cpu + f32.
+  static EngineOptions best_available();
+};
+
+enum class ViewLayout {
+  kOneSequence,  // all views in one prompt: <vision_start><image_pad>*n<vision_end> per view
+  kBatch,        // one sequence per view (same prompt), run as a packed batch
+};
+
+// A fixed-shape job: `views` frames of height x width (uint8 HWC3) and a prompt given as token ids
+// where each image is one `image_token_id` placeholder (the engine expands it to the grid's
+// token count). With kBatch the prompt must hold exactly one placeholder and is used per view.
+struct PlanSpec {
+  int views = 5;
+  int height = 360;
+  int width = 640;
+  std::vector<int64_t> prompt_ids;
+  ViewLayout layout = ViewLayout::kOneSequence;
+};
+
+// Per-stage device times of the last run (ms, CUDA events; 0 on CPU).
+struct StageTimes {
+  double upload_ms = 0, preprocess_ms = 0, vision_ms = 0, llm_ms = 0, total_ms = 0;
+};
+
+struct EngineImpl;
+
+class Engine {
+ public:
+  // Loads and converts the weights of `dims` through `weights` (HF names; also accepts the
+  // transformers 5 prefixes model.language_model.* / model.visual.*). Throws vla::Error naming a
+  // missing or mis-shaped tensor.
+  Engine(const ModelDims& dims, const WeightFn& weights, EngineOptions options = {});
+  // Random weights (normal, std 0.02; norms 1), generated on the device: for benchmarks of the
+  // architecture without a checkpoint.
+  static std::unique_ptr<Engine> random(const ModelDims& dims, EngineOptions options,
+                                        uint64_t seed = 0);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const ModelDims& dims() const;
+  const EngineOptions& options() const;
+  PreprocessConfig& preprocess_config();
+
+  // ---- fixed-shape fast path
+  // Builds buffers, tables and (on CUDA) graphs for `spec`. Re-preparing replaces the plan.
+  void prepare(const PlanSpec& spec);
+  bool prepared() const;
+  const PlanSpec& plan() const;
+  // Pinned host buffer of view v (height*width*3 bytes) that run() uploads from.
+  uint8_t* frame_buffer(int view);
+  // Copies frames into the pinned buffers, then run(). Each frame is height*width*3 bytes.
+  at::Tensor encode(const std::vector<const uint8_t*>& frames);
+  // Uploads the frame buffers and computes the features: [tokens, hidden] for kOneSequence,
+  // [views, tokens, hidden] for kBatch. The tensor is the plan's static output: copy it before
+  // the next run if it must be kept.
+  at::Tensor run();
+  // Device times of the last run() (synchronises).
+  StageTimes last_times();
+  // Tokens of the prepared sequence (expanded ids), per sequence.
+  const std::vector<int64_t>& plan_token_ids() const;
+  int64_t plan_vision_patches() const;
+  // Model FLOPs of one run of the plan (2 * MACs of matrix products + attention).
+  double plan_flops() const;
+  double plan_vision_flops() const;
+  // Whether the plan runs as captured CUDA graphs.
+  bool plan_uses_graphs() const;
+  // Runs only the vision stage of the plan (preprocessing done by the last run()); for timing.
+  void run_vision_only();
+  // Attention implementation in use ("flash-varlen" or "math").
+  std::string attention_backend() const;
+
+  // ---- reference-shaped entry points (any shapes, eager; used by the parity tests)
+  // GPU preprocessing of uint8 frames to pixel_values in Hugging Face patch order
+  // [sum(grid_h*grid_w), 3*2*14*14] (float32 on the engine device) and grid_thw [n, 3].
+  std::pair<at::Tensor, at::Tensor> preprocess(const std::vector<const uint8_t*>& frames,
+                                               int height, int width);
+  // Vision tower + merger: pixel_values [N, patch_dim] (HF order), grid_thw int [n, 3]
+  // -> [N/4, out_hidden] in HF order.
+  at::Tensor vision_forward(const at::Tensor& pixel_values, const at::Tensor& grid_thw);
+  // Full forward: input_ids [S] with expanded image placeholders -> last hidden states [S, hidden]
+  // (after the final norm). pixel_values/grid_thw may be undefined for text-only prompts.
+  at::Tensor forward(const std::vector<int64_t>& input_ids, const at::Tensor& pixel_values,
+                     const at::Tensor& grid_thw);
+  // Logits of hidden states [S, hidden] -> [S, vocab] (float32).
+  at::Tensor logits(const at::Tensor& hidden);
+  // Greedy decoding: prefill the ids (with images) then `max_new_tokens` tokens (stops at any id
+  // in stop_ids). On CUDA the decode step is a captured graph over a static KV cache.
+  std::vector<int64_t> generate_greedy(const std::vector<int64_t>& input_ids,
+                                       const at::Tensor& pixel_values, const at::Tensor& grid_thw,
+                                       int max_new_tokens,
+                                       const std::vector<int64_t>& stop_ids = {},
+                                       double* decode_ms = nullptr);
+
+ private:
+  Engine(const ModelDims& dims, EngineOptions options);
+  std::unique_ptr<EngineImpl> impl_;
+};
+
+// M-RoPE position ids exactly as transformers' Qwen2.5-VL get_rope_index for one sequence of
+// images (no video): returns [3, S] (t, h, w) and the next free position (max + 1).
+std::pair<at::Tensor, int64_t> rope_index(const std::vector<int64_t>& input_ids,
+                                          const std::vector<std::array<int64_t, 3>>& grids,
+                                          const ModelDims& dims);
+
+}  // namespace vla::gpu

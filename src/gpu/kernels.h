@@ -1,0 +1,50 @@
+// Private: raw CUDA kernels of the GPU fast path (kernels.cu). Plain pointers and a void* stream
+// so that this header needs neither CUDA nor torch; ops.cpp wraps them for at::Tensor.
+// Every launcher returns nullptr on success or a static error string (cudaGetErrorString).
+#pragma once
+
+#include <cstdint>
+
+namespace vla::gpu::kernels {
+
+enum DType : int { kF32 = 0, kBF16 = 1 };
+
+// out[r] = rmsnorm(x[r] (+ residual[r])) * w. With residual != nullptr the sum is rounded to the
+// storage type, written back into residual (the new residual stream) and normalised.
+const char* rmsnorm(const void* x, int64_t x_stride, void* residual, int64_t res_stride,
+                    const void* w, void* out, int64_t out_stride, int64_t rows, int64_t dim,
+                    float eps, DType dt, void* stream);
+
+// In-place rotary embedding on the first `nheads` heads (each `head_dim` wide, contiguous) of every
+// row of x (row stride `x_stride` elements): x = x*cos + rotate_half(x)*sin, cos/sin float [rows,
+// head_dim] (row stride head_dim).
+const char* rotary(void* x, int64_t x_stride, const float* cos, const float* sin, int64_t rows,
+                   int nheads, int head_dim, DType dt, void* stream);
+
+// out[r, i] = silu(x[r, i]) * x[r, inter + i] for x [rows, 2*inter] (row stride x_stride).
+const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, int64_t inter,
+                     DType dt, void* stream);
+
+// Separable uint8 resize (torchvision / Pillow-SIMD antialiased bicubic), pass 1 (horizontal):
+// uint8 HWC3 frames -> uint8 [views, h, out_w, 3]. Integer weights int32 [out_w, ksize] with
+// `precision` fractional bits, bounds int32 [out_w, 2] = (first input column, taps); result =
+// clamp((2^(precision-1) + sum px*w) >> precision, 0, 255), as ATen's uint8 AVX kernel.
+const char* resize_h_u8(const uint8_t* in, uint8_t* out, int views, int h, int w, int out_w,
+                        const int32_t* coeffs, const int32_t* bounds, int ksize, int precision,
+                        void* stream);
+
+// Pass 2 (vertical, same integer rounding) fused with rescale+normalise ((u8 - mean255[c]) /
+// std255[c], host arrays) and patchify into Qwen2-VL patch
+// rows: out [num_patches, 3 * temporal * patch * patch] (layout C, T, ph, pw). Patch row p reads
+// the patch at (view, gy, gx) = decode(patch_src[p]) with patch_src = (view * gh + gy) * gw + gx.
+// `in` is uint8 [views, in_h, out_w, 3]; coefficients as for resize_h_u8 but over rows.
+const char* resize_v_patchify(const uint8_t* in, void* out, int64_t num_patches,
+                              const int32_t* patch_src, int in_h, int out_w, int gh, int gw,
+                              const int32_t* coeffs, const int32_t* bounds, int ksize,
+                              int precision, int patch, int temporal, const float* mean255,
+                              const float* std255, DType dt, void* stream);
+
+// Asynchronous host->device copy on the given stream (pinned source for real overlap).
+const char* copy_h2d(void* dst, const void* src, int64_t bytes, void* stream);
+
+}  // namespace vla::gpu::kernels

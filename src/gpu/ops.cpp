@@ -1,0 +1,362 @@
+#include "gpu/ops.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+
+#include "core/core.h"
+#include "gpu/kernels.h"
+
+#ifdef VLA_HAVE_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace vla::gpu::ops {
+namespace {
+
+#ifdef VLA_HAVE_CUDA
+void* current_stream(const at::Tensor& t) {
+  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
+}
+kernels::DType kdtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 ? kernels::kBF16 : kernels::kF32;
+}
+void check_launch(const char* err, const char* what) {
+  VLA_CHECK(err == nullptr, "gpu kernel ", what, " failed: ", err);
+}
+#endif
+
+// Rows of a 2-D tensor whose last dim is contiguous (rows may be strided).
+void check_rows(const at::Tensor& t, const char* what) {
+  VLA_CHECK(t.dim() == 2, what, ": expected a 2-D tensor, got ", t.dim(), " dims");
+  VLA_CHECK(t.stride(1) == 1 || t.size(1) == 1, what, ": last dim must be contiguous");
+}
+
+}  // namespace
+
+bool use_kernels(const at::Tensor& t, bool fused) {
+#ifdef VLA_HAVE_CUDA
+  return fused && t.is_cuda() &&
+         (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kFloat);
+#else
+  (void)t;
+  (void)fused;
+  return false;
+#endif
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, bool fused) {
+  check_rows(x, "rms_norm");
+#ifdef VLA_HAVE_CUDA
+  if (use_kernels(x, fused) && x.size(1) * 4 <= 48 * 1024) {
+    auto out = at::empty(x.sizes(), x.options());
+    auto wc = w.contiguous();
+    check_launch(kernels::rmsnorm(x.data_ptr(), x.stride(0), nullptr, 0, wc.data_ptr(),
+                                  out.data_ptr(), out.stride(0), x.size(0), x.size(1),
+                                  static_cast<float>(eps), kdtype(x), current_stream(x)),
+                 "rmsnorm");
+    return out;
+  }
+#endif
+  (void)fused;
+  auto xf = x.to(at::kFloat);
+  auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return (xf * at::rsqrt(var + eps) * w.to(at::kFloat)).to(x.scalar_type());
+}
+
+at::Tensor add_rms_norm(const at::Tensor& x, at::Tensor& residual, const at::Tensor& w, double eps,
+                        bool fused) {
+  check_rows(x, "add_rms_norm");
+  check_rows(residual, "add_rms_norm residual");
+#ifdef VLA_HAVE_CUDA
+  if (use_kernels(x, fused) && x.size(1) * 4 <= 48 * 1024) {
+    auto out = at::empty(x.sizes(), x.options());
+    auto wc = w.contiguous();
+    check_launch(
+        kernels::rmsnorm(x.data_ptr(), x.stride(0), residual.data_ptr(), residual.stride(0),
+                         wc.data_ptr(), out.data_ptr(), out.stride(0), x.size(0), x.size(1),
+                         static_cast<float>(eps), kdtype(x), current_stream(x)),
+        "add_rmsnorm");
+    return out;
+  }
+#endif
+  (void)fused;
+  residual.add_(x);
+  return rms_norm(residual, w, eps, false);
+}
+
+void rotary_(at::Tensor& x, int nheads, int head_dim, const at::Tensor& cos, const at::Tensor& sin,
+             bool fused) {
+  check_rows(x, "rotary");
+  VLA_CHECK(x.size(1) >= static_cast<int64_t>(nheads) * head_dim, "rotary: row too short");
+  VLA_CHECK(cos.size(0) == x.size(0) && cos.size(1) == head_dim,
+            "rotary: cos table has wrong shape");
+#ifdef VLA_HAVE_CUDA
+  if (use_kernels(x, fused)) {
+    auto c = cos.to(at::kFloat).contiguous();
+    auto s = sin.to(at::kFloat).contiguous();
+    check_launch(
+        kernels::rotary(x.data_ptr(), x.stride(0), c.data_ptr<float>(), s.data_ptr<float>(),
+                        x.size(0), nheads, head_dim, kdtype(x), current_stream(x)),
+        "rotary");
+    return;
+  }
+#endif
+  (void)fused;
+  const int64_t rows = x.size(0);
+  const int half = head_dim / 2;
+  auto part =
+      x.narrow(1, 0, static_cast<int64_t>(nheads) * head_dim).view({rows, nheads, head_dim});
+  auto xf = part.to(at::kFloat);
+  auto c = cos.to(at::kFloat).unsqueeze(1);
+  auto s = sin.to(at::kFloat).unsqueeze(1);
+  auto x1 = xf.narrow(2, 0, half);
+  auto x2 = xf.narrow(2, half, head_dim - half);
+  auto rot = at::cat({-x2, x1}, 2);
+  part.copy_(xf * c + rot * s);
+}
+
+at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused) {
+  check_rows(x, "silu_mul");
+  VLA_CHECK(x.size(1) >= 2 * inter, "silu_mul: row too short");
+#ifdef VLA_HAVE_CUDA
+  if (use_kernels(x, fused) && x.size(0) <= 65535) {
+    auto out = at::empty({x.size(0), inter}, x.options());
+    check_launch(kernels::silu_mul(x.data_ptr(), x.stride(0), out.data_ptr(), x.size(0), inter,
+                                   kdtype(x), current_stream(x)),
+                 "silu_mul");
+    return out;
+  }
+#endif
+  (void)fused;
+  return at::silu(x.narrow(1, 0, inter)) * x.narrow(1, inter, inter);
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (b.defined()) return at::addmm(b, x, w.t());
+  return at::mm(x, w.t());
+}
+
+Varlen Varlen::make(const std::vector<int64_t>& cu, const at::Device& device) {
+  Varlen v;
+  v.cu = cu;
+  for (size_t i = 1; i < cu.size(); ++i) v.max_len = std::max(v.max_len, cu[i] - cu[i - 1]);
+  std::vector<int32_t> c32(cu.begin(), cu.end());
+  v.cu_dev = at::tensor(c32, at::kInt).to(device);
+  return v;
+}
+
+namespace {
+
+// aten::_flash_attention_forward through the dispatcher: its C++ signature changes between torch
+// releases, the schema's argument names do not; arguments we do not set take their defaults.
+const c10::OperatorHandle* flash_op() {
+  static const c10::OperatorHandle* op = []() -> const c10::OperatorHandle* {
+    auto h = c10::Dispatcher::singleton().findSchema({"aten::_flash_attention_forward", ""});
+    if (!h.has_value()) return nullptr;
+    return new c10::OperatorHandle(*h);
+  }();
+  return op;
+}
+
+at::Tensor flash_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_q,
+                        int64_t max_k, bool causal, double scale) {
+  const c10::OperatorHandle* op = flash_op();
+  VLA_CHECK(op != nullptr, "flash attention is not available in this torch build");
+  const auto& args = op->schema().arguments();
+  std::vector<c10::IValue> stack;
+  stack.reserve(args.size());
+  for (const auto& a : args) {
+    const std::string& n = a.name();
+    if (n == "query")
+      stack.emplace_back(q);
+    else if (n == "key")
+      stack.emplace_back(k);
+    else if (n == "value")
+      stack.emplace_back(v);
+    else if (n == "cum_seq_q")
+      stack.emplace_back(cu_q);
+    else if (n == "cum_seq_k")
+      stack.emplace_back(cu_k);
+    else if (n == "max_q")
+      stack.emplace_back(max_q);
+    else if (n == "max_k")
+      stack.emplace_back(max_k);
+    else if (n == "dropout_p")
+      stack.emplace_back(0.0);
+    else if (n == "is_causal")
+      stack.emplace_back(causal);
+    else if (n == "return_debug_mask")
+      stack.emplace_back(false);
+    else if (n == "scale")
+      stack.emplace_back(scale);
+    else if (a.default_value().has_value())
+      stack.push_back(*a.default_value());
+    else if (a.type()->kind() == c10::TypeKind::OptionalType)
+      stack.emplace_back();
+    else
+      VLA_CHECK(false, "flash attention: unexpected required argument '", n, "'");
+  }
+  op->callBoxed(&stack);
+  VLA_CHECK(!stack.empty() && stack[0].isTensor(), "flash attention returned no tensor");
+  return stack[0].toTensor();
+}
+
+at::Tensor attention_math(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const Varlen& qv, const Varlen& kv, bool causal, double scale) {
+  const int64_t H = q.size(1), Hk = k.size(1), D = q.size(2);
+  auto out = at::empty({q.size(0), H, D}, q.options());
+  for (size_t i = 0; i + 1 < qv.cu.size(); ++i) {
+    const int64_t qs = qv.cu[i], ql = qv.cu[i + 1] - qv.cu[i];
+    const int64_t ks = kv.cu[i], kl = kv.cu[i + 1] - kv.cu[i];
+    if (ql == 0) continue;
+    auto qi = q.narrow(0, qs, ql).transpose(0, 1).to(at::kFloat);  // [H, ql, D]
+    auto ki = k.narrow(0, ks, kl).transpose(0, 1).to(at::kFloat);  // [Hk, kl, D]
+    auto vi = v.narrow(0, ks, kl).transpose(0, 1).to(at::kFloat);
+    if (Hk != H) {
+      ki = ki.repeat_interleave(H / Hk, 0);
+      vi = vi.repeat_interleave(H / Hk, 0);
+    }
+    auto s = at::matmul(qi, ki.transpose(1, 2)) * scale;  // [H, ql, kl]
+    if (causal) {
+      // query j (aligned to the end of the keys) sees keys <= kl - ql + j
+      auto mask = at::ones({ql, kl}, at::TensorOptions().dtype(at::kBool)).triu(kl - ql + 1);
+      s = s.masked_fill(mask.to(s.device()), -std::numeric_limits<float>::infinity());
+    }
+    auto p = at::softmax(s, -1);
+    out.narrow(0, qs, ql).copy_(at::matmul(p, vi).transpose(0, 1));
+  }
+  return out;
+}
+
+}  // namespace
+
+bool flash_available(const at::Tensor& q) {
+  if (!q.is_cuda() || flash_op() == nullptr) return false;
+  if (q.scalar_type() != at::kBFloat16 && q.scalar_type() != at::kHalf) return false;
+  return q.size(-1) % 8 == 0 && q.size(-1) <= 256;
+}
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const Varlen& qv, const Varlen& kv, bool causal, double scale, bool use_flash,
+                     int64_t k_max_override) {
+  VLA_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "attention: q/k/v must be [T, H, D]");
+  VLA_CHECK(q.size(1) % k.size(1) == 0, "attention: heads ", q.size(1),
+            " not a multiple of kv heads ", k.size(1));
+  if (use_flash) {
+    return flash_varlen(q, k, v, qv.cu_dev, kv.cu_dev, qv.max_len,
+                        k_max_override > 0 ? k_max_override : kv.max_len, causal, scale);
+  }
+  return attention_math(q, k, v, qv, kv, causal, scale);
+}
+
+// ------------------------------------------------------------------ resize coefficients
+namespace {
+double aa_cubic(double x) {
+  const double a = -0.5;
+  x = std::abs(x);
+  if (x < 1.0) return ((a + 2) * x - (a + 3)) * x * x + 1;
+  if (x < 2.0) return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a;
+  return 0.0;
+}
+}  // namespace
+
+ResizeCoeffs bicubic_aa_coeffs(int in_size, int out_size) {
+  VLA_CHECK(in_size > 0 && out_size > 0, "resize: bad sizes ", in_size, " -> ", out_size);
+  ResizeCoeffs c;
+  c.in_size = in_size;
+  c.out_size = out_size;
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double support = (scale >= 1.0) ? 2.0 * scale : 2.0;
+  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  std::vector<double> wts(static_cast<size_t>(out_size) * c.ksize, 0.0);
+  c.bounds.resize(static_cast<size_t>(out_size) * 2);
+  double wt_max = 0.0;
+  const double invscale = (scale >= 1.0) ? 1.0 / scale : 1.0;
+  for (int i = 0; i < out_size; ++i) {
+    const double center = scale * (i + 0.5);
+    double total = 0.0;
+    int64_t xmin = std::max(static_cast<int64_t>(center - support + 0.5), int64_t{0});
+    int64_t xsize = std::min(static_cast<int64_t>(center + support + 0.5), int64_t{in_size}) - xmin;
+    xsize = std::clamp(xsize, int64_t{0}, int64_t{c.ksize});
+    double* w = wts.data() + static_cast<size_t>(i) * c.ksize;
+    for (int64_t j = 0; j < xsize; ++j) {
+      const double v = aa_cubic((j + xmin - center + 0.5) * invscale);
+      w[j] = v;
+      total += v;
+    }
+    if (total != 0.0) {
+      for (int64_t j = 0; j < xsize; ++j) {
+        w[j] /= total;
+        wt_max = std::max(wt_max, w[j]);
+      }
+    }
+    c.bounds[2 * i] = static_cast<int32_t>(xmin);
+    c.bounds[2 * i + 1] = static_cast<int32_t>(xsize);
+  }
+  int p = 0;
+  for (p = 0; p < 22; ++p) {
+    const int next = static_cast<int>(0.5 + wt_max * (1 << (p + 1)));
+    if (next >= (1 << 15)) break;
+  }
+  c.precision = p;
+  c.weights.resize(wts.size());
+  for (size_t j = 0; j < wts.size(); ++j) {
+    const double v = wts[j] * (1 << p);
+    c.weights[j] = static_cast<int16_t>(v < 0 ? v - 0.5 : v + 0.5);
+  }
+  return c;
+}
+
+std::vector<uint8_t> resize_u8_host(const uint8_t* frame, int h, int w, int out_h, int out_w) {
+  auto clip = [](int32_t ss, int precision) {
+    const int32_t v = ss >> precision;
+    return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
+  };
+  std::vector<uint8_t> tmp;
+  const uint8_t* src = frame;
+  if (w != out_w) {
+    const ResizeCoeffs cx = bicubic_aa_coeffs(w, out_w);
+    tmp.resize(static_cast<size_t>(h) * out_w * 3);
+    for (int y = 0; y < h; ++y) {
+      for (int x = 0; x < out_w; ++x) {
+        const int xmin = cx.bounds[2 * x], taps = cx.bounds[2 * x + 1];
+        const int32_t* k = cx.weights.data() + static_cast<size_t>(x) * cx.ksize;
+        for (int c = 0; c < 3; ++c) {
+          int32_t ss = 1 << (cx.precision - 1);
+          for (int j = 0; j < taps; ++j) {
+            ss += static_cast<int32_t>(src[(static_cast<size_t>(y) * w + xmin + j) * 3 + c]) * k[j];
+          }
+          tmp[(static_cast<size_t>(y) * out_w + x) * 3 + c] = clip(ss, cx.precision);
+        }
+      }
+    }
+    src = tmp.data();
+  }
+  std::vector<uint8_t> out(static_cast<size_t>(out_h) * out_w * 3);
+  if (h == out_h) {
+    std::copy(src, src + out.size(), out.begin());
+    return out;
+  }
+  const ResizeCoeffs cy = bicubic_aa_coeffs(h, out_h);
+  for (int y = 0; y < out_h; ++y) {
+    const int ymin = cy.bounds[2 * y], taps = cy.bounds[2 * y + 1];
+    const int32_t* k = cy.weights.data() + static_cast<size_t>(y) * cy.ksize;
+    for (int x = 0; x < out_w; ++x) {
+      for (int c = 0; c < 3; ++c) {
+        int32_t ss = 1 << (cy.precision - 1);
+        for (int j = 0; j < taps; ++j) {
+          ss +=
+              static_cast<int32_t>(src[(static_cast<size_t>(ymin + j) * out_w + x) * 3 + c]) * k[j];
+        }
+        out[(static_cast<size_t>(y) * out_w + x) * 3 + c] = clip(ss, cy.precision);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace vla::gpu::ops

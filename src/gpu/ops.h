@@ -1,0 +1,63 @@
+// Private: the fused operations of the fast path, each with a CUDA kernel (kernels.cu) and an
+// ATen reference used on the CPU, when kernels are off, and by the tests to check the kernels.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace vla::gpu::ops {
+
+// Whether `t` can go through the CUDA kernels (CUDA build, CUDA tensor, f32/bf16).
+bool use_kernels(const at::Tensor& t, bool fused);
+
+// rmsnorm(x) * w, computed in float32, result in x's dtype. x: [rows, dim] (row stride free).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, bool fused);
+// residual += x (rounded to its dtype); returns rmsnorm(residual) * w.
+at::Tensor add_rms_norm(const at::Tensor& x, at::Tensor& residual, const at::Tensor& w, double eps,
+                        bool fused);
+// In place on the first nheads heads of each row of x [rows, >= nheads*head_dim] (last dim
+// contiguous): x = x*cos + rotate_half(x)*sin with float cos/sin [rows, head_dim].
+void rotary_(at::Tensor& x, int nheads, int head_dim, const at::Tensor& cos, const at::Tensor& sin,
+             bool fused);
+// silu(x[:, :inter]) * x[:, inter:2*inter].
+at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused);
+// x @ w^T (+ b).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
+// Packed variable-length sequences: rows [cu[i], cu[i+1]) form sequence i.
+struct Varlen {
+  std::vector<int64_t> cu;  // host copy
+  at::Tensor cu_dev;        // int32 on the device
+  int64_t max_len = 0;
+  static Varlen make(const std::vector<int64_t>& cu, const at::Device& device);
+  int64_t total() const { return cu.empty() ? 0 : cu.back(); }
+};
+
+// Whether aten::_flash_attention_forward is usable for this dtype/device/head_dim.
+bool flash_available(const at::Tensor& q);
+// Attention over packed sequences. q [Tq, H, D], k/v [Tk, Hk, D] (H % Hk == 0, last dim
+// contiguous, other strides free). Returns [Tq, H, D] contiguous. `use_flash` selects flash
+// attention (one launch for all sequences) over the per-sequence math reference. When
+// k_max_override > 0 the flash call uses it as max_k (for a fixed-capacity KV cache whose real
+// lengths live in kv.cu_dev on the device; the host kv.cu is then only used by the reference).
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const Varlen& qv, const Varlen& kv, bool causal, double scale, bool use_flash,
+                     int64_t k_max_override = 0);
+
+// Coefficients of torchvision/ATen's antialiased bicubic uint8 resize (Pillow-SIMD algorithm:
+// a = -0.5 filter, support scaled when downscaling, int16 weights with a per-call precision).
+struct ResizeCoeffs {
+  int in_size = 0, out_size = 0, ksize = 0;
+  int precision = 0;             // fractional bits of the integer weights
+  std::vector<int32_t> weights;  // [out_size, ksize]
+  std::vector<int32_t> bounds;   // [out_size, 2] = (first input index, taps)
+  bool identity() const { return in_size == out_size; }
+};
+ResizeCoeffs bicubic_aa_coeffs(int in_size, int out_size);
+
+// Host (CPU) reference of the uint8 resize: frames [h, w, 3] -> [out_h, out_w, 3] uint8.
+std::vector<uint8_t> resize_u8_host(const uint8_t* frame, int h, int w, int out_h, int out_w);
+
+}  // namespace vla::gpu::ops
