@@ -704,6 +704,7 @@ std::unique_ptr<Engine> Engine::random(const ModelDims& dims, EngineOptions opti
 
 const ModelDims& Engine::dims() const { return impl_->d; }
 const EngineOptions& Engine::options() const { return impl_->o; }
+void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
 PreprocessConfig& Engine::preprocess_config() { return impl_->pc; }
 std::string Engine::attention_backend() const { return impl_->flash ? "flash-varlen" : "math"; }
 

@@ -150,6 +150,8 @@ class Engine {
 
   const ModelDims& dims() const;
   const EngineOptions& options() const;
+  // Whether later prepare() calls capture CUDA graphs.
+  void set_cuda_graphs(bool on);
   PreprocessConfig& preprocess_config();
 
   // ---- fixed-shape fast path
