@@ -66,6 +66,7 @@ PolicyConfig PolicyConfig::from_json(const nlohmann::json& j) {
   get("image_width", c.image_width);
   get("image_height", c.image_height);
   get("pooling", c.pooling);
+  get("use_views", c.use_views);
   c.validate();
   return c;
 }
@@ -86,6 +87,9 @@ void PolicyConfig::validate() const {
   VLA_CHECK(num_views > 0 && image_width > 0 && image_height > 0,
             "policy config: num_views/image size must be positive");
   VLA_CHECK(pooling == "mean" || pooling == "last", "policy config: pooling must be mean|last");
+  for (int v : use_views)
+    VLA_CHECK(v >= 0 && v < num_views, "policy config: use_views entry ", v, " not in 0..",
+              num_views - 1);
 }
 
 // ---------------------------------------------------------------- normalisation

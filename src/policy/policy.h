@@ -49,6 +49,7 @@ struct PolicyConfig {
   int image_width = 112;
   int image_height = 112;
   std::string pooling = "last";  // VLM feature pooling: "mean" | "last"
+  std::vector<int> use_views;    // indices of the views given to the VLM (empty = all)
 
   nlohmann::json to_json() const;
   static PolicyConfig from_json(const nlohmann::json& j);  // missing fields keep defaults
@@ -155,9 +156,31 @@ class VlmEncoder {
   virtual std::string fingerprint() const = 0;
   // Writes the VLM as a folder (HF layout) so that load_vlm() restores it.
   virtual void save(const std::string& dir) const = 0;
+
+  // ---- training hooks (engine-backed encoders implement them; the defaults throw) ----
+  // Parameters to adapt in stage 2 / caption pre-training (LoRA factors only once LoRA is on).
+  virtual std::vector<torch::Tensor> trainable_parameters();
+  virtual void set_training(bool on);
+  // encode() with autograd: features [tokens, dim].
+  virtual torch::Tensor encode_train(const std::vector<Image>& views,
+                                     const std::string& instruction);
+  // Mean next-token cross-entropy of `caption` after the views + prompt (teacher forcing).
+  virtual torch::Tensor caption_loss(const std::vector<Image>& views, const std::string& prompt,
+                                     const std::string& caption);
+  // Greedy caption.
+  virtual std::string caption(const std::vector<Image>& views, const std::string& prompt,
+                              int max_new_tokens) const;
+  // LoRA on the LLM's linear layers whose names end with one of targets; merge folds it in.
+  virtual void enable_lora(int rank, double alpha, const std::vector<std::string>& targets);
+  virtual void merge_lora();
+  // Recomputes fingerprint() after the weights changed.
+  virtual void refresh_fingerprint();
 };
 // Loads `dir` (a Qwen2.5-VL folder) with the engine; throws when the engine is not built in.
+// Only the views listed in cfg.use_views are given to the VLM (all when empty).
 std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg);
+// True when this build contains the Qwen2.5-VL engine.
+bool have_vlm_engine();
 
 // ---------------------------------------------------------------- the policy
 class Policy {

@@ -3,6 +3,29 @@
 
 namespace vla::policy {
 
+static Error no_training(const char* what) {
+  return Error(str_cat("VLM encoder: ", what, " is not supported by this encoder"));
+}
+std::vector<torch::Tensor> VlmEncoder::trainable_parameters() { throw no_training("training"); }
+void VlmEncoder::set_training(bool) {}
+torch::Tensor VlmEncoder::encode_train(const std::vector<Image>&, const std::string&) {
+  throw no_training("encode_train");
+}
+torch::Tensor VlmEncoder::caption_loss(const std::vector<Image>&, const std::string&,
+                                       const std::string&) {
+  throw no_training("caption_loss");
+}
+std::string VlmEncoder::caption(const std::vector<Image>&, const std::string&, int) const {
+  throw no_training("caption");
+}
+void VlmEncoder::enable_lora(int, double, const std::vector<std::string>&) {
+  throw no_training("LoRA");
+}
+void VlmEncoder::merge_lora() { throw no_training("LoRA"); }
+void VlmEncoder::refresh_fingerprint() {}
+
+bool have_vlm_engine() { return false; }
+
 std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig&) {
   throw Error(str_cat("policy: cannot load the VLM in '", dir,
                       "': this build has no Qwen2.5-VL engine (src/models)"));

@@ -1,0 +1,455 @@
+// The trainer: stage 1 (cached VL features), stage 2 (VLM adapted), caption pre-training.
+#include <filesystem>
+#include <sstream>
+
+#include "eval/eval.h"
+#include "train/train.h"
+
+namespace vla::train {
+
+namespace fs = std::filesystem;
+using policy::Expert;
+using policy::Normalizer;
+using policy::NormStats;
+using policy::PolicyConfig;
+
+nlohmann::json TrainReport::to_json() const {
+  return {{"steps", steps},     {"final_loss", final_loss},     {"samples_per_s", samples_per_s},
+          {"seconds", seconds}, {"holdout_loss", holdout_loss}, {"extra", extra}};
+}
+
+torch::Tensor torch_rng_state() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_torch_rng_state(const torch::Tensor& state) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+namespace {
+
+struct Sample {
+  int ep = 0, feature_tick = 0, target_tick = 0;
+  std::string lang;  // caption stage
+};
+
+std::vector<Image> select_views(const std::vector<Image>& all, const std::vector<int>& use) {
+  if (use.empty()) return all;
+  std::vector<Image> out;
+  for (int v : use) {
+    VLA_CHECK(v < static_cast<int>(all.size()), "view index ", v, " but only ", all.size(),
+              " views recorded");
+    out.push_back(all[v]);
+  }
+  return out;
+}
+
+// Everything one run trains on.
+struct Data {
+  std::vector<EpisodeTicks> ticks;
+  std::vector<dataset::Episode> episodes;              // metadata (+ frames for stage 2 / caption)
+  std::vector<std::vector<std::vector<Image>>> views;  // [ep][tick][view] (stage 2 / caption)
+  std::vector<torch::Tensor> feats;                    // stage 1: [ticks, tokens, dim]
+  std::vector<bool> held;                              // per episode
+  std::vector<std::vector<TickPair>> pairs;            // reuse_pairs per episode
+};
+
+void set_group_lrs(torch::optim::AdamW& opt, const std::vector<double>& base, double factor) {
+  for (size_t g = 0; g < opt.param_groups().size(); ++g)
+    static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[g].options()).lr(base[g] * factor);
+}
+
+struct Checkpoint {
+  std::string dir;
+  void save(int64_t step, const std::vector<torch::Tensor>& params, torch::optim::AdamW& opt,
+            const std::mt19937_64& rng, const std::vector<double>& ls,
+            const std::vector<double>& lv) const {
+    const std::string tmp = dir + ".tmp", old = dir + ".old";
+    fs::remove_all(tmp);
+    make_dirs(tmp);
+    std::vector<std::pair<std::string, torch::Tensor>> t;
+    for (size_t i = 0; i < params.size(); ++i) t.emplace_back(str_cat("p", i), params[i]);
+    t.emplace_back("torch_rng", torch_rng_state());
+    policy::save_tensors(tmp + "/params.safetensors", t);
+    torch::save(opt, tmp + "/optimizer.pt");
+    std::ostringstream rs;
+    rs << rng;
+    write_json_atomic(tmp + "/state.json",
+                      {{"step", step}, {"rng", rs.str()}, {"loss_steps", ls}, {"losses", lv}});
+    fs::remove_all(old);
+    if (fs::exists(dir)) fs::rename(dir, old);
+    fs::rename(tmp, dir);
+    fs::remove_all(old);
+  }
+  int64_t load(const std::vector<torch::Tensor>& params, torch::optim::AdamW& opt,
+               std::mt19937_64& rng, std::vector<double>& ls, std::vector<double>& lv) const {
+    VLA_CHECK(file_exists(dir + "/state.json"), "resume: no checkpoint in ", dir);
+    auto st = read_json(dir + "/state.json");
+    auto t = policy::load_tensors(dir + "/params.safetensors");
+    std::map<std::string, torch::Tensor> by;
+    for (auto& kv : t) by[kv.first] = kv.second;
+    torch::NoGradGuard ng;
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto it = by.find(str_cat("p", i));
+      VLA_CHECK(it != by.end() && it->second.sizes() == params[i].sizes(), dir,
+                ": checkpoint does not match the model (parameter ", i, ")");
+      params[i].copy_(it->second);
+    }
+    VLA_CHECK(by.count("torch_rng"), dir, ": checkpoint has no RNG state");
+    set_torch_rng_state(by["torch_rng"]);
+    torch::load(opt, dir + "/optimizer.pt");
+    std::istringstream rs(st.at("rng").get<std::string>());
+    rs >> rng;
+    ls = st.at("loss_steps").get<std::vector<double>>();
+    lv = st.at("losses").get<std::vector<double>>();
+    return st.at("step").get<int64_t>();
+  }
+};
+
+NormStats fit_stats(const Data& d, const PolicyConfig& cfg) {
+  std::vector<torch::Tensor> f, p, a;
+  for (size_t e = 0; e < d.ticks.size(); ++e) {
+    if (d.held[e]) continue;
+    f.push_back(d.episodes[e].force.narrow(1, 1, 6));
+    p.push_back(d.ticks[e].proprio);
+    a.push_back(d.ticks[e].actions.reshape({-1, 3}));
+  }
+  VLA_CHECK(!f.empty(), "training: no training episodes");
+  NormStats s = NormStats::identity(cfg);
+  s.force = Normalizer::fit(torch::cat(f), 1e-3);
+  s.proprio = Normalizer::fit(torch::cat(p), 1e-4);
+  s.action = Normalizer::fit(torch::cat(a), 1e-5);
+  return s;
+}
+
+}  // namespace
+
+TrainReport train(const TrainOptions& opt) {
+  VLA_CHECK(opt.stage == "1" || opt.stage == "2" || opt.stage == "caption",
+            "train: --stage must be 1, 2 or caption, got '", opt.stage, "'");
+  VLA_CHECK(!opt.dataset.empty() && !opt.out.empty(), "train: --dataset and --out are required");
+  VLA_CHECK(opt.steps > 0 && opt.batch > 0, "train: steps and batch must be > 0");
+  if (opt.threads > 0) configure_torch_threads(opt.threads);
+  seed_everything(opt.seed);
+  std::mt19937_64 rng(opt.seed);
+  const bool caption = opt.stage == "caption";
+  auto ds = dataset::Dataset::open(opt.dataset);
+
+  // ---- model pieces
+  PolicyConfig cfg = opt.policy;
+  NormStats stats;
+  Expert expert{nullptr};
+  std::shared_ptr<policy::VlmEncoder> vlm = opt.vlm_override;
+  nlohmann::json provenance = {{"stage", opt.stage},
+                               {"dataset", fs::absolute(opt.dataset).string()},
+                               {"steps", opt.steps},
+                               {"batch", opt.batch},
+                               {"vlm_reuse_count", opt.reuse_count},
+                               {"random_staleness", opt.random_staleness},
+                               {"seed", opt.seed},
+                               {"lr", {opt.lr_sensor, opt.lr_action, opt.lr_vl}}};
+  bool have_init = false;
+  if (opt.stage == "2") {
+    VLA_CHECK(!opt.init_policy.empty(), "train --stage 2 needs --init POLICY (a stage-1 policy)");
+    auto init = policy::Policy::load(opt.init_policy);
+    cfg = init->config();
+    stats = init->stats();
+    expert = init->expert();
+    if (!vlm) vlm = init->vlm();
+    VLA_CHECK(vlm, "train --stage 2: the init policy has no VLM (vlm/)");
+    provenance["init_policy"] = init->info();
+    have_init = true;
+  } else if (!vlm && !opt.vlm.empty()) {
+    vlm = policy::load_vlm(opt.vlm, cfg);
+  }
+  if (caption) VLA_CHECK(vlm, "train --stage caption needs --vlm DIR");
+
+  // ---- data
+  Data d;
+  std::vector<size_t> tr, ho;
+  std::vector<size_t> use;
+  for (size_t i = 0; i < ds.size(); ++i) {
+    if (opt.success_only && !caption && !ds.meta(i).value("success", false)) continue;
+    use.push_back(i);
+    if (opt.max_episodes > 0 && static_cast<int>(use.size()) >= opt.max_episodes) break;
+  }
+  VLA_CHECK(!use.empty(), "train: dataset ", opt.dataset, " has no usable episodes");
+  split_episodes(use.size(), opt.holdout, &tr, &ho);
+  std::unique_ptr<FeatureCache> cache;
+  if (opt.stage == "1") {
+    VLA_CHECK(!opt.cache.empty(), "train --stage 1 needs --cache DIR (make it with `vla cache`)");
+    cache = std::make_unique<FeatureCache>(FeatureCache::open(opt.cache));
+    const std::string want = vlm ? vlm->fingerprint() : cache->vlm_fingerprint();
+    cache->validate(ds, want, /*check_images=*/false);
+    provenance["cache"] = fs::absolute(opt.cache).string();
+  }
+  const bool need_frames = opt.stage != "1";
+  {
+    ProgressBar bar("load", static_cast<int64_t>(use.size()));
+    for (size_t k = 0; k < use.size(); ++k) {
+      auto ep = ds.load(use[k], need_frames);
+      d.ticks.push_back(cut_ticks(ep, cfg.sensor_window, cfg.horizon));
+      if (need_frames) {
+        std::vector<std::vector<Image>> v;
+        for (auto& fr : ep.frames) v.push_back(select_views(fr, cfg.use_views));
+        d.views.push_back(std::move(v));
+        ep.frames.clear();
+      }
+      if (cache) {
+        auto f = cache->features(ep.name);
+        VLA_CHECK(f.dim() == 3 && f.size(0) >= d.ticks.back().num_ticks, "feature cache: episode ",
+                  ep.name, " has features ", f.sizes(), " for ", d.ticks.back().num_ticks,
+                  " ticks");
+        d.feats.push_back(f);
+      }
+      d.held.push_back(k >= tr.size());
+      d.pairs.push_back(reuse_pairs(d.ticks.back().num_ticks, std::max(1, opt.reuse_count)));
+      d.episodes.push_back(std::move(ep));
+      if (opt.progress) bar.tick();
+    }
+    bar.finish();
+  }
+  if (!d.episodes.empty()) {
+    cfg.num_views = static_cast<int>(d.episodes[0].view_names.size());
+    cfg.image_width = d.episodes[0].width;
+    cfg.image_height = d.episodes[0].height;
+  }
+  if (opt.stage == "1") {
+    cfg.vl_tokens = static_cast<int>(d.feats[0].size(1));
+    cfg.vl_dim = static_cast<int>(d.feats[0].size(2));
+    cfg.validate();
+    stats = fit_stats(d, cfg);
+    expert = Expert(cfg);
+  }
+
+  // ---- samples
+  auto draw = [&](std::mt19937_64& g, bool held) {
+    const auto& pool = held ? ho : tr;
+    Sample s;
+    s.ep = static_cast<int>(pool[std::uniform_int_distribution<size_t>(0, pool.size() - 1)(g)]);
+    const int n = d.ticks[s.ep].num_ticks;
+    s.target_tick = std::uniform_int_distribution<int>(0, n - 1)(g);
+    s.feature_tick = s.target_tick;
+    if (caption) {
+      s.lang = std::uniform_int_distribution<int>(0, 1)(g) ? "ko" : "en";
+    } else if (!held && opt.reuse_count > 1) {
+      if (opt.random_staleness) {
+        // Random staleness: s uniform in 0..N-1 for each sample.
+        int lo = std::max(0, s.target_tick - opt.reuse_count + 1);
+        s.feature_tick = std::uniform_int_distribution<int>(lo, s.target_tick)(g);
+      } else {
+        // Fixed reuse: a pair drawn uniformly from reuse_pairs(ticks, N) of the episode.
+        const auto& pairs = d.pairs[s.ep];
+        const auto& pr = pairs[std::uniform_int_distribution<size_t>(0, pairs.size() - 1)(g)];
+        s.feature_tick = pr.feature_tick;
+        s.target_tick = pr.target_tick;
+      }
+    }
+    return s;
+  };
+
+  // ---- parameters and optimizer
+  std::vector<torch::Tensor> vl_params;
+  if (vlm && opt.stage != "1") {
+    if (opt.stage == "2" && opt.finetune == "lora")
+      vlm->enable_lora(opt.lora_rank, opt.lora_alpha, opt.lora_targets);
+    vl_params = vlm->trainable_parameters();
+    vlm->set_training(true);
+  }
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  std::vector<double> base_lr;
+  std::vector<torch::Tensor> all_params;
+  if (!caption) {
+    auto sp = expert->sensor_parameters(), ap = expert->action_parameters();
+    groups.emplace_back(
+        sp, std::make_unique<torch::optim::AdamWOptions>(
+                torch::optim::AdamWOptions(opt.lr_sensor).weight_decay(opt.weight_decay)));
+    groups.emplace_back(
+        ap, std::make_unique<torch::optim::AdamWOptions>(
+                torch::optim::AdamWOptions(opt.lr_action).weight_decay(opt.weight_decay)));
+    base_lr = {opt.lr_sensor, opt.lr_action};
+    all_params.insert(all_params.end(), sp.begin(), sp.end());
+    all_params.insert(all_params.end(), ap.begin(), ap.end());
+    expert->train();
+  }
+  if (!vl_params.empty()) {
+    groups.emplace_back(vl_params,
+                        std::make_unique<torch::optim::AdamWOptions>(
+                            torch::optim::AdamWOptions(opt.lr_vl).weight_decay(opt.weight_decay)));
+    base_lr.push_back(opt.lr_vl);
+    all_params.insert(all_params.end(), vl_params.begin(), vl_params.end());
+  }
+  VLA_CHECK(!groups.empty(), "train: nothing to train");
+  torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(opt.lr_action));
+
+  // ---- losses
+  auto batch_loss = [&](const std::vector<Sample>& b) -> torch::Tensor {
+    if (caption) {
+      std::vector<torch::Tensor> ls;
+      for (auto& s : b) {
+        auto cap = scene_caption(d.episodes[s.ep], s.target_tick, s.lang);
+        ls.push_back(vlm->caption_loss(d.views[s.ep][s.target_tick], caption_prompt(s.lang), cap));
+      }
+      return torch::stack(ls).mean();
+    }
+    std::vector<torch::Tensor> vl, f, p, a;
+    for (auto& s : b) {
+      const auto& tk = d.ticks[s.ep];
+      if (opt.stage == "1")
+        vl.push_back(d.feats[s.ep][s.feature_tick]);
+      else
+        vl.push_back(
+            vlm->encode_train(d.views[s.ep][s.feature_tick], tk.instruction).to(torch::kFloat32));
+      f.push_back(tk.force[s.target_tick]);
+      p.push_back(tk.proprio[s.target_tick]);
+      a.push_back(tk.actions[s.target_tick]);
+    }
+    auto vlb = torch::stack(vl);
+    if (cfg.vl_dropout > 0 && expert->is_training()) {
+      auto keep = (torch::rand({vlb.size(0), 1, 1}) >= cfg.vl_dropout).to(torch::kFloat32);
+      vlb = vlb * keep;
+    }
+    return expert->loss(vlb, stats.force.normalize(torch::stack(f)),
+                        stats.proprio.normalize(torch::stack(p)),
+                        stats.action.normalize(torch::stack(a)));
+  };
+
+  // Held-out metric: stage 1/2: MSE of the deterministic prediction (normalised actions, fresh
+  // features); caption: mean caption loss. Uses its own RNG so training is unaffected.
+  auto holdout_loss = [&]() -> double {
+    if (ho.empty()) return -1.0;
+    std::mt19937_64 g(opt.seed + 7);
+    auto saved = torch_rng_state();
+    torch::NoGradGuard ng;
+    if (expert) expert->eval();
+    if (vlm && opt.stage != "1") vlm->set_training(false);
+    double sum = 0;
+    int n = 0;
+    for (int k = 0; k < 4; ++k) {
+      std::vector<Sample> b;
+      for (int i = 0; i < std::min(opt.batch, 64); ++i) b.push_back(draw(g, true));
+      if (caption) {
+        sum += batch_loss(b).item<double>();
+      } else {
+        std::vector<torch::Tensor> vl, f, p, a;
+        for (auto& s : b) {
+          const auto& tk = d.ticks[s.ep];
+          vl.push_back(opt.stage == "1"
+                           ? d.feats[s.ep][s.feature_tick]
+                           : vlm->encode(d.views[s.ep][s.feature_tick], tk.instruction));
+          f.push_back(tk.force[s.target_tick]);
+          p.push_back(tk.proprio[s.target_tick]);
+          a.push_back(tk.actions[s.target_tick]);
+        }
+        auto pred = expert->predict(torch::stack(vl), stats.force.normalize(torch::stack(f)),
+                                    stats.proprio.normalize(torch::stack(p)));
+        sum += torch::mse_loss(pred, stats.action.normalize(torch::stack(a))).item<double>();
+      }
+      ++n;
+    }
+    if (expert) expert->train();
+    if (vlm && opt.stage != "1") vlm->set_training(true);
+    set_torch_rng_state(saved);
+    return sum / n;
+  };
+
+  // ---- loop
+  make_dirs(opt.out);
+  Checkpoint ckpt{opt.out + "/checkpoint"};
+  TrainReport rep;
+  int64_t step = 0;
+  if (opt.resume && file_exists(ckpt.dir + "/state.json")) {
+    step = ckpt.load(all_params, optimizer, rng, rep.loss_steps, rep.losses);
+    log_info("resumed from ", ckpt.dir, " at step ", step);
+  }
+  ProgressBar bar(str_cat("train stage ", opt.stage), opt.steps);
+  if (step > 0 && opt.progress) bar.tick(step);
+  Stopwatch sw;
+  int64_t samples = 0;
+  double ema = -1;
+  for (; step < opt.steps; ++step) {
+    set_group_lrs(optimizer, base_lr, lr_factor(step, opt.warmup, opt.steps, opt.lr_min_factor));
+    std::vector<Sample> b;
+    for (int i = 0; i < opt.batch; ++i) b.push_back(draw(rng, false));
+    auto loss = batch_loss(b);
+    optimizer.zero_grad();
+    loss.backward();
+    if (opt.grad_clip > 0) torch::nn::utils::clip_grad_norm_(all_params, opt.grad_clip);
+    optimizer.step();
+    double lv = loss.item<double>();
+    VLA_CHECK(std::isfinite(lv), "train: loss became ", lv, " at step ", step);
+    ema = ema < 0 ? lv : 0.98 * ema + 0.02 * lv;
+    samples += opt.batch;
+    rep.loss_steps.push_back(static_cast<double>(step));
+    rep.losses.push_back(lv);
+    if (opt.progress)
+      bar.tick(1, str_cat("loss ", fmt_double(ema, 4), " | ",
+                          fmt_double(samples / std::max(1e-9, sw.elapsed_s()), 1), " samples/s"));
+    if (opt.eval_every > 0 && (step + 1) % opt.eval_every == 0)
+      log_info("step ", step + 1, ": held-out loss ", fmt_double(holdout_loss(), 5));
+    if (opt.checkpoint_every > 0 && (step + 1) % opt.checkpoint_every == 0 && step + 1 < opt.steps)
+      ckpt.save(step + 1, all_params, optimizer, rng, rep.loss_steps, rep.losses);
+    if (opt.stop_after > 0 && step + 1 == opt.stop_after && step + 1 < opt.steps) {
+      ckpt.save(step + 1, all_params, optimizer, rng, rep.loss_steps, rep.losses);
+      rep.steps = step + 1;
+      rep.extra["interrupted"] = true;
+      return rep;
+    }
+  }
+  bar.finish();
+  rep.steps = opt.steps;
+  rep.seconds = sw.elapsed_s();
+  rep.samples_per_s = samples / std::max(1e-9, rep.seconds);
+  rep.final_loss = ema;
+  rep.holdout_loss = holdout_loss();
+  write_png(opt.out + "/loss.png", plot_loss_curve(rep.loss_steps, rep.losses));
+
+  // ---- outputs
+  if (vlm && opt.stage != "1") {
+    vlm->set_training(false);
+    if (opt.stage == "2" && opt.finetune == "lora") vlm->merge_lora();
+    vlm->refresh_fingerprint();
+  }
+  if (caption) {
+    // Caption metrics on held-out episodes (greedy), English and Korean.
+    nlohmann::json m;
+    std::vector<size_t> eval_eps = ho.empty() ? tr : ho;
+    if (static_cast<int>(eval_eps.size()) > opt.caption_eval_episodes)
+      eval_eps.resize(opt.caption_eval_episodes);
+    for (std::string lang : {"en", "ko"}) {
+      std::vector<eval::Tokens> hyps;
+      std::vector<std::vector<eval::Tokens>> refs;
+      nlohmann::json examples = nlohmann::json::array();
+      for (size_t e : eval_eps) {
+        for (int t : {0, d.ticks[e].num_ticks / 2}) {
+          auto h = vlm->caption(d.views[e][t], caption_prompt(lang), 96);
+          auto r = scene_caption(d.episodes[e], t, lang);
+          hyps.push_back(eval::tokenize(h));
+          refs.push_back({eval::tokenize(r)});
+          if (examples.size() < 3) examples.push_back({{"hyp", h}, {"ref", r}});
+        }
+      }
+      m[lang] = {{"meteor", eval::corpus_meteor(hyps, refs)},
+                 {"bleu4", eval::corpus_bleu(hyps, refs)},
+                 {"captions", hyps.size()},
+                 {"examples", examples}};
+    }
+    rep.extra["caption"] = m;
+    vlm->save(opt.out);
+  } else {
+    policy::Policy pol(cfg, expert, stats, vlm, provenance);
+    pol.save(opt.out);
+  }
+  nlohmann::json rj = rep.to_json();
+  rj["provenance"] = provenance;
+  write_json_atomic(opt.out + "/train_report.json", rj);
+  fs::remove_all(ckpt.dir);
+  (void)have_init;
+  return rep;
+}
+
+}  // namespace vla::train

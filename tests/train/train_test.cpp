@@ -1,0 +1,299 @@
+#include "train/train.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <set>
+
+using namespace vla;
+using namespace vla::train;
+
+namespace {
+
+std::string tmp_dir(const std::string& name) {
+  auto p = std::filesystem::temp_directory_path() /
+           ("vla_train_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(p);
+  return p.string();
+}
+
+// A tiny synthetic dataset: the target port is encoded in the image colour; actions move toward
+// a point that depends on it. Frames 16x16, 1 view, 6 ticks.
+void make_dataset(const std::string& dir, int episodes, int ticks = 6) {
+  dataset::DatasetWriter w(dir, "png");
+  for (int e = 0; e < episodes; ++e) {
+    dataset::EpisodeData ep;
+    ep.instruction =
+        e % 2 ? "insert the needle into the red port" : "insert the needle into the blue port";
+    ep.seed = e;
+    ep.success = true;
+    ep.reason = "success";
+    ep.duration_s = ticks * 0.1;
+    ep.target = e % 3;
+    for (int k = 0; k < 3; ++k) {
+      dataset::PortMeta p;
+      p.color = k == 0 ? "red" : k == 1 ? "green" : "blue";
+      p.color_ko = k == 0 ? "빨간색" : k == 1 ? "초록색" : "파란색";
+      p.pos = {-0.05 + 0.05 * k, 0.02 * (e % 3 - 1), 0.04};
+      p.rgb = {200, 50, 50};
+      p.radius = 0.006;
+      ep.ports.push_back(p);
+    }
+    ep.view_names = {"top"};
+    ep.width = ep.height = 16;
+    for (int t = 0; t < ticks; ++t)
+      ep.frames.push_back({make_image(16, 16, 3, static_cast<uint8_t>(20 * (e % 5) + t))});
+    const int na = ticks * 8, nf = ticks * 65;
+    for (int i = 0; i < nf; ++i) {
+      float tt = (i + 1) / 650.0f;
+      ep.force.push_back({tt, 0.1f * (e % 3), 0.01f * i / nf, std::sin(0.1f * i), 0, 0, 0});
+    }
+    for (int i = 0; i < na; ++i) {
+      ep.actions.push_back({0.001f * (e % 3 - 1), -0.0005f, 0.0002f * (i % 8)});
+      ep.proprio.push_back({0.001f * i, 0.0f, 0.1f - 0.0001f * i});
+    }
+    w.write(ep);
+  }
+}
+
+// Fake VLM for tests: features = per-channel mean colour of each view + a prompt hash feature.
+class FakeVlm : public policy::VlmEncoder {
+ public:
+  explicit FakeVlm(std::string fp = "fake-v1") : fp_(std::move(fp)) {}
+  torch::Tensor encode(const std::vector<Image>& views,
+                       const std::string& instruction) const override {
+    auto f = torch::zeros({1, 4});
+    for (auto& v : views) {
+      double s = 0;
+      for (auto p : v.pixels) s += p;
+      f[0][0] += s / v.pixels.size() / 255.0;
+    }
+    f[0][1] = static_cast<double>(instruction.size() % 7);
+    f[0][2] = instruction.find("red") != std::string::npos ? 1.0 : -1.0;
+    return f;
+  }
+  int feature_dim() const override { return 4; }
+  std::string fingerprint() const override { return fp_; }
+  void save(const std::string&) const override {}
+
+ private:
+  std::string fp_;
+};
+
+TEST(Reuse, PairingIndices) {
+  // N = 1: fresh features only.
+  auto p1 = reuse_pairs(4, 1);
+  ASSERT_EQ(p1.size(), 4u);
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(p1[t], (TickPair{t, t}));
+  // N = 3 on 5 ticks: feature t -> targets t, t+1, t+2 (clipped).
+  auto p3 = reuse_pairs(5, 3);
+  std::vector<TickPair> want = {{0, 0}, {0, 1}, {0, 2}, {1, 1}, {1, 2}, {1, 3},
+                                {2, 2}, {2, 3}, {2, 4}, {3, 3}, {3, 4}, {4, 4}};
+  EXPECT_EQ(p3, want);
+  for (auto& p : p3) {
+    EXPECT_GE(p.target_tick - p.feature_tick, 0);
+    EXPECT_LT(p.target_tick - p.feature_tick, 3);
+  }
+  EXPECT_THROW(reuse_pairs(5, 0), Error);
+}
+
+TEST(Reuse, RandomStalenessWithinBounds) {
+  std::mt19937_64 rng(1);
+  std::set<int> seen;
+  for (int rep = 0; rep < 50; ++rep) {
+    auto p = random_staleness_pairs(20, 4, rng);
+    ASSERT_EQ(p.size(), 20u);
+    for (int t = 0; t < 20; ++t) {
+      EXPECT_EQ(p[t].target_tick, t);
+      int s = t - p[t].feature_tick;
+      EXPECT_GE(s, 0);
+      EXPECT_LE(s, std::min(3, t));
+      seen.insert(s);
+    }
+  }
+  EXPECT_EQ(seen, (std::set<int>{0, 1, 2, 3}));  // every staleness occurs
+}
+
+TEST(LrSchedule, WarmupThenCosine) {
+  EXPECT_NEAR(lr_factor(0, 10, 100), 0.1, 1e-12);
+  EXPECT_NEAR(lr_factor(9, 10, 100), 1.0, 1e-12);
+  EXPECT_NEAR(lr_factor(10, 10, 100), 1.0, 1e-12);
+  EXPECT_NEAR(lr_factor(55, 10, 100, 0.0), 0.5, 1e-12);  // halfway through the cosine
+  EXPECT_NEAR(lr_factor(100, 10, 100, 0.05), 0.05, 1e-12);
+  EXPECT_GT(lr_factor(30, 10, 100), lr_factor(60, 10, 100));
+}
+
+TEST(Data, CutTicksWindowsAndTargets) {
+  auto dir = tmp_dir("cut");
+  make_dataset(dir, 1, 4);
+  auto ds = dataset::Dataset::open(dir);
+  auto ep = ds.load(0, false);
+  auto tk = cut_ticks(ep, 65, 8);
+  ASSERT_EQ(tk.num_ticks, 4);
+  // Tick 0: nothing measured yet -> zeros.
+  EXPECT_EQ(tk.force[0].abs().sum().item<float>(), 0.0f);
+  // Tick 2: samples 65..129, newest last.
+  EXPECT_TRUE(torch::equal(tk.force[2], ep.force.narrow(0, 65, 65).narrow(1, 1, 6)));
+  EXPECT_TRUE(torch::equal(tk.actions[3], ep.actions.narrow(0, 24, 8)));
+  EXPECT_TRUE(torch::equal(tk.proprio[1], ep.proprio[8]));
+  // Longer window: zero padded at the front.
+  auto tk2 = cut_ticks(ep, 100, 8);
+  EXPECT_EQ(tk2.force[1].narrow(0, 0, 35).abs().sum().item<float>(), 0.0f);
+  EXPECT_TRUE(
+      torch::equal(tk2.force[1].narrow(0, 35, 65), ep.force.narrow(0, 0, 65).narrow(1, 1, 6)));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Cache, BuildValidateAndRefuseStale) {
+  auto dir = tmp_dir("cache_ds"), cdir = tmp_dir("cache");
+  make_dataset(dir, 3);
+  auto ds = dataset::Dataset::open(dir);
+  FakeVlm vlm("fake-A");
+  FeatureCache::build(ds, vlm, cdir, false);
+  auto c = FeatureCache::open(cdir);
+  EXPECT_NO_THROW(c.validate(ds, "fake-A", true));
+  auto f = c.features(ds.name(1));
+  ASSERT_EQ(f.sizes(), (std::vector<int64_t>{6, 1, 4}));
+  auto ep = ds.load(1, true);
+  EXPECT_TRUE(torch::allclose(f[2], vlm.encode(ep.frames[2], ep.instruction)));
+  // Another VLM -> refused.
+  EXPECT_THROW(c.validate(ds, "fake-B", false), Error);
+  // Keys depend on VLM, image content and prompt.
+  auto views = ep.frames[0];
+  auto k = feature_key("fake-A", views, "p");
+  EXPECT_NE(k, feature_key("fake-B", views, "p"));
+  EXPECT_NE(k, feature_key("fake-A", views, "q"));
+  views[0].pixels[5] ^= 1;
+  EXPECT_NE(k, feature_key("fake-A", views, "p"));
+  // Change one frame of the dataset on disk -> stale key detected for that tick.
+  auto frame = ds.load_frame(2, 3, 0);
+  frame.pixels[0] ^= 0x40;
+  std::string fpath;
+  for (auto& e : std::filesystem::recursive_directory_iterator(dir + "/" + ds.name(2)))
+    if (e.path().filename().string().rfind("v0_0003", 0) == 0) fpath = e.path().string();
+  ASSERT_FALSE(fpath.empty());
+  write_png(fpath, frame);
+  auto ds2 = dataset::Dataset::open(dir);
+  try {
+    c.validate(ds2, "fake-A", true);
+    FAIL() << "stale cache accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tick 3"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(cdir);
+}
+
+TrainOptions stage1_options(const std::string& ds, const std::string& cache,
+                            const std::string& out) {
+  TrainOptions o;
+  o.dataset = ds;
+  o.cache = cache;
+  o.out = out;
+  o.stage = "1";
+  o.steps = 12;
+  o.batch = 8;
+  o.warmup = 3;
+  o.holdout = 0.25;
+  o.reuse_count = 3;
+  o.progress = false;
+  o.checkpoint_every = 5;
+  o.policy.d_model = 32;
+  o.policy.sensor_dim = 16;
+  o.policy.ff_dim = 64;
+  o.policy.heads = 2;
+  o.policy.flow_steps = 3;
+  o.policy.dropout = 0.1f;  // exercises the RNG in the resume test
+  return o;
+}
+
+TEST(Trainer, Stage1ResumeIsBitExact) {
+  auto dir = tmp_dir("resume_ds"), cdir = tmp_dir("resume_cache");
+  make_dataset(dir, 4);
+  auto ds = dataset::Dataset::open(dir);
+  FakeVlm vlm;
+  FeatureCache::build(ds, vlm, cdir, false);
+  // Uninterrupted run.
+  auto outA = tmp_dir("resume_a");
+  auto ra = vla::train::train(stage1_options(dir, cdir, outA));
+  ASSERT_EQ(ra.losses.size(), 12u);
+  // Interrupted at step 7 (after a checkpoint), then resumed in a fresh call.
+  auto outB = tmp_dir("resume_b");
+  auto ob = stage1_options(dir, cdir, outB);
+  ob.stop_after = 7;
+  auto partial = vla::train::train(ob);
+  ASSERT_EQ(partial.losses.size(), 7u);
+  ASSERT_TRUE(file_exists(outB + "/checkpoint/state.json"));
+  torch::manual_seed(12345);  // resume must restore the RNG, whatever happened in between
+  ob.stop_after = 0;
+  ob.resume = true;
+  auto rb = vla::train::train(ob);
+  ASSERT_EQ(rb.losses.size(), 12u);
+  for (size_t i = 0; i < 12; ++i) EXPECT_EQ(ra.losses[i], rb.losses[i]) << "step " << i;
+  EXPECT_EQ(read_file(outA + "/policy.safetensors"), read_file(outB + "/policy.safetensors"));
+  // Outputs: policy folder, loss curve, report.
+  auto pol = policy::Policy::load(outA);
+  EXPECT_EQ(pol->config().vl_dim, 4);
+  EXPECT_EQ(pol->info()["provenance"]["vlm_reuse_count"], 3);
+  auto png = read_image(outA + "/loss.png");
+  EXPECT_EQ(png.width, 640);
+  auto a = pol->act(torch::zeros({4}), torch::zeros({65, 6}), torch::zeros({3}));
+  EXPECT_TRUE(torch::isfinite(a).all().item<bool>());
+  for (auto& p : {outA, outB, dir, cdir}) std::filesystem::remove_all(p);
+}
+
+TEST(Trainer, Stage1LearnsFromFeatures) {
+  // The action's x component is determined by the episode (visible only through the VL
+  // feature); training must bring the held-out error well below the action variance.
+  auto dir = tmp_dir("learn_ds"), cdir = tmp_dir("learn_cache"), out = tmp_dir("learn_out");
+  make_dataset(dir, 9);
+  auto ds = dataset::Dataset::open(dir);
+  FakeVlm vlm;
+  FeatureCache::build(ds, vlm, cdir, false);
+  auto o = stage1_options(dir, cdir, out);
+  o.policy.head = "mlp";
+  o.policy.dropout = 0;
+  o.steps = 300;
+  o.batch = 32;
+  o.lr_action = 3e-3;
+  o.lr_sensor = 3e-3;
+  o.checkpoint_every = 0;
+  o.holdout = 0.0;
+  auto r = vla::train::train(o);
+  EXPECT_LT(r.final_loss, 0.2);
+  for (auto& p : {out, dir, cdir}) std::filesystem::remove_all(p);
+}
+
+TEST(Captions, GroundTruthEnglishKorean) {
+  auto dir = tmp_dir("cap");
+  make_dataset(dir, 2);
+  auto ds = dataset::Dataset::open(dir);
+  auto ep = ds.load(1, false);
+  auto en = scene_caption(ep, 0, "en");
+  auto ko = scene_caption(ep, 0, "ko");
+  // Ports sorted left to right: red (x = -0.05), green (0), blue (0.05); episode 1: y = 0.
+  EXPECT_EQ(en.rfind("the red port is at the left. the green port is at the center. the blue port "
+                     "is at the right.",
+                     0),
+            0u)
+      << en;
+  EXPECT_NE(ko.find("빨간색 포트는 왼쪽에 있습니다."), std::string::npos) << ko;
+  EXPECT_THROW(scene_caption(ep, 0, "fr"), Error);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Plot, LossCurveHasAxesAndLine) {
+  std::vector<double> s, l;
+  for (int i = 0; i < 100; ++i) s.push_back(i), l.push_back(1.0 / (1 + i));
+  auto im = plot_loss_curve(s, l, 320, 200);
+  ASSERT_EQ(im.width, 320);
+  int blue = 0, black = 0;
+  for (size_t i = 0; i < im.pixels.size(); i += 3) {
+    if (im.pixels[i] == 30 && im.pixels[i + 1] == 90 && im.pixels[i + 2] == 200) ++blue;
+    if (im.pixels[i] == 0 && im.pixels[i + 1] == 0 && im.pixels[i + 2] == 0) ++black;
+  }
+  EXPECT_GT(blue, 200);
+  EXPECT_GT(black, 300);
+}
+
+}  // namespace
