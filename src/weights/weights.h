@@ -147,4 +147,76 @@ class WeightStore {
   std::shared_ptr<std::map<std::string, bool>> used_;
 };
 
+// ---------------------------------------------------------------- Qwen2.5-VL config
+// Language model section (flat top-level fields in transformers 4.x config.json, "text_config"
+// in transformers 5.x).
+struct Qwen25VLTextConfig {
+  int64_t vocab_size = 0;  // required
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;  // defaults to num_attention_heads (as transformers)
+  int64_t max_position_embeddings = 32768;
+  double rms_norm_eps = 1e-5;  // transformers' Qwen2_5_VLTextConfig default; 3B file says 1e-6
+  double rope_theta = 1000000.0;
+  std::vector<int64_t> mrope_section;  // required, e.g. [16, 24, 24]; sum * 2 == head_dim
+  bool tie_word_embeddings = false;
+  std::string hidden_act = "silu";
+  bool use_sliding_window = false;  // parsed for completeness; Qwen2.5-VL ships it off
+  int64_t head_dim() const { return num_attention_heads ? hidden_size / num_attention_heads : 0; }
+};
+
+// Vision tower section ("vision_config"). Defaults are transformers' Qwen2_5_VLVisionConfig
+// defaults; values present in the file always win (the published 3B config writes only a few).
+struct Qwen25VLVisionConfig {
+  int64_t depth = 32;
+  int64_t hidden_size = 3584;
+  int64_t intermediate_size = 3420;
+  int64_t num_heads = 16;
+  int64_t in_channels = 3;  // "in_chans" in 4.x files
+  int64_t patch_size = 14;  // "spatial_patch_size" also accepted
+  int64_t temporal_patch_size = 2;
+  int64_t spatial_merge_size = 2;
+  int64_t window_size = 112;
+  int64_t out_hidden_size = 3584;  // must equal the text hidden_size
+  std::vector<int64_t> fullatt_block_indexes = {7, 15, 23, 31};
+  double tokens_per_second = 4;  // transformers default; the published 3B file says 2
+  double rope_theta = 10000.0;
+  std::string hidden_act = "silu";
+  int64_t head_dim() const { return num_heads ? hidden_size / num_heads : 0; }
+};
+
+struct Qwen25VLConfig {
+  Qwen25VLTextConfig text;
+  Qwen25VLVisionConfig vision;
+  // Special token ids, from config.json (never hard-coded); bos/eos/pad from
+  // generation_config.json when present (it wins), else config.json. -1 = absent.
+  int64_t image_token_id = -1;  // required
+  int64_t video_token_id = -1;
+  int64_t vision_start_token_id = -1;  // required
+  int64_t vision_end_token_id = -1;    // required
+  int64_t bos_token_id = -1;
+  int64_t pad_token_id = -1;
+  std::vector<int64_t> eos_token_ids;
+  std::string torch_dtype;  // "float32" / "bfloat16" / "" when absent ("dtype" in 5.x)
+  std::string layout;       // "transformers-4" (flat) or "transformers-5" (text_config)
+
+  // Parses a config.json object of either layout and validates it. `source` names the file in
+  // errors, e.g. "ckpt/config.json: text_config.hidden_size must be an integer".
+  static Qwen25VLConfig from_json(const nlohmann::json& j, const std::string& source = "config");
+  // Reads DIR/config.json (or the given .json file) and, when present beside it,
+  // generation_config.json (bos/eos/pad ids).
+  static Qwen25VLConfig load(const std::string& dir_or_file);
+  // Throws vla::Error on inconsistent values (hidden_size % heads, heads % kv_heads,
+  // sum(mrope_section) * 2 == head_dim, out_hidden_size == text hidden_size, token ids in vocab,
+  // full-attention block indexes < depth, window_size multiple of patch * merge, ...).
+  void validate(const std::string& source = "config") const;
+  // A transformers-5-style config.json (nested text_config with rope_parameters, vision_config).
+  nlohmann::json to_json() const;
+  nlohmann::json generation_config_json() const;
+  // Writes DIR/config.json and DIR/generation_config.json (crash-safe).
+  void save(const std::string& dir) const;
+};
+
 }  // namespace vla
