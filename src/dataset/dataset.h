@@ -5,18 +5,19 @@
 //   DIR/episode_NNNNNN/meta.json        instruction, seed, success, reason, target, ports, counts
 //   DIR/episode_NNNNNN/frames/vK_TTTT.png (or .jpg)  view K at 10 Hz tick T (t = T * 0.1 s)
 //   DIR/episode_NNNNNN/force.bin        float32 little-endian [num_force, 7] = t, fx fy fz tx ty tz
-//   DIR/episode_NNNNNN/actions.bin      float32 [num_actions, 3] 80 Hz deltas (m), action k at t=k/80
-//   DIR/episode_NNNNNN/proprio.bin      float32 [num_actions, 3] stage position when action k began
+//   DIR/episode_NNNNNN/actions.bin      float32 [num_actions, 3] 80 Hz deltas (m), action k at
+//   t=k/80 DIR/episode_NNNNNN/proprio.bin      float32 [num_actions, 3] stage position when action
+//   k began
 // An episode is written into a hidden temp folder and renamed when complete, so a crash never
 // leaves a half episode under its final name.
 #pragma once
+
+#include <torch/torch.h>
 
 #include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <torch/torch.h>
 
 #include "core/core.h"
 
@@ -44,12 +45,12 @@ struct EpisodeData {
   double peak_force = 0.0;
   int target = 0;
   std::vector<PortMeta> ports;
-  std::vector<std::string> view_names;          // e.g. top front left right needle
+  std::vector<std::string> view_names;  // e.g. top front left right needle
   int width = 0, height = 0;
-  std::vector<std::vector<Image>> frames;       // [tick][view], 10 Hz
-  std::vector<std::array<float, 7>> force;      // t + 6
-  std::vector<std::array<float, 3>> actions;    // 80 Hz
-  std::vector<std::array<float, 3>> proprio;    // one per action
+  std::vector<std::vector<Image>> frames;           // [tick][view], 10 Hz
+  std::vector<std::array<float, 7>> force;          // t + 6
+  std::vector<std::array<float, 3>> actions;        // 80 Hz
+  std::vector<std::array<float, 3>> proprio;        // one per action
   nlohmann::json extra = nlohmann::json::object();  // free-form (e.g. expert settings)
 };
 
@@ -71,8 +72,8 @@ class DatasetWriter {
 };
 
 struct Episode {
-  std::string name;          // "episode_000012"
-  std::string dir;           // full path
+  std::string name;  // "episode_000012"
+  std::string dir;   // full path
   std::string instruction;
   uint64_t seed = 0;
   bool success = false;

@@ -20,22 +20,24 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/core.h"
+#include "dataset/dataset.h"
 
 namespace vla::sim {
 
-constexpr double kPhysicsHz = 650.0;   // one physics step = 1/650 s
-constexpr double kActionHz = 80.0;     // actions per second
-constexpr int kChunkSize = 8;          // 8 actions = 100 ms = one control tick at 10 Hz
-constexpr int kStepsPerChunk = 65;     // physics steps per chunk (100 ms)
-constexpr int kForceDim = 6;           // fx fy fz tx ty tz (sensor frame)
-constexpr int kActionDim = 3;          // dx dy dz target delta in metres per action
-constexpr int kNumViews = 5;           // top, front, left, right, needle
+constexpr double kPhysicsHz = 650.0;       // one physics step = 1/650 s
+constexpr double kActionHz = 80.0;         // actions per second
+constexpr int kChunkSize = 8;              // 8 actions = 100 ms = one control tick at 10 Hz
+constexpr int kStepsPerChunk = 65;         // physics steps per chunk (100 ms)
+constexpr int kForceDim = 6;               // fx fy fz tx ty tz (sensor frame)
+constexpr int kActionDim = 3;              // dx dy dz target delta in metres per action
+constexpr int kNumViews = 5;               // top, front, left, right, needle
 constexpr double kMaxActionDelta = 0.005;  // |component| per action (m) => 0.4 m/s max speed
 
 using Action = std::array<float, kActionDim>;
@@ -45,19 +47,19 @@ using Chunk = std::vector<Action>;
 const std::vector<std::string>& view_names();
 
 struct EnvConfig {
-  int width = 128, height = 128;   // per-view image size
-  int num_views = kNumViews;       // 1..5: the first num_views of top, front, left, right, needle
-  double force_noise_std = 0.02;   // N (torque noise is 5 % of it in N m)
-  double time_limit_s = 12.0;      // episode fails with "timeout" past this
-  int num_ports = 3;               // 3..6 coloured ports
-  bool render = true;              // false: no OSMesa context (render() throws)
-  double force_limit = 8.0;        // N; |F| above it ends the episode with "excess_force"
-  double success_depth = 0.008;    // m below the tissue surface, inside the named port
+  int width = 128, height = 128;  // per-view image size
+  int num_views = kNumViews;      // 1..5: the first num_views of top, front, left, right, needle
+  double force_noise_std = 0.02;  // N (torque noise is 5 % of it in N m)
+  double time_limit_s = 12.0;     // episode fails with "timeout" past this
+  int num_ports = 3;              // 3..6 coloured ports
+  bool render = true;             // false: no OSMesa context (render() throws)
+  double force_limit = 8.0;       // N; |F| above it ends the episode with "excess_force"
+  double success_depth = 0.008;   // m below the tissue surface, inside the named port
 };
 
 struct ForceSample {
-  double t;                            // sim time (s) at the end of the physics step
-  std::array<float, kForceDim> f;      // fx fy fz (N) tx ty tz (N m)
+  double t;                        // sim time (s) at the end of the physics step
+  std::array<float, kForceDim> f;  // fx fy fz (N) tx ty tz (N m)
 };
 
 // One executed action (recorded when it becomes active) and the stage position at that moment.
@@ -69,17 +71,17 @@ struct ActionRecord {
 
 struct Outcome {
   bool done = false, success = false;
-  std::string reason;  // "success", "wrong_port", "excess_force", "timeout", "" while running
-  double time_s = 0.0;       // sim time when done (or now, while running)
-  double peak_force = 0.0;   // max |F| (N, noise-free) so far in the episode
+  std::string reason;       // "success", "wrong_port", "excess_force", "timeout", "" while running
+  double time_s = 0.0;      // sim time when done (or now, while running)
+  double peak_force = 0.0;  // max |F| (N, noise-free) so far in the episode
 };
 
 struct PortInfo {
-  std::string color;                 // English colour name ("red")
-  std::string color_ko;              // Korean colour name ("빨간색")
-  std::array<double, 3> pos;         // centre of the port opening on the tissue surface (m)
-  std::array<uint8_t, 3> rgb;        // nominal colour
-  double radius = 0.0;               // m
+  std::string color;           // English colour name ("red")
+  std::string color_ko;        // Korean colour name ("빨간색")
+  std::array<double, 3> pos;   // centre of the port opening on the tissue surface (m)
+  std::array<uint8_t, 3> rgb;  // nominal colour
+  double radius = 0.0;         // m
 };
 
 struct SceneInfo {
@@ -123,10 +125,10 @@ class NeedleEnv {
 
   const std::vector<ForceSample>& force_log() const;
   const std::vector<ActionRecord>& action_log() const;
-  std::array<float, 3> proprio() const;   // measured stage / needle-base position (m)
-  std::array<float, 3> target() const;    // current commanded stage position (m)
+  std::array<float, 3> proprio() const;  // measured stage / needle-base position (m)
+  std::array<float, 3> target() const;   // current commanded stage position (m)
   double time() const;
-  int64_t steps() const;                  // physics steps since reset
+  int64_t steps() const;  // physics steps since reset
   const Outcome& outcome() const;
   SceneInfo scene() const;
   const EnvConfig& config() const;
@@ -182,5 +184,24 @@ class ScriptedExpert {
   int backoff_ticks_ = 0;
   std::string phase_name_;
 };
+
+// A closed-loop policy: called once per 100 ms control tick, returns the next chunk.
+using Policy = std::function<Chunk(const NeedleEnv& env)>;
+
+// Wraps a ScriptedExpert as a Policy (reset automatically at the first tick of each episode).
+Policy expert_policy(std::shared_ptr<ScriptedExpert> expert);
+
+struct EpisodeResult {
+  Outcome outcome;
+  int64_t steps = 0;  // physics steps
+  double wall_s = 0;  // wall time of the episode
+};
+
+// Runs one episode: reset(seed, target_port) (target_port < 0: random), then per 10 Hz tick
+// [render when recording] -> policy -> step_chunk until done. When `record` is given, the env must
+// render and the episode (frames at each tick before its chunk, forces, actions, proprio, meta)
+// is stored there.
+EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, int target_port = -1,
+                          dataset::EpisodeData* record = nullptr);
 
 }  // namespace vla::sim

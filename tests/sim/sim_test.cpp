@@ -1,0 +1,319 @@
+#include "sim/sim.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+
+namespace vla::sim {
+namespace {
+
+EnvConfig headless() {
+  EnvConfig c;
+  c.render = false;
+  return c;
+}
+
+Chunk constant_chunk(float dx, float dy, float dz) { return Chunk(kChunkSize, Action{dx, dy, dz}); }
+
+// Drives the stage to (x, y) above the tissue, then descends at `speed` m/s.
+Policy go_to_and_descend(double x, double y, double speed) {
+  return [=](const NeedleEnv& env) {
+    auto c = env.target();
+    double cx = c[0], cy = c[1];
+    Chunk chunk(kChunkSize, Action{0, 0, 0});
+    for (auto& a : chunk) {
+      double dx = x - cx, dy = y - cy, d = std::hypot(dx, dy);
+      if (d > 1e-5) {
+        double s = std::min(1.0, 0.0015 / d);
+        a = {float(dx * s), float(dy * s), 0.0f};
+        cx += a[0];
+        cy += a[1];
+      } else {
+        a = {0.0f, 0.0f, float(-speed / kActionHz)};
+      }
+    }
+    return chunk;
+  };
+}
+
+TEST(NeedleEnv, SameSeedGivesIdenticalForceLogAndProprio) {
+  NeedleEnv a(headless()), b(headless());
+  Policy pa = expert_policy(std::make_shared<ScriptedExpert>());
+  Policy pb = expert_policy(std::make_shared<ScriptedExpert>());
+  run_episode(a, pa, 7);
+  run_episode(b, pb, 7);
+  ASSERT_EQ(a.force_log().size(), b.force_log().size());
+  ASSERT_GT(a.force_log().size(), 100u);
+  for (size_t i = 0; i < a.force_log().size(); ++i) {
+    ASSERT_EQ(a.force_log()[i].t, b.force_log()[i].t);
+    for (int k = 0; k < kForceDim; ++k)
+      ASSERT_EQ(a.force_log()[i].f[k], b.force_log()[i].f[k]) << i;
+  }
+  EXPECT_EQ(a.proprio(), b.proprio());
+  EXPECT_EQ(a.instruction(), b.instruction());
+  ASSERT_EQ(a.action_log().size(), b.action_log().size());
+  // A different seed gives a different episode.
+  run_episode(b, pb, 8);
+  EXPECT_NE(a.proprio(), b.proprio());
+}
+
+TEST(NeedleEnv, SensorSamplesAt650Hz) {
+  NeedleEnv env(headless());
+  env.reset(3);
+  env.step_chunk(constant_chunk(0.001f, 0, 0));
+  env.step_chunk({});
+  for (int i = 0; i < 10; ++i) env.step_physics();
+  const auto& log = env.force_log();
+  ASSERT_EQ(log.size(), static_cast<size_t>(2 * kStepsPerChunk + 10));
+  EXPECT_EQ(env.steps(), static_cast<int64_t>(log.size()));
+  for (size_t i = 0; i < log.size(); ++i) {
+    EXPECT_NEAR(log[i].t, (i + 1) / 650.0, 1e-12);
+    if (i) {
+      EXPECT_NEAR(log[i].t - log[i - 1].t, 1.0 / 650.0, 1e-12);
+    }
+  }
+  EXPECT_NEAR(env.time(), log.back().t, 1e-12);
+  // 130 samples per 200 ms: exactly 650 per second.
+  EXPECT_NEAR((log.size() - 10) / 0.2, kPhysicsHz, 1e-9);
+}
+
+TEST(NeedleEnv, ChunkIsInterpolatedAndHeld) {
+  NeedleEnv env(headless());
+  env.reset(5);
+  const auto start = env.target();
+  env.set_chunk(constant_chunk(0.002f, -0.001f, 0.0f));
+  for (int i = 0; i < 33; ++i) env.step_physics();
+  // Halfway through the 100 ms chunk the target moved about half of the total.
+  auto mid = env.target();
+  EXPECT_NEAR(mid[0] - start[0], 33 / 650.0 * 80 * 0.002, 1e-6);
+  for (int i = 0; i < kStepsPerChunk - 33; ++i) env.step_physics();
+  auto end = env.target();
+  EXPECT_NEAR(end[0] - start[0], 8 * 0.002, 1e-6);
+  EXPECT_NEAR(end[1] - start[1], -8 * 0.001, 1e-6);
+  EXPECT_EQ(env.action_log().size(), 8u);
+  // Chunk exhausted: the target holds and the stage converges to it.
+  for (int i = 0; i < 2 * kStepsPerChunk; ++i) env.step_physics();
+  EXPECT_EQ(env.target(), end);
+  EXPECT_NEAR(env.proprio()[0], end[0], 5e-4);
+  EXPECT_EQ(env.action_log().size(), 8u);
+  // Actions are clipped to kMaxActionDelta.
+  env.step_chunk(constant_chunk(1.0f, 0, 0));
+  EXPECT_NEAR(env.target()[0] - end[0], std::min(8 * kMaxActionDelta, 0.1 - end[0]), 1e-6);
+  EXPECT_THROW(env.set_chunk(Chunk(9, Action{0, 0, 0})), Error);
+}
+
+TEST(NeedleEnv, InstructionsNameTheTargetInEnglishAndKorean) {
+  ASSERT_GE(num_english_phrasings(), 3);
+  ASSERT_GE(num_phrasings() - num_english_phrasings(), 2);
+  PortInfo p;
+  p.color = "red";
+  p.color_ko = "빨간색";
+  for (int i = 0; i < num_phrasings(); ++i) {
+    std::string s = make_instruction(p, i);
+    if (i < num_english_phrasings()) {
+      EXPECT_NE(s.find("red"), std::string::npos) << s;
+      EXPECT_NE(s.find("needle"), std::string::npos) << s;
+    } else {
+      EXPECT_NE(s.find("빨간색"), std::string::npos) << s;
+      EXPECT_NE(s.find("바늘"), std::string::npos) << s;
+    }
+  }
+  NeedleEnv env(headless());
+  int korean = 0;
+  for (uint64_t seed = 0; seed < 40; ++seed) {
+    env.reset(seed);
+    const SceneInfo sc = env.scene();
+    const PortInfo& t = sc.ports[sc.target];
+    const std::string& ins = env.instruction();
+    bool en = ins.find(t.color) != std::string::npos;
+    bool ko = ins.find(t.color_ko) != std::string::npos;
+    EXPECT_TRUE(en || ko) << ins;
+    korean += ko;
+    for (size_t i = 0; i < sc.ports.size(); ++i) {
+      if (static_cast<int>(i) == sc.target) continue;
+      EXPECT_EQ(ins.find(sc.ports[i].color), std::string::npos) << ins;
+    }
+  }
+  EXPECT_GT(korean, 0);
+  EXPECT_LT(korean, 40);
+  // Forced target: the instruction names that port.
+  env.reset(11, 2);
+  EXPECT_EQ(env.scene().target, 2);
+  const PortInfo& t2 = env.scene().ports[2];
+  EXPECT_TRUE(env.instruction().find(t2.color) != std::string::npos ||
+              env.instruction().find(t2.color_ko) != std::string::npos);
+}
+
+TEST(NeedleEnv, PortsAreRandomisedPerSeed) {
+  NeedleEnv env(headless());
+  env.reset(1);
+  auto a = env.scene();
+  env.reset(2);
+  auto b = env.scene();
+  EXPECT_NE(a.ports[0].pos, b.ports[0].pos);
+  env.reset(1);
+  EXPECT_EQ(env.scene().ports[0].pos, a.ports[0].pos);
+  for (const auto& p : a.ports) EXPECT_NEAR(p.pos[2], a.surface_z, 1e-12);
+}
+
+// The named port's colour appears where the camera projection of its position says.
+TEST(NeedleEnv, RenderedPortColourMatchesProjection) {
+  EnvConfig cfg;
+  cfg.width = 160;
+  cfg.height = 120;
+  NeedleEnv env(cfg);
+  int checked = 0, occluded = 0;
+  for (uint64_t seed : {1, 2, 3}) {
+    env.reset(seed);
+    const auto views = env.render();
+    ASSERT_EQ(views.size(), static_cast<size_t>(kNumViews));
+    for (const auto& im : views) {
+      ASSERT_EQ(im.width, 160);
+      ASSERT_EQ(im.height, 120);
+    }
+    const SceneInfo sc = env.scene();
+    for (int view : {0, 1, 2, 3}) {
+      for (const auto& port : sc.ports) {
+        // A point on the coloured ring (the centre is the dark hole).
+        std::array<double, 3> w = {port.pos[0] + 0.0042, port.pos[1], port.pos[2] + 0.0008};
+        double u, v;
+        ASSERT_TRUE(env.project(view, w, &u, &v));
+        // Skip ports hidden behind the needle/stage in this view (segment carriage -> tip).
+        double ua, va, ub, vb;
+        auto st = env.proprio();
+        ASSERT_TRUE(env.project(view, {st[0], st[1], st[2] + 0.03}, &ua, &va));
+        ASSERT_TRUE(env.project(view, sc.needle_tip, &ub, &vb));
+        double sx = ub - ua, sy = vb - va;
+        double tt =
+            std::clamp(((u - ua) * sx + (v - va) * sy) / (sx * sx + sy * sy + 1e-12), 0.0, 1.0);
+        if (std::hypot(ua + tt * sx - u, va + tt * sy - v) < 12.0) {
+          ++occluded;
+          continue;
+        }
+        int x = static_cast<int>(std::floor(u)), y = static_cast<int>(std::floor(v));
+        ASSERT_TRUE(x >= 0 && x < 160 && y >= 0 && y < 120) << view << " " << u << " " << v;
+        const uint8_t* px = views[view].row(y) + 3 * x;
+        // The pixel's colour is closest (in chromaticity) to this port's colour among all ports.
+        auto chroma_dist = [&](const std::array<uint8_t, 3>& c) {
+          double s1 = px[0] + px[1] + px[2] + 1e-9, s2 = c[0] + c[1] + c[2] + 1e-9;
+          double d = 0;
+          for (int k = 0; k < 3; ++k) d += std::pow(px[k] / s1 - c[k] / s2, 2);
+          return d;
+        };
+        double mine = chroma_dist(port.rgb);
+        for (const auto& other : sc.ports) {
+          if (other.color == port.color) continue;
+          EXPECT_LT(mine, chroma_dist(other.rgb))
+              << "view " << view_names()[view] << " port " << port.color << " pixel " << int(px[0])
+              << "," << int(px[1]) << "," << int(px[2]);
+        }
+        EXPECT_LT(mine, chroma_dist({204, 194, 179})) << "looks like tissue";
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked + occluded, 3 * 4 * 3);
+  EXPECT_GE(checked, 24);
+}
+
+TEST(NeedleEnv, RenderThrowsWithoutRenderer) {
+  NeedleEnv env(headless());
+  EXPECT_THROW(env.render(), Error);
+  EnvConfig bad;
+  bad.num_views = 6;
+  EXPECT_THROW(NeedleEnv{bad}, Error);
+}
+
+TEST(ScriptedExpert, SucceedsOnSeveralSeeds) {
+  NeedleEnv env(headless());
+  auto expert = std::make_shared<ScriptedExpert>();
+  Policy p = expert_policy(expert);
+  for (uint64_t seed = 100; seed < 106; ++seed) {
+    EpisodeResult r = run_episode(env, p, seed);
+    EXPECT_TRUE(r.outcome.success) << "seed " << seed << ": " << r.outcome.reason;
+    EXPECT_EQ(r.outcome.reason, "success");
+    EXPECT_LT(r.outcome.peak_force, env.config().force_limit);
+    EXPECT_EQ(env.scene().inserted_port, env.scene().target);
+    EXPECT_GE(env.scene().insertion_depth, env.config().success_depth);
+  }
+}
+
+TEST(NeedleEnv, FailureReasons) {
+  NeedleEnv env(headless());
+  // Doing nothing times out.
+  Policy hold = [](const NeedleEnv&) { return Chunk(kChunkSize, Action{0, 0, 0}); };
+  EnvConfig short_cfg = headless();
+  short_cfg.time_limit_s = 1.0;
+  NeedleEnv short_env(short_cfg);
+  EpisodeResult r = run_episode(short_env, hold, 4);
+  EXPECT_EQ(r.outcome.reason, "timeout");
+  EXPECT_NEAR(r.outcome.time_s, 1.0, 2e-3);
+
+  // Descending into another port: wrong_port.
+  env.reset(4, 0);
+  auto other = env.scene().ports[1];
+  r = run_episode(env, go_to_and_descend(other.pos[0], other.pos[1], 0.01), 4, 0);
+  EXPECT_EQ(r.outcome.reason, "wrong_port");
+
+  // Pushing into the tissue away from every port: the force rises (fz > 0) until excess_force.
+  env.reset(4, 0);
+  auto sc = env.scene();
+  double x = 0.08, y = 0.055;  // a corner of the tissue block, away from ports
+  for (const auto& p : sc.ports) ASSERT_GT(std::hypot(p.pos[0] - x, p.pos[1] - y), 0.01);
+  r = run_episode(env, go_to_and_descend(x, y, 0.02), 4, 0);
+  EXPECT_EQ(r.outcome.reason, "excess_force");
+  float max_fz = 0;
+  for (const auto& s : env.force_log()) max_fz = std::max(max_fz, s.f[2]);
+  EXPECT_GT(max_fz, env.config().force_limit * 0.8);
+}
+
+TEST(NeedleEnv, ForceIsNearZeroWhenFree) {
+  EnvConfig cfg = headless();
+  cfg.force_noise_std = 0.0;
+  NeedleEnv env(cfg);
+  env.reset(9);
+  for (int i = 0; i < 3; ++i) env.step_chunk({});
+  for (const auto& s : env.force_log()) {
+    for (int k = 0; k < 3; ++k) EXPECT_NEAR(s.f[k], 0.0f, 0.02f);
+  }
+}
+
+TEST(Recorder, EpisodeRoundTripsThroughTheDataset) {
+  EnvConfig cfg;
+  cfg.width = 48;
+  cfg.height = 32;
+  cfg.num_views = 2;
+  NeedleEnv env(cfg);
+  dataset::EpisodeData ep;
+  Policy p = expert_policy(std::make_shared<ScriptedExpert>());
+  EpisodeResult r = run_episode(env, p, 21, -1, &ep);
+  ASSERT_TRUE(r.outcome.success) << r.outcome.reason;
+  ASSERT_EQ(ep.force.size(), env.force_log().size());
+  ASSERT_EQ(ep.actions.size(), env.action_log().size());
+  EXPECT_EQ(ep.frames.size(),
+            static_cast<size_t>((env.steps() + kStepsPerChunk - 1) / kStepsPerChunk));
+
+  char tmpl[] = "/tmp/vla_sim_test_XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  {
+    dataset::DatasetWriter w(dir + "/ds");
+    w.write(ep);
+  }
+  auto ds = dataset::Dataset::open(dir + "/ds");
+  ASSERT_EQ(ds.size(), 1u);
+  auto back = ds.load(0);
+  EXPECT_EQ(back.instruction, env.instruction());
+  EXPECT_TRUE(back.success);
+  EXPECT_EQ(back.seed, 21u);
+  ASSERT_EQ(back.force.size(0), static_cast<int64_t>(env.force_log().size()));
+  EXPECT_EQ(back.force[5][3].item<float>(), env.force_log()[5].f[2]);
+  EXPECT_EQ(back.frames.size(), ep.frames.size());
+  EXPECT_EQ(back.frames[1][1].pixels, ep.frames[1][1].pixels);  // PNG is lossless
+  EXPECT_EQ(back.ports[back.target].color, env.scene().ports[env.scene().target].color);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace vla::sim
