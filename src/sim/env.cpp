@@ -293,7 +293,7 @@ void NeedleEnv::reset(uint64_t seed, int target_port) {
   s.latched = -1;
   s.punctured = false;
   s.force_log.clear();
-  s.force_log.reserve(static_cast<size_t>(cfg.time_limit_s * kPhysicsHz) + 16);
+  s.force_log.reserve(static_cast<size_t>(std::min(cfg.time_limit_s, 60.0) * kPhysicsHz) + 16);
   s.action_log.clear();
   s.outcome = Outcome{};
 }
