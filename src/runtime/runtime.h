@@ -341,6 +341,22 @@ class SimPlant : public Plant {
 };
 // The scripted expert as a policy (privileged: reads env; sim-time only).
 PolicyFns expert_policy(vla::sim::NeedleEnv& env);
+
+// Closed-loop episodes of a policy in the needle simulator (what `vla eval closed-loop`,
+// `vla eval staleness` and `vla run` share).
+struct ClosedLoopOptions {
+  std::string policy = "default";  // "default" | "no_reuse" | policy folder | "expert"
+  bool wall_time = false;          // false: sim time (deterministic), true: real threads
+  int episodes = 10;
+  uint64_t seed = 1000;            // episode i uses seed + i
+  RuntimeConfig rt;                // vlm_latency_s = 0 in sim time means synchronous
+  int record_frames_episodes = 0;  // record VLM frames for the first N episodes
+  double time_limit_s = 0;         // 0: the env's default
+  bool progress = true;
+};
+// Runs the episodes; stops early (marking the run interrupted) when *stop becomes true.
+std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
+                                           const std::atomic<bool>* stop = nullptr);
 #endif
 #ifdef VLA_RUNTIME_WITH_POLICY
 PolicyFns policy_fns(std::shared_ptr<vla::policy::Policy> policy);

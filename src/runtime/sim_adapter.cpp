@@ -66,3 +66,62 @@ PolicyFns expert_policy(vla::sim::NeedleEnv& env) {
 }
 
 }  // namespace vla::runtime
+
+namespace vla::runtime {
+
+std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
+                                           const std::atomic<bool>* stop) {
+  VLA_CHECK(opt.episodes > 0, "--episodes must be > 0, got ", opt.episodes);
+  vla::sim::EnvConfig ec;
+  if (opt.time_limit_s > 0) ec.time_limit_s = opt.time_limit_s;
+  const bool expert = opt.policy == "expert";
+  VLA_CHECK(!(expert && opt.wall_time),
+            "policy 'expert' reads the simulator state directly and runs in sim time only");
+#ifdef VLA_RUNTIME_WITH_POLICY
+  std::shared_ptr<vla::policy::Policy> learned;
+  if (!expert) {
+    learned = vla::policy::Policy::load(opt.policy);
+    ec.num_views = learned->num_views();
+    ec.width = learned->image_width();
+    ec.height = learned->image_height();
+  }
+#else
+  VLA_CHECK(expert, "this build has no policy library; only --policy expert is available");
+#endif
+  if (expert) {
+    ec.num_views = 1;
+    ec.width = ec.height = 64;
+  }
+  vla::sim::NeedleEnv env(ec);
+  PolicyFns fns;
+  if (expert) {
+    fns = expert_policy(env);
+  } else {
+#ifdef VLA_RUNTIME_WITH_POLICY
+    fns = policy_fns(learned);
+#endif
+  }
+  std::vector<EpisodeResult> out;
+  std::unique_ptr<ProgressBar> bar;
+  if (opt.progress) bar = std::make_unique<ProgressBar>("episodes", opt.episodes);
+  int succ = 0;
+  for (int i = 0; i < opt.episodes; ++i) {
+    if (stop && stop->load()) break;
+    env.reset(opt.seed + static_cast<uint64_t>(i));
+    SimPlant plant(env);
+    RuntimeConfig rt = opt.rt;
+    rt.record_frames = i < opt.record_frames_episodes;
+    EpisodeResult ep =
+        opt.wall_time ? run_wall_time(plant, fns, rt, stop) : run_sim_time(plant, fns, rt);
+    succ += ep.outcome.success;
+    log_debug("episode ", i, " seed ", opt.seed + i, ": ", ep.outcome.reason);
+    const bool interrupted = ep.interrupted;
+    out.push_back(std::move(ep));
+    if (bar) bar->tick(1, str_cat("success ", succ, "/", i + 1));
+    if (interrupted) break;
+  }
+  if (bar) bar->finish();
+  return out;
+}
+
+}  // namespace vla::runtime

@@ -1,0 +1,208 @@
+// `vla eval closed-loop` and `vla eval staleness`: closed-loop success of a policy in the needle
+// simulator, in the reproducible sim-time mode of the async runtime (VLM latency modelled).
+#include <cstdio>
+#include <sstream>
+
+#include "command.h"
+#include "core/core.h"
+
+#if defined(VLA_HAS_RUNTIME) && defined(VLA_RUNTIME_WITH_SIM)
+#include "runtime/runtime.h"
+
+namespace {
+
+// "1.5", "1.5s", "300ms" -> seconds.
+double parse_seconds(const std::string& text) {
+  std::string s = text;
+  double scale = 1.0;
+  if (s.size() > 2 && s.substr(s.size() - 2) == "ms") {
+    scale = 1e-3;
+    s.resize(s.size() - 2);
+  } else if (!s.empty() && s.back() == 's') {
+    s.pop_back();
+  }
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  VLA_CHECK(used == s.size() && !s.empty() && v >= 0, "bad duration '", text,
+            "' (expected e.g. 1.5s, 300ms or 0.3)");
+  return v * scale;
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+struct LoopArgs {
+  std::string policy = "default";
+  int episodes = 50;
+  uint64_t seed = 1000;
+  double action_hz = 10;
+  double vlm_hz = 0;
+  std::string blend = "replace";
+  double max_staleness = 5.0;
+  double time_limit = 0;
+};
+
+void add_loop_options(CLI::App* c, LoopArgs& a) {
+  c->add_option("--policy", a.policy,
+                "Policy: default | no_reuse | a policy folder | expert (scripted, sim time only)")
+      ->capture_default_str();
+  c->add_option("--episodes", a.episodes, "Episodes (seeds seed..seed+N-1)")->capture_default_str();
+  c->add_option("--seed", a.seed, "First episode seed (1000+ are unseen by training data)")
+      ->capture_default_str();
+  c->add_option("--action-hz", a.action_hz, "Action loop rate (Hz)")->capture_default_str();
+  c->add_option("--vlm-hz", a.vlm_hz, "VLM launch rate (Hz); 0 = as fast as it finishes")
+      ->capture_default_str();
+  c->add_option("--blend", a.blend, "Chunk blending: replace | ensemble | rtc")
+      ->check(CLI::IsMember({"replace", "ensemble", "rtc"}))
+      ->capture_default_str();
+  c->add_option("--max-staleness", a.max_staleness,
+                "Feature age (s) beyond which the loop commands a safe stop")
+      ->capture_default_str();
+  c->add_option("--time-limit", a.time_limit, "Episode time limit (s); 0 = simulator default")
+      ->capture_default_str();
+}
+
+vla::runtime::ClosedLoopOptions make_options(const LoopArgs& a, double latency) {
+  vla::runtime::ClosedLoopOptions o;
+  o.policy = a.policy;
+  o.episodes = a.episodes;
+  o.seed = a.seed;
+  o.time_limit_s = a.time_limit;
+  o.rt.action_hz = a.action_hz;
+  o.rt.vlm_hz = a.vlm_hz;
+  o.rt.blend = vla::runtime::parse_blend(a.blend);
+  o.rt.max_staleness_s = a.max_staleness;
+  o.rt.vlm_latency_s = latency;
+  return o;
+}
+
+void add_eval_runtime(CLI::App& app) {
+  CLI::App* eval = vla::cli::get_or_add_subcommand(app, "eval", "Evaluate policies");
+
+  // ------------------------------------------------------------ closed-loop
+  auto* cl = eval->add_subcommand(
+      "closed-loop",
+      "Closed-loop success in the needle simulator (sim-time runtime: physics at 650 Hz, action "
+      "loop at --action-hz, VLM latency modelled; deterministic for a seed)");
+  auto a = std::make_shared<LoopArgs>();
+  auto mode = std::make_shared<std::string>("sync");
+  auto latency = std::make_shared<std::string>("1.5s");
+  auto json = std::make_shared<std::string>();
+  add_loop_options(cl, *a);
+  cl->add_option("--mode", *mode,
+                 "sync: fresh VL features every control step; async: features arrive "
+                 "--vlm-latency after their capture and are reused meanwhile")
+      ->check(CLI::IsMember({"sync", "async"}))
+      ->capture_default_str();
+  cl->add_option("--vlm-latency", *latency, "Modelled VLM latency in async mode (e.g. 1.5s, 300ms)")
+      ->capture_default_str();
+  cl->add_option("--json", *json, "Write the metrics as JSON here");
+  cl->callback([a, mode, latency, json] {
+    const double lat = *mode == "sync" ? 0.0 : parse_seconds(*latency);
+    auto o = make_options(*a, lat);
+    auto eps = vla::runtime::run_closed_loop(o);
+    auto s = vla::runtime::summarize(eps);
+    vla::runtime::print_summary(
+        s, vla::str_cat("closed loop: policy ", a->policy, ", mode ", *mode,
+                        *mode == "async" ? vla::str_cat(" (VLM latency ", lat, " s)") : "",
+                        ", blend ", a->blend, ", ", a->action_hz, " Hz, sim time"));
+    if (!json->empty()) {
+      auto j = vla::runtime::to_json(s);
+      j["policy"] = a->policy;
+      j["mode"] = *mode;
+      j["vlm_latency_s"] = lat;
+      j["blend"] = a->blend;
+      j["seed"] = a->seed;
+      j["clock"] = "sim";
+      vla::write_json_atomic(*json, j);
+    }
+  });
+
+  // ------------------------------------------------------------ staleness
+  auto* st = eval->add_subcommand(
+      "staleness",
+      "Success rate vs VLM latency (sim time) for policies trained with and without feature "
+      "reuse: one row per policy x latency");
+  auto sa = std::make_shared<LoopArgs>();
+  auto policies = std::make_shared<std::string>("default,no_reuse");
+  auto latencies = std::make_shared<std::string>("0,0.3,1.5");
+  auto sjson = std::make_shared<std::string>();
+  auto png = std::make_shared<std::string>("out/staleness.png");
+  add_loop_options(st, *sa);
+  st->add_option("--policies", *policies, "Comma-separated policies to compare")
+      ->capture_default_str();
+  st->add_option("--latencies", *latencies, "Comma-separated VLM latencies (s; 0 = synchronous)")
+      ->capture_default_str();
+  st->add_option("--json", *sjson, "Write the rows as JSON here");
+  st->add_option("--png", *png, "Bar plot: success per latency (groups), one bar per policy")
+      ->capture_default_str();
+  st->callback([sa, policies, latencies, sjson, png] {
+    auto pols = split(*policies);
+    auto lats = split(*latencies);
+    VLA_CHECK(!pols.empty() && !lats.empty(), "--policies and --latencies must not be empty");
+    nlohmann::json rows = nlohmann::json::array();
+    vla::Table t(
+        {"policy", "VLM latency s", "success %", "episodes", "feature age p50 ms", "failures"});
+    std::vector<std::vector<double>> bars;
+    for (const auto& p : pols) {
+      std::vector<double> bar;
+      for (const auto& l : lats) {
+        LoopArgs a = *sa;
+        a.policy = p;
+        const double lat = parse_seconds(l);
+        // Features are never fresher than the latency: keep the safe stop out of the way.
+        a.max_staleness = std::max(a.max_staleness, 2 * lat + 1.0);
+        vla::log_info("staleness: policy ", p, ", VLM latency ", lat, " s");
+        auto s = vla::runtime::summarize(vla::runtime::run_closed_loop(make_options(a, lat)));
+        auto j = vla::runtime::to_json(s);
+        j["policy"] = p;
+        j["vlm_latency_s"] = lat;
+        j["mode"] = lat == 0 ? "sync" : "async";
+        rows.push_back(j);
+        std::string fails;
+        for (const auto& kv : s.outcomes)
+          if (kv.first != "success")
+            fails += vla::str_cat(fails.empty() ? "" : ", ", kv.first, " ", kv.second);
+        t.add_row({p, vla::fmt_double(lat, 2), vla::fmt_double(100 * s.success_rate(), 1),
+                   std::to_string(s.episodes), vla::fmt_double(s.age_ms_p50, 0), fails});
+        bar.push_back(s.success_rate());
+      }
+      bars.push_back(bar);
+    }
+    std::printf("success vs VLM latency (sim time, %d episodes each from seed %llu)\n",
+                sa->episodes, static_cast<unsigned long long>(sa->seed));
+    t.print();
+    if (!png->empty()) {
+      auto dir = png->substr(0, png->find_last_of('/'));
+      if (png->find('/') != std::string::npos && !dir.empty()) vla::make_dirs(dir);
+      vla::write_png(*png, vla::runtime::plot_bars(bars));
+      vla::log_info("plot: ", *png, " (groups = latencies ", *latencies, "; bars = policies ",
+                    *policies, ")");
+    }
+    if (!sjson->empty()) {
+      nlohmann::json j;
+      j["rows"] = rows;
+      j["policies"] = pols;
+      j["latencies_s"] = lats;
+      j["episodes"] = sa->episodes;
+      j["seed"] = sa->seed;
+      vla::write_json_atomic(*sjson, j);
+    }
+  });
+}
+
+}  // namespace
+
+VLA_REGISTER_COMMAND(410, add_eval_runtime);
+#endif
