@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   int height = 360, width = 640, iters = 30, decode_tokens = 64;
   double peak_tflops = 798.0;
   bool eager = true;
+  bool profile = true;
   app.add_option("--model", model, "checkpoint folder (default: random 3B-architecture weights)");
   app.add_option("--height", height, "frame height (default 360)");
   app.add_option("--width", width, "frame width (default 640)");
@@ -108,6 +109,8 @@ int main(int argc, char** argv) {
   app.add_option("--peak-tflops", peak_tflops,
                  "bf16 matmul peak used for the FLOP floor (default 798, measured H100)");
   app.add_option("--eager", eager, "also time 5 views without CUDA graphs (default true)");
+  app.add_option("--profile", profile,
+                 "per-op device times of the 5-view plan + GEMM shape rates (default true)");
   app.add_option("--peer", peer,
                  "peer_qwen25vl.json from the same machine, for the side-by-side table");
   app.add_option("--json", json_out, "write all numbers as JSON");
@@ -174,6 +177,70 @@ int main(int argc, char** argv) {
       }
       engine->set_cuda_graphs(true);
       out["cases"][c.key] = rec;
+      std::fflush(stdout);
+    }
+    if (profile) {
+      nlohmann::json prec;
+      try {
+        PlanSpec spec;
+        spec.views = 5;
+        spec.height = height;
+        spec.width = width;
+        spec.prompt_ids = peer_prompt(dims, 5, false);
+        engine->set_cuda_graphs(false);
+        engine->prepare(spec);
+        engine->set_cuda_graphs(true);
+        engine->profile_run();
+        std::vector<std::pair<std::string, double>> acc;
+        const int reps = 5;
+        for (int r = 0; r < reps; ++r) {
+          for (const auto& [k, ms] : engine->profile_run()) {
+            auto it =
+                std::find_if(acc.begin(), acc.end(), [&](const auto& p) { return p.first == k; });
+            if (it == acc.end())
+              acc.emplace_back(k, ms / reps);
+            else
+              it->second += ms / reps;
+          }
+        }
+        double total = 0;
+        for (const auto& kv : acc) total += kv.second;
+        Table tab({"op (5 views, eager, events)", "ms", "%"});
+        for (const auto& [k, ms] : acc) {
+          tab.add_row({k, fmt_double(ms, 3), fmt_double(100.0 * ms / total, 1)});
+          prec["ops_ms"][k] = ms;
+        }
+        tab.add_row({"total", fmt_double(total, 3), "100"});
+        tab.print();
+        // cuBLAS rates for the shapes the engine runs
+        Table g({"GEMM M x K -> N (bf16)", "ms", "TFLOP/s"});
+        const std::vector<std::array<int64_t, 3>> shapes = {
+            {5980, 1176, 1280}, {5980, 1280, 3840},  {5980, 1280, 1280},  {5980, 1280, 6912},
+            {5980, 3456, 1280}, {5980, 3420, 1280},  {1495, 5120, 5120},  {1525, 2048, 2560},
+            {1525, 2048, 2048}, {1525, 2048, 22016}, {1525, 11008, 2048}, {8192, 8192, 8192}};
+        auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+        for (const auto& sh : shapes) {
+          auto a = at::randn({sh[0], sh[1]}, o);
+          auto b = at::randn({sh[2], sh[1]}, o);
+          for (int i = 0; i < 3; ++i) at::mm(a, b.t());
+          torch::cuda::synchronize();
+          Stopwatch sw;
+          const int n = 20;
+          for (int i = 0; i < n; ++i) at::mm(a, b.t());
+          torch::cuda::synchronize();
+          const double ms = sw.elapsed_ms() / n;
+          const double tf = 2.0 * sh[0] * sh[1] * sh[2] / (ms * 1e-3) / 1e12;
+          const std::string name = std::to_string(sh[0]) + " x " + std::to_string(sh[1]) + " -> " +
+                                   std::to_string(sh[2]);
+          g.add_row({name, fmt_double(ms, 3), fmt_double(tf, 0)});
+          prec["gemm_tflops"][name] = tf;
+        }
+        g.print();
+      } catch (const std::exception& e) {
+        prec["error"] = e.what();
+        std::printf("profile FAILED: %s\n", e.what());
+      }
+      out["profile"] = prec;
       std::fflush(stdout);
     }
     if (decode_tokens > 0) {

@@ -9,7 +9,8 @@
 # Usage (repo root, on the GPU machine): bench/gpu_side_by_side.sh [--model DIR] [--skip-peer]
 #   Header-only deps missing there (nlohmann-json, CLI11, stb, GoogleTest, Google Benchmark) are
 #   taken from Debian .debs in .deps/debs (fetch them elsewhere: see docs/gpu.md).
-#   Env: OUT (results folder, default ./out-gpu), BUILD (default build-gpu-dev), JOBS.
+#   Env: OUT (results folder, default ./out-gpu), BUILD (default build-gpu-dev), JOBS,
+#   PEER_JSON (with --skip-peer: an earlier peer_qwen25vl.json to compare against).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out-gpu}
@@ -68,6 +69,9 @@ if [ "$PEER" = 1 ]; then
 fi
 
 # 5. ours, and the table
-ARGS=(--json "$OUT/bench_gpu.json" --peer "$OUT/peer_qwen25vl.json")
+PEER_FILE="$OUT/peer_qwen25vl.json"
+# --skip-peer with PEER_JSON=FILE reuses an earlier transformers run of the same machine kind
+[ "$PEER" = 0 ] && [ -n "${PEER_JSON:-}" ] && PEER_FILE="$PEER_JSON"
+ARGS=(--json "$OUT/bench_gpu.json" --peer "$PEER_FILE")
 [ -n "$MODEL" ] && ARGS+=(--model "$MODEL")
 "$BUILD"/bench_gpu "${ARGS[@]}" 2>&1 | tee "$OUT/bench_gpu.log"

@@ -398,8 +398,47 @@ struct Plan {
 #endif
 };
 
+// Per-op device time accounting for one eager pass (CUDA events between ops).
+struct Profiler {
+#ifdef VLA_HAVE_CUDA
+  std::vector<std::string> names;
+  std::vector<std::unique_ptr<at::cuda::CUDAEvent>> events;
+#endif
+  void mark(const char* name) {
+#ifdef VLA_HAVE_CUDA
+    names.emplace_back(name);
+    events.push_back(std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault));
+    events.back()->record(c10::cuda::getCurrentCUDAStream());
+#else
+    (void)name;
+#endif
+  }
+  std::vector<std::pair<std::string, double>> totals() {
+    std::vector<std::pair<std::string, double>> out;
+#ifdef VLA_HAVE_CUDA
+    if (events.empty()) return out;
+    events.back()->synchronize();
+    for (size_t i = 0; i + 1 < events.size(); ++i) {
+      const double ms = events[i]->elapsed_time(*events[i + 1]);
+      auto it =
+          std::find_if(out.begin(), out.end(), [&](const auto& p) { return p.first == names[i]; });
+      if (it == out.end())
+        out.emplace_back(names[i], ms);
+      else
+        it->second += ms;
+    }
+#endif
+    return out;
+  }
+};
+
 struct EngineImpl {
   ModelDims d;
+  Profiler* prof = nullptr;
+  int64_t vi_pad = 0, ti_pad = 0;  // MLP widths padded to multiples of 64 (16-byte aligned rows)
+  void mark(const char* n) const {
+    if (prof) prof->mark(n);
+  }
   EngineOptions o;
   PreprocessConfig pc;
   at::Tensor patch_w;
@@ -422,29 +461,43 @@ struct EngineImpl {
     const int H = v.heads, D = v.head_dim();
     const int64_t N = patches.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    mark("v.patch_embed");
     at::Tensor h = ops::linear(patches, patch_w);  // residual stream
+    mark("v.norm");
     at::Tensor n = ops::rms_norm(h, vl[0].n1, v.eps, fused());
     for (size_t i = 0; i < vl.size(); ++i) {
       const VLayer& L = vl[i];
+      mark("v.qkv");
       at::Tensor qkv = ops::linear(n, L.qkv_w, L.qkv_b);  // [N, 3*hidden]
+      mark("v.rotary");
       ops::rotary_(qkv, 2 * H, D, cos, sin, fused());
       auto q = qkv.narrow(1, 0, v.hidden).view({N, H, D});
       auto k = qkv.narrow(1, v.hidden, v.hidden).view({N, H, D});
       auto val = qkv.narrow(1, 2 * v.hidden, v.hidden).view({N, H, D});
       const ops::Varlen& cu = L.full ? cu_full : cu_window;
+      mark(L.full ? "v.attn_full" : "v.attn_window");
       at::Tensor a = ops::attention(q, k, val, cu, cu, /*causal=*/false, scale, flash);
+      mark("v.proj");
       at::Tensor o_ = ops::linear(a.view({N, v.hidden}), L.proj_w, L.proj_b);
+      mark("v.add_norm");
       n = ops::add_rms_norm(o_, h, L.n2, v.eps, fused());
+      mark("v.gate_up");
       at::Tensor gu = ops::linear(n, L.gu_w, L.gu_b);
-      at::Tensor act = ops::silu_mul(gu, v.intermediate, fused());
+      mark("v.silu_mul");
+      at::Tensor act = ops::silu_mul(gu, vi_pad, fused());
+      mark("v.down");
       at::Tensor dn = ops::linear(act, L.down_w, L.down_b);
+      mark("v.add_norm");
       const at::Tensor& next_w = (i + 1 < vl.size()) ? vl[i + 1].n1 : m_ln;
       n = ops::add_rms_norm(dn, h, next_w, v.eps, fused());
     }
+    mark("v.merger");
     const int mu = v.merge * v.merge;
     at::Tensor x = n.view({N / mu, v.hidden * mu});
     x = at::gelu(ops::linear(x, m0_w, m0_b));
-    return ops::linear(x, m2_w, m2_b);
+    at::Tensor out = ops::linear(x, m2_w, m2_b);
+    mark("end");
+    return out;
   }
 
   // ---------------------------------------------------------------- text
@@ -455,10 +508,13 @@ struct EngineImpl {
     const int H = t.heads, Hk = t.kv_heads, D = t.head_dim();
     const int64_t T = h.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    mark("t.norm");
     at::Tensor n = ops::rms_norm(h, tl[0].in_n, t.eps, fused());
     for (size_t i = 0; i < tl.size(); ++i) {
       const TLayer& L = tl[i];
+      mark("t.qkv");
       at::Tensor qkv = ops::linear(n, L.qkv_w, L.qkv_b);  // [T, (H + 2Hk) D]
+      mark("t.rotary");
       ops::rotary_(qkv, H + Hk, D, cos, sin, fused());
       auto q = qkv.narrow(1, 0, H * D).view({T, H, D});
       auto k = qkv.narrow(1, H * D, Hk * D).view({T, Hk, D});
@@ -467,15 +523,23 @@ struct EngineImpl {
         cache->k[i].narrow(0, 0, T).copy_(k);
         cache->v[i].narrow(0, 0, T).copy_(val);
       }
+      mark("t.attn");
       at::Tensor a = ops::attention(q, k, val, seq, seq, /*causal=*/true, scale, flash);
+      mark("t.o_proj");
       at::Tensor o_ = ops::linear(a.view({T, H * D}), L.o_w);
+      mark("t.add_norm");
       n = ops::add_rms_norm(o_, h, L.post_n, t.eps, fused());
+      mark("t.gate_up");
       at::Tensor gu = ops::linear(n, L.gu_w);
-      at::Tensor act = ops::silu_mul(gu, t.intermediate, fused());
+      mark("t.silu_mul");
+      at::Tensor act = ops::silu_mul(gu, ti_pad, fused());
+      mark("t.down");
       at::Tensor dn = ops::linear(act, L.down_w);
+      mark("t.add_norm");
       const at::Tensor& next_w = (i + 1 < tl.size()) ? tl[i + 1].in_n : final_norm;
       n = ops::add_rms_norm(dn, h, next_w, t.eps, fused());
     }
+    mark("end");
     if (cache) cache->length = T;
     return n;
   }
@@ -552,6 +616,18 @@ Engine::Engine(const ModelDims& dims, EngineOptions options)
 Engine::~Engine() = default;
 
 namespace {
+int64_t pad64(int64_t n) { return (n + 63) / 64 * 64; }
+// Zero-pads dimension `dim` of t to `size` (zero rows/columns leave the MLP's result unchanged:
+// silu(0) * 0 = 0 and zero down-projection columns).
+at::Tensor pad_dim(const at::Tensor& t, int64_t dim, int64_t size) {
+  if (t.size(dim) == size) return t;
+  auto shape = t.sizes().vec();
+  shape[dim] = size;
+  auto out = at::zeros(shape, t.options());
+  out.narrow(dim, 0, t.size(dim)).copy_(t);
+  return out;
+}
+
 at::Tensor fetch(const WeightFn& fn, const std::string& name, const std::vector<int64_t>& shape) {
   std::vector<std::string> tried = {name};
   at::Tensor t = fn(name);
@@ -583,7 +659,9 @@ Engine::Engine(const ModelDims& dims, const WeightFn& wf, EngineOptions options)
     return fetch(wf, name, shape).to(E.wopt()).contiguous();
   };
   auto cat0 = [&](std::vector<at::Tensor> parts) { return at::cat(parts, 0).contiguous(); };
-  const int64_t vh = v.hidden, vi = v.intermediate;
+  E.vi_pad = pad64(v.intermediate);
+  E.ti_pad = pad64(t.intermediate);
+  const int64_t vh = v.hidden, vi = v.intermediate, vip = E.vi_pad, tip = E.ti_pad;
   E.patch_w =
       W("visual.patch_embed.proj.weight", {vh, v.in_chans, v.temporal_patch, v.patch, v.patch})
           .view({vh, v.patch_dim()});
@@ -596,9 +674,11 @@ Engine::Engine(const ModelDims& dims, const WeightFn& wf, EngineOptions options)
     L.qkv_b = W(p + "attn.qkv.bias", {3 * vh});
     L.proj_w = W(p + "attn.proj.weight", {vh, vh});
     L.proj_b = W(p + "attn.proj.bias", {vh});
-    L.gu_w = cat0({W(p + "mlp.gate_proj.weight", {vi, vh}), W(p + "mlp.up_proj.weight", {vi, vh})});
-    L.gu_b = cat0({W(p + "mlp.gate_proj.bias", {vi}), W(p + "mlp.up_proj.bias", {vi})});
-    L.down_w = W(p + "mlp.down_proj.weight", {vh, vi});
+    L.gu_w = cat0({pad_dim(W(p + "mlp.gate_proj.weight", {vi, vh}), 0, vip),
+                   pad_dim(W(p + "mlp.up_proj.weight", {vi, vh}), 0, vip)});
+    L.gu_b = cat0({pad_dim(W(p + "mlp.gate_proj.bias", {vi}), 0, vip),
+                   pad_dim(W(p + "mlp.up_proj.bias", {vi}), 0, vip)});
+    L.down_w = pad_dim(W(p + "mlp.down_proj.weight", {vh, vi}), 1, vip);
     L.down_b = W(p + "mlp.down_proj.bias", {vh});
     L.full =
         std::find(v.fullatt_blocks.begin(), v.fullatt_blocks.end(), i) != v.fullatt_blocks.end();
@@ -626,9 +706,9 @@ Engine::Engine(const ModelDims& dims, const WeightFn& wf, EngineOptions options)
     L.qkv_b = cat0({W(p + "self_attn.q_proj.bias", {qd}), W(p + "self_attn.k_proj.bias", {kd}),
                     W(p + "self_attn.v_proj.bias", {kd})});
     L.o_w = W(p + "self_attn.o_proj.weight", {th, qd});
-    L.gu_w = cat0({W(p + "mlp.gate_proj.weight", {t.intermediate, th}),
-                   W(p + "mlp.up_proj.weight", {t.intermediate, th})});
-    L.down_w = W(p + "mlp.down_proj.weight", {th, t.intermediate});
+    L.gu_w = cat0({pad_dim(W(p + "mlp.gate_proj.weight", {t.intermediate, th}), 0, tip),
+                   pad_dim(W(p + "mlp.up_proj.weight", {t.intermediate, th}), 0, tip)});
+    L.down_w = pad_dim(W(p + "mlp.down_proj.weight", {th, t.intermediate}), 1, tip);
     E.tl.push_back(std::move(L));
   }
   at::Tensor lm = wf("lm_head.weight");
@@ -658,6 +738,8 @@ std::unique_ptr<Engine> Engine::random(const ModelDims& dims, EngineOptions opti
   };
   const VisionDims& v = dims.vision;
   const TextDims& t = dims.text;
+  E.vi_pad = pad64(v.intermediate);
+  E.ti_pad = pad64(t.intermediate);
   const int64_t vh = v.hidden, vi = v.intermediate, th = t.hidden, D = t.head_dim();
   const double s = 0.02;
   E.patch_w = rnd({vh, v.patch_dim()}, s);
@@ -669,9 +751,10 @@ std::unique_ptr<Engine> Engine::random(const ModelDims& dims, EngineOptions opti
     L.qkv_b = rnd({3 * vh}, s);
     L.proj_w = rnd({vh, vh}, s);
     L.proj_b = rnd({vh}, s);
-    L.gu_w = rnd({2 * vi, vh}, s);
-    L.gu_b = rnd({2 * vi}, s);
-    L.down_w = rnd({vh, vi}, s);
+    L.gu_w =
+        at::cat({pad_dim(rnd({vi, vh}, s), 0, E.vi_pad), pad_dim(rnd({vi, vh}, s), 0, E.vi_pad)});
+    L.gu_b = at::cat({pad_dim(rnd({vi}, s), 0, E.vi_pad), pad_dim(rnd({vi}, s), 0, E.vi_pad)});
+    L.down_w = pad_dim(rnd({vh, vi}, s), 1, E.vi_pad);
     L.down_b = rnd({vh}, s);
     L.full =
         std::find(v.fullatt_blocks.begin(), v.fullatt_blocks.end(), i) != v.fullatt_blocks.end();
@@ -692,8 +775,9 @@ std::unique_ptr<Engine> Engine::random(const ModelDims& dims, EngineOptions opti
     L.qkv_w = rnd({(t.heads + 2 * t.kv_heads) * D, th}, s);
     L.qkv_b = rnd({(t.heads + 2 * t.kv_heads) * D}, s);
     L.o_w = rnd({th, t.heads * D}, s);
-    L.gu_w = rnd({2 * static_cast<int64_t>(t.intermediate), th}, s);
-    L.down_w = rnd({th, t.intermediate}, s);
+    L.gu_w = at::cat({pad_dim(rnd({t.intermediate, th}, s), 0, E.ti_pad),
+                      pad_dim(rnd({t.intermediate, th}, s), 0, E.ti_pad)});
+    L.down_w = pad_dim(rnd({th, t.intermediate}, s), 1, E.ti_pad);
     E.tl.push_back(std::move(L));
   }
   E.lm_head = t.tie_embeddings ? E.embed : rnd({t.vocab, th}, s);
@@ -871,7 +955,7 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
       at::Tensor o_ = ops::linear(a.view({1, H * D}), Ly.o_w);
       n = ops::add_rms_norm(o_, x, Ly.post_n, t.eps, E.fused());
       at::Tensor gu = ops::linear(n, Ly.gu_w);
-      at::Tensor dn = ops::linear(ops::silu_mul(gu, t.intermediate, E.fused()), Ly.down_w);
+      at::Tensor dn = ops::linear(ops::silu_mul(gu, E.ti_pad, E.fused()), Ly.down_w);
       const at::Tensor& nw = (i + 1 < E.tl.size()) ? E.tl[i + 1].in_n : E.final_norm;
       n = ops::add_rms_norm(dn, x, nw, t.eps, E.fused());
     }
@@ -1141,6 +1225,37 @@ at::Tensor Engine::run() {
   }
   p.features = f;
   return p.features;
+}
+
+std::vector<std::pair<std::string, double>> Engine::profile_run() {
+  EngineImpl& E = *impl_;
+  VLA_CHECK(E.plan, "engine: no plan prepared");
+  Plan& p = *E.plan;
+  at::NoGradGuard ng;
+  Profiler prof;
+#ifdef VLA_HAVE_CUDA
+  VLA_CHECK(p.stream != nullptr, "profile_run needs a CUDA plan");
+  c10::cuda::CUDAStreamGuard sg(*p.stream);
+  E.prof = &prof;
+  try {
+    prof.mark("upload");
+    p.dev_frames.copy_(p.host_frames, /*non_blocking=*/true);
+    prof.mark("preprocess");
+    auto patches = E.preprocess_device(p.dev_frames, p.rh, p.rw, p.tmp, p.h_w, p.h_b, p.ch, p.v_w,
+                                       p.v_b, p.cv, p.patch_src, E.o.dtype);
+    auto vis = E.vision_core(patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
+    prof.mark("t.embed");
+    at::Tensor h = E.embed.index_select(0, p.ids_dev);
+    h.index_copy_(0, p.scatter_rows, vis);
+    E.text_core(h, p.tcos, p.tsin, p.seq, nullptr);
+  } catch (...) {
+    E.prof = nullptr;
+    throw;
+  }
+  E.prof = nullptr;
+#endif
+  (void)p;
+  return prof.totals();
 }
 
 void Engine::run_vision_only() {

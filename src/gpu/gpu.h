@@ -179,6 +179,8 @@ class Engine {
   bool plan_uses_graphs() const;
   // Runs only the vision stage of the plan (preprocessing done by the last run()); for timing.
   void run_vision_only();
+  // One eager pass of the plan with CUDA events between ops: device ms per op kind (CUDA only).
+  std::vector<std::pair<std::string, double>> profile_run();
   // Attention implementation in use ("flash-varlen" or "math").
   std::string attention_backend() const;
 
