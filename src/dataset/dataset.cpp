@@ -337,4 +337,32 @@ Episode Dataset::load(size_t i, bool with_frames) const {
   return ep;
 }
 
+torch::Tensor force_window(const torch::Tensor& force, double t_end, int samples) {
+  VLA_CHECK(
+      force.dim() == 2 && force.size(1) == kForceCols && force.scalar_type() == torch::kFloat32,
+      "force_window: expected a float32 [N, 7] force tensor, got ", force.sizes());
+  VLA_CHECK(samples > 0, "force_window: samples must be > 0");
+  auto f = force.contiguous();
+  const float* p = f.data_ptr<float>();
+  const int64_t n = f.size(0);
+  // Number of rows with t <= t_end (timestamps are increasing).
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    int64_t mid = (lo + hi) / 2;
+    if (static_cast<double>(p[mid * kForceCols]) <= t_end + 1e-6) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  const int64_t end = lo;
+  torch::Tensor out = torch::zeros({samples, kForceCols - 1}, torch::kFloat32);
+  const int64_t take = std::min<int64_t>(samples, end);
+  if (take > 0) {
+    out.slice(0, samples - take, samples)
+        .copy_(f.slice(0, end - take, end).slice(1, 1, kForceCols));
+  }
+  return out;
+}
+
 }  // namespace vla::dataset

@@ -113,6 +113,11 @@ class Dataset {
   std::vector<nlohmann::json> metas_;
 };
 
+// The last `samples` force rows (6 columns, timestamps dropped) with t <= t_end, as float32
+// [samples, 6]; rows before the episode start are zero. The policy's 100 ms window before control
+// tick T is force_window(ep.force, 0.1 * T) (65 samples at 650 Hz).
+torch::Tensor force_window(const torch::Tensor& force, double t_end, int samples = 65);
+
 // Validates one episode folder (meta, byte counts, frames); throws vla::Error on problems.
 nlohmann::json validate_episode(const std::string& episode_dir);
 

@@ -198,5 +198,23 @@ TEST(Dataset, WriterRejectsInconsistentEpisodes) {
   EXPECT_EQ(w.size(), 0u);
 }
 
+TEST(Dataset, ForceWindowCutsByTime) {
+  EpisodeData ep = synthetic(2);  // 195 samples, t = (i+1)/650
+  torch::Tensor force = torch::from_blob(ep.force.data(), {195, 7}, torch::kFloat32).clone();
+  // Window before tick 2 (t = 0.2 s): samples 65..129.
+  torch::Tensor w = force_window(force, 0.2);
+  ASSERT_EQ(w.sizes(), (std::vector<int64_t>{65, 6}));
+  EXPECT_EQ(w[0][0].item<float>(), ep.force[65][1]);
+  EXPECT_EQ(w[64][5].item<float>(), ep.force[129][6]);
+  // Before enough history exists the front is zero-padded.
+  torch::Tensor w0 = force_window(force, 0.05, 65);
+  const int have = 32;  // t = 1/650 .. 32/650 <= 0.05 s
+  EXPECT_EQ(w0[65 - have - 1].abs().sum().item<float>(), 0.0f);
+  EXPECT_EQ(w0[65 - have][0].item<float>(), ep.force[0][1]);
+  EXPECT_EQ(w0[64][0].item<float>(), ep.force[have - 1][1]);
+  EXPECT_EQ(force_window(force, -1.0).abs().sum().item<float>(), 0.0f);
+  EXPECT_THROW(force_window(force.slice(1, 0, 6), 0.1), Error);
+}
+
 }  // namespace
 }  // namespace vla::dataset

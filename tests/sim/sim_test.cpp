@@ -240,6 +240,45 @@ TEST(ScriptedExpert, SucceedsOnSeveralSeeds) {
   }
 }
 
+// The expert finds the surface by force: insertion depth is controlled relative to the sensed
+// contact although the tissue height varies by 10 mm between episodes.
+TEST(ScriptedExpert, DepthFollowsSensedContact) {
+  NeedleEnv env(headless());
+  auto expert = std::make_shared<ScriptedExpert>();
+  Policy p = expert_policy(expert);
+  double zmin = 1, zmax = 0;
+  for (uint64_t seed = 200; seed < 206; ++seed) {
+    ASSERT_TRUE(run_episode(env, p, seed).outcome.success);
+    const SceneInfo sc = env.scene();
+    zmin = std::min(zmin, sc.surface_z);
+    zmax = std::max(zmax, sc.surface_z);
+    EXPECT_GE(sc.insertion_depth, env.config().success_depth);
+    EXPECT_LT(sc.insertion_depth, 0.014);
+  }
+  EXPECT_GT(zmax - zmin, 0.003);
+}
+
+TEST(ScriptedExpert, BacksOffOnExcessForce) {
+  for (double limit : {100.0, 0.0}) {
+    NeedleEnv env(headless());
+    ExpertConfig cfg;
+    cfg.backoff_force = limit;
+    ScriptedExpert expert(cfg);
+    env.reset(3);
+    int ticks = 0;
+    while (expert.phase() != "insert" && ticks++ < 60) env.step_chunk(expert.act(env));
+    ASSERT_EQ(expert.phase(), "insert");
+    Chunk next = expert.act(env);
+    double dz = 0;
+    for (const auto& a : next) dz += a[2];
+    if (limit > 10) {
+      EXPECT_LT(dz, 0.0);  // keeps inserting
+    } else {
+      EXPECT_GT(dz, 0.0);  // any force counts as excess: retract
+    }
+  }
+}
+
 TEST(NeedleEnv, FailureReasons) {
   NeedleEnv env(headless());
   // Doing nothing times out.
