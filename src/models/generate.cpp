@@ -106,16 +106,51 @@ GenerateResult Qwen25VLImpl::generate(const std::vector<Image>& images, const st
 }
 
 #ifdef VLA_MODELS_WITH_TEXT
+namespace {
+class TextPromptCodec : public PromptCodec {
+ public:
+  TextPromptCodec(Tokenizer tok, int64_t image_pad_id)
+      : tok_(std::move(tok)), image_pad_id_(image_pad_id) {}
+  std::vector<int64_t> encode_chat(const std::string& text,
+                                   const std::vector<int64_t>& image_tokens) const override {
+    std::vector<ChatContent> parts;
+    for (size_t i = 0; i < image_tokens.size(); ++i) parts.push_back(ChatContent::Image());
+    parts.push_back(ChatContent::Text(text));
+    const std::string s = tok_.apply_chat_template({ChatMessage::Parts("user", parts)});
+    return expand_image_pads(tok_.encode(s), image_tokens, image_pad_id_);
+  }
+  std::string decode(const std::vector<int64_t>& ids) const override {
+    return tok_.decode(ids, /*skip_special=*/true);
+  }
+
+ private:
+  Tokenizer tok_;
+  int64_t image_pad_id_;
+};
+}  // namespace
+
 std::shared_ptr<PromptCodec> make_prompt_codec(const std::string& dir, const Qwen25VLConfig& cfg) {
-  (void)dir;
-  (void)cfg;
-  return nullptr;
+  if (!file_exists(dir + "/tokenizer.json")) {
+    log_warn(dir, ": no tokenizer.json; encode()/generate() need token ids from the caller");
+    return nullptr;
+  }
+  try {
+    auto tok = Tokenizer::from_folder(dir);
+    if (!tok.has_chat_template()) {
+      log_warn(dir, ": no chat template found; prompts cannot be built");
+      return nullptr;
+    }
+    return std::make_shared<TextPromptCodec>(std::move(tok), cfg.image_token_id);
+  } catch (const Error& e) {
+    log_warn(dir, ": tokenizer / chat template unusable: ", e.what());
+    return nullptr;
+  }
 }
 #else
 std::shared_ptr<PromptCodec> make_prompt_codec(const std::string& dir, const Qwen25VLConfig& cfg) {
   (void)dir;
   (void)cfg;
-  return nullptr;
+  return nullptr;  // vla_text is not part of this build
 }
 #endif
 

@@ -295,3 +295,64 @@ TEST(Sampling, WarpersBehave) {
 }
 
 }  // namespace
+
+#ifdef VLA_MODELS_WITH_TEXT
+namespace {
+
+std::vector<vla::Image> case_images(const std::string& c) {
+  std::vector<vla::Image> out;
+  for (const auto& n : kCaseImages.at(c))
+    out.push_back(vla::read_image(kFix + "/images/" + n + ".png"));
+  return out;
+}
+
+const std::string kPrompt = "Insert the needle into the red port.";
+
+TEST(EndToEnd, EncodeBuildsHfPromptsAndFeatures) {
+  auto& f = fixture("b");
+  ASSERT_NE(f.model->prompt_codec(), nullptr);
+  for (const std::string c : {"one", "multi"}) {
+    SCOPED_TRACE(c);
+    vla::EncodeOptions o;
+    o.pooling = vla::Pooling::kAll;
+    auto r = f.model->encode(case_images(c), kPrompt, o);
+    EXPECT_TRUE(torch::equal(r.input_ids, f.ref->load(c + ".input_ids")));
+    EXPECT_LE(rel_err(r.features, f.ref->load(c + ".last_hidden")), 1e-5);
+    o.pooling = vla::Pooling::kMean;
+    auto mean = f.model->encode(case_images(c), kPrompt, o).features;
+    EXPECT_LE(rel_err(mean, f.ref->load(c + ".last_hidden").mean(1)), 1e-5);
+  }
+}
+
+TEST(EndToEnd, ViewsAsBatchMatchesHfLeftPaddedBatch) {
+  auto& f = fixture("a");
+  vla::EncodeOptions o;
+  o.pooling = vla::Pooling::kAll;
+  o.views_as_batch = true;
+  auto r = f.model->encode(case_images("batch"), kPrompt, o);
+  EXPECT_TRUE(torch::equal(r.input_ids, f.ref->load("batch.input_ids")));
+  EXPECT_TRUE(torch::equal(r.attention_mask, f.ref->load("batch.attention_mask")));
+  auto valid = r.attention_mask.to(torch::kBool);
+  EXPECT_LE(rel_err(r.features.index({valid}), f.ref->load("batch.last_hidden").index({valid})),
+            1e-5);
+  o.pooling = vla::Pooling::kLastToken;
+  auto last = f.model->encode(case_images("batch"), kPrompt, o).features;
+  EXPECT_EQ(last.sizes(), (std::vector<int64_t>{2, 64}));
+  EXPECT_LE(rel_err(last, f.ref->load("batch.last_hidden").select(1, -1)), 1e-5);
+}
+
+TEST(EndToEnd, GenerateFromImagesAndPrompt) {
+  auto& f = fixture("b");
+  vla::GenerateOptions o;
+  o.max_new_tokens = 16;
+  o.use_stop_tokens = false;
+  auto r = f.model->generate(case_images("multi"), kPrompt, o);
+  auto want = f.ref->load("multi.generated")[0];
+  ASSERT_EQ(r.token_ids.size(), 16u);
+  for (size_t i = 0; i < 16; ++i) EXPECT_EQ(r.token_ids[i], want[i].item<int64_t>());
+  EXPECT_FALSE(r.text.empty());
+  EXPECT_EQ(r.stop_reason, "max_new_tokens");
+}
+
+}  // namespace
+#endif
