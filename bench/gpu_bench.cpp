@@ -85,6 +85,8 @@ Timing time_plan(Engine& e, const PlanSpec& spec, int iters, nlohmann::json& rec
   rec["flops"] = e.plan_flops();
   rec["vision_flops"] = e.plan_vision_flops();
   rec["graphs"] = e.plan_uses_graphs();
+  rec["attention"] = e.attention_backend();
+  std::printf("  attention %s\n", e.attention_backend().c_str());
   auto f = e.run();
   rec["features_shape"] = f.sizes().vec();
   rec["features_finite"] = at::isfinite(f).all().item<bool>();

@@ -447,7 +447,30 @@ struct EngineImpl {
   at::Tensor embed, final_norm, lm_head;
   std::vector<TLayer> tl;
   bool flash = false;
+  // Chosen per plan by timing (CUDA): attention of the decoder and of the vision full-attention
+  // blocks when all their sequences have the same length.
+  ops::AttnBackend llm_backend = ops::AttnBackend::kFlashVarlen;
+  ops::AttnBackend vfull_backend = ops::AttnBackend::kFlashVarlen;
+  std::string tune_report;
   std::unique_ptr<Plan> plan;
+
+  static int64_t uniform_count(const ops::Varlen& v) {
+    if (v.cu.size() < 2) return 0;
+    const int64_t l = v.cu[1] - v.cu[0];
+    for (size_t i = 1; i + 1 < v.cu.size(); ++i) {
+      if (v.cu[i + 1] - v.cu[i] != l) return 0;
+    }
+    return static_cast<int64_t>(v.cu.size()) - 1;
+  }
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const ops::Varlen& cu, bool causal, double scale,
+                    ops::AttnBackend backend) const {
+    if (flash && backend != ops::AttnBackend::kFlashVarlen) {
+      const int64_t b = uniform_count(cu);
+      if (b > 0) return ops::attention_dense(q, k, v, b, causal, scale, backend);
+    }
+    return ops::attention(q, k, v, cu, cu, causal, scale, flash);
+  }
 
   at::TensorOptions wopt() const { return at::TensorOptions().dtype(o.dtype).device(o.device); }
   bool fused() const { return o.fused_kernels; }
@@ -476,7 +499,8 @@ struct EngineImpl {
       auto val = qkv.narrow(1, 2 * v.hidden, v.hidden).view({N, H, D});
       const ops::Varlen& cu = L.full ? cu_full : cu_window;
       mark(L.full ? "v.attn_full" : "v.attn_window");
-      at::Tensor a = ops::attention(q, k, val, cu, cu, /*causal=*/false, scale, flash);
+      at::Tensor a = attend(q, k, val, cu, /*causal=*/false, scale,
+                            L.full ? vfull_backend : ops::AttnBackend::kFlashVarlen);
       mark("v.proj");
       at::Tensor o_ = ops::linear(a.view({N, v.hidden}), L.proj_w, L.proj_b);
       mark("v.add_norm");
@@ -524,7 +548,7 @@ struct EngineImpl {
         cache->v[i].narrow(0, 0, T).copy_(val);
       }
       mark("t.attn");
-      at::Tensor a = ops::attention(q, k, val, seq, seq, /*causal=*/true, scale, flash);
+      at::Tensor a = attend(q, k, val, seq, /*causal=*/true, scale, llm_backend);
       mark("t.o_proj");
       at::Tensor o_ = ops::linear(a.view({T, H * D}), L.o_w);
       mark("t.add_norm");
@@ -790,7 +814,11 @@ const ModelDims& Engine::dims() const { return impl_->d; }
 const EngineOptions& Engine::options() const { return impl_->o; }
 void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
 PreprocessConfig& Engine::preprocess_config() { return impl_->pc; }
-std::string Engine::attention_backend() const { return impl_->flash ? "flash-varlen" : "math"; }
+std::string Engine::attention_backend() const {
+  std::string s = impl_->flash ? "flash-varlen" : "math";
+  if (!impl_->tune_report.empty()) s += " | tuned: " + impl_->tune_report;
+  return s;
+}
 
 // ------------------------------------------------------------------ reference-shaped API
 std::pair<at::Tensor, at::Tensor> Engine::preprocess(const std::vector<const uint8_t*>& frames,
@@ -971,6 +999,61 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
 // ------------------------------------------------------------------ plans
 namespace {
 double matmul_flops(int64_t m, int64_t k, int64_t n) { return 2.0 * m * k * n; }
+}  // namespace
+
+namespace {
+#ifdef VLA_HAVE_CUDA
+// Times the attention backends on the plan's real shapes and returns the fastest one whose output
+// matches flash-varlen (rel. err <= 2e-2); reports every candidate.
+ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool causal,
+                      const at::TensorOptions& opt, const char* what, std::string& report) {
+  const int64_t T = cu.total();
+  auto buf = at::randn({T, (H + 2 * Hk) * D}, opt);
+  auto q = buf.narrow(1, 0, H * D).view({T, H, D});
+  auto k = buf.narrow(1, H * D, Hk * D).view({T, Hk, D});
+  auto v = buf.narrow(1, (H + Hk) * D, Hk * D).view({T, Hk, D});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  const int64_t b = EngineImpl::uniform_count(cu);
+  auto ref = ops::attention(q, k, v, cu, cu, causal, scale, true);
+  ops::AttnBackend best = ops::AttnBackend::kFlashVarlen;
+  double best_ms = 1e30;
+  report += std::string(what) + ":";
+  for (auto cand :
+       {ops::AttnBackend::kFlashVarlen, ops::AttnBackend::kSdpa, ops::AttnBackend::kCudnn}) {
+    if (cand != ops::AttnBackend::kFlashVarlen && b == 0) continue;
+    try {
+      auto run = [&]() {
+        return cand == ops::AttnBackend::kFlashVarlen
+                   ? ops::attention(q, k, v, cu, cu, causal, scale, true)
+                   : ops::attention_dense(q, k, v, b, causal, scale, cand);
+      };
+      auto out = run();
+      const double err = (out.to(at::kFloat) - ref.to(at::kFloat)).norm().item<double>() /
+                         std::max(ref.to(at::kFloat).norm().item<double>(), 1e-30);
+      for (int i = 0; i < 3; ++i) run();
+      at::cuda::CUDAEvent e0(cudaEventDefault), e1(cudaEventDefault);
+      auto stream = c10::cuda::getCurrentCUDAStream();
+      e0.record(stream);
+      const int n = 10;
+      for (int i = 0; i < n; ++i) run();
+      e1.record(stream);
+      e1.synchronize();
+      const double ms = e0.elapsed_time(e1) / n;
+      report += str_cat(" ", ops::backend_name(cand), " ", fmt_double(ms, 3), " ms (err ",
+                        fmt_double(err, 4), ")");
+      if (err <= 2e-2 && ms < best_ms) {
+        best_ms = ms;
+        best = cand;
+      }
+    } catch (const std::exception& e) {
+      report += str_cat(" ", ops::backend_name(cand), " unavailable");
+      (void)cudaGetLastError();
+    }
+  }
+  report += str_cat(" -> ", ops::backend_name(best), "; ");
+  return best;
+}
+#endif
 }  // namespace
 
 void Engine::prepare(const PlanSpec& spec) {

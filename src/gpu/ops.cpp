@@ -161,48 +161,53 @@ const c10::OperatorHandle* flash_op() {
   return op;
 }
 
-at::Tensor flash_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_q,
-                        int64_t max_k, bool causal, double scale) {
-  const c10::OperatorHandle* op = flash_op();
-  VLA_CHECK(op != nullptr, "flash attention is not available in this torch build");
+// Calls an ATen operator by name through the dispatcher, filling arguments by schema name;
+// unnamed ones take their defaults (or None). Returns the first output tensor.
+at::Tensor call_by_name(const c10::OperatorHandle* op, const char* what,
+                        const std::vector<std::pair<std::string, c10::IValue>>& named) {
+  VLA_CHECK(op != nullptr, what, " is not available in this torch build");
   const auto& args = op->schema().arguments();
   std::vector<c10::IValue> stack;
   stack.reserve(args.size());
   for (const auto& a : args) {
-    const std::string& n = a.name();
-    if (n == "query")
-      stack.emplace_back(q);
-    else if (n == "key")
-      stack.emplace_back(k);
-    else if (n == "value")
-      stack.emplace_back(v);
-    else if (n == "cum_seq_q")
-      stack.emplace_back(cu_q);
-    else if (n == "cum_seq_k")
-      stack.emplace_back(cu_k);
-    else if (n == "max_q")
-      stack.emplace_back(max_q);
-    else if (n == "max_k")
-      stack.emplace_back(max_k);
-    else if (n == "dropout_p")
-      stack.emplace_back(0.0);
-    else if (n == "is_causal")
-      stack.emplace_back(causal);
-    else if (n == "return_debug_mask")
-      stack.emplace_back(false);
-    else if (n == "scale")
-      stack.emplace_back(scale);
-    else if (a.default_value().has_value())
+    auto it = std::find_if(named.begin(), named.end(),
+                           [&](const auto& p) { return p.first == a.name(); });
+    if (it != named.end()) {
+      stack.push_back(it->second);
+    } else if (a.default_value().has_value()) {
       stack.push_back(*a.default_value());
-    else if (a.type()->kind() == c10::TypeKind::OptionalType)
+    } else if (a.type()->kind() == c10::TypeKind::OptionalType) {
       stack.emplace_back();
-    else
-      VLA_CHECK(false, "flash attention: unexpected required argument '", n, "'");
+    } else {
+      VLA_CHECK(false, what, ": unexpected required argument '", a.name(), "'");
+    }
   }
   op->callBoxed(&stack);
-  VLA_CHECK(!stack.empty() && stack[0].isTensor(), "flash attention returned no tensor");
+  VLA_CHECK(!stack.empty() && stack[0].isTensor(), what, " returned no tensor");
   return stack[0].toTensor();
+}
+
+const c10::OperatorHandle* find_op(const char* name) {
+  auto h = c10::Dispatcher::singleton().findSchema({name, ""});
+  if (!h.has_value()) return nullptr;
+  return new c10::OperatorHandle(*h);  // lives for the process
+}
+
+at::Tensor flash_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_q,
+                        int64_t max_k, bool causal, double scale) {
+  return call_by_name(flash_op(), "flash attention",
+                      {{"query", q},
+                       {"key", k},
+                       {"value", v},
+                       {"cum_seq_q", cu_q},
+                       {"cum_seq_k", cu_k},
+                       {"max_q", max_q},
+                       {"max_k", max_k},
+                       {"dropout_p", 0.0},
+                       {"is_causal", causal},
+                       {"return_debug_mask", false},
+                       {"scale", scale}});
 }
 
 at::Tensor attention_math(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -233,6 +238,60 @@ at::Tensor attention_math(const at::Tensor& q, const at::Tensor& k, const at::Te
 }
 
 }  // namespace
+
+const char* backend_name(AttnBackend b) {
+  switch (b) {
+    case AttnBackend::kFlashVarlen:
+      return "flash-varlen";
+    case AttnBackend::kMath:
+      return "math";
+    case AttnBackend::kSdpa:
+      return "sdpa";
+    case AttnBackend::kCudnn:
+      return "cudnn";
+  }
+  return "?";
+}
+
+at::Tensor attention_dense(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t B,
+                           bool causal, double scale, AttnBackend backend) {
+  const int64_t T = q.size(0), H = q.size(1), Hk = k.size(1), D = q.size(2);
+  VLA_CHECK(B > 0 && T % B == 0, "attention_dense: ", T, " rows not divisible into ", B,
+            " sequences");
+  const int64_t S = T / B;
+  auto qb = q.view({B, S, H, D}).transpose(1, 2);
+  auto kb = k.view({B, S, Hk, D}).transpose(1, 2);
+  auto vb = v.view({B, S, Hk, D}).transpose(1, 2);
+  if (Hk != H) {
+    kb = kb.repeat_interleave(H / Hk, 1);
+    vb = vb.repeat_interleave(H / Hk, 1);
+  }
+  at::Tensor out;
+  if (backend == AttnBackend::kSdpa) {
+    static const c10::OperatorHandle* op = find_op("aten::scaled_dot_product_attention");
+    out = call_by_name(op, "sdpa",
+                       {{"query", qb},
+                        {"key", kb},
+                        {"value", vb},
+                        {"dropout_p", 0.0},
+                        {"is_causal", causal},
+                        {"scale", scale}});
+  } else if (backend == AttnBackend::kCudnn) {
+    static const c10::OperatorHandle* op = find_op("aten::_scaled_dot_product_cudnn_attention");
+    out = call_by_name(op, "cudnn attention",
+                       {{"query", qb},
+                        {"key", kb},
+                        {"value", vb},
+                        {"compute_log_sumexp", false},
+                        {"dropout_p", 0.0},
+                        {"is_causal", causal},
+                        {"return_debug_mask", false},
+                        {"scale", scale}});
+  } else {
+    VLA_CHECK(false, "attention_dense: unsupported backend ", backend_name(backend));
+  }
+  return out.transpose(1, 2).contiguous().view({T, H, D});
+}
 
 bool flash_available(const at::Tensor& q) {
   if (!q.is_cuda() || flash_op() == nullptr) return false;

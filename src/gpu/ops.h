@@ -35,6 +35,15 @@ struct Varlen {
   int64_t total() const { return cu.empty() ? 0 : cu.back(); }
 };
 
+enum class AttnBackend { kFlashVarlen, kMath, kSdpa, kCudnn };
+const char* backend_name(AttnBackend b);
+
+// Attention over B equal-length sequences of S rows each (T = B*S) through
+// aten::scaled_dot_product_attention (kSdpa) or aten::_scaled_dot_product_cudnn_attention (kCudnn);
+// kv heads are expanded when H != Hk. Same contract as attention().
+at::Tensor attention_dense(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t B,
+                           bool causal, double scale, AttnBackend backend);
+
 // Whether aten::_flash_attention_forward is usable for this dtype/device/head_dim.
 bool flash_available(const at::Tensor& q);
 // Attention over packed sequences. q [Tq, H, D], k/v [Tk, Hk, D] (H % Hk == 0, last dim
