@@ -1,0 +1,125 @@
+// bench_runtime: (1) action-expert step latency on one torch thread (the shipped default policy
+// when it loads, else a random policy of the default configuration, same size); (2) the wall-time
+// action loop's period jitter at 10 and 100 Hz while the VLM thread is busy (a real policy encode
+// when available, else a CPU-bound stand-in of ~150 ms per call), physics thread at 650 Hz.
+#include <benchmark/benchmark.h>
+
+#include "runtime/runtime.h"
+
+using namespace vla::runtime;
+
+namespace {
+
+struct Bundle {
+  PolicyFns fns;
+  std::string what;
+  int views = 1, width = 32, height = 32;  // what the policy's encode expects
+};
+
+Bundle make_policy() {
+  Bundle b;
+#ifdef VLA_RUNTIME_WITH_POLICY
+  try {
+    auto p = vla::policy::Policy::load("default");
+    b.fns = policy_fns(p);
+    b.what = "default policy";
+    b.views = p->num_views();
+    b.width = p->image_width();
+    b.height = p->image_height();
+    return b;
+  } catch (const std::exception& e) {
+    vla::log_info("bench_runtime: default policy not loadable (", e.what(),
+                  "); using a random policy of the default configuration");
+  }
+  vla::policy::PolicyConfig cfg;
+  cfg.num_views = 1;
+  auto p = std::make_shared<vla::policy::Policy>(cfg, vla::policy::Expert(cfg),
+                                                 vla::policy::NormStats::identity(cfg), nullptr);
+  b.fns = policy_fns(p);
+  b.fns.encode = nullptr;
+  b.what = "random default-config policy";
+#else
+  // Same-size stand-in: two 128-wide layers over the window, 6 integration steps.
+  auto w1 = torch::randn({65 * 6 + 64 + 3, 128}) * 0.05, w2 = torch::randn({128, 24}) * 0.05;
+  b.fns.act = [w1, w2](const torch::Tensor& vl, const torch::Tensor& w, const torch::Tensor& p) {
+    auto x = torch::cat({w.reshape({-1}), vl.reshape({-1}).narrow(0, 0, 64), p}).unsqueeze(0);
+    torch::Tensor y;
+    for (int i = 0; i < 6; ++i) y = torch::relu(x.matmul(w1)).matmul(w2);
+    return y.reshape({8, 3});
+  };
+  b.what = "stand-in MLP";
+#endif
+  return b;
+}
+
+// A CPU-bound VLM stand-in: ~150 ms of single-thread matmuls per call.
+torch::Tensor busy_encode(const std::vector<vla::Image>&, const std::string&) {
+  auto a = torch::randn({256, 256});
+  vla::Stopwatch sw;
+  torch::Tensor acc = torch::zeros({256, 256});
+  while (sw.elapsed_ms() < 150) acc = acc + a.matmul(a);
+  return torch::zeros({1, 64}) + acc.mean() * 0;
+}
+
+void BM_ExpertStep(benchmark::State& state) {
+  at::set_num_threads(1);
+  set_blas_threads(1);
+  c10::InferenceMode guard;
+  Bundle b = make_policy();
+  auto vl = torch::randn({1, 64});
+  auto win = torch::randn({65, 6}) * 0.1;
+  auto pr = torch::zeros({3});
+  for (int i = 0; i < 5; ++i) b.fns.act(vl, win, pr);  // warm-up
+  std::vector<double> ms;
+  for (auto _ : state) {
+    vla::Stopwatch sw;
+    auto c = b.fns.act(vl, win, pr);
+    benchmark::DoNotOptimize(c.data_ptr());
+    ms.push_back(sw.elapsed_ms());
+  }
+  state.counters["p50_ms"] = vla::percentile(ms, 50);
+  state.counters["p99_ms"] = vla::percentile(ms, 99);
+  state.SetLabel(b.what + ", 1 torch thread");
+}
+BENCHMARK(BM_ExpertStep)->Unit(benchmark::kMillisecond)->MinTime(3.0);
+
+void BM_LoopJitter(benchmark::State& state) {
+  const double hz = static_cast<double>(state.range(0));
+  Bundle b = make_policy();
+  std::string vlm_what = "busy stand-in VLM (150 ms/call)";
+  PolicyFns fns = b.fns;
+  if (!fns.encode) {
+    fns.encode = busy_encode;
+  } else {
+    // The toy plant renders one small view: give the policy views of the size it expects.
+    std::vector<vla::Image> views(static_cast<size_t>(b.views),
+                                  vla::make_image(b.width, b.height, 3, 90));
+    auto enc = fns.encode;
+    fns.encode = [enc, views](const std::vector<vla::Image>&, const std::string& instr) {
+      return enc(views, instr);
+    };
+    vlm_what = "policy VLM";
+  }
+  for (auto _ : state) {
+    ToyPlant plant(1, 1e9, /*can_finish=*/false);
+    RuntimeConfig cfg;
+    cfg.action_hz = hz;
+    cfg.max_duration_s = 10.0;
+    cfg.max_staleness_s = 1e9;
+    EpisodeResult ep = run_wall_time(plant, fns, cfg);
+    Summary s = summarize({ep});
+    state.counters["action_hz"] = s.action_hz;
+    state.counters["jitter_p50_ms"] = s.jitter_ms_p50;
+    state.counters["jitter_p99_ms"] = s.jitter_ms_p99;
+    state.counters["jitter_max_ms"] = s.jitter_ms_max;
+    state.counters["missed"] = static_cast<double>(s.overruns);
+    state.counters["expert_p99_ms"] = s.expert_ms_p99;
+    state.counters["vlm_hz"] = s.vlm_hz;
+  }
+  state.SetLabel(b.what + " + " + vlm_what + ", 10 s wall time");
+}
+BENCHMARK(BM_LoopJitter)->Arg(10)->Arg(100)->Iterations(1)->Unit(benchmark::kSecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
