@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <thread>
 
 namespace vla::sim {
 namespace {
@@ -216,6 +217,24 @@ TEST(NeedleEnv, RenderedPortColourMatchesProjection) {
   }
   EXPECT_EQ(checked + occluded, 3 * 4 * 3);
   EXPECT_GE(checked, 24);
+}
+
+// The runtime renders from its VLM thread, not the thread that created the env.
+TEST(NeedleEnv, RendersFromAnotherThread) {
+  EnvConfig cfg;
+  cfg.width = 32;
+  cfg.height = 32;
+  cfg.num_views = 2;
+  NeedleEnv env(cfg);
+  env.reset(4);
+  std::vector<Image> here = env.render(), there;
+  std::thread t([&] { there = env.render(); });
+  t.join();
+  ASSERT_EQ(there.size(), 2u);
+  EXPECT_EQ(here[0].pixels, there[0].pixels);
+  EXPECT_EQ(here[1].pixels, there[1].pixels);
+  env.step_chunk(Chunk(kChunkSize, Action{0.003f, 0, 0}));
+  EXPECT_NE(env.render()[0].pixels, here[0].pixels);  // the needle moved
 }
 
 TEST(NeedleEnv, RenderThrowsWithoutRenderer) {
