@@ -24,11 +24,13 @@ void VlmEncoder::enable_lora(int, double, const std::vector<std::string>&) {
 void VlmEncoder::merge_lora() { throw no_training("LoRA"); }
 void VlmEncoder::refresh_fingerprint() {}
 
+#ifndef VLA_POLICY_HAVE_MODELS
 bool have_vlm_engine() { return false; }
 
 std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig&) {
   throw Error(str_cat("policy: cannot load the VLM in '", dir,
                       "': this build has no Qwen2.5-VL engine (src/models)"));
 }
+#endif
 
 }  // namespace vla::policy

@@ -37,13 +37,15 @@ struct Sample {
   std::string lang;  // caption stage
 };
 
+// Keeps only the views the VLM uses (others become empty images, saving memory); the encoder
+// picks cfg.use_views from the full-size vector.
 std::vector<Image> select_views(const std::vector<Image>& all, const std::vector<int>& use) {
   if (use.empty()) return all;
-  std::vector<Image> out;
+  std::vector<Image> out(all.size());
   for (int v : use) {
     VLA_CHECK(v < static_cast<int>(all.size()), "view index ", v, " but only ", all.size(),
               " views recorded");
-    out.push_back(all[v]);
+    out[v] = all[v];
   }
   return out;
 }

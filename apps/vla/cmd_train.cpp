@@ -1,0 +1,152 @@
+// `vla train` (stage 1 / stage 2 / caption pre-training) and `vla cache` (VL feature cache).
+#ifdef VLA_HAS_TRAIN
+#include <sstream>
+
+#include "command.h"
+#include "core/core.h"
+#include "train/train.h"
+
+namespace {
+
+std::vector<int> parse_views(const std::string& s) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  std::string tok;
+  while (std::getline(ss, tok, ',')) {
+    if (tok.empty()) continue;
+    try {
+      out.push_back(std::stoi(tok));
+    } catch (...) {
+      throw vla::Error(vla::str_cat("--use-views: '", tok, "' is not a view index"));
+    }
+  }
+  return out;
+}
+
+void add_train(CLI::App& app) {
+  auto o = std::make_shared<vla::train::TrainOptions>();
+  auto views = std::make_shared<std::string>();
+  auto json = std::make_shared<std::string>();
+  auto* c = app.add_subcommand(
+      "train",
+      "Train a policy or pre-train its VLM on a dataset from `vla datagen`.\n"
+      "  --stage 1        VLM frozen: sensor encoder + action expert on cached VL features\n"
+      "                   (--cache from `vla cache`, --vlm = the VLM the cache was made with)\n"
+      "  --stage 2        VLM adapted too (LoRA merged at the end, or full fine-tune), starting\n"
+      "                   from --init STAGE1_POLICY\n"
+      "  --stage caption  caption pre-training of --vlm (a Qwen2.5-VL folder; a config-only\n"
+      "                   folder is randomly initialised) on ground-truth scene captions\n"
+      "                   (English + Korean); writes the VLM folder to --out and reports\n"
+      "                   METEOR / BLEU-4 on held-out episodes.\n"
+      "Writes OUT/ (policy.json + policy.safetensors + vlm/, or the VLM), OUT/loss.png,\n"
+      "OUT/train_report.json; resumable checkpoints in OUT/checkpoint (--resume).");
+  c->add_option("--stage", o->stage, "1 | 2 | caption")->capture_default_str();
+  c->add_option("--dataset", o->dataset, "dataset folder (vla datagen)")->required();
+  c->add_option("--out", o->out, "output folder")->required();
+  c->add_option("--cache", o->cache, "stage 1: VL feature cache folder (vla cache)");
+  c->add_option("--vlm", o->vlm, "VLM folder (stage 1: attached to the policy; caption: init)");
+  c->add_option("--init", o->init_policy, "stage 2: stage-1 policy folder to start from");
+  c->add_option("--steps", o->steps, "optimizer steps")->capture_default_str();
+  c->add_option("--batch", o->batch, "batch size")->capture_default_str();
+  c->add_option("--warmup", o->warmup, "linear LR warmup steps (then cosine decay)")
+      ->capture_default_str();
+  c->add_option("--lr-sensor", o->lr_sensor, "LR of the sensor encoder")->capture_default_str();
+  c->add_option("--lr-action", o->lr_action, "LR of the action expert")->capture_default_str();
+  c->add_option("--lr-vl", o->lr_vl, "LR of the VLM (stage 2 / caption)")->capture_default_str();
+  c->add_option("--lr-min", o->lr_min_factor, "final LR as a fraction of the peak")
+      ->capture_default_str();
+  c->add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
+  c->add_option("--grad-clip", o->grad_clip, "max global grad norm (0 = off)")
+      ->capture_default_str();
+  c->add_option("--vlm-reuse-count", o->reuse_count,
+                "pair the VL feature of tick t with ticks t..t+N-1 (N = 1: fresh only)")
+      ->capture_default_str();
+  c->add_flag("--random-staleness", o->random_staleness,
+              "draw the staleness of each sample uniformly from 0..N-1 instead of the fixed "
+              "reuse pairs");
+  c->add_option("--holdout", o->holdout, "fraction of episodes held out (the last ones)")
+      ->capture_default_str();
+  c->add_option("--max-episodes", o->max_episodes, "use at most N episodes (0 = all)")
+      ->capture_default_str();
+  c->add_option("--head", o->policy.head, "expert head: flow | mlp")->capture_default_str();
+  c->add_option("--d-model", o->policy.d_model, "expert width")->capture_default_str();
+  c->add_option("--layers", o->policy.layers, "expert layers")->capture_default_str();
+  c->add_option("--ff-dim", o->policy.ff_dim, "expert feed-forward width")->capture_default_str();
+  c->add_option("--flow-steps", o->policy.flow_steps, "flow-matching integration steps")
+      ->capture_default_str();
+  c->add_option("--sensor-window", o->policy.sensor_window, "force samples per window (650 Hz)")
+      ->capture_default_str();
+  c->add_option("--dropout", o->policy.dropout, "expert dropout")->capture_default_str();
+  c->add_option("--vl-dropout", o->policy.vl_dropout,
+                "probability of zeroing a sample's VL features")
+      ->capture_default_str();
+  c->add_option("--pooling", o->policy.pooling, "VLM feature pooling: last | mean")
+      ->capture_default_str();
+  c->add_option("--use-views", *views,
+                "comma-separated view indices given to the VLM (default: all recorded)");
+  c->add_option("--finetune", o->finetune, "stage 2: lora | full")->capture_default_str();
+  c->add_option("--lora-rank", o->lora_rank, "LoRA rank")->capture_default_str();
+  c->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha")->capture_default_str();
+  c->add_option("--lora-targets", o->lora_targets, "LoRA target layer names")
+      ->delimiter(',')
+      ->capture_default_str();
+  c->add_option("--checkpoint-every", o->checkpoint_every, "steps between resumable checkpoints")
+      ->capture_default_str();
+  c->add_flag("--resume", o->resume, "continue from OUT/checkpoint (bit-exact on CPU)");
+  c->add_option("--seed", o->seed, "seed (init, batches, noise)")->capture_default_str();
+  c->add_option("--threads", o->threads, "torch threads (0 = all cores)")->capture_default_str();
+  c->add_option("--eval-every", o->eval_every, "steps between held-out evaluations (0 = end)")
+      ->capture_default_str();
+  c->add_option("--json", *json, "write the training report as JSON");
+  c->callback([o, views, json] {
+    o->policy.use_views = parse_views(*views);
+    if (o->policy.use_views.empty()) o->policy.use_views = {};
+    auto r = vla::train::train(*o);
+    vla::Table t({"metric", "value"});
+    t.add_row({"steps", std::to_string(r.steps)});
+    t.add_row({"final loss (EMA)", vla::fmt_double(r.final_loss, 5)});
+    t.add_row({"held-out loss", vla::fmt_double(r.holdout_loss, 5)});
+    t.add_row({"samples/s", vla::fmt_double(r.samples_per_s, 1)});
+    t.add_row({"seconds", vla::fmt_double(r.seconds, 1)});
+    if (r.extra.contains("caption"))
+      for (auto& [lang, m] : r.extra["caption"].items()) {
+        t.add_row({"caption METEOR (" + lang + ")", vla::fmt_double(m["meteor"].get<double>(), 4)});
+        t.add_row({"caption BLEU-4 (" + lang + ")", vla::fmt_double(m["bleu4"].get<double>(), 4)});
+      }
+    t.print();
+    if (!json->empty()) vla::write_json_atomic(*json, r.to_json());
+  });
+}
+
+void add_cache(CLI::App& app) {
+  auto ds = std::make_shared<std::string>(), vlm = std::make_shared<std::string>(),
+       out = std::make_shared<std::string>(), views = std::make_shared<std::string>(),
+       pooling = std::make_shared<std::string>("last");
+  auto* c = app.add_subcommand(
+      "cache",
+      "Extract VL features of every (episode, 10 Hz tick) of a dataset once, for stage-1\n"
+      "training. Keyed by VLM fingerprint + image content + prompt; `vla train` refuses a stale\n"
+      "cache. Inference never uses it. Re-running skips episodes whose keys are unchanged.");
+  c->add_option("--dataset", *ds, "dataset folder")->required();
+  c->add_option("--vlm", *vlm, "VLM folder (Qwen2.5-VL)")->required();
+  c->add_option("--out", *out, "cache folder")->required();
+  c->add_option("--use-views", *views, "comma-separated view indices (default all)");
+  c->add_option("--pooling", *pooling, "last | mean")->capture_default_str();
+  c->callback([=] {
+    vla::policy::PolicyConfig pc;
+    pc.use_views = parse_views(*views);
+    pc.pooling = *pooling;
+    auto d = vla::dataset::Dataset::open(*ds);
+    auto enc = vla::policy::load_vlm(*vlm, pc);
+    vla::Stopwatch sw;
+    vla::train::FeatureCache::build(d, *enc, *out, true);
+    std::printf("cache: %zu episodes -> %s (VLM %s) in %.1f s\n", d.size(), out->c_str(),
+                enc->fingerprint().c_str(), sw.elapsed_s());
+  });
+}
+
+}  // namespace
+
+VLA_REGISTER_COMMAND(40, add_train);
+VLA_REGISTER_COMMAND(41, add_cache);
+#endif

@@ -1,0 +1,184 @@
+// VlmEncoder backed by the Qwen2.5-VL engine (src/models). Compiled only when vla_models exists.
+#include <filesystem>
+#include <mutex>
+
+#include "models/models.h"
+#include "policy/policy.h"
+#include "vision/vision.h"
+
+namespace vla::policy {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string fnv(const void* data, size_t n, uint64_t h = 1469598103934665603ULL) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ULL;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+class QwenVlm : public VlmEncoder {
+ public:
+  QwenVlm(Qwen25VL model, std::string assets_dir, PolicyConfig cfg)
+      : model_(std::move(model)), assets_(std::move(assets_dir)), cfg_(std::move(cfg)) {
+    VLA_CHECK(model_->prompt_codec() != nullptr,
+              "VLM: no tokenizer / chat template (this build lacks src/text or the folder lacks "
+              "tokenizer.json)");
+    model_->eval();
+    refresh_fingerprint();
+  }
+
+  std::vector<Image> pick(const std::vector<Image>& views) const {
+    if (cfg_.use_views.empty()) return views;
+    std::vector<Image> out;
+    for (int v : cfg_.use_views) {
+      VLA_CHECK(v < static_cast<int>(views.size()), "VLM: view ", v, " requested but only ",
+                views.size(), " given");
+      out.push_back(views[v]);
+    }
+    return out;
+  }
+
+  // Shared by encode() (inference) and encode_train() (autograd): identical features.
+  torch::Tensor features(const std::vector<Image>& views, const std::string& instruction) const {
+    auto imgs = pick(views);
+    auto pp = preprocess_images(imgs, model_->image_config());
+    auto ids =
+        model_->prompt_ids(instruction, pp.tokens_per_image(model_->image_config().merge_size));
+    auto input = torch::tensor(ids, torch::kInt64).unsqueeze(0);
+    ForwardOptions fo;
+    fo.compute_logits = false;
+    auto out = model_.ptr()->forward(input, {}, pp.pixel_values, pp.grid_thw, fo);
+    auto h = out.last_hidden[0];  // [L, H]
+    if (cfg_.pooling == "mean") return h.mean(0, true);
+    return h.narrow(0, h.size(0) - 1, 1);
+  }
+
+  torch::Tensor encode(const std::vector<Image>& views,
+                       const std::string& instruction) const override {
+    c10::InferenceMode g;
+    return features(views, instruction).to(torch::kFloat32);
+  }
+  int feature_dim() const override { return static_cast<int>(model_->config().text.hidden_size); }
+  std::string fingerprint() const override { return fingerprint_; }
+  void save(const std::string& dir) const override { model_->save_pretrained(dir, assets_); }
+
+  std::vector<torch::Tensor> trainable_parameters() override {
+    if (lora_) return model_->lora_parameters();
+    return model_->parameters();
+  }
+  void set_training(bool on) override { model_->train(on); }
+  torch::Tensor encode_train(const std::vector<Image>& views,
+                             const std::string& instruction) override {
+    return features(views, instruction);
+  }
+
+  std::vector<int64_t> text_ids(const std::string& text) const {
+    // The codec only renders chat prompts: the raw ids of `text` are the part of the rendered
+    // prompt between the fixed prefix and suffix (special tokens split before BPE).
+    auto* codec = model_->prompt_codec();
+    auto empty = codec->encode_chat("", {});
+    auto full = codec->encode_chat(text, {});
+    size_t pre = 0;
+    while (pre < empty.size() && pre < full.size() && empty[pre] == full[pre]) ++pre;
+    size_t suf = 0;
+    while (suf < empty.size() - pre && suf < full.size() - pre &&
+           empty[empty.size() - 1 - suf] == full[full.size() - 1 - suf])
+      ++suf;
+    return std::vector<int64_t>(full.begin() + pre, full.end() - suf);
+  }
+
+  int64_t eos() const {
+    const auto& e = model_->config().eos_token_ids;
+    VLA_CHECK(!e.empty(), "VLM: config has no eos token id");
+    return e[0];
+  }
+
+  torch::Tensor caption_loss(const std::vector<Image>& views, const std::string& prompt,
+                             const std::string& caption) override {
+    auto imgs = pick(views);
+    auto pp = preprocess_images(imgs, model_->image_config());
+    auto ids = model_->prompt_ids(prompt, pp.tokens_per_image(model_->image_config().merge_size));
+    const int64_t np = static_cast<int64_t>(ids.size());
+    auto cap = text_ids(caption);
+    cap.push_back(eos());
+    ids.insert(ids.end(), cap.begin(), cap.end());
+    auto input = torch::tensor(ids, torch::kInt64).unsqueeze(0);
+    auto out = model_->forward(input, {}, pp.pixel_values, pp.grid_thw, {});
+    auto logits = out.logits[0].narrow(0, np - 1, static_cast<int64_t>(cap.size()));
+    auto target = torch::tensor(cap, torch::kInt64);
+    return torch::nn::functional::cross_entropy(logits.to(torch::kFloat32), target);
+  }
+
+  std::string caption(const std::vector<Image>& views, const std::string& prompt,
+                      int max_new_tokens) const override {
+    c10::InferenceMode g;
+    GenerateOptions o;
+    o.max_new_tokens = max_new_tokens;
+    return model_.ptr()->generate(pick(views), prompt, o).text;
+  }
+
+  void enable_lora(int rank, double alpha, const std::vector<std::string>& targets) override {
+    LoraOptions o;
+    o.rank = rank;
+    o.alpha = alpha;
+    o.targets = targets;
+    int n = model_->apply_lora(o);
+    VLA_CHECK(n > 0, "VLM: no layer matches the LoRA targets");
+    model_->freeze_base();
+    lora_ = true;
+  }
+  void merge_lora() override {
+    model_->merge_lora();
+    for (auto& p : model_->parameters()) p.set_requires_grad(true);
+    lora_ = false;
+  }
+  void refresh_fingerprint() override {
+    std::string acc = model_->config().text.hidden_size > 0 ? "qwen25vl" : "";
+    for (auto& [name, t] : model_->state_tensors()) {
+      auto c = t.detach().to(torch::kFloat32).contiguous();
+      acc += name + ":" + fnv(c.data_ptr(), c.numel() * c.element_size()) + ";";
+    }
+    // What the features depend on besides the weights: pooling and the views used.
+    acc += "|pooling=" + cfg_.pooling + "|views=";
+    for (int v : cfg_.use_views) acc += std::to_string(v) + ",";
+    fingerprint_ = "qwen25vl-" + fnv(acc.data(), acc.size());
+  }
+
+ private:
+  Qwen25VL model_;
+  std::string assets_;
+  PolicyConfig cfg_;
+  std::string fingerprint_;
+  bool lora_ = false;
+};
+
+}  // namespace
+
+bool have_vlm_engine() { return true; }
+
+std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg) {
+  VLA_CHECK(fs::exists(dir + "/config.json"), "VLM folder '", dir, "' has no config.json");
+  const bool has_weights =
+      fs::exists(dir + "/model.safetensors") || fs::exists(dir + "/model.safetensors.index.json");
+  Qwen25VL model{nullptr};
+  if (has_weights) {
+    model = Qwen25VL(Qwen25VLImpl::from_pretrained(dir));
+  } else {
+    // A config-only folder: random initialisation (seeded by the caller), for pre-training.
+    auto c = Qwen25VLConfig::load(dir);
+    model = Qwen25VL(c, 0.02);
+    model->set_image_config(ImagePreprocessConfig::from_folder(dir));
+    model->set_prompt_codec(make_prompt_codec(dir, c));
+    log_info("VLM: ", dir, " has no weights; random initialisation from its config.json");
+  }
+  return std::make_shared<QwenVlm>(model, dir, cfg);
+}
+
+}  // namespace vla::policy
