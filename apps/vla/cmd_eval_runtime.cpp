@@ -55,7 +55,7 @@ struct LoopArgs {
 
 void add_loop_options(CLI::App* c, LoopArgs& a) {
   c->add_option("--policy", a.policy,
-                "Policy: default | no_reuse | a policy folder | expert (scripted, sim time only)")
+                "Policy: default | no_reuse | a policy folder | expert (the scripted expert)")
       ->capture_default_str();
   c->add_option("--episodes", a.episodes, "Episodes (seeds seed..seed+N-1)")->capture_default_str();
   c->add_option("--seed", a.seed, "First episode seed (1000+ are unseen by training data)")
@@ -194,7 +194,9 @@ void add_eval_runtime(CLI::App& app) {
       nlohmann::json j;
       j["rows"] = rows;
       j["policies"] = pols;
-      j["latencies_s"] = lats;
+      std::vector<double> lat_s;
+      for (const auto& l : lats) lat_s.push_back(parse_seconds(l));
+      j["latencies_s"] = lat_s;
       j["episodes"] = sa->episodes;
       j["seed"] = sa->seed;
       vla::write_json_atomic(*sjson, j);

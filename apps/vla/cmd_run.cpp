@@ -38,7 +38,9 @@ void add_run(CLI::App& app) {
       "Run a policy closed-loop in the needle simulator with the async runtime: VLM in its own "
       "thread, 650 Hz physics thread, fixed-rate action loop (wall time). Prints success and the "
       "runtime metrics; writes a contact sheet, timeline and feature-age plots to --out.");
-  c->add_option("--policy", a->policy, "default | no_reuse | a policy folder")
+  c->add_option(
+       "--policy", a->policy,
+       "default | no_reuse | a policy folder | expert (scripted; reads the sim under its lock)")
       ->capture_default_str();
   c->add_option("--episodes", a->episodes, "Episodes (seeds seed..seed+N-1)")
       ->capture_default_str();

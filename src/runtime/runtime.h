@@ -261,7 +261,8 @@ struct RuntimeConfig {
   BlendMode blend = BlendMode::kReplace;
   double ensemble_m = 0.01;
   int rtc_prefix = 2;
-  double sensor_timeout_s = 0.05;  // newest sample older than this -> dropout
+  double sensor_timeout_s = 0.12;  // newest sample older than this -> dropout (renders for
+                                   // the VLM pause the wall-time physics thread ~30-60 ms)
   double max_duration_s = 0.0;     // 0: until the plant reports done
   bool record_chunks = false;
   bool record_frames = false;
@@ -335,12 +336,17 @@ class SimPlant : public Plant {
   double time() override;
   PlantOutcome outcome() override;
   vla::sim::NeedleEnv& env() { return env_; }
+  // Every call above holds this lock, so a privileged policy (the scripted expert) can read the
+  // env from the loop thread while the physics thread steps it.
+  std::mutex& mutex() { return mu_; }
 
  private:
   vla::sim::NeedleEnv& env_;
+  std::mutex mu_;
 };
-// The scripted expert as a policy (privileged: reads env; sim-time only).
-PolicyFns expert_policy(vla::sim::NeedleEnv& env);
+// The scripted expert as a policy (privileged: reads the env under the plant's lock). In wall time
+// its act() waits for renders in progress, so loop jitter with it is not representative.
+PolicyFns expert_policy(SimPlant& plant);
 
 // Closed-loop episodes of a policy in the needle simulator (what `vla eval closed-loop`,
 // `vla eval staleness` and `vla run` share).

@@ -1,12 +1,21 @@
 // Adapters between the runtime and the MuJoCo needle environment / scripted expert.
+#include <cstdlib>
+
 #include "runtime/runtime.h"
 
 namespace vla::runtime {
 
-std::string SimPlant::instruction() { return env_.instruction(); }
-std::vector<Image> SimPlant::render() { return env_.render(); }
+std::string SimPlant::instruction() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return env_.instruction();
+}
+std::vector<Image> SimPlant::render() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return env_.render();
+}
 
 void SimPlant::set_chunk(const std::vector<Action>& chunk) {
+  std::lock_guard<std::mutex> lock(mu_);
   // The env accepts at most kChunkSize actions; a longer plan is cut (it is replanned next tick).
   if (chunk.size() <= static_cast<size_t>(vla::sim::kChunkSize)) {
     env_.set_chunk(chunk);
@@ -16,6 +25,7 @@ void SimPlant::set_chunk(const std::vector<Action>& chunk) {
 }
 
 Sample SimPlant::step_physics() {
+  std::lock_guard<std::mutex> lock(mu_);
   env_.step_physics();
   Sample s;
   const auto& log = env_.force_log();
@@ -28,10 +38,17 @@ Sample SimPlant::step_physics() {
   return s;
 }
 
-Action SimPlant::proprio() { return env_.proprio(); }
-double SimPlant::time() { return env_.time(); }
+Action SimPlant::proprio() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return env_.proprio();
+}
+double SimPlant::time() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return env_.time();
+}
 
 PlantOutcome SimPlant::outcome() {
+  std::lock_guard<std::mutex> lock(mu_);
   const auto& o = env_.outcome();
   PlantOutcome p;
   p.done = o.done;
@@ -40,7 +57,7 @@ PlantOutcome SimPlant::outcome() {
   return p;
 }
 
-PolicyFns expert_policy(vla::sim::NeedleEnv& env) {
+PolicyFns expert_policy(SimPlant& plant) {
   auto expert = std::make_shared<vla::sim::ScriptedExpert>();
   auto last_seen = std::make_shared<int64_t>(-1);
   PolicyFns p;
@@ -51,8 +68,10 @@ PolicyFns expert_policy(vla::sim::NeedleEnv& env) {
     VLA_CHECK(!views.empty(), "expert policy: no views rendered");
     return torch::zeros({1});
   };
-  p.act = [&env, expert, last_seen](const torch::Tensor&, const torch::Tensor&,
-                                    const torch::Tensor&) {
+  p.act = [&plant, expert, last_seen](const torch::Tensor&, const torch::Tensor&,
+                                      const torch::Tensor&) {
+    std::lock_guard<std::mutex> lock(plant.mutex());
+    vla::sim::NeedleEnv& env = plant.env();
     // A new episode restarts at step 0: reset the expert's phase machine.
     if (env.steps() < *last_seen || *last_seen < 0) expert->reset();
     *last_seen = env.steps();
@@ -75,8 +94,6 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
   vla::sim::EnvConfig ec;
   if (opt.time_limit_s > 0) ec.time_limit_s = opt.time_limit_s;
   const bool expert = opt.policy == "expert";
-  VLA_CHECK(!(expert && opt.wall_time),
-            "policy 'expert' reads the simulator state directly and runs in sim time only");
 #ifdef VLA_RUNTIME_WITH_POLICY
   std::shared_ptr<vla::policy::Policy> learned;
   if (!expert) {
@@ -92,10 +109,13 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
     ec.num_views = 1;
     ec.width = ec.height = 64;
   }
+  // Wall time: llvmpipe would spread each render over all cores and preempt the action loop.
+  if (opt.wall_time) setenv("LP_NUM_THREADS", "1", /*overwrite=*/0);
   vla::sim::NeedleEnv env(ec);
+  SimPlant plant(env);
   PolicyFns fns;
   if (expert) {
-    fns = expert_policy(env);
+    fns = expert_policy(plant);
   } else {
 #ifdef VLA_RUNTIME_WITH_POLICY
     fns = policy_fns(learned);
@@ -108,7 +128,6 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
   for (int i = 0; i < opt.episodes; ++i) {
     if (stop && stop->load()) break;
     env.reset(opt.seed + static_cast<uint64_t>(i));
-    SimPlant plant(env);
     RuntimeConfig rt = opt.rt;
     rt.record_frames = i < opt.record_frames_episodes;
     EpisodeResult ep =

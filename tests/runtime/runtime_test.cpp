@@ -387,7 +387,7 @@ TEST(SimPlantClosedLoop, ScriptedExpertDeterministicInSimTime) {
     RuntimeConfig cfg;
     cfg.vlm_latency_s = 0.3;
     cfg.record_chunks = true;
-    return run_sim_time(plant, expert_policy(env), cfg);
+    return run_sim_time(plant, expert_policy(plant), cfg);
   };
   EpisodeResult a = run(), b = run();
   ASSERT_EQ(a.chunks.size(), b.chunks.size());
