@@ -1171,6 +1171,17 @@ void Engine::prepare(const PlanSpec& spec) {
     c10::cuda::CUDAStreamGuard sg(*p.stream);
     for (int i = 0; i < 5; ++i)
       p.events.push_back(std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault));
+    E.llm_backend = ops::AttnBackend::kFlashVarlen;
+    E.vfull_backend = ops::AttnBackend::kFlashVarlen;
+    E.tune_report.clear();
+    if (E.flash) {
+      const VisionDims& vd = E.d.vision;
+      const TextDims& td = E.d.text;
+      E.vfull_backend = tune(p.cu_full, vd.heads, vd.heads, vd.head_dim(), false, E.wopt(),
+                             "vision full attention", E.tune_report);
+      E.llm_backend = tune(p.seq, td.heads, td.kv_heads, td.head_dim(), true, E.wopt(),
+                           "decoder attention", E.tune_report);
+    }
     // eager warm-up (cuBLAS handles, workspaces, kernel selection)
     for (int i = 0; i < 2; ++i) {
       stage_pre();
@@ -1179,7 +1190,7 @@ void Engine::prepare(const PlanSpec& spec) {
     }
     p.stream->synchronize();
     if (E.o.cuda_graphs) {
-      try {
+      auto capture = [&]() {
         p.g_pre = std::make_unique<at::cuda::CUDAGraph>();
         p.g_pre->capture_begin();
         stage_pre();
@@ -1193,16 +1204,26 @@ void Engine::prepare(const PlanSpec& spec) {
         stage_llm();
         p.g_llm->capture_end();
         p.graphs = true;
-      } catch (const std::exception& e) {
-        log_warn("gpu: CUDA graph capture failed, running eagerly: ", e.what());
-        p.g_pre.reset();
-        p.g_vis.reset();
-        p.g_llm.reset();
-        p.graphs = false;
-        (void)cudaGetLastError();
-        stage_pre();
-        stage_vis();
-        stage_llm();
+      };
+      for (int attempt = 0; attempt < 2 && !p.graphs; ++attempt) {
+        try {
+          capture();
+        } catch (const std::exception& e) {
+          log_warn("gpu: CUDA graph capture failed (", e.what(), ")");
+          p.g_pre.reset();
+          p.g_vis.reset();
+          p.g_llm.reset();
+          p.graphs = false;
+          (void)cudaGetLastError();
+          // a tuned attention backend may not be capturable: retry with flash varlen only
+          E.llm_backend = ops::AttnBackend::kFlashVarlen;
+          E.vfull_backend = ops::AttnBackend::kFlashVarlen;
+          E.tune_report += "(capture retry with flash-varlen) ";
+          stage_pre();
+          stage_vis();
+          stage_llm();
+          p.stream->synchronize();
+        }
       }
     }
     p.stream->synchronize();
