@@ -466,7 +466,12 @@ void Policy::save(const std::string& dir) const {
   j["format"] = "vla.policy/1";
   save_tensors(dir + "/policy.safetensors", named_state(*expert_.ptr(), "expert."),
                {{"format", "vla.policy/1"}});
-  if (vlm_) vlm_->save(dir + "/vlm");
+  if (vlm_) {
+    vlm_->save(dir + "/vlm");
+    // The fingerprint of the VLM as written (the HF writer may not round-trip bit-exactly):
+    // this is what load() checks.
+    if (have_vlm_engine()) j["vlm_fingerprint"] = load_vlm(dir + "/vlm", cfg_)->fingerprint();
+  }
   write_json_atomic(dir + "/policy.json", j);  // last: a folder with policy.json is complete
 }
 
