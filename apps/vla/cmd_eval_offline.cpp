@@ -1,0 +1,207 @@
+// `vla eval offline` (action MAE/MSE of a policy on recorded episodes) and `vla eval caption`
+// (caption METEOR / BLEU-4 of a VLM on ground-truth scene captions).
+#if defined(VLA_HAS_EVAL) && defined(VLA_HAS_TRAIN)
+#include <map>
+
+#include "command.h"
+#include "core/core.h"
+#include "eval/eval.h"
+#include "train/train.h"
+#if defined(VLA_HAS_RUNTIME) && defined(VLA_HAS_SIM)
+#include "runtime/runtime.h"
+#endif
+
+namespace {
+
+std::vector<size_t> pick_episodes(const vla::dataset::Dataset& ds, double holdout, int max_eps) {
+  std::vector<size_t> tr, ho;
+  vla::train::split_episodes(ds.size(), holdout, &tr, &ho);
+  std::vector<size_t> eps = holdout > 0 ? ho : tr;
+  if (max_eps > 0 && static_cast<int>(eps.size()) > max_eps) eps.resize(max_eps);
+  VLA_CHECK(!eps.empty(), "eval: no episodes selected from ", ds.dir());
+  return eps;
+}
+
+void add_offline(CLI::App& app) {
+  auto* eval = vla::cli::get_or_add_subcommand(app, "eval", "Evaluate policies and VLMs");
+  auto pol = std::make_shared<std::string>("default"), ds = std::make_shared<std::string>(),
+       json = std::make_shared<std::string>();
+  auto holdout = std::make_shared<double>(0.1);
+  auto max_eps = std::make_shared<int>(0);
+  auto* c = eval->add_subcommand(
+      "offline",
+      "Action error of a policy on recorded episodes: for every 10 Hz tick the policy encodes\n"
+      "the recorded views + instruction with its VLM (no cache) and predicts a chunk from the\n"
+      "recorded force window and proprio; MAE / MSE per action dimension (m) vs the expert.");
+  c->add_option("--policy", *pol, "policy folder or 'default'")->capture_default_str();
+  c->add_option("--dataset", *ds, "dataset folder")->required();
+  c->add_option("--holdout", *holdout,
+                "evaluate the last ceil(f * N) episodes (the training split's held-out part); "
+                "0 = all episodes")
+      ->capture_default_str();
+  c->add_option("--episodes", *max_eps, "at most this many episodes (0 = all selected)")
+      ->capture_default_str();
+  c->add_option("--json", *json, "write the metrics as JSON");
+  c->callback([=] {
+    auto p = vla::policy::Policy::load(*pol);
+    auto d = vla::dataset::Dataset::open(*ds);
+    auto eps = pick_episodes(d, *holdout, *max_eps);
+    vla::eval::ActionErrors err(3);
+    vla::ProgressBar bar("eval offline", static_cast<int64_t>(eps.size()));
+    for (size_t i : eps) {
+      auto ep = d.load(i, true);
+      auto tk = vla::train::cut_ticks(ep, p->sensor_window(), p->horizon());
+      for (int t = 0; t < tk.num_ticks; ++t) {
+        auto vl = p->encode(ep.frames[t], ep.instruction);
+        auto a = p->act(vl, tk.force[t], tk.proprio[t]);
+        int64_t valid = std::min<int64_t>(p->horizon(), ep.actions.size(0) - 8LL * t);
+        err.add(a.narrow(0, 0, valid), tk.actions[t].narrow(0, 0, valid));
+      }
+      bar.tick();
+    }
+    bar.finish();
+    vla::Table t({"dim", "MAE (mm)", "MSE (mm^2)"});
+    const char* names[] = {"dx", "dy", "dz"};
+    for (int k = 0; k < 3; ++k)
+      t.add_row({names[k], vla::fmt_double(err.mae()[k] * 1e3, 4),
+                 vla::fmt_double(err.mse()[k] * 1e6, 5)});
+    t.print();
+    auto j = err.to_json();
+    j["episodes"] = eps.size();
+    j["policy"] = p->info().value("dir", *pol);
+    j["dataset"] = *ds;
+    j["units"] = "m per action (80 Hz)";
+    if (!json->empty()) vla::write_json_atomic(*json, j);
+  });
+}
+
+void add_caption_eval(CLI::App& app) {
+  auto* eval = vla::cli::get_or_add_subcommand(app, "eval", "Evaluate policies and VLMs");
+  auto vlm = std::make_shared<std::string>(), ds = std::make_shared<std::string>(),
+       json = std::make_shared<std::string>(), views = std::make_shared<std::string>();
+  auto holdout = std::make_shared<double>(0.1);
+  auto max_eps = std::make_shared<int>(10);
+  auto max_tokens = std::make_shared<int>(96);
+  auto* c = eval->add_subcommand(
+      "caption",
+      "Caption METEOR (Banerjee & Lavie 2005, exact matching) and corpus BLEU-4 of a VLM on\n"
+      "held-out episodes: greedy captions of the first and middle tick vs the ground-truth\n"
+      "scene captions (English and Korean prompts).");
+  c->add_option("--vlm", *vlm, "VLM folder, or a policy folder (uses its vlm/)")->required();
+  c->add_option("--dataset", *ds, "dataset folder")->required();
+  c->add_option("--holdout", *holdout, "evaluate the last ceil(f * N) episodes (0 = all)")
+      ->capture_default_str();
+  c->add_option("--episodes", *max_eps, "at most this many episodes")->capture_default_str();
+  c->add_option("--use-views", *views, "comma-separated view indices given to the VLM");
+  c->add_option("--max-new-tokens", *max_tokens, "caption length limit")->capture_default_str();
+  c->add_option("--json", *json, "write the metrics as JSON");
+  c->callback([=] {
+    vla::policy::PolicyConfig pc;
+    std::string dir = *vlm;
+    if (vla::file_exists(dir + "/policy.json")) {
+      pc = vla::policy::PolicyConfig::from_json(vla::read_json(dir + "/policy.json")["config"]);
+      dir += "/vlm";
+    }
+    if (!views->empty()) {
+      pc.use_views.clear();
+      for (char ch : *views)
+        if (ch >= '0' && ch <= '9') pc.use_views.push_back(ch - '0');
+    }
+    auto enc = vla::policy::load_vlm(dir, pc);
+    auto d = vla::dataset::Dataset::open(*ds);
+    auto eps = pick_episodes(d, *holdout, *max_eps);
+    nlohmann::json out;
+    vla::Table t({"language", "METEOR", "BLEU-4", "captions"});
+    for (std::string lang : {"en", "ko"}) {
+      std::vector<vla::eval::Tokens> hyps;
+      std::vector<std::vector<vla::eval::Tokens>> refs;
+      nlohmann::json ex = nlohmann::json::array();
+      for (size_t i : eps) {
+        auto ep = d.load(i, true);
+        for (int tick : {0, ep.num_ticks / 2}) {
+          auto h = enc->caption(ep.frames[tick], vla::train::caption_prompt(lang), *max_tokens);
+          auto r = vla::train::scene_caption(ep, tick, lang);
+          hyps.push_back(vla::eval::tokenize(h));
+          refs.push_back({vla::eval::tokenize(r)});
+          if (ex.size() < 3) ex.push_back({{"hyp", h}, {"ref", r}});
+        }
+      }
+      double m = vla::eval::corpus_meteor(hyps, refs), b = vla::eval::corpus_bleu(hyps, refs);
+      out[lang] = {{"meteor", m}, {"bleu4", b}, {"captions", hyps.size()}, {"examples", ex}};
+      t.add_row({lang, vla::fmt_double(m, 4), vla::fmt_double(b, 4), std::to_string(hyps.size())});
+    }
+    t.print();
+    out["episodes"] = eps.size();
+    out["vlm"] = dir;
+    if (!json->empty()) vla::write_json_atomic(*json, out);
+  });
+}
+
+}  // namespace
+
+#if defined(VLA_HAS_RUNTIME) && defined(VLA_HAS_SIM) && defined(VLA_RUNTIME_WITH_SIM) && \
+    defined(VLA_RUNTIME_WITH_POLICY)
+// Language ablation: the instruction names a port other than the one the seed would pick.
+void add_language_eval(CLI::App& app) {
+  auto* eval = vla::cli::get_or_add_subcommand(app, "eval", "Evaluate policies and VLMs");
+  auto pol = std::make_shared<std::string>("default"), json = std::make_shared<std::string>();
+  auto episodes = std::make_shared<int>(50);
+  auto seed = std::make_shared<uint64_t>(2000);
+  auto* c = eval->add_subcommand(
+      "language",
+      "Language ablation in closed loop (synchronous: fresh VL features every tick): episode i\n"
+      "uses seed+i but the instruction names a different port than that seed's default target;\n"
+      "success is measured against the instruction. Also counts episodes that went to the\n"
+      "seed's default port instead (= the policy ignored the instruction).");
+  c->add_option("--policy", *pol, "policy folder or 'default'")->capture_default_str();
+  c->add_option("--episodes", *episodes, "episodes")->capture_default_str();
+  c->add_option("--seed", *seed, "first seed")->capture_default_str();
+  c->add_option("--json", *json, "write the metrics as JSON");
+  c->callback([=] {
+    auto p = vla::policy::Policy::load(*pol);
+    vla::sim::EnvConfig ec;
+    ec.num_views = p->num_views();
+    ec.width = p->image_width();
+    ec.height = p->image_height();
+    vla::sim::NeedleEnv env(ec);
+    auto fns = vla::runtime::policy_fns(p);
+    vla::runtime::RuntimeConfig rt;
+    rt.vlm_latency_s = 0.0;
+    int ok = 0, to_default = 0;
+    std::map<std::string, int> reasons;
+    vla::ProgressBar bar("language ablation", *episodes);
+    for (int i = 0; i < *episodes; ++i) {
+      env.reset(*seed + i);
+      const int n = static_cast<int>(env.scene().ports.size());
+      const int def = env.scene().target;
+      const int other = (def + 1 + i % (n - 1)) % n;
+      env.reset(*seed + i, other);
+      vla::runtime::SimPlant plant(env);
+      auto r = vla::runtime::run_sim_time(plant, fns, rt);
+      ok += r.outcome.success;
+      reasons[r.outcome.reason]++;
+      if (env.scene().inserted_port == def) ++to_default;
+      bar.tick(1, vla::str_cat("success ", ok, "/", i + 1));
+    }
+    bar.finish();
+    vla::Table t({"metric", "value"});
+    t.add_row({"episodes", std::to_string(*episodes)});
+    t.add_row({"success (named port)", vla::fmt_double(100.0 * ok / *episodes, 1) + " %"});
+    t.add_row({"went to the seed's default port", std::to_string(to_default)});
+    for (auto& [k, v] : reasons) t.add_row({"reason: " + k, std::to_string(v)});
+    t.print();
+    nlohmann::json j = {{"episodes", *episodes},
+                        {"success_rate", static_cast<double>(ok) / *episodes},
+                        {"went_to_default_port", to_default},
+                        {"reasons", reasons},
+                        {"seed", *seed},
+                        {"policy", p->info().value("dir", *pol)}};
+    if (!json->empty()) vla::write_json_atomic(*json, j);
+  });
+}
+VLA_REGISTER_COMMAND(62, add_language_eval);
+#endif
+
+VLA_REGISTER_COMMAND(60, add_offline);
+VLA_REGISTER_COMMAND(61, add_caption_eval);
+#endif
