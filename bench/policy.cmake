@@ -8,3 +8,11 @@ if(TARGET vla_train AND TARGET vla_eval)
   target_link_libraries(vla_train_tool PRIVATE vla_train vla_eval vla_warnings)
   target_precompile_headers(vla_train_tool REUSE_FROM vla_pch)
 endif()
+
+# bench_policy: act() latency (fast path) and expert training throughput on CPU.
+if(TARGET vla_policy)
+  add_executable(bench_policy ${CMAKE_CURRENT_LIST_DIR}/policy_bench.cpp)
+  target_link_libraries(bench_policy PRIVATE vla_policy benchmark::benchmark vla_warnings)
+  target_precompile_headers(bench_policy REUSE_FROM vla_pch)
+  set_target_properties(bench_policy PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
+endif()

@@ -61,7 +61,9 @@ void add_loop_options(CLI::App* c, LoopArgs& a) {
   c->add_option("--seed", a.seed, "First episode seed (1000+ are unseen by training data)")
       ->capture_default_str();
   c->add_option("--action-hz", a.action_hz, "Action loop rate (Hz)")->capture_default_str();
-  c->add_option("--vlm-hz", a.vlm_hz, "VLM launch rate (Hz); 0 = as fast as it finishes")
+  c->add_option(
+       "--vlm-hz", a.vlm_hz,
+       "VLM launch rate (Hz); 0 = as fast as possible, at most one launch per action period")
       ->capture_default_str();
   c->add_option("--blend", a.blend, "Chunk blending: replace | ensemble | rtc")
       ->check(CLI::IsMember({"replace", "ensemble", "rtc"}))

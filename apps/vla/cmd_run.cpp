@@ -46,7 +46,9 @@ void add_run(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--seed", a->seed, "First episode seed")->capture_default_str();
   c->add_option("--action-hz", a->action_hz, "Action loop rate (Hz)")->capture_default_str();
-  c->add_option("--vlm-hz", a->vlm_hz, "VLM launch rate (Hz); 0 = as fast as possible")
+  c->add_option(
+       "--vlm-hz", a->vlm_hz,
+       "VLM launch rate (Hz); 0 = as fast as possible, at most one launch per action period")
       ->capture_default_str();
   c->add_option("--blend", a->blend, "Chunk blending: replace | ensemble | rtc")
       ->check(CLI::IsMember({"replace", "ensemble", "rtc"}))

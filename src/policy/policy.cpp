@@ -31,7 +31,8 @@ nlohmann::json PolicyConfig::to_json() const {
           {"num_views", num_views},
           {"image_width", image_width},
           {"image_height", image_height},
-          {"pooling", pooling}};
+          {"pooling", pooling},
+          {"use_views", use_views}};
 }
 
 PolicyConfig PolicyConfig::from_json(const nlohmann::json& j) {

@@ -164,9 +164,18 @@ class VlmEncoder {
   // encode() with autograd: features [tokens, dim].
   virtual torch::Tensor encode_train(const std::vector<Image>& views,
                                      const std::string& instruction);
+  // encode_train() of a batch of samples -> [B, tokens, dim]. The engine runs one left-padded,
+  // masked forward (B separate forwards of a tiny VLM are dominated by per-op overhead); the
+  // default stacks encode_train() calls. Same features as encode_train() up to fp rounding.
+  virtual torch::Tensor encode_train_batch(const std::vector<const std::vector<Image>*>& views,
+                                           const std::vector<std::string>& instructions);
   // Mean next-token cross-entropy of `caption` after the views + prompt (teacher forcing).
   virtual torch::Tensor caption_loss(const std::vector<Image>& views, const std::string& prompt,
                                      const std::string& caption);
+  // Mean of caption_loss() over a batch, in one padded forward for engine-backed encoders.
+  virtual torch::Tensor caption_loss_batch(const std::vector<const std::vector<Image>*>& views,
+                                           const std::vector<std::string>& prompts,
+                                           const std::vector<std::string>& captions);
   // Greedy caption.
   virtual std::string caption(const std::vector<Image>& views, const std::string& prompt,
                               int max_new_tokens) const;

@@ -11,9 +11,28 @@ void VlmEncoder::set_training(bool) {}
 torch::Tensor VlmEncoder::encode_train(const std::vector<Image>&, const std::string&) {
   throw no_training("encode_train");
 }
+torch::Tensor VlmEncoder::encode_train_batch(const std::vector<const std::vector<Image>*>& views,
+                                             const std::vector<std::string>& instructions) {
+  VLA_CHECK(views.size() == instructions.size(), "encode_train_batch: ", views.size(),
+            " samples but ", instructions.size(), " instructions");
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < views.size(); ++i) out.push_back(encode_train(*views[i], instructions[i]));
+  return torch::stack(out);
+}
 torch::Tensor VlmEncoder::caption_loss(const std::vector<Image>&, const std::string&,
                                        const std::string&) {
   throw no_training("caption_loss");
+}
+torch::Tensor VlmEncoder::caption_loss_batch(const std::vector<const std::vector<Image>*>& views,
+                                             const std::vector<std::string>& prompts,
+                                             const std::vector<std::string>& captions) {
+  VLA_CHECK(views.size() == prompts.size() && views.size() == captions.size() && !views.empty(),
+            "caption_loss_batch: ", views.size(), " samples, ", prompts.size(), " prompts, ",
+            captions.size(), " captions");
+  std::vector<torch::Tensor> ls;
+  for (size_t i = 0; i < views.size(); ++i)
+    ls.push_back(caption_loss(*views[i], prompts[i], captions[i]));
+  return torch::stack(ls).mean();
 }
 std::string VlmEncoder::caption(const std::vector<Image>&, const std::string&, int) const {
   throw no_training("caption");

@@ -79,6 +79,59 @@ class QwenVlm : public VlmEncoder {
     return features(views, instruction);
   }
 
+  // One forward over a batch of samples (views + prompt, then `suffix[b]` token ids), left
+  // padded so that every sequence ends at L - 1. Returns the output and the mask [B, L].
+  std::pair<ForwardOutput, torch::Tensor> padded_forward(
+      const std::vector<const std::vector<Image>*>& views, const std::vector<std::string>& prompts,
+      const std::vector<std::vector<int64_t>>& suffix, bool logits) {
+    VLA_CHECK(views.size() == prompts.size() && !views.empty(), "VLM batch: ", views.size(),
+              " samples but ", prompts.size(), " prompts");
+    std::vector<Image> imgs;
+    for (const auto* v : views) {
+      auto p = pick(*v);
+      imgs.insert(imgs.end(), p.begin(), p.end());
+    }
+    auto pp = preprocess_images(imgs, model_->image_config());
+    const auto tokens = pp.tokens_per_image(model_->image_config().merge_size);
+    const size_t per = tokens.size() / views.size();
+    std::vector<std::vector<int64_t>> seqs;
+    size_t maxlen = 0;
+    for (size_t b = 0; b < views.size(); ++b) {
+      std::vector<int64_t> t(tokens.begin() + b * per, tokens.begin() + (b + 1) * per);
+      seqs.push_back(model_->prompt_ids(prompts[b], t));
+      if (!suffix.empty())
+        seqs.back().insert(seqs.back().end(), suffix[b].begin(), suffix[b].end());
+      maxlen = std::max(maxlen, seqs.back().size());
+    }
+    const int64_t B = static_cast<int64_t>(seqs.size()), L = static_cast<int64_t>(maxlen);
+    const int64_t pad = std::max<int64_t>(0, model_->config().pad_token_id);
+    auto ids = torch::full({B, L}, pad, torch::kInt64);
+    auto mask = torch::zeros({B, L}, torch::kInt64);
+    for (int64_t b = 0; b < B; ++b) {
+      const auto& s = seqs[b];
+      const int64_t n = static_cast<int64_t>(s.size());
+      ids[b].narrow(0, L - n, n).copy_(torch::tensor(s, torch::kInt64));
+      mask[b].narrow(0, L - n, n).fill_(1);
+    }
+    ForwardOptions fo;
+    fo.compute_logits = logits;
+    auto out = model_.ptr()->forward(ids, B > 1 ? mask : torch::Tensor(), pp.pixel_values,
+                                     pp.grid_thw, fo);
+    return {out, mask};
+  }
+
+  torch::Tensor encode_train_batch(const std::vector<const std::vector<Image>*>& views,
+                                   const std::vector<std::string>& instructions) override {
+    auto [out, mask] = padded_forward(views, instructions, {}, false);
+    auto h = out.last_hidden;  // [B, L, H]
+    const int64_t L = h.size(1);
+    if (cfg_.pooling == "mean") {
+      auto m = mask.to(h.scalar_type()).unsqueeze(-1);
+      return ((h * m).sum(1) / m.sum(1)).unsqueeze(1);
+    }
+    return h.narrow(1, L - 1, 1);
+  }
+
   std::vector<int64_t> text_ids(const std::string& text) const {
     // The codec only renders chat prompts: the raw ids of `text` are the part of the rendered
     // prompt between the fixed prefix and suffix (special tokens split before BPE).
@@ -114,6 +167,29 @@ class QwenVlm : public VlmEncoder {
     auto logits = out.logits[0].narrow(0, np - 1, static_cast<int64_t>(cap.size()));
     auto target = torch::tensor(cap, torch::kInt64);
     return torch::nn::functional::cross_entropy(logits.to(torch::kFloat32), target);
+  }
+
+  torch::Tensor caption_loss_batch(const std::vector<const std::vector<Image>*>& views,
+                                   const std::vector<std::string>& prompts,
+                                   const std::vector<std::string>& captions) override {
+    VLA_CHECK(captions.size() == views.size(), "caption_loss_batch: ", views.size(),
+              " samples but ", captions.size(), " captions");
+    std::vector<std::vector<int64_t>> caps;
+    for (const auto& c : captions) {
+      caps.push_back(text_ids(c));
+      caps.back().push_back(eos());
+    }
+    auto [out, mask] = padded_forward(views, prompts, caps, true);
+    const int64_t L = out.logits.size(1);
+    std::vector<torch::Tensor> ls;
+    for (size_t b = 0; b < caps.size(); ++b) {
+      // The caption occupies the last n positions; position j predicts token j + 1.
+      const int64_t n = static_cast<int64_t>(caps[b].size());
+      auto logits = out.logits[static_cast<int64_t>(b)].narrow(0, L - n - 1, n);
+      ls.push_back(torch::nn::functional::cross_entropy(logits.to(torch::kFloat32),
+                                                        torch::tensor(caps[b], torch::kInt64)));
+    }
+    return torch::stack(ls).mean();
   }
 
   std::string caption(const std::vector<Image>& views, const std::string& prompt,

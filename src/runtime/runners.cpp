@@ -363,10 +363,17 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
     at::set_num_threads(vcfg.vlm_threads);
     c10::InferenceMode guard;
     int64_t version = 0;
-    int64_t launches = 0;
+    int64_t launches = 0, last_launch_ns = 0;
     while (!sh->stop.load()) {
-      if (vcfg.vlm_hz > 0) {
-        const int64_t deadline = sh->t0_ns + static_cast<int64_t>(launches * 1e9 / vcfg.vlm_hz);
+      // --vlm-hz: launches on a fixed grid. "As fast as possible" still waits one action period
+      // after the previous launch: features newer than the loop can read are never used, and a
+      // cheap encode would otherwise re-render back to back and starve the physics thread of the
+      // plant lock.
+      const int64_t deadline =
+          vcfg.vlm_hz > 0
+              ? sh->t0_ns + static_cast<int64_t>(launches * 1e9 / vcfg.vlm_hz)
+              : (launches == 0 ? 0 : last_launch_ns + static_cast<int64_t>(1e9 / vcfg.action_hz));
+      {
         while (now_ns() < deadline && !sh->stop.load())
           std::this_thread::sleep_for(std::chrono::microseconds(
               std::min<int64_t>(20000, std::max<int64_t>(100, (deadline - now_ns()) / 1000))));
@@ -375,6 +382,7 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
       ++launches;
       std::vector<Image> views;
       const int64_t cap_ns = now_ns();
+      last_launch_ns = cap_ns;
       try {
         {
           std::lock_guard<std::mutex> lock(sh->plant_mu);

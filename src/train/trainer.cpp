@@ -289,28 +289,40 @@ TrainReport train(const TrainOptions& opt) {
   torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(opt.lr_action));
 
   // ---- losses
+  // Stage 2: VL features of a batch in one padded forward of the VLM ([B, tokens, dim]).
+  auto stage2_features = [&](const std::vector<Sample>& b, bool grad) {
+    std::vector<const std::vector<Image>*> v;
+    std::vector<std::string> ins;
+    for (auto& s : b) {
+      v.push_back(&d.views[s.ep][s.feature_tick]);
+      ins.push_back(d.ticks[s.ep].instruction);
+    }
+    if (!grad) {
+      torch::NoGradGuard ng;
+      return vlm->encode_train_batch(v, ins).to(torch::kFloat32);
+    }
+    return vlm->encode_train_batch(v, ins).to(torch::kFloat32);
+  };
   auto batch_loss = [&](const std::vector<Sample>& b) -> torch::Tensor {
     if (caption) {
-      std::vector<torch::Tensor> ls;
+      std::vector<const std::vector<Image>*> v;
+      std::vector<std::string> prompts, caps;
       for (auto& s : b) {
-        auto cap = scene_caption(d.episodes[s.ep], s.target_tick, s.lang);
-        ls.push_back(vlm->caption_loss(d.views[s.ep][s.target_tick], caption_prompt(s.lang), cap));
+        v.push_back(&d.views[s.ep][s.target_tick]);
+        prompts.push_back(caption_prompt(s.lang));
+        caps.push_back(scene_caption(d.episodes[s.ep], s.target_tick, s.lang));
       }
-      return torch::stack(ls).mean();
+      return vlm->caption_loss_batch(v, prompts, caps);
     }
     std::vector<torch::Tensor> vl, f, p, a;
     for (auto& s : b) {
       const auto& tk = d.ticks[s.ep];
-      if (opt.stage == "1")
-        vl.push_back(d.feats[s.ep][s.feature_tick]);
-      else
-        vl.push_back(
-            vlm->encode_train(d.views[s.ep][s.feature_tick], tk.instruction).to(torch::kFloat32));
+      if (opt.stage == "1") vl.push_back(d.feats[s.ep][s.feature_tick]);
       f.push_back(tk.force[s.target_tick]);
       p.push_back(tk.proprio[s.target_tick]);
       a.push_back(tk.actions[s.target_tick]);
     }
-    auto vlb = torch::stack(vl);
+    auto vlb = opt.stage == "1" ? torch::stack(vl) : stage2_features(b, true);
     if (cfg.vl_dropout > 0 && expert->is_training()) {
       auto keep = (torch::rand({vlb.size(0), 1, 1}) >= cfg.vl_dropout).to(torch::kFloat32);
       vlb = vlb * keep;
@@ -340,14 +352,13 @@ TrainReport train(const TrainOptions& opt) {
         std::vector<torch::Tensor> vl, f, p, a;
         for (auto& s : b) {
           const auto& tk = d.ticks[s.ep];
-          vl.push_back(opt.stage == "1"
-                           ? d.feats[s.ep][s.feature_tick]
-                           : vlm->encode(d.views[s.ep][s.feature_tick], tk.instruction));
+          if (opt.stage == "1") vl.push_back(d.feats[s.ep][s.feature_tick]);
           f.push_back(tk.force[s.target_tick]);
           p.push_back(tk.proprio[s.target_tick]);
           a.push_back(tk.actions[s.target_tick]);
         }
-        auto pred = expert->predict(torch::stack(vl), stats.force.normalize(torch::stack(f)),
+        auto pred = expert->predict(opt.stage == "1" ? torch::stack(vl) : stage2_features(b, false),
+                                    stats.force.normalize(torch::stack(f)),
                                     stats.proprio.normalize(torch::stack(p)));
         sum += torch::mse_loss(pred, stats.action.normalize(torch::stack(a))).item<double>();
       }
