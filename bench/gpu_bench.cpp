@@ -1,17 +1,23 @@
 // bench_gpu: times the GPU fast path (src/gpu) on the Qwen2.5-VL-3B architecture (random bf16
 // weights, or a checkpoint folder) for N views of WxH frames, end to end from host uint8 frames,
 // with a per-stage breakdown, views as one sequence vs as a batch, graphs vs eager, and greedy
-// decode tokens/s. With --peer FILE (peer_qwen25vl.json from bench/peer_qwen25vl.py, run on the
-// same machine) it prints the side-by-side table. Run by bench/gpu_side_by_side.sh.
+// decode tokens/s; then the same plans with FP8 (e4m3) GEMMs (EngineOptions::fp8, same random
+// weights quantised), their error against the bf16 features, and FP8 vs bf16 GEMM rates. With
+// --peer FILE (peer_qwen25vl.json from bench/peer_qwen25vl.py, run on the same machine) it prints
+// the side-by-side table. Run by bench/gpu_side_by_side.sh.
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "core/core.h"
 #include "gpu/gpu.h"
+#include "gpu/ops.h"
 #include "weights/weights.h"
 
 using namespace vla;
@@ -43,7 +49,14 @@ std::vector<int64_t> peer_prompt(const ModelDims& d, int views, bool batch) {
   return ids;
 }
 
-Timing time_plan(Engine& e, const PlanSpec& spec, int iters, nlohmann::json& rec) {
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  auto x = a.to(at::kDouble);
+  auto y = b.to(at::kDouble);
+  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
+}
+
+Timing time_plan(Engine& e, const PlanSpec& spec, int iters, nlohmann::json& rec,
+                 at::Tensor* keep = nullptr) {
   Stopwatch prep;
   e.prepare(spec);
   rec["prepare_s"] = prep.elapsed_s();
@@ -90,7 +103,99 @@ Timing time_plan(Engine& e, const PlanSpec& spec, int iters, nlohmann::json& rec
   auto f = e.run();
   rec["features_shape"] = f.sizes().vec();
   rec["features_finite"] = at::isfinite(f).all().item<bool>();
+  if (keep) *keep = f.clone();
   return t;
+}
+
+// Per-op device times of the 5-view plan (eager, CUDA events, mean of 5 passes).
+nlohmann::json profile_plan(Engine& engine, const ModelDims& dims, int height, int width,
+                            const std::string& title) {
+  nlohmann::json prec;
+  PlanSpec spec;
+  spec.views = 5;
+  spec.height = height;
+  spec.width = width;
+  spec.prompt_ids = peer_prompt(dims, 5, false);
+  engine.set_cuda_graphs(false);
+  engine.prepare(spec);
+  engine.set_cuda_graphs(true);
+  engine.profile_run();
+  std::vector<std::pair<std::string, double>> acc;
+  const int reps = 5;
+  for (int r = 0; r < reps; ++r) {
+    for (const auto& [k, ms] : engine.profile_run()) {
+      auto it = std::find_if(acc.begin(), acc.end(), [&](const auto& p) { return p.first == k; });
+      if (it == acc.end())
+        acc.emplace_back(k, ms / reps);
+      else
+        it->second += ms / reps;
+    }
+  }
+  double total = 0;
+  for (const auto& kv : acc) total += kv.second;
+  Table tab({title, "ms", "%"});
+  for (const auto& [k, ms] : acc) {
+    tab.add_row({k, fmt_double(ms, 3), fmt_double(100.0 * ms / total, 1)});
+    prec["ops_ms"][k] = ms;
+  }
+  tab.add_row({"total", fmt_double(total, 3), "100"});
+  tab.print();
+  return prec;
+}
+
+// cuBLAS rates for the shapes the engine runs: bf16, and FP8 with row-wise scales (plain and
+// fast accumulation) through the engine's own quantise + _scaled_mm path.
+nlohmann::json gemm_rates(bool fp8) {
+  nlohmann::json rec;
+  Table g({"GEMM M x K -> N", "bf16 ms", "TFLOP/s", "fp8 ms", "TFLOP/s", "fp8 fast ms", "TFLOP/s"});
+  const std::vector<std::array<int64_t, 3>> shapes = {
+      {5980, 1176, 1280}, {5980, 1280, 3840},  {5980, 1280, 1280},  {5980, 1280, 6912},
+      {5980, 3456, 1280}, {5980, 3420, 1280},  {1495, 5120, 5120},  {1525, 2048, 2560},
+      {1525, 2048, 2048}, {1525, 2048, 22016}, {1525, 11008, 2048}, {1196, 1280, 3840},
+      {1196, 1280, 6912}, {1196, 3456, 1280},  {321, 2048, 2560},   {321, 2048, 22016},
+      {321, 11008, 2048}, {8192, 8192, 8192}};
+  auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  auto time_ms = [](const std::function<void()>& fn) {
+    for (int i = 0; i < 3; ++i) fn();
+    torch::cuda::synchronize();
+    Stopwatch sw;
+    const int n = 20;
+    for (int i = 0; i < n; ++i) fn();
+    torch::cuda::synchronize();
+    return sw.elapsed_ms() / n;
+  };
+  for (const auto& sh : shapes) {
+    auto a = at::randn({sh[0], sh[1]}, o);
+    auto b = at::randn({sh[2], sh[1]}, o);
+    const double flop = 2.0 * sh[0] * sh[1] * sh[2];
+    auto tf = [&](double ms) { return flop / (ms * 1e-3) / 1e12; };
+    const std::string name =
+        std::to_string(sh[0]) + " x " + std::to_string(sh[1]) + " -> " + std::to_string(sh[2]);
+    const double ms = time_ms([&]() { at::mm(a, b.t()); });
+    std::vector<std::string> row = {name, fmt_double(ms, 3), fmt_double(tf(ms), 0)};
+    rec[name]["bf16_tflops"] = tf(ms);
+    if (fp8 && sh[1] % 16 == 0 && sh[2] % 16 == 0) {
+      auto aq = ops::quantize_fp8(a, true);
+      auto bq = ops::quantize_fp8(b, true);
+      for (bool fast : {false, true}) {
+        try {
+          const double m8 = time_ms([&]() { ops::linear_fp8(aq, bq, {}, at::kBFloat16, fast); });
+          row.push_back(fmt_double(m8, 3));
+          row.push_back(fmt_double(tf(m8), 0));
+          rec[name][fast ? "fp8_fast_tflops" : "fp8_tflops"] = tf(m8);
+        } catch (const std::exception& e) {
+          row.push_back("error");
+          row.push_back("-");
+          rec[name]["fp8_error"] = e.what();
+        }
+      }
+    } else {
+      for (int i = 0; i < 4; ++i) row.push_back("-");
+    }
+    g.add_row(row);
+  }
+  g.print();
+  return rec;
 }
 
 }  // namespace
@@ -102,6 +207,7 @@ int main(int argc, char** argv) {
   double peak_tflops = 798.0;
   bool eager = true;
   bool profile = true;
+  bool fp8 = true;
   app.add_option("--model", model, "checkpoint folder (default: random 3B-architecture weights)");
   app.add_option("--height", height, "frame height (default 360)");
   app.add_option("--width", width, "frame width (default 640)");
@@ -113,6 +219,9 @@ int main(int argc, char** argv) {
   app.add_option("--eager", eager, "also time 5 views without CUDA graphs (default true)");
   app.add_option("--profile", profile,
                  "per-op device times of the 5-view plan + GEMM shape rates (default true)");
+  app.add_option("--fp8", fp8,
+                 "also time the FP8 (e4m3) engine and its error vs bf16 (default true, when the "
+                 "GPU has FP8 GEMMs)");
   app.add_option("--peer", peer,
                  "peer_qwen25vl.json from the same machine, for the side-by-side table");
   app.add_option("--json", json_out, "write all numbers as JSON");
@@ -121,19 +230,26 @@ int main(int argc, char** argv) {
     configure_torch_threads();
     VLA_CHECK(cuda_available(), "bench_gpu needs a CUDA device");
     EngineOptions opts = EngineOptions::best_available();
-    std::unique_ptr<Engine> engine;
+    fp8 = fp8 && fp8_available(opts.device);
     ModelDims dims = ModelDims::qwen25vl_3b();
-    Stopwatch load;
+    std::shared_ptr<WeightStore> ws;
     if (!model.empty()) {
       dims = ModelDims::from_checkpoint_dir(model);
-      auto ws = std::make_shared<WeightStore>(WeightStore::open(model));
-      engine = std::make_unique<Engine>(
-          dims, [ws](const std::string& n) { return ws->has(n) ? ws->get(n) : at::Tensor(); },
-          opts);
-      engine->preprocess_config() = PreprocessConfig::from_checkpoint_dir(model);
-    } else {
-      engine = Engine::random(dims, opts, 0);
+      ws = std::make_shared<WeightStore>(WeightStore::open(model));
     }
+    auto make_engine = [&](const EngineOptions& o) {
+      std::unique_ptr<Engine> e;
+      if (ws) {
+        e = std::make_unique<Engine>(
+            dims, [ws](const std::string& n) { return ws->has(n) ? ws->get(n) : at::Tensor(); }, o);
+        e->preprocess_config() = PreprocessConfig::from_checkpoint_dir(model);
+      } else {
+        e = Engine::random(dims, o, 0);
+      }
+      return e;
+    };
+    Stopwatch load;
+    std::unique_ptr<Engine> engine = make_engine(opts);
     nlohmann::json out;
     out["device"] = device_name(opts.device);
     out["torch"] = torch_build_info();
@@ -149,110 +265,109 @@ int main(int argc, char** argv) {
       int views;
       ViewLayout layout;
       bool graphs;
+      bool fast_accum;
+      int64_t min_rows;
     };
-    std::vector<Case> cases = {{"1view", 1, ViewLayout::kOneSequence, true},
-                               {"5view", 5, ViewLayout::kOneSequence, true},
-                               {"5view_batched", 5, ViewLayout::kBatch, true}};
-    if (eager) cases.push_back({"5view_eager", 5, ViewLayout::kOneSequence, false});
-    for (const auto& c : cases) {
-      PlanSpec spec;
-      spec.views = c.views;
-      spec.height = height;
-      spec.width = width;
-      spec.layout = c.layout;
-      spec.prompt_ids = peer_prompt(dims, c.views, c.layout == ViewLayout::kBatch);
-      nlohmann::json rec;
-      engine->set_cuda_graphs(c.graphs);
-      try {
-        Timing t = time_plan(*engine, spec, iters, rec);
-        rec["floor_ms"] = rec["flops"].get<double>() / (peak_tflops * 1e12) * 1e3;
-        rec["vision_floor_ms"] = rec["vision_flops"].get<double>() / (peak_tflops * 1e12) * 1e3;
-        std::printf(
-            "%-14s wall %.2f ms (upload %.2f, preprocess %.2f, vision %.2f, llm %.2f) | "
-            "vision-only %.2f ms | %.1f TFLOP -> floor %.2f ms | graphs %d\n",
-            c.key.c_str(), t.wall_ms, t.upload_ms, t.pre_ms, t.vision_ms, t.llm_ms,
-            rec["vision_only_wall_ms"].get<double>(), rec["flops"].get<double>() / 1e12,
-            rec["floor_ms"].get<double>(), rec["graphs"].get<bool>() ? 1 : 0);
-      } catch (const std::exception& e) {
-        rec["error"] = e.what();
-        std::printf("%-14s FAILED: %s\n", c.key.c_str(), e.what());
-      }
-      engine->set_cuda_graphs(true);
-      out["cases"][c.key] = rec;
-      std::fflush(stdout);
-    }
-    if (profile) {
-      nlohmann::json prec;
-      try {
+    std::map<std::string, at::Tensor> bf16_features, fp32_features;
+    // Times `cases` on `e` into out[section]; with `reference` the features are compared.
+    auto run_cases = [&](Engine& e, const std::vector<Case>& cases, const std::string& section,
+                         bool keep, bool compare) {
+      for (const auto& c : cases) {
         PlanSpec spec;
-        spec.views = 5;
+        spec.views = c.views;
         spec.height = height;
         spec.width = width;
-        spec.prompt_ids = peer_prompt(dims, 5, false);
-        engine->set_cuda_graphs(false);
-        engine->prepare(spec);
-        engine->set_cuda_graphs(true);
-        engine->profile_run();
-        std::vector<std::pair<std::string, double>> acc;
-        const int reps = 5;
-        for (int r = 0; r < reps; ++r) {
-          for (const auto& [k, ms] : engine->profile_run()) {
-            auto it =
-                std::find_if(acc.begin(), acc.end(), [&](const auto& p) { return p.first == k; });
-            if (it == acc.end())
-              acc.emplace_back(k, ms / reps);
-            else
-              it->second += ms / reps;
+        spec.layout = c.layout;
+        spec.prompt_ids = peer_prompt(dims, c.views, c.layout == ViewLayout::kBatch);
+        nlohmann::json rec;
+        e.set_cuda_graphs(c.graphs);
+        if (e.options().fp8) {
+          e.set_fp8_fast_accum(c.fast_accum);
+          e.set_fp8_min_rows(c.min_rows);
+        }
+        try {
+          at::Tensor f;
+          Timing t = time_plan(e, spec, iters, rec, &f);
+          rec["floor_ms"] = rec["flops"].get<double>() / (peak_tflops * 1e12) * 1e3;
+          rec["vision_floor_ms"] = rec["vision_flops"].get<double>() / (peak_tflops * 1e12) * 1e3;
+          std::printf(
+              "%-22s wall %.2f ms (upload %.2f, preprocess %.2f, vision %.2f, llm %.2f) | "
+              "vision-only %.2f ms | %.1f TFLOP -> floor %.2f ms | graphs %d\n",
+              (section + "/" + c.key).c_str(), t.wall_ms, t.upload_ms, t.pre_ms, t.vision_ms,
+              t.llm_ms, rec["vision_only_wall_ms"].get<double>(), rec["flops"].get<double>() / 1e12,
+              rec["floor_ms"].get<double>(), rec["graphs"].get<bool>() ? 1 : 0);
+          const std::string base_key =
+              std::to_string(c.views) + "/" + (c.layout == ViewLayout::kBatch ? "batch" : "seq");
+          if (keep) bf16_features[base_key] = f;
+          if (compare && bf16_features.count(base_key)) {
+            const double err = rel_err(f, bf16_features[base_key]);
+            rec["rel_err_vs_bf16"] = err;
+            std::printf("%-22s features rel. err vs bf16 engine: %.4f\n",
+                        (section + "/" + c.key).c_str(), err);
           }
+          if (fp32_features.count(base_key)) {
+            const double err = rel_err(f, fp32_features[base_key]);
+            rec["rel_err_vs_fp32"] = err;
+            std::printf("%-22s features rel. err vs fp32 engine: %.4f\n",
+                        (section + "/" + c.key).c_str(), err);
+          }
+        } catch (const std::exception& ex) {
+          rec["error"] = ex.what();
+          std::printf("%-22s FAILED: %s\n", (section + "/" + c.key).c_str(), ex.what());
         }
-        double total = 0;
-        for (const auto& kv : acc) total += kv.second;
-        Table tab({"op (5 views, eager, events)", "ms", "%"});
-        for (const auto& [k, ms] : acc) {
-          tab.add_row({k, fmt_double(ms, 3), fmt_double(100.0 * ms / total, 1)});
-          prec["ops_ms"][k] = ms;
+        e.set_cuda_graphs(true);
+        out[section][c.key] = rec;
+        std::fflush(stdout);
+      }
+    };
+    if (fp8) {
+      // float32 reference of the same model (random weights are bf16-rounded for every dtype),
+      // eager, math attention: the yardstick for the bf16 and fp8 errors.
+      try {
+        EngineOptions o32 = opts;
+        o32.dtype = at::kFloat;
+        o32.cuda_graphs = false;
+        std::unique_ptr<Engine> e32 = make_engine(o32);
+        for (int views : {1, 5}) {
+          PlanSpec spec;
+          spec.views = views;
+          spec.height = height;
+          spec.width = width;
+          spec.prompt_ids = peer_prompt(dims, views, false);
+          e32->prepare(spec);
+          at::manual_seed(1);  // the frames of time_plan
+          for (int v = 0; v < views; ++v) {
+            auto r = at::randint(0, 256, {height, width, 3}, at::kByte);
+            std::memcpy(e32->frame_buffer(v), r.data_ptr<uint8_t>(),
+                        static_cast<size_t>(r.numel()));
+          }
+          fp32_features[std::to_string(views) + "/seq"] = e32->run().clone();
         }
-        tab.add_row({"total", fmt_double(total, 3), "100"});
-        tab.print();
-        // cuBLAS rates for the shapes the engine runs
-        Table g({"GEMM M x K -> N (bf16)", "ms", "TFLOP/s"});
-        const std::vector<std::array<int64_t, 3>> shapes = {
-            {5980, 1176, 1280}, {5980, 1280, 3840},  {5980, 1280, 1280},  {5980, 1280, 6912},
-            {5980, 3456, 1280}, {5980, 3420, 1280},  {1495, 5120, 5120},  {1525, 2048, 2560},
-            {1525, 2048, 2048}, {1525, 2048, 22016}, {1525, 11008, 2048}, {8192, 8192, 8192}};
-        auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
-        for (const auto& sh : shapes) {
-          auto a = at::randn({sh[0], sh[1]}, o);
-          auto b = at::randn({sh[2], sh[1]}, o);
-          for (int i = 0; i < 3; ++i) at::mm(a, b.t());
-          torch::cuda::synchronize();
-          Stopwatch sw;
-          const int n = 20;
-          for (int i = 0; i < n; ++i) at::mm(a, b.t());
-          torch::cuda::synchronize();
-          const double ms = sw.elapsed_ms() / n;
-          const double tf = 2.0 * sh[0] * sh[1] * sh[2] / (ms * 1e-3) / 1e12;
-          const std::string name = std::to_string(sh[0]) + " x " + std::to_string(sh[1]) + " -> " +
-                                   std::to_string(sh[2]);
-          g.add_row({name, fmt_double(ms, 3), fmt_double(tf, 0)});
-          prec["gemm_tflops"][name] = tf;
-        }
-        g.print();
+        std::printf("fp32 reference features computed (eager, math attention)\n");
       } catch (const std::exception& e) {
-        prec["error"] = e.what();
+        out["fp32_reference_error"] = e.what();
+        std::printf("fp32 reference FAILED: %s\n", e.what());
+      }
+    }
+    std::vector<Case> cases = {{"1view", 1, ViewLayout::kOneSequence, true, false, 0},
+                               {"5view", 5, ViewLayout::kOneSequence, true, false, 0},
+                               {"5view_batched", 5, ViewLayout::kBatch, true, false, 0}};
+    if (eager) cases.push_back({"5view_eager", 5, ViewLayout::kOneSequence, false, false, 0});
+    run_cases(*engine, cases, "cases", true, false);
+    if (profile) {
+      try {
+        out["profile"] = profile_plan(*engine, dims, height, width, "op (5 views, bf16, eager)");
+        out["profile"]["gemm"] = gemm_rates(fp8);
+      } catch (const std::exception& e) {
+        out["profile"]["error"] = e.what();
         std::printf("profile FAILED: %s\n", e.what());
       }
-      out["profile"] = prec;
       std::fflush(stdout);
     }
     if (decode_tokens > 0) {
       nlohmann::json rec;
       try {
         // one view, as for captioning: prefill then greedy tokens (eager decode loop)
-        PlanSpec spec;
-        spec.views = 1;
-        spec.height = height;
-        spec.width = width;
         std::vector<uint8_t> frame(static_cast<size_t>(height) * width * 3, 77);
         auto [pv, grid] = engine->preprocess({frame.data()}, height, width);
         const int64_t n = grid[0][1].item<int64_t>() * grid[0][2].item<int64_t>() / 4;
@@ -277,49 +392,112 @@ int main(int argc, char** argv) {
       }
       out["decode"] = rec;
     }
+    if (fp8) {
+      // Same weights (same seed / checkpoint), projections quantised at load.
+      engine.reset();
+      EngineOptions o8 = opts;
+      o8.fp8 = true;
+      Stopwatch load8;
+      std::unique_ptr<Engine> e8;
+      try {
+        e8 = make_engine(o8);
+        out["fp8_load_s"] = load8.elapsed_s();
+        std::vector<Case> c8 = {
+            {"1view", 1, ViewLayout::kOneSequence, true, true, 0},
+            {"1view_min_rows_1024", 1, ViewLayout::kOneSequence, true, true, 1024},
+            {"5view", 5, ViewLayout::kOneSequence, true, true, 0},
+            {"5view_exact_accum", 5, ViewLayout::kOneSequence, true, false, 0}};
+        run_cases(*e8, c8, "fp8", false, true);
+        if (profile) {
+          e8->set_fp8_fast_accum(true);
+          e8->set_fp8_min_rows(0);
+          out["fp8_profile"] = profile_plan(*e8, dims, height, width, "op (5 views, fp8, eager)");
+        }
+      } catch (const std::exception& e) {
+        out["fp8"]["error"] = e.what();
+        std::printf("fp8 FAILED: %s\n", e.what());
+      }
+      std::fflush(stdout);
+    }
     if (!peer.empty() && file_exists(peer)) {
       nlohmann::json p = read_json(peer);
       out["peer"] = p;
       auto pm = [&](const std::string& k, const char* f) -> double {
         return p.contains(k) && p[k].contains(f) ? p[k][f].get<double>() : 0.0;
       };
-      Table tab({"case", "ours ms", "transformers ms", "ratio", "floor ms", "ours/floor"});
-      auto row = [&](const std::string& name, double ours, double theirs, double floor_ms) {
-        tab.add_row({name, fmt_double(ours, 2), theirs > 0 ? fmt_double(theirs, 1) : "-",
-                     theirs > 0 ? fmt_double(theirs / ours, 1) + "x" : "-",
-                     floor_ms > 0 ? fmt_double(floor_ms, 2) : "-",
-                     floor_ms > 0 ? fmt_double(floor_ms / ours * 100.0, 0) + "%" : "-"});
+      auto num = [&](const nlohmann::json& sec, const std::string& k,
+                     const std::function<double(const nlohmann::json&)>& f) -> double {
+        return sec.contains(k) && sec[k].contains("wall_ms") ? f(sec[k]) : 0.0;
+      };
+      const nlohmann::json none = nlohmann::json::object();
+      const nlohmann::json& c16 = out["cases"];
+      const nlohmann::json& c8 = out.contains("fp8") ? out["fp8"] : none;
+      Table tab({"case", "ours bf16 ms", "ours fp8 ms", "transformers ms", "ratio bf16",
+                 "ratio fp8", "floor ms"});
+      auto ms = [](double v) { return v > 0 ? fmt_double(v, 2) : std::string("-"); };
+      auto ratio = [](double theirs, double ours) {
+        return theirs > 0 && ours > 0 ? fmt_double(theirs / ours, 1) + "x" : std::string("-");
+      };
+      auto row = [&](const std::string& name, double b16, double f8, double theirs,
+                     double floor_ms) {
+        tab.add_row({name, ms(b16), ms(f8), theirs > 0 ? fmt_double(theirs, 1) : "-",
+                     ratio(theirs, b16), ratio(theirs, f8), ms(floor_ms)});
+      };
+      auto wall = [](const nlohmann::json& c) { return c["wall_ms"].get<double>(); };
+      auto model_ms = [](const nlohmann::json& c) {
+        return c["vision_ms"].get<double>() + c["llm_ms"].get<double>();
+      };
+      auto vis = [](const nlohmann::json& c) { return c["vision_only_wall_ms"].get<double>(); };
+      auto floor_of = [&](const std::string& k, const char* f) {
+        return c16.contains(k) && c16[k].contains(f) ? c16[k][f].get<double>() : 0.0;
       };
       for (const std::string v : {"1view", "5view"}) {
-        const auto& c = out["cases"][v];
-        if (!c.contains("wall_ms")) continue;
         const double pre = pm("sdpa/" + v + "/full_prefill", "preprocess_ms");
         const double full = pm("sdpa/" + v + "/full_prefill", "median_ms");
-        row(v + " end-to-end (incl. preprocess)", c["wall_ms"], full > 0 ? full + pre : 0,
-            c["floor_ms"]);
-        row(v + " model only (GPU)", c["vision_ms"].get<double>() + c["llm_ms"].get<double>(), full,
-            c["floor_ms"]);
-        row(v + " vision tower", c["vision_only_wall_ms"],
-            pm("sdpa/" + v + "/vision_only", "median_ms"), c["vision_floor_ms"]);
+        row(v + " end-to-end (incl. preprocess)", num(c16, v, wall), num(c8, v, wall),
+            full > 0 ? full + pre : 0, floor_of(v, "floor_ms"));
+        row(v + " model only (GPU)", num(c16, v, model_ms), num(c8, v, model_ms), full,
+            floor_of(v, "floor_ms"));
+        row(v + " vision tower", num(c16, v, vis), num(c8, v, vis),
+            pm("sdpa/" + v + "/vision_only", "median_ms"), floor_of(v, "vision_floor_ms"));
       }
-      if (out["cases"]["5view_batched"].contains("wall_ms")) {
-        const auto& c = out["cases"]["5view_batched"];
-        row("5view as batch (model only)", c["vision_ms"].get<double>() + c["llm_ms"].get<double>(),
-            pm("sdpa/5view_batched/full_prefill", "median_ms"), c["floor_ms"]);
-      }
+      const double pre5 = pm("sdpa/5view/full_prefill", "preprocess_ms");
+      const double full5 = pm("sdpa/5view/full_prefill", "median_ms");
+      const double pre1 = pm("sdpa/1view/full_prefill", "preprocess_ms");
+      const double full1 = pm("sdpa/1view/full_prefill", "median_ms");
+      row("1view end-to-end, fp8 only for >= 1024 rows", 0, num(c8, "1view_min_rows_1024", wall),
+          full1 > 0 ? full1 + pre1 : 0, floor_of("1view", "floor_ms"));
+      row("5view end-to-end, fp8 without fast accum", 0, num(c8, "5view_exact_accum", wall),
+          full5 > 0 ? full5 + pre5 : 0, floor_of("5view", "floor_ms"));
+      row("5view vision tower, fp8 without fast accum", 0, num(c8, "5view_exact_accum", vis),
+          pm("sdpa/5view/vision_only", "median_ms"), floor_of("5view", "vision_floor_ms"));
+      row("5view as batch (model only)", num(c16, "5view_batched", model_ms), 0,
+          pm("sdpa/5view_batched/full_prefill", "median_ms"),
+          floor_of("5view_batched", "floor_ms"));
       if (out.contains("decode") && out["decode"].contains("tokens_per_s")) {
         const double theirs = pm("sdpa/1view/decode", "tokens_per_s");
-        tab.add_row({"decode tokens/s (1 view)", fmt_double(out["decode"]["tokens_per_s"], 1),
+        const double ours = out["decode"]["tokens_per_s"].get<double>();
+        tab.add_row({"decode tokens/s (1 view)", fmt_double(ours, 1), "-",
                      theirs > 0 ? fmt_double(theirs, 1) : "-",
-                     theirs > 0
-                         ? fmt_double(out["decode"]["tokens_per_s"].get<double>() / theirs, 1) + "x"
-                         : "-",
-                     "-", "-"});
+                     theirs > 0 ? fmt_double(ours / theirs, 1) + "x" : "-", "-", "-"});
       }
-      std::printf(
-          "\n%s  (ratio = transformers / ours; ours/floor = FLOP floor at %.0f TFLOP/s / ours)\n",
-          out["device"].get<std::string>().c_str(), peak_tflops);
+      std::printf("\n%s  (ratio = transformers / ours; floor = model FLOPs at %.0f TFLOP/s bf16)\n",
+                  out["device"].get<std::string>().c_str(), peak_tflops);
       tab.print();
+      for (const std::string k : {"1view", "5view"}) {
+        if (c16.contains(k) && c16[k].contains("rel_err_vs_fp32")) {
+          std::printf("bf16 %-19s features (last hidden states) rel. err vs fp32: %.4f\n",
+                      k.c_str(), c16[k]["rel_err_vs_fp32"].get<double>());
+        }
+      }
+      for (const std::string k : {"1view", "1view_min_rows_1024", "5view", "5view_exact_accum"}) {
+        if (c8.contains(k) && c8[k].contains("rel_err_vs_bf16")) {
+          std::printf(
+              "fp8 %-20s features (last hidden states) rel. err vs bf16: %.4f, vs fp32: %.4f\n",
+              k.c_str(), c8[k]["rel_err_vs_bf16"].get<double>(),
+              c8[k].contains("rel_err_vs_fp32") ? c8[k]["rel_err_vs_fp32"].get<double>() : -1.0);
+        }
+      }
     }
     if (!json_out.empty()) write_json_atomic(json_out, out);
   } catch (const std::exception& e) {

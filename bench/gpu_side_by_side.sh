@@ -3,8 +3,8 @@
 # GPU output against the CPU/fp32 references on the tiny fixtures (test_gpu), times our engine on
 # the full Qwen2.5-VL-3B architecture (random bf16 weights, or --model DIR) at 1 and 5 views of
 # 640x360, times Hugging Face transformers on the same config in the same run
-# (bench/peer_qwen25vl.py), and prints the table (ours, transformers, ratio, fraction of the FLOP
-# floor).
+# (bench/peer_qwen25vl.py), and prints the table (ours bf16, ours with FP8 e4m3 GEMMs
+# (EngineOptions::fp8), transformers, ratios, FLOP floor) plus the FP8 error against bf16.
 #
 # Usage (repo root, on the GPU machine): bench/gpu_side_by_side.sh [--model DIR] [--skip-peer]
 #   Header-only deps missing there (nlohmann-json, CLI11, stb, GoogleTest, Google Benchmark) are
@@ -60,7 +60,7 @@ set +e
 
 # 3. parity on the fixtures (GPU vs fp32 references)
 VLA_SOURCE_DIR="$ROOT" "$BUILD"/tests/gpu/test_gpu --gtest_brief=1 > "$OUT/test_gpu.log" 2>&1
-echo "test_gpu exit $?"; grep -E "FAILED|PASSED|SKIPPED|rel|Failure|expected" "$OUT/test_gpu.log" | head -40
+echo "test_gpu exit $?"; grep -E "FAILED|PASSED|SKIPPED|rel|Failure|expected" "$OUT/test_gpu.log" | head -70
 
 # 4. transformers peer on the same machine
 if [ "$PEER" = 1 ]; then

@@ -29,6 +29,8 @@ bool kernels_compiled() {
 #endif
 }
 
+bool fp8_available(const at::Device& device) { return ops::fp8_supported(device); }
+
 bool cuda_available() {
 #ifdef VLA_HAVE_CUDA
   return torch::cuda::is_available();
@@ -222,10 +224,12 @@ std::pair<at::Tensor, int64_t> rope_index(const std::vector<int64_t>& ids,
 // ------------------------------------------------------------------ engine internals
 struct VLayer {
   at::Tensor n1, n2, qkv_w, qkv_b, proj_w, proj_b, gu_w, gu_b, down_w, down_b;
+  ops::Fp8Rows qkv_q, gu_q, down_q;  // EngineOptions::fp8: per-output-channel e4m3
   bool full = false;
 };
 struct TLayer {
   at::Tensor in_n, post_n, qkv_w, qkv_b, o_w, gu_w, down_w;
+  ops::Fp8Rows qkv_q, gu_q, down_q;
 };
 
 // Window order of the vision tokens of a list of images (all with t = 1).
@@ -475,6 +479,70 @@ struct EngineImpl {
   at::TensorOptions wopt() const { return at::TensorOptions().dtype(o.dtype).device(o.device); }
   bool fused() const { return o.fused_kernels; }
 
+  // ---------------------------------------------------------------- fp8
+  // Quantises the qkv, gate|up and down weights (one e4m3 scale per output channel); bf16 copies
+  // are kept for the decode loop of generate_greedy. The attention output projections stay bf16:
+  // their input comes from attention, not from a fused norm / SwiGLU kernel, so it would need a
+  // quantisation pass of its own, and at these sizes (N = hidden) fp8 is no faster (docs/gpu.md).
+  void quantize_weights() {
+    if (!o.fp8) return;
+    at::NoGradGuard ng;
+    auto q = [&](const at::Tensor& w) { return ops::quantize_fp8(w, fused()); };
+    for (VLayer& L : vl) {
+      L.qkv_q = q(L.qkv_w);
+      L.gu_q = q(L.gu_w);
+      L.down_q = q(L.down_w);
+    }
+    for (TLayer& L : tl) {
+      L.qkv_q = q(L.qkv_w);
+      L.gu_q = q(L.gu_w);
+      L.down_q = q(L.down_w);
+    }
+  }
+  at::Tensor lin8(const ops::Fp8Rows& x, const ops::Fp8Rows& w, const at::Tensor& b = {}) const {
+    return ops::linear_fp8(x, w, b, o.dtype, o.fp8_fast_accum);
+  }
+  // Normalised activations of a block: bf16 (x) or per-token e4m3 (q), per EngineOptions::fp8.
+  struct Act {
+    at::Tensor x;
+    ops::Fp8Rows q;
+  };
+  Act norm(at::Tensor& h, const at::Tensor& w, double eps, bool quant) const {
+    Act a;
+    if (quant)
+      a.q = ops::rms_norm_fp8(h, w, eps, fused());
+    else
+      a.x = ops::rms_norm(h, w, eps, fused());
+    return a;
+  }
+  Act add_norm(const at::Tensor& x, at::Tensor& h, const at::Tensor& w, double eps,
+               bool quant) const {
+    Act a;
+    if (quant)
+      a.q = ops::add_rms_norm_fp8(x, h, w, eps, fused());
+    else
+      a.x = ops::add_rms_norm(x, h, w, eps, fused());
+    return a;
+  }
+  // Projection of normalised activations: fp8 when they are quantised.
+  at::Tensor proj(const Act& a, const at::Tensor& w, const ops::Fp8Rows& wq,
+                  const at::Tensor& b = {}) const {
+    return a.q.defined() ? lin8(a.q, wq, b) : ops::linear(a.x, w, b);
+  }
+  // SwiGLU then the down projection.
+  at::Tensor mlp_down(const at::Tensor& gu, int64_t inter, const at::Tensor& w,
+                      const ops::Fp8Rows& wq, const at::Tensor& b, const char* down_mark,
+                      bool quant) const {
+    if (quant) {
+      ops::Fp8Rows act = ops::silu_mul_fp8(gu, inter, fused());
+      mark(down_mark);
+      return lin8(act, wq, b);
+    }
+    at::Tensor act = ops::silu_mul(gu, inter, fused());
+    mark(down_mark);
+    return ops::linear(act, w, b);
+  }
+
   // ---------------------------------------------------------------- vision
   // patches [N, patch_dim] in window order -> merged [N/4, out_hidden] in window order.
   at::Tensor vision_core(const at::Tensor& patches, const ops::Varlen& cu_window,
@@ -487,11 +555,12 @@ struct EngineImpl {
     mark("v.patch_embed");
     at::Tensor h = ops::linear(patches, patch_w);  // residual stream
     mark("v.norm");
-    at::Tensor n = ops::rms_norm(h, vl[0].n1, v.eps, fused());
+    const bool q8 = o.fp8 && N >= o.fp8_min_rows;
+    Act n = norm(h, vl[0].n1, v.eps, q8);
     for (size_t i = 0; i < vl.size(); ++i) {
       const VLayer& L = vl[i];
       mark("v.qkv");
-      at::Tensor qkv = ops::linear(n, L.qkv_w, L.qkv_b);  // [N, 3*hidden]
+      at::Tensor qkv = proj(n, L.qkv_w, L.qkv_q, L.qkv_b);  // [N, 3*hidden]
       mark("v.rotary");
       ops::rotary_(qkv, 2 * H, D, cos, sin, fused());
       auto q = qkv.narrow(1, 0, v.hidden).view({N, H, D});
@@ -504,20 +573,18 @@ struct EngineImpl {
       mark("v.proj");
       at::Tensor o_ = ops::linear(a.view({N, v.hidden}), L.proj_w, L.proj_b);
       mark("v.add_norm");
-      n = ops::add_rms_norm(o_, h, L.n2, v.eps, fused());
+      n = add_norm(o_, h, L.n2, v.eps, q8);
       mark("v.gate_up");
-      at::Tensor gu = ops::linear(n, L.gu_w, L.gu_b);
+      at::Tensor gu = proj(n, L.gu_w, L.gu_q, L.gu_b);
       mark("v.silu_mul");
-      at::Tensor act = ops::silu_mul(gu, vi_pad, fused());
-      mark("v.down");
-      at::Tensor dn = ops::linear(act, L.down_w, L.down_b);
+      at::Tensor dn = mlp_down(gu, vi_pad, L.down_w, L.down_q, L.down_b, "v.down", q8);
       mark("v.add_norm");
-      const at::Tensor& next_w = (i + 1 < vl.size()) ? vl[i + 1].n1 : m_ln;
-      n = ops::add_rms_norm(dn, h, next_w, v.eps, fused());
+      const bool last = i + 1 == vl.size();
+      n = add_norm(dn, h, last ? m_ln : vl[i + 1].n1, v.eps, q8 && !last);
     }
     mark("v.merger");
     const int mu = v.merge * v.merge;
-    at::Tensor x = n.view({N / mu, v.hidden * mu});
+    at::Tensor x = n.x.view({N / mu, v.hidden * mu});
     x = at::gelu(ops::linear(x, m0_w, m0_b));
     at::Tensor out = ops::linear(x, m2_w, m2_b);
     mark("end");
@@ -533,11 +600,12 @@ struct EngineImpl {
     const int64_t T = h.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
     mark("t.norm");
-    at::Tensor n = ops::rms_norm(h, tl[0].in_n, t.eps, fused());
+    const bool q8 = o.fp8 && T >= o.fp8_min_rows;
+    Act n = norm(h, tl[0].in_n, t.eps, q8);
     for (size_t i = 0; i < tl.size(); ++i) {
       const TLayer& L = tl[i];
       mark("t.qkv");
-      at::Tensor qkv = ops::linear(n, L.qkv_w, L.qkv_b);  // [T, (H + 2Hk) D]
+      at::Tensor qkv = proj(n, L.qkv_w, L.qkv_q, L.qkv_b);  // [T, (H + 2Hk) D]
       mark("t.rotary");
       ops::rotary_(qkv, H + Hk, D, cos, sin, fused());
       auto q = qkv.narrow(1, 0, H * D).view({T, H, D});
@@ -552,20 +620,18 @@ struct EngineImpl {
       mark("t.o_proj");
       at::Tensor o_ = ops::linear(a.view({T, H * D}), L.o_w);
       mark("t.add_norm");
-      n = ops::add_rms_norm(o_, h, L.post_n, t.eps, fused());
+      n = add_norm(o_, h, L.post_n, t.eps, q8);
       mark("t.gate_up");
-      at::Tensor gu = ops::linear(n, L.gu_w);
+      at::Tensor gu = proj(n, L.gu_w, L.gu_q);
       mark("t.silu_mul");
-      at::Tensor act = ops::silu_mul(gu, ti_pad, fused());
-      mark("t.down");
-      at::Tensor dn = ops::linear(act, L.down_w);
+      at::Tensor dn = mlp_down(gu, ti_pad, L.down_w, L.down_q, {}, "t.down", q8);
       mark("t.add_norm");
-      const at::Tensor& next_w = (i + 1 < tl.size()) ? tl[i + 1].in_n : final_norm;
-      n = ops::add_rms_norm(dn, h, next_w, t.eps, fused());
+      const bool last = i + 1 == tl.size();
+      n = add_norm(dn, h, last ? final_norm : tl[i + 1].in_n, t.eps, q8 && !last);
     }
     mark("end");
     if (cache) cache->length = T;
-    return n;
+    return n.x;
   }
 
   // ---------------------------------------------------------------- preprocessing
@@ -635,6 +701,9 @@ Engine::Engine(const ModelDims& dims, EngineOptions options)
   impl_->o = options;
   VLA_CHECK(!options.device.is_cuda() || cuda_available(),
             "gpu engine: CUDA device requested but this build/machine has no CUDA");
+  VLA_CHECK(!options.fp8 || fp8_available(options.device),
+            "gpu engine: fp8 requested but not available on ", options.device.str(),
+            " (needs torch >= 2.1 and, on CUDA, compute capability >= 8.9)");
 }
 
 Engine::~Engine() = default;
@@ -743,6 +812,7 @@ Engine::Engine(const ModelDims& dims, const WeightFn& wf, EngineOptions options)
   }
   E.flash = ops::flash_available(E.patch_w.new_empty({1, 1, v.head_dim()})) &&
             ops::flash_available(E.patch_w.new_empty({1, 1, t.head_dim()}));
+  E.quantize_weights();
 }
 
 std::unique_ptr<Engine> Engine::random(const ModelDims& dims, EngineOptions options,
@@ -754,11 +824,17 @@ std::unique_ptr<Engine> Engine::random(const ModelDims& dims, EngineOptions opti
 #endif
   auto engine = std::unique_ptr<Engine>(new Engine(dims, options));
   EngineImpl& E = *engine->impl_;
+  // Values are rounded to bf16 whatever the dtype, so that engines of different dtypes (or with
+  // fp8) built from the same seed hold the same model.
   auto rnd = [&](std::vector<int64_t> shape, double std_) {
-    return (at::randn(shape, gen_opts.dtype(at::kFloat)) * std_).to(options.dtype);
+    return (at::randn(shape, gen_opts.dtype(at::kFloat)) * std_)
+        .to(at::kBFloat16)
+        .to(options.dtype);
   };
   auto ones = [&](int64_t n) {
-    return (1.0 + at::randn({n}, gen_opts.dtype(at::kFloat)) * 0.05).to(options.dtype);
+    return (1.0 + at::randn({n}, gen_opts.dtype(at::kFloat)) * 0.05)
+        .to(at::kBFloat16)
+        .to(options.dtype);
   };
   const VisionDims& v = dims.vision;
   const TextDims& t = dims.text;
@@ -807,12 +883,15 @@ std::unique_ptr<Engine> Engine::random(const ModelDims& dims, EngineOptions opti
   E.lm_head = t.tie_embeddings ? E.embed : rnd({t.vocab, th}, s);
   E.flash = ops::flash_available(E.patch_w.new_empty({1, 1, v.head_dim()})) &&
             ops::flash_available(E.patch_w.new_empty({1, 1, t.head_dim()}));
+  E.quantize_weights();
   return engine;
 }
 
 const ModelDims& Engine::dims() const { return impl_->d; }
 const EngineOptions& Engine::options() const { return impl_->o; }
 void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
+void Engine::set_fp8_fast_accum(bool on) { impl_->o.fp8_fast_accum = on; }
+void Engine::set_fp8_min_rows(int64_t rows) { impl_->o.fp8_min_rows = rows; }
 PreprocessConfig& Engine::preprocess_config() { return impl_->pc; }
 std::string Engine::attention_backend() const {
   std::string s = impl_->flash ? "flash-varlen" : "math";

@@ -30,6 +30,9 @@ namespace vla::gpu {
 bool cuda_available();
 // True when this build compiled the CUDA kernels at all.
 bool kernels_compiled();
+// Whether EngineOptions::fp8 can be used on `device` (torch >= 2.1; CUDA: compute capability
+// >= 8.9 and aten::_scaled_mm; CPU: emulated).
+bool fp8_available(const at::Device& device);
 // "NVIDIA H100 80GB HBM3" or "cpu".
 std::string device_name(const at::Device& device);
 
@@ -107,6 +110,20 @@ struct EngineOptions {
   bool cuda_graphs = true;
   // Use the CUDA kernels for fused ops (else the ATen references; for checking).
   bool fused_kernels = true;
+  // FP8 (e4m3) matrix products for the qkv, gate|up and down projections of the vision blocks
+  // and decoder layers: weights quantised once at load with one scale per output channel,
+  // activations per token by the fused add+RMSNorm / SwiGLU kernels, aten::_scaled_mm with bf16
+  // output. Patch embedding, attention and its output projection, merger, embeddings and the LM
+  // head stay bf16. Needs torch >= 2.1 and, on CUDA, compute capability >= 8.9 (on the CPU it is
+  // emulated by dequantising, for checking). Off by default: it moves the last hidden states by
+  // several percent (docs/gpu.md).
+  bool fp8 = false;
+  // _scaled_mm's use_fast_accum (Hopper FP8 accumulation without periodic fp32 promotion): faster,
+  // no measurable change of the error here (docs/gpu.md).
+  bool fp8_fast_accum = true;
+  // A stage (vision tower / decoder) uses fp8 only when it has at least this many rows (tokens):
+  // below that the fp8 GEMMs are not faster than bf16.
+  int64_t fp8_min_rows = 0;
   // Default options for this machine: cuda:0 + bf16 when available, else cpu + f32.
   static EngineOptions best_available();
 };
@@ -152,6 +169,9 @@ class Engine {
   const EngineOptions& options() const;
   // Whether later prepare() calls capture CUDA graphs.
   void set_cuda_graphs(bool on);
+  // FP8 settings for later prepare() / forward calls (fp8 engines only).
+  void set_fp8_fast_accum(bool on);
+  void set_fp8_min_rows(int64_t rows);
   PreprocessConfig& preprocess_config();
 
   // ---- fixed-shape fast path

@@ -2,6 +2,7 @@
 // image preprocessing (PIL bicubic resize, rescale, normalise, patchify). Built only when torch has
 // CUDA; see kernels.h for the contracts.
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include "gpu/kernels.h"
@@ -51,17 +52,92 @@ const char* last_error() {
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
-// ------------------------------------------------------------------ RMSNorm
-// One block per row; the (residual-added) row is kept in shared memory as float.
+// ------------------------------------------------------------------ FP8 (e4m3) row quantisation
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Max over the block of non-negative values; every thread gets the result.
+__device__ float block_max(float v) {
+  __shared__ float partial[32];
+  __shared__ float total;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  v = warp_max(v);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const int nwarps = (blockDim.x + 31) >> 5;
+    float s = lane < nwarps ? partial[lane] : 0.f;
+    s = warp_max(s);
+    if (lane == 0) total = s;
+  }
+  __syncthreads();
+  return total;
+}
+
+__device__ __forceinline__ uint32_t e4m3(float v) {
+  return static_cast<uint32_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+}
+__device__ __forceinline__ uint32_t pack_e4m3(float4 v, float s) {
+  return e4m3(v.x * s) | (e4m3(v.y * s) << 8) | (e4m3(v.z * s) << 16) | (e4m3(v.w * s) << 24);
+}
+
+// Quantises the float row row[0, dim) (shared memory, 16-byte aligned, written by any thread of
+// the block before the call) to e4m3: scale = max(amax, 1e-12) / 448, q = sat(row * (448 / amax')).
+// q is this row's output (dim bytes), scale its float scale.
+__device__ void quantize_row(const float* row, int dim, uint8_t* __restrict__ q,
+                             float* __restrict__ scale) {
+  __syncthreads();
+  float m = 0.f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) m = fmaxf(m, fabsf(row[i]));
+  m = fmaxf(block_max(m), 1e-12f);
+  const float qs = 448.f / m;
+  if (threadIdx.x == 0) *scale = m / 448.f;
+  if (dim % 8 == 0 && reinterpret_cast<uintptr_t>(q) % 8 == 0) {
+    const float4* r4 = reinterpret_cast<const float4*>(row);
+    uint2* q8 = reinterpret_cast<uint2*>(q);
+    for (int i = threadIdx.x; i < dim / 8; i += blockDim.x) {
+      uint2 pk;
+      pk.x = pack_e4m3(r4[2 * i], qs);
+      pk.y = pack_e4m3(r4[2 * i + 1], qs);
+      q8[i] = pk;
+    }
+  } else {
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+      q[i] = static_cast<uint8_t>(e4m3(row[i] * qs));
+    }
+  }
+}
+
+// Loads a row into shared memory as float: generic, and 8 bf16 per 16-byte load.
 template <typename T>
+__device__ void load_row(const T* __restrict__ x, int dim, float* row) {
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) row[i] = to_f(x[i]);
+}
+__device__ void load_row_bf16_vec8(const __nv_bfloat16* __restrict__ x, int dim, float* row) {
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  for (int i = threadIdx.x; i < dim / 8; i += blockDim.x) {
+    uint4 v = xv[i];
+    const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) row[i * 8 + j] = __bfloat162float(e[j]);
+  }
+}
+
+// ------------------------------------------------------------------ RMSNorm
+// One block per row; the (residual-added) row is kept in shared memory as float. With kFp8 the
+// normalised row is quantised to e4m3 (q [rows, dim], per-row scale) instead of written as T.
+template <typename T, bool kFp8>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, int64_t x_stride, T* residual,
                                int64_t res_stride, const T* __restrict__ w, T* __restrict__ out,
-                               int64_t out_stride, int dim, float eps) {
+                               int64_t out_stride, int dim, float eps, uint8_t* __restrict__ q,
+                               float* __restrict__ qscale) {
   extern __shared__ float row_buf[];
   const int64_t r = blockIdx.x;
   const T* xr = x + r * x_stride;
   T* rr = residual ? residual + r * res_stride : nullptr;
-  T* orow = out + r * out_stride;
   float ss = 0.f;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
     float v = to_f(xr[i]);
@@ -75,23 +151,29 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, int64_t x_stride, T* res
   }
   ss = block_sum(ss);
   const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    orow[i] = from_f<T>(row_buf[i] * inv * to_f(w[i]));
+  if constexpr (kFp8) {
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) row_buf[i] = row_buf[i] * inv * to_f(w[i]);
+    quantize_row(row_buf, dim, q + r * dim, qscale + r);
+  } else {
+    T* orow = out + r * out_stride;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+      orow[i] = from_f<T>(row_buf[i] * inv * to_f(w[i]));
+    }
   }
 }
 
 // bf16 rows with dim % 8 == 0 and 16-byte aligned rows: 8 elements per thread per step.
+template <bool kFp8>
 __global__ void rmsnorm_bf16_vec8(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
                                   __nv_bfloat16* residual, int64_t res_stride,
                                   const __nv_bfloat16* __restrict__ w,
                                   __nv_bfloat16* __restrict__ out, int64_t out_stride, int dim,
-                                  float eps) {
+                                  float eps, uint8_t* __restrict__ q, float* __restrict__ qscale) {
   extern __shared__ float row_buf[];
   const int64_t r = blockIdx.x;
   const int nvec = dim / 8;
   const uint4* xr = reinterpret_cast<const uint4*>(x + r * x_stride);
   uint4* rr = residual ? reinterpret_cast<uint4*>(residual + r * res_stride) : nullptr;
-  uint4* orow = reinterpret_cast<uint4*>(out + r * out_stride);
   const uint4* wv = reinterpret_cast<const uint4*>(w);
   float ss = 0.f;
   for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
@@ -119,16 +201,83 @@ __global__ void rmsnorm_bf16_vec8(const __nv_bfloat16* __restrict__ x, int64_t x
   }
   ss = block_sum(ss);
   const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
-  for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
-    uint4 wq = wv[i];
+  if constexpr (kFp8) {
+    for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+      uint4 wq = wv[i];
+      const __nv_bfloat16* we = reinterpret_cast<const __nv_bfloat16*>(&wq);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        row_buf[i * 8 + j] = row_buf[i * 8 + j] * inv * __bfloat162float(we[j]);
+      }
+    }
+    quantize_row(row_buf, dim, q + r * dim, qscale + r);
+  } else {
+    uint4* orow = reinterpret_cast<uint4*>(out + r * out_stride);
+    for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+      uint4 wq = wv[i];
+      const __nv_bfloat16* we = reinterpret_cast<const __nv_bfloat16*>(&wq);
+      uint4 ov;
+      __nv_bfloat16* oe = reinterpret_cast<__nv_bfloat16*>(&ov);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        oe[j] = __float2bfloat16(row_buf[i * 8 + j] * inv * __bfloat162float(we[j]));
+      }
+      orow[i] = ov;
+    }
+  }
+}
+
+// FP8 output, bf16 rows with dim % 8 == 0 and dim / 8 <= blockDim.x: each thread keeps its 8
+// values in registers (no shared-memory row), one reduction for the sum of squares, one for amax.
+__global__ void rmsnorm_fp8_bf16_reg(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
+                                     __nv_bfloat16* residual, int64_t res_stride,
+                                     const __nv_bfloat16* __restrict__ w, uint8_t* __restrict__ q,
+                                     float* __restrict__ qscale, int dim, float eps) {
+  const int64_t r = blockIdx.x;
+  const int i = threadIdx.x;
+  const bool active = i < dim / 8;
+  float v[8];
+  float ss = 0.f;
+  if (active) {
+    uint4 xv = reinterpret_cast<const uint4*>(x + r * x_stride)[i];
+    const __nv_bfloat16* xe = reinterpret_cast<const __nv_bfloat16*>(&xv);
+    if (residual) {
+      uint4* rp = reinterpret_cast<uint4*>(residual + r * res_stride) + i;
+      uint4 rv = *rp;
+      __nv_bfloat16* re = reinterpret_cast<__nv_bfloat16*>(&rv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        re[j] = __float2bfloat16(__bfloat162float(xe[j]) + __bfloat162float(re[j]));
+        v[j] = __bfloat162float(re[j]);
+      }
+      *rp = rv;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = __bfloat162float(xe[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
+  }
+  ss = block_sum(ss);
+  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+  float m = 0.f;
+  if (active) {
+    uint4 wq = reinterpret_cast<const uint4*>(w)[i];
     const __nv_bfloat16* we = reinterpret_cast<const __nv_bfloat16*>(&wq);
-    uint4 ov;
-    __nv_bfloat16* oe = reinterpret_cast<__nv_bfloat16*>(&ov);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      oe[j] = __float2bfloat16(row_buf[i * 8 + j] * inv * __bfloat162float(we[j]));
+      v[j] = v[j] * inv * __bfloat162float(we[j]);
+      m = fmaxf(m, fabsf(v[j]));
     }
-    orow[i] = ov;
+  }
+  m = fmaxf(block_max(m), 1e-12f);
+  const float qs = 448.f / m;
+  if (threadIdx.x == 0) qscale[r] = m / 448.f;
+  if (active) {
+    uint2 pk;
+    pk.x = pack_e4m3(make_float4(v[0], v[1], v[2], v[3]), qs);
+    pk.y = pack_e4m3(make_float4(v[4], v[5], v[6], v[7]), qs);
+    reinterpret_cast<uint2*>(q + r * dim)[i] = pk;
   }
 }
 
@@ -221,6 +370,101 @@ __global__ void silu_mul_bf16_vec4(const __nv_bfloat16* __restrict__ x, int64_t 
   }
 }
 
+// SwiGLU quantised to e4m3: one block per row, silu(gate) * up kept in shared memory as float.
+template <typename T>
+__global__ void silu_mul_fp8_kernel(const T* __restrict__ x, int64_t x_stride,
+                                    uint8_t* __restrict__ q, float* __restrict__ qscale,
+                                    int inter) {
+  extern __shared__ float row_buf[];
+  const int64_t r = blockIdx.x;
+  const T* g = x + r * x_stride;
+  const T* u = g + inter;
+  for (int i = threadIdx.x; i < inter; i += blockDim.x) row_buf[i] = silu(to_f(g[i])) * to_f(u[i]);
+  quantize_row(row_buf, inter, q + r * inter, qscale + r);
+}
+
+// bf16, inter % 8 == 0, 16-byte aligned rows.
+__global__ void silu_mul_fp8_bf16_vec8(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
+                                       uint8_t* __restrict__ q, float* __restrict__ qscale,
+                                       int inter) {
+  extern __shared__ float row_buf[];
+  const int64_t r = blockIdx.x;
+  const uint4* g = reinterpret_cast<const uint4*>(x + r * x_stride);
+  const uint4* u = reinterpret_cast<const uint4*>(x + r * x_stride + inter);
+  for (int i = threadIdx.x; i < inter / 8; i += blockDim.x) {
+    uint4 gv = g[i];
+    uint4 uv = u[i];
+    const __nv_bfloat16* ge = reinterpret_cast<const __nv_bfloat16*>(&gv);
+    const __nv_bfloat16* ue = reinterpret_cast<const __nv_bfloat16*>(&uv);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      row_buf[i * 8 + j] = silu(__bfloat162float(ge[j])) * __bfloat162float(ue[j]);
+    }
+  }
+  quantize_row(row_buf, inter, q + r * inter, qscale + r);
+}
+
+// bf16, inter % 8 == 0, 16-byte aligned rows, inter / 8 <= C * blockDim.x: values in registers.
+template <int C>
+__global__ void silu_mul_fp8_bf16_reg(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
+                                      uint8_t* __restrict__ q, float* __restrict__ qscale,
+                                      int inter) {
+  const int64_t r = blockIdx.x;
+  const int nvec = inter / 8;
+  const uint4* g = reinterpret_cast<const uint4*>(x + r * x_stride);
+  const uint4* u = reinterpret_cast<const uint4*>(x + r * x_stride + inter);
+  float v[C][8];
+  float m = 0.f;
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int i = threadIdx.x + c * blockDim.x;
+    if (i < nvec) {
+      uint4 gv = g[i];
+      uint4 uv = u[i];
+      const __nv_bfloat16* ge = reinterpret_cast<const __nv_bfloat16*>(&gv);
+      const __nv_bfloat16* ue = reinterpret_cast<const __nv_bfloat16*>(&uv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        v[c][j] = silu(__bfloat162float(ge[j])) * __bfloat162float(ue[j]);
+        m = fmaxf(m, fabsf(v[c][j]));
+      }
+    }
+  }
+  m = fmaxf(block_max(m), 1e-12f);
+  const float qs = 448.f / m;
+  if (threadIdx.x == 0) qscale[r] = m / 448.f;
+  uint2* q8 = reinterpret_cast<uint2*>(q + r * inter);
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int i = threadIdx.x + c * blockDim.x;
+    if (i < nvec) {
+      uint2 pk;
+      pk.x = pack_e4m3(make_float4(v[c][0], v[c][1], v[c][2], v[c][3]), qs);
+      pk.y = pack_e4m3(make_float4(v[c][4], v[c][5], v[c][6], v[c][7]), qs);
+      q8[i] = pk;
+    }
+  }
+}
+
+// Plain row quantisation (attention outputs, weights at load).
+template <typename T>
+__global__ void quantize_fp8_kernel(const T* __restrict__ x, int64_t x_stride,
+                                    uint8_t* __restrict__ q, float* __restrict__ qscale, int dim) {
+  extern __shared__ float row_buf[];
+  const int64_t r = blockIdx.x;
+  load_row(x + r * x_stride, dim, row_buf);
+  quantize_row(row_buf, dim, q + r * dim, qscale + r);
+}
+
+__global__ void quantize_fp8_bf16_vec8(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
+                                       uint8_t* __restrict__ q, float* __restrict__ qscale,
+                                       int dim) {
+  extern __shared__ float row_buf[];
+  const int64_t r = blockIdx.x;
+  load_row_bf16_vec8(x + r * x_stride, dim, row_buf);
+  quantize_row(row_buf, dim, q + r * dim, qscale + r);
+}
+
 // ------------------------------------------------------------------ preprocessing
 __device__ __forceinline__ uint8_t clip8(int32_t ss, int precision) {
   const int32_t v = ss >> precision;  // arithmetic shift: floor, as the SIMD code
@@ -298,35 +542,110 @@ int grid_for(int64_t n, int threads) {
 
 }  // namespace
 
-const char* rmsnorm(const void* x, int64_t x_stride, void* residual, int64_t res_stride,
-                    const void* w, void* out, int64_t out_stride, int64_t rows, int64_t dim,
-                    float eps, DType dt, void* stream) {
+namespace {
+bool aligned16(const void* p, int64_t stride) {
+  return (reinterpret_cast<uintptr_t>(p) % 16 == 0) && (stride % 8 == 0);
+}
+
+template <bool kFp8>
+const char* rmsnorm_impl(const void* x, int64_t x_stride, void* residual, int64_t res_stride,
+                         const void* w, void* out, int64_t out_stride, int64_t rows, int64_t dim,
+                         float eps, DType dt, void* stream, uint8_t* q, float* qscale) {
   if (rows == 0) return nullptr;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const size_t smem = static_cast<size_t>(dim) * sizeof(float);
   if (smem > 48 * 1024) return "rmsnorm: row too wide for shared memory";
-  auto aligned = [](const void* p, int64_t stride) {
-    return (reinterpret_cast<uintptr_t>(p) % 16 == 0) && (stride % 8 == 0);
-  };
-  if (dt == kBF16 && dim % 8 == 0 && aligned(x, x_stride) && aligned(out, out_stride) &&
-      aligned(w, 0) && (!residual || aligned(residual, res_stride))) {
+  const bool vec8 = dt == kBF16 && dim % 8 == 0 && aligned16(x, x_stride) &&
+                    (kFp8 || aligned16(out, out_stride)) && aligned16(w, 0) &&
+                    (!residual || aligned16(residual, res_stride));
+  if (kFp8 && vec8 && dim / 8 <= 1024) {
+    const int threads = static_cast<int>((dim / 8 + 31) / 32 * 32);
+    rmsnorm_fp8_bf16_reg<<<static_cast<unsigned>(rows), threads, 0, s>>>(
+        static_cast<const __nv_bfloat16*>(x), x_stride, static_cast<__nv_bfloat16*>(residual),
+        res_stride, static_cast<const __nv_bfloat16*>(w), q, qscale, static_cast<int>(dim), eps);
+  } else if (vec8) {
     int threads = static_cast<int>(dim / 8);
     threads = ((threads + 31) / 32) * 32;
     if (threads > 1024) threads = 1024;
-    rmsnorm_bf16_vec8<<<static_cast<unsigned>(rows), threads, smem, s>>>(
+    rmsnorm_bf16_vec8<kFp8><<<static_cast<unsigned>(rows), threads, smem, s>>>(
         static_cast<const __nv_bfloat16*>(x), x_stride, static_cast<__nv_bfloat16*>(residual),
         res_stride, static_cast<const __nv_bfloat16*>(w), static_cast<__nv_bfloat16*>(out),
-        out_stride, static_cast<int>(dim), eps);
+        out_stride, static_cast<int>(dim), eps, q, qscale);
   } else if (dt == kBF16) {
-    rmsnorm_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), 256, smem, s>>>(
+    rmsnorm_kernel<__nv_bfloat16, kFp8><<<static_cast<unsigned>(rows), 256, smem, s>>>(
         static_cast<const __nv_bfloat16*>(x), x_stride, static_cast<__nv_bfloat16*>(residual),
         res_stride, static_cast<const __nv_bfloat16*>(w), static_cast<__nv_bfloat16*>(out),
-        out_stride, static_cast<int>(dim), eps);
+        out_stride, static_cast<int>(dim), eps, q, qscale);
   } else {
-    rmsnorm_kernel<float><<<static_cast<unsigned>(rows), 256, smem, s>>>(
+    rmsnorm_kernel<float, kFp8><<<static_cast<unsigned>(rows), 256, smem, s>>>(
         static_cast<const float*>(x), x_stride, static_cast<float*>(residual), res_stride,
         static_cast<const float*>(w), static_cast<float*>(out), out_stride, static_cast<int>(dim),
-        eps);
+        eps, q, qscale);
+  }
+  return last_error();
+}
+}  // namespace
+
+const char* rmsnorm(const void* x, int64_t x_stride, void* residual, int64_t res_stride,
+                    const void* w, void* out, int64_t out_stride, int64_t rows, int64_t dim,
+                    float eps, DType dt, void* stream) {
+  return rmsnorm_impl<false>(x, x_stride, residual, res_stride, w, out, out_stride, rows, dim, eps,
+                             dt, stream, nullptr, nullptr);
+}
+
+const char* rmsnorm_fp8(const void* x, int64_t x_stride, void* residual, int64_t res_stride,
+                        const void* w, void* q, float* scale, int64_t rows, int64_t dim, float eps,
+                        DType dt, void* stream) {
+  return rmsnorm_impl<true>(x, x_stride, residual, res_stride, w, nullptr, 0, rows, dim, eps, dt,
+                            stream, static_cast<uint8_t*>(q), scale);
+}
+
+const char* silu_mul_fp8(const void* x, int64_t x_stride, void* q, float* scale, int64_t rows,
+                         int64_t inter, DType dt, void* stream) {
+  if (rows == 0) return nullptr;
+  const size_t smem = static_cast<size_t>(inter) * sizeof(float);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int threads = 256;
+  uint8_t* qb = static_cast<uint8_t*>(q);
+  const bool vec8 = dt == kBF16 && inter % 8 == 0 && aligned16(x, x_stride);
+  const int64_t nvec = inter / 8;
+  if (vec8 && nvec <= 2 * 1024) {
+    const int t = static_cast<int>(((nvec + 1) / 2 + 31) / 32 * 32);
+    silu_mul_fp8_bf16_reg<2><<<static_cast<unsigned>(rows), t, 0, s>>>(
+        static_cast<const __nv_bfloat16*>(x), x_stride, qb, scale, static_cast<int>(inter));
+  } else if (vec8 && smem <= 48 * 1024) {
+    silu_mul_fp8_bf16_vec8<<<static_cast<unsigned>(rows), threads, smem, s>>>(
+        static_cast<const __nv_bfloat16*>(x), x_stride, qb, scale, static_cast<int>(inter));
+  } else if (smem > 48 * 1024) {
+    return "silu_mul_fp8: row too wide for shared memory";
+  } else if (dt == kBF16) {
+    silu_mul_fp8_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), threads, smem, s>>>(
+        static_cast<const __nv_bfloat16*>(x), x_stride, qb, scale, static_cast<int>(inter));
+  } else {
+    silu_mul_fp8_kernel<float><<<static_cast<unsigned>(rows), threads, smem, s>>>(
+        static_cast<const float*>(x), x_stride, qb, scale, static_cast<int>(inter));
+  }
+  return last_error();
+}
+
+const char* quantize_fp8(const void* x, int64_t x_stride, void* q, float* scale, int64_t rows,
+                         int64_t dim, DType dt, void* stream) {
+  if (rows == 0) return nullptr;
+  const size_t smem = static_cast<size_t>(dim) * sizeof(float);
+  if (smem > 48 * 1024) return "quantize_fp8: row too wide for shared memory";
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  int threads = static_cast<int>((dim / 8 + 31) / 32 * 32);
+  threads = threads < 128 ? 128 : (threads > 512 ? 512 : threads);
+  uint8_t* qb = static_cast<uint8_t*>(q);
+  if (dt == kBF16 && dim % 8 == 0 && aligned16(x, x_stride)) {
+    quantize_fp8_bf16_vec8<<<static_cast<unsigned>(rows), threads, smem, s>>>(
+        static_cast<const __nv_bfloat16*>(x), x_stride, qb, scale, static_cast<int>(dim));
+  } else if (dt == kBF16) {
+    quantize_fp8_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), threads, smem, s>>>(
+        static_cast<const __nv_bfloat16*>(x), x_stride, qb, scale, static_cast<int>(dim));
+  } else {
+    quantize_fp8_kernel<float><<<static_cast<unsigned>(rows), threads, smem, s>>>(
+        static_cast<const float*>(x), x_stride, qb, scale, static_cast<int>(dim));
   }
   return last_error();
 }

@@ -11,6 +11,7 @@
 
 #ifdef VLA_HAVE_CUDA
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #endif
 
 namespace vla::gpu::ops {
@@ -163,13 +164,20 @@ const c10::OperatorHandle* flash_op() {
 
 // Calls an ATen operator by name through the dispatcher, filling arguments by schema name;
 // unnamed ones take their defaults (or None). Returns the first output tensor.
+// The first positional.size() arguments are taken in order, whatever their names.
 at::Tensor call_by_name(const c10::OperatorHandle* op, const char* what,
-                        const std::vector<std::pair<std::string, c10::IValue>>& named) {
+                        const std::vector<std::pair<std::string, c10::IValue>>& named,
+                        const std::vector<c10::IValue>& positional = {}) {
   VLA_CHECK(op != nullptr, what, " is not available in this torch build");
   const auto& args = op->schema().arguments();
+  VLA_CHECK(positional.size() <= args.size(), what, ": too many arguments");
   std::vector<c10::IValue> stack;
   stack.reserve(args.size());
   for (const auto& a : args) {
+    if (stack.size() < positional.size()) {
+      stack.push_back(positional[stack.size()]);
+      continue;
+    }
     auto it = std::find_if(named.begin(), named.end(),
                            [&](const auto& p) { return p.first == a.name(); });
     if (it != named.end()) {
@@ -416,6 +424,207 @@ std::vector<uint8_t> resize_u8_host(const uint8_t* frame, int h, int w, int out_
     }
   }
   return out;
+}
+
+// ------------------------------------------------------------------ FP8
+bool fp8_compiled() {
+#ifdef VLA_HAVE_FP8
+  return true;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+const c10::OperatorHandle* scaled_mm_op() {
+  static const c10::OperatorHandle* op = find_op("aten::_scaled_mm");
+  return op;
+}
+
+#ifdef VLA_HAVE_FP8
+// Reference quantisation of float rows (same arithmetic as kernels.cu's quantize_row).
+Fp8Rows quantize_ref(const at::Tensor& xf) {
+  auto amax = xf.abs().amax({1}, /*keepdim=*/true).clamp_min(1e-12);
+  Fp8Rows r;
+  r.q =
+      (xf * (448.0 / amax)).clamp_min(-448.0).clamp_max(448.0).to(at::kFloat8_e4m3fn).contiguous();
+  r.scale = (amax / 448.0).contiguous();
+  return r;
+}
+
+#ifdef VLA_HAVE_CUDA
+Fp8Rows alloc_fp8(int64_t rows, int64_t dim, const at::Device& dev) {
+  Fp8Rows r;
+  r.q = at::empty({rows, dim}, at::TensorOptions().dtype(at::kFloat8_e4m3fn).device(dev));
+  r.scale = at::empty({rows, 1}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  return r;
+}
+bool kernel_row_fits(const at::Tensor& x, int64_t dim, bool fused) {
+  return use_kernels(x, fused) && dim * 4 <= 48 * 1024;
+}
+#endif
+#else
+[[noreturn]] void no_fp8() {
+  throw Error("fp8: this build's torch has no float8 types (needs torch >= 2.1)");
+}
+#endif
+
+}  // namespace
+
+bool fp8_supported(const at::Device& device) {
+#ifdef VLA_HAVE_FP8
+  if (!device.is_cuda()) return true;
+#ifdef VLA_HAVE_CUDA
+  if (scaled_mm_op() == nullptr) return false;
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, device.has_index() ? device.index() : 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return prop.major * 10 + prop.minor >= 89;
+#endif
+#endif
+  (void)device;
+  return false;
+}
+
+Fp8Rows quantize_fp8(const at::Tensor& x, bool fused) {
+  check_rows(x, "quantize_fp8");
+#ifdef VLA_HAVE_FP8
+#ifdef VLA_HAVE_CUDA
+  if (kernel_row_fits(x, x.size(1), fused)) {
+    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device());
+    check_launch(
+        kernels::quantize_fp8(x.data_ptr(), x.stride(0), r.q.data_ptr(), r.scale.data_ptr<float>(),
+                              x.size(0), x.size(1), kdtype(x), current_stream(x)),
+        "quantize_fp8");
+    return r;
+  }
+#endif
+  (void)fused;
+  return quantize_ref(x.to(at::kFloat));
+#else
+  (void)fused;
+  no_fp8();
+#endif
+}
+
+Fp8Rows rms_norm_fp8(const at::Tensor& x, const at::Tensor& w, double eps, bool fused) {
+  check_rows(x, "rms_norm_fp8");
+#ifdef VLA_HAVE_FP8
+#ifdef VLA_HAVE_CUDA
+  if (kernel_row_fits(x, x.size(1), fused)) {
+    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device());
+    auto wc = w.contiguous();
+    check_launch(
+        kernels::rmsnorm_fp8(x.data_ptr(), x.stride(0), nullptr, 0, wc.data_ptr(), r.q.data_ptr(),
+                             r.scale.data_ptr<float>(), x.size(0), x.size(1),
+                             static_cast<float>(eps), kdtype(x), current_stream(x)),
+        "rmsnorm_fp8");
+    return r;
+  }
+#endif
+  (void)fused;
+  auto xf = x.to(at::kFloat);
+  auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return quantize_ref(xf * at::rsqrt(var + eps) * w.to(at::kFloat));
+#else
+  (void)w;
+  (void)eps;
+  (void)fused;
+  no_fp8();
+#endif
+}
+
+Fp8Rows add_rms_norm_fp8(const at::Tensor& x, at::Tensor& residual, const at::Tensor& w, double eps,
+                         bool fused) {
+  check_rows(x, "add_rms_norm_fp8");
+  check_rows(residual, "add_rms_norm_fp8 residual");
+#if defined(VLA_HAVE_FP8) && defined(VLA_HAVE_CUDA)
+  if (kernel_row_fits(x, x.size(1), fused)) {
+    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device());
+    auto wc = w.contiguous();
+    check_launch(
+        kernels::rmsnorm_fp8(x.data_ptr(), x.stride(0), residual.data_ptr(), residual.stride(0),
+                             wc.data_ptr(), r.q.data_ptr(), r.scale.data_ptr<float>(), x.size(0),
+                             x.size(1), static_cast<float>(eps), kdtype(x), current_stream(x)),
+        "add_rmsnorm_fp8");
+    return r;
+  }
+#endif
+  (void)fused;
+  residual.add_(x);
+  return rms_norm_fp8(residual, w, eps, false);
+}
+
+Fp8Rows silu_mul_fp8(const at::Tensor& x, int64_t inter, bool fused) {
+  check_rows(x, "silu_mul_fp8");
+  VLA_CHECK(x.size(1) >= 2 * inter, "silu_mul_fp8: row too short");
+#ifdef VLA_HAVE_FP8
+#ifdef VLA_HAVE_CUDA
+  if (kernel_row_fits(x, inter, fused)) {
+    Fp8Rows r = alloc_fp8(x.size(0), inter, x.device());
+    check_launch(
+        kernels::silu_mul_fp8(x.data_ptr(), x.stride(0), r.q.data_ptr(), r.scale.data_ptr<float>(),
+                              x.size(0), inter, kdtype(x), current_stream(x)),
+        "silu_mul_fp8");
+    return r;
+  }
+#endif
+  (void)fused;
+  return quantize_ref(at::silu(x.narrow(1, 0, inter).to(at::kFloat)) *
+                      x.narrow(1, inter, inter).to(at::kFloat));
+#else
+  (void)fused;
+  no_fp8();
+#endif
+}
+
+at::Tensor dequantize_fp8(const Fp8Rows& x) {
+  VLA_CHECK(x.defined(), "dequantize_fp8: empty");
+  return x.q.to(at::kFloat) * x.scale;
+}
+
+at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
+                      at::ScalarType out_dtype, bool fast_accum) {
+  VLA_CHECK(x.defined() && w.defined(), "linear_fp8: empty operand");
+  const int64_t K = x.q.size(1), N = w.q.size(0);
+  VLA_CHECK(w.q.size(1) == K, "linear_fp8: K mismatch (", K, " vs ", w.q.size(1), ")");
+  (void)N;
+#ifdef VLA_HAVE_CUDA
+  if (x.q.is_cuda() && out_dtype == at::kBFloat16 && K % 16 == 0 && N % 16 == 0 &&
+      scaled_mm_op() != nullptr) {
+    // cuBLASLt may refuse a bias epilogue with row-wise scales: then the bias is added after.
+    static bool bias_in_gemm = true;
+    auto call = [&](bool with_bias) {
+      std::vector<std::pair<std::string, c10::IValue>> named = {
+          {"bias", with_bias ? c10::IValue(b) : c10::IValue()},
+          {"scale_result", c10::IValue()},
+          {"out_dtype", c10::IValue(out_dtype)},
+          {"use_fast_accum", c10::IValue(fast_accum)}};
+      return call_by_name(scaled_mm_op(), "aten::_scaled_mm", named,
+                          {x.q, w.q.t(), x.scale, w.scale.view({1, N})});
+    };
+    const bool has_bias = b.defined();
+    if (has_bias && bias_in_gemm) {
+      try {
+        return call(true);
+      } catch (const std::exception& e) {
+        bias_in_gemm = false;
+        (void)cudaGetLastError();
+        log_warn("gpu: _scaled_mm with bias failed (", e.what(), "); adding the bias separately");
+      }
+    }
+    at::Tensor out = call(false);
+    if (has_bias) out.add_(b);
+    return out;
+  }
+#endif
+  (void)fast_accum;
+  at::Tensor out = at::matmul(dequantize_fp8(x), dequantize_fp8(w).t());
+  if (b.defined()) out.add_(b.to(at::kFloat));
+  return out.to(out_dtype);
 }
 
 }  // namespace vla::gpu::ops

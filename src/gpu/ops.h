@@ -3,9 +3,16 @@
 #pragma once
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <cstdint>
 #include <vector>
+
+// Float8 tensor types exist from torch 2.1 (the CI's Debian libtorch 1.13 has none: the FP8 path is
+// compiled out there and reports itself unavailable).
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+#define VLA_HAVE_FP8 1
+#endif
 
 namespace vla::gpu::ops {
 
@@ -25,6 +32,35 @@ void rotary_(at::Tensor& x, int nheads, int head_dim, const at::Tensor& cos, con
 at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused);
 // x @ w^T (+ b).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
+// ---- FP8 (e4m3fn) with per-row scales: activations per token, weights per output channel.
+// Rows quantised to e4m3: q [rows, K] float8_e4m3fn (contiguous), scale float [rows, 1] with
+// scale = max(amax(row), 1e-12) / 448 and q = saturate(row * 448 / max(amax, 1e-12)).
+struct Fp8Rows {
+  at::Tensor q, scale;
+  bool defined() const { return q.defined(); }
+};
+// Whether this build has float8 types (torch >= 2.1).
+bool fp8_compiled();
+// Whether linear_fp8 can run on `device`: CPU (emulated by dequantising) or a CUDA device with
+// compute capability >= 8.9 and aten::_scaled_mm.
+bool fp8_supported(const at::Device& device);
+// x [rows, K] (row stride free) -> per-row e4m3.
+Fp8Rows quantize_fp8(const at::Tensor& x, bool fused);
+// rmsnorm(x) * w (computed in float), quantised per row.
+Fp8Rows rms_norm_fp8(const at::Tensor& x, const at::Tensor& w, double eps, bool fused);
+// residual += x (rounded to its dtype); returns rmsnorm(residual) * w quantised per row.
+Fp8Rows add_rms_norm_fp8(const at::Tensor& x, at::Tensor& residual, const at::Tensor& w, double eps,
+                         bool fused);
+// silu(x[:, :inter]) * x[:, inter:2*inter] (computed in float), quantised per row.
+Fp8Rows silu_mul_fp8(const at::Tensor& x, int64_t inter, bool fused);
+// Float32 values of quantised rows (q * scale).
+at::Tensor dequantize_fp8(const Fp8Rows& x);
+// (x.q * x.scale) @ (w.q * w.scale)^T (+ b), fp32 accumulation, result in out_dtype. On CUDA
+// through aten::_scaled_mm (row-wise scales; needs K and N multiples of 16, out bf16), else (CPU,
+// other shapes) by dequantising to float32.
+at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
+                      at::ScalarType out_dtype, bool fast_accum);
 
 // Packed variable-length sequences: rows [cu[i], cu[i+1]) form sequence i.
 struct Varlen {

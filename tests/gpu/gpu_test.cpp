@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -193,6 +194,66 @@ void check_model_parity(const std::string& fixture, const EngineOptions& opts, d
   }
 }
 
+// Vision output, last hidden states and logits of every fixture case (float32, on the CPU).
+struct CaseOutputs {
+  std::vector<at::Tensor> vision, hidden, logits;
+};
+CaseOutputs run_cases(const Fixture& f, const EngineOptions& opts) {
+  Engine e(f.dims, f.fn(), opts);
+  CaseOutputs out;
+  for (const auto& c : kCases) {
+    auto ids = ids_of(f.ref->get(c.name + ".input_ids"));
+    at::Tensor pv, grid;
+    if (!c.images.empty()) {
+      pv = case_pixels(c.images);
+      grid = f.ref->get(c.name + ".grid_thw");
+      out.vision.push_back(e.vision_forward(pv, grid).to(at::kFloat).cpu());
+    } else {
+      out.vision.emplace_back();
+    }
+    auto hid = e.forward(ids, pv, grid);
+    out.hidden.push_back(hid.to(at::kFloat).cpu());
+    out.logits.push_back(e.logits(hid).cpu());
+  }
+  return out;
+}
+
+// FP8 engine vs the fp32 transformers fixtures and vs a reference engine of the same dtype
+// without fp8 (`base`); prints every error and checks them against `tol` (fp32 refs) and
+// `tol_base`.
+void check_fp8_parity(const std::string& fixture, EngineOptions base, double tol, double tol_base) {
+  Fixture f = load_fixture(fixture);
+  EngineOptions q = base;
+  q.fp8 = true;
+  const CaseOutputs a = run_cases(f, q);
+  const CaseOutputs b = run_cases(f, base);
+  const char* dev = base.device.is_cuda() ? "cuda" : "cpu-emulated";
+  for (size_t i = 0; i < kCases.size(); ++i) {
+    const auto& c = kCases[i];
+    if (a.vision[i].defined()) {
+      const double ev = rel_err(a.vision[i], f.ref->get(c.name + ".vision_out"));
+      const double evb = rel_err(a.vision[i], b.vision[i]);
+      std::printf("[fp8 %s] %s %s vision_out: rel err vs fp32 %.4f, vs %s %.4f\n", dev,
+                  fixture.c_str(), c.name.c_str(), ev, c10::toString(base.dtype), evb);
+      EXPECT_LE(ev, tol) << fixture << " " << c.name << " vision_out";
+      EXPECT_LE(evb, tol_base) << fixture << " " << c.name << " vision_out vs base";
+    }
+    const double eh = rel_err(a.hidden[i], f.ref->get(c.name + ".last_hidden").select(0, 0));
+    const double ehb = rel_err(a.hidden[i], b.hidden[i]);
+    const double el = rel_err(a.logits[i], f.ref->get(c.name + ".logits").select(0, 0));
+    const double elb = rel_err(a.logits[i], b.logits[i]);
+    std::printf(
+        "[fp8 %s] %s %s last_hidden: rel err vs fp32 %.4f, vs %s %.4f | logits: vs fp32 %.4f, "
+        "vs %s %.4f\n",
+        dev, fixture.c_str(), c.name.c_str(), eh, c10::toString(base.dtype), ehb, el,
+        c10::toString(base.dtype), elb);
+    EXPECT_LE(eh, tol) << fixture << " " << c.name << " last_hidden";
+    EXPECT_LE(ehb, tol_base) << fixture << " " << c.name << " last_hidden vs base";
+    EXPECT_LE(el, tol) << fixture << " " << c.name << " logits";
+  }
+  std::fflush(stdout);
+}
+
 TEST(GpuParity, CpuFloat32MatchesTransformers) {
   check_model_parity("tiny_a", EngineOptions{}, 1e-5, 1e-5);
   check_model_parity("tiny_b", EngineOptions{}, 1e-5, 1e-5);
@@ -325,6 +386,27 @@ TEST(GpuErrors, BadInputsGiveClearErrors) {
   EXPECT_THROW(e.forward({1, 2, 100000}, {}, {}), Error);
 }
 
+// FP8 emulated on the CPU (dequantised products): same quantisation as the GPU path. Needs
+// torch >= 2.1 (skipped with older libtorch, as in CI).
+TEST(GpuFp8, CpuEmulationStaysCloseToFloat32) {
+  if (!fp8_available(at::Device(at::kCPU))) GTEST_SKIP() << "torch has no float8 types";
+  check_fp8_parity("tiny_a", EngineOptions{}, 0.1, 0.1);
+  check_fp8_parity("tiny_b", EngineOptions{}, 0.1, 0.1);
+}
+
+TEST(GpuFp8, UnavailableFp8GivesAClearError) {
+  if (fp8_available(at::Device(at::kCPU))) GTEST_SKIP() << "fp8 available here";
+  Fixture f = load_fixture("tiny_a");
+  EngineOptions o;
+  o.fp8 = true;
+  try {
+    Engine e(f.dims, f.fn(), o);
+    FAIL() << "no throw";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("fp8"), std::string::npos) << err.what();
+  }
+}
+
 // ------------------------------------------------------------------ CUDA tests
 #define REQUIRE_CUDA() \
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device (CPU-only build or machine)"
@@ -419,6 +501,84 @@ TEST(GpuParity, Float32GpuKernelsMatchTransformersTightly) {
 TEST(GpuPlan, GraphPlanMatchesReferencePathOnGpu) {
   REQUIRE_CUDA();
   check_plan_matches_forward(EngineOptions::best_available(), 2e-2);
+}
+
+#define REQUIRE_FP8_CUDA()                      \
+  REQUIRE_CUDA();                               \
+  if (!fp8_available(at::Device(at::kCUDA, 0))) \
+  GTEST_SKIP() << "no FP8 GEMMs on this GPU / torch (needs compute capability >= 8.9)"
+
+TEST(GpuFp8, QuantisingKernelsMatchReferences) {
+  REQUIRE_FP8_CUDA();
+  auto deq = [](const ops::Fp8Rows& r) { return ops::dequantize_fp8(r); };
+  for (auto dt : {at::kFloat, at::kBFloat16}) {
+    for (int64_t dim : {32, 1280, 2048, 100}) {
+      auto x = at::randn({37, dim}, cuda_opts(dt)) * 3;
+      auto w = (1 + 0.1 * at::randn({dim}, cuda_opts(at::kFloat))).to(dt);
+      auto a = ops::quantize_fp8(x, true);
+      auto b = ops::quantize_fp8(x, false);
+      EXPECT_FALSE(deq(a).isnan().any().item<bool>()) << "quantize " << dim;
+      EXPECT_LE(rel_err(deq(a), deq(b)), 1e-3) << "quantize " << dim;
+      EXPECT_LE(rel_err(a.scale, b.scale), 1e-6) << "quantize scale " << dim;
+      // e4m3 rounding alone: relative error of a few percent
+      const double eq = rel_err(deq(a), x);
+      EXPECT_LE(eq, 5e-2) << "quantize vs input " << dim;
+      auto n1 = ops::rms_norm_fp8(x, w, 1e-6, true);
+      auto n2 = ops::rms_norm_fp8(x, w, 1e-6, false);
+      EXPECT_LE(rel_err(deq(n1), deq(n2)), 1e-2) << "rmsnorm_fp8 " << dim;
+      EXPECT_LE(rel_err(deq(n1), ops::rms_norm(x, w, 1e-6, false)), 5e-2) << "rmsnorm_fp8 " << dim;
+      auto r1 = at::randn({37, dim}, cuda_opts(dt));
+      auto r2 = r1.clone();
+      auto c = ops::add_rms_norm_fp8(x, r1, w, 1e-6, true);
+      auto d = ops::add_rms_norm_fp8(x, r2, w, 1e-6, false);
+      EXPECT_LE(rel_err(deq(c), deq(d)), 1e-2) << "add_rmsnorm_fp8 " << dim;
+      EXPECT_LE(rel_err(r1, r2), dt == at::kFloat ? 1e-6 : 1e-2) << "add_rmsnorm_fp8 residual";
+    }
+    for (int64_t inter : {3420, 11008, 7, 64}) {
+      auto x = at::randn({19, 2 * inter}, cuda_opts(dt));
+      auto a = ops::silu_mul_fp8(x, inter, true);
+      auto b = ops::silu_mul_fp8(x, inter, false);
+      EXPECT_LE(rel_err(deq(a), deq(b)), 1e-2) << "silu_mul_fp8 " << inter;
+      EXPECT_LE(rel_err(deq(a), ops::silu_mul(x, inter, false)), 5e-2) << "silu_mul_fp8 " << inter;
+    }
+  }
+}
+
+TEST(GpuFp8, ScaledMatmulMatchesDequantisedReference) {
+  REQUIRE_FP8_CUDA();
+  for (int64_t m : {1, 37, 300}) {
+    for (bool bias : {false, true}) {
+      for (bool fast : {false, true}) {
+        const int64_t k = 1280, n = 3840;
+        auto x = at::randn({m, k}, cuda_opts(at::kBFloat16));
+        auto w = (at::randn({n, k}, cuda_opts(at::kFloat)) * 0.02).to(at::kBFloat16);
+        at::Tensor b = bias ? at::randn({n}, cuda_opts(at::kBFloat16)) * 0.1 : at::Tensor();
+        auto xq = ops::quantize_fp8(x, true);
+        auto wq = ops::quantize_fp8(w, true);
+        auto out = ops::linear_fp8(xq, wq, b, at::kBFloat16, fast);
+        ASSERT_EQ(out.scalar_type(), at::kBFloat16);
+        ASSERT_EQ(out.size(0), m);
+        ASSERT_EQ(out.size(1), n);
+        auto ref = at::matmul(ops::dequantize_fp8(xq), ops::dequantize_fp8(wq).t());
+        if (bias) ref = ref + b.to(at::kFloat);
+        EXPECT_LE(rel_err(out, ref), 1e-2) << "m " << m << " bias " << bias << " fast " << fast;
+        EXPECT_LE(rel_err(out, ops::linear(x, w, b)), 8e-2) << "vs bf16, m " << m;
+      }
+    }
+  }
+}
+
+TEST(GpuFp8, Fp8GpuStaysCloseToFloat32FixturesAndBf16) {
+  REQUIRE_FP8_CUDA();
+  check_fp8_parity("tiny_a", EngineOptions::best_available(), 0.1, 0.1);
+  check_fp8_parity("tiny_b", EngineOptions::best_available(), 0.1, 0.1);
+}
+
+TEST(GpuFp8, Fp8GraphPlanMatchesReferencePath) {
+  REQUIRE_FP8_CUDA();
+  EngineOptions o = EngineOptions::best_available();
+  o.fp8 = true;
+  check_plan_matches_forward(o, 5e-2);
 }
 
 }  // namespace
