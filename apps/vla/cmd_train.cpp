@@ -80,7 +80,8 @@ void add_train(CLI::App& app) {
   c->add_option("--vl-dropout", o->policy.vl_dropout,
                 "probability of zeroing a sample's VL features")
       ->capture_default_str();
-  c->add_option("--pooling", o->policy.pooling, "VLM feature pooling: last | mean")
+  c->add_option("--pooling", o->policy.pooling,
+                "VLM feature pooling: last | mean | tokens (image tokens + last token)")
       ->capture_default_str();
   c->add_option("--use-views", *views,
                 "comma-separated view indices given to the VLM (default: all recorded)");
@@ -131,7 +132,7 @@ void add_cache(CLI::App& app) {
   c->add_option("--vlm", *vlm, "VLM folder (Qwen2.5-VL)")->required();
   c->add_option("--out", *out, "cache folder")->required();
   c->add_option("--use-views", *views, "comma-separated view indices (default all)");
-  c->add_option("--pooling", *pooling, "last | mean")->capture_default_str();
+  c->add_option("--pooling", *pooling, "last | mean | tokens")->capture_default_str();
   c->callback([=] {
     vla::policy::PolicyConfig pc;
     pc.use_views = parse_views(*views);

@@ -87,7 +87,8 @@ void PolicyConfig::validate() const {
             "policy config: dropout must be in [0, 1)");
   VLA_CHECK(num_views > 0 && image_width > 0 && image_height > 0,
             "policy config: num_views/image size must be positive");
-  VLA_CHECK(pooling == "mean" || pooling == "last", "policy config: pooling must be mean|last");
+  VLA_CHECK(pooling == "mean" || pooling == "last" || pooling == "tokens",
+            "policy config: pooling must be mean|last|tokens, got '", pooling, "'");
   for (int v : use_views)
     VLA_CHECK(v >= 0 && v < num_views, "policy config: use_views entry ", v, " not in 0..",
               num_views - 1);

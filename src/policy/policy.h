@@ -48,8 +48,11 @@ struct PolicyConfig {
   int num_views = 5;
   int image_width = 112;
   int image_height = 112;
-  std::string pooling = "last";  // VLM feature pooling: "mean" | "last"
-  std::vector<int> use_views;    // indices of the views given to the VLM (empty = all)
+  // VLM feature pooling: "last" (last token), "mean" (masked mean), "tokens" (the image tokens of
+  // every used view in order, then the last token: fixed slots, so the expert can read where
+  // things are; the Qwen2.5-VL tokens carry no absolute position of their own).
+  std::string pooling = "last";
+  std::vector<int> use_views;  // indices of the views given to the VLM (empty = all)
 
   nlohmann::json to_json() const;
   static PolicyConfig from_json(const nlohmann::json& j);  // missing fields keep defaults

@@ -55,9 +55,27 @@ class QwenVlm : public VlmEncoder {
     ForwardOptions fo;
     fo.compute_logits = false;
     auto out = model_.ptr()->forward(input, {}, pp.pixel_values, pp.grid_thw, fo);
-    auto h = out.last_hidden[0];  // [L, H]
-    if (cfg_.pooling == "mean") return h.mean(0, true);
-    return h.narrow(0, h.size(0) - 1, 1);
+    return pool(out.last_hidden, input, {}).squeeze(0);
+  }
+
+  // [B, L, H] hidden states -> [B, tokens, H] features (see PolicyConfig::pooling).
+  torch::Tensor pool(const torch::Tensor& h, const torch::Tensor& ids,
+                     const torch::Tensor& mask) const {
+    const int64_t B = h.size(0), L = h.size(1);
+    auto last = h.narrow(1, L - 1, 1);
+    if (cfg_.pooling == "last") return last;
+    if (cfg_.pooling == "mean") {
+      if (!mask.defined()) return h.mean(1, true);
+      auto m = mask.to(h.scalar_type()).unsqueeze(-1);
+      return ((h * m).sum(1) / m.sum(1)).unsqueeze(1);
+    }
+    // "tokens": every sample has the same image-token count (same views and resolution).
+    auto is_img = ids.eq(model_->config().image_token_id);
+    const int64_t n = is_img.sum().item<int64_t>() / B;
+    VLA_CHECK(n > 0 && n * B == is_img.sum().item<int64_t>(),
+              "VLM: pooling 'tokens' needs the same number of image tokens in every sample");
+    auto img = h.index({is_img.to(h.device())}).view({B, n, h.size(2)});
+    return torch::cat({img, last}, 1);
   }
 
   torch::Tensor encode(const std::vector<Image>& views,
@@ -81,7 +99,7 @@ class QwenVlm : public VlmEncoder {
 
   // One forward over a batch of samples (views + prompt, then `suffix[b]` token ids), left
   // padded so that every sequence ends at L - 1. Returns the output and the mask [B, L].
-  std::pair<ForwardOutput, torch::Tensor> padded_forward(
+  std::tuple<ForwardOutput, torch::Tensor, torch::Tensor> padded_forward(
       const std::vector<const std::vector<Image>*>& views, const std::vector<std::string>& prompts,
       const std::vector<std::vector<int64_t>>& suffix, bool logits) {
     VLA_CHECK(views.size() == prompts.size() && !views.empty(), "VLM batch: ", views.size(),
@@ -117,19 +135,13 @@ class QwenVlm : public VlmEncoder {
     fo.compute_logits = logits;
     auto out = model_.ptr()->forward(ids, B > 1 ? mask : torch::Tensor(), pp.pixel_values,
                                      pp.grid_thw, fo);
-    return {out, mask};
+    return {out, mask, ids};
   }
 
   torch::Tensor encode_train_batch(const std::vector<const std::vector<Image>*>& views,
                                    const std::vector<std::string>& instructions) override {
-    auto [out, mask] = padded_forward(views, instructions, {}, false);
-    auto h = out.last_hidden;  // [B, L, H]
-    const int64_t L = h.size(1);
-    if (cfg_.pooling == "mean") {
-      auto m = mask.to(h.scalar_type()).unsqueeze(-1);
-      return ((h * m).sum(1) / m.sum(1)).unsqueeze(1);
-    }
-    return h.narrow(1, L - 1, 1);
+    auto [out, mask, ids] = padded_forward(views, instructions, {}, false);
+    return pool(out.last_hidden, ids, mask);
   }
 
   std::vector<int64_t> text_ids(const std::string& text) const {
@@ -179,7 +191,9 @@ class QwenVlm : public VlmEncoder {
       caps.push_back(text_ids(c));
       caps.back().push_back(eos());
     }
-    auto [out, mask] = padded_forward(views, prompts, caps, true);
+    auto [out, mask, ids] = padded_forward(views, prompts, caps, true);
+    (void)mask;
+    (void)ids;
     const int64_t L = out.logits.size(1);
     std::vector<torch::Tensor> ls;
     for (size_t b = 0; b < caps.size(); ++b) {

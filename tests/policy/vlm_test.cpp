@@ -74,12 +74,12 @@ TEST(QwenVlm, EncodeMatchesTrainingPathAndLoraMergeIsExact) {
 // instructions of different lengths and both poolings.
 TEST(QwenVlm, BatchedTrainingEncodeMatchesPerSample) {
   if (!have_vlm_engine()) GTEST_SKIP() << "no Qwen2.5-VL engine in this build";
-  for (std::string pooling : {"last", "mean"}) {
+  for (std::string pooling : {"last", "mean", "tokens"}) {
     PolicyConfig c;
     auto vlm = make(c);
     if (!vlm) GTEST_SKIP() << "engine built without tokenizer";
-    if (pooling == "mean") {
-      c.pooling = "mean";
+    if (pooling != "last") {
+      c.pooling = pooling;
       seed_everything(7);
       vlm = load_vlm(kInit, c);
     }
@@ -88,6 +88,8 @@ TEST(QwenVlm, BatchedTrainingEncodeMatchesPerSample) {
                                     "초록색 포트에 바늘을 꽂으세요"};
     auto batch = vlm->encode_train_batch({&a, &b, &e}, ins);
     ASSERT_EQ(batch.size(0), 3);
+    // 112x112 views -> 4x4 merged tokens each; "tokens" = 2 views x 16 image tokens + last.
+    EXPECT_EQ(batch.size(1), pooling == "tokens" ? 33 : 1);
     const std::vector<std::vector<Image>*> vs = {&a, &b, &e};
     for (int i = 0; i < 3; ++i) {
       auto one = vlm->encode(*vs[i], ins[i]);
