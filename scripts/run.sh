@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 ./scripts/build.sh
-exec ./build/vla sim --policy expert --episodes 10 --seed 1 "$@"
+exec ./build/vla run "$@"
