@@ -14,6 +14,7 @@ struct Bundle {
   PolicyFns fns;
   std::string what;
   int views = 1, width = 32, height = 32;  // what the policy's encode expects
+  int vl_tokens = 1, vl_dim = 64;          // what its act expects
 };
 
 Bundle make_policy() {
@@ -26,6 +27,8 @@ Bundle make_policy() {
     b.views = p->num_views();
     b.width = p->image_width();
     b.height = p->image_height();
+    b.vl_tokens = p->config().vl_tokens;
+    b.vl_dim = p->config().vl_dim;
     return b;
   } catch (const std::exception& e) {
     vla::log_info("bench_runtime: default policy not loadable (", e.what(),
@@ -66,7 +69,7 @@ void BM_ExpertStep(benchmark::State& state) {
   set_blas_threads(1);
   c10::InferenceMode guard;
   Bundle b = make_policy();
-  auto vl = torch::randn({1, 64});
+  auto vl = torch::randn({b.vl_tokens, b.vl_dim});
   auto win = torch::randn({65, 6}) * 0.1;
   auto pr = torch::zeros({3});
   for (int i = 0; i < 5; ++i) b.fns.act(vl, win, pr);  // warm-up

@@ -23,29 +23,42 @@ __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
   return __float2bfloat16(v);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+struct SumOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <class Op>
+__device__ __forceinline__ float warp_reduce(float v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
-// Sum over the block; every thread gets the result.
-__device__ float block_sum(float v) {
+// Reduction over the block; every thread gets the result. `identity` pads the unused lanes.
+template <class Op>
+__device__ float block_reduce(float v, Op op, float identity) {
   __shared__ float partial[32];
   __shared__ float total;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  v = warp_sum(v);
+  v = warp_reduce(v, op);
   if (lane == 0) partial[warp] = v;
   __syncthreads();
   if (warp == 0) {
     const int nwarps = (blockDim.x + 31) >> 5;
-    float s = lane < nwarps ? partial[lane] : 0.f;
-    s = warp_sum(s);
+    float s = lane < nwarps ? partial[lane] : identity;
+    s = warp_reduce(s, op);
     if (lane == 0) total = s;
   }
   __syncthreads();
   return total;
 }
+
+__device__ float block_sum(float v) { return block_reduce(v, SumOp(), 0.f); }
+// Max over the block of non-negative values.
+__device__ float block_max(float v) { return block_reduce(v, MaxOp(), 0.f); }
 
 const char* last_error() {
   cudaError_t e = cudaGetLastError();
@@ -53,30 +66,6 @@ const char* last_error() {
 }
 
 // ------------------------------------------------------------------ FP8 (e4m3) row quantisation
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Max over the block of non-negative values; every thread gets the result.
-__device__ float block_max(float v) {
-  __shared__ float partial[32];
-  __shared__ float total;
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  v = warp_max(v);
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    const int nwarps = (blockDim.x + 31) >> 5;
-    float s = lane < nwarps ? partial[lane] : 0.f;
-    s = warp_max(s);
-    if (lane == 0) total = s;
-  }
-  __syncthreads();
-  return total;
-}
-
 __device__ __forceinline__ uint32_t e4m3(float v) {
   return static_cast<uint32_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
 }

@@ -303,6 +303,25 @@ TrainReport train(const TrainOptions& opt) {
     }
     return vlm->encode_train_batch(v, ins).to(torch::kFloat32);
   };
+  // Expert inputs of a batch: VL features (cache or VLM), normalised force windows, proprio and
+  // action targets.
+  struct ExpertBatch {
+    torch::Tensor vl, force, proprio, actions;
+  };
+  auto expert_batch = [&](const std::vector<Sample>& b, bool grad) {
+    std::vector<torch::Tensor> vl, f, p, a;
+    for (auto& s : b) {
+      const auto& tk = d.ticks[s.ep];
+      if (opt.stage == "1") vl.push_back(d.feats[s.ep][s.feature_tick]);
+      f.push_back(tk.force[s.target_tick]);
+      p.push_back(tk.proprio[s.target_tick]);
+      a.push_back(tk.actions[s.target_tick]);
+    }
+    return ExpertBatch{opt.stage == "1" ? torch::stack(vl) : stage2_features(b, grad),
+                       stats.force.normalize(torch::stack(f)),
+                       stats.proprio.normalize(torch::stack(p)),
+                       stats.action.normalize(torch::stack(a))};
+  };
   auto batch_loss = [&](const std::vector<Sample>& b) -> torch::Tensor {
     if (caption) {
       std::vector<const std::vector<Image>*> v;
@@ -314,22 +333,12 @@ TrainReport train(const TrainOptions& opt) {
       }
       return vlm->caption_loss_batch(v, prompts, caps);
     }
-    std::vector<torch::Tensor> vl, f, p, a;
-    for (auto& s : b) {
-      const auto& tk = d.ticks[s.ep];
-      if (opt.stage == "1") vl.push_back(d.feats[s.ep][s.feature_tick]);
-      f.push_back(tk.force[s.target_tick]);
-      p.push_back(tk.proprio[s.target_tick]);
-      a.push_back(tk.actions[s.target_tick]);
-    }
-    auto vlb = opt.stage == "1" ? torch::stack(vl) : stage2_features(b, true);
+    auto x = expert_batch(b, true);
     if (cfg.vl_dropout > 0 && expert->is_training()) {
-      auto keep = (torch::rand({vlb.size(0), 1, 1}) >= cfg.vl_dropout).to(torch::kFloat32);
-      vlb = vlb * keep;
+      auto keep = (torch::rand({x.vl.size(0), 1, 1}) >= cfg.vl_dropout).to(torch::kFloat32);
+      x.vl = x.vl * keep;
     }
-    return expert->loss(vlb, stats.force.normalize(torch::stack(f)),
-                        stats.proprio.normalize(torch::stack(p)),
-                        stats.action.normalize(torch::stack(a)));
+    return expert->loss(x.vl, x.force, x.proprio, x.actions);
   };
 
   // Held-out metric: stage 1/2: MSE of the deterministic prediction (normalised actions, fresh
@@ -349,18 +358,8 @@ TrainReport train(const TrainOptions& opt) {
       if (caption) {
         sum += batch_loss(b).item<double>();
       } else {
-        std::vector<torch::Tensor> vl, f, p, a;
-        for (auto& s : b) {
-          const auto& tk = d.ticks[s.ep];
-          if (opt.stage == "1") vl.push_back(d.feats[s.ep][s.feature_tick]);
-          f.push_back(tk.force[s.target_tick]);
-          p.push_back(tk.proprio[s.target_tick]);
-          a.push_back(tk.actions[s.target_tick]);
-        }
-        auto pred = expert->predict(opt.stage == "1" ? torch::stack(vl) : stage2_features(b, false),
-                                    stats.force.normalize(torch::stack(f)),
-                                    stats.proprio.normalize(torch::stack(p)));
-        sum += torch::mse_loss(pred, stats.action.normalize(torch::stack(a))).item<double>();
+        auto x = expert_batch(b, false);
+        sum += torch::mse_loss(expert->predict(x.vl, x.force, x.proprio), x.actions).item<double>();
       }
       ++n;
     }
