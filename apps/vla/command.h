@@ -2,11 +2,10 @@
 // VLA_REGISTER_COMMAND so main.cpp never needs editing when a command is added.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 namespace vla::cli {
 

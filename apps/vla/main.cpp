@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
   app.fallthrough();
   int threads = 0;
   std::string log_level = "info";
-  app.add_option("--threads", threads, "LibTorch intra-op threads (default: all cores, or $VLA_THREADS)");
+  app.add_option("--threads", threads,
+                 "LibTorch intra-op threads (default: all cores, or $VLA_THREADS)");
   app.add_option("--log-level", log_level, "debug | info | warn | error | off")
       ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
   app.parse_complete_callback([&] {

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,8 +14,6 @@
 #include <mutex>
 #include <random>
 #include <thread>
-
-#include <torch/torch.h>
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -144,8 +143,8 @@ void make_dirs(const std::string& path) {
 
 // ---------------------------------------------------------------- images
 Image make_image(int width, int height, int channels, uint8_t fill) {
-  VLA_CHECK(width > 0 && height > 0 && channels > 0, "invalid image size ", width, "x", height,
-            "x", channels);
+  VLA_CHECK(width > 0 && height > 0 && channels > 0, "invalid image size ", width, "x", height, "x",
+            channels);
   Image im;
   im.width = width;
   im.height = height;
@@ -161,8 +160,8 @@ void append_bytes(void* context, void* data, int size) {
   out->insert(out->end(), p, p + size);
 }
 void check_image(const Image& im) {
-  VLA_CHECK(im.width > 0 && im.height > 0 && im.channels >= 1 && im.channels <= 4,
-            "invalid image ", im.width, "x", im.height, "x", im.channels);
+  VLA_CHECK(im.width > 0 && im.height > 0 && im.channels >= 1 && im.channels <= 4, "invalid image ",
+            im.width, "x", im.height, "x", im.channels);
   VLA_CHECK(im.pixels.size() == static_cast<size_t>(im.width) * im.height * im.channels,
             "image buffer holds ", im.pixels.size(), " bytes, expected ",
             static_cast<size_t>(im.width) * im.height * im.channels);
@@ -311,7 +310,8 @@ std::string Table::to_string() const {
     }
     os << "\n";
     if (ri == 0) {
-      for (size_t i = 0; i < width.size(); ++i) os << (i ? "-+-" : "") << std::string(width[i], '-');
+      for (size_t i = 0; i < width.size(); ++i)
+        os << (i ? "-+-" : "") << std::string(width[i], '-');
       os << "\n";
     }
   }
@@ -359,8 +359,8 @@ int configure_torch_threads(int requested) {
 }
 
 std::string torch_build_info() {
-  std::string s = str_cat("torch ", TORCH_VERSION_MAJOR, ".", TORCH_VERSION_MINOR, ".",
-                          TORCH_VERSION_PATCH);
+  std::string s =
+      str_cat("torch ", TORCH_VERSION_MAJOR, ".", TORCH_VERSION_MINOR, ".", TORCH_VERSION_PATCH);
   if (torch::cuda::is_available()) {
     s += str_cat(" (CUDA, ", torch::cuda::device_count(), " device(s))");
   } else {

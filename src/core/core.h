@@ -5,12 +5,11 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace vla {
 
@@ -39,8 +38,8 @@ std::string str_cat(const Args&... args) {
 }
 
 // Throws vla::Error with the concatenated message when cond is false.
-#define VLA_CHECK(cond, ...)                                        \
-  do {                                                              \
+#define VLA_CHECK(cond, ...)                                      \
+  do {                                                            \
     if (!(cond)) throw ::vla::Error(::vla::str_cat(__VA_ARGS__)); \
   } while (0)
 

@@ -437,10 +437,12 @@ bool fp8_compiled() {
 
 namespace {
 
+#ifdef VLA_HAVE_CUDA
 const c10::OperatorHandle* scaled_mm_op() {
   static const c10::OperatorHandle* op = find_op("aten::_scaled_mm");
   return op;
 }
+#endif
 
 #ifdef VLA_HAVE_FP8
 // Reference quantisation of float rows (same arithmetic as kernels.cu's quantize_row).

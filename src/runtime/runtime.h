@@ -253,7 +253,7 @@ Image plot_bars(const std::vector<std::vector<double>>& rows, int width = 600, i
 // ---------------------------------------------------------------- runners
 struct RuntimeConfig {
   double action_hz = 10.0;
-  double vlm_hz = 0.0;  // 0: as fast as possible (at most one launch per action period)
+  double vlm_hz = 0.0;            // 0: as fast as possible (at most one launch per action period)
   double vlm_latency_s = 0.0;     // sim time only: modelled VLM latency (0 = sync: fresh each tick)
   double max_staleness_s = 3.0;   // feature age beyond this -> safe stop
   double startup_timeout_s = 30;  // no features at all after this -> safe stop

@@ -85,9 +85,9 @@ TEST(Images, TilePlacesImagesInGrid) {
   Image sheet = tile_images(ims, 2, 0);
   EXPECT_EQ(sheet.width, 2 * 4 + 3 * 2);
   EXPECT_EQ(sheet.height, 2 * 3 + 3 * 2);
-  EXPECT_EQ(sheet.row(2)[2 * 3], 10);               // first tile
-  EXPECT_EQ(sheet.row(2)[(2 + 4 + 2) * 3], 200);    // second tile, same row
-  EXPECT_EQ(sheet.row(2 + 3 + 2)[2 * 3], 90);       // third tile, next row
+  EXPECT_EQ(sheet.row(2)[2 * 3], 10);             // first tile
+  EXPECT_EQ(sheet.row(2)[(2 + 4 + 2) * 3], 200);  // second tile, same row
+  EXPECT_EQ(sheet.row(2 + 3 + 2)[2 * 3], 90);     // third tile, next row
   EXPECT_THROW(tile_images({make_image(4, 3), make_image(5, 3)}, 2), Error);
 }
 

@@ -159,3 +159,27 @@ TEST(QwenVlm, CaptionLossSaveLoadAndPolicyRefusesOtherVlm) {
 }
 
 }  // namespace
+
+namespace {
+
+// The shipped policies load with this code (config, norm stats, expert weights, VLM fingerprint
+// and the views it was trained on) and produce a finite 8-action chunk from camera views.
+TEST(ShippedPolicies, LoadEncodeAndAct) {
+  if (!have_vlm_engine()) GTEST_SKIP() << "no Qwen2.5-VL engine in this build";
+  for (const std::string name : {"default", "no_reuse"}) {
+    const std::string dir = std::string(VLA_SOURCE_DIR) + "/assets/policy/" + name;
+    auto p = Policy::load(dir);
+    ASSERT_TRUE(p->vlm()) << name;
+    EXPECT_FALSE(p->config().use_views.empty()) << name << ": trained on a subset of the views";
+    std::vector<Image> v;
+    for (int k = 0; k < p->num_views(); ++k)
+      v.push_back(make_image(p->image_width(), p->image_height(), 3, static_cast<uint8_t>(40 * k)));
+    auto f = p->encode(v, "insert the needle into the red port");
+    EXPECT_EQ(f.size(0), p->config().vl_tokens) << name;
+    auto chunk = p->act(f, torch::zeros({p->sensor_window(), 6}), torch::tensor({0.f, 0.f, 0.1f}));
+    ASSERT_EQ(chunk.sizes(), (std::vector<int64_t>{8, 3})) << name;
+    EXPECT_TRUE(torch::isfinite(chunk).all().item<bool>()) << name;
+  }
+}
+
+}  // namespace
