@@ -102,11 +102,7 @@ void add_caption_eval(CLI::App& app) {
       pc = vla::policy::PolicyConfig::from_json(vla::read_json(dir + "/policy.json")["config"]);
       dir += "/vlm";
     }
-    if (!views->empty()) {
-      pc.use_views.clear();
-      for (char ch : *views)
-        if (ch >= '0' && ch <= '9') pc.use_views.push_back(ch - '0');
-    }
+    if (!views->empty()) pc.use_views = vla::cli::parse_views(*views);
     auto enc = vla::policy::load_vlm(dir, pc);
     auto d = vla::dataset::Dataset::open(*ds);
     auto eps = pick_episodes(d, *holdout, *max_eps);

@@ -1,27 +1,10 @@
 // `vla train` (stage 1 / stage 2 / caption pre-training) and `vla cache` (VL feature cache).
 #ifdef VLA_HAS_TRAIN
-#include <sstream>
-
 #include "command.h"
 #include "core/core.h"
 #include "train/train.h"
 
 namespace {
-
-std::vector<int> parse_views(const std::string& s) {
-  std::vector<int> out;
-  std::stringstream ss(s);
-  std::string tok;
-  while (std::getline(ss, tok, ',')) {
-    if (tok.empty()) continue;
-    try {
-      out.push_back(std::stoi(tok));
-    } catch (...) {
-      throw vla::Error(vla::str_cat("--use-views: '", tok, "' is not a view index"));
-    }
-  }
-  return out;
-}
 
 void add_train(CLI::App& app) {
   auto o = std::make_shared<vla::train::TrainOptions>();
@@ -100,8 +83,7 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--json", *json, "write the training report as JSON");
   c->callback([o, views, json] {
-    o->policy.use_views = parse_views(*views);
-    if (o->policy.use_views.empty()) o->policy.use_views = {};
+    o->policy.use_views = vla::cli::parse_views(*views);
     auto r = vla::train::train(*o);
     vla::Table t({"metric", "value"});
     t.add_row({"steps", std::to_string(r.steps)});
@@ -135,7 +117,7 @@ void add_cache(CLI::App& app) {
   c->add_option("--pooling", *pooling, "last | mean | tokens")->capture_default_str();
   c->callback([=] {
     vla::policy::PolicyConfig pc;
-    pc.use_views = parse_views(*views);
+    pc.use_views = vla::cli::parse_views(*views);
     pc.pooling = *pooling;
     auto d = vla::dataset::Dataset::open(*ds);
     auto enc = vla::policy::load_vlm(*vlm, pc);

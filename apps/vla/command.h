@@ -4,8 +4,11 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
+
+#include "core/core.h"
 
 namespace vla::cli {
 
@@ -32,6 +35,22 @@ inline CLI::App* get_or_add_subcommand(CLI::App& parent, const std::string& name
   CLI::App* sub = parent.add_subcommand(name, description);
   sub->require_subcommand(1);
   return sub;
+}
+
+// "0,4" -> {0, 4}: the `--use-views` list of train, cache and eval caption (empty -> {}).
+inline std::vector<int> parse_views(const std::string& s) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  std::string tok;
+  while (std::getline(ss, tok, ',')) {
+    if (tok.empty()) continue;
+    try {
+      out.push_back(std::stoi(tok));
+    } catch (...) {
+      throw Error(str_cat("--use-views: '", tok, "' is not a view index"));
+    }
+  }
+  return out;
 }
 
 }  // namespace vla::cli

@@ -47,15 +47,8 @@ class QwenVlm : public VlmEncoder {
 
   // Shared by encode() (inference) and encode_train() (autograd): identical features.
   torch::Tensor features(const std::vector<Image>& views, const std::string& instruction) const {
-    auto imgs = pick(views);
-    auto pp = preprocess_images(imgs, model_->image_config());
-    auto ids =
-        model_->prompt_ids(instruction, pp.tokens_per_image(model_->image_config().merge_size));
-    auto input = torch::tensor(ids, torch::kInt64).unsqueeze(0);
-    ForwardOptions fo;
-    fo.compute_logits = false;
-    auto out = model_.ptr()->forward(input, {}, pp.pixel_values, pp.grid_thw, fo);
-    return pool(out.last_hidden, input, {}).squeeze(0);
+    auto [out, mask, ids] = padded_forward({&views}, {instruction}, {}, false);
+    return pool(out.last_hidden, ids, mask).squeeze(0);
   }
 
   // [B, L, H] hidden states -> [B, tokens, H] features (see PolicyConfig::pooling).
@@ -65,7 +58,6 @@ class QwenVlm : public VlmEncoder {
     auto last = h.narrow(1, L - 1, 1);
     if (cfg_.pooling == "last") return last;
     if (cfg_.pooling == "mean") {
-      if (!mask.defined()) return h.mean(1, true);
       auto m = mask.to(h.scalar_type()).unsqueeze(-1);
       return ((h * m).sum(1) / m.sum(1)).unsqueeze(1);
     }
@@ -101,7 +93,7 @@ class QwenVlm : public VlmEncoder {
   // padded so that every sequence ends at L - 1. Returns the output and the mask [B, L].
   std::tuple<ForwardOutput, torch::Tensor, torch::Tensor> padded_forward(
       const std::vector<const std::vector<Image>*>& views, const std::vector<std::string>& prompts,
-      const std::vector<std::vector<int64_t>>& suffix, bool logits) {
+      const std::vector<std::vector<int64_t>>& suffix, bool logits) const {
     VLA_CHECK(views.size() == prompts.size() && !views.empty(), "VLM batch: ", views.size(),
               " samples but ", prompts.size(), " prompts");
     std::vector<Image> imgs;
@@ -255,6 +247,7 @@ bool have_vlm_engine() { return true; }
 
 std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg) {
   VLA_CHECK(fs::exists(dir + "/config.json"), "VLM folder '", dir, "' has no config.json");
+  cfg.validate();  // the encoder relies on pooling and use_views being valid
   const bool has_weights =
       fs::exists(dir + "/model.safetensors") || fs::exists(dir + "/model.safetensors.index.json");
   Qwen25VL model{nullptr};

@@ -373,12 +373,10 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
           vcfg.vlm_hz > 0
               ? sh->t0_ns + static_cast<int64_t>(launches * 1e9 / vcfg.vlm_hz)
               : (launches == 0 ? 0 : last_launch_ns + static_cast<int64_t>(1e9 / vcfg.action_hz));
-      {
-        while (now_ns() < deadline && !sh->stop.load())
-          std::this_thread::sleep_for(std::chrono::microseconds(
-              std::min<int64_t>(20000, std::max<int64_t>(100, (deadline - now_ns()) / 1000))));
-        if (sh->stop.load()) break;
-      }
+      while (now_ns() < deadline && !sh->stop.load())
+        std::this_thread::sleep_for(std::chrono::microseconds(
+            std::min<int64_t>(20000, std::max<int64_t>(100, (deadline - now_ns()) / 1000))));
+      if (sh->stop.load()) break;
       ++launches;
       std::vector<Image> views;
       const int64_t cap_ns = now_ns();

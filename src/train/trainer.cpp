@@ -297,10 +297,7 @@ TrainReport train(const TrainOptions& opt) {
       v.push_back(&d.views[s.ep][s.feature_tick]);
       ins.push_back(d.ticks[s.ep].instruction);
     }
-    if (!grad) {
-      torch::NoGradGuard ng;
-      return vlm->encode_train_batch(v, ins).to(torch::kFloat32);
-    }
+    torch::AutoGradMode mode(grad);
     return vlm->encode_train_batch(v, ins).to(torch::kFloat32);
   };
   // Expert inputs of a batch: VL features (cache or VLM), normalised force windows, proprio and
