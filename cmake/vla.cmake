@@ -22,7 +22,8 @@ if(VLA_WITH_SIM)
   if(mujoco_FOUND AND OSMESA_LIBRARY)
     set(VLA_HAVE_SIM ON)
   else()
-    message(WARNING "vla: MuJoCo or OSMesa not found; simulator disabled")
+    message(WARNING "vla: simulator disabled (MuJoCo found: ${mujoco_FOUND}, "
+                    "OSMesa: ${OSMESA_LIBRARY})")
   endif()
 endif()
 

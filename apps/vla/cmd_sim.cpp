@@ -1,8 +1,14 @@
 // `vla sim` (closed-loop episodes of the needle-insertion simulator with a scripted policy) and
 // `vla datagen` (record expert demonstrations into a dataset folder).
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "command.h"
 #include "core/core.h"
@@ -75,6 +81,9 @@ VLA_REGISTER_COMMAND(22, add_datacheck);
 
 #ifdef VLA_HAS_SIM
 #include "sim/sim.h"
+#if defined(VLA_HAS_RUNTIME)
+#include "runtime/runtime.h"
+#endif
 
 namespace {
 
@@ -249,6 +258,10 @@ struct DatagenOptions {
   double noise = vla::sim::EnvConfig{}.force_noise_std;
   int ports = 3;
   std::string json;
+  double dart_noise = 0.0;  // DART: noise on executed actions (m per action), labels clean
+  int layouts = 0;          // > 0: episodes of this many ticks (grounding layouts), not full runs
+  int jobs = 1;             // worker threads, each with its own env
+  std::string policy;       // DAgger: roll out this learned policy, the expert labels
 };
 
 int64_t dir_bytes(const std::string& dir) {
@@ -263,29 +276,81 @@ int64_t dir_bytes(const std::string& dir) {
 void run_datagen(const DatagenOptions& o) {
   VLA_CHECK(o.episodes > 0, "--episodes must be > 0");
   VLA_CHECK(!o.out.empty(), "--out DIR is required");
+  VLA_CHECK(o.jobs >= 1 && o.jobs <= 256, "--jobs must be 1..256, got ", o.jobs);
+  VLA_CHECK(std::isfinite(o.dart_noise) && o.dart_noise >= 0 && o.dart_noise <= 0.005,
+            "--dart-noise must be 0..0.005 m per action, got ", o.dart_noise);
+  VLA_CHECK(o.layouts >= 0, "--layout-ticks must be >= 0, got ", o.layouts);
   SimOptions so;
   so.res = o.res;
   so.views = o.views;
   so.noise = o.noise;
   so.ports = o.ports;
-  vla::sim::NeedleEnv env(env_config(so, true));
-  vla::sim::Policy policy = make_policy("expert");
   vla::dataset::DatasetWriter writer(o.out, o.format);
+  writer.set_index_every(std::max(1, std::min(200, o.episodes / 50)));
   const size_t first = writer.size();
   vla::ProgressBar bar("datagen", o.episodes);
   vla::Stopwatch sw;
   int ok = 0;
   int64_t frames = 0;
-  for (int i = 0; i < o.episodes; ++i) {
-    vla::dataset::EpisodeData ep;
-    vla::sim::run_episode(env, policy, o.seed + static_cast<uint64_t>(i), -1, &ep);
-    ok += ep.success ? 1 : 0;
-    frames += static_cast<int64_t>(ep.frames.size() * ep.view_names.size());
-    writer.write(ep);
-    const double per_min = (i + 1) / std::max(sw.elapsed_s(), 1e-9) * 60.0;
-    bar.tick(
-        1, vla::str_cat("success ", ok, "/", i + 1, " | ", vla::fmt_double(per_min, 1), " ep/min"));
-  }
+  // Workers take episode indices in order and hand them to the writer in the same order, so the
+  // dataset does not depend on --jobs (episode i always uses seed + i).
+  std::mutex mu;
+  std::condition_variable turn;
+  int next_to_write = 0;
+  std::atomic<int> next_index{0};
+  std::exception_ptr failure;
+  auto worker = [&] {
+    try {
+      vla::sim::NeedleEnv env(env_config(so, true));
+      auto expert = std::make_shared<vla::sim::ScriptedExpert>();
+      vla::sim::Policy labeler = vla::sim::expert_policy(expert);
+      vla::sim::RolloutOptions ro;
+      ro.action_noise_std = o.dart_noise;
+      ro.noise_seed = o.seed;
+      ro.max_ticks = o.layouts;
+      vla::sim::Policy executed = labeler;
+      if (o.dart_noise > 0) {  // DART: the labeler's own chunk is executed with noise
+        ro.labeler = labeler;
+        executed = vla::sim::Policy();
+      }
+      if (!o.policy.empty()) {  // DAgger: the learned policy drives, the expert labels
+#if defined(VLA_HAS_RUNTIME) && defined(VLA_RUNTIME_WITH_POLICY)
+        ro.labeler = labeler;
+        executed = vla::runtime::sim_policy(vla::policy::Policy::load(o.policy));
+#else
+        throw vla::Error("datagen --policy: this build has no policy runtime");
+#endif
+      }
+      for (int i = next_index++; i < o.episodes; i = next_index++) {
+        vla::dataset::EpisodeData ep;
+        vla::sim::run_episode(env, executed, o.seed + static_cast<uint64_t>(i), -1, &ep, ro);
+        const auto encoded = writer.encode_frames(ep);
+        std::unique_lock<std::mutex> lock(mu);
+        turn.wait(lock, [&] { return next_to_write == i || failure; });
+        if (failure) return;
+        ok += ep.success ? 1 : 0;
+        frames += static_cast<int64_t>(ep.frames.size() * ep.view_names.size());
+        writer.write(ep, encoded);
+        ++next_to_write;
+        turn.notify_all();
+        const double per_min = (i + 1) / std::max(sw.elapsed_s(), 1e-9) * 60.0;
+        bar.tick(1, vla::str_cat("success ", ok, "/", i + 1, " | ", vla::fmt_double(per_min, 1),
+                                 " ep/min"));
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!failure) failure = std::current_exception();
+      next_index = o.episodes;
+      turn.notify_all();
+    }
+  };
+  // Several workers each running a policy: one torch thread each instead of all cores each.
+  if (!o.policy.empty() && o.jobs > 1) vla::configure_torch_threads(1);
+  std::vector<std::thread> pool;
+  for (int j = 0; j < std::min(o.jobs, o.episodes); ++j) pool.emplace_back(worker);
+  for (auto& t : pool) t.join();
+  writer.flush();
+  if (failure) std::rethrow_exception(failure);
   bar.finish();
   const double secs = sw.elapsed_s();
   const double per_min = o.episodes / secs * 60.0;
@@ -331,6 +396,21 @@ void add_datagen(CLI::App& app) {
   c->add_option("--noise", o->noise, "force sensor noise std (N)")->capture_default_str();
   c->add_option("--ports", o->ports, "number of coloured ports 3..6")->capture_default_str();
   c->add_option("--json", o->json, "write throughput numbers as JSON to FILE");
+  c->add_option("--dart-noise", o->dart_noise,
+                "DART: Gaussian noise (m per 80 Hz action; z gets half) added to the executed\n"
+                "actions while the recorded labels stay the clean expert actions (0 = off)")
+      ->capture_default_str();
+  c->add_option("--layout-ticks", o->layouts,
+                "record only the first N ticks of each episode (cheap grounding layouts: one\n"
+                "render per tick; 0 = full episodes)")
+      ->capture_default_str();
+  c->add_option("--jobs", o->jobs, "worker threads (each renders with its own OSMesa context)")
+      ->capture_default_str();
+  c->add_option("--policy", o->policy,
+                "DAgger: roll out this learned policy (synchronous: fresh VL features every\n"
+                "tick) and record the scripted expert's action at every visited state as the\n"
+                "label; append to an existing dataset to aggregate rounds. --views/--res must\n"
+                "match what the policy was trained on.");
   c->callback([o] { run_datagen(*o); });
 }
 

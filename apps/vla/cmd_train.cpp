@@ -21,9 +21,26 @@ void add_train(CLI::App& app) {
       "                   folder is randomly initialised) on ground-truth scene captions\n"
       "                   (English + Korean); writes the VLM folder to --out and reports\n"
       "                   METEOR / BLEU-4 on held-out episodes.\n"
+      "  --stage grounding  like caption, but the prompt is the episode's instruction and the\n"
+      "                   answer starts with the location token of the instructed port\n"
+      "                   (<loc_NNNN>, 2 mm grid; soft target, --location-sigma) - the token\n"
+      "                   the policy's VL feature (the prompt's last token) has to predict.\n"
+      "                   Needs a VLM folder with location tokens (scripts/make_vlm_init.py);\n"
+      "                   reports the greedy location error (mm) on held-out episodes.\n"
       "Writes OUT/ (policy.json + policy.safetensors + vlm/, or the VLM), OUT/loss.png,\n"
       "OUT/train_report.json; resumable checkpoints in OUT/checkpoint (--resume).");
-  c->add_option("--stage", o->stage, "1 | 2 | caption")->capture_default_str();
+  c->add_option("--stage", o->stage, "1 | 2 | caption | grounding")
+      ->check(CLI::IsMember({"1", "2", "caption", "grounding"}))
+      ->capture_default_str();
+  c->add_option("--location-sigma", o->location_sigma,
+                "grounding: std (m) of the location token's Gaussian soft target")
+      ->check(CLI::Range(1e-4, 0.02))
+      ->capture_default_str();
+  c->add_option("--location-sigma-start", o->location_sigma_start,
+                "grounding: initial std (m), narrowed linearly to --location-sigma over the "
+                "first half of the steps")
+      ->check(CLI::Range(1e-4, 0.1))
+      ->capture_default_str();
   c->add_option("--dataset", o->dataset, "dataset folder (vla datagen)")->required();
   c->add_option("--out", o->out, "output folder")->required();
   c->add_option("--cache", o->cache, "stage 1: VL feature cache folder (vla cache)");
@@ -51,6 +68,9 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--max-episodes", o->max_episodes, "use at most N episodes (0 = all)")
       ->capture_default_str();
+  auto all_eps = std::make_shared<bool>(false);
+  c->add_flag("--all-episodes", *all_eps,
+              "train on failed episodes too (DAgger rollouts: their labels are the expert's)");
   c->add_option("--head", o->policy.head, "expert head: flow | mlp")->capture_default_str();
   c->add_option("--d-model", o->policy.d_model, "expert width")->capture_default_str();
   c->add_option("--layers", o->policy.layers, "expert layers")->capture_default_str();
@@ -81,9 +101,14 @@ void add_train(CLI::App& app) {
   c->add_option("--threads", o->threads, "torch threads (0 = all cores)")->capture_default_str();
   c->add_option("--eval-every", o->eval_every, "steps between held-out evaluations (0 = end)")
       ->capture_default_str();
+  c->add_option("--device", o->device,
+                "where training runs: cpu | cuda | cuda:N (inference and saved weights stay on "
+                "the CPU)")
+      ->capture_default_str();
   c->add_option("--json", *json, "write the training report as JSON");
-  c->callback([o, views, json] {
+  c->callback([o, views, json, all_eps] {
     o->policy.use_views = vla::cli::parse_views(*views);
+    if (*all_eps) o->success_only = false;
     auto r = vla::train::train(*o);
     vla::Table t({"metric", "value"});
     t.add_row({"steps", std::to_string(r.steps)});
@@ -96,6 +121,9 @@ void add_train(CLI::App& app) {
         t.add_row({"caption METEOR (" + lang + ")", vla::fmt_double(m["meteor"].get<double>(), 4)});
         t.add_row({"caption BLEU-4 (" + lang + ")", vla::fmt_double(m["bleu4"].get<double>(), 4)});
       }
+    if (r.extra.contains("grounding"))
+      t.add_row({"held-out location error (mm)",
+                 vla::fmt_double(r.extra["grounding"]["location_error_mm"].get<double>(), 2)});
     t.print();
     if (!json->empty()) vla::write_json_atomic(*json, r.to_json());
   });
@@ -115,12 +143,16 @@ void add_cache(CLI::App& app) {
   c->add_option("--out", *out, "cache folder")->required();
   c->add_option("--use-views", *views, "comma-separated view indices (default all)");
   c->add_option("--pooling", *pooling, "last | mean | tokens")->capture_default_str();
+  auto device = std::make_shared<std::string>("cpu");
+  c->add_option("--device", *device, "where the VLM runs: cpu | cuda | cuda:N")
+      ->capture_default_str();
   c->callback([=] {
     vla::policy::PolicyConfig pc;
     pc.use_views = vla::cli::parse_views(*views);
     pc.pooling = *pooling;
     auto d = vla::dataset::Dataset::open(*ds);
     auto enc = vla::policy::load_vlm(*vlm, pc);
+    enc->to(vla::train::parse_device(*device));
     vla::Stopwatch sw;
     vla::train::FeatureCache::build(d, *enc, *out, true);
     std::printf("cache: %zu episodes -> %s (VLM %s) in %.1f s\n", d.size(), out->c_str(),
@@ -128,8 +160,68 @@ void add_cache(CLI::App& app) {
   });
 }
 
+void add_probe(CLI::App& app) {
+  auto ds = std::make_shared<std::string>(), vlm = std::make_shared<std::string>(),
+       views = std::make_shared<std::string>(), pooling = std::make_shared<std::string>("last"),
+       json = std::make_shared<std::string>(), policy = std::make_shared<std::string>();
+  auto max_eps = std::make_shared<int>(0);
+  auto holdout = std::make_shared<double>(0.2);
+  auto* eval = vla::cli::get_or_add_subcommand(app, "eval", "Evaluate policies and VLMs");
+  auto* c = eval->add_subcommand(
+      "probe",
+      "Localisation probe: how well the instructed port's x/y (mm) can be read linearly from\n"
+      "the VL features the expert receives. Features of the first frame of every episode;\n"
+      "ridge regression fitted on the first episodes, error on the held-out last ones.\n"
+      "Give --policy P (its VLM, pooling and views) or --vlm DIR with --pooling/--use-views.");
+  c->add_option("--dataset", *ds, "dataset folder (e.g. `vla datagen --layout-ticks 1`)")
+      ->required();
+  c->add_option("--policy", *policy, "policy folder (or default / no_reuse)");
+  c->add_option("--vlm", *vlm, "VLM folder (instead of --policy)");
+  c->add_option("--use-views", *views, "with --vlm: comma-separated view indices");
+  c->add_option("--pooling", *pooling, "with --vlm: last | mean | tokens")->capture_default_str();
+  c->add_option("--max-episodes", *max_eps, "use at most N episodes (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--holdout", *holdout, "held-out fraction")
+      ->check(CLI::Range(0.01, 0.9))
+      ->capture_default_str();
+  c->add_option("--json", *json, "write the report as JSON");
+  auto device = std::make_shared<std::string>("cpu");
+  c->add_option("--device", *device, "where the VLM runs: cpu | cuda | cuda:N")
+      ->capture_default_str();
+  c->callback([=] {
+    VLA_CHECK(policy->empty() != vlm->empty(), "probe: give exactly one of --policy / --vlm");
+    std::shared_ptr<vla::policy::VlmEncoder> enc;
+    std::shared_ptr<vla::policy::Policy> pol;
+    if (!policy->empty()) {
+      pol = vla::policy::Policy::load(*policy);
+      enc = pol->vlm();
+      VLA_CHECK(enc, "probe: policy ", *policy, " has no VLM");
+    } else {
+      vla::policy::PolicyConfig pc;
+      pc.use_views = vla::cli::parse_views(*views);
+      pc.pooling = *pooling;
+      enc = vla::policy::load_vlm(*vlm, pc);
+    }
+    enc->to(vla::train::parse_device(*device));
+    auto d = vla::dataset::Dataset::open(*ds);
+    auto r = vla::train::localisation_probe(*enc, d, *max_eps, *holdout);
+    vla::Table t({"localisation probe", "value"});
+    t.add_row({"layouts train / held-out",
+               std::to_string(r.train_layouts) + " / " + std::to_string(r.heldout_layouts)});
+    t.add_row({"feature dim", std::to_string(r.feature_dim)});
+    t.add_row({"train error (mm)", vla::fmt_double(r.train_error_mm, 2)});
+    t.add_row({"held-out error (mm)", vla::fmt_double(r.heldout_error_mm, 2)});
+    t.add_row({"held-out |x| / |y| error (mm)",
+               vla::fmt_double(r.heldout_x_mm, 2) + " / " + vla::fmt_double(r.heldout_y_mm, 2)});
+    t.add_row({"mean predictor (mm)", vla::fmt_double(r.baseline_mm, 2)});
+    t.print();
+    if (!json->empty()) vla::write_json_atomic(*json, r.to_json());
+  });
+}
+
 }  // namespace
 
 VLA_REGISTER_COMMAND(40, add_train);
+VLA_REGISTER_COMMAND(42, add_probe);
 VLA_REGISTER_COMMAND(41, add_cache);
 #endif

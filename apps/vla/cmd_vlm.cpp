@@ -106,11 +106,15 @@ void add_caption(CLI::App& app) {
       ->required();
   c->add_option("--image", a->images, "Image file (PNG/JPEG); repeat for several images");
   c->add_option("--prompt", a->prompt, "User prompt (default: \"Describe the image.\")");
-  c->add_option("--max-new-tokens", a->max_new_tokens, "Most tokens to generate (default 32)");
+  c->add_option("--max-new-tokens", a->max_new_tokens, "Most tokens to generate (default 32)")
+      ->check(CLI::Range(1, 1 << 20));
   c->add_option("--temperature", a->temperature,
-                "Sampling temperature; 0 = greedy decoding (default 0)");
-  c->add_option("--top-k", a->top_k, "Keep the k most likely tokens when sampling (0 = off)");
-  c->add_option("--top-p", a->top_p, "Nucleus sampling mass (1 = off)");
+                "Sampling temperature; 0 = greedy decoding (default 0)")
+      ->check(CLI::Range(0.0, 100.0));
+  c->add_option("--top-k", a->top_k, "Keep the k most likely tokens when sampling (0 = off)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--top-p", a->top_p, "Nucleus sampling mass in (0, 1] (1 = off)")
+      ->check(CLI::Range(1e-9, 1.0));
   c->add_option("--seed", a->seed, "Sampling seed (default 0)");
   c->add_option("--dtype", a->dtype, "float32 (default) | bfloat16");
   c->add_option("--json", a->json, "Write text, token ids and timings as JSON");
@@ -124,7 +128,10 @@ void add_caption(CLI::App& app) {
     o.seed = a->seed;
     auto r = model->generate(load_images(a->images), a->prompt, o);
     std::printf("%s\n", r.text.c_str());
-    const double tps = r.decode_ms > 0 ? (r.token_ids.size() - 1) * 1000.0 / r.decode_ms : 0.0;
+    // Decode rate over the tokens after the first (the first comes from the prefill); none when
+    // fewer than two tokens or no measurable decode time.
+    const size_t n = r.token_ids.size();
+    const double tps = n > 1 && r.decode_ms > 0 ? (n - 1) * 1000.0 / r.decode_ms : 0.0;
     std::fprintf(stderr,
                  "[%zu tokens, stop: %s, prompt %lld tokens, prefill %.1f ms, %.1f tok/s]\n",
                  r.token_ids.size(), r.stop_reason.c_str(), static_cast<long long>(r.prompt_tokens),

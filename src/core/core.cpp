@@ -101,8 +101,16 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
   write_file_atomic(path, contents.data(), contents.size());
 }
 
+std::string dump_json(const nlohmann::json& j, int indent) {
+  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string dump_json(const nlohmann::ordered_json& j, int indent) {
+  return j.dump(indent, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
 void write_json_atomic(const std::string& path, const nlohmann::json& j, int indent) {
-  write_file_atomic(path, j.dump(indent) + "\n");
+  write_file_atomic(path, dump_json(j, indent) + "\n");
 }
 
 std::string read_file(const std::string& path) {

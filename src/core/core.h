@@ -95,6 +95,11 @@ class Stopwatch {
 void write_file_atomic(const std::string& path, const void* data, size_t size);
 void write_file_atomic(const std::string& path, const std::string& contents);
 void write_json_atomic(const std::string& path, const nlohmann::json& j, int indent = 2);
+// JSON text of j for every writer of user-derived text (prompts, file names, captions): invalid
+// UTF-8 bytes become U+FFFD instead of an exception after the work is done (nlohmann's default
+// throws type_error.316). indent < 0: compact.
+std::string dump_json(const nlohmann::json& j, int indent = -1);
+std::string dump_json(const nlohmann::ordered_json& j, int indent = -1);  // keeps key order
 std::string read_file(const std::string& path);
 nlohmann::json read_json(const std::string& path);
 bool file_exists(const std::string& path);

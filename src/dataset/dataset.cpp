@@ -91,6 +91,22 @@ DatasetWriter::DatasetWriter(std::string dir, std::string image_format, int jpeg
   } else {
     index_ = {{"format_version", kFormatVersion}, {"episodes", nlohmann::json::array()}};
   }
+  // Episodes renamed into place after the last index write (the index is written every
+  // index_every episodes) are complete: list them again, in order.
+  for (;;) {
+    const std::string dir = dir_ + "/" + episode_name(count_);
+    if (!file_exists(dir + "/meta.json")) break;
+    const auto meta = read_json(dir + "/meta.json");
+    index_["episodes"].push_back({{"name", episode_name(count_)},
+                                  {"seed", meta.value("seed", uint64_t{0})},
+                                  {"success", meta.value("success", false)},
+                                  {"reason", meta.value("reason", std::string())},
+                                  {"instruction", meta.value("instruction", std::string())},
+                                  {"num_ticks", meta.value("num_ticks", 0)}});
+    ++count_;
+    dirty_ = true;
+  }
+  if (dirty_) flush();
   // Leftovers of a crashed writer are never listed in the index: remove them.
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
@@ -98,7 +114,18 @@ DatasetWriter::DatasetWriter(std::string dir, std::string image_format, int jpeg
   }
 }
 
-size_t DatasetWriter::write(const EpisodeData& ep) {
+std::vector<std::vector<uint8_t>> DatasetWriter::encode_frames(const EpisodeData& ep) const {
+  std::vector<std::vector<uint8_t>> out;
+  for (const auto& tick : ep.frames)
+    for (const Image& im : tick)
+      out.push_back(format_ == "png" ? encode_png(im) : encode_jpeg(im, quality_));
+  return out;
+}
+
+size_t DatasetWriter::write(const EpisodeData& ep) { return write(ep, encode_frames(ep)); }
+
+size_t DatasetWriter::write(const EpisodeData& ep,
+                            const std::vector<std::vector<uint8_t>>& encoded) {
   const int views = static_cast<int>(ep.view_names.size());
   VLA_CHECK(views > 0, "dataset: episode has no views");
   VLA_CHECK(ep.width > 0 && ep.height > 0, "dataset: episode has no resolution");
@@ -121,10 +148,12 @@ size_t DatasetWriter::write(const EpisodeData& ep) {
   std::error_code ec;
   fs::remove_all(tmp, ec);
   make_dirs(tmp + "/frames");
+  VLA_CHECK(encoded.size() == ep.frames.size() * static_cast<size_t>(views),
+            "dataset: ", encoded.size(), " encoded frames for ", ep.frames.size(), " ticks x ",
+            views, " views");
   for (size_t t = 0; t < ep.frames.size(); ++t) {
     for (int v = 0; v < views; ++v) {
-      const Image& im = ep.frames[t][v];
-      std::vector<uint8_t> bytes = format_ == "png" ? encode_png(im) : encode_jpeg(im, quality_);
+      const auto& bytes = encoded[t * static_cast<size_t>(views) + static_cast<size_t>(v)];
       write_plain(tmp + "/" + frame_file(static_cast<int>(t), v, format_), bytes.data(),
                   bytes.size());
     }
@@ -172,9 +201,29 @@ size_t DatasetWriter::write(const EpisodeData& ep) {
                                 {"reason", ep.reason},
                                 {"instruction", ep.instruction},
                                 {"num_ticks", ep.frames.size()}});
-  write_json_atomic(dir_ + "/index.json", index_);
   ++count_;
+  dirty_ = true;
+  if (count_ % static_cast<size_t>(index_every_) == 0) flush();
   return idx;
+}
+
+void DatasetWriter::flush() {
+  if (!dirty_) return;
+  write_json_atomic(dir_ + "/index.json", index_);
+  dirty_ = false;
+}
+
+DatasetWriter::~DatasetWriter() {
+  try {
+    flush();
+  } catch (const std::exception& e) {
+    log_warn("dataset: index of ", dir_, " not written: ", e.what());
+  }
+}
+
+void DatasetWriter::set_index_every(int n) {
+  VLA_CHECK(n >= 1, "dataset: index interval must be >= 1, got ", n);
+  index_every_ = n;
 }
 
 // ------------------------------------------------------------------------------------ reader

@@ -59,8 +59,21 @@ class DatasetWriter {
  public:
   // image_format: "png" or "jpg". Appends after the episodes already listed in DIR/index.json.
   explicit DatasetWriter(std::string dir, std::string image_format = "png", int jpeg_quality = 90);
-  // Writes one episode crash-safely and updates the index; returns its index.
+  ~DatasetWriter();  // writes the index if episodes are pending
+  DatasetWriter(const DatasetWriter&) = delete;
+  DatasetWriter& operator=(const DatasetWriter&) = delete;
+  // Writes one episode crash-safely (temp folder + rename) and returns its index. index.json is
+  // rewritten every index_every episodes (default 1) and by flush()/the destructor; a writer that
+  // opens the folder later lists complete episodes the index missed, so a crash loses nothing.
   size_t write(const EpisodeData& ep);
+  // Same, with the frames already encoded by encode_frames() (encoding is the slow part and is
+  // thread-safe, so parallel producers encode before taking their turn to write).
+  size_t write(const EpisodeData& ep, const std::vector<std::vector<uint8_t>>& encoded);
+  std::vector<std::vector<uint8_t>> encode_frames(const EpisodeData& ep) const;
+  void flush();
+  // Bulk writers (tens of thousands of one-tick layouts) set a larger interval: rewriting the
+  // whole index per episode is quadratic.
+  void set_index_every(int n);
   size_t size() const { return count_; }
   const std::string& dir() const { return dir_; }
 
@@ -69,6 +82,8 @@ class DatasetWriter {
   int quality_;
   size_t count_ = 0;
   nlohmann::json index_;
+  int index_every_ = 1;
+  bool dirty_ = false;
 };
 
 struct Episode {

@@ -380,10 +380,11 @@ void save_tensors(const std::string& path,
   }
   if (!metadata.empty()) {
     nlohmann::json md = nlohmann::json::object();
-    for (auto& [k, v] : metadata.items()) md[k] = v.is_string() ? v.get<std::string>() : v.dump();
+    for (auto& [k, v] : metadata.items())
+      md[k] = v.is_string() ? v.get<std::string>() : dump_json(v);
     header["__metadata__"] = md;
   }
-  std::string h = header.dump();
+  std::string h = dump_json(header);
   while ((h.size() + 8) % 8) h.push_back(' ');
   std::string buf;
   buf.resize(8 + h.size() + offset);

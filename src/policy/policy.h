@@ -154,6 +154,10 @@ class VlmEncoder {
   // views (num_views images) + instruction -> features [tokens, dim] (float32, CPU).
   virtual torch::Tensor encode(const std::vector<Image>& views,
                                const std::string& instruction) const = 0;
+  // encode() of several samples -> [B, tokens, dim] (float32, CPU). Engine-backed encoders run
+  // one padded forward (same features up to fp rounding); the default calls encode() per sample.
+  virtual torch::Tensor encode_batch(const std::vector<const std::vector<Image>*>& views,
+                                     const std::vector<std::string>& instructions) const;
   virtual int feature_dim() const = 0;
   // Stable identity of the VLM (config + weights hash); recorded by the policy.
   virtual std::string fingerprint() const = 0;
@@ -176,9 +180,18 @@ class VlmEncoder {
   virtual torch::Tensor caption_loss(const std::vector<Image>& views, const std::string& prompt,
                                      const std::string& caption);
   // Mean of caption_loss() over a batch, in one padded forward for engine-backed encoders.
+  // first_token_target [B, vocab] (optional): a target distribution for the FIRST caption token
+  // (soft cross-entropy -sum(p * log q) at that position, averaged with the other tokens' hard
+  // cross-entropy; a one-hot target gives exactly the hard loss).
+  // Grounding uses it to spread a location token's target over neighbouring grid cells.
   virtual torch::Tensor caption_loss_batch(const std::vector<const std::vector<Image>*>& views,
                                            const std::vector<std::string>& prompts,
-                                           const std::vector<std::string>& captions);
+                                           const std::vector<std::string>& captions,
+                                           const torch::Tensor& first_token_target = {});
+  // Token ids of plain text (no chat template; added tokens such as <loc_0042> matched first)
+  // and the vocabulary size; the defaults throw.
+  virtual std::vector<int64_t> token_ids(const std::string& text) const;
+  virtual int64_t vocab_size() const;
   // Greedy caption.
   virtual std::string caption(const std::vector<Image>& views, const std::string& prompt,
                               int max_new_tokens) const;
@@ -187,6 +200,9 @@ class VlmEncoder {
   virtual void merge_lora();
   // Recomputes fingerprint() after the weights changed.
   virtual void refresh_fingerprint();
+  // Moves the VLM's weights to `device` (training on a GPU); encode() outputs stay on CPU as
+  // float32, training outputs live on that device. The default only accepts the CPU.
+  virtual void to(const torch::Device& device);
 };
 // Loads `dir` (a Qwen2.5-VL folder) with the engine; throws when the engine is not built in.
 // Only the views listed in cfg.use_views are given to the VLM (all when empty).

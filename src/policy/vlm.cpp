@@ -19,13 +19,24 @@ torch::Tensor VlmEncoder::encode_train_batch(const std::vector<const std::vector
   for (size_t i = 0; i < views.size(); ++i) out.push_back(encode_train(*views[i], instructions[i]));
   return torch::stack(out);
 }
+torch::Tensor VlmEncoder::encode_batch(const std::vector<const std::vector<Image>*>& views,
+                                       const std::vector<std::string>& instructions) const {
+  VLA_CHECK(views.size() == instructions.size() && !views.empty(), "encode_batch: ", views.size(),
+            " samples but ", instructions.size(), " instructions");
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < views.size(); ++i) out.push_back(encode(*views[i], instructions[i]));
+  return torch::stack(out);
+}
 torch::Tensor VlmEncoder::caption_loss(const std::vector<Image>&, const std::string&,
                                        const std::string&) {
   throw no_training("caption_loss");
 }
 torch::Tensor VlmEncoder::caption_loss_batch(const std::vector<const std::vector<Image>*>& views,
                                              const std::vector<std::string>& prompts,
-                                             const std::vector<std::string>& captions) {
+                                             const std::vector<std::string>& captions,
+                                             const torch::Tensor& first_token_target) {
+  VLA_CHECK(!first_token_target.defined(),
+            "caption_loss_batch: soft first-token targets need an engine-backed VLM");
   VLA_CHECK(views.size() == prompts.size() && views.size() == captions.size() && !views.empty(),
             "caption_loss_batch: ", views.size(), " samples, ", prompts.size(), " prompts, ",
             captions.size(), " captions");
@@ -42,6 +53,14 @@ void VlmEncoder::enable_lora(int, double, const std::vector<std::string>&) {
 }
 void VlmEncoder::merge_lora() { throw no_training("LoRA"); }
 void VlmEncoder::refresh_fingerprint() {}
+void VlmEncoder::to(const torch::Device& device) {
+  VLA_CHECK(device.is_cpu(), "this VLM encoder runs on the CPU only (asked for ", device.str(),
+            ")");
+}
+std::vector<int64_t> VlmEncoder::token_ids(const std::string&) const {
+  throw no_training("token_ids");
+}
+int64_t VlmEncoder::vocab_size() const { throw no_training("vocab_size"); }
 
 #ifndef VLA_POLICY_HAVE_MODELS
 bool have_vlm_engine() { return false; }

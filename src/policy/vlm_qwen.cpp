@@ -1,6 +1,8 @@
 // VlmEncoder backed by the Qwen2.5-VL engine (src/models). Compiled only when vla_models exists.
 #include <filesystem>
+#include <functional>
 #include <mutex>
+#include <unordered_map>
 
 #include "models/models.h"
 #include "policy/policy.h"
@@ -58,7 +60,7 @@ class QwenVlm : public VlmEncoder {
     auto last = h.narrow(1, L - 1, 1);
     if (cfg_.pooling == "last") return last;
     if (cfg_.pooling == "mean") {
-      auto m = mask.to(h.scalar_type()).unsqueeze(-1);
+      auto m = mask.to(h.device(), h.scalar_type()).unsqueeze(-1);
       return ((h * m).sum(1) / m.sum(1)).unsqueeze(1);
     }
     // "tokens": every sample has the same image-token count (same views and resolution).
@@ -73,7 +75,13 @@ class QwenVlm : public VlmEncoder {
   torch::Tensor encode(const std::vector<Image>& views,
                        const std::string& instruction) const override {
     c10::InferenceMode g;
-    return features(views, instruction).to(torch::kFloat32);
+    return features(views, instruction).to(torch::kCPU, torch::kFloat32);
+  }
+  torch::Tensor encode_batch(const std::vector<const std::vector<Image>*>& views,
+                             const std::vector<std::string>& instructions) const override {
+    c10::InferenceMode g;
+    auto [out, mask, ids] = padded_forward(views, instructions, {}, false);
+    return pool(out.last_hidden, ids, mask).to(torch::kCPU, torch::kFloat32);
   }
   int feature_dim() const override { return static_cast<int>(model_->config().text.hidden_size); }
   std::string fingerprint() const override { return fingerprint_; }
@@ -108,7 +116,7 @@ class QwenVlm : public VlmEncoder {
     size_t maxlen = 0;
     for (size_t b = 0; b < views.size(); ++b) {
       std::vector<int64_t> t(tokens.begin() + b * per, tokens.begin() + (b + 1) * per);
-      seqs.push_back(model_->prompt_ids(prompts[b], t));
+      seqs.push_back(prompt_ids(prompts[b], t));
       if (!suffix.empty())
         seqs.back().insert(seqs.back().end(), suffix[b].begin(), suffix[b].end());
       maxlen = std::max(maxlen, seqs.back().size());
@@ -136,11 +144,38 @@ class QwenVlm : public VlmEncoder {
     return pool(out.last_hidden, ids, mask);
   }
 
+  // Tokenising (a chat-template render + BPE) costs ~1 ms a string on the CPU, more than the tiny
+  // VLM's forward per sample on a GPU; training sees the same prompts and captions every epoch,
+  // so ids are memoised (bounded; thread-safe).
+  std::vector<int64_t> memo(const std::string& key,
+                            const std::function<std::vector<int64_t>()>& make) const {
+    {
+      std::lock_guard<std::mutex> lock(memo_mu_);
+      auto it = memo_.find(key);
+      if (it != memo_.end()) return it->second;
+    }
+    auto ids = make();
+    std::lock_guard<std::mutex> lock(memo_mu_);
+    if (memo_.size() > 500000) memo_.clear();
+    memo_.emplace(key, ids);
+    return ids;
+  }
+  std::vector<int64_t> prompt_ids(const std::string& prompt,
+                                  const std::vector<int64_t>& image_tokens) const {
+    std::string key = "p|";
+    for (auto t : image_tokens) key += std::to_string(t) + ",";
+    key += "|" + prompt;
+    return memo(key, [&] { return model_->prompt_ids(prompt, image_tokens); });
+  }
+
   std::vector<int64_t> text_ids(const std::string& text) const {
+    return memo("t|" + text, [&] { return text_ids_uncached(text); });
+  }
+  std::vector<int64_t> text_ids_uncached(const std::string& text) const {
     // The codec only renders chat prompts: the raw ids of `text` are the part of the rendered
     // prompt between the fixed prefix and suffix (special tokens split before BPE).
     auto* codec = model_->prompt_codec();
-    auto empty = codec->encode_chat("", {});
+    const auto empty = memo("e|", [&] { return codec->encode_chat("", {}); });
     auto full = codec->encode_chat(text, {});
     size_t pre = 0;
     while (pre < empty.size() && pre < full.size() && empty[pre] == full[pre]) ++pre;
@@ -150,6 +185,9 @@ class QwenVlm : public VlmEncoder {
       ++suf;
     return std::vector<int64_t>(full.begin() + pre, full.end() - suf);
   }
+
+  std::vector<int64_t> token_ids(const std::string& text) const override { return text_ids(text); }
+  int64_t vocab_size() const override { return model_->config().text.vocab_size; }
 
   int64_t eos() const {
     const auto& e = model_->config().eos_token_ids;
@@ -169,31 +207,60 @@ class QwenVlm : public VlmEncoder {
     auto input = torch::tensor(ids, torch::kInt64).unsqueeze(0);
     auto out = model_->forward(input, {}, pp.pixel_values, pp.grid_thw, {});
     auto logits = out.logits[0].narrow(0, np - 1, static_cast<int64_t>(cap.size()));
-    auto target = torch::tensor(cap, torch::kInt64);
+    auto target = torch::tensor(cap, torch::kInt64).to(logits.device());
     return torch::nn::functional::cross_entropy(logits.to(torch::kFloat32), target);
   }
 
   torch::Tensor caption_loss_batch(const std::vector<const std::vector<Image>*>& views,
                                    const std::vector<std::string>& prompts,
-                                   const std::vector<std::string>& captions) override {
+                                   const std::vector<std::string>& captions,
+                                   const torch::Tensor& first_token_target) override {
     VLA_CHECK(captions.size() == views.size(), "caption_loss_batch: ", views.size(),
               " samples but ", captions.size(), " captions");
+    const bool soft = first_token_target.defined();
+    if (soft)
+      VLA_CHECK(first_token_target.dim() == 2 &&
+                    first_token_target.size(0) == static_cast<int64_t>(views.size()) &&
+                    first_token_target.size(1) == vocab_size(),
+                "caption_loss_batch: first_token_target must be [", views.size(), ", ",
+                vocab_size(), "], got ", first_token_target.sizes());
     std::vector<std::vector<int64_t>> caps;
     for (const auto& c : captions) {
       caps.push_back(text_ids(c));
       caps.back().push_back(eos());
     }
-    auto [out, mask, ids] = padded_forward(views, prompts, caps, true);
+    auto [out, mask, ids] = padded_forward(views, prompts, caps, false);
     (void)mask;
     (void)ids;
+    // Logits only where a caption token is predicted (the vocabulary can be large: location
+    // tokens), i.e. the last max_n + 1 positions of the left-padded batch.
+    size_t max_n = 0;
+    for (const auto& c : caps) max_n = std::max(max_n, c.size());
+    const int64_t span = static_cast<int64_t>(max_n) + 1;
+    const int64_t Lh = out.last_hidden.size(1);
+    out.logits = model_.ptr()->logits_from_hidden(out.last_hidden.narrow(1, Lh - span, span));
     const int64_t L = out.logits.size(1);
     std::vector<torch::Tensor> ls;
     for (size_t b = 0; b < caps.size(); ++b) {
       // The caption occupies the last n positions; position j predicts token j + 1.
       const int64_t n = static_cast<int64_t>(caps[b].size());
-      auto logits = out.logits[static_cast<int64_t>(b)].narrow(0, L - n - 1, n);
-      ls.push_back(torch::nn::functional::cross_entropy(logits.to(torch::kFloat32),
-                                                        torch::tensor(caps[b], torch::kInt64)));
+      auto logits = out.logits[static_cast<int64_t>(b)].narrow(0, L - n - 1, n).to(torch::kFloat32);
+      auto target = torch::tensor(caps[b], torch::kInt64).to(logits.device());
+      if (!soft) {
+        ls.push_back(torch::nn::functional::cross_entropy(logits, target));
+        continue;
+      }
+      // Soft target at the first position, hard labels after it; the mean over the n tokens
+      // (a one-hot target gives exactly the hard loss).
+      auto first = -(first_token_target[static_cast<int64_t>(b)].to(logits.device()) *
+                     torch::log_softmax(logits[0], -1))
+                        .sum();
+      auto rest = n > 1
+                      ? torch::nn::functional::cross_entropy(
+                            logits.narrow(0, 1, n - 1), target.narrow(0, 1, n - 1),
+                            torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                      : torch::zeros({}, logits.options());
+      ls.push_back((first + rest) / static_cast<double>(n));
     }
     return torch::stack(ls).mean();
   }
@@ -221,6 +288,7 @@ class QwenVlm : public VlmEncoder {
     for (auto& p : model_->parameters()) p.set_requires_grad(true);
     lora_ = false;
   }
+  void to(const torch::Device& device) override { model_->to(device); }
   void refresh_fingerprint() override {
     std::string acc = model_->config().text.hidden_size > 0 ? "qwen25vl" : "";
     for (auto& [name, t] : model_->state_tensors()) {
@@ -239,6 +307,8 @@ class QwenVlm : public VlmEncoder {
   PolicyConfig cfg_;
   std::string fingerprint_;
   bool lora_ = false;
+  mutable std::mutex memo_mu_;
+  mutable std::unordered_map<std::string, std::vector<int64_t>> memo_;
 };
 
 }  // namespace

@@ -367,5 +367,11 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
 #ifdef VLA_RUNTIME_WITH_POLICY
 PolicyFns policy_fns(std::shared_ptr<vla::policy::Policy> policy);
 #endif
+#if defined(VLA_RUNTIME_WITH_POLICY) && defined(VLA_RUNTIME_WITH_SIM)
+// A learned policy as a synchronous simulator policy (one tick = render, encode fresh VL
+// features, act on the last sensor_window force samples (zero padded at the start) and the
+// proprio): what `vla datagen --policy P` rolls out for DAgger while the scripted expert labels.
+vla::sim::Policy sim_policy(std::shared_ptr<vla::policy::Policy> policy);
+#endif
 
 }  // namespace vla::runtime

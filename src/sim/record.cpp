@@ -1,10 +1,20 @@
 // Running and recording scripted-expert episodes.
+#include <algorithm>
+#include <cmath>
+#include <random>
+
 #include "sim/sim.h"
 
 namespace vla::sim {
 
 EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, int target_port,
-                          dataset::EpisodeData* record) {
+                          dataset::EpisodeData* record, const RolloutOptions& opts) {
+  VLA_CHECK(policy || opts.labeler, "run_episode: no policy and no labeler");
+  VLA_CHECK(std::isfinite(opts.action_noise_std) && opts.action_noise_std >= 0.0,
+            "run_episode: action noise must be >= 0, got ", opts.action_noise_std);
+  std::mt19937_64 rng(opts.noise_seed * 0x9E3779B97F4A7C15ULL + seed);
+  std::normal_distribution<double> gauss(0.0, 1.0);
+  std::vector<Chunk> labels;
   env.reset(seed, target_port);
   Stopwatch sw;
   const bool render = record != nullptr;
@@ -16,9 +26,25 @@ EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, i
     record->height = env.config().height;
     for (int v = 0; v < env.config().num_views; ++v) record->view_names.push_back(view_names()[v]);
   }
-  while (!env.outcome().done) {
+  int ticks = 0;
+  while (!env.outcome().done && (opts.max_ticks <= 0 || ticks++ < opts.max_ticks)) {
     if (render) record->frames.push_back(env.render());
-    env.step_chunk(policy(env));
+    Chunk label;
+    if (opts.labeler) label = opts.labeler(env);  // the state this tick's chunk starts from
+    Chunk chunk = policy ? policy(env) : label;
+    if (opts.action_noise_std > 0.0) {
+      for (auto& a : chunk)
+        for (int k = 0; k < kActionDim; ++k) {
+          const double s = opts.action_noise_std * (k == 2 ? 0.5 : 1.0);
+          a[k] = static_cast<float>(
+              std::clamp(a[k] + s * gauss(rng), -kMaxActionDelta, kMaxActionDelta));
+        }
+    }
+    if (opts.labeler) {
+      label.resize(kChunkSize, label.empty() ? Action{0, 0, 0} : label.back());
+      labels.push_back(label);
+    }
+    env.step_chunk(chunk);
   }
   EpisodeResult r;
   r.outcome = env.outcome();
@@ -27,7 +53,7 @@ EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, i
   if (record) {
     const SceneInfo scene = env.scene();
     record->success = r.outcome.success;
-    record->reason = r.outcome.reason;
+    record->reason = r.outcome.done ? r.outcome.reason : "truncated";
     record->duration_s = r.outcome.time_s;
     record->peak_force = r.outcome.peak_force;
     record->target = scene.target;
@@ -44,13 +70,20 @@ EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, i
       record->force.push_back(
           {static_cast<float>(f.t), f.f[0], f.f[1], f.f[2], f.f[3], f.f[4], f.f[5]});
     }
-    for (const ActionRecord& a : env.action_log()) {
-      record->actions.push_back(a.action);
-      record->proprio.push_back(a.proprio);
+    const auto& log = env.action_log();
+    for (size_t i = 0; i < log.size(); ++i) {
+      // With a labeler, action i is the label of its tick (8 per tick; a short chunk was padded
+      // with its last action above, as the env holds).
+      const size_t tick = i / kChunkSize;
+      record->actions.push_back(opts.labeler && tick < labels.size() ? labels[tick][i % kChunkSize]
+                                                                     : log[i].action);
+      record->proprio.push_back(log[i].proprio);
     }
     record->extra["surface_z"] = scene.surface_z;
     record->extra["force_noise_std"] = env.config().force_noise_std;
-    record->extra["policy"] = "expert";
+    record->extra["policy"] = opts.labeler ? (policy ? "dagger" : "dart") : "expert";
+    record->extra["action_noise_std"] = opts.action_noise_std;
+    record->extra["labels"] = opts.labeler ? "labeler" : "executed";
   }
   return r;
 }

@@ -155,13 +155,14 @@ class NeedleEnv {
 };
 
 struct ExpertConfig {
-  double approach_height = 0.012;   // m above the highest possible surface before the slow descent
-  double fast_speed = 0.12;         // m/s during the approach
-  double search_speed = 0.012;      // m/s while descending to find contact
-  double insert_speed = 0.006;      // m/s while inserting
-  double contact_threshold = 0.25;  // N of fz (filtered) that counts as contact
-  double target_depth = 0.011;      // m past the contact point (success needs success_depth)
-  double backoff_force = 5.0;       // N: above this the expert retracts and slows down
+  double approach_height = 0.012;    // m above the highest possible surface before the slow descent
+  double fast_speed = 0.12;          // m/s during the approach
+  double search_speed = 0.012;       // m/s while descending to find contact
+  double insert_speed = 0.006;       // m/s while inserting
+  double contact_threshold = 0.25;   // N of fz (filtered) that counts as contact
+  double target_depth = 0.011;       // m past the contact point (success needs success_depth)
+  double backoff_force = 5.0;        // N: above this the expert retracts and slows down
+  double realign_tolerance = 0.003;  // m of lateral error past the approach: back up, realign
 };
 
 // A scripted demonstrator: uses the (privileged) target port x/y for the approach; finds the
@@ -201,7 +202,19 @@ struct EpisodeResult {
 // [render when recording] -> policy -> step_chunk until done. When `record` is given, the env must
 // render and the episode (frames at each tick before its chunk, forces, actions, proprio, meta)
 // is stored there.
+//
+// Corrective data (`opts`): with opts.labeler the recorded actions are the labeler's chunk at
+// each tick's state (e.g. the scripted expert) while `policy` drives the robot (DAgger: a learned
+// policy; a null policy executes the labeler's own chunk). opts.action_noise_std > 0 adds Gaussian
+// noise (m per action; z gets half) to the executed actions only (DART, Laskey et al. 2017), so
+// the recorded labels stay the clean actions.
+struct RolloutOptions {
+  Policy labeler;                 // empty: the executed actions are recorded
+  double action_noise_std = 0.0;  // m per 80 Hz action, x/y (z: half)
+  uint64_t noise_seed = 0;        // noise RNG seed (mixed with the episode seed)
+  int max_ticks = 0;              // > 0: stop after this many ticks (reason "truncated")
+};
 EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, int target_port = -1,
-                          dataset::EpisodeData* record = nullptr);
+                          dataset::EpisodeData* record = nullptr, const RolloutOptions& opts = {});
 
 }  // namespace vla::sim

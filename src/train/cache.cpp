@@ -81,17 +81,17 @@ void FeatureCache::build(const dataset::Dataset& ds, policy::VlmEncoder& vlm,
       if (bar) bar->tick(ticks, "reused");
       continue;
     }
-    std::vector<torch::Tensor> feats;
+    // All ticks of an episode in one padded forward (a GPU is idle with one frame at a time).
+    torch::Tensor all;  // [ticks, tokens, dim]
     {
       c10::InferenceMode g;
-      for (int t = 0; t < ticks; ++t) {
-        feats.push_back(vlm.encode(views[t], prompt).to(torch::kFloat32).contiguous());
-        ++done;
-        if (bar)
-          bar->tick(1, str_cat(fmt_double(done / std::max(1e-9, sw.elapsed_s()), 1), " ticks/s"));
-      }
+      std::vector<const std::vector<Image>*> ptrs;
+      for (const auto& v : views) ptrs.push_back(&v);
+      all = vlm.encode_batch(ptrs, std::vector<std::string>(ptrs.size(), prompt)).contiguous();
+      done += ticks;
+      if (bar)
+        bar->tick(ticks, str_cat(fmt_double(done / std::max(1e-9, sw.elapsed_s()), 1), " ticks/s"));
     }
-    auto all = torch::stack(feats);  // [ticks, tokens, dim]
     policy::save_tensors(feature_file(out_dir, name), {{"features", all}},
                          {{"vlm_fingerprint", fp}, {"episode", name}});
     entry = {{"keys", keys}, {"ticks", ticks}, {"shape", all.sizes().vec()}, {"prompt", prompt}};

@@ -6,7 +6,9 @@
 
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -86,6 +88,48 @@ class FeatureCache {
 std::string scene_caption(const dataset::Episode& ep, int tick, const std::string& lang);
 const std::string& caption_prompt(const std::string& lang);
 
+// ---------------------------------------------------------------- grounding
+// Location tokens: <loc_NNNN> names a cell of a 2 mm grid over the port area of the table
+// (world x -70..70 mm, y -50..50 mm; NNNN = iy * 71 + ix), the PaliGemma / Kosmos-2 way of putting
+// places into a language model's vocabulary. The tokens are added to the VLM's tokenizer by
+// scripts/make_vlm_init.py. Positions are absolute (table frame), not relative to the needle, so
+// a VL feature stays right however old it is (the ports do not move; proprio says where the
+// needle is now).
+struct LocationGrid {
+  static constexpr int kNx = 71, kNy = 51, kCells = kNx * kNy;
+  static constexpr double kX0 = -0.070, kY0 = -0.050, kCell = 0.002;  // m
+  int64_t first_id = 0;                                               // token id of <loc_0000>
+  // The grid of this VLM's tokenizer, or nullopt when it has no location tokens.
+  static std::optional<LocationGrid> find(const policy::VlmEncoder& vlm);
+  static std::string cell_token(int cell);
+  static int cell(double x, double y);            // nearest cell (clamped to the grid), metres
+  static std::array<double, 2> centre(int cell);  // metres
+  std::string token(double x, double y) const;
+  // Target distribution over the vocabulary: a Gaussian (sigma metres) over the grid cells.
+  torch::Tensor soft_target(double x, double y, int64_t vocab, double sigma) const;
+  // The first <loc_NNNN> in text -> its cell centre (metres).
+  static std::optional<std::array<double, 2>> parse(const std::string& text);
+};
+// True when text holds non-ASCII bytes (the Korean phrasings).
+bool is_korean(const std::string& text);
+// Grounding answer to the episode's instruction: the location token of the instructed port, then
+// scene_caption() in the instruction's language.
+std::string grounding_caption(const dataset::Episode& ep, int tick, const LocationGrid& grid);
+
+// Localisation probe: VL features of the first frame of each episode (the features the expert
+// receives, i.e. with the policy's pooling and views) -> ridge regression to the instructed
+// port's x/y, fitted on the training episodes, evaluated on the held-out ones (the last
+// ceil(holdout * n)). Errors are mean Euclidean distances in mm.
+struct ProbeReport {
+  int train_layouts = 0, heldout_layouts = 0, feature_dim = 0;
+  double train_error_mm = 0, heldout_error_mm = 0, heldout_x_mm = 0, heldout_y_mm = 0;
+  double baseline_mm = 0;  // predicting the training mean
+  nlohmann::json to_json() const;
+};
+ProbeReport localisation_probe(policy::VlmEncoder& vlm, const dataset::Dataset& ds,
+                               int max_episodes = 0, double holdout = 0.2, double ridge = 1.0,
+                               bool progress = true);
+
 // ---------------------------------------------------------------- loss curve
 // Line plot of the loss (log scale when it spans > 1 decade) with axes and tick marks.
 Image plot_loss_curve(const std::vector<double>& steps, const std::vector<double>& losses,
@@ -95,7 +139,7 @@ Image plot_loss_curve(const std::vector<double>& steps, const std::vector<double
 struct TrainOptions {
   std::string dataset;      // dataset folder (vla datagen)
   std::string out;          // output policy folder
-  std::string stage = "1";  // "1" (cached features, VLM frozen) | "2" (VLM adapted) | "caption"
+  std::string stage = "1";  // "1" | "2" | "caption" | "grounding"
   std::string cache;        // feature cache (stage 1)
   std::string vlm;          // VLM folder (stage 1: the one the cache was made with; caption: init)
   std::string init_policy;  // stage 2: start from this policy folder (its expert + VLM)
@@ -122,6 +166,11 @@ struct TrainOptions {
   bool progress = true;
   int max_episodes = 0;  // 0 = all
   int caption_eval_episodes = 8;
+  std::string device = "cpu";     // "cpu" | "cuda" | "cuda:N": where the trained modules run
+  double location_sigma = 0.002;  // grounding: std (m) of the location token's soft target
+  // ... starting this wide and narrowing linearly to location_sigma over the first half of the
+  // steps: a sharp 2-D target over 3621 cells gives almost no gradient at a uniform prediction.
+  double location_sigma_start = 0.02;
   int stop_after = 0;  // >0: checkpoint and stop at this step, as if interrupted (tests, jobs)  //
                        // caption stage: held-out episodes captioned for METEOR/BLEU
   // Tests/tools: use this encoder instead of loading opt.vlm / the init policy's VLM.
@@ -136,6 +185,9 @@ struct TrainReport {
   nlohmann::json extra = nlohmann::json::object();  // stage-specific (e.g. caption METEOR/BLEU)
   nlohmann::json to_json() const;
 };
+
+// "cpu", "cuda", "cuda:N" -> a torch device; throws naming the option when CUDA is missing.
+torch::Device parse_device(const std::string& text);
 
 // Runs stage 1 / 2 / caption pre-training as described by opt; writes opt.out.
 TrainReport train(const TrainOptions& opt);

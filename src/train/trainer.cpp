@@ -30,6 +30,18 @@ void set_torch_rng_state(const torch::Tensor& state) {
   gen.set_state(state);
 }
 
+torch::Device parse_device(const std::string& text) {
+  const bool cuda = text == "cuda" || text.rfind("cuda:", 0) == 0;
+  VLA_CHECK(text == "cpu" || cuda, "--device must be cpu, cuda or cuda:N, got '", text, "'");
+  if (!cuda) return torch::kCPU;
+  VLA_CHECK(torch::cuda::is_available(), "--device ", text,
+            ": this build or machine has no CUDA (torch::cuda::is_available() is false)");
+  torch::Device d(text);
+  VLA_CHECK(!d.has_index() || d.index() < static_cast<int>(torch::cuda::device_count()),
+            "--device ", text, ": only ", torch::cuda::device_count(), " CUDA device(s)");
+  return d;
+}
+
 namespace {
 
 struct Sample {
@@ -131,14 +143,17 @@ NormStats fit_stats(const Data& d, const PolicyConfig& cfg) {
 }  // namespace
 
 TrainReport train(const TrainOptions& opt) {
-  VLA_CHECK(opt.stage == "1" || opt.stage == "2" || opt.stage == "caption",
-            "train: --stage must be 1, 2 or caption, got '", opt.stage, "'");
+  VLA_CHECK(
+      opt.stage == "1" || opt.stage == "2" || opt.stage == "caption" || opt.stage == "grounding",
+      "train: --stage must be 1, 2, caption or grounding, got '", opt.stage, "'");
   VLA_CHECK(!opt.dataset.empty() && !opt.out.empty(), "train: --dataset and --out are required");
   VLA_CHECK(opt.steps > 0 && opt.batch > 0, "train: steps and batch must be > 0");
   if (opt.threads > 0) configure_torch_threads(opt.threads);
   seed_everything(opt.seed);
   std::mt19937_64 rng(opt.seed);
-  const bool caption = opt.stage == "caption";
+  // Caption and grounding pre-training both train the VLM's language-model loss only.
+  const bool grounding = opt.stage == "grounding";
+  const bool caption = opt.stage == "caption" || grounding;
   auto ds = dataset::Dataset::open(opt.dataset);
 
   // ---- model pieces
@@ -168,7 +183,14 @@ TrainReport train(const TrainOptions& opt) {
   } else if (!vlm && !opt.vlm.empty()) {
     vlm = policy::load_vlm(opt.vlm, cfg);
   }
-  if (caption) VLA_CHECK(vlm, "train --stage caption needs --vlm DIR");
+  if (caption) VLA_CHECK(vlm, "train --stage ", opt.stage, " needs --vlm DIR");
+  std::optional<LocationGrid> grid;
+  if (grounding) {
+    grid = LocationGrid::find(*vlm);
+    VLA_CHECK(grid,
+              "train --stage grounding: the VLM's tokenizer has no location tokens "
+              "(<loc_0000>...); make the folder with scripts/make_vlm_init.py");
+  }
 
   // ---- data
   Data d;
@@ -254,6 +276,12 @@ TrainReport train(const TrainOptions& opt) {
     return s;
   };
 
+  // ---- device: modules move before their parameters are collected (to() keeps the tensors)
+  const torch::Device device = parse_device(opt.device);
+  if (expert) expert->to(device);
+  if (vlm && opt.stage != "1") vlm->to(device);
+  provenance["device"] = opt.device;
+
   // ---- parameters and optimizer
   std::vector<torch::Tensor> vl_params;
   if (vlm && opt.stage != "1") {
@@ -314,25 +342,44 @@ TrainReport train(const TrainOptions& opt) {
       p.push_back(tk.proprio[s.target_tick]);
       a.push_back(tk.actions[s.target_tick]);
     }
-    return ExpertBatch{opt.stage == "1" ? torch::stack(vl) : stage2_features(b, grad),
-                       stats.force.normalize(torch::stack(f)),
-                       stats.proprio.normalize(torch::stack(p)),
-                       stats.action.normalize(torch::stack(a))};
+    // Batches are assembled and normalised on the CPU, then moved in one copy each.
+    return ExpertBatch{opt.stage == "1" ? torch::stack(vl).to(device) : stage2_features(b, grad),
+                       stats.force.normalize(torch::stack(f)).to(device),
+                       stats.proprio.normalize(torch::stack(p)).to(device),
+                       stats.action.normalize(torch::stack(a)).to(device)};
+  };
+  int64_t current_step = 0;
+  auto location_sigma = [&] {
+    const double half = std::max<int64_t>(1, opt.steps / 2);
+    const double f = std::min(1.0, static_cast<double>(current_step) / half);
+    const double start = std::max(opt.location_sigma_start, opt.location_sigma);
+    return start + (opt.location_sigma - start) * f;
   };
   auto batch_loss = [&](const std::vector<Sample>& b) -> torch::Tensor {
     if (caption) {
       std::vector<const std::vector<Image>*> v;
       std::vector<std::string> prompts, caps;
+      std::vector<torch::Tensor> soft;
       for (auto& s : b) {
+        const auto& ep = d.episodes[s.ep];
         v.push_back(&d.views[s.ep][s.target_tick]);
-        prompts.push_back(caption_prompt(s.lang));
-        caps.push_back(scene_caption(d.episodes[s.ep], s.target_tick, s.lang));
+        if (grounding) {
+          // The policy's own prompt (the instruction): its last token is the VL feature.
+          prompts.push_back(ep.instruction);
+          caps.push_back(grounding_caption(ep, s.target_tick, *grid));
+          const auto& p = ep.ports[ep.target].pos;
+          soft.push_back(grid->soft_target(p[0], p[1], vlm->vocab_size(), location_sigma()));
+        } else {
+          prompts.push_back(caption_prompt(s.lang));
+          caps.push_back(scene_caption(ep, s.target_tick, s.lang));
+        }
       }
-      return vlm->caption_loss_batch(v, prompts, caps);
+      return vlm->caption_loss_batch(v, prompts, caps,
+                                     soft.empty() ? torch::Tensor() : torch::stack(soft));
     }
     auto x = expert_batch(b, true);
     if (cfg.vl_dropout > 0 && expert->is_training()) {
-      auto keep = (torch::rand({x.vl.size(0), 1, 1}) >= cfg.vl_dropout).to(torch::kFloat32);
+      auto keep = (torch::rand({x.vl.size(0), 1, 1}) >= cfg.vl_dropout).to(device, torch::kFloat32);
       x.vl = x.vl * keep;
     }
     return expert->loss(x.vl, x.force, x.proprio, x.actions);
@@ -381,6 +428,7 @@ TrainReport train(const TrainOptions& opt) {
   int64_t samples = 0;
   double ema = -1;
   for (; step < opt.steps; ++step) {
+    current_step = step;
     set_group_lrs(optimizer, base_lr, lr_factor(step, opt.warmup, opt.steps, opt.lr_min_factor));
     std::vector<Sample> b;
     for (int i = 0; i < opt.batch; ++i) b.push_back(draw(rng, false));
@@ -417,13 +465,42 @@ TrainReport train(const TrainOptions& opt) {
   rep.holdout_loss = holdout_loss();
   write_png(opt.out + "/loss.png", plot_loss_curve(rep.loss_steps, rep.losses));
 
-  // ---- outputs
+  // ---- outputs (saved from the CPU, where inference runs)
+  if (expert) expert->to(torch::kCPU);
+  if (vlm && opt.stage != "1") vlm->to(torch::kCPU);
   if (vlm && opt.stage != "1") {
     vlm->set_training(false);
     if (opt.stage == "2" && opt.finetune == "lora") vlm->merge_lora();
     vlm->refresh_fingerprint();
   }
-  if (caption) {
+  if (grounding) {
+    // Greedy location token on held-out episodes: error of its cell centre (mm).
+    std::vector<size_t> eval_eps = ho.empty() ? tr : ho;
+    if (static_cast<int>(eval_eps.size()) > 4 * opt.caption_eval_episodes)
+      eval_eps.resize(4 * opt.caption_eval_episodes);
+    std::vector<double> errs;
+    int unparsed = 0;
+    nlohmann::json examples = nlohmann::json::array();
+    for (size_t e : eval_eps) {
+      const auto& ep = d.episodes[e];
+      auto h = vlm->caption(d.views[e][0], ep.instruction, 1);
+      auto at = LocationGrid::parse(h);
+      if (!at) {
+        ++unparsed;
+        continue;
+      }
+      const auto& p = ep.ports[ep.target].pos;
+      errs.push_back(1000.0 * std::hypot((*at)[0] - p[0], (*at)[1] - p[1]));
+      if (examples.size() < 3)
+        examples.push_back(
+            {{"instruction", ep.instruction}, {"answer", h}, {"truth", grid->token(p[0], p[1])}});
+    }
+    rep.extra["grounding"] = {{"episodes", eval_eps.size()},
+                              {"location_error_mm", errs.empty() ? -1.0 : mean(errs)},
+                              {"no_location_token", unparsed},
+                              {"examples", examples}};
+    vlm->save(opt.out);
+  } else if (caption) {
     // Caption metrics on held-out episodes (greedy), English and Korean.
     nlohmann::json m;
     std::vector<size_t> eval_eps = ho.empty() ? tr : ho;

@@ -383,7 +383,7 @@ std::string build_blob(const std::map<std::string, torch::Tensor>& tensors,
     header[p.name] = e;
     off += n;
   }
-  std::string h = header.dump();
+  std::string h = dump_json(header);
   while (h.size() % 8 != 0) h.push_back(' ');
   std::string blob;
   blob.resize(8 + h.size() + off);

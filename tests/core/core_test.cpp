@@ -35,6 +35,23 @@ TEST(Files, AtomicWriteReplacesWholeFileAndLeavesNoTemp) {
   EXPECT_FALSE(file_exists(path + ".tmp." + std::to_string(getpid())));
 }
 
+// User bytes (prompts, file names, captions) reach JSON writers: invalid UTF-8 is replaced by
+// U+FFFD, consistently, instead of nlohmann's type_error.316 after the work is done.
+TEST(Files, JsonWritersReplaceInvalidUtf8) {
+  const std::string bad = std::string("ab\xff\xfe") + "cd \xc3\x28 ok";
+  nlohmann::json j = {{"prompt", bad}, {"n", 1}};
+  EXPECT_THROW((void)j.dump(), nlohmann::json::type_error);  // what the writers used to do
+  const std::string text = dump_json(j);
+  EXPECT_NE(text.find("ab\xef\xbf\xbd\xef\xbf\xbd"
+                      "cd"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(nlohmann::json::parse(text)["n"], 1);
+  const std::string path = temp_dir() + "/bad.json";
+  write_json_atomic(path, j);
+  EXPECT_EQ(read_json(path)["prompt"].get<std::string>().substr(0, 2), "ab");
+}
+
 TEST(Files, AtomicWriteIntoMissingDirectoryFailsClearly) {
   EXPECT_THROW(write_file_atomic("/nonexistent_dir_vla/x.bin", std::string("abc")), Error);
 }

@@ -216,5 +216,58 @@ TEST(Dataset, ForceWindowCutsByTime) {
   EXPECT_THROW(force_window(force.slice(1, 0, 6), 0.1), Error);
 }
 
+// DAgger aggregation appends rounds to one folder: a second writer keeps every earlier episode
+// byte for byte and continues the numbering.
+TEST(Dataset, AppendingKeepsEarlierEpisodes) {
+  const std::string dir = temp_dir();
+  {
+    DatasetWriter w(dir);
+    w.write(synthetic(2));
+    w.write(synthetic(4));
+  }
+  const std::string before = read_file(dir + "/episode_000001/actions.bin");
+  {
+    DatasetWriter w(dir);
+    EXPECT_EQ(w.size(), 2u);
+    EXPECT_EQ(w.write(synthetic(6)), 2u);
+  }
+  Dataset ds = Dataset::open(dir);
+  ASSERT_EQ(ds.size(), 3u);
+  EXPECT_EQ(ds.load(0, false).seed, 2u);
+  EXPECT_EQ(ds.load(1, false).seed, 4u);
+  EXPECT_EQ(ds.load(2, false).seed, 6u);
+  EXPECT_EQ(read_file(dir + "/episode_000001/actions.bin"), before);
+  fs::remove_all(dir);
+}
+
+// With a sparse index (bulk generation), episodes renamed into place after the last index write
+// are complete; a writer opening the folder after a crash lists them again.
+TEST(Dataset, EpisodesMissedByASparseIndexAreRecovered) {
+  const std::string dir = temp_dir();
+  std::string index_after_two;
+  {
+    DatasetWriter w(dir);
+    w.set_index_every(2);
+    w.write(synthetic(2));
+    w.write(synthetic(4));  // index written here
+    index_after_two = read_file(dir + "/index.json");
+    w.write(synthetic(6));
+    w.write(synthetic(8));
+    w.write(synthetic(10));
+  }
+  // Simulate a crash before the last index writes.
+  write_file_atomic(dir + "/index.json", index_after_two);
+  EXPECT_EQ(Dataset::open(dir).size(), 2u);
+  {
+    DatasetWriter w(dir);
+    EXPECT_EQ(w.size(), 5u);
+  }
+  Dataset ds = Dataset::open(dir);
+  ASSERT_EQ(ds.size(), 5u);
+  EXPECT_EQ(ds.load(4, false).seed, 10u);
+  EXPECT_THROW(DatasetWriter(dir).set_index_every(0), Error);
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace vla::dataset

@@ -107,6 +107,22 @@ TEST(QwenVlm, BatchedTrainingEncodeMatchesPerSample) {
       for (int i = 0; i < 3; ++i)
         mean += vlm->caption_loss(*vs[i], prompts[i], caps[i]).item<double>();
       EXPECT_NEAR(lb.item<double>(), mean / 3, 1e-4);
+      // A one-hot soft target for the first caption token is the hard label: same loss.
+      auto first = torch::zeros({3, vlm->vocab_size()});
+      for (int i = 0; i < 3; ++i) first[i][vlm->token_ids(caps[i]).at(0)] = 1.0f;
+      auto ls = vlm->caption_loss_batch({&a, &b, &e}, prompts, caps, first);
+      EXPECT_NEAR(ls.item<double>(), lb.item<double>(), 1e-4);
+      EXPECT_THROW(vlm->caption_loss_batch({&a, &b, &e}, prompts, caps, first.narrow(1, 0, 5)),
+                   Error);
+      // The location tokens of vlm_init_grounded are single added tokens with consecutive ids.
+      PolicyConfig gc;
+      gc.use_views = {0};
+      auto g = load_vlm(std::string(VLA_SOURCE_DIR) + "/assets/policy/vlm_init_grounded", gc);
+      auto l0 = g->token_ids("<loc_0000>"), l1 = g->token_ids("<loc_0001> the");
+      ASSERT_EQ(l0.size(), 1u);
+      EXPECT_EQ(l1.at(0), l0[0] + 1);
+      EXPECT_LT(l0[0] + 71 * 51 - 1, g->vocab_size());
+      EXPECT_GT(vlm->token_ids("<loc_0000>").size(), 1u) << "plain vlm_init has no such token";
     }
     // Gradients flow to the VLM through the batched path.
     batch.sum().backward();

@@ -259,6 +259,93 @@ TEST(ScriptedExpert, SucceedsOnSeveralSeeds) {
   }
 }
 
+// DART: the executed actions carry noise, the recorded labels are exactly the clean chunks the
+// expert produced at each tick's state.
+TEST(Recorder, DartLabelsAreTheCleanExpertActions) {
+  auto expert = std::make_shared<ScriptedExpert>();
+  Policy base = expert_policy(expert);
+  auto seen = std::make_shared<std::vector<Chunk>>();
+  RolloutOptions ro;
+  ro.labeler = [base, seen](const NeedleEnv& e) {
+    Chunk c = base(e);
+    seen->push_back(c);
+    return c;
+  };
+  ro.action_noise_std = 0.0003;
+  ro.noise_seed = 9;
+  ro.max_ticks = 12;
+  dataset::EpisodeData ep;
+  EnvConfig cfg = headless();
+  cfg.render = true;
+  cfg.num_views = 1;
+  cfg.width = cfg.height = 32;
+  NeedleEnv renv(cfg);
+  run_episode(renv, Policy(), 42, -1, &ep, ro);
+  ASSERT_EQ(seen->size(), 12u);
+  ASSERT_EQ(ep.actions.size(), renv.action_log().size());
+  ASSERT_EQ(ep.frames.size(), 12u);
+  EXPECT_EQ(ep.reason, "truncated");
+  double max_noise = 0;
+  for (size_t i = 0; i < ep.actions.size(); ++i) {
+    const Action& label = (*seen)[i / kChunkSize][i % kChunkSize];
+    for (int k = 0; k < kActionDim; ++k) {
+      EXPECT_EQ(ep.actions[i][k], label[k]) << "action " << i;
+      max_noise = std::max(max_noise, std::fabs(double(renv.action_log()[i].action[k]) - label[k]));
+    }
+  }
+  EXPECT_GT(max_noise, 1e-4);  // the executed actions really were perturbed
+  EXPECT_EQ(ep.extra["policy"], "dart");
+}
+
+// DAgger-style rollout: another policy drives (here: hold still), the expert labels; the labels
+// are what the expert commands from the visited states (moving towards the port), not holds.
+TEST(Recorder, LabelerActionsAreRecordedWhileAnotherPolicyDrives) {
+  EnvConfig cfg = headless();
+  cfg.render = true;
+  cfg.num_views = 1;
+  cfg.width = cfg.height = 32;
+  NeedleEnv env(cfg);
+  Policy hold = [](const NeedleEnv&) { return Chunk(kChunkSize, Action{0, 0, 0}); };
+  RolloutOptions ro;
+  ro.labeler = expert_policy(std::make_shared<ScriptedExpert>());
+  ro.max_ticks = 5;
+  dataset::EpisodeData ep;
+  run_episode(env, hold, 7, -1, &ep, ro);
+  ASSERT_EQ(ep.actions.size(), 40u);
+  double label_norm = 0, executed_norm = 0;
+  for (size_t i = 0; i < ep.actions.size(); ++i)
+    for (int k = 0; k < kActionDim; ++k) {
+      label_norm += std::fabs(ep.actions[i][k]);
+      executed_norm += std::fabs(env.action_log()[i].action[k]);
+    }
+  EXPECT_GT(label_norm, 1e-3);
+  EXPECT_EQ(executed_norm, 0.0);
+  EXPECT_EQ(ep.extra["policy"], "dagger");
+}
+
+// Off the port axis (as after a noisy or learned approach), the expert backs up and re-centres
+// before going deeper, and still inserts.
+TEST(ScriptedExpert, RealignsWhenPushedOffTheAxis) {
+  NeedleEnv env(headless());
+  auto expert = std::make_shared<ScriptedExpert>();
+  Policy p = expert_policy(expert);
+  int ticks = 0;
+  bool pushed = false;
+  Policy disturbed = [&](const NeedleEnv& e) {
+    Chunk c = p(e);
+    // Once the expert is searching, shove the target 5 mm sideways for one tick.
+    if (!pushed && expert->phase() == "search") {
+      pushed = true;
+      for (auto& a : c) a[0] += 0.005f / kChunkSize;
+    }
+    ++ticks;
+    return c;
+  };
+  EpisodeResult r = run_episode(env, disturbed, 103);
+  EXPECT_TRUE(pushed);
+  EXPECT_TRUE(r.outcome.success) << r.outcome.reason;
+}
+
 // The expert finds the surface by force: insertion depth is controlled relative to the sensed
 // contact although the tissue height varies by 10 mm between episodes.
 TEST(ScriptedExpert, DepthFollowsSensedContact) {

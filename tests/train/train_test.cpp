@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <cmath>
 #include <filesystem>
+#include <map>
+#include <random>
 #include <set>
 
 using namespace vla;
@@ -297,3 +301,134 @@ TEST(Plot, LossCurveHasAxesAndLine) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------- grounding
+TEST(Grounding, LocationCellsRoundTripAndParse) {
+  // Cell centres map back to their own cell; positions snap to the nearest 2 mm centre.
+  for (int c : {0, 1, 70, 71, 1800, LocationGrid::kCells - 1}) {
+    auto xy = LocationGrid::centre(c);
+    EXPECT_EQ(LocationGrid::cell(xy[0], xy[1]), c);
+    auto parsed = LocationGrid::parse("x " + LocationGrid::cell_token(c) + " the red port");
+    ASSERT_TRUE(parsed.has_value());
+    EXPECT_DOUBLE_EQ((*parsed)[0], xy[0]);
+    EXPECT_DOUBLE_EQ((*parsed)[1], xy[1]);
+  }
+  auto near = LocationGrid::centre(LocationGrid::cell(0.0231, -0.0119));
+  EXPECT_NEAR(near[0], 0.024, 1e-12);
+  EXPECT_NEAR(near[1], -0.012, 1e-12);
+  EXPECT_EQ(LocationGrid::cell(1.0, 1.0), LocationGrid::kCells - 1);  // clamped
+  EXPECT_FALSE(LocationGrid::parse("no token").has_value());
+  EXPECT_FALSE(LocationGrid::parse("<loc_99999>").has_value());
+  EXPECT_FALSE(LocationGrid::parse("<loc_12a4>").has_value());
+  EXPECT_THROW(LocationGrid::centre(-1), Error);
+}
+
+TEST(Grounding, SoftTargetIsANormalisedBumpAtThePort) {
+  LocationGrid g;
+  g.first_id = 10;
+  const int64_t vocab = 10 + LocationGrid::kCells + 3;
+  auto t = g.soft_target(0.011, -0.02, vocab, 0.002);
+  ASSERT_EQ(t.size(0), vocab);
+  EXPECT_NEAR(t.sum().item<double>(), 1.0, 1e-5);
+  EXPECT_EQ(t.narrow(0, 0, 10).abs().sum().item<double>(), 0.0);  // no mass outside the grid
+  const int64_t best = t.argmax().item<int64_t>() - g.first_id;
+  auto xy = LocationGrid::centre(static_cast<int>(best));
+  EXPECT_LE(std::abs(xy[0] - 0.011), 0.001 + 1e-9);
+  EXPECT_NEAR(xy[1], -0.02, 1e-9);
+  EXPECT_THROW(g.soft_target(0, 0, 100, 0.002), Error);  // vocabulary too small
+}
+
+TEST(Grounding, CaptionStartsWithTheInstructedPortsToken) {
+  const std::string dir = tmp_dir("grounding_caption");
+  make_dataset(dir, 3);
+  auto ds = dataset::Dataset::open(dir);
+  LocationGrid g;
+  for (size_t i = 0; i < ds.size(); ++i) {
+    auto ep = ds.load(i, false);
+    auto cap = grounding_caption(ep, 0, g);
+    const auto& p = ep.ports[ep.target].pos;
+    EXPECT_EQ(cap.rfind(g.token(p[0], p[1]) + " ", 0), 0u) << cap;
+    EXPECT_NE(cap.find(" port is at the "), std::string::npos) << cap;  // English instruction
+  }
+  EXPECT_TRUE(is_korean("빨간색 포트에 바늘을 삽입하세요"));
+  EXPECT_FALSE(is_korean("insert the needle into the red port"));
+  std::filesystem::remove_all(dir);
+}
+
+// 16 one-tick layouts whose frame's first pixel is the episode index; ports at seeded places.
+void make_layouts(const std::string& dir, int n) {
+  dataset::DatasetWriter w(dir, "png");
+  std::mt19937_64 g(5);
+  std::uniform_real_distribution<double> ux(-0.06, 0.06), uy(-0.04, 0.04);
+  for (int e = 0; e < n; ++e) {
+    dataset::EpisodeData ep;
+    ep.instruction = "insert the needle into the red port";
+    ep.seed = static_cast<uint64_t>(e);
+    ep.reason = "truncated";
+    ep.target = e % 3;
+    for (int k = 0; k < 3; ++k) {
+      dataset::PortMeta p;
+      p.color = k == 0 ? "red" : k == 1 ? "green" : "blue";
+      p.color_ko = k == 0 ? "빨간색" : k == 1 ? "초록색" : "파란색";
+      p.pos = {ux(g), uy(g), 0.04};
+      p.radius = 0.006;
+      ep.ports.push_back(p);
+    }
+    ep.view_names = {"top"};
+    ep.width = ep.height = 8;
+    Image im = make_image(8, 8, 3, 0);
+    im.pixels[0] = static_cast<uint8_t>(e);
+    ep.frames.push_back({im});
+    for (int i = 0; i < 65; ++i) ep.force.push_back({(i + 1) / 650.0f, 0, 0, 0, 0, 0, 0});
+    for (int i = 0; i < 8; ++i) {
+      ep.actions.push_back({0, 0, 0});
+      ep.proprio.push_back({0, 0, 0.1f});
+    }
+    w.write(ep);
+  }
+}
+
+// Encoder whose feature is the instructed port's position (plus a noise channel), or pure
+// noise: the probe must read the first to well under a millimetre and fail on the second.
+class PortVlm : public policy::VlmEncoder {
+ public:
+  PortVlm(const dataset::Dataset& ds, bool informative) : informative_(informative) {
+    for (size_t i = 0; i < ds.size(); ++i) {
+      auto ep = ds.load(i, false);
+      pos_.push_back(ep.ports[ep.target].pos);
+    }
+  }
+  torch::Tensor encode(const std::vector<Image>& views, const std::string&) const override {
+    const size_t e = views.at(0).pixels.at(0);
+    auto f = torch::randn({1, 3}, torch::kFloat64);
+    if (informative_) {
+      f[0][0] = pos_.at(e)[0] * 50 + 3;
+      f[0][1] = pos_.at(e)[1] * 50 - 1;
+    }
+    return f.to(torch::kFloat32);
+  }
+  int feature_dim() const override { return 3; }
+  std::string fingerprint() const override { return "port-vlm"; }
+  void save(const std::string&) const override {}
+
+ private:
+  bool informative_;
+  std::vector<std::array<double, 3>> pos_;
+};
+
+TEST(Grounding, LinearProbeReadsPositionsAndFailsOnNoise) {
+  const std::string dir = tmp_dir("probe");
+  make_layouts(dir, 16);
+  auto ds = dataset::Dataset::open(dir);
+  torch::manual_seed(3);
+  PortVlm good(ds, true), bad(ds, false);
+  auto r = localisation_probe(good, ds, 0, 0.25, 1e-6, false);
+  EXPECT_EQ(r.train_layouts, 12);
+  EXPECT_EQ(r.heldout_layouts, 4);
+  EXPECT_LT(r.heldout_error_mm, 0.5);
+  auto n = localisation_probe(bad, ds, 0, 0.25, 1e-6, false);
+  EXPECT_GT(n.heldout_error_mm, 5.0);
+  EXPECT_GT(n.baseline_mm, 5.0);
+  EXPECT_THROW(localisation_probe(good, ds, 4, 0.25, 1e-6, false), Error);  // too few layouts
+  std::filesystem::remove_all(dir);
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The grounded recipe (docs/training.md): layouts -> grounding pre-training (location tokens) ->
+# localisation probe -> DART demonstrations -> cache -> stage 1 with feature reuse -> closed loop ->
+# DAgger rounds -> no_reuse -> language / staleness evaluation, with the project's own commands.
+# It has not yet produced a policy that inserts (the grounding does not localise; see
+# docs/training.md); the shipped policies come from bench/policy_train_default.sh.
+# Usage: bench/policy_train_grounded.sh [WORK_DIR]  (default /tmp/vla_grounded). Needs a built `vla` (VLA=path; scripts/build.sh or scripts/gpu_build.sh).
+# DEVICE=cuda trains on a GPU (the recipe of the shipped policies, see docs/training.md);
+# JOBS = simulator worker threads. Sizes: LAYOUTS, G_STEPS, G_BATCH, DEMOS, S1_STEPS,
+# DAGGER_ROUNDS, DAGGER_EPISODES, EVAL_EPISODES, PROBE_LAYOUTS; STOP_AFTER=4 stops after the
+# first closed-loop evaluation.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VLA=${VLA:-./build/vla}
+W=${1:-/tmp/vla_grounded}
+DEVICE=${DEVICE:-cpu}
+JOBS=${JOBS:-$(nproc)}
+RES=168x168
+VIEWS=0  # the top camera (fixed): port positions read from it stay valid however stale
+mkdir -p "$W"
+step() { echo "== $(date -u +%H:%M:%S) $*"; }
+
+step "1. grounding layouts: one top view per randomised scene (no rollout)"
+[ -f "$W/layouts/index.json" ] ||
+  $VLA datagen --episodes "${LAYOUTS:-40000}" --seed 100000 --views 1 --res $RES --layout-ticks 1 \
+    --jobs "$JOBS" --out "$W/layouts"
+
+step "2. grounding pre-training of the small Qwen2.5-VL: answer = location token of the named port"
+$VLA eval probe --dataset "$W/layouts" --vlm assets/policy/vlm_init_grounded --use-views $VIEWS \
+  --max-episodes "${PROBE_LAYOUTS:-4000}" --device "$DEVICE" --json "$W/probe_before.json"
+$VLA train --stage grounding --dataset "$W/layouts" --vlm assets/policy/vlm_init_grounded --use-views $VIEWS \
+  --steps "${G_STEPS:-800}" --batch "${G_BATCH:-256}" --warmup 50 --lr-vl 2e-3 --holdout 0.05 \
+  --device "$DEVICE" --checkpoint-every 200 --out "$W/vlm" --json "$W/grounding.json"
+$VLA eval probe --dataset "$W/layouts" --vlm "$W/vlm" --use-views $VIEWS --max-episodes "${PROBE_LAYOUTS:-4000}" \
+  --device "$DEVICE" --json "$W/probe_after.json"
+
+step "3. demonstrations: scripted expert with DART noise on the executed actions (labels clean)"
+[ -f "$W/demos/index.json" ] ||
+  $VLA datagen --episodes "${DEMOS:-2000}" --seed 0 --views 1 --res $RES --dart-noise 0.0003 \
+    --jobs "$JOBS" --out "$W/demos"
+
+train_expert() {  # $1 = reuse count, $2 = out
+  $VLA cache --dataset "$W/demos" --vlm "$W/vlm" --use-views $VIEWS --pooling last \
+    --device "$DEVICE" --out "$W/cache"
+  $VLA train --stage 1 --dataset "$W/demos" --cache "$W/cache" --vlm "$W/vlm" --use-views $VIEWS \
+    --pooling last --head mlp --vlm-reuse-count "$1" --random-staleness --all-episodes \
+    --steps "${S1_STEPS:-4000}" --batch 256 --warmup 100 --lr-sensor 1e-3 --lr-action 1e-3 \
+    --device "$DEVICE" --out "$2" --json "$2.json"
+}
+step "4. stage 1 (VLM frozen): expert on cached features, feature reuse 15 with random staleness"
+train_expert 15 "$W/default"
+$VLA eval closed-loop --policy "$W/default" --mode sync --episodes "${EVAL_EPISODES:-50}" --seed 1000 \
+  --json "$W/closed_loop_round0.json"
+
+[ "${STOP_AFTER:-}" = 4 ] && exit 0
+for round in $(seq 1 "${DAGGER_ROUNDS:-1}"); do
+  step "5. DAgger round $round: roll out the policy, the scripted expert labels, aggregate, retrain"
+  $VLA datagen --policy "$W/default" --episodes "${DAGGER_EPISODES:-600}" \
+    --seed $((300000 + 10000 * round)) --views 1 --res $RES --jobs "$JOBS" --out "$W/demos"
+  train_expert 15 "$W/default"
+  $VLA eval closed-loop --policy "$W/default" --mode sync --episodes "${EVAL_EPISODES:-50}" --seed 1000 \
+    --json "$W/closed_loop_round$round.json"
+done
+
+step "6. no_reuse: the same VLM, expert trained on fresh features only"
+train_expert 1 "$W/no_reuse"
+
+step "7. closed loop, language, staleness"
+$VLA eval language --policy "$W/default" --episodes "${EVAL_EPISODES:-50}" --seed 2000 --json "$W/language.json"
+$VLA eval staleness --policies "$W/default,$W/no_reuse" --episodes "${EVAL_EPISODES:-50}" --seed 1000 \
+  --json "$W/staleness.json" --png "$W/staleness.png"
+step "done: policies in $W/default and $W/no_reuse"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Downloads (on Debian 12) the Debian packages scripts/gpu_build.sh unpacks on a GPU machine that
+# has no package registry: header-only deps, GoogleTest / Benchmark, MuJoCo and OSMesa (llvmpipe)
+# with their libraries. About 48 MB. Usage: scripts/fetch_gpu_debs.sh  (writes .deps/debs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .deps/debs
+cd .deps/debs
+apt-get download nlohmann-json3-dev libcli11-dev libstb-dev libstb0 libgtest-dev libgmock-dev \
+  libbenchmark-dev libbenchmark1debian libmujoco-dev libmujoco2.2.2 libccd2 liblodepng0 \
+  libqhull-r8.0 libqhull-dev libqhull8.0 libqhullcpp8.0 libtinyxml2-9 libosmesa6 libosmesa6-dev \
+  libglapi-mesa libllvm15 libz3-4 libedit2 libgl-dev mesa-common-dev libxml2 libicu72 libbsd0 libmd0
+ls -s --block-size=K | tail -n +1

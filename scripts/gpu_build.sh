@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds the WHOLE tree (simulator included) on a GPU machine without Debian packages installed:
+# against the machine's PyTorch libtorch (CUDA), with the Debian packages the build needs carried
+# as .debs in .deps/debs (fetch them on Debian 12 with scripts/fetch_gpu_debs.sh) and unpacked
+# into .deps/root (never into /). Prints the environment line to source for running ./build-gpu/vla.
+#
+# Usage (repo root, on the GPU machine): scripts/gpu_build.sh [--test]
+#   --test   also run the whole ctest suite (GPU tests included)
+#   Env: BUILD (default build-gpu), JOBS (default nproc)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build-gpu}
+JOBS=${JOBS:-$(nproc)}
+DEPS=$PWD/.deps/root
+[ -d .deps/debs ] || { echo "no .deps/debs: run scripts/fetch_gpu_debs.sh on a Debian 12 machine"; exit 2; }
+if [ ! -f "$DEPS/.done" ]; then
+  mkdir -p "$DEPS"
+  for f in .deps/debs/*.deb; do dpkg -x "$f" "$DEPS"; done
+  # MuJoCo's CMake config names the system qhull include folder; point it into the tree.
+  sed -i "s#/usr/include/libqhull_r/#$DEPS/usr/include/libqhull_r/#" \
+    "$DEPS/usr/lib/x86_64-linux-gnu/cmake/mujoco/mujocoTargets.cmake"
+  touch "$DEPS/.done"
+fi
+LIBS=$DEPS/usr/lib/x86_64-linux-gnu
+export LD_LIBRARY_PATH=$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
+cmake -S . -B "$BUILD" $GEN -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$DEPS/usr;$LIBS/cmake" \
+  -DVLA_DEPS_ROOT="$DEPS" -Dnlohmann_json_DIR="$DEPS/usr/share/cmake/nlohmann_json" \
+  -DGTest_DIR="$LIBS/cmake/GTest" -Dbenchmark_DIR="$LIBS/cmake/benchmark" -Dmujoco_DIR="$LIBS/cmake/mujoco" \
+  -DCMAKE_CXX_FLAGS="-isystem $DEPS/usr/include" -DOPENGL_INCLUDE_DIR="$DEPS/usr/include" \
+  -DOPENGL_gl_LIBRARY="$LIBS/libOSMesa.so" -DOPENGL_opengl_LIBRARY="$LIBS/libOSMesa.so" \
+  -DOPENGL_glx_LIBRARY="$LIBS/libOSMesa.so" \
+  -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" \
+  -DCMAKE_CUDA_ARCHITECTURES=90 > "$BUILD.configure.log" 2>&1 ||
+  { tail -40 "$BUILD.configure.log"; exit 1; }
+grep -E -A2 "vla: |simulator disabled|OpenGL|mujoco" "$BUILD.configure.log" || true
+cmake --build "$BUILD" -j"$JOBS" > "$BUILD.build.log" 2>&1 ||
+  { grep -E "error|Error" -A4 "$BUILD.build.log" | head -80; exit 1; }
+echo "built $BUILD; run with: export LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+if [ "${1:-}" = "--test" ]; then
+  ctest --test-dir "$BUILD" --output-on-failure -j"$JOBS" --timeout 900
+fi
