@@ -249,7 +249,9 @@ torch::Tensor Qwen25VLImpl::embed(const torch::Tensor& input_ids, const torch::T
     auto mask = (ids == cfg_.image_token_id);
     const int64_t n = mask.sum().item<int64_t>();
     VLA_CHECK(n == img.size(0), "the prompt has ", n, " <|image_pad|> tokens but the images give ",
-              img.size(0), " features");
+              img.size(0),
+              " features (an <|image_pad|> typed into the prompt text needs an image "
+              "of its own)");
     emb = emb.masked_scatter(mask.unsqueeze(-1).expand_as(emb), img);
   }
   return emb;
@@ -267,9 +269,25 @@ ForwardOutput Qwen25VLImpl::forward(const torch::Tensor& input_ids,
   VLA_CHECK(input_ids.dim() == 2, "input_ids must be (B, L), got ", input_ids.sizes());
   ForwardOutput out;
   const bool has_images = pixel_values.defined() && pixel_values.numel() > 0;
+  const int64_t past = o.cache ? o.cache->length() : 0;
+  if (past == 0) {
+    // One rule for media placeholders in a prompt: each needs its media. Typed into the text
+    // without it they would be embedded as ordinary tokens (silently wrong features; transformers
+    // dies inside its rope index). A typed <|image_pad|> next to real images is caught by the
+    // count check in embed().
+    auto ids = input_ids.to(torch::kCPU);
+    const int64_t nvid =
+        cfg_.video_token_id >= 0 ? ids.eq(cfg_.video_token_id).sum().item<int64_t>() : 0;
+    VLA_CHECK(nvid == 0, "the prompt has ", nvid,
+              " <|video_pad|> placeholder token(s) but no video was given (this engine takes "
+              "images); remove the placeholder from the prompt text");
+    const int64_t nimg = ids.eq(cfg_.image_token_id).sum().item<int64_t>();
+    VLA_CHECK(has_images || nimg == 0, "the prompt has ", nimg,
+              " <|image_pad|> placeholder token(s) but no image was given; remove the placeholder "
+              "from the prompt text or pass the image");
+  }
   auto emb = embed(input_ids, pixel_values, grid_thw, has_images ? &out.image_embeds : nullptr);
   const int64_t B = input_ids.size(0), L = input_ids.size(1);
-  const int64_t past = o.cache ? o.cache->length() : 0;
   torch::Tensor pos;
   if (o.position_ids.defined()) {
     pos = o.position_ids;

@@ -184,6 +184,26 @@ TEST(Forward, MismatchedImageTokensAreAnError) {
   EXPECT_THROW(f.model->forward(ids, {}, pv, grid), vla::Error);
 }
 
+// One rule for every media placeholder typed into a prompt: it needs its media, else a clear
+// error naming the placeholder (not an ordinary-token embedding).
+TEST(Forward, PlaceholdersWithoutTheirMediaAreAnError) {
+  auto& f = fixture("a");
+  const auto& c = f.model->config();
+  auto expect_error = [&](const torch::Tensor& ids, const std::string& what) {
+    try {
+      f.model->forward(ids, {}, {}, {});
+      FAIL() << "no error for " << what;
+    } catch (const vla::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect_error(torch::tensor({{int64_t{5}, c.video_token_id, int64_t{6}}}), "<|video_pad|>");
+  expect_error(torch::tensor({{int64_t{5}, c.image_token_id}}), "<|image_pad|>");
+  // vision_start typed as text is an ordinary token, as in transformers.
+  EXPECT_NO_THROW(
+      f.model->forward(torch::tensor({{c.vision_start_token_id, int64_t{7}}}), {}, {}, {}));
+}
+
 TEST(Lora, MergedEqualsUnmergedAndStartsAtBase) {
   vla::seed_everything(3);
   auto m = vla::Qwen25VLImpl::from_pretrained(kFix + "/tiny_b");
