@@ -194,6 +194,92 @@ std::vector<uint8_t> encode_jpeg(const Image& im, int quality) {
   return out;
 }
 
+// EXIF Orientation (tag 0x0112 in IFD0 of the APP1 "Exif" segment) of a JPEG; 1 when absent or
+// unreadable. Written here (a few dozen lines of a well-specified format) rather than adding
+// libexif for one tag. Every read is bounds-checked; a malformed segment means "no orientation".
+int jpeg_exif_orientation(const uint8_t* d, size_t n) {
+  if (n < 4 || d[0] != 0xFF || d[1] != 0xD8) return 1;
+  size_t p = 2;
+  while (p + 4 <= n && d[p] == 0xFF) {
+    const uint8_t marker = d[p + 1];
+    if (marker == 0xDA || marker == 0xD9) break;  // start of scan / end of image
+    const size_t len = (static_cast<size_t>(d[p + 2]) << 8) | d[p + 3];
+    if (len < 2 || p + 2 + len > n) break;
+    const uint8_t* seg = d + p + 4;
+    const size_t sl = len - 2;
+    if (marker == 0xE1 && sl >= 14 && std::memcmp(seg, "Exif\0\0", 6) == 0) {
+      const uint8_t* t = seg + 6;
+      const size_t tl = sl - 6;
+      const bool le = t[0] == 'I' && t[1] == 'I';
+      if (!le && !(t[0] == 'M' && t[1] == 'M')) return 1;
+      auto u16 = [&](size_t o) -> uint32_t {
+        return le ? t[o] | (t[o + 1] << 8) : (t[o] << 8) | t[o + 1];
+      };
+      auto u32 = [&](size_t o) -> uint32_t {
+        return le ? u16(o) | (u16(o + 2) << 16) : (u16(o) << 16) | u16(o + 2);
+      };
+      if (u16(2) != 42) return 1;
+      const size_t ifd = u32(4);
+      if (ifd + 2 > tl) return 1;
+      const size_t count = u16(ifd);
+      for (size_t i = 0; i < count; ++i) {
+        const size_t e = ifd + 2 + 12 * i;
+        if (e + 12 > tl) return 1;
+        if (u16(e) == 0x0112 && u16(e + 2) == 3) {  // SHORT
+          const uint32_t o = u16(e + 8);
+          return o >= 1 && o <= 8 ? static_cast<int>(o) : 1;
+        }
+      }
+      return 1;
+    }
+    p += 2 + len;
+  }
+  return 1;
+}
+
+Image apply_exif_orientation(const Image& in, int orientation) {
+  if (orientation <= 1 || orientation > 8) return in;
+  const int W = in.width, H = in.height, C = in.channels;
+  const bool swap = orientation >= 5;
+  Image out = make_image(swap ? H : W, swap ? W : H, C);
+  for (int y = 0; y < out.height; ++y) {
+    for (int x = 0; x < out.width; ++x) {
+      int sx = x, sy = y;  // PIL.ImageOps.exif_transpose semantics
+      switch (orientation) {
+        case 2:
+          sx = W - 1 - x;
+          break;  // mirror
+        case 3:
+          sx = W - 1 - x;
+          sy = H - 1 - y;
+          break;  // rotate 180
+        case 4:
+          sy = H - 1 - y;
+          break;  // flip
+        case 5:
+          sx = y;
+          sy = x;
+          break;  // transpose
+        case 6:
+          sx = y;
+          sy = H - 1 - x;
+          break;  // rotate 90 clockwise
+        case 7:
+          sx = W - 1 - y;
+          sy = H - 1 - x;
+          break;  // transverse
+        case 8:
+          sx = W - 1 - y;
+          sy = x;
+          break;  // rotate 90 counter-clockwise
+      }
+      std::memcpy(out.row(y) + static_cast<size_t>(x) * C, in.row(sy) + static_cast<size_t>(sx) * C,
+                  static_cast<size_t>(C));
+    }
+  }
+  return out;
+}
+
 Image decode_image(const uint8_t* data, size_t size, int want_channels) {
   VLA_CHECK(size > 0 && size < (1ull << 31), "image data of ", size, " bytes");
   int w = 0, h = 0, c = 0;
@@ -205,7 +291,9 @@ Image decode_image(const uint8_t* data, size_t size, int want_channels) {
   im.channels = want_channels;
   im.pixels.assign(px, px + static_cast<size_t>(w) * h * want_channels);
   stbi_image_free(px);
-  return im;
+  // What a user's photo means: the EXIF orientation is applied, as transformers' load_image does
+  // (PIL.ImageOps.exif_transpose). PNG and other formats carry no EXIF here.
+  return apply_exif_orientation(im, jpeg_exif_orientation(data, size));
 }
 
 Image read_image(const std::string& path, int want_channels) {

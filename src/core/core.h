@@ -123,7 +123,14 @@ Image make_image(int width, int height, int channels = 3, uint8_t fill = 0);
 // PNG/JPEG encode/decode through stb. Decoding reports the file and the reason on failure.
 std::vector<uint8_t> encode_png(const Image& image);
 std::vector<uint8_t> encode_jpeg(const Image& image, int quality = 90);
+// Decodes PNG / JPEG / BMP ... (stb_image) to want_channels (alpha dropped, palette expanded,
+// 16-bit reduced to 8); a JPEG's EXIF orientation is applied. Throws vla::Error on bad data.
 Image decode_image(const uint8_t* data, size_t size, int want_channels = 3);
+// EXIF Orientation 1..8 of JPEG bytes (1 when absent or malformed) and its transform
+// (PIL.ImageOps.exif_transpose: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 CW,
+// 7 transverse, 8 rotate 90 CCW; 5-8 swap width and height).
+int jpeg_exif_orientation(const uint8_t* data, size_t size);
+Image apply_exif_orientation(const Image& image, int orientation);
 Image read_image(const std::string& path, int want_channels = 3);
 void write_png(const std::string& path, const Image& image);
 // Tiles images (same size) into a grid with `columns` columns; a contact sheet.

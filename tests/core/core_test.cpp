@@ -96,6 +96,96 @@ TEST(Images, DecodeGarbageThrows) {
   EXPECT_THROW(decode_image(junk.data(), junk.size()), Error);
 }
 
+// A JPEG whose APP1 segment says EXIF orientation `o` (IFD0 with one SHORT entry), in the byte
+// order given: what phones write.
+std::vector<uint8_t> jpeg_with_orientation(const Image& im, int o, bool little_endian) {
+  auto jpg = encode_jpeg(im, 100);
+  std::vector<uint8_t> tiff =
+      little_endian
+          ? std::vector<uint8_t>{'I',
+                                 'I',
+                                 42,
+                                 0,
+                                 8,
+                                 0,
+                                 0,
+                                 0,
+                                 1,
+                                 0,
+                                 0x12,
+                                 0x01,
+                                 3,
+                                 0,
+                                 1,
+                                 0,
+                                 0,
+                                 0,
+                                 static_cast<uint8_t>(o),
+                                 0,
+                                 0,
+                                 0,
+                                 0,
+                                 0,
+                                 0,
+                                 0,
+                                 0,
+                                 0}
+          : std::vector<uint8_t>{'M',  'M',  0, 42, 0, 0, 0, 8, 0, 1,
+                                 0x01, 0x12, 0, 3,  0, 0, 0, 1, 0, static_cast<uint8_t>(o),
+                                 0,    0,    0, 0,  0, 0, 0, 0};
+  std::vector<uint8_t> app1 = {0xFF, 0xE1, 0, 0, 'E', 'x', 'i', 'f', 0, 0};
+  app1.insert(app1.end(), tiff.begin(), tiff.end());
+  const size_t len = app1.size() - 2;
+  app1[2] = static_cast<uint8_t>(len >> 8);
+  app1[3] = static_cast<uint8_t>(len & 0xFF);
+  std::vector<uint8_t> out;  // SOI, APP1, the rest of the JPEG
+  out.reserve(jpg.size() + app1.size());
+  for (size_t i = 0; i < jpg.size(); ++i) {
+    out.push_back(jpg[i]);
+    if (i == 1)
+      for (uint8_t b : app1) out.push_back(b);
+  }
+  return out;
+}
+
+// Decoding applies the EXIF orientation like PIL.ImageOps.exif_transpose (transformers'
+// load_image): a 32x16 image with a red left half, stored with orientation 6 (rotate 90 CW), is
+// seen 16x32 with the red half on top.
+TEST(Images, JpegExifOrientationIsApplied) {
+  Image im = make_image(32, 16, 3, 0);
+  for (int y = 0; y < 16; ++y)
+    for (int x = 0; x < 16; ++x) im.row(y)[3 * x] = 255;
+  for (bool le : {true, false}) {
+    auto bytes = jpeg_with_orientation(im, 6, le);
+    EXPECT_EQ(jpeg_exif_orientation(bytes.data(), bytes.size()), 6);
+    Image d = decode_image(bytes.data(), bytes.size());
+    ASSERT_EQ(d.width, 16);
+    ASSERT_EQ(d.height, 32);
+    EXPECT_GT(d.row(4)[3 * 8], 200);  // top half red
+    EXPECT_LT(d.row(28)[3 * 8], 60);  // bottom half black
+    auto b3 = jpeg_with_orientation(im, 3, le);
+    Image r = decode_image(b3.data(), b3.size());
+    ASSERT_EQ(r.width, 32);
+    EXPECT_LT(r.row(8)[3 * 4], 60);  // rotated 180: red on the right
+    EXPECT_GT(r.row(8)[3 * 28], 200);
+  }
+  // Every orientation against the pixel mapping on a lossless image; 1 and unknown are identity.
+  Image g = make_image(3, 2, 1, 0);
+  for (int i = 0; i < 6; ++i) g.pixels[i] = static_cast<uint8_t>(i);  // [[0 1 2] [3 4 5]]
+  const std::vector<std::vector<uint8_t>> want = {
+      {0, 1, 2, 3, 4, 5}, {2, 1, 0, 5, 4, 3}, {5, 4, 3, 2, 1, 0}, {3, 4, 5, 0, 1, 2},
+      {0, 3, 1, 4, 2, 5}, {3, 0, 4, 1, 5, 2}, {5, 2, 4, 1, 3, 0}, {2, 5, 1, 4, 0, 3}};
+  for (int o = 1; o <= 8; ++o) EXPECT_EQ(apply_exif_orientation(g, o).pixels, want[o - 1]) << o;
+  EXPECT_EQ(apply_exif_orientation(g, 9).pixels, want[0]);
+  // No EXIF, truncated or garbage segments: orientation 1, never a crash.
+  auto plain = encode_jpeg(im, 90);
+  EXPECT_EQ(jpeg_exif_orientation(plain.data(), plain.size()), 1);
+  auto cut = jpeg_with_orientation(im, 6, true);
+  EXPECT_EQ(jpeg_exif_orientation(cut.data(), 20), 1);
+  const uint8_t junk[] = {0xFF, 0xD8, 0xFF, 0xE1, 0xFF, 0xFF, 'E', 'x'};
+  EXPECT_EQ(jpeg_exif_orientation(junk, sizeof(junk)), 1);
+}
+
 TEST(Images, TilePlacesImagesInGrid) {
   std::vector<Image> ims = {make_image(4, 3, 3, 10), make_image(4, 3, 3, 200),
                             make_image(4, 3, 3, 90)};

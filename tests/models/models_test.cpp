@@ -255,15 +255,18 @@ TEST(Training, GradientsReachEveryPartAndLoraTrainsAlone) {
   m->freeze_base();
   auto lora = m->lora_parameters();
   torch::optim::AdamW opt(lora, torch::optim::AdamWOptions(1e-2));
-  auto before = m->forward(ids).logits.detach();
-  auto l2 = m->forward(ids).logits.pow(2).mean();
+  // The prompt holds image placeholders, so every forward gets its image.
+  auto px = case_pixels("one");
+  auto grid = f.ref->load("one.grid_thw");
+  auto before = m->forward(ids, {}, px, grid).logits.detach();
+  auto l2 = m->forward(ids, {}, px, grid).logits.pow(2).mean();
   l2.backward();
   for (auto& p : lora) EXPECT_TRUE(p.grad().defined());
   EXPECT_FALSE(params["model.layers.0.self_attn.q_proj.weight"].grad().defined() &&
                params["model.layers.0.self_attn.q_proj.weight"].grad().abs().sum().item<double>() >
                    0);
   opt.step();
-  EXPECT_GT(rel_err(m->forward(ids).logits.detach(), before), 1e-6);
+  EXPECT_GT(rel_err(m->forward(ids, {}, px, grid).logits.detach(), before), 1e-6);
 }
 
 TEST(Saving, RandomInitSaveAndReloadRoundTrips) {
