@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Configures and builds vla.cpp into ./build (Release). Extra arguments go to cmake's configure step.
+# Configures and builds dualrate into ./build (Release). Extra arguments go to cmake's configure step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc 2>/dev/null || echo 2)

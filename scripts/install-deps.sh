@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs every build and test dependency of vla.cpp from Debian 12 packages.
+# Installs every build and test dependency of dualrate from Debian 12 packages.
 # Used by the README, CI (.ci/run) and developers alike. Safe to re-run.
 set -euo pipefail
 SUDO=""
