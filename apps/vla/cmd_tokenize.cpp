@@ -9,6 +9,9 @@
 #if defined(VLA_HAS_WEIGHTS)
 #include "weights/weights.h"
 #endif
+#if defined(VLA_HAS_MODELS)
+#include "models/models.h"
+#endif
 
 namespace {
 
@@ -101,7 +104,11 @@ void add_checkpoint(CLI::App& app) {
   cmd->add_option("dir", *dir, "Checkpoint folder")->required();
   cmd->add_flag("--tensors", *list, "List every tensor (name, dtype, shape)");
   cmd->add_option("--json", *json_out, "Write the summary to this JSON file");
-  cmd->callback([dir, json_out, list] {
+  auto no_load = std::make_shared<bool>(false);
+  cmd->add_flag("--no-load", *no_load,
+                "Skip the load check (building the model and loading every tensor, as `vla "
+                "features` does)");
+  cmd->callback([dir, json_out, list, no_load] {
     nlohmann::json out;
     out["path"] = *dir;
     auto cfg = vla::Qwen25VLConfig::load(*dir);
@@ -140,6 +147,25 @@ void add_checkpoint(CLI::App& app) {
       std::printf("tokenizer: %lld ids, chat template %s, <|image_pad|> = %lld (matches config)\n",
                   (long long)tok.vocab_size(), tok.has_chat_template() ? "Qwen2-VL" : "none",
                   (long long)cfg.image_token_id);
+    }
+#endif
+#if defined(VLA_HAS_MODELS)
+    // "Valid" means "loads": the same loading code as every command that uses the model (every
+    // required tensor present with the right shape, an untied lm_head included). bf16 halves
+    // the memory this takes; --no-load skips it for a quick look at a large checkpoint.
+    if (!*no_load) {
+      vla::Stopwatch lsw;
+      try {
+        vla::Qwen25VLImpl::from_pretrained(*dir, torch::kBFloat16);
+      } catch (const vla::Error& e) {
+        out["loads"] = false;
+        out["load_error"] = e.what();
+        if (!json_out->empty()) vla::write_json_atomic(*json_out, out);
+        throw vla::Error(vla::str_cat("checkpoint does not load: ", e.what()));
+      }
+      out["loads"] = true;
+      std::printf("load check: every model tensor present with its shape (%.0f ms)\n",
+                  lsw.elapsed_ms());
     }
 #endif
     if (!json_out->empty()) vla::write_json_atomic(*json_out, out);
