@@ -259,7 +259,7 @@ struct DatagenOptions {
   int ports = 3;
   std::string json;
   double dart_noise = 0.0;  // DART: noise on executed actions (m per action), labels clean
-  int layouts = 0;          // > 0: episodes of this many ticks (grounding layouts), not full runs
+  int layout_ticks = 0;     // > 0: episodes of this many ticks (grounding layouts), not full runs
   int jobs = 1;             // worker threads, each with its own env
   std::string policy;       // DAgger: roll out this learned policy, the expert labels
 };
@@ -279,7 +279,7 @@ void run_datagen(const DatagenOptions& o) {
   VLA_CHECK(o.jobs >= 1 && o.jobs <= 256, "--jobs must be 1..256, got ", o.jobs);
   VLA_CHECK(std::isfinite(o.dart_noise) && o.dart_noise >= 0 && o.dart_noise <= 0.005,
             "--dart-noise must be 0..0.005 m per action, got ", o.dart_noise);
-  VLA_CHECK(o.layouts >= 0, "--layout-ticks must be >= 0, got ", o.layouts);
+  VLA_CHECK(o.layout_ticks >= 0, "--layout-ticks must be >= 0, got ", o.layout_ticks);
   SimOptions so;
   so.res = o.res;
   so.views = o.views;
@@ -307,7 +307,7 @@ void run_datagen(const DatagenOptions& o) {
       vla::sim::RolloutOptions ro;
       ro.action_noise_std = o.dart_noise;
       ro.noise_seed = o.seed;
-      ro.max_ticks = o.layouts;
+      ro.max_ticks = o.layout_ticks;
       vla::sim::Policy executed = labeler;
       if (o.dart_noise > 0) {  // DART: the labeler's own chunk is executed with noise
         ro.labeler = labeler;
@@ -400,7 +400,7 @@ void add_datagen(CLI::App& app) {
                 "DART: Gaussian noise (m per 80 Hz action; z gets half) added to the executed\n"
                 "actions while the recorded labels stay the clean expert actions (0 = off)")
       ->capture_default_str();
-  c->add_option("--layout-ticks", o->layouts,
+  c->add_option("--layout-ticks", o->layout_ticks,
                 "record only the first N ticks of each episode (cheap grounding layouts: one\n"
                 "render per tick; 0 = full episodes)")
       ->capture_default_str();

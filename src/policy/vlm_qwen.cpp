@@ -47,10 +47,15 @@ class QwenVlm : public VlmEncoder {
     return out;
   }
 
-  // Shared by encode() (inference) and encode_train() (autograd): identical features.
+  // The one feature path: encode / encode_batch (inference) and encode_train /
+  // encode_train_batch (autograd) all run this padded forward + pooling -> [B, tokens, H].
+  torch::Tensor batch_features(const std::vector<const std::vector<Image>*>& views,
+                               const std::vector<std::string>& instructions) const {
+    auto [out, mask, ids] = padded_forward(views, instructions, {}, false);
+    return pool(out.last_hidden, ids, mask);
+  }
   torch::Tensor features(const std::vector<Image>& views, const std::string& instruction) const {
-    auto [out, mask, ids] = padded_forward({&views}, {instruction}, {}, false);
-    return pool(out.last_hidden, ids, mask).squeeze(0);
+    return batch_features({&views}, {instruction}).squeeze(0);
   }
 
   // [B, L, H] hidden states -> [B, tokens, H] features (see PolicyConfig::pooling).
@@ -80,8 +85,7 @@ class QwenVlm : public VlmEncoder {
   torch::Tensor encode_batch(const std::vector<const std::vector<Image>*>& views,
                              const std::vector<std::string>& instructions) const override {
     c10::InferenceMode g;
-    auto [out, mask, ids] = padded_forward(views, instructions, {}, false);
-    return pool(out.last_hidden, ids, mask).to(torch::kCPU, torch::kFloat32);
+    return batch_features(views, instructions).to(torch::kCPU, torch::kFloat32);
   }
   int feature_dim() const override { return static_cast<int>(model_->config().text.hidden_size); }
   std::string fingerprint() const override { return fingerprint_; }
@@ -140,8 +144,7 @@ class QwenVlm : public VlmEncoder {
 
   torch::Tensor encode_train_batch(const std::vector<const std::vector<Image>*>& views,
                                    const std::vector<std::string>& instructions) override {
-    auto [out, mask, ids] = padded_forward(views, instructions, {}, false);
-    return pool(out.last_hidden, ids, mask);
+    return batch_features(views, instructions);
   }
 
   // Tokenising (a chat-template render + BPE) costs ~1 ms a string on the CPU, more than the tiny
