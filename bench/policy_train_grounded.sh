@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The grounded recipe (docs/training.md): layouts -> grounding pre-training (location tokens) ->
-# localisation probe -> DART demonstrations -> cache -> stage 1 with feature reuse -> closed loop ->
-# DAgger rounds -> no_reuse -> language / staleness evaluation, with the project's own commands.
-# It has not yet produced a policy that inserts (the grounding does not localise; see
-# docs/training.md); the shipped policies come from bench/policy_train_default.sh.
+# The grounded recipe (docs/training.md): layouts -> grounding pre-training (localisation head on
+# the `tokens` features of a text-first prompt, optionally plus location tokens) -> localisation
+# probe -> DART demonstrations -> cache -> stage 1 with feature reuse -> closed loop -> DAgger
+# rounds -> no_reuse -> language / staleness evaluation, with the project's own commands.
+# Steps 1-2 were run on the H200 machine (probe 44.8 -> 14.4 mm, docs/training.md); the rest has
+# not been run at full size yet, and the shipped policies still come from
+# bench/policy_train_default.sh.
 # Usage: bench/policy_train_grounded.sh [WORK_DIR]  (default /tmp/vla_grounded). Needs a built `vla` (VLA=path; scripts/build.sh or scripts/gpu_build.sh).
 # DEVICE=cuda trains on a GPU (the recipe of the shipped policies, see docs/training.md);
 # JOBS = simulator worker threads. Sizes: LAYOUTS, G_STEPS, G_BATCH, DEMOS, S1_STEPS,
@@ -15,35 +17,38 @@ VLA=${VLA:-./build/vla}
 W=${1:-/tmp/vla_grounded}
 DEVICE=${DEVICE:-cpu}
 JOBS=${JOBS:-$(nproc)}
-RES=168x168
-VIEWS=0  # the top camera (fixed): port positions read from it stay valid however stale
+RES=224x224  # 8x8 merged tokens of 28 px (~34 mm) on the top view, ~1.2 mm per pixel
+# The top camera (fixed): port positions read from it stay valid however stale. Instruction
+# before the view, so every image token knows which port is named; `tokens` pooling gives the
+# expert (and the probe) fixed slots, i.e. where.
+F="--use-views 0 --pooling tokens --prompt-order text_first"
 mkdir -p "$W"
 step() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 step "1. grounding layouts: one top view per randomised scene (no rollout)"
 [ -f "$W/layouts/index.json" ] ||
-  $VLA datagen --episodes "${LAYOUTS:-40000}" --seed 100000 --views 1 --res $RES --layout-ticks 1 \
+  $VLA datagen --episodes "${LAYOUTS:-20000}" --seed 100000 --views 1 --res $RES --layout-ticks 1 \
     --jobs "$JOBS" --out "$W/layouts"
 
-step "2. grounding pre-training of the small Qwen2.5-VL: answer = location token of the named port"
-$VLA eval probe --dataset "$W/layouts" --vlm assets/policy/vlm_init_grounded --use-views $VIEWS \
-  --max-episodes "${PROBE_LAYOUTS:-4000}" --device "$DEVICE" --json "$W/probe_before.json"
-$VLA train --stage grounding --dataset "$W/layouts" --vlm assets/policy/vlm_init_grounded --use-views $VIEWS \
-  --steps "${G_STEPS:-800}" --batch "${G_BATCH:-256}" --warmup 50 --lr-vl 2e-3 --holdout 0.05 \
-  --device "$DEVICE" --checkpoint-every 200 --out "$W/vlm" --json "$W/grounding.json"
-$VLA eval probe --dataset "$W/layouts" --vlm "$W/vlm" --use-views $VIEWS --max-episodes "${PROBE_LAYOUTS:-4000}" \
+step "2. grounding pre-training of the small Qwen2.5-VL: localisation head (+ location tokens)"
+$VLA eval probe --dataset "$W/layouts" --vlm assets/policy/vlm_init_grounded $F \
+  --max-episodes "${PROBE_LAYOUTS:-3000}" --device "$DEVICE" --json "$W/probe_before.json"
+$VLA train --stage grounding --dataset "$W/layouts" --vlm assets/policy/vlm_init_grounded $F \
+  --locate-weight 1 --caption-weight "${CAPTION_WEIGHT:-0}" \
+  --steps "${G_STEPS:-1600}" --batch "${G_BATCH:-128}" --warmup 50 --lr-vl 2e-3 --holdout 0.05 \
+  --device "$DEVICE" --eval-every 200 --checkpoint-every 200 --out "$W/vlm" --json "$W/grounding.json"
+$VLA eval probe --dataset "$W/layouts" --vlm "$W/vlm" $F --max-episodes "${PROBE_LAYOUTS:-3000}" \
   --device "$DEVICE" --json "$W/probe_after.json"
 
 step "3. demonstrations: scripted expert with DART noise on the executed actions (labels clean)"
 [ -f "$W/demos/index.json" ] ||
-  $VLA datagen --episodes "${DEMOS:-2000}" --seed 0 --views 1 --res $RES --dart-noise 0.0003 \
+  $VLA datagen --episodes "${DEMOS:-1500}" --seed 0 --views 1 --res $RES --dart-noise 0.0003 \
     --jobs "$JOBS" --out "$W/demos"
 
 train_expert() {  # $1 = reuse count, $2 = out
-  $VLA cache --dataset "$W/demos" --vlm "$W/vlm" --use-views $VIEWS --pooling last \
+  $VLA cache --dataset "$W/demos" --vlm "$W/vlm" $F \
     --device "$DEVICE" --out "$W/cache"
-  $VLA train --stage 1 --dataset "$W/demos" --cache "$W/cache" --vlm "$W/vlm" --use-views $VIEWS \
-    --pooling last --head mlp --vlm-reuse-count "$1" --random-staleness --all-episodes \
+  $VLA train --stage 1 --dataset "$W/demos" --cache "$W/cache" --vlm "$W/vlm" $F --head mlp --vlm-reuse-count "$1" --random-staleness --all-episodes \
     --steps "${S1_STEPS:-4000}" --batch 256 --warmup 100 --lr-sensor 1e-3 --lr-action 1e-3 \
     --device "$DEVICE" --out "$2" --json "$2.json"
 }

@@ -38,10 +38,10 @@ def main(src, out):
                                     "single_word": False, "lstrip": False, "rstrip": False,
                                     "normalized": False, "special": False})
     cfg["text_config"]["vocab_size"] = base + NX * NY
-    # Rotary base 10 instead of 1e6: the height/width sections of M-RoPE then turn by 0.1-0.6 rad
-    # per image token, so the last token's attention can tell image regions apart (at 1e6 the
-    # spatial sections turn by < 0.03 rad per token).
-    cfg["text_config"]["rope_parameters"]["rope_theta"] = 10.0
+    # The rotary base stays the base's (1e6): with the instruction before the views
+    # (`--prompt-order text_first`) each image token has to find the colour word ~100 positions
+    # back by content, which needs the slowly turning rotary frequencies. (A base of 10 was
+    # tried to let the last token tell image regions apart; it also scrambles that lookup.)
     proc = json.load(open(os.path.join(out, "processor_config.json")))
     proc["image_processor"]["size"]["longest_edge"] = 224 * 224
     json.dump(tok, open(os.path.join(out, "tokenizer.json"), "w"), ensure_ascii=False)

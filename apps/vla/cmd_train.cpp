@@ -88,6 +88,16 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--use-views", *views,
                 "comma-separated view indices given to the VLM (default: all recorded)");
+  c->add_option("--prompt-order", o->policy.prompt_order,
+                "VLM prompt: images_first | text_first (instruction before the views)")
+      ->capture_default_str();
+  c->add_option("--locate-weight", o->locate_weight,
+                "grounding: weight of the localisation head (linear map from the pooled "
+                "features to the named port's x/y; 0 = off)")
+      ->capture_default_str();
+  c->add_option("--caption-weight", o->caption_weight,
+                "grounding: weight of the location-token + caption loss (0 = skip it)")
+      ->capture_default_str();
   c->add_option("--finetune", o->finetune, "stage 2: lora | full")->capture_default_str();
   c->add_option("--lora-rank", o->lora_rank, "LoRA rank")->capture_default_str();
   c->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha")->capture_default_str();
@@ -121,9 +131,13 @@ void add_train(CLI::App& app) {
         t.add_row({"caption METEOR (" + lang + ")", vla::fmt_double(m["meteor"].get<double>(), 4)});
         t.add_row({"caption BLEU-4 (" + lang + ")", vla::fmt_double(m["bleu4"].get<double>(), 4)});
       }
-    if (r.extra.contains("grounding"))
+    if (r.extra.contains("grounding")) {
       t.add_row({"held-out location error (mm)",
                  vla::fmt_double(r.extra["grounding"]["location_error_mm"].get<double>(), 2)});
+      if (r.extra["grounding"].contains("locate_head_error_mm"))
+        t.add_row({"held-out localisation head error (mm)",
+                   vla::fmt_double(r.extra["grounding"]["locate_head_error_mm"].get<double>(), 2)});
+    }
     t.print();
     if (!json->empty()) vla::write_json_atomic(*json, r.to_json());
   });
@@ -143,6 +157,8 @@ void add_cache(CLI::App& app) {
   c->add_option("--out", *out, "cache folder")->required();
   c->add_option("--use-views", *views, "comma-separated view indices (default all)");
   c->add_option("--pooling", *pooling, "last | mean | tokens")->capture_default_str();
+  auto order = std::make_shared<std::string>("images_first");
+  c->add_option("--prompt-order", *order, "images_first | text_first")->capture_default_str();
   auto device = std::make_shared<std::string>("cpu");
   c->add_option("--device", *device, "where the VLM runs: cpu | cuda | cuda:N")
       ->capture_default_str();
@@ -150,6 +166,7 @@ void add_cache(CLI::App& app) {
     vla::policy::PolicyConfig pc;
     pc.use_views = vla::cli::parse_views(*views);
     pc.pooling = *pooling;
+    pc.prompt_order = *order;
     auto d = vla::dataset::Dataset::open(*ds);
     auto enc = vla::policy::load_vlm(*vlm, pc);
     enc->to(vla::train::parse_device(*device));
@@ -179,6 +196,9 @@ void add_probe(CLI::App& app) {
   c->add_option("--vlm", *vlm, "VLM folder (instead of --policy)");
   c->add_option("--use-views", *views, "with --vlm: comma-separated view indices");
   c->add_option("--pooling", *pooling, "with --vlm: last | mean | tokens")->capture_default_str();
+  auto order = std::make_shared<std::string>("images_first");
+  c->add_option("--prompt-order", *order, "with --vlm: images_first | text_first")
+      ->capture_default_str();
   c->add_option("--max-episodes", *max_eps, "use at most N episodes (0 = all)")
       ->check(CLI::NonNegativeNumber);
   c->add_option("--holdout", *holdout, "held-out fraction")
@@ -200,6 +220,7 @@ void add_probe(CLI::App& app) {
       vla::policy::PolicyConfig pc;
       pc.use_views = vla::cli::parse_views(*views);
       pc.pooling = *pooling;
+      pc.prompt_order = *order;
       enc = vla::policy::load_vlm(*vlm, pc);
     }
     enc->to(vla::train::parse_device(*device));
@@ -209,6 +230,7 @@ void add_probe(CLI::App& app) {
     t.add_row({"layouts train / held-out",
                std::to_string(r.train_layouts) + " / " + std::to_string(r.heldout_layouts)});
     t.add_row({"feature dim", std::to_string(r.feature_dim)});
+    t.add_row({"ridge penalty", vla::fmt_double(r.ridge, 4)});
     t.add_row({"train error (mm)", vla::fmt_double(r.train_error_mm, 2)});
     t.add_row({"held-out error (mm)", vla::fmt_double(r.heldout_error_mm, 2)});
     t.add_row({"held-out |x| / |y| error (mm)",

@@ -96,7 +96,7 @@ GenerateResult Qwen25VLImpl::generate(const std::vector<Image>& images, const st
     pre = preprocess_images(images, image_cfg_);
     tokens = pre.tokens_per_image(image_cfg_.merge_size);
   }
-  auto ids = prompt_ids(prompt, tokens);
+  auto ids = prompt_ids(prompt, tokens, o.text_first);
   auto t = torch::tensor(ids, torch::kInt64).view({1, -1});
   r.token_ids = generate_ids(t, pre.pixel_values, pre.grid_thw, o, &r);
   std::vector<int64_t> text_ids = r.token_ids;
@@ -112,10 +112,12 @@ class TextPromptCodec : public PromptCodec {
   TextPromptCodec(Tokenizer tok, int64_t image_pad_id)
       : tok_(std::move(tok)), image_pad_id_(image_pad_id) {}
   std::vector<int64_t> encode_chat(const std::string& text,
-                                   const std::vector<int64_t>& image_tokens) const override {
+                                   const std::vector<int64_t>& image_tokens,
+                                   bool text_first) const override {
     std::vector<ChatContent> parts;
+    if (text_first) parts.push_back(ChatContent::Text(text));
     for (size_t i = 0; i < image_tokens.size(); ++i) parts.push_back(ChatContent::Image());
-    parts.push_back(ChatContent::Text(text));
+    if (!text_first) parts.push_back(ChatContent::Text(text));
     const std::string s = tok_.apply_chat_template({ChatMessage::Parts("user", parts)});
     return expand_image_pads(tok_.encode(s), image_tokens, image_pad_id_);
   }

@@ -173,9 +173,11 @@ class PromptCodec {
  public:
   virtual ~PromptCodec() = default;
   // Ids of the chat prompt: one user turn holding the images (each <|image_pad|> expanded to
-  // image_tokens[i] tokens) followed by `text`, then the assistant generation prompt.
+  // image_tokens[i] tokens) followed by `text` (or `text` first when text_first, the order of a
+  // content list [{"type": "text"}, {"type": "image"}]), then the assistant generation prompt.
   virtual std::vector<int64_t> encode_chat(const std::string& text,
-                                           const std::vector<int64_t>& image_tokens) const = 0;
+                                           const std::vector<int64_t>& image_tokens,
+                                           bool text_first = false) const = 0;
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
 };
 
@@ -222,6 +224,7 @@ struct GenerateOptions {
   std::vector<int64_t> stop_token_ids;  // empty: the config's eos ids
   bool use_stop_tokens = true;          // false: always generate max_new_tokens
   uint64_t seed = 0;
+  bool text_first = false;  // prompt text before the images (PromptCodec::encode_chat)
 };
 
 struct GenerateResult {
@@ -286,9 +289,9 @@ class Qwen25VLImpl : public torch::nn::Module {
                       const EncodeOptions& options = {});
   GenerateResult generate(const std::vector<Image>& images, const std::string& prompt,
                           const GenerateOptions& options = {});
-  // Prompt ids for the images / views, as encode() builds them.
-  std::vector<int64_t> prompt_ids(const std::string& text,
-                                  const std::vector<int64_t>& image_tokens) const;
+  // Prompt ids for the images / views, as encode() builds them (text_first: see PromptCodec).
+  std::vector<int64_t> prompt_ids(const std::string& text, const std::vector<int64_t>& image_tokens,
+                                  bool text_first = false) const;
 
   // ---- LoRA
   // Enables LoRA on matching Linear layers; returns how many layers were adapted.

@@ -185,10 +185,11 @@ std::pair<torch::Tensor, torch::Tensor> Qwen25VLImpl::get_rope_index(
   auto deltas = torch::zeros({B}, torch::kInt64);
   auto P = pos.accessor<int64_t, 3>();
   size_t next_grid = 0;
+  const int64_t* mask_rows = mask.defined() ? mask.data_ptr<int64_t>() : nullptr;
   for (int64_t b = 0; b < B; ++b) {
     std::vector<int64_t> cols;  // valid columns
     for (int64_t j = 0; j < L; ++j)
-      if (!mask.defined() || mask[b][j].item<int64_t>() != 0) cols.push_back(j);
+      if (!mask_rows || mask_rows[b * L + j] != 0) cols.push_back(j);
     const int64_t* row = ids.data_ptr<int64_t>() + b * L;
     int64_t cur = 0, maxpos = -1;
     size_t i = 0;
@@ -315,11 +316,12 @@ ForwardOutput Qwen25VLImpl::forward(const torch::Tensor& input_ids,
 // ---------------------------------------------------------------- encode
 
 std::vector<int64_t> Qwen25VLImpl::prompt_ids(const std::string& text,
-                                              const std::vector<int64_t>& image_tokens) const {
+                                              const std::vector<int64_t>& image_tokens,
+                                              bool text_first) const {
   VLA_CHECK(codec_, "no tokenizer / chat template available for this model",
             source_dir_.empty() ? "" : str_cat(" (", source_dir_, ")"),
             ": the folder needs tokenizer.json and a Qwen2-VL chat template");
-  return codec_->encode_chat(text, image_tokens);
+  return codec_->encode_chat(text, image_tokens, text_first);
 }
 
 EncodeResult Qwen25VLImpl::encode(const std::vector<Image>& images, const std::string& instruction,

@@ -32,6 +32,7 @@ nlohmann::json PolicyConfig::to_json() const {
           {"image_width", image_width},
           {"image_height", image_height},
           {"pooling", pooling},
+          {"prompt_order", prompt_order},
           {"use_views", use_views}};
 }
 
@@ -67,6 +68,7 @@ PolicyConfig PolicyConfig::from_json(const nlohmann::json& j) {
   get("image_width", c.image_width);
   get("image_height", c.image_height);
   get("pooling", c.pooling);
+  get("prompt_order", c.prompt_order);
   get("use_views", c.use_views);
   c.validate();
   return c;
@@ -89,6 +91,9 @@ void PolicyConfig::validate() const {
             "policy config: num_views/image size must be positive");
   VLA_CHECK(pooling == "mean" || pooling == "last" || pooling == "tokens",
             "policy config: pooling must be mean|last|tokens, got '", pooling, "'");
+  VLA_CHECK(prompt_order == "images_first" || prompt_order == "text_first",
+            "policy config: prompt_order must be images_first|text_first, got '", prompt_order,
+            "'");
   for (int v : use_views)
     VLA_CHECK(v >= 0 && v < num_views, "policy config: use_views entry ", v, " not in 0..",
               num_views - 1);

@@ -52,6 +52,12 @@ struct PolicyConfig {
   // every used view in order, then the last token: fixed slots, so the expert can read where
   // things are; the Qwen2.5-VL tokens carry no absolute position of their own).
   std::string pooling = "last";
+  // Order of the VLM prompt's user turn: "images_first" (the views, then the instruction; what
+  // transformers' examples do) or "text_first" (the instruction, then the views: the image tokens
+  // attend to the instruction, so with `tokens` pooling each slot can say whether the *named*
+  // port is there).
+  std::string prompt_order = "images_first";
+  bool text_first() const { return prompt_order == "text_first"; }
   std::vector<int> use_views;  // indices of the views given to the VLM (empty = all)
 
   nlohmann::json to_json() const;

@@ -167,8 +167,8 @@ class QwenVlm : public VlmEncoder {
                                   const std::vector<int64_t>& image_tokens) const {
     std::string key = "p|";
     for (auto t : image_tokens) key += std::to_string(t) + ",";
-    key += "|" + prompt;
-    return memo(key, [&] { return model_->prompt_ids(prompt, image_tokens); });
+    key += "|" + cfg_.prompt_order + "|" + prompt;
+    return memo(key, [&] { return model_->prompt_ids(prompt, image_tokens, cfg_.text_first()); });
   }
 
   std::vector<int64_t> text_ids(const std::string& text) const {
@@ -202,7 +202,7 @@ class QwenVlm : public VlmEncoder {
                              const std::string& caption) override {
     auto imgs = pick(views);
     auto pp = preprocess_images(imgs, model_->image_config());
-    auto ids = model_->prompt_ids(prompt, pp.tokens_per_image(model_->image_config().merge_size));
+    auto ids = prompt_ids(prompt, pp.tokens_per_image(model_->image_config().merge_size));
     const int64_t np = static_cast<int64_t>(ids.size());
     auto cap = text_ids(caption);
     cap.push_back(eos());
@@ -273,6 +273,7 @@ class QwenVlm : public VlmEncoder {
     c10::InferenceMode g;
     GenerateOptions o;
     o.max_new_tokens = max_new_tokens;
+    o.text_first = cfg_.text_first();
     return model_.ptr()->generate(pick(views), prompt, o).text;
   }
 
@@ -301,6 +302,7 @@ class QwenVlm : public VlmEncoder {
     // What the features depend on besides the weights: pooling and the views used.
     acc += "|pooling=" + cfg_.pooling + "|views=";
     for (int v : cfg_.use_views) acc += std::to_string(v) + ",";
+    if (cfg_.text_first()) acc += "|text_first";
     fingerprint_ = "qwen25vl-" + fnv(acc.data(), acc.size());
   }
 

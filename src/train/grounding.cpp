@@ -90,21 +90,32 @@ ProbeReport localisation_probe(policy::VlmEncoder& vlm, const dataset::Dataset& 
   std::vector<torch::Tensor> feats;
   std::vector<double> xy;
   ProgressBar bar("probe features", static_cast<int64_t>(n));
-  for (size_t i = 0; i < n; ++i) {
-    auto ep = ds.load(i, true);
-    VLA_CHECK(!ep.frames.empty(), "episode ", ep.name, " has no frames");
-    VLA_CHECK(ep.target >= 0 && ep.target < static_cast<int>(ep.ports.size()), "episode ", ep.name,
-              ": bad target port");
-    feats.push_back(vlm.encode(ep.frames[0], ep.instruction).flatten().to(torch::kFloat64));
-    xy.push_back(ep.ports[ep.target].pos[0]);
-    xy.push_back(ep.ports[ep.target].pos[1]);
-    if (progress) bar.tick();
+  constexpr size_t kChunk = 64;  // layouts per padded VLM forward
+  for (size_t i0 = 0; i0 < n; i0 += kChunk) {
+    std::vector<dataset::Episode> eps;
+    std::vector<const std::vector<Image>*> views;
+    std::vector<std::string> instructions;
+    for (size_t i = i0; i < std::min(n, i0 + kChunk); ++i) {
+      eps.push_back(ds.load(i, true));
+      const auto& ep = eps.back();
+      VLA_CHECK(!ep.frames.empty(), "episode ", ep.name, " has no frames");
+      VLA_CHECK(ep.target >= 0 && ep.target < static_cast<int>(ep.ports.size()), "episode ",
+                ep.name, ": bad target port");
+      xy.push_back(ep.ports[ep.target].pos[0]);
+      xy.push_back(ep.ports[ep.target].pos[1]);
+    }
+    for (const auto& ep : eps) {
+      views.push_back(&ep.frames[0]);
+      instructions.push_back(ep.instruction);
+    }
+    feats.push_back(vlm.encode_batch(views, instructions).flatten(1).to(torch::kFloat64));
+    if (progress) bar.tick(static_cast<int64_t>(eps.size()));
   }
   if (progress) bar.finish();
   std::vector<size_t> tr, ho;
   split_episodes(n, holdout, &tr, &ho);
   VLA_CHECK(!ho.empty() && tr.size() >= 4, "localisation probe: empty train or held-out split");
-  auto X = torch::stack(feats);
+  auto X = torch::cat(feats, 0);
   auto Y = torch::tensor(xy, torch::kFloat64).view({-1, 2});
   auto idx = [](const std::vector<size_t>& v) {
     std::vector<int64_t> o(v.begin(), v.end());
@@ -112,23 +123,51 @@ ProbeReport localisation_probe(policy::VlmEncoder& vlm, const dataset::Dataset& 
   };
   auto Xt = X.index_select(0, idx(tr)), Yt = Y.index_select(0, idx(tr));
   auto Xh = X.index_select(0, idx(ho)), Yh = Y.index_select(0, idx(ho));
-  // Ridge regression on standardised features with a bias (closed form, float64).
-  auto mu = Xt.mean(0), sd = Xt.std(0).clamp_min(1e-8);
-  auto A = torch::cat({(Xt - mu) / sd, torch::ones({Xt.size(0), 1}, torch::kFloat64)}, 1);
-  auto reg = torch::eye(A.size(1), torch::kFloat64) * ridge;
-  reg[A.size(1) - 1][A.size(1) - 1] = 0;
-  auto W = torch::linalg_solve(A.t().mm(A) + reg, A.t().mm(Yt));
-  auto err = [&](const torch::Tensor& x, const torch::Tensor& y) {
-    auto B = torch::cat({(x - mu) / sd, torch::ones({x.size(0), 1}, torch::kFloat64)}, 1);
-    auto e = (B.mm(W) - y) * 1000.0;  // mm
+  // Ridge regression on standardised features (float64): with centred targets the bias is the
+  // target mean, and one thin SVD A = U S V^T gives W(lambda) = V diag(s / (s^2 + lambda)) U^T Y
+  // for every penalty (cheap also when features outnumber layouts).
+  struct Fit {
+    torch::Tensor mu, sd, ym, W;
+    torch::Tensor predict(const torch::Tensor& x) const { return ((x - mu) / sd).mm(W) + ym; }
+  };
+  auto fits = [](const torch::Tensor& x, const torch::Tensor& y,
+                 const std::vector<double>& lambdas) {
+    auto mu = x.mean(0), sd = x.std(0).clamp_min(1e-8), ym = y.mean(0);
+    auto usv = torch::linalg_svd((x - mu) / sd, /*full_matrices=*/false);
+    auto U = std::get<0>(usv), S = std::get<1>(usv), Vh = std::get<2>(usv);
+    auto uty = U.t().mm(y - ym);
+    std::vector<Fit> out;
+    for (double l : lambdas)
+      out.push_back({mu, sd, ym, Vh.t().mm((S / (S * S + l)).unsqueeze(1) * uty)});
+    return out;
+  };
+  auto mm_error = [](const torch::Tensor& pred, const torch::Tensor& y) {
+    auto e = (pred - y) * 1000.0;  // mm
     return std::array<double, 3>{e.norm(2, 1).mean().item<double>(),
                                  e.select(1, 0).abs().mean().item<double>(),
                                  e.select(1, 1).abs().mean().item<double>()};
+  };
+  double lambda = ridge;
+  if (lambda <= 0) {
+    const std::vector<double> grid = {1e-2, 1e-1, 1, 10, 1e2, 1e3, 1e4, 1e5};
+    const int64_t nv = std::max<int64_t>(1, Xt.size(0) / 5), nf = Xt.size(0) - nv;
+    VLA_CHECK(nf >= 2, "localisation probe: too few training layouts to choose the penalty");
+    auto f = fits(Xt.narrow(0, 0, nf), Yt.narrow(0, 0, nf), grid);
+    double best = 1e300;
+    for (size_t k = 0; k < grid.size(); ++k) {
+      const double e = mm_error(f[k].predict(Xt.narrow(0, nf, nv)), Yt.narrow(0, nf, nv))[0];
+      if (e < best) best = e, lambda = grid[k];
+    }
+  }
+  const Fit fit = fits(Xt, Yt, {lambda})[0];
+  auto err = [&](const torch::Tensor& x, const torch::Tensor& y) {
+    return mm_error(fit.predict(x), y);
   };
   ProbeReport r;
   r.train_layouts = static_cast<int>(tr.size());
   r.heldout_layouts = static_cast<int>(ho.size());
   r.feature_dim = static_cast<int>(X.size(1));
+  r.ridge = lambda;
   const auto et = err(Xt, Yt), eh = err(Xh, Yh);
   r.train_error_mm = et[0];
   r.heldout_error_mm = eh[0];
@@ -140,10 +179,15 @@ ProbeReport localisation_probe(policy::VlmEncoder& vlm, const dataset::Dataset& 
 }
 
 nlohmann::json ProbeReport::to_json() const {
-  return {{"train_layouts", train_layouts},       {"heldout_layouts", heldout_layouts},
-          {"feature_dim", feature_dim},           {"train_error_mm", train_error_mm},
-          {"heldout_error_mm", heldout_error_mm}, {"heldout_x_mm", heldout_x_mm},
-          {"heldout_y_mm", heldout_y_mm},         {"mean_predictor_mm", baseline_mm}};
+  return {{"train_layouts", train_layouts},
+          {"heldout_layouts", heldout_layouts},
+          {"feature_dim", feature_dim},
+          {"train_error_mm", train_error_mm},
+          {"heldout_error_mm", heldout_error_mm},
+          {"heldout_x_mm", heldout_x_mm},
+          {"heldout_y_mm", heldout_y_mm},
+          {"mean_predictor_mm", baseline_mm},
+          {"ridge", ridge}};
 }
 
 }  // namespace vla::train

@@ -119,15 +119,18 @@ std::string grounding_caption(const dataset::Episode& ep, int tick, const Locati
 // Localisation probe: VL features of the first frame of each episode (the features the expert
 // receives, i.e. with the policy's pooling and views) -> ridge regression to the instructed
 // port's x/y, fitted on the training episodes, evaluated on the held-out ones (the last
-// ceil(holdout * n)). Errors are mean Euclidean distances in mm.
+// ceil(holdout * n)). Errors are mean Euclidean distances in mm. ridge > 0 fixes the penalty on
+// the standardised features; ridge <= 0 picks it from {1e-2 ... 1e5} on the last fifth of the
+// training episodes (the held-out episodes never choose anything).
 struct ProbeReport {
   int train_layouts = 0, heldout_layouts = 0, feature_dim = 0;
+  double ridge = 0;  // the penalty used
   double train_error_mm = 0, heldout_error_mm = 0, heldout_x_mm = 0, heldout_y_mm = 0;
   double baseline_mm = 0;  // predicting the training mean
   nlohmann::json to_json() const;
 };
 ProbeReport localisation_probe(policy::VlmEncoder& vlm, const dataset::Dataset& ds,
-                               int max_episodes = 0, double holdout = 0.2, double ridge = 1.0,
+                               int max_episodes = 0, double holdout = 0.2, double ridge = 0.0,
                                bool progress = true);
 
 // ---------------------------------------------------------------- loss curve
@@ -171,6 +174,12 @@ struct TrainOptions {
   // ... starting this wide and narrowing linearly to location_sigma over the first half of the
   // steps: a sharp 2-D target over 3621 cells gives almost no gradient at a uniform prediction.
   double location_sigma_start = 0.02;
+  // grounding: weight of the localisation head's loss (0 = off). A linear layer from the pooled
+  // features the expert receives ([tokens * dim]) to the named port's x/y is trained with the VLM
+  // (MSE on x/y in units of 5 cm) and dropped afterwards: it shapes the features so that the port
+  // can be read from them linearly, which the location tokens alone did not do (docs/training.md).
+  double locate_weight = 0.0;
+  double caption_weight = 1.0;  // grounding: weight of the location-token + caption loss
   int stop_after = 0;  // >0: checkpoint and stop at this step, as if interrupted (tests, jobs)  //
                        // caption stage: held-out episodes captioned for METEOR/BLEU
   // Tests/tools: use this encoder instead of loading opt.vlm / the init policy's VLM.

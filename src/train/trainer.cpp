@@ -313,6 +313,27 @@ TrainReport train(const TrainOptions& opt) {
     base_lr.push_back(opt.lr_vl);
     all_params.insert(all_params.end(), vl_params.begin(), vl_params.end());
   }
+  // Grounding's localisation head: [tokens * dim] -> named port x/y / kLocateScale.
+  constexpr double kLocateScale = 0.05;
+  torch::nn::Linear locate_head{nullptr};
+  if (grounding && opt.locate_weight > 0) {
+    torch::Tensor f;
+    {
+      torch::NoGradGuard ng;
+      const int e = static_cast<int>(tr.empty() ? 0 : tr[0]);
+      f = vlm->encode_train_batch({&d.views[e][0]}, {d.ticks[e].instruction});
+    }
+    locate_head = torch::nn::Linear(f.size(1) * f.size(2), 2);
+    torch::NoGradGuard ng;
+    locate_head->weight.zero_();
+    locate_head->bias.zero_();
+    locate_head->to(device);
+    auto hp = locate_head->parameters();
+    groups.emplace_back(hp, std::make_unique<torch::optim::AdamWOptions>(
+                                torch::optim::AdamWOptions(opt.lr_vl).weight_decay(0.0)));
+    base_lr.push_back(opt.lr_vl);
+    all_params.insert(all_params.end(), hp.begin(), hp.end());
+  }
   VLA_CHECK(!groups.empty(), "train: nothing to train");
   torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(opt.lr_action));
 
@@ -355,6 +376,16 @@ TrainReport train(const TrainOptions& opt) {
     const double start = std::max(opt.location_sigma_start, opt.location_sigma);
     return start + (opt.location_sigma - start) * f;
   };
+  // Named port x/y of each sample's episode / kLocateScale -> [B, 2] on the device.
+  auto locate_target = [&](const std::vector<Sample>& b) {
+    std::vector<float> xy;
+    for (auto& s : b) {
+      const auto& ep = d.episodes[s.ep];
+      for (int k = 0; k < 2; ++k)
+        xy.push_back(static_cast<float>(ep.ports[ep.target].pos[k] / kLocateScale));
+    }
+    return torch::tensor(xy).view({-1, 2}).to(device);
+  };
   auto batch_loss = [&](const std::vector<Sample>& b) -> torch::Tensor {
     if (caption) {
       std::vector<const std::vector<Image>*> v;
@@ -374,8 +405,16 @@ TrainReport train(const TrainOptions& opt) {
           caps.push_back(scene_caption(ep, s.target_tick, s.lang));
         }
       }
-      return vlm->caption_loss_batch(v, prompts, caps,
-                                     soft.empty() ? torch::Tensor() : torch::stack(soft));
+      torch::Tensor loss = torch::zeros({}, torch::TensorOptions().device(device));
+      if (opt.caption_weight > 0)
+        loss = opt.caption_weight *
+               vlm->caption_loss_batch(v, prompts, caps,
+                                       soft.empty() ? torch::Tensor() : torch::stack(soft));
+      if (locate_head) {
+        auto pred = locate_head->forward(vlm->encode_train_batch(v, prompts).flatten(1));
+        loss = loss + opt.locate_weight * torch::mse_loss(pred, locate_target(b));
+      }
+      return loss;
     }
     auto x = expert_batch(b, true);
     if (cfg.vl_dropout > 0 && expert->is_training()) {
@@ -499,6 +538,21 @@ TrainReport train(const TrainOptions& opt) {
                               {"location_error_mm", errs.empty() ? -1.0 : mean(errs)},
                               {"no_location_token", unparsed},
                               {"examples", examples}};
+    if (locate_head) {
+      // The localisation head on the same held-out episodes (mean x/y distance, mm).
+      locate_head->to(torch::kCPU);
+      torch::NoGradGuard ng;
+      std::vector<double> head_errs;
+      for (size_t e : eval_eps) {
+        const auto& ep = d.episodes[e];
+        auto f = vlm->encode_batch({&d.views[e][0]}, {ep.instruction});
+        auto xy = locate_head->forward(f.flatten(1))[0] * kLocateScale;
+        const auto& p = ep.ports[ep.target].pos;
+        head_errs.push_back(1000.0 *
+                            std::hypot(xy[0].item<double>() - p[0], xy[1].item<double>() - p[1]));
+      }
+      rep.extra["grounding"]["locate_head_error_mm"] = mean(head_errs);
+    }
     vlm->save(opt.out);
   } else if (caption) {
     // Caption metrics on held-out episodes (greedy), English and Korean.

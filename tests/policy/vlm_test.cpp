@@ -132,6 +132,38 @@ TEST(QwenVlm, BatchedTrainingEncodeMatchesPerSample) {
   }
 }
 
+TEST(QwenVlm, TextFirstPromptLetsImageTokensSeeTheInstruction) {
+  // With the views first (causal attention) the image tokens cannot depend on the instruction;
+  // with --prompt-order text_first they do, and the batched path still equals the per-sample one.
+  if (!have_vlm_engine()) GTEST_SKIP() << "no Qwen2.5-VL engine in this build";
+  PolicyConfig c;
+  if (!make(c)) GTEST_SKIP() << "engine built without tokenizer";
+  c.pooling = "tokens";
+  auto a = views(30);
+  const std::vector<std::string> ins = {"insert the needle into the red port",
+                                        "초록색 포트에 바늘을 꽂으세요"};
+  std::vector<std::string> fingerprints;
+  for (std::string order : {"images_first", "text_first"}) {
+    c.prompt_order = order;
+    seed_everything(7);
+    auto vlm = load_vlm(kInit, c);
+    fingerprints.push_back(vlm->fingerprint());
+    auto f0 = vlm->encode(a, ins[0]), f1 = vlm->encode(a, ins[1]);
+    ASSERT_EQ(f0.size(0), 33);
+    auto img0 = f0.narrow(0, 0, 32), img1 = f1.narrow(0, 0, 32);
+    if (order == "images_first")
+      EXPECT_TRUE(torch::allclose(img0, img1, 1e-5, 1e-6))
+          << "image tokens precede the text: " << (img0 - img1).abs().max();
+    else
+      EXPECT_GT((img0 - img1).abs().max().item<double>(), 1e-3) << "image tokens follow the text";
+    auto batch = vlm->encode_batch({&a, &a}, ins);
+    EXPECT_TRUE(torch::allclose(batch[1], f1, 1e-4, 1e-5)) << order;
+  }
+  EXPECT_NE(fingerprints[0], fingerprints[1]) << "a feature cache must not mix prompt orders";
+  c.prompt_order = "sideways";
+  EXPECT_THROW(c.validate(), Error);
+}
+
 TEST(QwenVlm, CaptionLossSaveLoadAndPolicyRefusesOtherVlm) {
   if (!have_vlm_engine()) GTEST_SKIP() << "no Qwen2.5-VL engine in this build";
   PolicyConfig c;

@@ -268,6 +268,50 @@ TEST(Trainer, Stage1LearnsFromFeatures) {
   for (auto& p : {out, dir, cdir}) std::filesystem::remove_all(p);
 }
 
+TEST(Trainer, CudaTrainingMatchesCpu) {
+  // One trainer, two devices: the same stage-1 run (MLP head: no device RNG involved) on the CPU
+  // and on CUDA gives the same loss curve and weights up to float rounding. AdamW divides each
+  // gradient by its own magnitude, so a gradient at the rounding-noise level can move a weight by
+  // up to one learning rate per step in either direction: weights are compared within
+  // steps * max(lr), losses within 1e-3 relative.
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  // cuDNN convolutions (the sensor encoder) default to TF32 (10-bit mantissa); compare in FP32.
+  const bool tf32 = at::globalContext().allowTF32CuDNN();
+  at::globalContext().setAllowTF32CuDNN(false);
+  auto dir = tmp_dir("cuda_ds"), cdir = tmp_dir("cuda_cache");
+  make_dataset(dir, 6);
+  auto ds = dataset::Dataset::open(dir);
+  FakeVlm vlm;
+  FeatureCache::build(ds, vlm, cdir, false);
+  std::vector<TrainReport> runs;
+  std::vector<std::vector<std::pair<std::string, torch::Tensor>>> weights;
+  TrainOptions o;
+  for (const std::string device : {"cpu", "cuda"}) {
+    auto out = tmp_dir("cuda_out_" + device);
+    o = stage1_options(dir, cdir, out);
+    o.steps = 4;
+    o.policy.head = "mlp";
+    o.policy.dropout = 0;
+    o.checkpoint_every = 0;
+    o.device = device;
+    runs.push_back(vla::train::train(o));
+    weights.push_back(policy::load_tensors(out + "/policy.safetensors"));
+    std::filesystem::remove_all(out);
+  }
+  at::globalContext().setAllowTF32CuDNN(tf32);
+  ASSERT_EQ(runs[0].losses.size(), runs[1].losses.size());
+  for (size_t i = 0; i < runs[0].losses.size(); ++i)
+    EXPECT_NEAR(runs[0].losses[i], runs[1].losses[i], 1e-3 * (1 + std::abs(runs[0].losses[i])))
+        << "step " << i;
+  const double atol = o.steps * std::max(o.lr_sensor, o.lr_action) + 1e-5;
+  ASSERT_EQ(weights[0].size(), weights[1].size());
+  for (size_t k = 0; k < weights[0].size(); ++k) {
+    const double diff = (weights[0][k].second - weights[1][k].second).abs().max().item<double>();
+    EXPECT_LE(diff, atol) << weights[0][k].first;
+  }
+  for (auto& p : {dir, cdir}) std::filesystem::remove_all(p);
+}
+
 TEST(Captions, GroundTruthEnglishKorean) {
   auto dir = tmp_dir("cap");
   make_dataset(dir, 2);
@@ -429,6 +473,11 @@ TEST(Grounding, LinearProbeReadsPositionsAndFailsOnNoise) {
   auto n = localisation_probe(bad, ds, 0, 0.25, 1e-6, false);
   EXPECT_GT(n.heldout_error_mm, 5.0);
   EXPECT_GT(n.baseline_mm, 5.0);
+  // Penalty chosen on the training layouts (the held-out ones never choose): still reads them.
+  auto a = localisation_probe(good, ds, 0, 0.25, 0.0, false);
+  EXPECT_GE(a.ridge, 1e-2);
+  EXPECT_LE(a.ridge, 1e5);
+  EXPECT_LT(a.heldout_error_mm, 2.0);
   EXPECT_THROW(localisation_probe(good, ds, 4, 0.25, 1e-6, false), Error);  // too few layouts
   std::filesystem::remove_all(dir);
 }
