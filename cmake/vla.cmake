@@ -5,9 +5,8 @@ find_package(nlohmann_json 3 REQUIRED)
 
 # Header-only deps that may live in an unpacked .deb tree on machines without them installed
 # (the GPU machine): point VLA_DEPS_ROOT at it.
-set(VLA_DEPS_ROOT "" CACHE PATH "Extra prefix holding header-only deps (CLI11, stb)")
+set(VLA_DEPS_ROOT "" CACHE PATH "Extra prefix holding header-only deps (CLI11)")
 find_path(CLI11_INCLUDE_DIR CLI/CLI.hpp HINTS ${VLA_DEPS_ROOT}/usr/include REQUIRED)
-find_path(STB_INCLUDE_DIR stb_image_write.h PATH_SUFFIXES stb HINTS ${VLA_DEPS_ROOT}/usr/include/stb REQUIRED)
 
 set(VLA_HAVE_CUDA OFF)
 if(TARGET torch_cuda OR TORCH_CUDA_LIBRARIES)
@@ -49,7 +48,7 @@ function(vla_add_library name)
   cmake_parse_arguments(A "" "" "SOURCES;DEPS" ${ARGN})
   add_library(${name} STATIC ${A_SOURCES})
   target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR}/src)
-  target_include_directories(${name} SYSTEM PUBLIC ${CLI11_INCLUDE_DIR} ${STB_INCLUDE_DIR})
+  target_include_directories(${name} SYSTEM PUBLIC ${CLI11_INCLUDE_DIR})
   target_link_libraries(${name} PUBLIC vla_torch nlohmann_json::nlohmann_json ${A_DEPS}
                         PRIVATE vla_warnings)
   target_precompile_headers(${name} REUSE_FROM vla_pch)

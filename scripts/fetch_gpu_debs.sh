@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .deps/debs
 cd .deps/debs
-apt-get download nlohmann-json3-dev libcli11-dev libstb-dev libstb0 libgtest-dev libgmock-dev \
+apt-get download nlohmann-json3-dev libcli11-dev libpng-dev libpng16-16 \
+  libjpeg62-turbo-dev libjpeg62-turbo zlib1g-dev libgtest-dev libgmock-dev \
   libbenchmark-dev libbenchmark1debian libmujoco-dev libmujoco2.2.2 libccd2 liblodepng0 \
   libqhull-r8.0 libqhull-dev libqhull8.0 libqhullcpp8.0 libtinyxml2-9 libosmesa6 libosmesa6-dev \
   libglapi-mesa libllvm15 libz3-4 libedit2 libgl-dev mesa-common-dev libxml2 libicu72 libbsd0 libmd0

@@ -7,8 +7,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PKGS=(build-essential cmake git pkg-config
       libtorch-dev libopenblas0-pthread
       libmujoco-dev libqhull-dev libosmesa6-dev
-      libstb-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
-      libgtest-dev libgmock-dev libbenchmark-dev)
+      libpng-dev libjpeg62-turbo-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
+      libgtest-dev libgmock-dev libbenchmark-dev
+      clang)  # libFuzzer + sanitizers for scripts/fuzz.sh
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

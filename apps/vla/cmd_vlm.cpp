@@ -35,8 +35,8 @@ void add_features(CLI::App& app) {
                 "Checkpoint folder as written by transformers' save_pretrained (config.json, "
                 "*.safetensors, tokenizer.json, processor config)")
       ->required();
-  c->add_option("--image", a->images, "Image file (PNG/JPEG); repeat for several views")
-      ->required();
+  c->add_option("--image", a->images,
+                "Image file (PNG/JPEG); repeat for several views; none: text-only features");
   c->add_option("--prompt", a->prompt, "Instruction text (default: \"Describe the scene.\")");
   c->add_option("--out", a->out,
                 "Output safetensors: features, attention_mask, input_ids (+ metadata)")

@@ -15,17 +15,6 @@
 #include <random>
 #include <thread>
 
-#define STB_IMAGE_IMPLEMENTATION
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#define STBI_NO_HDR
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#pragma GCC diagnostic ignored "-Wunused-but-set-variable"
-#pragma GCC diagnostic ignored "-Wsign-compare"
-#include <stb_image.h>
-#include <stb_image_write.h>
-#pragma GCC diagnostic pop
-
 namespace vla {
 
 // ---------------------------------------------------------------- logging
@@ -161,39 +150,6 @@ Image make_image(int width, int height, int channels, uint8_t fill) {
   return im;
 }
 
-namespace {
-void append_bytes(void* context, void* data, int size) {
-  auto* out = static_cast<std::vector<uint8_t>*>(context);
-  auto* p = static_cast<uint8_t*>(data);
-  out->insert(out->end(), p, p + size);
-}
-void check_image(const Image& im) {
-  VLA_CHECK(im.width > 0 && im.height > 0 && im.channels >= 1 && im.channels <= 4, "invalid image ",
-            im.width, "x", im.height, "x", im.channels);
-  VLA_CHECK(im.pixels.size() == static_cast<size_t>(im.width) * im.height * im.channels,
-            "image buffer holds ", im.pixels.size(), " bytes, expected ",
-            static_cast<size_t>(im.width) * im.height * im.channels);
-}
-}  // namespace
-
-std::vector<uint8_t> encode_png(const Image& im) {
-  check_image(im);
-  std::vector<uint8_t> out;
-  int ok = stbi_write_png_to_func(append_bytes, &out, im.width, im.height, im.channels,
-                                  im.pixels.data(), im.width * im.channels);
-  VLA_CHECK(ok, "PNG encoding failed");
-  return out;
-}
-
-std::vector<uint8_t> encode_jpeg(const Image& im, int quality) {
-  check_image(im);
-  std::vector<uint8_t> out;
-  int ok = stbi_write_jpg_to_func(append_bytes, &out, im.width, im.height, im.channels,
-                                  im.pixels.data(), quality);
-  VLA_CHECK(ok, "JPEG encoding failed");
-  return out;
-}
-
 // EXIF Orientation (tag 0x0112 in IFD0 of the APP1 "Exif" segment) of a JPEG; 1 when absent or
 // unreadable. Written here (a few dozen lines of a well-specified format) rather than adding
 // libexif for one tag. Every read is bounds-checked; a malformed segment means "no orientation".
@@ -278,22 +234,6 @@ Image apply_exif_orientation(const Image& in, int orientation) {
     }
   }
   return out;
-}
-
-Image decode_image(const uint8_t* data, size_t size, int want_channels) {
-  VLA_CHECK(size > 0 && size < (1ull << 31), "image data of ", size, " bytes");
-  int w = 0, h = 0, c = 0;
-  uint8_t* px = stbi_load_from_memory(data, static_cast<int>(size), &w, &h, &c, want_channels);
-  VLA_CHECK(px != nullptr, "cannot decode image: ", stbi_failure_reason());
-  Image im;
-  im.width = w;
-  im.height = h;
-  im.channels = want_channels;
-  im.pixels.assign(px, px + static_cast<size_t>(w) * h * want_channels);
-  stbi_image_free(px);
-  // What a user's photo means: the EXIF orientation is applied, as transformers' load_image does
-  // (PIL.ImageOps.exif_transpose). PNG and other formats carry no EXIF here.
-  return apply_exif_orientation(im, jpeg_exif_orientation(data, size));
 }
 
 Image read_image(const std::string& path, int want_channels) {

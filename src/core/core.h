@@ -120,11 +120,13 @@ struct Image {
   bool empty() const { return pixels.empty(); }
 };
 Image make_image(int width, int height, int channels = 3, uint8_t fill = 0);
-// PNG/JPEG encode/decode through stb. Decoding reports the file and the reason on failure.
+// PNG (libpng) / JPEG (libjpeg-turbo) encoding; src/core/image_codec.cpp.
 std::vector<uint8_t> encode_png(const Image& image);
 std::vector<uint8_t> encode_jpeg(const Image& image, int quality = 90);
-// Decodes PNG / JPEG / BMP ... (stb_image) to want_channels (alpha dropped, palette expanded,
-// 16-bit reduced to 8); a JPEG's EXIF orientation is applied. Throws vla::Error on bad data.
+// Decodes PNG (libpng) or JPEG (libjpeg-turbo) bytes to want_channels = 1, 3 or 4 with PIL's
+// convert() rules (alpha dropped, grey replicated, palette expanded, 16-bit -> high byte); a
+// JPEG's EXIF orientation is applied. Throws vla::Error on bad or unsupported data and on images
+// above 2 x 89,478,485 pixels (PIL's decompression-bomb limit). src/core/image_codec.cpp.
 Image decode_image(const uint8_t* data, size_t size, int want_channels = 3);
 // EXIF Orientation 1..8 of JPEG bytes (1 when absent or malformed) and its transform
 // (PIL.ImageOps.exif_transpose: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 CW,

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cstdlib>
 #include <string>
@@ -94,6 +95,66 @@ TEST(Images, JpegRoundTripIsClose) {
 TEST(Images, DecodeGarbageThrows) {
   std::vector<uint8_t> junk(100, 0xAB);
   EXPECT_THROW(decode_image(junk.data(), junk.size()), Error);
+  try {
+    decode_image(junk.data(), junk.size());
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("PNG and JPEG"), std::string::npos) << e.what();
+  }
+  // Found by fuzz/image_fuzz: made stb_image write out of bounds; now a clear error.
+  auto crash = read_file(std::string(VLA_SOURCE_DIR) +
+                         "/tests/fixtures/images/fuzz_stb_huffman_overflow.jpg");
+  EXPECT_THROW(decode_image(reinterpret_cast<const uint8_t*>(crash.data()), crash.size()), Error);
+  auto png = encode_png(make_image(4, 4, 3, 9));
+  png.resize(png.size() / 2);  // truncated
+  EXPECT_THROW(decode_image(png.data(), png.size()), Error);
+}
+
+TEST(Images, DecodingFollowsPilConvertRules) {
+  // RGBA -> RGB drops alpha (no compositing); grey -> RGB replicates; RGB -> grey is ITU-R 601-2.
+  Image rgba = make_image(2, 1, 4);
+  rgba.pixels = {200, 100, 50, 0, 10, 20, 30, 128};
+  auto p = encode_png(rgba);
+  EXPECT_EQ(decode_image(p.data(), p.size(), 3).pixels,
+            (std::vector<uint8_t>{200, 100, 50, 10, 20, 30}));
+  EXPECT_EQ(decode_image(p.data(), p.size(), 4).pixels, rgba.pixels);
+  Image grey = make_image(2, 1, 1);
+  grey.pixels = {7, 250};
+  p = encode_png(grey);
+  EXPECT_EQ(decode_image(p.data(), p.size(), 3).pixels,
+            (std::vector<uint8_t>{7, 7, 7, 250, 250, 250}));
+  Image rgb = make_image(1, 1, 3);
+  rgb.pixels = {255, 0, 0};
+  p = encode_png(rgb);
+  EXPECT_EQ(decode_image(p.data(), p.size(), 1).pixels[0], 76);  // round(255 * 0.299)
+  // Palette and 16-bit grey files (the fuzz seeds): palette expanded, 16-bit -> high byte.
+  const std::string seeds = std::string(VLA_SOURCE_DIR) + "/fuzz/corpus/image/";
+  auto pal = read_image(seeds + "palette.png");
+  EXPECT_EQ(pal.pixels, (std::vector<uint8_t>{255, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 255}));
+  auto g16 = read_image(seeds + "gray16.png");
+  EXPECT_EQ(g16.pixels, (std::vector<uint8_t>{0x12, 0x12, 0x12, 255, 255, 255, 0x12, 0x12, 0x12,
+                                              255, 255, 255}));
+}
+
+TEST(Images, HugeImagesAreRefusedBeforeDecoding) {
+  // A PNG header claiming 20000 x 20000 pixels (4e8 > PIL's 2 x 89,478,485 limit): an error, no
+  // 1.2 GB allocation. The CRC of the header chunk is right, so only the size is wrong.
+  std::vector<uint8_t> ihdr = {'I', 'H',  'D',  'R', 0, 0, 0x4e, 0x20, 0,
+                               0,   0x4e, 0x20, 8,   2, 0, 0,    0};
+  const uint32_t crc = static_cast<uint32_t>(crc32(0, ihdr.data(), ihdr.size()));
+  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13};
+  png.insert(png.end(), ihdr.begin(), ihdr.end());
+  for (int s : {24, 16, 8, 0}) png.push_back(static_cast<uint8_t>(crc >> s));
+  // An empty IDAT chunk: the header is read up to the first image data.
+  const uint8_t idat[4] = {'I', 'D', 'A', 'T'};
+  const uint32_t icrc = static_cast<uint32_t>(crc32(0, idat, 4));
+  png.insert(png.end(), {0, 0, 0, 0, 'I', 'D', 'A', 'T'});
+  for (int s : {24, 16, 8, 0}) png.push_back(static_cast<uint8_t>(icrc >> s));
+  try {
+    decode_image(png.data(), png.size());
+    ADD_FAILURE() << "decoded a 20000 x 20000 header";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("pixel limit"), std::string::npos) << e.what();
+  }
 }
 
 // A JPEG whose APP1 segment says EXIF orientation `o` (IFD0 with one SHORT entry), in the byte

@@ -334,7 +334,8 @@ const std::string kPrompt = "Insert the needle into the red port.";
 TEST(EndToEnd, EncodeBuildsHfPromptsAndFeatures) {
   auto& f = fixture("b");
   ASSERT_NE(f.model->prompt_codec(), nullptr);
-  for (const std::string c : {"one", "multi"}) {
+  // "text": no image at all (`vla features` without --image).
+  for (const std::string c : {"one", "multi", "text"}) {
     SCOPED_TRACE(c);
     vla::EncodeOptions o;
     o.pooling = vla::Pooling::kAll;
