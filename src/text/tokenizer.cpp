@@ -168,157 +168,167 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json) {
   auto impl = std::make_shared<Impl>();
   impl->path = p;
   const std::string where = str_cat("tokenizer ", p, ": ");
-
-  // Normalizer: none, NFC, or a Sequence holding only NFC.
-  if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-    const auto& n = j["normalizer"];
-    std::string type = n.value("type", "");
-    if (type == "NFC") {
-      impl->nfc = true;
-    } else if (type == "Sequence" && n.contains("normalizers")) {
-      for (const auto& s : n["normalizers"]) {
-        VLA_CHECK(s.value("type", "") == "NFC", where, "unsupported normalizer ", s.dump(),
-                  " (supported: NFC)");
+  // Structure errors of a parsed file (a field of the wrong type, a required key missing) come out
+  // of nlohmann as json::exception; they become vla::Error naming the file. Const lookups use
+  // at() / value(): operator[] on a missing key of a const object is undefined behaviour (found by
+  // fuzz/tokenizer_load_fuzz).
+  auto build = [&]() -> Tokenizer {
+    // Normalizer: none, NFC, or a Sequence holding only NFC.
+    if (j.contains("normalizer") && !j["normalizer"].is_null()) {
+      const auto& n = j["normalizer"];
+      std::string type = n.value("type", "");
+      if (type == "NFC") {
         impl->nfc = true;
-      }
-    } else {
-      throw Error(where + "unsupported normalizer " + n.dump() + " (supported: NFC)");
-    }
-  }
-  // Pre-tokenizer: Qwen2's Split(regex, Isolated) + ByteLevel(use_regex=false).
-  {
-    VLA_CHECK(j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object(), where,
-              "missing pre_tokenizer (expected Qwen2's Split + ByteLevel)");
-    const auto& pt = j["pre_tokenizer"];
-    bool split_ok = false, bytelevel_ok = false;
-    std::vector<json> parts;
-    if (pt.value("type", "") == "Sequence") {
-      for (const auto& s : pt["pretokenizers"]) parts.push_back(s);
-    } else {
-      parts.push_back(pt);
-    }
-    for (const auto& s : parts) {
-      std::string type = s.value("type", "");
-      if (type == "Split") {
-        std::string regex;
-        if (s.contains("pattern") && s["pattern"].contains("Regex"))
-          regex = s["pattern"]["Regex"].get<std::string>();
-        VLA_CHECK(regex == kQwen2Pattern, where, "unsupported Split pattern ", s["pattern"].dump(),
-                  " (only Qwen2's regex is implemented)");
-        VLA_CHECK(s.value("behavior", "") == "Isolated" && !s.value("invert", false), where,
-                  "Split must be behavior Isolated, invert false");
-        split_ok = true;
-      } else if (type == "ByteLevel") {
-        VLA_CHECK(!s.value("add_prefix_space", false), where,
-                  "ByteLevel add_prefix_space=true is not supported");
-        VLA_CHECK(!s.value("use_regex", true) || split_ok, where,
-                  "ByteLevel use_regex=true (GPT-2 regex) is not supported");
-        bytelevel_ok = true;
+      } else if (type == "Sequence" && n.contains("normalizers")) {
+        for (const auto& s : n["normalizers"]) {
+          VLA_CHECK(s.value("type", "") == "NFC", where, "unsupported normalizer ", s.dump(),
+                    " (supported: NFC)");
+          impl->nfc = true;
+        }
       } else {
-        throw Error(where + "unsupported pre_tokenizer " + s.dump());
+        throw Error(where + "unsupported normalizer " + n.dump() + " (supported: NFC)");
       }
     }
-    VLA_CHECK(split_ok && bytelevel_ok, where,
-              "pre_tokenizer must be Qwen2's Sequence[Split(regex), ByteLevel], got ", pt.dump());
-  }
-  if (j.contains("decoder") && !j["decoder"].is_null())
-    VLA_CHECK(j["decoder"].value("type", "") == "ByteLevel", where, "unsupported decoder ",
-              j["decoder"].dump(), " (supported: ByteLevel)");
+    // Pre-tokenizer: Qwen2's Split(regex, Isolated) + ByteLevel(use_regex=false).
+    {
+      VLA_CHECK(j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object(), where,
+                "missing pre_tokenizer (expected Qwen2's Split + ByteLevel)");
+      const auto& pt = j["pre_tokenizer"];
+      bool split_ok = false, bytelevel_ok = false;
+      std::vector<json> parts;
+      if (pt.value("type", "") == "Sequence") {
+        for (const auto& s : pt.at("pretokenizers")) parts.push_back(s);
+      } else {
+        parts.push_back(pt);
+      }
+      for (const auto& s : parts) {
+        std::string type = s.value("type", "");
+        if (type == "Split") {
+          std::string regex;
+          if (s.contains("pattern") && s["pattern"].contains("Regex"))
+            regex = s["pattern"]["Regex"].get<std::string>();
+          VLA_CHECK(regex == kQwen2Pattern, where, "unsupported Split pattern ",
+                    s.value("pattern", json()).dump(), " (only Qwen2's regex is implemented)");
+          VLA_CHECK(s.value("behavior", "") == "Isolated" && !s.value("invert", false), where,
+                    "Split must be behavior Isolated, invert false");
+          split_ok = true;
+        } else if (type == "ByteLevel") {
+          VLA_CHECK(!s.value("add_prefix_space", false), where,
+                    "ByteLevel add_prefix_space=true is not supported");
+          VLA_CHECK(!s.value("use_regex", true) || split_ok, where,
+                    "ByteLevel use_regex=true (GPT-2 regex) is not supported");
+          bytelevel_ok = true;
+        } else {
+          throw Error(where + "unsupported pre_tokenizer " + s.dump());
+        }
+      }
+      VLA_CHECK(split_ok && bytelevel_ok, where,
+                "pre_tokenizer must be Qwen2's Sequence[Split(regex), ByteLevel], got ", pt.dump());
+    }
+    if (j.contains("decoder") && !j["decoder"].is_null())
+      VLA_CHECK(j["decoder"].value("type", "") == "ByteLevel", where, "unsupported decoder ",
+                j["decoder"].dump(), " (supported: ByteLevel)");
 
-  // Model.
-  VLA_CHECK(j.contains("model") && j["model"].is_object(), where, "missing 'model'");
-  const auto& m = j["model"];
-  VLA_CHECK(m.value("type", "BPE") == "BPE", where, "model.type must be BPE, got ",
-            m.value("type", ""));
-  VLA_CHECK(!m.contains("byte_fallback") || !m["byte_fallback"].is_boolean() ||
-                !m["byte_fallback"].get<bool>(),
-            where, "model.byte_fallback is not supported");
-  for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
-    VLA_CHECK(!m.contains(k) || m[k].is_null() || m[k] == "", where, "model.", k,
-              " is not supported");
-  VLA_CHECK(!m.contains("dropout") || m["dropout"].is_null(), where,
-            "model.dropout is not supported");
-  impl->ignore_merges = m.value("ignore_merges", false);
-  VLA_CHECK(m.contains("vocab") && m["vocab"].is_object(), where, "missing model.vocab");
-  int64_t max_id = -1;
-  for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
-    VLA_CHECK(it.value().is_number_integer() && it.value().get<int64_t>() >= 0, where,
-              "model.vocab[", it.key(), "] is not a non-negative integer id");
-    int64_t id = it.value().get<int64_t>();
-    VLA_CHECK(id < (1 << 30), where, "model.vocab id ", id, " is too large");
-    impl->vocab[it.key()] = static_cast<int32_t>(id);
-    max_id = std::max(max_id, id);
-  }
-  // Added tokens.
-  std::vector<AddedToken> added;
-  if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
-    for (const auto& a : j["added_tokens"]) {
-      AddedToken t;
-      VLA_CHECK(a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
-                    a["content"].is_string(),
-                where, "added_tokens entry needs integer 'id' and string 'content': ", a.dump());
-      t.id = a["id"].get<int64_t>();
-      t.content = a["content"].get<std::string>();
-      VLA_CHECK(!t.content.empty() && t.id >= 0 && t.id < (1 << 30), where, "bad added token ",
-                a.dump());
-      t.special = a.value("special", false);
-      t.lstrip = a.value("lstrip", false);
-      t.rstrip = a.value("rstrip", false);
-      t.normalized = a.value("normalized", false);
-      if (a.value("single_word", false))
-        log_warn(where, "added token ", t.content, ": single_word is ignored");
-      max_id = std::max(max_id, t.id);
-      added.push_back(t);
+    // Model.
+    VLA_CHECK(j.contains("model") && j["model"].is_object(), where, "missing 'model'");
+    const auto& m = j["model"];
+    VLA_CHECK(m.value("type", "BPE") == "BPE", where, "model.type must be BPE, got ",
+              m.value("type", ""));
+    VLA_CHECK(!m.contains("byte_fallback") || !m["byte_fallback"].is_boolean() ||
+                  !m["byte_fallback"].get<bool>(),
+              where, "model.byte_fallback is not supported");
+    for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
+      VLA_CHECK(!m.contains(k) || m[k].is_null() || m[k] == "", where, "model.", k,
+                " is not supported");
+    VLA_CHECK(!m.contains("dropout") || m["dropout"].is_null(), where,
+              "model.dropout is not supported");
+    impl->ignore_merges = m.value("ignore_merges", false);
+    VLA_CHECK(m.contains("vocab") && m["vocab"].is_object(), where, "missing model.vocab");
+    int64_t max_id = -1;
+    for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
+      VLA_CHECK(it.value().is_number_integer() && it.value().get<int64_t>() >= 0, where,
+                "model.vocab[", it.key(), "] is not a non-negative integer id");
+      int64_t id = it.value().get<int64_t>();
+      VLA_CHECK(id < (1 << 30), where, "model.vocab id ", id, " is too large");
+      impl->vocab[it.key()] = static_cast<int32_t>(id);
+      max_id = std::max(max_id, id);
     }
-  }
-  impl->id_to_token.assign(static_cast<size_t>(max_id + 1), "");
-  impl->id_kind.assign(static_cast<size_t>(max_id + 1), 0);
-  for (const auto& [tok, id] : impl->vocab) {
-    impl->id_to_token[id] = tok;
-    impl->id_kind[id] = 1;
-  }
-  for (size_t k = 0; k < added.size(); ++k) {
-    const auto& t = added[k];
-    impl->id_to_token[t.id] = t.content;
-    impl->id_kind[t.id] = t.special ? 3 : 2;
-    impl->added_by_first_byte[static_cast<unsigned char>(t.content[0])].push_back(k);
-  }
-  impl->added = added;
-  for (int b = 0; b < 256; ++b) {
-    auto it = impl->vocab.find(byte_map().byte_to_utf8[b]);
-    impl->byte_id[b] = it == impl->vocab.end() ? -1 : it->second;
-  }
-  // Merges: "a b" strings (older files) or ["a", "b"] pairs (tokenizers >= 0.20).
-  VLA_CHECK(m.contains("merges") && m["merges"].is_array(), where, "missing model.merges");
-  int32_t rank = 0;
-  for (const auto& mg : m["merges"]) {
-    std::string a, b;
-    if (mg.is_string()) {
-      const std::string s = mg.get<std::string>();
-      auto sp = s.find(' ', 1);
-      VLA_CHECK(sp != std::string::npos, where, "merge '", s, "' is not 'a b'");
-      a = s.substr(0, sp);
-      b = s.substr(sp + 1);
-    } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
-      a = mg[0].get<std::string>();
-      b = mg[1].get<std::string>();
-    } else {
-      throw Error(where + "bad merge entry " + mg.dump());
+    // Added tokens.
+    std::vector<AddedToken> added;
+    if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
+      for (const auto& a : j["added_tokens"]) {
+        AddedToken t;
+        VLA_CHECK(a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
+                      a["content"].is_string(),
+                  where, "added_tokens entry needs integer 'id' and string 'content': ", a.dump());
+        t.id = a["id"].get<int64_t>();
+        t.content = a["content"].get<std::string>();
+        VLA_CHECK(!t.content.empty() && t.id >= 0 && t.id < (1 << 30), where, "bad added token ",
+                  a.dump());
+        t.special = a.value("special", false);
+        t.lstrip = a.value("lstrip", false);
+        t.rstrip = a.value("rstrip", false);
+        t.normalized = a.value("normalized", false);
+        if (a.value("single_word", false))
+          log_warn(where, "added token ", t.content, ": single_word is ignored");
+        max_id = std::max(max_id, t.id);
+        added.push_back(t);
+      }
     }
-    auto ia = impl->vocab.find(a), ib = impl->vocab.find(b), ic = impl->vocab.find(a + b);
-    VLA_CHECK(ia != impl->vocab.end() && ib != impl->vocab.end() && ic != impl->vocab.end(), where,
-              "merge #", rank, " (", a, " + ", b, ") uses tokens missing from the vocab");
-    uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia->second)) << 32) |
-                   static_cast<uint32_t>(ib->second);
-    impl->merges.emplace(key, std::make_pair(rank, ic->second));
-    ++rank;
+    impl->id_to_token.assign(static_cast<size_t>(max_id + 1), "");
+    impl->id_kind.assign(static_cast<size_t>(max_id + 1), 0);
+    for (const auto& [tok, id] : impl->vocab) {
+      impl->id_to_token[id] = tok;
+      impl->id_kind[id] = 1;
+    }
+    for (size_t k = 0; k < added.size(); ++k) {
+      const auto& t = added[k];
+      impl->id_to_token[t.id] = t.content;
+      impl->id_kind[t.id] = t.special ? 3 : 2;
+      impl->added_by_first_byte[static_cast<unsigned char>(t.content[0])].push_back(k);
+    }
+    impl->added = added;
+    for (int b = 0; b < 256; ++b) {
+      auto it = impl->vocab.find(byte_map().byte_to_utf8[b]);
+      impl->byte_id[b] = it == impl->vocab.end() ? -1 : it->second;
+    }
+    // Merges: "a b" strings (older files) or ["a", "b"] pairs (tokenizers >= 0.20).
+    VLA_CHECK(m.contains("merges") && m["merges"].is_array(), where, "missing model.merges");
+    int32_t rank = 0;
+    for (const auto& mg : m["merges"]) {
+      std::string a, b;
+      if (mg.is_string()) {
+        const std::string s = mg.get<std::string>();
+        auto sp = s.find(' ', 1);
+        VLA_CHECK(sp != std::string::npos, where, "merge '", s, "' is not 'a b'");
+        a = s.substr(0, sp);
+        b = s.substr(sp + 1);
+      } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
+        a = mg[0].get<std::string>();
+        b = mg[1].get<std::string>();
+      } else {
+        throw Error(where + "bad merge entry " + mg.dump());
+      }
+      auto ia = impl->vocab.find(a), ib = impl->vocab.find(b), ic = impl->vocab.find(a + b);
+      VLA_CHECK(ia != impl->vocab.end() && ib != impl->vocab.end() && ic != impl->vocab.end(),
+                where, "merge #", rank, " (", a, " + ", b, ") uses tokens missing from the vocab");
+      uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia->second)) << 32) |
+                     static_cast<uint32_t>(ib->second);
+      impl->merges.emplace(key, std::make_pair(rank, ic->second));
+      ++rank;
+    }
+    Tokenizer t;
+    t.path_ = p;
+    t.added_ = added;
+    t.vocab_size_ = max_id + 1;
+    t.impl_ = impl;
+    return t;
+  };
+  try {
+    return build();
+  } catch (const json::exception& e) {
+    throw Error(where + "malformed: " + e.what());
   }
-  Tokenizer t;
-  t.path_ = p;
-  t.added_ = added;
-  t.vocab_size_ = max_id + 1;
-  t.impl_ = impl;
-  return t;
 }
 
 Tokenizer Tokenizer::from_folder(const std::string& dir) {

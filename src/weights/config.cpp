@@ -2,6 +2,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "core/core.h"
@@ -34,10 +35,13 @@ struct Section {
   std::string where(const std::string& key) const { return str_cat(source, ": ", prefix, key); }
   int64_t get_int(const std::string& key) const {
     const auto& v = (*j)[key];
-    VLA_CHECK(v.is_number_integer() ||
-                  (v.is_number_float() && v.get<double>() == static_cast<int64_t>(v.get<double>())),
-              where(key), " must be an integer, got ", v.dump());
-    return v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(v.get<double>());
+    if (v.is_number_integer()) return v.get<int64_t>();
+    // A float that holds an integer (e.g. 2048.0) is accepted; the range check comes before the
+    // cast (casting an out-of-range double is undefined behaviour; found by fuzz/config_fuzz).
+    const double d = v.is_number_float() ? v.get<double>() : 0.5;
+    VLA_CHECK(std::isfinite(d) && std::abs(d) < 9.0e18 && d == std::floor(d), where(key),
+              " must be an integer, got ", v.dump());
+    return static_cast<int64_t>(d);
   }
   double get_double(const std::string& key) const {
     const auto& v = (*j)[key];

@@ -226,6 +226,22 @@ TEST(Tokenizer, BadFilesGiveClearErrors) {
   b = j;
   b["model"]["merges"].push_back(json::array({"zzz_missing", "q"}));
   expect_err(b, "uses tokens missing from the vocab");
+  // Found by fuzz/tokenizer_load_fuzz: a Split without "pattern" read a missing key of a const
+  // object (undefined behaviour, a heap overflow under ASan); fields of the wrong type escaped as
+  // nlohmann exceptions. Both are clear errors now.
+  b = j;
+  b["pre_tokenizer"]["pretokenizers"][0].erase("pattern");
+  expect_err(b, "unsupported Split pattern");
+  b = j;
+  b["pre_tokenizer"].erase("pretokenizers");
+  expect_err(b, "malformed");
+  b = j;
+  b["pre_tokenizer"]["pretokenizers"] = json::array({1, 2});
+  expect_err(b, "malformed");
+  EXPECT_THROW(
+      Tokenizer::from_file(std::string(VLA_SOURCE_DIR) +
+                           "/tests/fixtures/text/fuzz_tokenizer_split_without_pattern.json"),
+      Error);
   write_file_atomic(d + "/tokenizer.json", std::string("{\"model\": [1,"));
   EXPECT_THROW(Tokenizer::from_file(d + "/tokenizer.json"), Error);
   EXPECT_THROW(Tokenizer::from_file(d + "/missing.json"), Error);

@@ -184,6 +184,15 @@ TEST(Config, InconsistentValuesGiveClearErrors) {
   j["num_hidden_layers"] = "36";
   expect_error(j, "num_hidden_layers must be an integer");
   j = published_3b();
+  j["num_hidden_layers"] = 6.48889e27;  // found by fuzz/config_fuzz: was cast to int64 (UB)
+  expect_error(j, "num_hidden_layers must be an integer");
+  j = published_3b();
+  j["num_hidden_layers"] = 36.5;
+  expect_error(j, "num_hidden_layers must be an integer");
+  j = published_3b();
+  j["num_hidden_layers"] = 36.0;  // an integral float is accepted
+  EXPECT_EQ(Qwen25VLConfig::from_json(j).text.num_hidden_layers, 36);
+  j = published_3b();
   j["vision_config"]["out_hidden_size"] = 1024;
   expect_error(j, "out_hidden_size 1024 must equal the text hidden_size 2048");
   j = published_3b();
