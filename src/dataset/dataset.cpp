@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
+#include <type_traits>
 
 namespace vla::dataset {
 namespace fs = std::filesystem;
@@ -52,6 +54,22 @@ nlohmann::json port_to_json(const PortMeta& p) {
 template <typename T>
 T field(const nlohmann::json& j, const char* key, const std::string& where) {
   VLA_CHECK(j.is_object() && j.contains(key), where, ": missing field '", key, "'");
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    // Integers must be JSON integers within T's range: nlohmann's get<int>() of 2.7e54 casts an
+    // out-of-range double (undefined behaviour; found by fuzz/dataset_fuzz).
+    const auto& v = j.at(key);
+    VLA_CHECK(v.is_number_integer(), where, ": field '", key, "' must be an integer, got ",
+              v.dump());
+    const bool fits =
+        v.is_number_unsigned()
+            ? v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max())
+            : v.get<int64_t>() >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+                  (v.get<int64_t>() < 0 ||
+                   static_cast<uint64_t>(v.get<int64_t>()) <=
+                       static_cast<uint64_t>(std::numeric_limits<T>::max()));
+    VLA_CHECK(fits, where, ": field '", key, "' = ", v.dump(), " is out of range");
+    return v.get<T>();
+  }
   try {
     return j.at(key).get<T>();
   } catch (const std::exception& e) {

@@ -164,6 +164,15 @@ TEST(Dataset, CountMismatchIsReported) {
   meta.erase("instruction");
   write_json_atomic(dir + "/episode_000000/meta.json", meta);
   expect_error(dir, {"episode_000000", "instruction"});
+  // Found by fuzz/dataset_fuzz: a huge float where an int belongs was cast (undefined behaviour).
+  meta = read_json(dir + "/episode_000000/meta.json");
+  meta["instruction"] = "x";
+  meta["width"] = 2.77778e54;
+  write_json_atomic(dir + "/episode_000000/meta.json", meta);
+  expect_error(dir, {"episode_000000", "width", "must be an integer"});
+  meta["width"] = 1ll << 40;
+  write_json_atomic(dir + "/episode_000000/meta.json", meta);
+  expect_error(dir, {"episode_000000", "width", "out of range"});
 }
 
 TEST(Dataset, MissingEpisodeAndIndexAreReported) {
