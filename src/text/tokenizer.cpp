@@ -172,6 +172,9 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json) {
   // of nlohmann as json::exception; they become vla::Error naming the file. Const lookups use
   // at() / value(): operator[] on a missing key of a const object is undefined behaviour (found by
   // fuzz/tokenizer_load_fuzz).
+  // Token ids index dense tables (id -> token): a bound keeps a file claiming id 10^9 from
+  // allocating tens of GB (fuzz/tokenizer_load_fuzz). Real vocabularies have < 300k ids.
+  constexpr int64_t kMaxTokenId = int64_t{1} << 24;
   auto build = [&]() -> Tokenizer {
     // Normalizer: none, NFC, or a Sequence holding only NFC.
     if (j.contains("normalizer") && !j["normalizer"].is_null()) {
@@ -249,7 +252,8 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json) {
       VLA_CHECK(it.value().is_number_integer() && it.value().get<int64_t>() >= 0, where,
                 "model.vocab[", it.key(), "] is not a non-negative integer id");
       int64_t id = it.value().get<int64_t>();
-      VLA_CHECK(id < (1 << 30), where, "model.vocab id ", id, " is too large");
+      VLA_CHECK(id < kMaxTokenId, where, "model.vocab id ", id, " is too large (ids < ",
+                kMaxTokenId, ")");
       impl->vocab[it.key()] = static_cast<int32_t>(id);
       max_id = std::max(max_id, id);
     }
@@ -263,8 +267,8 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json) {
                   where, "added_tokens entry needs integer 'id' and string 'content': ", a.dump());
         t.id = a["id"].get<int64_t>();
         t.content = a["content"].get<std::string>();
-        VLA_CHECK(!t.content.empty() && t.id >= 0 && t.id < (1 << 30), where, "bad added token ",
-                  a.dump());
+        VLA_CHECK(!t.content.empty() && t.id >= 0 && t.id < kMaxTokenId, where,
+                  "bad added token (empty, or id not in 0..", kMaxTokenId - 1, "): ", a.dump());
         t.special = a.value("special", false);
         t.lstrip = a.value("lstrip", false);
         t.rstrip = a.value("rstrip", false);

@@ -238,6 +238,12 @@ TEST(Tokenizer, BadFilesGiveClearErrors) {
   b = j;
   b["pre_tokenizer"]["pretokenizers"] = json::array({1, 2});
   expect_err(b, "malformed");
+  b = j;  // an id that would size the id -> token table at 10^9 entries (fuzz: out of memory)
+  b["added_tokens"].push_back(json{{"id", 1000000000}, {"content", "<big>"}});
+  expect_err(b, "bad added token");
+  b = j;
+  b["model"]["vocab"]["zz_big"] = 1 << 29;
+  expect_err(b, "is too large");
   EXPECT_THROW(
       Tokenizer::from_file(std::string(VLA_SOURCE_DIR) +
                            "/tests/fixtures/text/fuzz_tokenizer_split_without_pattern.json"),
