@@ -10,7 +10,9 @@
 # DEVICE=cuda trains on a GPU (the recipe of the shipped policies, see docs/training.md);
 # JOBS = simulator worker threads. Sizes: LAYOUTS, G_STEPS, G_BATCH, DEMOS, S1_STEPS,
 # DAGGER_ROUNDS, DAGGER_EPISODES, EVAL_EPISODES, PROBE_LAYOUTS; STOP_AFTER=4 stops after the
-# first closed-loop evaluation.
+# first closed-loop evaluation, STOP_AFTER=2 after grounding. VLM_INIT (the VLM folder grounding
+# starts from: a config-only folder for random init, or an earlier grounded VLM to continue),
+# G_LR, G_WARMUP; VLM=DIR skips grounding and uses that VLM; LAYOUT_DIR reuses layouts made elsewhere; PROBE_BEFORE=0 skips the first probe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VLA=${VLA:-./build/vla}
@@ -22,23 +24,38 @@ RES=224x224  # 8x8 merged tokens of 28 px (~34 mm) on the top view, ~1.2 mm per 
 # before the view, so every image token knows which port is named; `tokens` pooling gives the
 # expert (and the probe) fixed slots, i.e. where.
 F="--use-views 0 --pooling tokens --prompt-order text_first"
+VLM_INIT=${VLM_INIT:-assets/policy/vlm_init_grounded}
+LAYOUT_DIR=${LAYOUT_DIR:-$W/layouts}
 mkdir -p "$W"
 step() { echo "== $(date -u +%H:%M:%S) $*"; }
 
-step "1. grounding layouts: one top view per randomised scene (no rollout)"
-[ -f "$W/layouts/index.json" ] ||
-  $VLA datagen --episodes "${LAYOUTS:-20000}" --seed 100000 --views 1 --res $RES --layout-ticks 1 \
-    --jobs "$JOBS" --out "$W/layouts"
+if [ -z "${VLM:-}" ]; then  # VLM=DIR: an already grounded VLM, steps 1-2 skipped
+  step "1. grounding layouts: one top view per randomised scene (no rollout)"
+  [ -f "$LAYOUT_DIR/index.json" ] ||
+    $VLA datagen --episodes "${LAYOUTS:-20000}" --seed 100000 --views 1 --res $RES --layout-ticks 1 \
+      --jobs "$JOBS" --out "$LAYOUT_DIR"
 
-step "2. grounding pre-training of the small Qwen2.5-VL: localisation head (+ location tokens)"
-$VLA eval probe --dataset "$W/layouts" --vlm assets/policy/vlm_init_grounded $F \
-  --max-episodes "${PROBE_LAYOUTS:-3000}" --device "$DEVICE" --json "$W/probe_before.json"
-$VLA train --stage grounding --dataset "$W/layouts" --vlm assets/policy/vlm_init_grounded $F \
-  --locate-weight 1 --caption-weight "${CAPTION_WEIGHT:-0}" \
-  --steps "${G_STEPS:-1600}" --batch "${G_BATCH:-128}" --warmup 50 --lr-vl 2e-3 --holdout 0.05 \
-  --device "$DEVICE" --eval-every 200 --checkpoint-every 200 --out "$W/vlm" --json "$W/grounding.json"
-$VLA eval probe --dataset "$W/layouts" --vlm "$W/vlm" $F --max-episodes "${PROBE_LAYOUTS:-3000}" \
-  --device "$DEVICE" --json "$W/probe_after.json"
+  # The probe's layouts are never seen by grounding (another seed range): its held-out error is
+  # held out from both the VLM and the ridge fit.
+  PROBE_DIR=${PROBE_DIR:-$W/probe_layouts}
+  [ -f "$PROBE_DIR/index.json" ] ||
+    $VLA datagen --episodes "${PROBE_LAYOUTS:-3000}" --seed 900000 --views 1 --res $RES --layout-ticks 1 \
+      --jobs "$JOBS" --out "$PROBE_DIR"
+
+  step "2. grounding pre-training of the small Qwen2.5-VL: localisation head (+ location tokens)"
+  [ "${PROBE_BEFORE:-1}" = 0 ] ||
+    $VLA eval probe --dataset "$PROBE_DIR" --vlm "$VLM_INIT" $F --device "$DEVICE" --json "$W/probe_before.json"
+  # TRAIN_TIMEOUT=S stops grounding after S seconds (SIGTERM: it checkpoints and saves the VLM so
+  # far, and the probe still runs).
+  ${TRAIN_TIMEOUT:+timeout --preserve-status -s TERM $TRAIN_TIMEOUT} $VLA train --stage grounding --dataset "$LAYOUT_DIR" --vlm "$VLM_INIT" $F \
+    --locate-weight 1 --caption-weight "${CAPTION_WEIGHT:-0}" \
+    --steps "${G_STEPS:-1600}" --batch "${G_BATCH:-128}" --warmup "${G_WARMUP:-50}" --lr-vl "${G_LR:-2e-3}" --holdout 0.05 \
+    --device "$DEVICE" --eval-every 200 --checkpoint-every 400 --out "$W/vlm" --json "$W/grounding.json"
+  $VLA eval probe --dataset "$PROBE_DIR" --vlm "$W/vlm" $F --device "$DEVICE" --json "$W/probe_after.json"
+fi
+VLM=${VLM:-$W/vlm}
+
+[ "${STOP_AFTER:-}" = 2 ] && exit 0
 
 step "3. demonstrations: scripted expert with DART noise on the executed actions (labels clean)"
 [ -f "$W/demos/index.json" ] ||
@@ -46,9 +63,9 @@ step "3. demonstrations: scripted expert with DART noise on the executed actions
     --jobs "$JOBS" --out "$W/demos"
 
 train_expert() {  # $1 = reuse count, $2 = out
-  $VLA cache --dataset "$W/demos" --vlm "$W/vlm" $F \
+  $VLA cache --dataset "$W/demos" --vlm "$VLM" $F \
     --device "$DEVICE" --out "$W/cache"
-  $VLA train --stage 1 --dataset "$W/demos" --cache "$W/cache" --vlm "$W/vlm" $F --head mlp --vlm-reuse-count "$1" --random-staleness --all-episodes \
+  $VLA train --stage 1 --dataset "$W/demos" --cache "$W/cache" --vlm "$VLM" $F --head mlp --vlm-reuse-count "$1" --random-staleness --all-episodes \
     --steps "${S1_STEPS:-4000}" --batch 256 --warmup 100 --lr-sensor 1e-3 --lr-action 1e-3 \
     --device "$DEVICE" --out "$2" --json "$2.json"
 }

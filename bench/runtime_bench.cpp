@@ -1,8 +1,15 @@
 // bench_runtime: (1) action-expert step latency on one torch thread (the shipped default policy
 // when it loads, else a random policy of the default configuration, same size); (2) the wall-time
 // action loop's period jitter at 10 and 100 Hz while the VLM thread is busy (a real policy encode
-// when available, else a CPU-bound stand-in of ~150 ms per call), physics thread at 650 Hz.
+// when available, else a CPU-bound stand-in of ~150 ms per call), physics thread at 650 Hz, with
+// and without competing CPU load (one spinning thread per core, on the same cores) and with the
+// loop's real-time settings off or on (SCHED_FIFO 80 + pinned to the last CPU + mlockall; each
+// falls back with a note where not permitted: the `rt` counter is 1 only when SCHED_FIFO applied).
+// Args: rate (Hz), load (0/1), rt (0/1).
 #include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <thread>
 
 #include "runtime/runtime.h"
 
@@ -86,8 +93,31 @@ void BM_ExpertStep(benchmark::State& state) {
 }
 BENCHMARK(BM_ExpertStep)->Unit(benchmark::kMillisecond)->MinTime(3.0);
 
+// One busy thread per core until destroyed (plain integer work: no torch, no allocation).
+class CpuLoad {
+ public:
+  explicit CpuLoad(bool on) {
+    if (!on) return;
+    const unsigned n = std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned i = 0; i < n; ++i)
+      threads_.emplace_back([this] {
+        volatile uint64_t x = 1;
+        while (!stop_.load(std::memory_order_relaxed)) x = x * 6364136223846793005ull + 1;
+      });
+  }
+  ~CpuLoad() {
+    stop_ = true;
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+
 void BM_LoopJitter(benchmark::State& state) {
   const double hz = static_cast<double>(state.range(0));
+  const bool load = state.range(1) != 0, rt = state.range(2) != 0;
   Bundle b = make_policy();
   std::string vlm_what = "busy stand-in VLM (150 ms/call)";
   PolicyFns fns = b.fns;
@@ -109,7 +139,14 @@ void BM_LoopJitter(benchmark::State& state) {
     cfg.action_hz = hz;
     cfg.max_duration_s = 10.0;
     cfg.max_staleness_s = 1e9;
+    if (rt) {
+      cfg.loop_priority = 80;
+      cfg.loop_cpu = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) - 1;
+      cfg.lock_memory = true;
+    }
+    CpuLoad burn(load);
     EpisodeResult ep = run_wall_time(plant, fns, cfg);
+    state.counters["rt"] = ep.realtime.fifo ? 1 : 0;
     Summary s = summarize({ep});
     state.counters["action_hz"] = s.action_hz;
     state.counters["jitter_p50_ms"] = s.jitter_ms_p50;
@@ -119,9 +156,14 @@ void BM_LoopJitter(benchmark::State& state) {
     state.counters["expert_p99_ms"] = s.expert_ms_p99;
     state.counters["vlm_hz"] = s.vlm_hz;
   }
-  state.SetLabel(b.what + " + " + vlm_what + ", 10 s wall time");
+  state.SetLabel(b.what + " + " + vlm_what + (load ? " + CPU load" : "") +
+                 (rt ? " + rt settings" : "") + ", 10 s wall time");
 }
-BENCHMARK(BM_LoopJitter)->Arg(10)->Arg(100)->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK(BM_LoopJitter)
+    ->ArgNames({"hz", "load", "rt"})
+    ->ArgsProduct({{10, 100}, {0, 1}, {0, 1}})
+    ->Iterations(1)
+    ->Unit(benchmark::kSecond);
 
 }  // namespace
 

@@ -70,7 +70,7 @@ void BM_RecordAndWriteEpisode(benchmark::State& state) {
   NeedleEnv env(cfg);
   Policy p = expert_policy(std::make_shared<ScriptedExpert>());
   const std::string dir = "/tmp/vla_bench_sim_ds";
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
   vla::dataset::DatasetWriter w(dir);
   uint64_t seed = 0;
   for (auto _ : state) {
@@ -79,7 +79,7 @@ void BM_RecordAndWriteEpisode(benchmark::State& state) {
     w.write(ep);
   }
   state.SetItemsProcessed(state.iterations());
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
 }
 BENCHMARK(BM_RecordAndWriteEpisode)->Unit(benchmark::kMillisecond);
 

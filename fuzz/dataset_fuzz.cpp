@@ -8,7 +8,7 @@ namespace {
 
 std::string make_dataset() {
   const auto dir = vla::fuzz::scratch_dir() + "/dataset";
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
   vla::dataset::DatasetWriter w(dir, "png");
   vla::dataset::EpisodeData ep;
   ep.instruction = "insert the needle into the red port";

@@ -9,6 +9,8 @@ PKGS=(build-essential cmake git pkg-config
       libmujoco-dev libqhull-dev libosmesa6-dev
       libpng-dev libjpeg62-turbo-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
       libgtest-dev libgmock-dev libbenchmark-dev
+      libboost-dev libmsgpack-cxx-dev                    # vla serve (Boost.Beast, msgpack)
+      python3-websockets python3-msgpack python3-numpy  # the Python client and its test
       clang)  # libFuzzer + sanitizers for scripts/fuzz.sh
 missing=()
 for p in "${PKGS[@]}"; do

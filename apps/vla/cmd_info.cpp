@@ -7,7 +7,7 @@ void add_info(CLI::App& app) {
   auto* cmd =
       app.add_subcommand("info", "Print build information (torch version, devices, threads)");
   cmd->callback([] {
-    std::printf("vla.cpp %s\n%s\nintra-op threads: %d\n", "0.1.0", vla::torch_build_info().c_str(),
+    std::printf("dualrate %s\n%s\nintra-op threads: %d\n", "0.1.0", vla::torch_build_info().c_str(),
                 at::get_num_threads());
   });
 }

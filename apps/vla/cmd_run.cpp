@@ -1,6 +1,5 @@
 // `vla run`: the default policy in the needle simulator through the asynchronous dual-rate runtime
 // in wall time (real VLM thread, real 650 Hz physics thread, fixed-rate action loop).
-#include <csignal>
 #include <cstdio>
 
 #include "command.h"
@@ -10,9 +9,6 @@
 #include "runtime/runtime.h"
 
 namespace {
-
-std::atomic<bool> g_stop{false};
-extern "C" void on_sigint(int) { g_stop.store(true); }
 
 struct RunArgs {
   std::string policy = "default";
@@ -29,6 +25,9 @@ struct RunArgs {
   std::string json;
   int vlm_threads = 1;
   int expert_threads = 1;
+  int rt_priority = 0;
+  int loop_cpu = -1;
+  bool lock_memory = false;
 };
 
 void add_run(CLI::App& app) {
@@ -43,29 +42,48 @@ void add_run(CLI::App& app) {
        "default | no_reuse | a policy folder | expert (scripted; reads the sim under its lock)")
       ->capture_default_str();
   c->add_option("--episodes", a->episodes, "Episodes (seeds seed..seed+N-1)")
+      ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
   c->add_option("--seed", a->seed, "First episode seed")->capture_default_str();
-  c->add_option("--action-hz", a->action_hz, "Action loop rate (Hz)")->capture_default_str();
+  c->add_option("--action-hz", a->action_hz, "Action loop rate (Hz)")
+      ->check(CLI::Range(0.1, 1000.0))
+      ->capture_default_str();
   c->add_option(
        "--vlm-hz", a->vlm_hz,
        "VLM launch rate (Hz); 0 = as fast as possible, at most one launch per action period")
+      ->check(CLI::Range(0.0, 1000.0))
       ->capture_default_str();
   c->add_option("--blend", a->blend, "Chunk blending: replace | ensemble | rtc")
       ->check(CLI::IsMember({"replace", "ensemble", "rtc"}))
       ->capture_default_str();
   c->add_option("--max-staleness", a->max_staleness,
                 "Feature age (s) beyond which the loop commands a safe stop")
+      ->check(CLI::Range(1e-3, 1e6))
       ->capture_default_str();
   c->add_flag("--sim-time", a->sim_time,
               "Reproducible sim-time mode instead of wall time (VLM latency = --vlm-latency)");
   c->add_option("--vlm-latency", a->vlm_latency, "Modelled VLM latency (s), --sim-time only")
+      ->check(CLI::Range(0.0, 1e3))
       ->capture_default_str();
   c->add_option("--time-limit", a->time_limit, "Episode time limit (s); 0 = simulator default")
+      ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
   c->add_option("--vlm-threads", a->vlm_threads, "Torch threads of the VLM thread")
+      ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   c->add_option("--expert-threads", a->expert_threads, "Torch threads of the action loop")
+      ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  c->add_option("--rt-priority", a->rt_priority,
+                "SCHED_FIFO priority 1..99 for the action loop (0 = normal scheduling; needs\n"
+                "CAP_SYS_NICE or an rtprio limit, else it warns and runs normally)")
+      ->check(CLI::Range(0, 99))
+      ->capture_default_str();
+  c->add_option("--loop-cpu", a->loop_cpu, "Pin the action loop to this CPU (-1 = no pinning)")
+      ->check(CLI::Range(-1, 4095))
+      ->capture_default_str();
+  c->add_flag("--lock-memory", a->lock_memory,
+              "mlockall() during the run so the loop never page-faults (needs `ulimit -l`)");
   c->add_option("--out", a->out, "Folder for contact sheet, frames, plots and metrics.json")
       ->capture_default_str();
   c->add_option("--json", a->json, "Also write the metrics JSON here");
@@ -86,16 +104,14 @@ void add_run(CLI::App& app) {
     o.rt.vlm_threads = a->vlm_threads;
     o.rt.expert_threads = a->expert_threads;
     o.rt.max_frames = 32;
-    g_stop = false;
-    auto prev = std::signal(SIGINT, on_sigint);
+    o.rt.loop_priority = a->rt_priority;
+    o.rt.loop_cpu = a->loop_cpu;
+    o.rt.lock_memory = a->lock_memory;
     std::vector<vla::runtime::EpisodeResult> eps;
-    try {
-      eps = vla::runtime::run_closed_loop(o, &g_stop);
-    } catch (...) {
-      std::signal(SIGINT, prev);
-      throw;
+    {
+      vla::cli::StopSignals stop;
+      eps = vla::runtime::run_closed_loop(o, &vla::cli::StopSignals::flag());
     }
-    std::signal(SIGINT, prev);
     VLA_CHECK(!eps.empty(), "no episode ran");
     auto s = vla::runtime::summarize(eps);
     for (size_t i = 0; i < eps.size() && i < 20; ++i) {
@@ -109,14 +125,15 @@ void add_run(CLI::App& app) {
     vla::runtime::print_summary(
         s, vla::str_cat("vla run: policy ", a->policy, ", ", a->sim_time ? "sim" : "wall",
                         " time, action loop ", a->action_hz, " Hz, blend ", a->blend,
-                        g_stop ? " (interrupted)" : ""));
+                        vla::cli::StopSignals::flag() ? " (interrupted)" : ""));
     auto j = vla::runtime::to_json(s);
     j["policy"] = a->policy;
     j["clock"] = a->sim_time ? "sim" : "wall";
     j["action_hz_target"] = a->action_hz;
     j["blend"] = a->blend;
     j["seed"] = a->seed;
-    j["interrupted"] = g_stop.load();
+    j["interrupted"] = vla::cli::StopSignals::flag().load();
+    if (!a->sim_time) j["realtime"] = eps.front().realtime.to_json();
     vla::make_dirs(a->out);
     vla::write_json_atomic(a->out + "/metrics.json", j);
     if (!a->json.empty()) vla::write_json_atomic(a->json, j);

@@ -119,6 +119,8 @@ void add_train(CLI::App& app) {
   c->callback([o, views, json, all_eps] {
     o->policy.use_views = vla::cli::parse_views(*views);
     if (*all_eps) o->success_only = false;
+    vla::cli::StopSignals stop;
+    o->stop_requested = &vla::cli::StopSignals::flag();
     auto r = vla::train::train(*o);
     vla::Table t({"metric", "value"});
     t.add_row({"steps", std::to_string(r.steps)});

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <atomic>
+#include <csignal>
 #include <functional>
 #include <sstream>
 #include <string>
@@ -52,6 +54,32 @@ inline std::vector<int> parse_views(const std::string& s) {
   }
   return out;
 }
+
+// SIGINT / SIGTERM (Ctrl-C, `timeout`, a job scheduler) set flag() while an instance lives, so a
+// long command can stop at a safe point and keep its work; the previous handlers come back after.
+class StopSignals {
+ public:
+  StopSignals() {
+    flag().store(false);
+    prev_int_ = std::signal(SIGINT, on_signal);
+    prev_term_ = std::signal(SIGTERM, on_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, prev_int_);
+    std::signal(SIGTERM, prev_term_);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  static std::atomic<bool>& flag() {
+    static std::atomic<bool> f{false};
+    return f;
+  }
+
+ private:
+  static void on_signal(int) { flag().store(true); }
+  void (*prev_int_)(int) = SIG_DFL;
+  void (*prev_term_)(int) = SIG_DFL;
+};
 
 }  // namespace vla::cli
 

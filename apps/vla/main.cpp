@@ -1,4 +1,7 @@
-// vla: the single command-line entry point of vla.cpp.
+// vla: the single command-line entry point of dualrate.
+#include <execinfo.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
@@ -6,9 +9,32 @@
 #include "command.h"
 #include "core/core.h"
 
+namespace {
+
+// A crash prints where it happened (glibc backtrace; names need the executable's exported
+// symbols, see CMakeLists.txt), then dies of the same signal so exit codes and core dumps stay.
+extern "C" void on_fatal_signal(int sig) {
+  static const char msg[] = "\nvla: fatal signal; stack (addr2line -Cfe vla ADDRESS for lines):\n";
+  (void)!::write(STDERR_FILENO, msg, sizeof(msg) - 1);
+  void* frames[64];
+  const int n = ::backtrace(frames, 64);
+  ::backtrace_symbols_fd(frames, n, STDERR_FILENO);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
+void install_crash_handler() {
+  void* warm[1];
+  ::backtrace(warm, 1);  // loads libgcc's unwinder now, not inside the handler
+  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) std::signal(sig, on_fatal_signal);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  install_crash_handler();
   CLI::App app{
-      "vla.cpp - run and train vision-language-action robot policies in real time.\n"
+      "dualrate - run and train vision-language-action robot policies in real time.\n"
       "A slow VLM (Qwen2.5-VL) runs in its own thread; a fast action expert turns the newest VL\n"
       "features and a 650 Hz force stream into 8-action chunks at a fixed rate.\n"
       "Run `vla <command> --help` for the options of one command.",

@@ -1,6 +1,7 @@
 #include "core/core.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/stat.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -122,6 +123,24 @@ nlohmann::json read_json(const std::string& path) {
 bool file_exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
+}
+
+void remove_tree(const std::string& path) {
+  struct stat st;
+  if (path.empty() || ::lstat(path.c_str(), &st) != 0) return;
+  static thread_local std::string failed;
+  failed.clear();
+  auto remove_one = [](const char* p, const struct stat*, int type, struct FTW*) -> int {
+    const int rc = type == FTW_DP ? ::rmdir(p) : ::unlink(p);
+    if (rc != 0 && errno != ENOENT) {
+      failed = str_cat(p, ": ", std::strerror(errno));
+      return 1;
+    }
+    return 0;
+  };
+  // Depth first (children before their directory), physical (never follows links).
+  if (::nftw(path.c_str(), remove_one, 32, FTW_DEPTH | FTW_PHYS) != 0)
+    throw Error(str_cat("cannot remove ", failed.empty() ? path : failed));
 }
 
 void make_dirs(const std::string& path) {
@@ -308,10 +327,11 @@ void ProgressBar::draw(bool force) {
   const int decile = static_cast<int>(frac * 10);
   if (tty_) {
     if (!force && t - last_draw_s_ < 0.1) return;
-  } else if (!force && decile == last_decile_) {
-    return;
+  } else if (!force && decile == last_decile_ && t - last_draw_s_ < 30.0) {
+    return;  // logs: a line per tenth of the work, and at least every 30 s of a long one
   }
-  if (!tty_ && force && decile == last_decile_ && done_ != total_) return;
+  if (!tty_ && force && decile == last_decile_ && done_ != total_ && t - last_draw_s_ < 30.0)
+    return;
   last_draw_s_ = t;
   last_decile_ = decile;
   const int width = 30;

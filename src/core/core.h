@@ -105,6 +105,11 @@ nlohmann::json read_json(const std::string& path);
 bool file_exists(const std::string& path);
 // Creates the directory and its parents; no-op when it exists.
 void make_dirs(const std::string& path);
+// Removes a file or a directory tree (links are removed, not followed); no-op when absent.
+// Throws vla::Error naming the path that could not be removed. Walks with POSIX nftw():
+// std::filesystem::remove_all on a non-empty directory crashed (SIGSEGV) in the build against
+// PyTorch's libtorch on the GPU machine (docs/development/README.md).
+void remove_tree(const std::string& path);
 
 // ---------------------------------------------------------------- images
 // 8-bit interleaved image, rows top first.

@@ -128,7 +128,12 @@ DatasetWriter::DatasetWriter(std::string dir, std::string image_format, int jpeg
   // Leftovers of a crashed writer are never listed in the index: remove them.
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
-    if (e.path().filename().string().rfind(".tmp_episode_", 0) == 0) fs::remove_all(e.path(), ec);
+    if (e.path().filename().string().rfind(".tmp_episode_", 0) != 0) continue;
+    try {
+      remove_tree(e.path().string());
+    } catch (const Error& err) {
+      log_warn("dataset: leftover of a crashed writer not removed: ", err.what());
+    }
   }
 }
 
@@ -163,8 +168,7 @@ size_t DatasetWriter::write(const EpisodeData& ep,
   const std::string tmp = str_cat(dir_, "/.tmp_", name, "_", ::getpid());
   const std::string final_dir = dir_ + "/" + name;
   VLA_CHECK(!file_exists(final_dir), "dataset: ", final_dir, " exists but is not in index.json");
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
+  remove_tree(tmp);
   make_dirs(tmp + "/frames");
   VLA_CHECK(encoded.size() == ep.frames.size() * static_cast<size_t>(views),
             "dataset: ", encoded.size(), " encoded frames for ", ep.frames.size(), " ticks x ",
@@ -211,6 +215,7 @@ size_t DatasetWriter::write(const EpisodeData& ep,
       {"extra", ep.extra},
   };
   write_json_atomic(tmp + "/meta.json", meta);
+  std::error_code ec;
   fs::rename(tmp, final_dir, ec);
   VLA_CHECK(!ec, "dataset: cannot rename ", tmp, " to ", final_dir, ": ", ec.message());
   index_["episodes"].push_back({{"name", name},

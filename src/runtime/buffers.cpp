@@ -47,15 +47,27 @@ SensorRing::SensorRing(size_t capacity, double rate_hz) : buf_(capacity), period
   VLA_CHECK(rate_hz > 0, "SensorRing: rate must be > 0, got ", rate_hz);
 }
 
-void SensorRing::push(const Sample& s) {
+bool SensorRing::push(const Sample& s) {
   std::lock_guard<std::mutex> lock(mu_);
-  buf_[static_cast<size_t>(head_ % static_cast<int64_t>(buf_.size()))] = s;
+  const int64_t cap = static_cast<int64_t>(buf_.size());
+  if (!std::isfinite(s.t) || (head_ > 0 && s.t <= buf_[static_cast<size_t>((head_ - 1) % cap)].t)) {
+    ++rejected_;
+    return false;
+  }
+  buf_[static_cast<size_t>(head_ % cap)] = s;
   ++head_;
+  return true;
 }
 
 void SensorRing::clear() {
   std::lock_guard<std::mutex> lock(mu_);
   head_ = 0;
+  rejected_ = 0;
+}
+
+int64_t SensorRing::rejected() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return rejected_;
 }
 
 size_t SensorRing::size() const {

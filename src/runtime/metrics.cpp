@@ -62,6 +62,7 @@ Summary summarize(const std::vector<EpisodeResult>& episodes) {
       span += ep.ticks.back().start - ep.ticks.front().start;
       intervals += static_cast<int64_t>(ep.ticks.size()) - 1;
     }
+    s.sensor_rejected += ep.sensor_rejected;
     for (const auto& v : ep.vlm) {
       if (v.ok)
         ++s.vlm_calls;
@@ -115,6 +116,7 @@ nlohmann::json to_json(const Summary& s) {
   j["reuse_max"] = s.reuse_max;
   j["hold_startup_ticks"] = s.hold_startup;
   j["hold_sensor_ticks"] = s.hold_sensor;
+  j["sensor_samples_rejected"] = s.sensor_rejected;
   j["safe_stop_ticks"] = s.safe_stop;
   j["expert_error_ticks"] = s.expert_errors;
   j["first_features_s"] = s.first_features_s;
@@ -146,6 +148,7 @@ void print_summary(const Summary& s, const std::string& title) {
              str_cat(fmt_double(s.reuse_mean, 1), " / ", fmt_double(s.reuse_max, 0))});
   t.add_row({"first features after s", fmt_double(s.first_features_s, 3)});
   t.add_row({"hold ticks startup / sensor", str_cat(s.hold_startup, " / ", s.hold_sensor)});
+  t.add_row({"sensor samples rejected (stamp)", std::to_string(s.sensor_rejected)});
   t.add_row({"safe-stop ticks / expert errors", str_cat(s.safe_stop, " / ", s.expert_errors)});
   t.print();
 }

@@ -2,12 +2,15 @@
 // threads).
 #include <pthread.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
 #include <thread>
 
 #include "runtime/runtime.h"
@@ -45,6 +48,25 @@ void check_config(const PolicyFns& policy, const RuntimeConfig& cfg) {
   VLA_CHECK(cfg.vlm_latency_s >= 0, "runtime: --vlm-latency must be >= 0, got ", cfg.vlm_latency_s);
   VLA_CHECK(cfg.max_staleness_s > 0, "runtime: --max-staleness must be > 0, got ",
             cfg.max_staleness_s);
+}
+
+// A VLM call that returns non-finite features failed: it is not published, so the loop keeps the
+// older features and their growing age (and safe-stops past max staleness) instead of feeding NaN
+// to the expert.
+void check_features(const torch::Tensor& f) {
+  VLA_CHECK(f.defined() && f.numel() > 0, "VLM returned no features");
+  VLA_CHECK(torch::isfinite(f).all().item<bool>(), "VLM returned non-finite features");
+}
+
+// A plant that throws (a driver fault, a simulator error) ends the episode as a safe stop.
+void note_plant_error(EpisodeResult& ep, const std::string& what) {
+  ep.safe_stopped = true;
+  ep.safe_stop_reason = str_cat("plant error: ", what);
+  ep.errors.push_back(ep.safe_stop_reason);
+  ep.outcome.done = true;
+  ep.outcome.success = false;
+  ep.outcome.reason = "plant_error";
+  log_error("runtime: safe stop: ", ep.safe_stop_reason);
 }
 
 // The per-tick work shared by both runners. Everything is pre-allocated in the constructor.
@@ -171,75 +193,135 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
   Features pending;
   double next_launch = 0.0;
   const double sensor_dt = 1.0 / kSensorHz;
-  for (int64_t k = 0;; ++k) {
-    const double t = k * ep.period;  // episode-relative sim time of this tick
-    if (cfg.max_duration_s > 0 && t >= cfg.max_duration_s - 1e-9) break;
-    // VLM: deliver a finished call, then launch the next one (captures the views now).
-    if (vlm_busy && pending.ready_t <= t + 1e-9) {
-      ep.vlm.push_back({pending.capture_t, pending.ready_t, pending.version, true});
-      if (ep.first_features_t < 0) ep.first_features_t = pending.ready_t;
-      slot.publish(std::move(pending));
-      pending = Features();
-      vlm_busy = false;
-    }
-    if (!vlm_busy && t + 1e-9 >= next_launch) {
-      std::vector<Image> views = plant.render();
-      maybe_record_frame(ep, cfg, views);
-      Features f;
-      f.capture_t = t;
-      f.ready_t = t + cfg.vlm_latency_s;
-      try {
-        f.data = policy.encode(views, instruction);
-        f.version = version++;
-        vlm_busy = true;
-        pending = std::move(f);
-      } catch (const std::exception& e) {
-        ep.vlm.push_back({t, t, -1, false});
-        if (ep.errors.size() < 8) ep.errors.push_back(str_cat("vlm: ", e.what()));
-      }
-      if (cfg.vlm_hz > 0) next_launch = std::max(next_launch + 1.0 / cfg.vlm_hz, t);
-      if (vlm_busy && pending.ready_t <= t + 1e-9) {  // zero latency: synchronous
+  int64_t physics_steps = 0;
+  // VLM and expert failures are handled where they happen; what reaches the outer catch came from
+  // the plant.
+  try {
+    for (int64_t k = 0;; ++k) {
+      const double t = k * ep.period;  // episode-relative sim time of this tick
+      if (cfg.max_duration_s > 0 && t >= cfg.max_duration_s - 1e-9) break;
+      // VLM: deliver a finished call, then launch the next one (captures the views now).
+      if (vlm_busy && pending.ready_t <= t + 1e-9) {
         ep.vlm.push_back({pending.capture_t, pending.ready_t, pending.version, true});
         if (ep.first_features_t < 0) ep.first_features_t = pending.ready_t;
         slot.publish(std::move(pending));
         pending = Features();
         vlm_busy = false;
       }
-    }
-    TickRecord rec;
-    rec.deadline = rec.start = t;
-    const Features& f = slot.read();
-    const auto& chunk = core.tick(t, f, ring, plant.proprio(), rec, ep);
-    ep.ticks.push_back(rec);
-    if (cfg.record_chunks) ep.chunks.push_back(chunk);
-    plant.set_chunk(chunk);
-    if (ep.safe_stopped && cfg.stop_on_safe_stop) break;
-    // Physics until the next tick.
-    const double t_next = (k + 1) * ep.period;
-    bool done = false;
-    while (plant.time() - t_begin < t_next - 1e-9) {
-      Sample s = plant.step_physics();
-      s.t -= t_begin;
-      ring.push(s);
-      // The outcome is checked at the 80 Hz action rate (cheap enough, and deterministic).
-      if (ring.total_pushed() % 8 == 0) {
-        PlantOutcome o = plant.outcome();
-        if (o.done) {
-          ep.outcome = o;
-          done = true;
-          break;
+      if (!vlm_busy && t + 1e-9 >= next_launch) {
+        Features f;
+        f.capture_t = t;
+        f.ready_t = t + cfg.vlm_latency_s;
+        try {
+          std::vector<Image> views = plant.render();  // a camera fault is a failed VLM call
+          maybe_record_frame(ep, cfg, views);
+          f.data = policy.encode(views, instruction);
+          check_features(f.data);
+          f.version = version++;
+          vlm_busy = true;
+          pending = std::move(f);
+        } catch (const std::exception& e) {
+          ep.vlm.push_back({t, t, -1, false});
+          if (ep.errors.size() < 8) ep.errors.push_back(str_cat("vlm: ", e.what()));
+        }
+        if (cfg.vlm_hz > 0) next_launch = std::max(next_launch + 1.0 / cfg.vlm_hz, t);
+        if (vlm_busy && pending.ready_t <= t + 1e-9) {  // zero latency: synchronous
+          ep.vlm.push_back({pending.capture_t, pending.ready_t, pending.version, true});
+          if (ep.first_features_t < 0) ep.first_features_t = pending.ready_t;
+          slot.publish(std::move(pending));
+          pending = Features();
+          vlm_busy = false;
         }
       }
+      TickRecord rec;
+      rec.deadline = rec.start = t;
+      const Features& f = slot.read();
+      const auto& chunk = core.tick(t, f, ring, plant.proprio(), rec, ep);
+      ep.ticks.push_back(rec);
+      if (cfg.record_chunks) ep.chunks.push_back(chunk);
+      plant.set_chunk(chunk);
+      if (ep.safe_stopped && cfg.stop_on_safe_stop) break;
+      // Physics until the next tick.
+      const double t_next = (k + 1) * ep.period;
+      bool done = false;
+      while (plant.time() - t_begin < t_next - 1e-9) {
+        Sample s = plant.step_physics();
+        s.t -= t_begin;
+        ring.push(s);
+        // The outcome is checked at the 80 Hz action rate (cheap enough, and deterministic);
+        // counted in physics steps, not accepted samples (a stalled sensor must not stop the
+        // checks).
+        if (++physics_steps % 8 == 0) {
+          PlantOutcome o = plant.outcome();
+          if (o.done) {
+            ep.outcome = o;
+            done = true;
+            break;
+          }
+        }
+      }
+      (void)sensor_dt;
+      if (done) break;
     }
-    (void)sensor_dt;
-    if (done) break;
+  } catch (const std::exception& e) {
+    note_plant_error(ep, e.what());
   }
-  ep.duration = plant.time() - t_begin;
+  ep.sensor_rejected = ring.rejected();
+  try {
+    ep.duration = plant.time() - t_begin;
+  } catch (const std::exception&) {
+    ep.duration = static_cast<double>(ep.ticks.size()) * ep.period;
+  }
   finish_outcome(ep);
   return ep;
 }
 
 // ---------------------------------------------------------------- wall time
+RealtimeStatus apply_realtime(const RuntimeConfig& cfg) {
+  RealtimeStatus st;
+  VLA_CHECK(cfg.loop_priority >= 0 && cfg.loop_priority <= 99,
+            "runtime: loop priority must be 0..99, got ", cfg.loop_priority);
+  if (cfg.lock_memory) {
+    if (::mlockall(MCL_CURRENT | MCL_FUTURE) == 0)
+      st.memory_locked = true;
+    else
+      st.notes.push_back(str_cat("memory not locked (mlockall: ", std::strerror(errno),
+                                 "; raise `ulimit -l` or grant CAP_IPC_LOCK)"));
+  }
+  if (cfg.loop_cpu >= 0) {
+    const int ncpu = static_cast<int>(std::thread::hardware_concurrency());
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cfg.loop_cpu, &set);
+    const int rc = cfg.loop_cpu < ncpu && cfg.loop_cpu < CPU_SETSIZE
+                       ? pthread_setaffinity_np(pthread_self(), sizeof(set), &set)
+                       : EINVAL;
+    if (rc == 0)
+      st.pinned = true;
+    else
+      st.notes.push_back(str_cat("loop not pinned to CPU ", cfg.loop_cpu, " (", std::strerror(rc),
+                                 "; this machine has ", ncpu, " CPUs)"));
+  }
+  if (cfg.loop_priority > 0) {
+    sched_param sp{};
+    sp.sched_priority = cfg.loop_priority;
+    const int rc = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
+    if (rc == 0)
+      st.fifo = true;
+    else
+      st.notes.push_back(str_cat("SCHED_FIFO ", cfg.loop_priority, " not permitted (",
+                                 std::strerror(rc),
+                                 "; needs CAP_SYS_NICE or an rtprio limit): normal scheduling"));
+  }
+  for (const auto& n : st.notes) log_warn("runtime: ", n);
+  return st;
+}
+
+nlohmann::json RealtimeStatus::to_json() const {
+  return {
+      {"sched_fifo", fifo}, {"pinned", pinned}, {"memory_locked", memory_locked}, {"notes", notes}};
+}
+
 namespace {
 
 void sleep_until_precise(int64_t deadline_ns, double spin_us, const std::atomic<bool>& stop) {
@@ -278,6 +360,7 @@ struct Shared {
   PlantOutcome outcome;
   std::atomic<bool> done{false};
   std::atomic<bool> physics_failed{false};
+  std::string physics_error;  // under snap_mu
   // VLM bookkeeping (VLM thread writes, main reads after join or under mu).
   std::mutex vlm_mu;
   std::vector<VlmRecord> vlm;
@@ -349,7 +432,10 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
         }
       }
     } catch (const std::exception& e) {
-      log_error("runtime: physics thread: ", e.what());
+      {
+        std::lock_guard<std::mutex> lock(sh->snap_mu);
+        sh->physics_error = e.what();
+      }
       sh->physics_failed.store(true);
       sh->done.store(true);
     }
@@ -394,6 +480,7 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
                 views.size() == 1 ? views[0] : tile_images(views, static_cast<int>(views.size())));
         }
         torch::Tensor feat = pol.encode(views, instruction);
+        check_features(feat);
         if (sh->stop.load()) break;
         Features f;
         f.data = feat;
@@ -422,11 +509,13 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
   // Action loop on this thread.
   at::set_num_threads(cfg.expert_threads);
   c10::InferenceMode guard;
-  if (cfg.realtime_priority) {
-    sched_param sp{};
-    sp.sched_priority = 10;
-    (void)pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);  // needs CAP_SYS_NICE
-  }
+  // The loop runs on the caller's thread: its scheduling and affinity are restored afterwards.
+  int prev_policy = SCHED_OTHER;
+  sched_param prev_param{};
+  cpu_set_t prev_cpus;
+  (void)pthread_getschedparam(pthread_self(), &prev_policy, &prev_param);
+  (void)pthread_getaffinity_np(pthread_self(), sizeof(prev_cpus), &prev_cpus);
+  ep.realtime = apply_realtime(cfg);
   LoopCore core(policy, cfg);
   const int64_t period_ns = static_cast<int64_t>(1e9 / cfg.action_hz);
   const size_t reserve =
@@ -470,6 +559,10 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
     const int64_t now = now_ns();
     if (now > deadline + 2 * period_ns) k = (now - sh->t0_ns) / period_ns;
   }
+  if (ep.realtime.fifo) (void)pthread_setschedparam(pthread_self(), prev_policy, &prev_param);
+  if (ep.realtime.pinned)
+    (void)pthread_setaffinity_np(pthread_self(), sizeof(prev_cpus), &prev_cpus);
+  if (ep.realtime.memory_locked) (void)::munlockall();
   sh->stop.store(true);
   physics.join();
   // The VLM thread may be stuck inside encode (a stalled VLM): wait a while, then detach it.
@@ -495,7 +588,11 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
     for (auto& e : sh->vlm_errors) ep.errors.push_back(e);
     ep.frames = sh->frames;
   }
-  if (sh->physics_failed.load()) ep.errors.push_back("physics thread failed");
+  ep.sensor_rejected = sh->ring.rejected();
+  if (sh->physics_failed.load()) {
+    std::lock_guard<std::mutex> lock(sh->snap_mu);
+    note_plant_error(ep, sh->physics_error);
+  }
   finish_outcome(ep);
   return ep;
 }

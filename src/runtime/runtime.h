@@ -122,13 +122,18 @@ const char* to_string(WindowStatus s);
 // Windows are cut by time: the `n` newest samples up to time t_end; checks: enough samples, no gap
 // (consecutive stamps further apart than gap_factor/650 s), all finite, newest not older than
 // `timeout_s` before t_end. Short windows (start-up) are padded by repeating the oldest sample.
+// Stamps must increase: a sample whose stamp is not finite or not newer than the previous one (a
+// repeated or out-of-order stamp, e.g. a driver re-sending its last reading) is rejected and
+// counted, so a window always spans the time it claims; a stream that stops advancing then shows
+// as a gap or a dropout.
 class SensorRing {
  public:
   explicit SensorRing(size_t capacity = 4096, double rate_hz = kSensorHz);
-  void push(const Sample& s);
+  bool push(const Sample& s);  // false: rejected (stamp not finite or not increasing)
   void clear();
   size_t size() const;
   int64_t total_pushed() const;
+  int64_t rejected() const;
   // Writes n x 6 floats into out (row-major, oldest first).
   WindowStatus window(double t_end, int n, float* out, double timeout_s = 0.05,
                       double gap_factor = 1.5) const;
@@ -137,6 +142,7 @@ class SensorRing {
   mutable std::mutex mu_;
   std::vector<Sample> buf_;
   int64_t head_ = 0;  // total samples pushed
+  int64_t rejected_ = 0;
   double period_;
 };
 
@@ -219,8 +225,16 @@ struct Summary {
   double age_ms_p50 = 0, age_ms_p99 = 0, age_ms_max = 0;
   double reuse_mean = 0, reuse_max = 0;  // ticks per feature version
   int64_t hold_startup = 0, hold_sensor = 0, safe_stop = 0, expert_errors = 0;
+  int64_t sensor_rejected = 0;   // samples with a repeated / backwards / non-finite stamp
   double first_features_s = -1;  // mean time to first features
   double success_rate() const { return episodes ? double(successes) / episodes : 0.0; }
+};
+
+// What apply_realtime() managed to set; `notes` says why a setting fell back.
+struct RealtimeStatus {
+  bool fifo = false, pinned = false, memory_locked = false;
+  std::vector<std::string> notes;
+  nlohmann::json to_json() const;
 };
 
 // Everything one episode (or a wall-time session) produced.
@@ -230,6 +244,8 @@ struct EpisodeResult {
   bool interrupted = false;
   std::string safe_stop_reason;
   std::vector<std::string> errors;  // VLM / expert exceptions (first few)
+  int64_t sensor_rejected = 0;      // force/torque samples the ring refused (SensorRing::push)
+  RealtimeStatus realtime;          // wall time: the loop's real-time settings as applied
   double period = 0.1;              // nominal loop period
   double duration = 0.0;
   double first_features_t = -1.0;
@@ -268,12 +284,19 @@ struct RuntimeConfig {
   bool record_frames = false;
   int max_frames = 64;
   // wall time
-  int vlm_threads = 1;            // torch intra-op threads on the VLM thread
-  int expert_threads = 1;         // torch intra-op threads on the loop thread
-  int vlm_nice = 5;               // niceness added to the VLM thread (lower priority than the loop)
-  double spin_us = 200;           // busy-wait this long before each deadline for precise wake-up
-  bool realtime_priority = true;  // try SCHED_FIFO for the loop (ignored without permission)
+  int vlm_threads = 1;     // torch intra-op threads on the VLM thread
+  int expert_threads = 1;  // torch intra-op threads on the loop thread
+  int vlm_nice = 5;        // niceness added to the VLM thread (lower priority than the loop)
+  double spin_us = 200;    // busy-wait this long before each deadline for precise wake-up
+  // Real-time settings of the action loop thread (wall time; docs/runtime.md). Each is tried and
+  // reported in EpisodeResult::realtime; without permission the loop runs with normal scheduling.
+  int loop_priority = 0;     // SCHED_FIFO priority 1..99 (0: normal scheduling)
+  int loop_cpu = -1;         // pin the loop thread to this CPU (-1: no pinning)
+  bool lock_memory = false;  // mlockall(MCL_CURRENT | MCL_FUTURE): no page faults in the loop
 };
+
+// Applies cfg's real-time settings to the calling thread (and mlockall to the process).
+RealtimeStatus apply_realtime(const RuntimeConfig& cfg);
 
 // Deterministic single-thread episode in sim time: physics steps of 1/650 s, loop ticks at
 // action_hz, a VLM call launched at a tick delivers its features vlm_latency_s later (0 = same
@@ -305,8 +328,6 @@ class ToyPlant : public Plant {
   double time() override { return n_ / kSensorHz; }
   PlantOutcome outcome() override;
   Action goal() const { return goal_; }
-  // Fault injection: samples in [t0, t1) become NaN.
-  void inject_nan(double t0, double t1) { nan_t0_ = t0, nan_t1_ = t1; }
 
  private:
   int64_t n_ = 0;
@@ -315,7 +336,6 @@ class ToyPlant : public Plant {
   int64_t chunk_start_ = 0;
   double time_limit_;
   bool can_finish_;
-  double nan_t0_ = -1, nan_t1_ = -1;
   uint64_t rng_;
 };
 // A policy for ToyPlant: encode returns the goal as "features" (reading the plant, like a perfect

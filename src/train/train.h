@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <random>
@@ -180,8 +181,11 @@ struct TrainOptions {
   // can be read from them linearly, which the location tokens alone did not do (docs/training.md).
   double locate_weight = 0.0;
   double caption_weight = 1.0;  // grounding: weight of the location-token + caption loss
-  int stop_after = 0;  // >0: checkpoint and stop at this step, as if interrupted (tests, jobs)  //
-                       // caption stage: held-out episodes captioned for METEOR/BLEU
+  int stop_after = 0;  // >0: checkpoint and stop at this step, as if interrupted (tests, jobs)
+  // When it becomes true (the CLI sets it on SIGINT / SIGTERM, e.g. from `timeout`): checkpoint,
+  // then finish as after the last step -- evaluation and the model saved as trained so far, the
+  // report marked "interrupted" -- so a killed job keeps its work and `--resume` continues it.
+  const std::atomic<bool>* stop_requested = nullptr;
   // Tests/tools: use this encoder instead of loading opt.vlm / the init policy's VLM.
   std::shared_ptr<policy::VlmEncoder> vlm_override;
 };

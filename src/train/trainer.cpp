@@ -83,7 +83,7 @@ struct Checkpoint {
             const std::mt19937_64& rng, const std::vector<double>& ls,
             const std::vector<double>& lv) const {
     const std::string tmp = dir + ".tmp", old = dir + ".old";
-    fs::remove_all(tmp);
+    vla::remove_tree(tmp);
     make_dirs(tmp);
     std::vector<std::pair<std::string, torch::Tensor>> t;
     for (size_t i = 0; i < params.size(); ++i) t.emplace_back(str_cat("p", i), params[i]);
@@ -94,10 +94,10 @@ struct Checkpoint {
     rs << rng;
     write_json_atomic(tmp + "/state.json",
                       {{"step", step}, {"rng", rs.str()}, {"loss_steps", ls}, {"losses", lv}});
-    fs::remove_all(old);
+    vla::remove_tree(old);
     if (fs::exists(dir)) fs::rename(dir, old);
     fs::rename(tmp, dir);
-    fs::remove_all(old);
+    vla::remove_tree(old);
   }
   int64_t load(const std::vector<torch::Tensor>& params, torch::optim::AdamW& opt,
                std::mt19937_64& rng, std::vector<double>& ls, std::vector<double>& lv) const {
@@ -466,7 +466,15 @@ TrainReport train(const TrainOptions& opt) {
   Stopwatch sw;
   int64_t samples = 0;
   double ema = -1;
+  bool interrupted = false;
   for (; step < opt.steps; ++step) {
+    if (opt.stop_requested && opt.stop_requested->load()) {
+      ckpt.save(step, all_params, optimizer, rng, rep.loss_steps, rep.losses);
+      log_info("stop requested: checkpoint at step ", step, " in ", ckpt.dir,
+               "; saving the model trained so far");
+      interrupted = true;
+      break;
+    }
     current_step = step;
     set_group_lrs(optimizer, base_lr, lr_factor(step, opt.warmup, opt.steps, opt.lr_min_factor));
     std::vector<Sample> b;
@@ -497,7 +505,8 @@ TrainReport train(const TrainOptions& opt) {
     }
   }
   bar.finish();
-  rep.steps = opt.steps;
+  rep.steps = step;
+  if (interrupted) rep.extra["interrupted"] = true;
   rep.seconds = sw.elapsed_s();
   rep.samples_per_s = samples / std::max(1e-9, rep.seconds);
   rep.final_loss = ema;
@@ -587,7 +596,7 @@ TrainReport train(const TrainOptions& opt) {
   nlohmann::json rj = rep.to_json();
   rj["provenance"] = provenance;
   write_json_atomic(opt.out + "/train_report.json", rj);
-  fs::remove_all(ckpt.dir);
+  if (!interrupted) vla::remove_tree(ckpt.dir);  // an interrupted run keeps it for --resume
   (void)have_init;
   return rep;
 }

@@ -75,6 +75,23 @@ TEST(Files, MakeDirsCreatesNested) {
   make_dirs(dir);  // idempotent
 }
 
+TEST(Files, RemoveTreeRemovesNestedFilesAndLinksWithoutFollowingThem) {
+  const std::string root = temp_dir() + "/tree", keep = temp_dir() + "/kept";
+  make_dirs(root + "/a/b");
+  make_dirs(keep);
+  write_file_atomic(root + "/a/b/f.txt", std::string("x"));
+  write_file_atomic(root + "/top.txt", std::string("y"));
+  write_file_atomic(keep + "/k.txt", std::string("z"));
+  ASSERT_EQ(::symlink(keep.c_str(), (root + "/link").c_str()), 0);
+  remove_tree(root);
+  EXPECT_FALSE(file_exists(root));
+  EXPECT_TRUE(file_exists(keep + "/k.txt"));  // the link went, not what it points to
+  remove_tree(root);                          // absent: no-op
+  write_file_atomic(root, std::string("a file"));
+  remove_tree(root);
+  EXPECT_FALSE(file_exists(root));
+}
+
 TEST(Images, PngRoundTripIsLossless) {
   Image im = make_image(7, 5, 3);
   for (size_t i = 0; i < im.pixels.size(); ++i) im.pixels[i] = static_cast<uint8_t>(i * 37);

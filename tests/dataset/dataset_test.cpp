@@ -108,7 +108,7 @@ TEST(Dataset, RoundTrip) {
   EXPECT_EQ(e2.frames[0][0].width, 20);
   EXPECT_THROW(ds.load(3), Error);
   EXPECT_THROW(ds.load_frame(0, 3, 0), Error);
-  fs::remove_all(fs::path(dir).parent_path());
+  vla::remove_tree(fs::path(dir).parent_path().string());
 }
 
 // Helper: writes one episode and returns the dataset dir.
@@ -246,7 +246,7 @@ TEST(Dataset, AppendingKeepsEarlierEpisodes) {
   EXPECT_EQ(ds.load(1, false).seed, 4u);
   EXPECT_EQ(ds.load(2, false).seed, 6u);
   EXPECT_EQ(read_file(dir + "/episode_000001/actions.bin"), before);
-  fs::remove_all(dir);
+  vla::remove_tree(dir);
 }
 
 // With a sparse index (bulk generation), episodes renamed into place after the last index write
@@ -275,7 +275,7 @@ TEST(Dataset, EpisodesMissedByASparseIndexAreRecovered) {
   ASSERT_EQ(ds.size(), 5u);
   EXPECT_EQ(ds.load(4, false).seed, 10u);
   EXPECT_THROW(DatasetWriter(dir).set_index_every(0), Error);
-  fs::remove_all(dir);
+  vla::remove_tree(dir);
 }
 
 }  // namespace

@@ -139,7 +139,7 @@ TEST(Loading, ParameterNamesAreCheckpointNames) {
 
 fs::path temp_dir(const std::string& name) {
   auto d = fs::temp_directory_path() / ("vla_models_test_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(d);
+  vla::remove_tree(d);
   fs::create_directories(d);
   return d;
 }
@@ -171,7 +171,7 @@ TEST(Loading, BadCheckpointsNameTheTensor) {
   } catch (const vla::Error& e) {
     EXPECT_NE(std::string(e.what()).find(victim), std::string::npos) << e.what();
   }
-  fs::remove_all(d);
+  vla::remove_tree(d);
   EXPECT_THROW(vla::Qwen25VLImpl::from_pretrained("/nonexistent/model"), vla::Error);
 }
 
@@ -287,7 +287,7 @@ TEST(Saving, RandomInitSaveAndReloadRoundTrips) {
   auto ours = vla::WeightStore::open(d.string());
   ASSERT_EQ(ours.names(), hf.names());
   for (const auto& n : hf.names()) EXPECT_EQ(ours.info(n).shape, hf.info(n).shape) << n;
-  fs::remove_all(d);
+  vla::remove_tree(d);
 }
 
 TEST(Sampling, WarpersBehave) {

@@ -12,7 +12,7 @@ namespace {
 std::string tmp_dir(const std::string& name) {
   auto p = std::filesystem::temp_directory_path() /
            ("vla_policy_test_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(p);
+  vla::remove_tree(p);
   return p.string();
 }
 
@@ -70,7 +70,7 @@ TEST_P(PolicyHeads, SaveLoadRoundTrip) {
   auto prop = torch::randn({3});
   EXPECT_TRUE(torch::equal(p.act(vl, force, prop), q->act(vl, force, prop)));
   EXPECT_TRUE(torch::allclose(q->stats().force.std, st.force.std));
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Heads, PolicyHeads, ::testing::Values("flow", "mlp"));
@@ -125,7 +125,7 @@ TEST(Policy, BadInputsGiveClearErrors) {
   p.save(dir);
   write_file_atomic(dir + "/policy.safetensors", std::string("\x10\0\0\0\0\0\0\0{bad", 12));
   EXPECT_THROW(Policy::load(dir), Error);
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
 }
 
 TEST(Policy, TrainingReducesLoss) {

@@ -181,7 +181,7 @@ TEST(QwenVlm, CaptionLossSaveLoadAndPolicyRefusesOtherVlm) {
   // Policy with this VLM: save, load, same features and fingerprint.
   auto dir = (std::filesystem::temp_directory_path() / ("vla_vlm_test_" + std::to_string(getpid())))
                  .string();
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
   c.vl_dim = vlm->feature_dim();
   c.d_model = 32;
   c.sensor_dim = 16;
@@ -195,7 +195,7 @@ TEST(QwenVlm, CaptionLossSaveLoadAndPolicyRefusesOtherVlm) {
   EXPECT_TRUE(torch::allclose(q->encode(v, "go"), p.encode(v, "go"), 1e-6, 1e-7));
   // Swap in a different VLM: refused with a clear error.
   auto other = load_vlm(kInit, c);  // another random init
-  std::filesystem::remove_all(dir + "/vlm");
+  vla::remove_tree(dir + "/vlm");
   other->save(dir + "/vlm");
   try {
     Policy::load(dir);
@@ -203,7 +203,7 @@ TEST(QwenVlm, CaptionLossSaveLoadAndPolicyRefusesOtherVlm) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("does not match"), std::string::npos) << e.what();
   }
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
 }
 
 }  // namespace

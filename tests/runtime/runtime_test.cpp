@@ -12,16 +12,28 @@ using namespace vla::runtime;
 
 namespace {
 
-// Wraps a plant and corrupts its sensor stream in [t0, t1) with NaN (a sensor fault).
-class NanPlant : public Plant {
+// Wraps a plant and injects one fault in plant time [t0, t1):
+//   kNaN   the force reading becomes NaN;
+//   kStuck the sensor stops updating (its last sample, same stamp, is delivered again: dropped);
+//   kLate  samples arrive `lag` s late (stamped lag earlier than the plant's clock);
+//   kThrow the plant throws (a driver / simulator fault).
+enum class Fault { kNaN, kStuck, kLate, kThrow };
+class FaultyPlant : public Plant {
  public:
-  NanPlant(Plant& inner, double t0, double t1) : in_(inner), t0_(t0), t1_(t1) {}
+  FaultyPlant(Plant& inner, Fault fault, double t0, double t1, double lag = 0.0)
+      : in_(inner), fault_(fault), t0_(t0), t1_(t1), lag_(lag) {}
   std::string instruction() override { return in_.instruction(); }
   std::vector<vla::Image> render() override { return in_.render(); }
   void set_chunk(const std::vector<Action>& c) override { in_.set_chunk(c); }
   Sample step_physics() override {
     Sample s = in_.step_physics();
-    if (s.t >= t0_ && s.t < t1_) s.f[2] = std::numeric_limits<float>::quiet_NaN();
+    const bool on = s.t >= t0_ && s.t < t1_;
+    if (on && fault_ == Fault::kThrow) throw vla::Error("force/torque driver: bus error");
+    if (on && fault_ == Fault::kNaN) s.f[2] = std::numeric_limits<float>::quiet_NaN();
+    if (on && fault_ == Fault::kStuck && have_last_) return last_;
+    if (on && fault_ == Fault::kLate) s.t -= lag_;
+    last_ = s;
+    have_last_ = true;
     return s;
   }
   Action proprio() override { return in_.proprio(); }
@@ -30,7 +42,10 @@ class NanPlant : public Plant {
 
  private:
   Plant& in_;
-  double t0_, t1_;
+  Fault fault_;
+  double t0_, t1_, lag_;
+  Sample last_;
+  bool have_last_ = false;
 };
 
 int count_status(const EpisodeResult& ep, TickStatus s) {
@@ -119,6 +134,22 @@ TEST(SensorRing, DetectsGapsAndNaN) {
   ring.push({101 / 650.0, {0, 0, std::numeric_limits<float>::quiet_NaN(), 0, 0, 0}});
   EXPECT_EQ(ring.window(101 / 650.0, 65, w.data()), WindowStatus::kNaN);
   EXPECT_THROW(ring.window(1.0, 1000, w.data()), vla::Error);
+}
+
+TEST(SensorRing, RejectsRepeatedBackwardsAndNonFiniteStamps) {
+  SensorRing ring(256);
+  std::vector<float> w(65 * 6);
+  for (int i = 1; i <= 100; ++i) EXPECT_TRUE(ring.push({i / 650.0, {1, 0, 0, 0, 0, 0}}));
+  EXPECT_FALSE(ring.push({100 / 650.0, {9, 0, 0, 0, 0, 0}}));  // repeated stamp
+  EXPECT_FALSE(ring.push({50 / 650.0, {9, 0, 0, 0, 0, 0}}));   // backwards
+  EXPECT_FALSE(ring.push({std::numeric_limits<double>::quiet_NaN(), {9, 0, 0, 0, 0, 0}}));
+  EXPECT_EQ(ring.rejected(), 3);
+  EXPECT_EQ(ring.total_pushed(), 100);
+  EXPECT_EQ(ring.window(100 / 650.0, 65, w.data()), WindowStatus::kOk);
+  for (int i = 0; i < 65 * 6; i += 6) EXPECT_EQ(w[i], 1.0f);  // no rejected value got in
+  // A stream that only repeats its last stamp is a stream that stopped: dropout after timeout.
+  for (int k = 0; k < 100; ++k) ring.push({100 / 650.0, {1, 0, 0, 0, 0, 0}});
+  EXPECT_EQ(ring.window(100 / 650.0 + 0.2, 65, w.data(), 0.05), WindowStatus::kDropout);
 }
 
 TEST(ChunkBlender, ReplaceEnsembleRtc) {
@@ -220,7 +251,7 @@ TEST(SimTime, StaleFeaturesCommandSafeStop) {
 
 TEST(SimTime, NaNSensorHoldsAndRecovers) {
   ToyPlant toy(5, 10.0);
-  NanPlant plant(toy, 0.25, 0.45);
+  FaultyPlant plant(toy, Fault::kNaN, 0.25, 0.45);
   RuntimeConfig cfg;
   cfg.record_chunks = true;
   EpisodeResult ep = run_sim_time(plant, toy_policy(toy), cfg);
@@ -252,6 +283,58 @@ TEST(SimTime, ExpertExceptionAndBadOutputAreReportedNotFatal) {
   ASSERT_GE(ep.errors.size(), 2u);
   EXPECT_NE(ep.errors[0].find("boom"), std::string::npos);
   EXPECT_TRUE(ep.outcome.success);
+}
+
+TEST(SimTime, VlmNaNFeaturesAreAFailedCallNotFedToTheExpert) {
+  ToyPlant plant(6, 20.0);
+  PolicyFns p = toy_policy(plant);
+  auto inner_encode = p.encode;
+  auto inner_act = p.act;
+  int calls = 0;
+  p.encode = [&](const std::vector<vla::Image>& v, const std::string& s) {
+    auto f = inner_encode(v, s);
+    return ++calls >= 3 ? f * std::numeric_limits<float>::quiet_NaN() : f;  // VLM goes bad
+  };
+  bool expert_saw_nan = false;
+  p.act = [&](const torch::Tensor& v, const torch::Tensor& w, const torch::Tensor& pr) {
+    expert_saw_nan |= !torch::isfinite(v).all().item<bool>();
+    return inner_act(v, w, pr);
+  };
+  RuntimeConfig cfg;
+  cfg.vlm_latency_s = 0.1;
+  cfg.max_staleness_s = 0.5;
+  EpisodeResult ep = run_sim_time(plant, p, cfg);
+  EXPECT_FALSE(expert_saw_nan);
+  Summary s = summarize({ep});
+  EXPECT_EQ(s.vlm_calls, 2);
+  EXPECT_GT(s.vlm_errors, 3);
+  EXPECT_NE(ep.errors[0].find("non-finite features"), std::string::npos);
+  // Acted on the last good features until they were too old, then stopped safely.
+  EXPECT_GT(count_status(ep, TickStatus::kAct), 2);
+  EXPECT_TRUE(ep.safe_stopped);
+  EXPECT_NE(ep.safe_stop_reason.find("max staleness"), std::string::npos);
+}
+
+TEST(SimTime, PlantErrorEndsTheEpisodeAsASafeStop) {
+  ToyPlant toy(7, 20.0);
+  FaultyPlant plant(toy, Fault::kThrow, 0.5, 1.0);
+  EpisodeResult ep = run_sim_time(plant, toy_policy(toy), RuntimeConfig{});
+  EXPECT_TRUE(ep.safe_stopped);
+  EXPECT_EQ(ep.outcome.reason, "plant_error");
+  EXPECT_NE(ep.safe_stop_reason.find("bus error"), std::string::npos);
+  EXPECT_NEAR(ep.duration, 0.5, 0.1);
+}
+
+TEST(SimTime, SensorThatStopsForGoodHoldsUntilThePlantTimesOut) {
+  // Regression: the outcome check counted accepted samples, so a stream that stopped advancing
+  // (every sample rejected) stopped the checks and the episode never ended.
+  ToyPlant toy(8, 2.0);
+  FaultyPlant plant(toy, Fault::kStuck, 0.5, 1e9);
+  EpisodeResult ep = run_sim_time(plant, toy_policy(toy), RuntimeConfig{});
+  EXPECT_EQ(ep.outcome.reason, "timeout");
+  EXPECT_NEAR(ep.duration, 2.0, 0.05);
+  EXPECT_GT(count_status(ep, TickStatus::kHoldSensor), 10);
+  EXPECT_GT(ep.sensor_rejected, 900);
 }
 
 TEST(SimTime, RejectsBadConfig) {
@@ -321,7 +404,7 @@ TEST(WallTime, VlmExceptionReportedLoopContinues) {
 
 TEST(WallTime, NaNSensorHolds) {
   ToyPlant toy(11, 100.0, false);
-  NanPlant plant(toy, 0.3, 0.6);
+  FaultyPlant plant(toy, Fault::kNaN, 0.3, 0.6);
   RuntimeConfig cfg;
   cfg.action_hz = 20;
   cfg.max_duration_s = 1.0;
@@ -329,6 +412,43 @@ TEST(WallTime, NaNSensorHolds) {
   EXPECT_GE(count_status(ep, TickStatus::kHoldSensor), 3);
   EXPECT_GT(count_status(ep, TickStatus::kAct), 3);
   EXPECT_FALSE(ep.safe_stopped);
+}
+
+TEST(WallTime, SensorStuckOrLateHoldsAtFullRateAndRecovers) {
+  for (Fault fault : {Fault::kStuck, Fault::kLate}) {
+    ToyPlant toy(13, 100.0, false);
+    FaultyPlant plant(toy, fault, 0.3, 0.6, /*lag=*/0.2);
+    RuntimeConfig cfg;
+    cfg.action_hz = 20;
+    cfg.max_duration_s = 1.2;
+    EpisodeResult ep = run_wall_time(plant, toy_policy(toy), cfg);
+    const char* name = fault == Fault::kStuck ? "stuck" : "late";
+    int dropouts = 0;
+    for (const auto& t : ep.ticks) dropouts += t.sensor == WindowStatus::kDropout;
+    EXPECT_GE(dropouts, 2) << name;  // no fresh samples: the window is stale
+    EXPECT_GE(count_status(ep, TickStatus::kHoldSensor), 2) << name;
+    EXPECT_GT(ep.sensor_rejected, 50) << name;  // repeated / backwards stamps refused
+    // Acting again after the fault cleared, and the loop kept its rate throughout.
+    bool acted_after = false;
+    for (const auto& t : ep.ticks) acted_after |= t.start > 0.9 && t.status == TickStatus::kAct;
+    EXPECT_TRUE(acted_after) << name;
+    EXPECT_NEAR(summarize({ep}).action_hz, 20.0, 2.0) << name;
+    EXPECT_FALSE(ep.safe_stopped) << name;
+  }
+}
+
+TEST(WallTime, PlantErrorSafeStopsPromptly) {
+  ToyPlant toy(14, 100.0, false);
+  FaultyPlant plant(toy, Fault::kThrow, 0.4, 100.0);
+  RuntimeConfig cfg;
+  cfg.action_hz = 20;
+  cfg.max_duration_s = 5.0;
+  vla::Stopwatch sw;
+  EpisodeResult ep = run_wall_time(plant, toy_policy(toy), cfg);
+  EXPECT_LT(sw.elapsed_s(), 2.0);
+  EXPECT_TRUE(ep.safe_stopped);
+  EXPECT_EQ(ep.outcome.reason, "plant_error");
+  EXPECT_NE(ep.safe_stop_reason.find("bus error"), std::string::npos);
 }
 
 TEST(WallTime, StopFlagEndsRunCleanly) {
@@ -403,7 +523,7 @@ TEST(SimPlantClosedLoop, WallTimeNaNForceHoldsOnRealSim) {
   vla::sim::NeedleEnv env(ec);
   env.reset(4);
   SimPlant sim(env);
-  NanPlant plant(sim, 0.3, 0.5);
+  FaultyPlant plant(sim, Fault::kNaN, 0.3, 0.5);
   PolicyFns p;
   p.encode = [](const std::vector<vla::Image>& v, const std::string&) {
     return torch::full({4}, static_cast<float>(v.size()));

@@ -457,7 +457,7 @@ TEST(Recorder, EpisodeRoundTripsThroughTheDataset) {
   EXPECT_EQ(back.frames.size(), ep.frames.size());
   EXPECT_EQ(back.frames[1][1].pixels, ep.frames[1][1].pixels);  // PNG is lossless
   EXPECT_EQ(back.ports[back.target].color, env.scene().ports[env.scene().target].color);
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
 }
 
 }  // namespace

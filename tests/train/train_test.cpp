@@ -17,7 +17,7 @@ namespace {
 std::string tmp_dir(const std::string& name) {
   auto p = std::filesystem::temp_directory_path() /
            ("vla_train_test_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(p);
+  vla::remove_tree(p);
   return p.string();
 }
 
@@ -145,7 +145,7 @@ TEST(Data, CutTicksWindowsAndTargets) {
   EXPECT_EQ(tk2.force[1].narrow(0, 0, 35).abs().sum().item<float>(), 0.0f);
   EXPECT_TRUE(
       torch::equal(tk2.force[1].narrow(0, 35, 65), ep.force.narrow(0, 0, 65).narrow(1, 1, 6)));
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
 }
 
 TEST(Cache, BuildValidateAndRefuseStale) {
@@ -184,8 +184,8 @@ TEST(Cache, BuildValidateAndRefuseStale) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("tick 3"), std::string::npos) << e.what();
   }
-  std::filesystem::remove_all(dir);
-  std::filesystem::remove_all(cdir);
+  vla::remove_tree(dir);
+  vla::remove_tree(cdir);
 }
 
 TrainOptions stage1_options(const std::string& ds, const std::string& cache,
@@ -243,7 +243,7 @@ TEST(Trainer, Stage1ResumeIsBitExact) {
   EXPECT_EQ(png.width, 640);
   auto a = pol->act(torch::zeros({4}), torch::zeros({65, 6}), torch::zeros({3}));
   EXPECT_TRUE(torch::isfinite(a).all().item<bool>());
-  for (auto& p : {outA, outB, dir, cdir}) std::filesystem::remove_all(p);
+  for (auto& p : {outA, outB, dir, cdir}) vla::remove_tree(p);
 }
 
 TEST(Trainer, Stage1LearnsFromFeatures) {
@@ -265,7 +265,7 @@ TEST(Trainer, Stage1LearnsFromFeatures) {
   o.holdout = 0.0;
   auto r = vla::train::train(o);
   EXPECT_LT(r.final_loss, 0.2);
-  for (auto& p : {out, dir, cdir}) std::filesystem::remove_all(p);
+  for (auto& p : {out, dir, cdir}) vla::remove_tree(p);
 }
 
 TEST(Trainer, CudaTrainingMatchesCpu) {
@@ -296,7 +296,7 @@ TEST(Trainer, CudaTrainingMatchesCpu) {
     o.device = device;
     runs.push_back(vla::train::train(o));
     weights.push_back(policy::load_tensors(out + "/policy.safetensors"));
-    std::filesystem::remove_all(out);
+    vla::remove_tree(out);
   }
   at::globalContext().setAllowTF32CuDNN(tf32);
   ASSERT_EQ(runs[0].losses.size(), runs[1].losses.size());
@@ -309,7 +309,7 @@ TEST(Trainer, CudaTrainingMatchesCpu) {
     const double diff = (weights[0][k].second - weights[1][k].second).abs().max().item<double>();
     EXPECT_LE(diff, atol) << weights[0][k].first;
   }
-  for (auto& p : {dir, cdir}) std::filesystem::remove_all(p);
+  for (auto& p : {dir, cdir}) vla::remove_tree(p);
 }
 
 TEST(Captions, GroundTruthEnglishKorean) {
@@ -327,7 +327,7 @@ TEST(Captions, GroundTruthEnglishKorean) {
       << en;
   EXPECT_NE(ko.find("빨간색 포트는 왼쪽에 있습니다."), std::string::npos) << ko;
   EXPECT_THROW(scene_caption(ep, 0, "fr"), Error);
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
 }
 
 TEST(Plot, LossCurveHasAxesAndLine) {
@@ -396,7 +396,7 @@ TEST(Grounding, CaptionStartsWithTheInstructedPortsToken) {
   }
   EXPECT_TRUE(is_korean("빨간색 포트에 바늘을 삽입하세요"));
   EXPECT_FALSE(is_korean("insert the needle into the red port"));
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
 }
 
 // 16 one-tick layouts whose frame's first pixel is the episode index; ports at seeded places.
@@ -479,5 +479,5 @@ TEST(Grounding, LinearProbeReadsPositionsAndFailsOnNoise) {
   EXPECT_LE(a.ridge, 1e5);
   EXPECT_LT(a.heldout_error_mm, 2.0);
   EXPECT_THROW(localisation_probe(good, ds, 4, 0.25, 1e-6, false), Error);  // too few layouts
-  std::filesystem::remove_all(dir);
+  vla::remove_tree(dir);
 }

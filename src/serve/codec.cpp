@@ -1,0 +1,236 @@
+// Request decoding and reply encoding: msgpack (msgpack-cxx) with openpi's msgpack-numpy array
+// convention (openpi_client/msgpack_numpy.py: {"__ndarray__": True, "data", "dtype", "shape"}).
+#include <cmath>
+#include <cstring>
+#include <msgpack.hpp>
+
+#include "serve/serve.h"
+#include "text/text.h"
+
+namespace vla::serve {
+namespace {
+
+using Obj = msgpack::object;
+
+// Keys arrive as str (msgpack-python default for str) or bin (openpi packs b"__ndarray__" etc).
+bool key_is(const Obj& k, const char* name) {
+  const size_t n = std::strlen(name);
+  if (k.type == msgpack::type::STR)
+    return k.via.str.size == n && !std::memcmp(k.via.str.ptr, name, n);
+  if (k.type == msgpack::type::BIN)
+    return k.via.bin.size == n && !std::memcmp(k.via.bin.ptr, name, n);
+  return false;
+}
+
+std::string as_text(const Obj& o, const std::string& field) {
+  if (o.type == msgpack::type::STR) return std::string(o.via.str.ptr, o.via.str.size);
+  if (o.type == msgpack::type::BIN) return std::string(o.via.bin.ptr, o.via.bin.size);
+  throw Error(str_cat("request: '", field, "' must be a string"));
+}
+
+const Obj* find(const Obj& map, const char* name) {
+  for (uint32_t i = 0; i < map.via.map.size; ++i)
+    if (key_is(map.via.map.ptr[i].key, name)) return &map.via.map.ptr[i].val;
+  return nullptr;
+}
+
+int64_t as_int(const Obj& o, const std::string& field) {
+  if (o.type == msgpack::type::POSITIVE_INTEGER) {
+    VLA_CHECK(o.via.u64 <= static_cast<uint64_t>(INT64_MAX), "request: '", field, "' too large");
+    return static_cast<int64_t>(o.via.u64);
+  }
+  if (o.type == msgpack::type::NEGATIVE_INTEGER) return o.via.i64;
+  throw Error(str_cat("request: '", field, "' must be an integer"));
+}
+
+// A decoded msgpack-numpy array: raw bytes of `dtype` in C order.
+struct Array {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  const char* data = nullptr;
+  size_t bytes = 0;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    return n;
+  }
+};
+
+Array as_array(const Obj& o, const std::string& field, const ServeOptions& lim) {
+  VLA_CHECK(o.type == msgpack::type::MAP && find(o, "__ndarray__"), "request: '", field,
+            "' must be a msgpack-numpy array (a map with __ndarray__, data, dtype, shape)");
+  const Obj* data = find(o, "data");
+  const Obj* dtype = find(o, "dtype");
+  const Obj* shape = find(o, "shape");
+  VLA_CHECK(data && dtype && shape, "request: '", field, "' lacks data, dtype or shape");
+  VLA_CHECK(data->type == msgpack::type::BIN, "request: '", field, "'.data must be bytes");
+  VLA_CHECK(shape->type == msgpack::type::ARRAY && shape->via.array.size <= 8, "request: '", field,
+            "'.shape must be a list of at most 8 sizes");
+  Array a;
+  a.dtype = as_text(*dtype, field + ".dtype");
+  a.data = data->via.bin.ptr;
+  a.bytes = data->via.bin.size;
+  int64_t n = 1;
+  for (uint32_t i = 0; i < shape->via.array.size; ++i) {
+    const int64_t d = as_int(shape->via.array.ptr[i], field + ".shape");
+    VLA_CHECK(d >= 0 && d <= lim.max_array_elements, "request: '", field, "'.shape has size ", d);
+    n *= d;
+    VLA_CHECK(n <= lim.max_array_elements, "request: '", field, "' has more than ",
+              lim.max_array_elements, " elements");
+    a.shape.push_back(d);
+  }
+  size_t item = 0;
+  if (a.dtype == "|u1" || a.dtype == "<u1" || a.dtype == "u1") item = 1;
+  if (a.dtype == "<f4") item = 4;
+  if (a.dtype == "<f8") item = 8;
+  VLA_CHECK(item > 0, "request: '", field, "' has dtype '", a.dtype,
+            "'; expected |u1 (images), <f4 or <f8 (little-endian)");
+  VLA_CHECK(a.bytes == static_cast<size_t>(n) * item, "request: '", field, "' has ", a.bytes,
+            " data bytes for shape of ", n, " elements of ", item, " bytes");
+  return a;
+}
+
+std::vector<double> as_floats(const Array& a) {
+  std::vector<double> out(static_cast<size_t>(a.numel()));
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (a.dtype == "<f4") {
+      float f;
+      std::memcpy(&f, a.data + 4 * i, 4);
+      out[i] = f;
+    } else if (a.dtype == "<f8") {
+      std::memcpy(&out[i], a.data + 8 * i, 8);
+    } else {
+      out[i] = static_cast<uint8_t>(a.data[i]);
+    }
+  }
+  return out;
+}
+
+template <typename Packer>
+void pack_str(Packer& pk, const std::string& s) {
+  pk.pack_str(static_cast<uint32_t>(s.size()));
+  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+
+}  // namespace
+
+InferRequest decode_request(const void* data, size_t size, const ServeOptions& lim) {
+  VLA_CHECK(size > 0 && size <= lim.max_message_bytes, "request: ", size, " bytes (limit ",
+            lim.max_message_bytes, ")");
+  msgpack::object_handle oh;
+  try {
+    // Limits on containers: no request needs more than a few hundred entries.
+    msgpack::unpack_limit limit(/*array=*/1024, /*map=*/256, /*str=*/1u << 20,
+                                /*bin=*/static_cast<uint32_t>(lim.max_message_bytes),
+                                /*ext=*/0, /*depth=*/8);
+    oh = msgpack::unpack(static_cast<const char*>(data), size, nullptr, nullptr, limit);
+  } catch (const std::exception& e) {
+    throw Error(str_cat("request: not valid msgpack (", e.what(), ")"));
+  }
+  const Obj& root = oh.get();
+  VLA_CHECK(root.type == msgpack::type::MAP, "request: expected a msgpack map at the top level");
+  InferRequest r;
+  if (const Obj* id = find(root, "request_id")) {
+    r.request_id = as_int(*id, "request_id");
+    r.has_request_id = true;
+  }
+  if (const Obj* p = find(root, "prompt")) {
+    r.prompt = as_text(*p, "prompt");
+    VLA_CHECK(unicode::utf8_lossy(r.prompt) == r.prompt, "request: 'prompt' is not valid UTF-8");
+  }
+  if (const Obj* imgs = find(root, "images")) {
+    VLA_CHECK(imgs->type == msgpack::type::MAP, "request: 'images' must be a map name -> array");
+    for (uint32_t i = 0; i < imgs->via.map.size; ++i) {
+      const std::string name = as_text(imgs->via.map.ptr[i].key, "images key");
+      VLA_CHECK(unicode::utf8_lossy(name) == name && name.size() < 64, "request: bad view name");
+      const Array a = as_array(imgs->via.map.ptr[i].val, "images." + name, lim);
+      VLA_CHECK(a.dtype.back() == '1' && a.shape.size() == 3 && a.shape[2] == 3 && a.shape[0] > 0 &&
+                    a.shape[1] > 0,
+                "request: 'images.", name, "' must be uint8 H x W x 3 (got dtype ", a.dtype, ", ",
+                a.shape.size(), " dims)");
+      Image im = make_image(static_cast<int>(a.shape[1]), static_cast<int>(a.shape[0]), 3);
+      std::memcpy(im.pixels.data(), a.data, a.bytes);
+      r.images.emplace(name, std::move(im));
+    }
+  }
+  if (const Obj* s = find(root, "state")) {
+    const Array a = as_array(*s, "state", lim);
+    for (double v : as_floats(a)) r.state.push_back(static_cast<float>(v));
+  }
+  const Obj* f = find(root, "force");
+  const Obj* ft = find(root, "force_t");
+  VLA_CHECK(!f == !ft, "request: 'force' and 'force_t' come together");
+  if (f) {
+    const Array a = as_array(*f, "force", lim), t = as_array(*ft, "force_t", lim);
+    VLA_CHECK(a.shape.size() == 2 && a.shape[1] == 6, "request: 'force' must be [N, 6]");
+    VLA_CHECK(t.shape.size() == 1 && t.shape[0] == a.shape[0],
+              "request: 'force_t' must be [N] with", " N = ", a.shape[0], " (rows of 'force')");
+    const auto fv = as_floats(a), tv = as_floats(t);
+    r.force.resize(static_cast<size_t>(a.shape[0]));
+    for (size_t i = 0; i < r.force.size(); ++i)
+      for (int k = 0; k < 6; ++k) r.force[i][k] = static_cast<float>(fv[i * 6 + k]);
+    r.force_t = tv;
+  }
+  return r;
+}
+
+std::string encode_reply(const InferReply& r) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(&buf);
+  pk.pack_map(11);
+  pack_str(pk, "actions");
+  {  // msgpack-numpy array, as openpi's client unpacks it
+    pk.pack_map(4);
+    pack_str(pk, "__ndarray__");
+    pk.pack_true();
+    pack_str(pk, "data");
+    const uint32_t n = static_cast<uint32_t>(r.actions.size() * 3 * sizeof(float));
+    pk.pack_bin(n);
+    pk.pack_bin_body(reinterpret_cast<const char*>(r.actions.data()), n);
+    pack_str(pk, "dtype");
+    pack_str(pk, "<f4");
+    pack_str(pk, "shape");
+    pk.pack_array(2);
+    pk.pack_uint64(r.actions.size());
+    pk.pack_uint64(3);
+  }
+  pack_str(pk, "request_id");
+  if (r.has_request_id)
+    pk.pack_int64(r.request_id);
+  else
+    pk.pack_nil();
+  pack_str(pk, "obs_time");
+  pk.pack_double(r.obs_time);
+  pack_str(pk, "status");
+  pack_str(pk, r.status);
+  pack_str(pk, "feature_version");
+  pk.pack_int64(r.feature_version);
+  pack_str(pk, "feature_age_s");
+  pk.pack_double(r.feature_age_s);
+  pack_str(pk, "stale_frames");
+  pk.pack(r.stale_frames);
+  pack_str(pk, "stale_force");
+  pk.pack(r.stale_force);
+  pack_str(pk, "server_timing");
+  pk.pack_map(static_cast<uint32_t>(r.timing_ms.size()));
+  for (const auto& [k, v] : r.timing_ms) {
+    pack_str(pk, k);
+    pk.pack_double(v);
+  }
+  pack_str(pk, "action_dim");
+  pk.pack_int(3);
+  pack_str(pk, "horizon");
+  pk.pack_uint64(r.actions.size());
+  return std::string(buf.data(), buf.size());
+}
+
+std::string encode_error(const std::string& message) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(&buf);
+  pk.pack_map(1);
+  pack_str(pk, "error");
+  pack_str(pk, unicode::utf8_lossy(message));
+  return std::string(buf.data(), buf.size());
+}
+
+}  // namespace vla::serve

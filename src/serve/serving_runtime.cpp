@@ -1,0 +1,314 @@
+// The dual-rate runtime behind `vla serve`: a VLM thread fed by a newest-wins mailbox of frames,
+// the 650 Hz force/torque ring fed by each request's samples, and the action expert run per
+// request on the newest features and the freshest 100 ms window (same policy code as `vla run`).
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "runtime/runtime.h"
+#include "serve/serve.h"
+#include "sim/sim.h"
+
+namespace vla::serve {
+
+struct ServingRuntime::Impl {
+  std::shared_ptr<policy::Policy> policy;
+  ServeOptions opt;
+  std::vector<int> used;  // view indices given to the VLM
+  int64_t t0_ns = now_ns();
+
+  // VLM mailbox (newest wins) and thread.
+  std::mutex job_mu;
+  std::condition_variable job_cv;
+  bool job_ready = false, stopping = false;
+  std::vector<Image> job_views;
+  std::string job_prompt, last_prompt;
+  int64_t job_t_ns = 0;
+  std::thread vlm;
+
+  // Newest features.
+  std::mutex feat_mu;
+  torch::Tensor feat;
+  int64_t version = -1, feat_t_ns = 0;
+
+  // Force/torque stream (robot clock).
+  std::mutex force_mu;
+  runtime::SensorRing ring{4096};
+  double newest_force_t = -1e300;
+  std::atomic<int64_t> last_force_ns{0}, last_frames_ns{0};
+
+  std::mutex act_mu;  // one expert call at a time (about a millisecond)
+
+  // Telemetry.
+  mutable std::mutex met_mu;
+  std::map<std::string, int64_t> by_status;
+  int64_t errors = 0, vlm_calls = 0, vlm_errors = 0, connections = 0;
+  static constexpr double kBuckets[] = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0};
+  std::array<int64_t, std::size(kBuckets) + 1> latency_counts{};
+  double latency_sum = 0, last_age = -1;
+
+  void vlm_loop() {
+    at::set_num_threads(opt.vlm_threads);
+    c10::InferenceMode guard;
+    for (;;) {
+      std::vector<Image> views;
+      std::string prompt;
+      int64_t t_ns = 0;
+      {
+        std::unique_lock<std::mutex> lock(job_mu);
+        job_cv.wait(lock, [&] { return job_ready || stopping; });
+        if (stopping) return;
+        views = std::move(job_views);
+        prompt = job_prompt;
+        t_ns = job_t_ns;
+        job_ready = false;
+      }
+      try {
+        auto f = policy->encode(views, prompt);
+        VLA_CHECK(torch::isfinite(f).all().item<bool>(), "VLM returned non-finite features");
+        {
+          std::lock_guard<std::mutex> lock(feat_mu);
+          feat = f;
+          ++version;
+          feat_t_ns = t_ns;
+        }
+        std::lock_guard<std::mutex> lock(met_mu);
+        ++vlm_calls;
+      } catch (const std::exception& e) {
+        log_warn("serve: VLM call failed (serving older features): ", e.what());
+        std::lock_guard<std::mutex> lock(met_mu);
+        ++vlm_errors;
+      }
+    }
+  }
+
+  // Request images -> the policy's view list (unused views black), or empty when none came.
+  std::vector<Image> views_of(const InferRequest& req) const {
+    if (req.images.empty()) return {};
+    const auto& names = sim::view_names();
+    for (const auto& [name, im] : req.images) {
+      (void)im;
+      VLA_CHECK(std::find(names.begin(), names.end(), name) != names.end(),
+                "request: unknown view '", name, "' (this policy reads ",
+                metadata()["views"].dump(), ")");
+    }
+    const int w = policy->image_width(), h = policy->image_height();
+    std::vector<Image> views(static_cast<size_t>(policy->num_views()), make_image(w, h, 3, 0));
+    for (int i : used) {
+      const std::string& name = names[static_cast<size_t>(i)];
+      auto it = req.images.find(name);
+      VLA_CHECK(it != req.images.end(), "request: view '", name, "' missing (this policy reads ",
+                metadata()["views"].dump(), ")");
+      VLA_CHECK(it->second.width == w && it->second.height == h, "request: view '", name, "' is ",
+                it->second.width, "x", it->second.height, "; this policy was trained on ", w, "x",
+                h, " (resize on the robot with the same filter as its training frames)");
+      views[static_cast<size_t>(i)] = it->second;
+    }
+    return views;
+  }
+
+  nlohmann::json metadata() const {
+    nlohmann::json views = nlohmann::json::array();
+    for (int i : used) views.push_back(sim::view_names()[static_cast<size_t>(i)]);
+    return {{"server", "dualrate"},
+            {"policy", policy->info().value("dir", std::string("policy"))},
+            {"views", views},
+            {"image_width", policy->image_width()},
+            {"image_height", policy->image_height()},
+            {"horizon", policy->horizon()},
+            {"action_dim", 3},
+            {"action_units", "m: Cartesian target delta of the needle tip per 80 Hz step"},
+            {"action_step_hz", runtime::kActionStepHz},
+            {"action_clip_m", opt.max_action_m},
+            {"state", "float32 [3]: needle tip x y z (m)"},
+            {"force_hz", runtime::kSensorHz},
+            {"force_window", policy->sensor_window()},
+            {"force_columns", {"fx", "fy", "fz", "tx", "ty", "tz"}},
+            {"max_staleness_s", opt.max_staleness_s},
+            {"stale_input_s", opt.stale_input_s}};
+  }
+};
+
+ServingRuntime::ServingRuntime(std::shared_ptr<policy::Policy> policy, ServeOptions opt)
+    : impl_(std::make_unique<Impl>()) {
+  VLA_CHECK(policy, "serve: no policy");
+  VLA_CHECK(opt.max_action_m > 0 && opt.max_staleness_s > 0 && opt.stale_input_s > 0,
+            "serve: limits must be > 0");
+  impl_->policy = std::move(policy);
+  impl_->opt = opt;
+  impl_->used = impl_->policy->config().use_views;
+  if (impl_->used.empty())
+    for (int i = 0; i < impl_->policy->num_views(); ++i) impl_->used.push_back(i);
+  for (int i : impl_->used)
+    VLA_CHECK(i >= 0 && i < static_cast<int>(sim::view_names().size()), "serve: policy view ", i,
+              " has no camera name");
+  impl_->vlm = std::thread([this] { impl_->vlm_loop(); });
+}
+
+ServingRuntime::~ServingRuntime() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->job_mu);
+    impl_->stopping = true;
+  }
+  impl_->job_cv.notify_all();
+  impl_->vlm.join();
+}
+
+nlohmann::json ServingRuntime::metadata() const { return impl_->metadata(); }
+
+InferReply ServingRuntime::infer(const InferRequest& req) {
+  Impl& m = *impl_;
+  const int64_t t_start = now_ns();
+  InferReply r;
+  r.request_id = req.request_id;
+  r.has_request_id = req.has_request_id;
+  VLA_CHECK(req.state.size() == 3,
+            "request: 'state' must be float32 [3] (needle tip x y z, m), got ", req.state.size(),
+            " values");
+  for (float v : req.state) VLA_CHECK(std::isfinite(v), "request: 'state' is not finite");
+  // Frames -> the VLM thread (newest wins: a pending older job is replaced).
+  auto views = m.views_of(req);
+  if (!views.empty()) {
+    std::lock_guard<std::mutex> lock(m.job_mu);
+    if (!req.prompt.empty()) m.last_prompt = req.prompt;
+    VLA_CHECK(!m.last_prompt.empty(), "request: frames without a 'prompt' (the instruction)");
+    m.job_views = std::move(views);
+    m.job_prompt = m.last_prompt;
+    m.job_t_ns = t_start;
+    m.job_ready = true;
+    m.last_frames_ns = t_start;
+  }
+  m.job_cv.notify_one();
+  // Force samples -> the ring (stamps must increase; others are refused and counted).
+  torch::Tensor window = torch::zeros({m.policy->sensor_window(), 6});
+  runtime::WindowStatus ws;
+  {
+    std::lock_guard<std::mutex> lock(m.force_mu);
+    bool any = false;
+    for (size_t i = 0; i < req.force.size(); ++i)
+      if (m.ring.push({req.force_t[i], req.force[i]})) {
+        any = true;
+        m.newest_force_t = req.force_t[i];
+      }
+    if (any) m.last_force_ns = t_start;
+    r.obs_time = m.newest_force_t > -1e300 ? m.newest_force_t : 0.0;
+    ws = m.ring.window(m.newest_force_t, m.policy->sensor_window(), window.data_ptr<float>(), 1e9);
+  }
+  const double stale_s = m.opt.stale_input_s;
+  r.stale_force = m.last_force_ns == 0 || (t_start - m.last_force_ns) * 1e-9 > stale_s;
+  r.stale_frames = m.last_frames_ns == 0 || (t_start - m.last_frames_ns) * 1e-9 > stale_s;
+  torch::Tensor feat;
+  {
+    std::lock_guard<std::mutex> lock(m.feat_mu);
+    feat = m.feat;
+    r.feature_version = m.version;
+    r.feature_age_s = m.version >= 0 ? (t_start - m.feat_t_ns) * 1e-9 : -1.0;
+  }
+  const int H = m.policy->horizon();
+  r.actions.assign(static_cast<size_t>(H), {0.0f, 0.0f, 0.0f});  // hold
+  double expert_ms = 0;
+  if (!feat.defined()) {
+    r.status = "hold_startup";
+  } else if (r.feature_age_s > m.opt.max_staleness_s) {
+    r.status = "safe_stop";
+  } else if (r.stale_force || ws == runtime::WindowStatus::kNaN ||
+             ws == runtime::WindowStatus::kGap || ws == runtime::WindowStatus::kDropout) {
+    r.status = "hold_sensor";
+  } else {
+    const int64_t t0 = now_ns();
+    torch::Tensor chunk;
+    {
+      std::lock_guard<std::mutex> lock(m.act_mu);
+      c10::InferenceMode guard;
+      chunk = m.policy->act(feat, window, torch::tensor(req.state));
+    }
+    expert_ms = (now_ns() - t0) * 1e-6;
+    auto c = chunk.to(torch::kFloat).contiguous();
+    VLA_CHECK(c.numel() == H * 3, "serve: expert returned ", c.numel(), " values");
+    const float* p = c.data_ptr<float>();
+    bool finite = true;
+    for (int i = 0; i < H * 3; ++i) finite = finite && std::isfinite(p[i]);
+    if (finite) {
+      const float lim = static_cast<float>(m.opt.max_action_m);
+      for (int i = 0; i < H; ++i)
+        for (int k = 0; k < 3; ++k)
+          r.actions[static_cast<size_t>(i)][k] = std::clamp(p[i * 3 + k], -lim, lim);
+      r.status = "act";
+    } else {
+      r.status = "expert_error";
+    }
+  }
+  const double total_ms = (now_ns() - t_start) * 1e-6;
+  r.timing_ms = {{"expert_ms", expert_ms}, {"infer_ms", total_ms}};
+  {
+    std::lock_guard<std::mutex> lock(m.met_mu);
+    ++m.by_status[r.status];
+    size_t b = 0;
+    while (b < std::size(Impl::kBuckets) && total_ms * 1e-3 > Impl::kBuckets[b]) ++b;
+    ++m.latency_counts[b];
+    m.latency_sum += total_ms * 1e-3;
+    m.last_age = r.feature_age_s;
+  }
+  return r;
+}
+
+void ServingRuntime::note_error() {
+  std::lock_guard<std::mutex> lock(impl_->met_mu);
+  ++impl_->errors;
+}
+
+void ServingRuntime::note_connection(int delta) {
+  std::lock_guard<std::mutex> lock(impl_->met_mu);
+  impl_->connections += delta;
+}
+
+std::string ServingRuntime::prometheus_metrics() const {
+  // The text exposition format (prometheus.io/docs/instrumenting/exposition_formats) is a few
+  // lines per metric; prometheus-cpp would bring its own HTTP server beside Beast.
+  const Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.met_mu);
+  const double up = (now_ns() - m.t0_ns) * 1e-9;
+  int64_t requests = 0;
+  std::string s;
+  auto head = [&](const char* name, const char* type, const char* help) {
+    s += str_cat("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+  };
+  head("dualrate_requests_total", "counter", "Inference requests answered, by status.");
+  for (const auto& [status, n] : m.by_status) {
+    s += str_cat("dualrate_requests_total{status=\"", status, "\"} ", n, "\n");
+    requests += n;
+  }
+  head("dualrate_request_errors_total", "counter", "Requests answered with an error.");
+  s += str_cat("dualrate_request_errors_total ", m.errors, "\n");
+  head("dualrate_request_latency_seconds", "histogram",
+       "Server time per request, decoded request to reply (server clock).");
+  int64_t cum = 0;
+  for (size_t b = 0; b < std::size(Impl::kBuckets); ++b) {
+    cum += m.latency_counts[b];
+    s += str_cat("dualrate_request_latency_seconds_bucket{le=\"", Impl::kBuckets[b], "\"} ", cum,
+                 "\n");
+  }
+  cum += m.latency_counts.back();
+  s += str_cat("dualrate_request_latency_seconds_bucket{le=\"+Inf\"} ", cum, "\n");
+  s += str_cat("dualrate_request_latency_seconds_sum ", fmt_double(m.latency_sum, 6), "\n");
+  s += str_cat("dualrate_request_latency_seconds_count ", cum, "\n");
+  head("dualrate_vlm_calls_total", "counter", "Completed VLM calls (frames -> VL features).");
+  s += str_cat("dualrate_vlm_calls_total ", m.vlm_calls, "\n");
+  head("dualrate_vlm_errors_total", "counter", "Failed VLM calls (exception or non-finite).");
+  s += str_cat("dualrate_vlm_errors_total ", m.vlm_errors, "\n");
+  head("dualrate_vlm_rate_hz", "gauge", "Completed VLM calls per second since start.");
+  s += str_cat("dualrate_vlm_rate_hz ", fmt_double(up > 0 ? m.vlm_calls / up : 0.0, 3), "\n");
+  head("dualrate_feature_age_seconds", "gauge", "Age of the VL features at the last request.");
+  s += str_cat("dualrate_feature_age_seconds ", fmt_double(m.last_age, 4), "\n");
+  head("dualrate_force_samples_rejected_total", "counter",
+       "Force/torque samples refused (stamp repeated, backwards or not finite).");
+  s += str_cat("dualrate_force_samples_rejected_total ", m.ring.rejected(), "\n");
+  head("dualrate_connections", "gauge", "Open websocket connections.");
+  s += str_cat("dualrate_connections ", m.connections, "\n");
+  (void)requests;
+  return s;
+}
+
+}  // namespace vla::serve

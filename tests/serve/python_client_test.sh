@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The Python client (clients/python/dualrate_client.py, Debian's python3-websockets / msgpack /
+# numpy) against a real `vla serve` process on a free port: metadata, 20 requests at 20 Hz, the
+# features arrive (status "act"), then SIGINT stops the server cleanly.
+# Usage: python_client_test.sh VLA PYTHON
+set -euo pipefail
+VLA=$1 PY=$2
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+"$PY" -c "import websockets, msgpack, numpy" 2>/dev/null ||
+  { echo "SKIP: python3-websockets / python3-msgpack / python3-numpy not installed"; exit 0; }
+LOG=$(mktemp)
+"$VLA" serve --port 0 --host 127.0.0.1 > "$LOG" 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
+for _ in $(seq 1 300); do grep -q "on ws://" "$LOG" && break; sleep 0.1; done
+PORT=$(sed -n 's/.*on ws:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$LOG")
+[ -n "$PORT" ] || { cat "$LOG"; echo "server did not start"; exit 1; }
+OUT=$("$PY" "$ROOT/clients/python/dualrate_client.py" --port "$PORT" --requests 20 --hz 20)
+echo "$OUT"
+echo "$OUT" | grep -q "'act': " || { echo "no request was answered with actions"; exit 1; }
+kill -INT $PID
+wait $PID
+grep -q "vla serve: stopped" "$LOG"

@@ -1,0 +1,363 @@
+// `vla serve`: request decoding (openpi msgpack-numpy, hostile input) and the server through real
+// sockets (Boost.Beast client): metadata, replies, errors that keep the connection, HTTP health
+// and metrics, API key, several clients at once.
+#include "serve/serve.h"
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <cstring>
+#include <msgpack.hpp>
+#include <random>
+#include <thread>
+
+using namespace vla;
+using namespace vla::serve;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+
+namespace {
+
+using Packer = msgpack::packer<msgpack::sbuffer>;
+
+void str(Packer& pk, const std::string& s) {
+  pk.pack_str(static_cast<uint32_t>(s.size()));
+  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+void bin(Packer& pk, const std::string& s) {  // openpi packs the array keys as bytes
+  pk.pack_bin(static_cast<uint32_t>(s.size()));
+  pk.pack_bin_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+void ndarray(Packer& pk, const void* data, size_t bytes, const std::string& dtype,
+             const std::vector<int64_t>& shape) {
+  pk.pack_map(4);
+  bin(pk, "__ndarray__");
+  pk.pack_true();
+  bin(pk, "data");
+  pk.pack_bin(static_cast<uint32_t>(bytes));
+  pk.pack_bin_body(static_cast<const char*>(data), static_cast<uint32_t>(bytes));
+  bin(pk, "dtype");
+  str(pk, dtype);
+  bin(pk, "shape");
+  pk.pack_array(static_cast<uint32_t>(shape.size()));
+  for (auto d : shape) pk.pack_int64(d);
+}
+
+struct Obs {
+  std::map<std::string, std::pair<int, int>> views;  // name -> (w, h)
+  std::string prompt = "insert the needle into the red port";
+  int n_force = 65;
+  double t0 = 0.0;  // first force stamp is t0 + 1/650
+  int64_t request_id = 7;
+  std::string force_dtype = "<f4";
+};
+
+std::string request(const Obs& o) {
+  msgpack::sbuffer buf;
+  Packer pk(&buf);
+  pk.pack_map(6);
+  str(pk, "images");
+  pk.pack_map(static_cast<uint32_t>(o.views.size()));
+  for (const auto& [name, wh] : o.views) {
+    std::vector<uint8_t> px(static_cast<size_t>(wh.first * wh.second * 3), 90);
+    str(pk, name);
+    ndarray(pk, px.data(), px.size(), "|u1", {wh.second, wh.first, 3});
+  }
+  str(pk, "prompt");
+  str(pk, o.prompt);
+  str(pk, "state");
+  const float state[3] = {0.0f, 0.0f, 0.03f};
+  ndarray(pk, state, sizeof(state), "<f4", {3});
+  str(pk, "force");
+  std::vector<float> f(static_cast<size_t>(o.n_force) * 6, 0.01f);
+  ndarray(pk, f.data(), f.size() * 4, o.force_dtype, {o.n_force, 6});
+  str(pk, "force_t");
+  std::vector<double> t(static_cast<size_t>(o.n_force));
+  for (int i = 0; i < o.n_force; ++i) t[static_cast<size_t>(i)] = o.t0 + (i + 1) / 650.0;
+  ndarray(pk, t.data(), t.size() * 8, "<f8", {o.n_force});
+  str(pk, "request_id");
+  pk.pack_int64(o.request_id);
+  return std::string(buf.data(), buf.size());
+}
+
+// The reply's fields as msgpack objects (keys are str).
+struct Reply {
+  msgpack::object_handle oh;
+  const msgpack::object* get(const std::string& k) const {
+    const auto& m = oh.get().via.map;
+    for (uint32_t i = 0; i < m.size; ++i)
+      if (m.ptr[i].key.as<std::string>() == k) return &m.ptr[i].val;
+    return nullptr;
+  }
+  bool has(const std::string& k) const { return get(k) != nullptr; }
+};
+
+Reply parse(const std::string& bytes) {
+  Reply r;
+  r.oh = msgpack::unpack(bytes.data(), bytes.size());
+  EXPECT_EQ(r.oh.get().type, msgpack::type::MAP);
+  return r;
+}
+
+std::shared_ptr<policy::Policy> default_policy() {
+  static auto p = policy::Policy::load("default");
+  return p;
+}
+
+Obs default_obs(const nlohmann::json& md) {
+  Obs o;
+  for (const auto& v : md["views"])
+    o.views[v.get<std::string>()] = {md["image_width"].get<int>(), md["image_height"].get<int>()};
+  return o;
+}
+
+// A websocket client over a real socket.
+struct Client {
+  net::io_context ioc;
+  websocket::stream<tcp::socket> ws{ioc};
+  nlohmann::json metadata;
+  explicit Client(int port, const std::string& key = "") {
+    tcp::resolver res{ioc};
+    net::connect(ws.next_layer(), res.resolve("127.0.0.1", std::to_string(port)));
+    if (!key.empty())
+      ws.set_option(websocket::stream_base::decorator(
+          [key](websocket::request_type& req) { req.set("x-api-key", key); }));
+    ws.handshake("127.0.0.1", "/");
+    beast::flat_buffer b;
+    ws.read(b);
+    const auto* p = static_cast<const uint8_t*>(b.data().data());
+    metadata = nlohmann::json::from_msgpack(p, p + b.size());
+  }
+  std::string call(const std::string& msg, bool binary = true) {
+    ws.binary(binary);
+    ws.write(net::buffer(msg));
+    beast::flat_buffer b;
+    ws.read(b);
+    return beast::buffers_to_string(b.data());
+  }
+};
+
+int http_get(int port, const std::string& target, std::string* body = nullptr) {
+  net::io_context ioc;
+  tcp::socket s{ioc};
+  tcp::resolver res{ioc};
+  net::connect(s, res.resolve("127.0.0.1", std::to_string(port)));
+  http::request<http::empty_body> req{http::verb::get, target, 11};
+  req.set(http::field::host, "127.0.0.1");
+  http::write(s, req);
+  beast::flat_buffer b;
+  http::response<http::string_body> resp;
+  http::read(s, b, resp);
+  if (body) *body = resp.body();
+  return static_cast<int>(resp.result_int());
+}
+
+// A server on a free port in a background thread; stops on destruction.
+struct Running {
+  std::atomic<bool> stop{false};
+  PolicyServer server;
+  std::thread thread;
+  int port = 0;
+  explicit Running(ServeOptions opt)
+      : server(default_policy(), [&] {
+          opt.host = "127.0.0.1";
+          opt.port = 0;
+          return opt;
+        }()) {
+    port = server.bind();
+    thread = std::thread([this] { server.run(stop); });
+  }
+  ~Running() {
+    stop = true;
+    thread.join();
+  }
+};
+
+}  // namespace
+
+TEST(Decode, OpenpiStyleRequest) {
+  Obs o;
+  o.views = {{"top", {4, 3}}};
+  InferRequest r = decode_request(request(o).data(), request(o).size(), ServeOptions{});
+  ASSERT_EQ(r.images.count("top"), 1u);
+  EXPECT_EQ(r.images["top"].width, 4);
+  EXPECT_EQ(r.images["top"].height, 3);
+  EXPECT_EQ(r.images["top"].pixels[0], 90);
+  EXPECT_EQ(r.prompt, o.prompt);
+  ASSERT_EQ(r.state.size(), 3u);
+  EXPECT_FLOAT_EQ(r.state[2], 0.03f);
+  ASSERT_EQ(r.force.size(), 65u);
+  EXPECT_FLOAT_EQ(r.force[64][5], 0.01f);
+  EXPECT_DOUBLE_EQ(r.force_t[64], 65 / 650.0);
+  EXPECT_TRUE(r.has_request_id);
+  EXPECT_EQ(r.request_id, 7);
+}
+
+TEST(Decode, HostileInputGetsAClearErrorNamingTheField) {
+  ServeOptions lim;
+  auto expect_error = [&](const std::string& bytes, const std::string& needle) {
+    try {
+      decode_request(bytes.data(), bytes.size(), lim);
+      ADD_FAILURE() << "accepted; expected an error mentioning " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error("", "bytes");
+  expect_error("\xc1garbage", "msgpack");
+  {
+    msgpack::sbuffer b;
+    Packer pk(&b);
+    pk.pack_array(1);
+    pk.pack_int(1);
+    expect_error(std::string(b.data(), b.size()), "map");
+  }
+  Obs o;
+  o.force_dtype = "<i8";  // 8-byte ints where floats belong
+  expect_error(request(o), "dtype");
+  o = Obs();
+  o.prompt = "bad \xff\xfe utf-8";
+  expect_error(request(o), "UTF-8");
+  {  // shape says more elements than the data has
+    msgpack::sbuffer b;
+    Packer pk(&b);
+    pk.pack_map(1);
+    str(pk, "state");
+    const float s[3] = {0, 0, 0};
+    ndarray(pk, s, sizeof(s), "<f4", {1000});
+    expect_error(std::string(b.data(), b.size()), "data bytes");
+  }
+  {  // a shape too large to allocate is refused before any allocation
+    msgpack::sbuffer b;
+    Packer pk(&b);
+    pk.pack_map(1);
+    str(pk, "state");
+    ndarray(pk, "", 0, "<f4", {1 << 30, 1 << 30});
+    expect_error(std::string(b.data(), b.size()), "state");
+  }
+  // Random bytes never crash the decoder.
+  std::mt19937 rng(3);
+  const std::string good = request(Obs());
+  for (int i = 0; i < 300; ++i) {
+    std::string s = good;
+    for (int k = 0; k < 8; ++k) s[rng() % s.size()] = static_cast<char>(rng());
+    s.resize(rng() % s.size() + 1);
+    try {
+      decode_request(s.data(), s.size(), lim);
+    } catch (const Error&) {
+    }
+  }
+}
+
+TEST(Server, RequestsGetActionsAndBadRequestsKeepTheConnection) {
+  Running srv(ServeOptions{});
+  Client c(srv.port);
+  const auto& md = c.metadata;
+  EXPECT_EQ(md["server"], "dualrate");
+  EXPECT_EQ(md["horizon"], 8);
+  EXPECT_EQ(md["action_dim"], 3);
+  EXPECT_FALSE(md["views"].empty());
+  Obs o = default_obs(md);
+  // Features come from the VLM thread: the first replies hold, then the expert acts.
+  std::string status;
+  Reply r;
+  for (int i = 0; i < 200 && status != "act"; ++i) {
+    o.request_id = i;
+    o.t0 = i * 0.1;
+    r = parse(c.call(request(o)));
+    ASSERT_FALSE(r.has("error")) << r.get("error")->as<std::string>();
+    EXPECT_EQ(r.get("request_id")->as<int64_t>(), i);
+    status = r.get("status")->as<std::string>();
+    if (status != "act") std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(status, "act");
+  EXPECT_GE(r.get("feature_version")->as<int64_t>(), 0);
+  EXPECT_GE(r.get("feature_age_s")->as<double>(), 0.0);
+  EXPECT_NEAR(r.get("obs_time")->as<double>(), o.t0 + 65 / 650.0, 1e-9);
+  // actions: msgpack-numpy float32 [8, 3], clipped to the limit.
+  const auto* a = r.get("actions");
+  ASSERT_TRUE(a && a->type == msgpack::type::MAP);
+  std::vector<float> acts;
+  for (uint32_t i = 0; i < a->via.map.size; ++i)
+    if (a->via.map.ptr[i].key.as<std::string>() == "data") {
+      const auto& d = a->via.map.ptr[i].val.via.bin;
+      acts.resize(d.size / 4);
+      std::memcpy(acts.data(), d.ptr, d.size);
+    }
+  ASSERT_EQ(acts.size(), 24u);
+  for (float v : acts) {
+    EXPECT_TRUE(std::isfinite(v));
+    EXPECT_LE(std::abs(v), 0.002f + 1e-7f);
+  }
+  EXPECT_TRUE(r.has("server_timing"));
+  // Garbage, a text frame and a wrong-sized view: an error each, the connection stays usable.
+  Reply e = parse(c.call("\x93not a map"));
+  EXPECT_TRUE(e.has("error"));
+  e = parse(c.call("hello", /*binary=*/false));
+  EXPECT_NE(e.get("error")->as<std::string>().find("binary"), std::string::npos);
+  Obs bad = o;
+  bad.views.begin()->second = {17, 9};
+  e = parse(c.call(request(bad)));
+  EXPECT_NE(e.get("error")->as<std::string>().find("trained on"), std::string::npos);
+  o.t0 += 100;
+  r = parse(c.call(request(o)));
+  EXPECT_FALSE(r.has("error"));
+  // A repeated force stamp batch is refused by the ring and counted in /metrics.
+  r = parse(c.call(request(o)));
+  std::string metrics;
+  ASSERT_EQ(http_get(srv.port, "/metrics", &metrics), 200);
+  EXPECT_NE(metrics.find("dualrate_requests_total{status=\"act\"}"), std::string::npos);
+  EXPECT_NE(metrics.find("dualrate_request_errors_total 3"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("dualrate_force_samples_rejected_total 65"), std::string::npos);
+  EXPECT_NE(metrics.find("dualrate_connections 1"), std::string::npos);
+  EXPECT_EQ(http_get(srv.port, "/healthz"), 200);
+  EXPECT_EQ(http_get(srv.port, "/nothing"), 404);
+}
+
+TEST(Server, StaleForceHoldsAndSeveralClientsReconnect) {
+  ServeOptions opt;
+  opt.stale_input_s = 0.2;
+  Running srv(opt);
+  {
+    Client a(srv.port), b(srv.port);  // two at once
+    Obs o = default_obs(a.metadata);
+    std::string st;
+    for (int i = 0; i < 200 && st != "act"; ++i) {
+      o.t0 = i * 0.1;
+      st = parse(a.call(request(o))).get("status")->as<std::string>();
+      parse(b.call(request(o)));  // same stamps again from b: refused, not an error
+      if (st != "act") std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_EQ(st, "act");
+    // No new force samples for longer than the stale-input limit: hold, flagged.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    Obs no_force = o;
+    no_force.n_force = 0;
+    Reply r = parse(a.call(request(no_force)));
+    EXPECT_EQ(r.get("status")->as<std::string>(), "hold_sensor");
+    EXPECT_TRUE(r.get("stale_force")->as<bool>());
+  }
+  // Both disconnected; a new client is served by the same (already loaded) policy.
+  Client c(srv.port);
+  Obs o = default_obs(c.metadata);
+  o.t0 = 1000;
+  Reply r = parse(c.call(request(o)));
+  EXPECT_EQ(r.get("status")->as<std::string>(), "act");
+}
+
+TEST(Server, ApiKeyIsRequiredWhenSet) {
+  ServeOptions opt;
+  opt.api_key = "s3cret";
+  Running srv(opt);
+  EXPECT_THROW(Client c(srv.port), std::exception);
+  EXPECT_THROW(Client c(srv.port, "wrong"), std::exception);
+  Client ok(srv.port, "s3cret");
+  EXPECT_EQ(ok.metadata["server"], "dualrate");
+}
