@@ -3,9 +3,9 @@
 // action loop's period jitter at 10 and 100 Hz while the VLM thread is busy (a real policy encode
 // when available, else a CPU-bound stand-in of ~150 ms per call), physics thread at 650 Hz, with
 // and without competing CPU load (one spinning thread per core, on the same cores) and with the
-// loop's real-time settings off or on (SCHED_FIFO 80 + pinned to the last CPU + mlockall; each
-// falls back with a note where not permitted: the `rt` counter is 1 only when SCHED_FIFO applied).
-// Args: rate (Hz), load (0/1), rt (0/1).
+// loop's real-time settings: rt 0 = none, 1 = SCHED_FIFO 80 + pinned to the last CPU, 2 = the
+// same + mlockall (each falls back with a note where not permitted: the `fifo` counter is 1 only
+// when SCHED_FIFO applied). Args: rate (Hz), load (0/1), rt (0/1/2).
 #include <benchmark/benchmark.h>
 
 #include <atomic>
@@ -117,7 +117,8 @@ class CpuLoad {
 
 void BM_LoopJitter(benchmark::State& state) {
   const double hz = static_cast<double>(state.range(0));
-  const bool load = state.range(1) != 0, rt = state.range(2) != 0;
+  const bool load = state.range(1) != 0;
+  const int rt = static_cast<int>(state.range(2));
   Bundle b = make_policy();
   std::string vlm_what = "busy stand-in VLM (150 ms/call)";
   PolicyFns fns = b.fns;
@@ -139,14 +140,14 @@ void BM_LoopJitter(benchmark::State& state) {
     cfg.action_hz = hz;
     cfg.max_duration_s = 10.0;
     cfg.max_staleness_s = 1e9;
-    if (rt) {
+    if (rt >= 1) {
       cfg.loop_priority = 80;
       cfg.loop_cpu = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) - 1;
-      cfg.lock_memory = true;
     }
+    cfg.lock_memory = rt >= 2;
     CpuLoad burn(load);
     EpisodeResult ep = run_wall_time(plant, fns, cfg);
-    state.counters["rt"] = ep.realtime.fifo ? 1 : 0;
+    state.counters["fifo"] = ep.realtime.fifo ? 1 : 0;
     Summary s = summarize({ep});
     state.counters["action_hz"] = s.action_hz;
     state.counters["jitter_p50_ms"] = s.jitter_ms_p50;
@@ -157,11 +158,14 @@ void BM_LoopJitter(benchmark::State& state) {
     state.counters["vlm_hz"] = s.vlm_hz;
   }
   state.SetLabel(b.what + " + " + vlm_what + (load ? " + CPU load" : "") +
-                 (rt ? " + rt settings" : "") + ", 10 s wall time");
+                 (rt == 1   ? " + FIFO, pinned"
+                  : rt == 2 ? " + FIFO, pinned, mlockall"
+                            : "") +
+                 ", 10 s wall time");
 }
 BENCHMARK(BM_LoopJitter)
     ->ArgNames({"hz", "load", "rt"})
-    ->ArgsProduct({{10, 100}, {0, 1}, {0, 1}})
+    ->ArgsProduct({{10, 100}, {0, 1}, {0, 1, 2}})
     ->Iterations(1)
     ->Unit(benchmark::kSecond);
 

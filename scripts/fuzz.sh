@@ -6,7 +6,7 @@
 #
 # Usage: scripts/fuzz.sh [SECONDS] [NAME ...]    (default 60 s each, all fuzzers)
 #   NAME: safetensors safetensors_index config tokenizer_load tokenizer_encode chat_template image
-#         dataset
+#         dataset serve_request
 #   Env: BUILD (default build-fuzz), JOBS (default nproc), SKIP_TESTS=1 skips the unit tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ SECONDS_EACH=${1:-60}
 shift || true
 BUILD=${BUILD:-build-fuzz}
 JOBS=${JOBS:-$(nproc)}
-ALL="safetensors safetensors_index config tokenizer_load tokenizer_encode chat_template image dataset"
+ALL="safetensors safetensors_index config tokenizer_load tokenizer_encode chat_template image dataset serve_request"
 NAMES=${*:-$ALL}
 command -v clang++ >/dev/null || { echo "fuzz.sh: needs clang (apt-get install clang)"; exit 2; }
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then

@@ -28,6 +28,7 @@ struct RunArgs {
   int rt_priority = 0;
   int loop_cpu = -1;
   bool lock_memory = false;
+  std::string device = "cpu";
 };
 
 void add_run(CLI::App& app) {
@@ -74,6 +75,10 @@ void add_run(CLI::App& app) {
   c->add_option("--expert-threads", a->expert_threads, "Torch threads of the action loop")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  c->add_option(
+       "--device", a->device,
+       "where the policy's VLM runs: cpu | cuda | cuda:N (the action loop stays on the CPU)")
+      ->capture_default_str();
   c->add_option("--rt-priority", a->rt_priority,
                 "SCHED_FIFO priority 1..99 for the action loop (0 = normal scheduling; needs\n"
                 "CAP_SYS_NICE or an rtprio limit, else it warns and runs normally)")
@@ -104,6 +109,7 @@ void add_run(CLI::App& app) {
     o.rt.vlm_threads = a->vlm_threads;
     o.rt.expert_threads = a->expert_threads;
     o.rt.max_frames = 32;
+    o.vlm_device = a->device;
     o.rt.loop_priority = a->rt_priority;
     o.rt.loop_cpu = a->loop_cpu;
     o.rt.lock_memory = a->lock_memory;

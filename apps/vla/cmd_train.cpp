@@ -171,7 +171,7 @@ void add_cache(CLI::App& app) {
     pc.prompt_order = *order;
     auto d = vla::dataset::Dataset::open(*ds);
     auto enc = vla::policy::load_vlm(*vlm, pc);
-    enc->to(vla::train::parse_device(*device));
+    enc->to(vla::parse_device(*device));
     vla::Stopwatch sw;
     vla::train::FeatureCache::build(d, *enc, *out, true);
     std::printf("cache: %zu episodes -> %s (VLM %s) in %.1f s\n", d.size(), out->c_str(),
@@ -225,7 +225,7 @@ void add_probe(CLI::App& app) {
       pc.prompt_order = *order;
       enc = vla::policy::load_vlm(*vlm, pc);
     }
-    enc->to(vla::train::parse_device(*device));
+    enc->to(vla::parse_device(*device));
     auto d = vla::dataset::Dataset::open(*ds);
     auto r = vla::train::localisation_probe(*enc, d, *max_eps, *holdout);
     vla::Table t({"localisation probe", "value"});

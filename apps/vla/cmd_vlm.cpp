@@ -21,7 +21,8 @@ std::vector<vla::Image> load_images(const std::vector<std::string>& paths) {
 }
 
 struct FeatureArgs {
-  std::string model, prompt = "Describe the scene.", out, json, pooling = "mean", dtype = "float32";
+  std::string model, prompt = "Describe the scene.", out, json, pooling = "mean", dtype = "float32",
+                     device = "cpu";
   std::vector<std::string> images;
   bool views_as_batch = false;
 };
@@ -47,11 +48,15 @@ void add_features(CLI::App& app) {
   c->add_option("--pooling", a->pooling,
                 "mean (masked mean over tokens, default) | last (last token) | all (every token)");
   c->add_option("--dtype", a->dtype, "Weights/activations dtype: float32 (default) | bfloat16");
+  c->add_option("--device", a->device, "where the model runs: cpu | cuda | cuda:N")
+      ->capture_default_str();
   c->add_option("--json", a->json, "Also write a JSON summary (shapes, timings)");
   c->callback([a] {
     const auto pooling = vla::parse_pooling(a->pooling);
     vla::Stopwatch load_sw;
+    const auto device = vla::parse_device(a->device);  // before the load: errors come first
     auto model = vla::Qwen25VLImpl::from_pretrained(a->model, parse_dtype(a->dtype));
+    model->to(device);
     const double load_ms = load_sw.elapsed_ms();
     auto images = load_images(a->images);
     vla::EncodeOptions o;
@@ -59,9 +64,9 @@ void add_features(CLI::App& app) {
     o.views_as_batch = a->views_as_batch;
     auto r = model->encode(images, a->prompt, o);
     std::map<std::string, torch::Tensor> t = {
-        {"features", r.features.to(torch::kFloat32).contiguous()},
-        {"attention_mask", r.attention_mask},
-        {"input_ids", r.input_ids}};
+        {"features", r.features.to(torch::kCPU, torch::kFloat32).contiguous()},
+        {"attention_mask", r.attention_mask.to(torch::kCPU)},
+        {"input_ids", r.input_ids.to(torch::kCPU)}};
     vla::save_safetensors(a->out, t,
                           {{"model", a->model},
                            {"prompt", a->prompt},
@@ -92,7 +97,7 @@ void add_features(CLI::App& app) {
 }
 
 struct CaptionArgs {
-  std::string model, prompt = "Describe the image.", json, dtype = "float32";
+  std::string model, prompt = "Describe the image.", json, dtype = "float32", device = "cpu";
   std::vector<std::string> images;
   int max_new_tokens = 32, top_k = 0;
   double temperature = 0.0, top_p = 1.0;
@@ -117,9 +122,13 @@ void add_caption(CLI::App& app) {
       ->check(CLI::Range(1e-9, 1.0));
   c->add_option("--seed", a->seed, "Sampling seed (default 0)");
   c->add_option("--dtype", a->dtype, "float32 (default) | bfloat16");
+  c->add_option("--device", a->device, "where the model runs: cpu | cuda | cuda:N")
+      ->capture_default_str();
   c->add_option("--json", a->json, "Write text, token ids and timings as JSON");
   c->callback([a] {
+    const auto device = vla::parse_device(a->device);  // before the load: errors come first
     auto model = vla::Qwen25VLImpl::from_pretrained(a->model, parse_dtype(a->dtype));
+    model->to(device);
     vla::GenerateOptions o;
     o.max_new_tokens = a->max_new_tokens;
     o.temperature = a->temperature;

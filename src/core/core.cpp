@@ -125,6 +125,18 @@ bool file_exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
+c10::Device parse_device(const std::string& text) {
+  const bool cuda = text == "cuda" || text.rfind("cuda:", 0) == 0;
+  VLA_CHECK(text == "cpu" || cuda, "--device must be cpu, cuda or cuda:N, got '", text, "'");
+  if (!cuda) return torch::kCPU;
+  VLA_CHECK(torch::cuda::is_available(), "--device ", text,
+            ": this build or machine has no CUDA (torch::cuda::is_available() is false)");
+  torch::Device d(text);
+  VLA_CHECK(!d.has_index() || d.index() < static_cast<int>(torch::cuda::device_count()),
+            "--device ", text, ": only ", torch::cuda::device_count(), " CUDA device(s)");
+  return d;
+}
+
 void remove_tree(const std::string& path) {
   struct stat st;
   if (path.empty() || ::lstat(path.c_str(), &st) != 0) return;

@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+namespace c10 {
+struct Device;  // torch::Device; core.h stays free of the torch headers
+}
+
 namespace vla {
 
 // ---------------------------------------------------------------- errors
@@ -103,6 +107,9 @@ std::string dump_json(const nlohmann::ordered_json& j, int indent = -1);  // kee
 std::string read_file(const std::string& path);
 nlohmann::json read_json(const std::string& path);
 bool file_exists(const std::string& path);
+// "cpu" | "cuda" | "cuda:N" -> a torch device (the `--device` option of every command). Throws
+// vla::Error for another spelling, a build or machine without CUDA, or a missing index.
+c10::Device parse_device(const std::string& text);
 // Creates the directory and its parents; no-op when it exists.
 void make_dirs(const std::string& path);
 // Removes a file or a directory tree (links are removed, not followed); no-op when absent.

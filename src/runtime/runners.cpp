@@ -48,6 +48,8 @@ void check_config(const PolicyFns& policy, const RuntimeConfig& cfg) {
   VLA_CHECK(cfg.vlm_latency_s >= 0, "runtime: --vlm-latency must be >= 0, got ", cfg.vlm_latency_s);
   VLA_CHECK(cfg.max_staleness_s > 0, "runtime: --max-staleness must be > 0, got ",
             cfg.max_staleness_s);
+  VLA_CHECK(cfg.loop_priority >= 0 && cfg.loop_priority <= 99,
+            "runtime: loop priority must be 0..99, got ", cfg.loop_priority);
 }
 
 // A VLM call that returns non-finite features failed: it is not published, so the loop keeps the
@@ -277,10 +279,11 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
 }
 
 // ---------------------------------------------------------------- wall time
-RealtimeStatus apply_realtime(const RuntimeConfig& cfg) {
-  RealtimeStatus st;
-  VLA_CHECK(cfg.loop_priority >= 0 && cfg.loop_priority <= 99,
-            "runtime: loop priority must be 0..99, got ", cfg.loop_priority);
+namespace {
+
+// mlockall is process-wide and slow (it faults in everything mapped): done before the loop's
+// clock starts, so it cannot make the first ticks late.
+void lock_memory(const RuntimeConfig& cfg, RealtimeStatus& st) {
   if (cfg.lock_memory) {
     if (::mlockall(MCL_CURRENT | MCL_FUTURE) == 0)
       st.memory_locked = true;
@@ -288,6 +291,11 @@ RealtimeStatus apply_realtime(const RuntimeConfig& cfg) {
       st.notes.push_back(str_cat("memory not locked (mlockall: ", std::strerror(errno),
                                  "; raise `ulimit -l` or grant CAP_IPC_LOCK)"));
   }
+}
+
+// Affinity and SCHED_FIFO of the calling thread. Applied after the worker threads exist: threads
+// created later would inherit both.
+void apply_thread_realtime(const RuntimeConfig& cfg, RealtimeStatus& st) {
   if (cfg.loop_cpu >= 0) {
     const int ncpu = static_cast<int>(std::thread::hardware_concurrency());
     cpu_set_t set;
@@ -313,6 +321,16 @@ RealtimeStatus apply_realtime(const RuntimeConfig& cfg) {
                                  std::strerror(rc),
                                  "; needs CAP_SYS_NICE or an rtprio limit): normal scheduling"));
   }
+}
+
+}  // namespace
+
+RealtimeStatus apply_realtime(const RuntimeConfig& cfg) {
+  VLA_CHECK(cfg.loop_priority >= 0 && cfg.loop_priority <= 99,
+            "runtime: loop priority must be 0..99, got ", cfg.loop_priority);
+  RealtimeStatus st;
+  lock_memory(cfg, st);
+  apply_thread_realtime(cfg, st);
   for (const auto& n : st.notes) log_warn("runtime: ", n);
   return st;
 }
@@ -380,6 +398,7 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
   auto sh = std::make_shared<Shared>();
   EpisodeResult ep;
   ep.period = 1.0 / cfg.action_hz;
+  lock_memory(cfg, ep.realtime);
   {
     std::lock_guard<std::mutex> lock(sh->plant_mu);
     sh->proprio = plant.proprio();
@@ -515,7 +534,8 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
   cpu_set_t prev_cpus;
   (void)pthread_getschedparam(pthread_self(), &prev_policy, &prev_param);
   (void)pthread_getaffinity_np(pthread_self(), sizeof(prev_cpus), &prev_cpus);
-  ep.realtime = apply_realtime(cfg);
+  apply_thread_realtime(cfg, ep.realtime);
+  for (const auto& n : ep.realtime.notes) log_warn("runtime: ", n);
   LoopCore core(policy, cfg);
   const int64_t period_ns = static_cast<int64_t>(1e9 / cfg.action_hz);
   const size_t reserve =

@@ -372,6 +372,7 @@ PolicyFns expert_policy(SimPlant& plant);
 // `vla eval staleness` and `vla run` share).
 struct ClosedLoopOptions {
   std::string policy = "default";  // "default" | "no_reuse" | policy folder | "expert"
+  std::string vlm_device = "cpu";  // where the policy's VLM runs (the expert stays on the CPU)
   bool wall_time = false;          // false: sim time (deterministic), true: real threads
   int episodes = 10;
   uint64_t seed = 1000;            // episode i uses seed + i

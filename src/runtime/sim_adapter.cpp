@@ -98,6 +98,7 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
   std::shared_ptr<vla::policy::Policy> learned;
   if (!expert) {
     learned = vla::policy::Policy::load(opt.policy);
+    if (opt.vlm_device != "cpu" && learned->vlm()) learned->vlm()->to(parse_device(opt.vlm_device));
     ec.num_views = learned->num_views();
     ec.width = learned->image_width();
     ec.height = learned->image_height();

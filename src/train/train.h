@@ -199,8 +199,6 @@ struct TrainReport {
   nlohmann::json to_json() const;
 };
 
-// "cpu", "cuda", "cuda:N" -> a torch device; throws naming the option when CUDA is missing.
-torch::Device parse_device(const std::string& text);
 
 // Runs stage 1 / 2 / caption pre-training as described by opt; writes opt.out.
 TrainReport train(const TrainOptions& opt);

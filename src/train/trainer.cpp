@@ -30,18 +30,6 @@ void set_torch_rng_state(const torch::Tensor& state) {
   gen.set_state(state);
 }
 
-torch::Device parse_device(const std::string& text) {
-  const bool cuda = text == "cuda" || text.rfind("cuda:", 0) == 0;
-  VLA_CHECK(text == "cpu" || cuda, "--device must be cpu, cuda or cuda:N, got '", text, "'");
-  if (!cuda) return torch::kCPU;
-  VLA_CHECK(torch::cuda::is_available(), "--device ", text,
-            ": this build or machine has no CUDA (torch::cuda::is_available() is false)");
-  torch::Device d(text);
-  VLA_CHECK(!d.has_index() || d.index() < static_cast<int>(torch::cuda::device_count()),
-            "--device ", text, ": only ", torch::cuda::device_count(), " CUDA device(s)");
-  return d;
-}
-
 namespace {
 
 struct Sample {
