@@ -38,8 +38,10 @@ void add_offline(CLI::App& app) {
   c->add_option("--holdout", *holdout,
                 "evaluate the last ceil(f * N) episodes (the training split's held-out part); "
                 "0 = all episodes")
+      ->check(CLI::Range(0.0, 0.9))
       ->capture_default_str();
   c->add_option("--episodes", *max_eps, "at most this many episodes (0 = all selected)")
+      ->check(CLI::Range(0, 100000000))
       ->capture_default_str();
   c->add_option("--json", *json, "write the metrics as JSON");
   c->callback([=] {
@@ -90,10 +92,15 @@ void add_caption_eval(CLI::App& app) {
   c->add_option("--vlm", *vlm, "VLM folder, or a policy folder (uses its vlm/)")->required();
   c->add_option("--dataset", *ds, "dataset folder")->required();
   c->add_option("--holdout", *holdout, "evaluate the last ceil(f * N) episodes (0 = all)")
+      ->check(CLI::Range(0.0, 0.9))
       ->capture_default_str();
-  c->add_option("--episodes", *max_eps, "at most this many episodes")->capture_default_str();
+  c->add_option("--episodes", *max_eps, "at most this many episodes")
+      ->check(CLI::Range(0, 100000000))
+      ->capture_default_str();
   c->add_option("--use-views", *views, "comma-separated view indices given to the VLM");
-  c->add_option("--max-new-tokens", *max_tokens, "caption length limit")->capture_default_str();
+  c->add_option("--max-new-tokens", *max_tokens, "caption length limit")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
   c->add_option("--json", *json, "write the metrics as JSON");
   c->callback([=] {
     vla::policy::PolicyConfig pc;
@@ -150,7 +157,9 @@ void add_language_eval(CLI::App& app) {
       "success is measured against the instruction. Also counts episodes that went to the\n"
       "seed's default port instead (= the policy ignored the instruction).");
   c->add_option("--policy", *pol, "policy folder or 'default'")->capture_default_str();
-  c->add_option("--episodes", *episodes, "episodes")->capture_default_str();
+  c->add_option("--episodes", *episodes, "episodes")
+      ->check(CLI::Range(0, 100000000))
+      ->capture_default_str();
   c->add_option("--seed", *seed, "first seed")->capture_default_str();
   c->add_option("--json", *json, "write the metrics as JSON");
   c->callback([=] {

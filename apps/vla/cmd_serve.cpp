@@ -51,6 +51,11 @@ void add_serve(CLI::App& app) {
   c->add_option("--device", *device,
                 "where the policy's VLM runs: cpu | cuda | cuda:N (the expert stays on the CPU)")
       ->capture_default_str();
+  c->add_option("--deadline-ms", o->deadline_ms,
+                "answer a request whose expert call is not done this many ms after it arrived\n"
+                "with the rest of the last good chunk (status fallback; 0 = wait)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
   c->add_option("--vlm-threads", o->vlm_threads, "torch threads of the VLM thread")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();

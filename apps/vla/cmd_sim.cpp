@@ -230,16 +230,25 @@ void add_sim(CLI::App& app) {
   c->add_option("--policy", o->policy, "expert (force-using scripted expert) | hold (no motion)")
       ->capture_default_str();
   c->add_option("--episodes", o->episodes, "number of episodes (seeds seed..seed+N-1)")
+      ->check(CLI::Range(1, 100000000))
       ->capture_default_str();
   c->add_option("--seed", o->seed, "seed of the first episode")->capture_default_str();
   c->add_option("--res", o->res, "camera resolution WxH (used by --snapshot)")
       ->capture_default_str();
   c->add_option("--views", o->views, "number of views 1..5 (top front left right needle)")
+      ->check(CLI::Range(1, 5))
       ->capture_default_str();
-  c->add_option("--noise", o->noise, "force sensor noise std (N)")->capture_default_str();
-  c->add_option("--time-limit", o->time_limit, "episode time limit (s)")->capture_default_str();
-  c->add_option("--ports", o->ports, "number of coloured ports 3..6")->capture_default_str();
+  c->add_option("--noise", o->noise, "force sensor noise std (N)")
+      ->check(CLI::Range(0.0, 1000.0))
+      ->capture_default_str();
+  c->add_option("--time-limit", o->time_limit, "episode time limit (s)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
+  c->add_option("--ports", o->ports, "number of coloured ports 3..6")
+      ->check(CLI::Range(3, 6))
+      ->capture_default_str();
   c->add_option("--target", o->target, "force the target port index (-1: random)")
+      ->check(CLI::Range(-1, 5))
       ->capture_default_str();
   c->add_option("--json", o->json, "write the results as JSON to FILE");
   c->add_option("--snapshot", o->snapshot,
@@ -382,29 +391,39 @@ void add_datagen(CLI::App& app) {
       "datagen",
       "Record scripted-expert episodes (frames at 10 Hz, 650 Hz forces, 80 Hz actions) into a\n"
       "dataset folder (see docs/dataset.md). All episodes are kept with their success flag.");
-  c->add_option("--episodes", o->episodes, "number of episodes")->capture_default_str();
+  c->add_option("--episodes", o->episodes, "number of episodes")
+      ->check(CLI::Range(1, 100000000))
+      ->capture_default_str();
   c->add_option("--out", o->out, "dataset folder (created; appends after existing episodes)")
       ->required();
   c->add_option("--seed", o->seed, "seed of the first episode (episode i uses seed+i)")
       ->capture_default_str();
   c->add_option("--views", o->views, "number of views 1..5 (top front left right needle)")
+      ->check(CLI::Range(1, 5))
       ->capture_default_str();
   c->add_option("--res", o->res, "camera resolution WxH")->capture_default_str();
   c->add_option("--format", o->format, "frame encoding: png | jpg")
       ->check(CLI::IsMember({"png", "jpg"}))
       ->capture_default_str();
-  c->add_option("--noise", o->noise, "force sensor noise std (N)")->capture_default_str();
-  c->add_option("--ports", o->ports, "number of coloured ports 3..6")->capture_default_str();
+  c->add_option("--noise", o->noise, "force sensor noise std (N)")
+      ->check(CLI::Range(0.0, 1000.0))
+      ->capture_default_str();
+  c->add_option("--ports", o->ports, "number of coloured ports 3..6")
+      ->check(CLI::Range(3, 6))
+      ->capture_default_str();
   c->add_option("--json", o->json, "write throughput numbers as JSON to FILE");
   c->add_option("--dart-noise", o->dart_noise,
                 "DART: Gaussian noise (m per 80 Hz action; z gets half) added to the executed\n"
                 "actions while the recorded labels stay the clean expert actions (0 = off)")
+      ->check(CLI::Range(0.0, 0.1))
       ->capture_default_str();
   c->add_option("--layout-ticks", o->layout_ticks,
                 "record only the first N ticks of each episode (cheap grounding layouts: one\n"
                 "render per tick; 0 = full episodes)")
+      ->check(CLI::Range(0, 1000000))
       ->capture_default_str();
   c->add_option("--jobs", o->jobs, "worker threads (each renders with its own OSMesa context)")
+      ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   c->add_option("--policy", o->policy,
                 "DAgger: roll out this learned policy (synchronous: fresh VL features every\n"

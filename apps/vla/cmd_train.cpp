@@ -46,42 +46,71 @@ void add_train(CLI::App& app) {
   c->add_option("--cache", o->cache, "stage 1: VL feature cache folder (vla cache)");
   c->add_option("--vlm", o->vlm, "VLM folder (stage 1: attached to the policy; caption: init)");
   c->add_option("--init", o->init_policy, "stage 2: stage-1 policy folder to start from");
-  c->add_option("--steps", o->steps, "optimizer steps")->capture_default_str();
-  c->add_option("--batch", o->batch, "batch size")->capture_default_str();
+  c->add_option("--steps", o->steps, "optimizer steps")
+      ->check(CLI::Range(1, 100000000))
+      ->capture_default_str();
+  c->add_option("--batch", o->batch, "batch size")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
   c->add_option("--warmup", o->warmup, "linear LR warmup steps (then cosine decay)")
+      ->check(CLI::Range(0, 100000000))
       ->capture_default_str();
-  c->add_option("--lr-sensor", o->lr_sensor, "LR of the sensor encoder")->capture_default_str();
-  c->add_option("--lr-action", o->lr_action, "LR of the action expert")->capture_default_str();
-  c->add_option("--lr-vl", o->lr_vl, "LR of the VLM (stage 2 / caption)")->capture_default_str();
+  c->add_option("--lr-sensor", o->lr_sensor, "LR of the sensor encoder")
+      ->check(CLI::Range(0.0, 10.0))
+      ->capture_default_str();
+  c->add_option("--lr-action", o->lr_action, "LR of the action expert")
+      ->check(CLI::Range(0.0, 10.0))
+      ->capture_default_str();
+  c->add_option("--lr-vl", o->lr_vl, "LR of the VLM (stage 2 / caption)")
+      ->check(CLI::Range(0.0, 10.0))
+      ->capture_default_str();
   c->add_option("--lr-min", o->lr_min_factor, "final LR as a fraction of the peak")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  c->add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
+  c->add_option("--weight-decay", o->weight_decay, "AdamW weight decay")
+      ->check(CLI::Range(0.0, 10.0))
+      ->capture_default_str();
   c->add_option("--grad-clip", o->grad_clip, "max global grad norm (0 = off)")
+      ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
   c->add_option("--vlm-reuse-count", o->reuse_count,
                 "pair the VL feature of tick t with ticks t..t+N-1 (N = 1: fresh only)")
+      ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   c->add_flag("--random-staleness", o->random_staleness,
               "draw the staleness of each sample uniformly from 0..N-1 instead of the fixed "
               "reuse pairs");
   c->add_option("--holdout", o->holdout, "fraction of episodes held out (the last ones)")
+      ->check(CLI::Range(0.0, 0.9))
       ->capture_default_str();
   c->add_option("--max-episodes", o->max_episodes, "use at most N episodes (0 = all)")
+      ->check(CLI::Range(0, 100000000))
       ->capture_default_str();
   auto all_eps = std::make_shared<bool>(false);
   c->add_flag("--all-episodes", *all_eps,
               "train on failed episodes too (DAgger rollouts: their labels are the expert's)");
   c->add_option("--head", o->policy.head, "expert head: flow | mlp")->capture_default_str();
-  c->add_option("--d-model", o->policy.d_model, "expert width")->capture_default_str();
-  c->add_option("--layers", o->policy.layers, "expert layers")->capture_default_str();
-  c->add_option("--ff-dim", o->policy.ff_dim, "expert feed-forward width")->capture_default_str();
+  c->add_option("--d-model", o->policy.d_model, "expert width")
+      ->check(CLI::Range(8, 8192))
+      ->capture_default_str();
+  c->add_option("--layers", o->policy.layers, "expert layers")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  c->add_option("--ff-dim", o->policy.ff_dim, "expert feed-forward width")
+      ->check(CLI::Range(8, 65536))
+      ->capture_default_str();
   c->add_option("--flow-steps", o->policy.flow_steps, "flow-matching integration steps")
+      ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   c->add_option("--sensor-window", o->policy.sensor_window, "force samples per window (650 Hz)")
+      ->check(CLI::Range(1, 2048))
       ->capture_default_str();
-  c->add_option("--dropout", o->policy.dropout, "expert dropout")->capture_default_str();
+  c->add_option("--dropout", o->policy.dropout, "expert dropout")
+      ->check(CLI::Range(0.0, 0.95))
+      ->capture_default_str();
   c->add_option("--vl-dropout", o->policy.vl_dropout,
                 "probability of zeroing a sample's VL features")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   c->add_option("--pooling", o->policy.pooling,
                 "VLM feature pooling: last | mean | tokens (image tokens + last token)")
@@ -94,22 +123,32 @@ void add_train(CLI::App& app) {
   c->add_option("--locate-weight", o->locate_weight,
                 "grounding: weight of the localisation head (linear map from the pooled "
                 "features to the named port's x/y; 0 = off)")
+      ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
   c->add_option("--caption-weight", o->caption_weight,
                 "grounding: weight of the location-token + caption loss (0 = skip it)")
+      ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
   c->add_option("--finetune", o->finetune, "stage 2: lora | full")->capture_default_str();
-  c->add_option("--lora-rank", o->lora_rank, "LoRA rank")->capture_default_str();
-  c->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha")->capture_default_str();
+  c->add_option("--lora-rank", o->lora_rank, "LoRA rank")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  c->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
   c->add_option("--lora-targets", o->lora_targets, "LoRA target layer names")
       ->delimiter(',')
       ->capture_default_str();
   c->add_option("--checkpoint-every", o->checkpoint_every, "steps between resumable checkpoints")
+      ->check(CLI::Range(0, 100000000))
       ->capture_default_str();
   c->add_flag("--resume", o->resume, "continue from OUT/checkpoint (bit-exact on CPU)");
   c->add_option("--seed", o->seed, "seed (init, batches, noise)")->capture_default_str();
-  c->add_option("--threads", o->threads, "torch threads (0 = all cores)")->capture_default_str();
+  c->add_option("--threads", o->threads, "torch threads (0 = all cores)")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
   c->add_option("--eval-every", o->eval_every, "steps between held-out evaluations (0 = end)")
+      ->check(CLI::Range(0, 100000000))
       ->capture_default_str();
   c->add_option("--device", o->device,
                 "where training runs: cpu | cuda | cuda:N (inference and saved weights stay on "

@@ -134,6 +134,14 @@ InferRequest decode_request(const void* data, size_t size, const ServeOptions& l
     r.request_id = as_int(*id, "request_id");
     r.has_request_id = true;
   }
+  if (const Obj* d = find(root, "deadline_ms")) {
+    if (d->type == msgpack::type::FLOAT32 || d->type == msgpack::type::FLOAT64)
+      r.deadline_ms = d->via.f64;
+    else
+      r.deadline_ms = static_cast<double>(as_int(*d, "deadline_ms"));
+    VLA_CHECK(std::isfinite(r.deadline_ms) && r.deadline_ms >= 0 && r.deadline_ms < 1e7,
+              "request: 'deadline_ms' must be a number of milliseconds >= 0");
+  }
   if (const Obj* p = find(root, "prompt")) {
     r.prompt = as_text(*p, "prompt");
     VLA_CHECK(unicode::utf8_lossy(r.prompt) == r.prompt, "request: 'prompt' is not valid UTF-8");

@@ -12,10 +12,12 @@
 //     keys may be msgpack str or bin. Fields: "images" (map view name -> uint8 H x W x 3),
 //     "prompt" (str), "state" (float32 [3] proprio: needle tip x y z, m), "force" (float32 [N, 6]
 //     Fx Fy Fz Tx Ty Tz, N and N m: the samples since the previous request), "force_t" (float64
-//     [N], seconds on the robot's clock, increasing), "request_id" (int, echoed).
+//     [N], seconds on the robot's clock, increasing), "request_id" (int, echoed), optionally
+//     "deadline_ms" (number).
 //   * The reply is one binary msgpack map: "actions" (float32 [H, 3] target deltas, m per 80 Hz
 //     step, clipped), "request_id", "obs_time" (the newest force stamp, robot clock), "status"
-//     ("act" | "hold_startup" | "hold_sensor" | "safe_stop"), "feature_version", "feature_age_s"
+//     ("act" | "hold_startup" | "hold_sensor" | "safe_stop" | "fallback" | "expert_error"),
+//     "feature_version", "feature_age_s"
 //     (server clock: now - when the frames those features came from arrived), "stale_frames",
 //     "stale_force", "server_timing" (ms per phase). A request that cannot be decoded gets
 //     {"error": "..."} and the connection stays open.
@@ -46,6 +48,10 @@ struct ServeOptions {
   double stale_input_s = 0.5;                 // no frames / force samples for this long: flagged
   double max_action_m = 0.002;                // each action component clipped to +-this (m)
   int vlm_threads = 1;                        // torch threads of the VLM thread
+  // > 0: a request whose expert call is not done this many ms after it arrived is answered with
+  // the rest of the last good chunk (status "fallback"); the late chunk becomes the next last good
+  // one. A request may set its own "deadline_ms".
+  double deadline_ms = 0.0;
 };
 
 // One decoded request (decode_request).
@@ -57,6 +63,7 @@ struct InferRequest {
   std::vector<double> force_t;  // robot clock (s), one per force row
   int64_t request_id = -1;
   bool has_request_id = false;
+  double deadline_ms = -1.0;  // optional "deadline_ms" (< 0: the server's --deadline-ms)
 };
 
 // Decodes one msgpack request (openpi msgpack-numpy arrays). Throws vla::Error naming the field

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
+#include <deque>
+#include <future>
 #include <mutex>
 #include <thread>
 
@@ -39,7 +41,82 @@ struct ServingRuntime::Impl {
   double newest_force_t = -1e300;
   std::atomic<int64_t> last_force_ns{0}, last_frames_ns{0};
 
-  std::mutex act_mu;  // one expert call at a time (about a millisecond)
+  // The expert runs on its own thread, so that a request can stop waiting at its deadline; a late
+  // chunk still becomes the last good one.
+  struct Chunk {
+    std::string status;  // "act" | "expert_error"
+    std::vector<std::array<float, 3>> actions;
+    double expert_ms = 0;
+  };
+  struct ExpertJob {
+    torch::Tensor feat, window, state;
+    std::promise<Chunk> done;
+  };
+  std::mutex ex_mu;
+  std::condition_variable ex_cv;
+  std::deque<std::shared_ptr<ExpertJob>> ex_jobs;
+  bool ex_stopping = false;
+  std::thread expert;
+  std::mutex good_mu;
+  std::vector<std::array<float, 3>> good;  // last good chunk (clipped) and when it was issued
+  int64_t good_ns = 0;
+
+  void expert_loop() {
+    at::set_num_threads(1);
+    c10::InferenceMode guard;
+    for (;;) {
+      std::shared_ptr<ExpertJob> job;
+      {
+        std::unique_lock<std::mutex> lock(ex_mu);
+        ex_cv.wait(lock, [&] { return ex_stopping || !ex_jobs.empty(); });
+        if (ex_jobs.empty()) return;
+        job = ex_jobs.front();
+        ex_jobs.pop_front();
+      }
+      try {
+        job->done.set_value(run_expert(*job));
+      } catch (...) {
+        job->done.set_exception(std::current_exception());
+      }
+    }
+  }
+
+  Chunk run_expert(const ExpertJob& job) {
+    const int H = policy->horizon();
+    const int64_t t0 = now_ns();
+    auto c = policy->act(job.feat, job.window, job.state).to(torch::kFloat).contiguous();
+    Chunk out;
+    out.expert_ms = (now_ns() - t0) * 1e-6;
+    VLA_CHECK(c.numel() == H * 3, "serve: expert returned ", c.numel(), " values");
+    const float* p = c.data_ptr<float>();
+    out.actions.assign(static_cast<size_t>(H), {0.0f, 0.0f, 0.0f});
+    for (int i = 0; i < H * 3; ++i)
+      if (!std::isfinite(p[i])) {
+        out.status = "expert_error";
+        return out;
+      }
+    const float lim = static_cast<float>(opt.max_action_m);
+    for (int i = 0; i < H; ++i)
+      for (int k = 0; k < 3; ++k)
+        out.actions[static_cast<size_t>(i)][k] = std::clamp(p[i * 3 + k], -lim, lim);
+    out.status = "act";
+    std::lock_guard<std::mutex> lock(good_mu);
+    good = out.actions;
+    good_ns = now_ns();
+    return out;
+  }
+
+  // The rest of the last good chunk at `now` (its action i applies i/80 s after it was issued);
+  // zeros (hold) past its end or when there is none.
+  std::vector<std::array<float, 3>> rest_of_good(int64_t now) {
+    std::vector<std::array<float, 3>> out(static_cast<size_t>(policy->horizon()),
+                                          {0.0f, 0.0f, 0.0f});
+    std::lock_guard<std::mutex> lock(good_mu);
+    if (good.empty()) return out;
+    const auto skip = static_cast<size_t>((now - good_ns) * 1e-9 * runtime::kActionStepHz);
+    for (size_t i = 0; i + skip < good.size() && i < out.size(); ++i) out[i] = good[i + skip];
+    return out;
+  }
 
   // Telemetry.
   mutable std::mutex met_mu;
@@ -145,6 +222,7 @@ ServingRuntime::ServingRuntime(std::shared_ptr<policy::Policy> policy, ServeOpti
     VLA_CHECK(i >= 0 && i < static_cast<int>(sim::view_names().size()), "serve: policy view ", i,
               " has no camera name");
   impl_->vlm = std::thread([this] { impl_->vlm_loop(); });
+  impl_->expert = std::thread([this] { impl_->expert_loop(); });
 }
 
 ServingRuntime::~ServingRuntime() {
@@ -154,6 +232,12 @@ ServingRuntime::~ServingRuntime() {
   }
   impl_->job_cv.notify_all();
   impl_->vlm.join();
+  {
+    std::lock_guard<std::mutex> lock(impl_->ex_mu);
+    impl_->ex_stopping = true;
+  }
+  impl_->ex_cv.notify_all();
+  impl_->expert.join();
 }
 
 nlohmann::json ServingRuntime::metadata() const { return impl_->metadata(); }
@@ -217,27 +301,27 @@ InferReply ServingRuntime::infer(const InferRequest& req) {
              ws == runtime::WindowStatus::kGap || ws == runtime::WindowStatus::kDropout) {
     r.status = "hold_sensor";
   } else {
-    const int64_t t0 = now_ns();
-    torch::Tensor chunk;
+    auto job = std::make_shared<Impl::ExpertJob>();
+    job->feat = feat;
+    job->window = window;
+    job->state = torch::tensor(req.state);
+    auto done = job->done.get_future();
     {
-      std::lock_guard<std::mutex> lock(m.act_mu);
-      c10::InferenceMode guard;
-      chunk = m.policy->act(feat, window, torch::tensor(req.state));
+      std::lock_guard<std::mutex> lock(m.ex_mu);
+      m.ex_jobs.push_back(job);
     }
-    expert_ms = (now_ns() - t0) * 1e-6;
-    auto c = chunk.to(torch::kFloat).contiguous();
-    VLA_CHECK(c.numel() == H * 3, "serve: expert returned ", c.numel(), " values");
-    const float* p = c.data_ptr<float>();
-    bool finite = true;
-    for (int i = 0; i < H * 3; ++i) finite = finite && std::isfinite(p[i]);
-    if (finite) {
-      const float lim = static_cast<float>(m.opt.max_action_m);
-      for (int i = 0; i < H; ++i)
-        for (int k = 0; k < 3; ++k)
-          r.actions[static_cast<size_t>(i)][k] = std::clamp(p[i * 3 + k], -lim, lim);
-      r.status = "act";
+    m.ex_cv.notify_one();
+    const double deadline_ms = req.deadline_ms >= 0 ? req.deadline_ms : m.opt.deadline_ms;
+    const int64_t left_ns = t_start + static_cast<int64_t>(deadline_ms * 1e6) - now_ns();
+    if (deadline_ms > 0 && done.wait_for(std::chrono::nanoseconds(std::max<int64_t>(0, left_ns))) !=
+                               std::future_status::ready) {
+      r.status = "fallback";
+      r.actions = m.rest_of_good(now_ns());
     } else {
-      r.status = "expert_error";
+      Impl::Chunk c = done.get();  // rethrows the expert's exception
+      r.status = c.status;
+      r.actions = std::move(c.actions);
+      expert_ms = c.expert_ms;
     }
   }
   const double total_ms = (now_ns() - t_start) * 1e-6;

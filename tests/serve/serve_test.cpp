@@ -57,12 +57,17 @@ struct Obs {
   double t0 = 0.0;  // first force stamp is t0 + 1/650
   int64_t request_id = 7;
   std::string force_dtype = "<f4";
+  double deadline_ms = -1;  // < 0: not sent
 };
 
 std::string request(const Obs& o) {
   msgpack::sbuffer buf;
   Packer pk(&buf);
-  pk.pack_map(6);
+  pk.pack_map(o.deadline_ms >= 0 ? 7 : 6);
+  if (o.deadline_ms >= 0) {
+    str(pk, "deadline_ms");
+    pk.pack_double(o.deadline_ms);
+  }
   str(pk, "images");
   pk.pack_map(static_cast<uint32_t>(o.views.size()));
   for (const auto& [name, wh] : o.views) {
@@ -350,6 +355,53 @@ TEST(Server, StaleForceHoldsAndSeveralClientsReconnect) {
   o.t0 = 1000;
   Reply r = parse(c.call(request(o)));
   EXPECT_EQ(r.get("status")->as<std::string>(), "act");
+}
+
+std::vector<float> actions_of(const Reply& r) {
+  std::vector<float> acts;
+  const auto* a = r.get("actions");
+  for (uint32_t i = 0; i < a->via.map.size; ++i)
+    if (a->via.map.ptr[i].key.as<std::string>() == "data") {
+      const auto& d = a->via.map.ptr[i].val.via.bin;
+      acts.resize(d.size / 4);
+      std::memcpy(acts.data(), d.ptr, d.size);
+    }
+  return acts;
+}
+
+TEST(Server, MissedDeadlineRepliesWithTheRestOfTheLastGoodChunk) {
+  Running srv(ServeOptions{});
+  Client c(srv.port);
+  Obs o = default_obs(c.metadata);
+  Reply good;
+  std::string st;
+  for (int i = 0; i < 200 && st != "act"; ++i) {
+    o.t0 = i * 0.1;
+    good = parse(c.call(request(o)));
+    st = good.get("status")->as<std::string>();
+    if (st != "act") std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(st, "act");
+  const auto last = actions_of(good);
+  // A deadline no expert call can meet (1 ns): the reply does not wait for the expert.
+  o.t0 += 1;
+  o.deadline_ms = 1e-6;
+  Reply fb = parse(c.call(request(o)));
+  ASSERT_FALSE(fb.has("error"));
+  EXPECT_EQ(fb.get("status")->as<std::string>(), "fallback");
+  // Each row is the last good chunk's row `skip + i` (played on from when it was issued) or a
+  // hold (zeros) past its end.
+  const auto acts = actions_of(fb);
+  ASSERT_EQ(acts.size(), last.size());
+  size_t skip = 0;
+  while (skip < 8 && !std::equal(acts.begin(), acts.begin() + 3, last.begin() + 3 * skip)) ++skip;
+  for (size_t i = 0; i < 8; ++i)
+    for (size_t k = 0; k < 3; ++k)
+      EXPECT_EQ(acts[3 * i + k], i + skip < 8 ? last[3 * (i + skip) + k] : 0.0f) << i;
+  // Without the deadline the next request acts again.
+  o.t0 += 1;
+  o.deadline_ms = -1;
+  EXPECT_EQ(parse(c.call(request(o))).get("status")->as<std::string>(), "act");
 }
 
 TEST(Server, ApiKeyIsRequiredWhenSet) {
