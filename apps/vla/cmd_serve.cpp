@@ -45,6 +45,10 @@ void add_serve(CLI::App& app) {
                 "also holds")
       ->check(CLI::Range(1e-3, 1e6))
       ->capture_default_str();
+  c->add_option("--force-stop", o->force_stop_s,
+                "no force samples for this long (s, >= --stale-input): reply safe_stop")
+      ->check(CLI::Range(1e-3, 1e6))
+      ->capture_default_str();
   c->add_option("--max-action-mm", *max_action_mm, "clip each action component to +- this (mm)")
       ->check(CLI::Range(1e-3, 100.0))
       ->capture_default_str();

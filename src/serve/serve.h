@@ -46,6 +46,7 @@ struct ServeOptions {
   int max_array_elements = 16 * 1024 * 1024;  // per decoded array
   double max_staleness_s = 3.0;               // VL features older than this: safe stop (hold)
   double stale_input_s = 0.5;                 // no frames / force samples for this long: flagged
+  double force_stop_s = 2.0;                  // no force samples for this long: safe stop
   double max_action_m = 0.002;                // each action component clipped to +-this (m)
   int vlm_threads = 1;                        // torch threads of the VLM thread
   // > 0: a request whose expert call is not done this many ms after it arrived is answered with

@@ -204,14 +204,16 @@ struct ServingRuntime::Impl {
             {"force_window", policy->sensor_window()},
             {"force_columns", {"fx", "fy", "fz", "tx", "ty", "tz"}},
             {"max_staleness_s", opt.max_staleness_s},
-            {"stale_input_s", opt.stale_input_s}};
+            {"stale_input_s", opt.stale_input_s},
+            {"force_stop_s", opt.force_stop_s}};
   }
 };
 
 ServingRuntime::ServingRuntime(std::shared_ptr<policy::Policy> policy, ServeOptions opt)
     : impl_(std::make_unique<Impl>()) {
   VLA_CHECK(policy, "serve: no policy");
-  VLA_CHECK(opt.max_action_m > 0 && opt.max_staleness_s > 0 && opt.stale_input_s > 0,
+  VLA_CHECK(opt.max_action_m > 0 && opt.max_staleness_s > 0 && opt.stale_input_s > 0 &&
+                opt.force_stop_s >= opt.stale_input_s,
             "serve: limits must be > 0");
   impl_->policy = std::move(policy);
   impl_->opt = opt;
@@ -295,8 +297,9 @@ InferReply ServingRuntime::infer(const InferRequest& req) {
   double expert_ms = 0;
   if (!feat.defined()) {
     r.status = "hold_startup";
-  } else if (r.feature_age_s > m.opt.max_staleness_s) {
-    r.status = "safe_stop";
+  } else if (r.feature_age_s > m.opt.max_staleness_s ||
+             (m.last_force_ns != 0 && (t_start - m.last_force_ns) * 1e-9 > m.opt.force_stop_s)) {
+    r.status = "safe_stop";  // features too old, or the force stream gone past its limit
   } else if (r.stale_force || ws == runtime::WindowStatus::kNaN ||
              ws == runtime::WindowStatus::kGap || ws == runtime::WindowStatus::kDropout) {
     r.status = "hold_sensor";

@@ -111,6 +111,18 @@ Reply parse(const std::string& bytes) {
   return r;
 }
 
+std::vector<float> actions_of(const Reply& r) {
+  std::vector<float> acts;
+  const auto* a = r.get("actions");
+  for (uint32_t i = 0; i < a->via.map.size; ++i)
+    if (a->via.map.ptr[i].key.as<std::string>() == "data") {
+      const auto& d = a->via.map.ptr[i].val.via.bin;
+      acts.resize(d.size / 4);
+      std::memcpy(acts.data(), d.ptr, d.size);
+    }
+  return acts;
+}
+
 std::shared_ptr<policy::Policy> default_policy() {
   static auto p = policy::Policy::load("default");
   return p;
@@ -329,6 +341,7 @@ TEST(Server, RequestsGetActionsAndBadRequestsKeepTheConnection) {
 TEST(Server, StaleForceHoldsAndSeveralClientsReconnect) {
   ServeOptions opt;
   opt.stale_input_s = 0.2;
+  opt.force_stop_s = 0.6;
   Running srv(opt);
   {
     Client a(srv.port), b(srv.port);  // two at once
@@ -348,6 +361,11 @@ TEST(Server, StaleForceHoldsAndSeveralClientsReconnect) {
     Reply r = parse(a.call(request(no_force)));
     EXPECT_EQ(r.get("status")->as<std::string>(), "hold_sensor");
     EXPECT_TRUE(r.get("stale_force")->as<bool>());
+    // Past the second limit the reply is a safe stop (still a hold chunk).
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    r = parse(a.call(request(no_force)));
+    EXPECT_EQ(r.get("status")->as<std::string>(), "safe_stop");
+    for (float v : actions_of(r)) EXPECT_EQ(v, 0.0f);
   }
   // Both disconnected; a new client is served by the same (already loaded) policy.
   Client c(srv.port);
@@ -355,18 +373,6 @@ TEST(Server, StaleForceHoldsAndSeveralClientsReconnect) {
   o.t0 = 1000;
   Reply r = parse(c.call(request(o)));
   EXPECT_EQ(r.get("status")->as<std::string>(), "act");
-}
-
-std::vector<float> actions_of(const Reply& r) {
-  std::vector<float> acts;
-  const auto* a = r.get("actions");
-  for (uint32_t i = 0; i < a->via.map.size; ++i)
-    if (a->via.map.ptr[i].key.as<std::string>() == "data") {
-      const auto& d = a->via.map.ptr[i].val.via.bin;
-      acts.resize(d.size / 4);
-      std::memcpy(acts.data(), d.ptr, d.size);
-    }
-  return acts;
 }
 
 TEST(Server, MissedDeadlineRepliesWithTheRestOfTheLastGoodChunk) {
