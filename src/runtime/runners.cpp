@@ -35,6 +35,11 @@ const char* to_string(TickStatus s) {
 
 namespace {
 
+void check_loop_priority(const RuntimeConfig& cfg) {
+  VLA_CHECK(cfg.loop_priority >= 0 && cfg.loop_priority <= 99,
+            "runtime: loop priority must be 0..99, got ", cfg.loop_priority);
+}
+
 void check_config(const PolicyFns& policy, const RuntimeConfig& cfg) {
   VLA_CHECK(policy.encode && policy.act, "runtime: policy '", policy.name,
             "' lacks an encode or act function");
@@ -48,16 +53,7 @@ void check_config(const PolicyFns& policy, const RuntimeConfig& cfg) {
   VLA_CHECK(cfg.vlm_latency_s >= 0, "runtime: --vlm-latency must be >= 0, got ", cfg.vlm_latency_s);
   VLA_CHECK(cfg.max_staleness_s > 0, "runtime: --max-staleness must be > 0, got ",
             cfg.max_staleness_s);
-  VLA_CHECK(cfg.loop_priority >= 0 && cfg.loop_priority <= 99,
-            "runtime: loop priority must be 0..99, got ", cfg.loop_priority);
-}
-
-// A VLM call that returns non-finite features failed: it is not published, so the loop keeps the
-// older features and their growing age (and safe-stops past max staleness) instead of feeding NaN
-// to the expert.
-void check_features(const torch::Tensor& f) {
-  VLA_CHECK(f.defined() && f.numel() > 0, "VLM returned no features");
-  VLA_CHECK(torch::isfinite(f).all().item<bool>(), "VLM returned non-finite features");
+  check_loop_priority(cfg);
 }
 
 // A plant that throws (a driver fault, a simulator error) ends the episode as a safe stop.
@@ -179,6 +175,11 @@ void maybe_record_frame(EpisodeResult& ep, const RuntimeConfig& cfg,
 
 }  // namespace
 
+void check_features(const torch::Tensor& f) {
+  VLA_CHECK(f.defined() && f.numel() > 0, "VLM returned no features");
+  VLA_CHECK(torch::isfinite(f).all().item<bool>(), "VLM returned non-finite features");
+}
+
 // ---------------------------------------------------------------- sim time
 EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeConfig& cfg) {
   check_config(policy, cfg);
@@ -194,7 +195,6 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
   bool vlm_busy = false;
   Features pending;
   double next_launch = 0.0;
-  const double sensor_dt = 1.0 / kSensorHz;
   int64_t physics_steps = 0;
   // VLM and expert failures are handled where they happen; what reaches the outer catch came from
   // the plant.
@@ -262,7 +262,6 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
           }
         }
       }
-      (void)sensor_dt;
       if (done) break;
     }
   } catch (const std::exception& e) {
@@ -326,8 +325,7 @@ void apply_thread_realtime(const RuntimeConfig& cfg, RealtimeStatus& st) {
 }  // namespace
 
 RealtimeStatus apply_realtime(const RuntimeConfig& cfg) {
-  VLA_CHECK(cfg.loop_priority >= 0 && cfg.loop_priority <= 99,
-            "runtime: loop priority must be 0..99, got ", cfg.loop_priority);
+  check_loop_priority(cfg);
   RealtimeStatus st;
   lock_memory(cfg, st);
   apply_thread_realtime(cfg, st);

@@ -309,6 +309,11 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
 EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const RuntimeConfig& cfg,
                             const std::atomic<bool>* stop = nullptr);
 
+// Throws vla::Error unless `f` holds VL features that are all finite. A VLM call whose features
+// fail this has failed: they are never published, so the expert keeps the older features and
+// their growing age (and safe-stops past max staleness) instead of acting on NaN.
+void check_features(const torch::Tensor& f);
+
 // Limits OpenBLAS's own thread pool (no-op when the library does not export it).
 void set_blas_threads(int n);
 

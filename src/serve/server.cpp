@@ -58,9 +58,8 @@ int PolicyServer::bind() {
 
 namespace {
 
-template <class Body>
 void respond(tcp::socket& s, const http::request<http::string_body>& req, http::status st,
-             const std::string& type, Body body) {
+             const std::string& type, std::string body) {
   http::response<http::string_body> res{st, req.version()};
   res.set(http::field::server, "dualrate");
   res.set(http::field::content_type, type);
@@ -102,7 +101,7 @@ void PolicyServer::run(const std::atomic<bool>& stop) {
       if (!ec) {
         auto req = parser.release();
         if (!authorised(req, opt_.api_key)) {
-          respond(sock, req, http::status::unauthorized, "text/plain", std::string("api key\n"));
+          respond(sock, req, http::status::unauthorized, "text/plain", "api key\n");
         } else if (websocket::is_upgrade(req)) {
           websocket::stream<tcp::socket> ws{std::move(sock)};
           ws.read_message_max(opt_.max_message_bytes);
@@ -134,13 +133,13 @@ void PolicyServer::run(const std::atomic<bool>& stop) {
           runtime_->note_connection(-1);
           if (ws.is_open()) ws.close(websocket::close_code::normal, ec);
         } else if (req.method() == http::verb::get && req.target() == "/healthz") {
-          respond(sock, req, http::status::ok, "text/plain", std::string("ok\n"));
+          respond(sock, req, http::status::ok, "text/plain", "ok\n");
         } else if (req.method() == http::verb::get && req.target() == "/metrics") {
           respond(sock, req, http::status::ok, "text/plain; version=0.0.4",
                   runtime_->prometheus_metrics());
         } else {
           respond(sock, req, http::status::not_found, "text/plain",
-                  std::string("websocket, GET /healthz or GET /metrics\n"));
+                  "websocket, GET /healthz or GET /metrics\n");
         }
       }
     } catch (const std::exception& e) {

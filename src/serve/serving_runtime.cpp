@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <limits>
 #include <mutex>
 #include <thread>
 
@@ -144,7 +145,7 @@ struct ServingRuntime::Impl {
       }
       try {
         auto f = policy->encode(views, prompt);
-        VLA_CHECK(torch::isfinite(f).all().item<bool>(), "VLM returned non-finite features");
+        runtime::check_features(f);
         {
           std::lock_guard<std::mutex> lock(feat_mu);
           feat = f;
@@ -282,9 +283,13 @@ InferReply ServingRuntime::infer(const InferRequest& req) {
     r.obs_time = m.newest_force_t > -1e300 ? m.newest_force_t : 0.0;
     ws = m.ring.window(m.newest_force_t, m.policy->sensor_window(), window.data_ptr<float>(), 1e9);
   }
-  const double stale_s = m.opt.stale_input_s;
-  r.stale_force = m.last_force_ns == 0 || (t_start - m.last_force_ns) * 1e-9 > stale_s;
-  r.stale_frames = m.last_frames_ns == 0 || (t_start - m.last_frames_ns) * 1e-9 > stale_s;
+  // Seconds since force samples / frames last arrived (server clock; infinite: never).
+  auto idle_s = [t_start](int64_t last_ns) {
+    return last_ns == 0 ? std::numeric_limits<double>::infinity() : (t_start - last_ns) * 1e-9;
+  };
+  const double force_idle_s = idle_s(m.last_force_ns);
+  r.stale_force = force_idle_s > m.opt.stale_input_s;
+  r.stale_frames = idle_s(m.last_frames_ns) > m.opt.stale_input_s;
   torch::Tensor feat;
   {
     std::lock_guard<std::mutex> lock(m.feat_mu);
@@ -298,7 +303,7 @@ InferReply ServingRuntime::infer(const InferRequest& req) {
   if (!feat.defined()) {
     r.status = "hold_startup";
   } else if (r.feature_age_s > m.opt.max_staleness_s ||
-             (m.last_force_ns != 0 && (t_start - m.last_force_ns) * 1e-9 > m.opt.force_stop_s)) {
+             (std::isfinite(force_idle_s) && force_idle_s > m.opt.force_stop_s)) {
     r.status = "safe_stop";  // features too old, or the force stream gone past its limit
   } else if (r.stale_force || ws == runtime::WindowStatus::kNaN ||
              ws == runtime::WindowStatus::kGap || ws == runtime::WindowStatus::kDropout) {
@@ -357,7 +362,6 @@ std::string ServingRuntime::prometheus_metrics() const {
   const Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.met_mu);
   const double up = (now_ns() - m.t0_ns) * 1e-9;
-  int64_t requests = 0;
   std::string s;
   auto head = [&](const char* name, const char* type, const char* help) {
     s += str_cat("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
@@ -365,7 +369,6 @@ std::string ServingRuntime::prometheus_metrics() const {
   head("dualrate_requests_total", "counter", "Inference requests answered, by status.");
   for (const auto& [status, n] : m.by_status) {
     s += str_cat("dualrate_requests_total{status=\"", status, "\"} ", n, "\n");
-    requests += n;
   }
   head("dualrate_request_errors_total", "counter", "Requests answered with an error.");
   s += str_cat("dualrate_request_errors_total ", m.errors, "\n");
@@ -394,7 +397,6 @@ std::string ServingRuntime::prometheus_metrics() const {
   s += str_cat("dualrate_force_samples_rejected_total ", m.ring.rejected(), "\n");
   head("dualrate_connections", "gauge", "Open websocket connections.");
   s += str_cat("dualrate_connections ", m.connections, "\n");
-  (void)requests;
   return s;
 }
 
