@@ -48,7 +48,7 @@ if [ -z "${VLM:-}" ]; then  # VLM=DIR: an already grounded VLM, steps 1-2 skippe
   # TRAIN_TIMEOUT=S stops grounding after S seconds (SIGTERM: it checkpoints and saves the VLM so
   # far, and the probe still runs).
   ${TRAIN_TIMEOUT:+timeout --preserve-status -s TERM $TRAIN_TIMEOUT} $VLA train --stage grounding --dataset "$LAYOUT_DIR" --vlm "$VLM_INIT" $F \
-    --locate-weight 1 --caption-weight "${CAPTION_WEIGHT:-0}" \
+    --locate-weight 1 --dense-weight "${DENSE_WEIGHT:-1}" --caption-weight "${CAPTION_WEIGHT:-0}" \
     --steps "${G_STEPS:-1600}" --batch "${G_BATCH:-128}" --warmup "${G_WARMUP:-50}" --lr-vl "${G_LR:-2e-3}" --holdout 0.05 \
     --device "$DEVICE" --eval-every 200 --checkpoint-every 400 --out "$W/vlm" --json "$W/grounding.json"
   $VLA eval probe --dataset "$PROBE_DIR" --vlm "$W/vlm" $F --device "$DEVICE" --json "$W/probe_after.json"
@@ -72,7 +72,7 @@ train_expert() {  # $1 = reuse count, $2 = out
 step "4. stage 1 (VLM frozen): expert on cached features, feature reuse 15 with random staleness"
 train_expert 15 "$W/default"
 $VLA eval closed-loop --policy "$W/default" --mode sync --episodes "${EVAL_EPISODES:-50}" --seed 1000 \
-  --json "$W/closed_loop_round0.json"
+  --device "${EVAL_DEVICE:-cpu}" --json "$W/closed_loop_round0.json"
 
 [ "${STOP_AFTER:-}" = 4 ] && exit 0
 for round in $(seq 1 "${DAGGER_ROUNDS:-1}"); do
@@ -81,7 +81,7 @@ for round in $(seq 1 "${DAGGER_ROUNDS:-1}"); do
     --seed $((300000 + 10000 * round)) --views 1 --res $RES --jobs "$JOBS" --out "$W/demos"
   train_expert 15 "$W/default"
   $VLA eval closed-loop --policy "$W/default" --mode sync --episodes "${EVAL_EPISODES:-50}" --seed 1000 \
-    --json "$W/closed_loop_round$round.json"
+    --device "${EVAL_DEVICE:-cpu}" --json "$W/closed_loop_round$round.json"
 done
 
 step "6. no_reuse: the same VLM, expert trained on fresh features only"

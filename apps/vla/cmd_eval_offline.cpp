@@ -53,8 +53,11 @@ void add_offline(CLI::App& app) {
     for (size_t i : eps) {
       auto ep = d.load(i, true);
       auto tk = vla::train::cut_ticks(ep, p->sensor_window(), p->horizon());
+      torch::Tensor first;  // scene memory: the episode's first features
       for (int t = 0; t < tk.num_ticks; ++t) {
         auto vl = p->encode(ep.frames[t], ep.instruction);
+        if (t == 0) first = vl;
+        vl = p->expert_features(first, vl);
         auto a = p->act(vl, tk.force[t], tk.proprio[t]);
         int64_t valid = std::min<int64_t>(p->horizon(), ep.actions.size(0) - 8LL * t);
         err.add(a.narrow(0, 0, valid), tk.actions[t].narrow(0, 0, valid));

@@ -117,12 +117,23 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--use-views", *views,
                 "comma-separated view indices given to the VLM (default: all recorded)");
+  c->add_option("--vl-memory", o->policy.vl_memory,
+                "stage 1: none | first (the expert also sees the episode's first VL features, "
+                "before the arm hides anything; docs/training.md)")
+      ->check(CLI::IsMember({"none", "first"}))
+      ->capture_default_str();
   c->add_option("--prompt-order", o->policy.prompt_order,
                 "VLM prompt: images_first | text_first (instruction before the views)")
       ->capture_default_str();
   c->add_option("--locate-weight", o->locate_weight,
                 "grounding: weight of the localisation head (linear map from the pooled "
                 "features to the named port's x/y; 0 = off)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
+  c->add_option("--dense-weight", o->dense_weight,
+                "grounding: weight of the dense per-token target (each image token of the first "
+                "view says how much of the named port / each colour's port lies at its centre; "
+                "needs --pooling tokens and pixel labels from `vla datagen`; 0 = off)")
       ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
   c->add_option("--caption-weight", o->caption_weight,
@@ -178,6 +189,9 @@ void add_train(CLI::App& app) {
       if (r.extra["grounding"].contains("locate_head_error_mm"))
         t.add_row({"held-out localisation head error (mm)",
                    vla::fmt_double(r.extra["grounding"]["locate_head_error_mm"].get<double>(), 2)});
+      if (r.extra["grounding"].contains("dense_error_px"))
+        t.add_row({"held-out dense head error (px)",
+                   vla::fmt_double(r.extra["grounding"]["dense_error_px"].get<double>(), 2)});
     }
     t.print();
     if (!json->empty()) vla::write_json_atomic(*json, r.to_json());

@@ -43,11 +43,13 @@ int64_t file_size(const std::string& path) {
 }
 
 nlohmann::json port_to_json(const PortMeta& p) {
-  return {{"color", p.color},
-          {"color_ko", p.color_ko},
-          {"pos", p.pos},
-          {"rgb", p.rgb},
-          {"radius", p.radius}};
+  nlohmann::json j = {{"color", p.color},
+                      {"color_ko", p.color_ko},
+                      {"pos", p.pos},
+                      {"rgb", p.rgb},
+                      {"radius", p.radius}};
+  if (!p.pixels.empty()) j["pixels"] = p.pixels;
+  return j;
 }
 
 // Typed field access with errors naming the episode, file and field.
@@ -381,6 +383,8 @@ Episode Dataset::load(size_t i, bool with_frames) const {
     pm.pos = field<std::array<double, 3>>(p, "pos", where);
     pm.rgb = field<std::array<int, 3>>(p, "rgb", where);
     pm.radius = p.value("radius", 0.0);
+    if (p.contains("pixels"))
+      pm.pixels = field<std::vector<std::array<double, 2>>>(p, "pixels", where);
     ep.ports.push_back(pm);
   }
   ep.view_names = m["views"].get<std::vector<std::string>>();

@@ -33,6 +33,9 @@ struct PortMeta {
   std::array<double, 3> pos{};
   std::array<int, 3> rgb{};
   double radius = 0.0;
+  // Pixel (u right, v down; -1 when behind the camera) of the port centre in each view's first
+  // frame, at the recorded resolution. Empty in datasets recorded before it was added.
+  std::vector<std::array<double, 2>> pixels;
 };
 
 // Everything the recorder needs; filled by the simulator-side data generator.

@@ -33,6 +33,7 @@ nlohmann::json PolicyConfig::to_json() const {
           {"image_height", image_height},
           {"pooling", pooling},
           {"prompt_order", prompt_order},
+          {"vl_memory", vl_memory},
           {"use_views", use_views}};
 }
 
@@ -69,6 +70,7 @@ PolicyConfig PolicyConfig::from_json(const nlohmann::json& j) {
   get("image_height", c.image_height);
   get("pooling", c.pooling);
   get("prompt_order", c.prompt_order);
+  get("vl_memory", c.vl_memory);
   get("use_views", c.use_views);
   c.validate();
   return c;
@@ -91,6 +93,11 @@ void PolicyConfig::validate() const {
             "policy config: num_views/image size must be positive");
   VLA_CHECK(pooling == "mean" || pooling == "last" || pooling == "tokens",
             "policy config: pooling must be mean|last|tokens, got '", pooling, "'");
+  VLA_CHECK(vl_memory == "none" || vl_memory == "first",
+            "policy config: vl_memory must be none|first, got '", vl_memory, "'");
+  VLA_CHECK(!has_memory() || vl_tokens % 2 == 0,
+            "policy config: vl_memory 'first' needs an even vl_tokens (first + newest), got ",
+            vl_tokens);
   VLA_CHECK(prompt_order == "images_first" || prompt_order == "text_first",
             "policy config: prompt_order must be images_first|text_first, got '", prompt_order,
             "'");
@@ -551,6 +558,15 @@ std::shared_ptr<Policy> Policy::load(const std::string& dir_or_default) {
   p->info_["vlm_fingerprint"] = want;
   p->info_["dir"] = dir;
   return p;
+}
+
+torch::Tensor Policy::expert_features(const torch::Tensor& first,
+                                      const torch::Tensor& newest) const {
+  if (!cfg_.has_memory()) return newest;
+  VLA_CHECK(first.defined() && first.sizes() == newest.sizes(),
+            "policy: the first and newest VL features differ in shape (",
+            first.defined() ? first.sizes() : c10::IntArrayRef{}, " vs ", newest.sizes(), ")");
+  return torch::cat({first, newest}, 0);
 }
 
 torch::Tensor Policy::encode(const std::vector<Image>& views,

@@ -59,6 +59,17 @@ struct PolicyConfig {
   std::string prompt_order = "images_first";
   bool text_first() const { return prompt_order == "text_first"; }
   std::vector<int> use_views;  // indices of the views given to the VLM (empty = all)
+  // Scene memory: "none" (the expert sees the newest VL features) or "first" (it sees the
+  // episode's first VL features, then the newest: [2 * encoder tokens, vl_dim]; vl_tokens counts
+  // both). The first frame shows the scene before the arm moved over it: on the needle task the
+  // stage hides the named port from the top camera during the final approach, and fresh features
+  // alone then no longer say where the port is (docs/training.md). Callers build the input with
+  // Policy::expert_features(); the runtime, serve and the evaluators keep the first features of
+  // each episode.
+  std::string vl_memory = "none";
+  bool has_memory() const { return vl_memory == "first"; }
+  // Tokens one encode() returns (vl_tokens without the memory half).
+  int encoder_tokens() const { return has_memory() ? vl_tokens / 2 : vl_tokens; }
 
   nlohmann::json to_json() const;
   static PolicyConfig from_json(const nlohmann::json& j);  // missing fields keep defaults
@@ -152,6 +163,17 @@ void save_tensors(const std::string& path,
 std::vector<std::pair<std::string, torch::Tensor>> load_tensors(const std::string& path);
 
 // ---------------------------------------------------------------- VLM
+// The inputs of one padded VLM training batch, built on the CPU by VlmEncoder::prepare_batch
+// (safe to call from a background thread while the previous batch trains). Engine-backed
+// encoders fill the tensors: input_ids / attention_mask int64 [B, L] (left padded, CPU),
+// pixel_values float32 [patches, C*tp*p*p] already on the VLM's device, image_grid_thw int64
+// [images, 3] (CPU); other encoders keep only the samples.
+struct VlmBatch {
+  std::vector<const std::vector<Image>*> views;
+  std::vector<std::string> prompts;
+  torch::Tensor input_ids, attention_mask, pixel_values, image_grid_thw;
+};
+
 // The slow path's encoder. The policy owns one; the default implementation wraps the
 // Qwen2.5-VL engine (src/models). Tests may plug in their own.
 class VlmEncoder {
@@ -182,6 +204,13 @@ class VlmEncoder {
   // default stacks encode_train() calls. Same features as encode_train() up to fp rounding.
   virtual torch::Tensor encode_train_batch(const std::vector<const std::vector<Image>*>& views,
                                            const std::vector<std::string>& instructions);
+  // encode_train_batch() in two halves so that a trainer can overlap them: prepare_batch (CPU:
+  // image preprocessing, tokenisation, padding, the copy of pixel_values to the device; const and
+  // thread-safe; `views` must outlive the batch) and encode_prepared (the forward with autograd,
+  // [B, tokens, dim]). encode_prepared(prepare_batch(v, i)) == encode_train_batch(v, i).
+  virtual VlmBatch prepare_batch(const std::vector<const std::vector<Image>*>& views,
+                                 const std::vector<std::string>& instructions) const;
+  virtual torch::Tensor encode_prepared(const VlmBatch& batch);
   // Mean next-token cross-entropy of `caption` after the views + prompt (teacher forcing).
   virtual torch::Tensor caption_loss(const std::vector<Image>& views, const std::string& prompt,
                                      const std::string& caption);
@@ -234,6 +263,9 @@ class Policy {
   // Slow path (VLM): camera views + instruction -> VL features [tokens, vl_dim].
   // Thread-safe w.r.t. act() (they share no mutable state).
   torch::Tensor encode(const std::vector<Image>& views, const std::string& instruction) const;
+  // The expert's VL input: with vl_memory "first", the episode's first features then the newest
+  // (each [encoder_tokens, vl_dim]) -> [vl_tokens, vl_dim]; otherwise `newest` unchanged.
+  torch::Tensor expert_features(const torch::Tensor& first, const torch::Tensor& newest) const;
   // Fast path: VL features [tokens, vl_dim] (or [vl_dim]) + raw force window [window, 6]
   // (newest last, 650 Hz) + proprio [3] -> chunk [horizon, 3] of target deltas (m).
   // Runs under InferenceMode; safe to call concurrently with encode().

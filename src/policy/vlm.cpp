@@ -19,6 +19,18 @@ torch::Tensor VlmEncoder::encode_train_batch(const std::vector<const std::vector
   for (size_t i = 0; i < views.size(); ++i) out.push_back(encode_train(*views[i], instructions[i]));
   return torch::stack(out);
 }
+VlmBatch VlmEncoder::prepare_batch(const std::vector<const std::vector<Image>*>& views,
+                                   const std::vector<std::string>& instructions) const {
+  VLA_CHECK(views.size() == instructions.size() && !views.empty(), "prepare_batch: ",
+            views.size(), " samples but ", instructions.size(), " instructions");
+  VlmBatch b;
+  b.views = views;
+  b.prompts = instructions;
+  return b;
+}
+torch::Tensor VlmEncoder::encode_prepared(const VlmBatch& batch) {
+  return encode_train_batch(batch.views, batch.prompts);
+}
 torch::Tensor VlmEncoder::encode_batch(const std::vector<const std::vector<Image>*>& views,
                                        const std::vector<std::string>& instructions) const {
   VLA_CHECK(views.size() == instructions.size() && !views.empty(), "encode_batch: ", views.size(),

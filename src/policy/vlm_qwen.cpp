@@ -51,8 +51,10 @@ class QwenVlm : public VlmEncoder {
   // encode_train_batch (autograd) all run this padded forward + pooling -> [B, tokens, H].
   torch::Tensor batch_features(const std::vector<const std::vector<Image>*>& views,
                                const std::vector<std::string>& instructions) const {
-    auto [out, mask, ids] = padded_forward(views, instructions, {}, false);
-    return pool(out.last_hidden, ids, mask);
+    return pooled(prepare(views, instructions, {}));
+  }
+  torch::Tensor pooled(const VlmBatch& b) const {
+    return pool(forward(b, false).last_hidden, b.input_ids, b.attention_mask);
   }
   torch::Tensor features(const std::vector<Image>& views, const std::string& instruction) const {
     return batch_features({&views}, {instruction}).squeeze(0);
@@ -106,6 +108,14 @@ class QwenVlm : public VlmEncoder {
   std::tuple<ForwardOutput, torch::Tensor, torch::Tensor> padded_forward(
       const std::vector<const std::vector<Image>*>& views, const std::vector<std::string>& prompts,
       const std::vector<std::vector<int64_t>>& suffix, bool logits) const {
+    auto b = prepare(views, prompts, suffix);
+    return {forward(b, logits), b.attention_mask, b.input_ids};
+  }
+  // The CPU half of padded_forward: preprocessing, prompt ids, padding; pixel_values are moved to
+  // the model's device here so that a background thread can overlap the copy too.
+  VlmBatch prepare(const std::vector<const std::vector<Image>*>& views,
+                   const std::vector<std::string>& prompts,
+                   const std::vector<std::vector<int64_t>>& suffix) const {
     VLA_CHECK(views.size() == prompts.size() && !views.empty(), "VLM batch: ", views.size(),
               " samples but ", prompts.size(), " prompts");
     std::vector<Image> imgs;
@@ -127,20 +137,34 @@ class QwenVlm : public VlmEncoder {
     }
     const int64_t B = static_cast<int64_t>(seqs.size()), L = static_cast<int64_t>(maxlen);
     const int64_t pad = std::max<int64_t>(0, model_->config().pad_token_id);
-    auto ids = torch::full({B, L}, pad, torch::kInt64);
-    auto mask = torch::zeros({B, L}, torch::kInt64);
+    VlmBatch out;
+    out.views = views;
+    out.prompts = prompts;
+    out.input_ids = torch::full({B, L}, pad, torch::kInt64);
+    out.attention_mask = torch::zeros({B, L}, torch::kInt64);
+    auto* ids = out.input_ids.data_ptr<int64_t>();
+    auto* mask = out.attention_mask.data_ptr<int64_t>();
     for (int64_t b = 0; b < B; ++b) {
       const auto& s = seqs[b];
       const int64_t n = static_cast<int64_t>(s.size());
-      ids[b].narrow(0, L - n, n).copy_(torch::tensor(s, torch::kInt64));
-      mask[b].narrow(0, L - n, n).fill_(1);
+      std::copy(s.begin(), s.end(), ids + b * L + (L - n));
+      std::fill(mask + b * L + (L - n), mask + (b + 1) * L, 1);
     }
+    out.pixel_values = pp.pixel_values.to(model_->device());
+    out.image_grid_thw = pp.grid_thw;
+    return out;
+  }
+  ForwardOutput forward(const VlmBatch& b, bool logits) const {
     ForwardOptions fo;
     fo.compute_logits = logits;
-    auto out = model_.ptr()->forward(ids, B > 1 ? mask : torch::Tensor(), pp.pixel_values,
-                                     pp.grid_thw, fo);
-    return {out, mask, ids};
+    return model_.ptr()->forward(b.input_ids, b.input_ids.size(0) > 1 ? b.attention_mask : torch::Tensor(),
+                                 b.pixel_values, b.image_grid_thw, fo);
   }
+  VlmBatch prepare_batch(const std::vector<const std::vector<Image>*>& views,
+                         const std::vector<std::string>& instructions) const override {
+    return prepare(views, instructions, {});
+  }
+  torch::Tensor encode_prepared(const VlmBatch& b) override { return pooled(b); }
 
   torch::Tensor encode_train_batch(const std::vector<const std::vector<Image>*>& views,
                                    const std::vector<std::string>& instructions) override {

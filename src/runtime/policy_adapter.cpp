@@ -14,16 +14,29 @@ PolicyFns policy_fns(std::shared_ptr<vla::policy::Policy> policy) {
   };
   p.act = [policy](const torch::Tensor& vl, const torch::Tensor& window,
                    const torch::Tensor& proprio) { return policy->act(vl, window, proprio); };
+  if (policy->config().has_memory())
+    p.expert_features = [policy](const torch::Tensor& first, const torch::Tensor& newest) {
+      return policy->expert_features(first, newest);
+    };
   return p;
 }
 
 #ifdef VLA_RUNTIME_WITH_SIM
 vla::sim::Policy sim_policy(std::shared_ptr<vla::policy::Policy> policy) {
   VLA_CHECK(policy != nullptr, "runtime: null policy");
-  return [policy](const vla::sim::NeedleEnv& env) {
+  // Scene memory: the first features of the episode, kept until the env is reset.
+  struct Memory {
+    torch::Tensor first;
+    int64_t steps = -1;
+  };
+  auto memory = std::make_shared<Memory>();
+  return [policy, memory](const vla::sim::NeedleEnv& env) {
     // render() is not const (it makes the GL context current); the env is only read otherwise.
     auto views = const_cast<vla::sim::NeedleEnv&>(env).render();
     auto vl = policy->encode(views, env.instruction());
+    if (env.steps() <= memory->steps || !memory->first.defined()) memory->first = vl;  // new episode
+    memory->steps = env.steps();
+    vl = policy->expert_features(memory->first, vl);
     const int64_t w = policy->sensor_window();
     auto window = torch::zeros({w, vla::sim::kForceDim});
     const auto& log = env.force_log();

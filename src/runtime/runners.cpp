@@ -67,6 +67,14 @@ void note_plant_error(EpisodeResult& ep, const std::string& what) {
   log_error("runtime: safe stop: ", ep.safe_stop_reason);
 }
 
+// Scene memory: the features to publish from a checked encode() output (`first` is set by the
+// episode's first call).
+torch::Tensor with_memory(const PolicyFns& policy, torch::Tensor& first, const torch::Tensor& newest) {
+  if (!policy.expert_features) return newest;
+  if (!first.defined()) first = newest;
+  return policy.expert_features(first, newest);
+}
+
 // The per-tick work shared by both runners. Everything is pre-allocated in the constructor.
 class LoopCore {
  public:
@@ -193,6 +201,7 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
   const double t_begin = plant.time();
   int64_t version = 0;
   bool vlm_busy = false;
+  torch::Tensor first_features;  // scene memory: the episode's first encode() output
   Features pending;
   double next_launch = 0.0;
   int64_t physics_steps = 0;
@@ -219,6 +228,7 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
           maybe_record_frame(ep, cfg, views);
           f.data = policy.encode(views, instruction);
           check_features(f.data);
+          f.data = with_memory(policy, first_features, f.data);
           f.version = version++;
           vlm_busy = true;
           pending = std::move(f);
@@ -467,6 +477,7 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
     c10::InferenceMode guard;
     int64_t version = 0;
     int64_t launches = 0, last_launch_ns = 0;
+    torch::Tensor first_features;  // scene memory: the episode's first encode() output
     while (!sh->stop.load()) {
       // --vlm-hz: launches on a fixed grid. "As fast as possible" still waits one action period
       // after the previous launch: features newer than the loop can read are never used, and a
@@ -498,6 +509,7 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
         }
         torch::Tensor feat = pol.encode(views, instruction);
         check_features(feat);
+        feat = with_memory(pol, first_features, feat);
         if (sh->stop.load()) break;
         Features f;
         f.data = feat;

@@ -79,6 +79,10 @@ struct PolicyFns {
   std::function<torch::Tensor(const torch::Tensor& vl, const torch::Tensor& window,
                               const torch::Tensor& proprio)>
       act;
+  // Scene memory (optional): the published features = expert_features(the episode's first
+  // encode() output, the newest); Policy::expert_features for learned policies.
+  std::function<torch::Tensor(const torch::Tensor& first, const torch::Tensor& newest)>
+      expert_features;
   int sensor_window = 65;  // samples per window (100 ms at 650 Hz)
   int horizon = 8;         // actions per chunk
   std::string name = "policy";

@@ -30,6 +30,8 @@ struct ServingRuntime::Impl {
   std::string job_prompt, last_prompt;
   int64_t job_t_ns = 0;
   std::thread vlm;
+  torch::Tensor first_feat;  // scene memory (VLM thread only)
+  std::string first_prompt;
 
   // Newest features.
   std::mutex feat_mu;
@@ -146,6 +148,12 @@ struct ServingRuntime::Impl {
       try {
         auto f = policy->encode(views, prompt);
         runtime::check_features(f);
+        // Scene memory: the first features since the instruction last changed (a new task).
+        if (!first_feat.defined() || prompt != first_prompt) {
+          first_feat = f;
+          first_prompt = prompt;
+        }
+        f = policy->expert_features(first_feat, f);
         {
           std::lock_guard<std::mutex> lock(feat_mu);
           feat = f;

@@ -25,6 +25,16 @@ EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, i
     record->width = env.config().width;
     record->height = env.config().height;
     for (int v = 0; v < env.config().num_views; ++v) record->view_names.push_back(view_names()[v]);
+    // Where each port appears in each view's first frame (keypoint labels for dense grounding).
+    for (const PortInfo& p : env.scene().ports) {
+      dataset::PortMeta pm;
+      for (int v = 0; v < env.config().num_views; ++v) {
+        double u = -1, w = -1;
+        if (!env.project(v, p.pos, &u, &w)) u = w = -1;
+        pm.pixels.push_back({u, w});
+      }
+      record->ports.push_back(pm);
+    }
   }
   int ticks = 0;
   while (!env.outcome().done && (opts.max_ticks <= 0 || ticks++ < opts.max_ticks)) {
@@ -57,14 +67,14 @@ EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, i
     record->duration_s = r.outcome.time_s;
     record->peak_force = r.outcome.peak_force;
     record->target = scene.target;
-    for (const PortInfo& p : scene.ports) {
-      dataset::PortMeta pm;
+    for (size_t k = 0; k < scene.ports.size(); ++k) {
+      const PortInfo& p = scene.ports[k];
+      dataset::PortMeta& pm = record->ports[k];
       pm.color = p.color;
       pm.color_ko = p.color_ko;
       pm.pos = p.pos;
       pm.rgb = {p.rgb[0], p.rgb[1], p.rgb[2]};
       pm.radius = p.radius;
-      record->ports.push_back(pm);
     }
     for (const ForceSample& f : env.force_log()) {
       record->force.push_back(

@@ -82,6 +82,39 @@ std::string grounding_caption(const dataset::Episode& ep, int tick, const Locati
 }
 
 // ---------------------------------------------------------------- probe
+torch::Tensor dense_grounding_target(const dataset::Episode& ep, int view, int grid_h, int grid_w,
+                                     const std::vector<std::string>& colours) {
+  VLA_CHECK(grid_h > 0 && grid_w > 0, "dense grounding: bad token grid ", grid_h, "x", grid_w);
+  VLA_CHECK(ep.width > 0 && ep.height > 0, "episode ", ep.name, ": no image size");
+  auto g = torch::zeros({grid_h * grid_w, 1 + static_cast<int64_t>(colours.size())});
+  auto acc = g.accessor<float, 2>();
+  for (size_t k = 0; k < ep.ports.size(); ++k) {
+    const auto& p = ep.ports[k];
+    VLA_CHECK(static_cast<int>(p.pixels.size()) > view, "episode ", ep.name,
+              ": port has no pixel label for view ", view,
+              " (recorded before labels existed; run `vla datagen` again)");
+    const auto [u, v] = p.pixels[view];
+    if (u < 0 || v < 0) continue;  // behind the camera
+    // Token coordinates of the pixel (token centres at integers), clamped to the grid.
+    const double tx = std::clamp(u / ep.width * grid_w - 0.5, 0.0, grid_w - 1.0);
+    const double ty = std::clamp(v / ep.height * grid_h - 0.5, 0.0, grid_h - 1.0);
+    const int x0 = std::min(static_cast<int>(tx), grid_w - 1), y0 = std::min(static_cast<int>(ty), grid_h - 1);
+    const int x1 = std::min(x0 + 1, grid_w - 1), y1 = std::min(y0 + 1, grid_h - 1);
+    const double fx = tx - x0, fy = ty - y0;
+    std::vector<int> channels;
+    if (static_cast<int>(k) == ep.target) channels.push_back(0);
+    for (size_t c = 0; c < colours.size(); ++c)
+      if (colours[c] == p.color) channels.push_back(1 + static_cast<int>(c));
+    for (int ch : channels) {
+      acc[y0 * grid_w + x0][ch] += static_cast<float>((1 - fx) * (1 - fy));
+      acc[y0 * grid_w + x1][ch] += static_cast<float>(fx * (1 - fy));
+      acc[y1 * grid_w + x0][ch] += static_cast<float>((1 - fx) * fy);
+      acc[y1 * grid_w + x1][ch] += static_cast<float>(fx * fy);
+    }
+  }
+  return g;
+}
+
 ProbeReport localisation_probe(policy::VlmEncoder& vlm, const dataset::Dataset& ds,
                                int max_episodes, double holdout, double ridge, bool progress) {
   const size_t n =

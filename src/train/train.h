@@ -117,6 +117,17 @@ bool is_korean(const std::string& text);
 // scene_caption() in the instruction's language.
 std::string grounding_caption(const dataset::Episode& ep, int tick, const LocationGrid& grid);
 
+// Dense grounding target (CenterNet-style keypoints, Zhou et al. 2019 "Objects as Points", with
+// bilinear instead of Gaussian splats): each port's pixel in view `view` (PortMeta::pixels) is
+// spread over the 4 nearest centres of the grid_h x grid_w merged-token grid with bilinear
+// weights, so sum_i g_i * centre_i recovers the pixel exactly and a linear map of per-token
+// features can read it. Returns float32 [grid_h * grid_w, 1 + colours.size()] in the LLM's
+// raster token order: channel 0 = the instructed port, channel 1 + c = the port of colour
+// colours[c] (all zero when the layout has none). Throws when the episode has no pixel labels
+// (recorded before they existed: re-run `vla datagen`).
+torch::Tensor dense_grounding_target(const dataset::Episode& ep, int view, int grid_h, int grid_w,
+                                     const std::vector<std::string>& colours);
+
 // Localisation probe: VL features of the first frame of each episode (the features the expert
 // receives, i.e. with the policy's pooling and views) -> ridge regression to the instructed
 // port's x/y, fitted on the training episodes, evaluated on the held-out ones (the last
@@ -180,6 +191,11 @@ struct TrainOptions {
   // (MSE on x/y in units of 5 cm) and dropped afterwards: it shapes the features so that the port
   // can be read from them linearly, which the location tokens alone did not do (docs/training.md).
   double locate_weight = 0.0;
+  // grounding: weight of the dense per-token target (dense_grounding_target; needs `tokens`
+  // pooling): a linear map of every image token of the first used view is trained to say how much
+  // of the instructed port and of each colour's port lies at its centre, a local target for each
+  // token instead of one x/y for the whole image. The head is dropped after training.
+  double dense_weight = 0.0;
   double caption_weight = 1.0;  // grounding: weight of the location-token + caption loss
   int stop_after = 0;  // >0: checkpoint and stop at this step, as if interrupted (tests, jobs)
   // When it becomes true (the CLI sets it on SIGINT / SIGTERM, e.g. from `timeout`): checkpoint,

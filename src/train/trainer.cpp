@@ -1,8 +1,10 @@
 // The trainer: stage 1 (cached VL features), stage 2 (VLM adapted), caption pre-training.
 #include <filesystem>
+#include <future>
 #include <sstream>
 
 #include "eval/eval.h"
+#include "vision/vision.h"
 #include "train/train.h"
 
 namespace vla::train {
@@ -12,6 +14,7 @@ using policy::Expert;
 using policy::Normalizer;
 using policy::NormStats;
 using policy::PolicyConfig;
+using policy::VlmBatch;
 
 nlohmann::json TrainReport::to_json() const {
   return {{"steps", steps},     {"final_loss", final_loss},     {"samples_per_s", samples_per_s},
@@ -166,6 +169,9 @@ TrainReport train(const TrainOptions& opt) {
     expert = init->expert();
     if (!vlm) vlm = init->vlm();
     VLA_CHECK(vlm, "train --stage 2: the init policy has no VLM (vlm/)");
+    VLA_CHECK(!cfg.has_memory(),
+              "train --stage 2: policies with vl_memory 'first' train in stage 1 only (the VLM "
+              "would run twice per sample); train the VLM first, then stage 1");
     provenance["init_policy"] = init->info();
     have_init = true;
   } else if (!vlm && !opt.vlm.empty()) {
@@ -231,7 +237,7 @@ TrainReport train(const TrainOptions& opt) {
     cfg.image_height = d.episodes[0].height;
   }
   if (opt.stage == "1") {
-    cfg.vl_tokens = static_cast<int>(d.feats[0].size(1));
+    cfg.vl_tokens = static_cast<int>(d.feats[0].size(1)) * (cfg.has_memory() ? 2 : 1);
     cfg.vl_dim = static_cast<int>(d.feats[0].size(2));
     cfg.validate();
     stats = fit_stats(d, cfg);
@@ -322,37 +328,78 @@ TrainReport train(const TrainOptions& opt) {
     base_lr.push_back(opt.lr_vl);
     all_params.insert(all_params.end(), hp.begin(), hp.end());
   }
+  // Grounding's dense head: every image token of the first used view -> [instructed port, one
+  // channel per port colour] (dense_grounding_target).
+  torch::nn::Linear dense_head{nullptr};
+  std::vector<std::string> colours;
+  int grid_h = 0, grid_w = 0;
+  if (grounding && opt.dense_weight > 0) {
+    VLA_CHECK(cfg.pooling == "tokens", "train: --dense-weight needs --pooling tokens, got '",
+              cfg.pooling, "'");
+    const auto& ep0 = d.episodes[tr.empty() ? 0 : tr[0]];
+    const auto [rh, rw] = smart_resize(ep0.height, ep0.width);
+    grid_h = rh / 28, grid_w = rw / 28;
+    for (const auto& ep : d.episodes)
+      for (const auto& p : ep.ports)
+        if (std::find(colours.begin(), colours.end(), p.color) == colours.end())
+          colours.push_back(p.color);
+    std::sort(colours.begin(), colours.end());
+    dense_head = torch::nn::Linear(vlm->feature_dim(), 1 + static_cast<int64_t>(colours.size()));
+    {
+      torch::NoGradGuard ng;  // starts at "no port anywhere", like the localisation head
+      dense_head->weight.zero_();
+      dense_head->bias.zero_();
+    }
+    dense_head->to(device);
+    auto hp = dense_head->parameters();
+    groups.emplace_back(hp, std::make_unique<torch::optim::AdamWOptions>(
+                                torch::optim::AdamWOptions(opt.lr_vl).weight_decay(0.0)));
+    base_lr.push_back(opt.lr_vl);
+    all_params.insert(all_params.end(), hp.begin(), hp.end());
+    log_info("dense grounding: ", grid_h, "x", grid_w, " tokens of view ",
+             cfg.use_views.empty() ? 0 : cfg.use_views[0], ", ", colours.size(), " colours");
+  }
   VLA_CHECK(!groups.empty(), "train: nothing to train");
   torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(opt.lr_action));
 
   // ---- losses
   // Stage 2: VL features of a batch in one padded forward of the VLM ([B, tokens, dim]).
-  auto stage2_features = [&](const std::vector<Sample>& b, bool grad) {
+  // The VLM inputs of a batch whose loss runs the VLM's forward (stage 2: the feature tick;
+  // grounding: the target tick); prepare_batch is the CPU half, run one batch ahead in training.
+  const bool vlm_forward = opt.stage == "2" || (grounding && (opt.locate_weight > 0 || opt.dense_weight > 0));
+  auto prepare_vlm = [&](const std::vector<Sample>& b) {
     std::vector<const std::vector<Image>*> v;
     std::vector<std::string> ins;
     for (auto& s : b) {
-      v.push_back(&d.views[s.ep][s.feature_tick]);
+      v.push_back(&d.views[s.ep][opt.stage == "2" ? s.feature_tick : s.target_tick]);
       ins.push_back(d.ticks[s.ep].instruction);
     }
+    return vlm->prepare_batch(v, ins);
+  };
+  auto stage2_features = [&](const std::vector<Sample>& b, bool grad, const VlmBatch* pre) {
     torch::AutoGradMode mode(grad);
-    return vlm->encode_train_batch(v, ins).to(torch::kFloat32);
+    return vlm->encode_prepared(pre ? *pre : prepare_vlm(b)).to(torch::kFloat32);
   };
   // Expert inputs of a batch: VL features (cache or VLM), normalised force windows, proprio and
   // action targets.
   struct ExpertBatch {
     torch::Tensor vl, force, proprio, actions;
   };
-  auto expert_batch = [&](const std::vector<Sample>& b, bool grad) {
+  auto expert_batch = [&](const std::vector<Sample>& b, bool grad,
+                          const VlmBatch* pre = nullptr) {
     std::vector<torch::Tensor> vl, f, p, a;
     for (auto& s : b) {
       const auto& tk = d.ticks[s.ep];
-      if (opt.stage == "1") vl.push_back(d.feats[s.ep][s.feature_tick]);
+      if (opt.stage == "1")  // scene memory: the episode's first features, then the (stale) newest
+        vl.push_back(cfg.has_memory()
+                         ? torch::cat({d.feats[s.ep][0], d.feats[s.ep][s.feature_tick]}, 0)
+                         : d.feats[s.ep][s.feature_tick]);
       f.push_back(tk.force[s.target_tick]);
       p.push_back(tk.proprio[s.target_tick]);
       a.push_back(tk.actions[s.target_tick]);
     }
     // Batches are assembled and normalised on the CPU, then moved in one copy each.
-    return ExpertBatch{opt.stage == "1" ? torch::stack(vl).to(device) : stage2_features(b, grad),
+    return ExpertBatch{opt.stage == "1" ? torch::stack(vl).to(device) : stage2_features(b, grad, pre),
                        stats.force.normalize(torch::stack(f)).to(device),
                        stats.proprio.normalize(torch::stack(p)).to(device),
                        stats.action.normalize(torch::stack(a)).to(device)};
@@ -374,7 +421,16 @@ TrainReport train(const TrainOptions& opt) {
     }
     return torch::tensor(xy).view({-1, 2}).to(device);
   };
-  auto batch_loss = [&](const std::vector<Sample>& b) -> torch::Tensor {
+  // Dense targets of a batch -> [B, tokens, 1 + colours] on the device.
+  const int dense_view = cfg.use_views.empty() ? 0 : cfg.use_views[0];
+  auto dense_target = [&](const std::vector<Sample>& b) {
+    std::vector<torch::Tensor> t;
+    for (auto& s : b)
+      t.push_back(dense_grounding_target(d.episodes[s.ep], dense_view, grid_h, grid_w, colours));
+    return torch::stack(t).to(device);
+  };
+  auto batch_loss = [&](const std::vector<Sample>& b,
+                        const VlmBatch* pre = nullptr) -> torch::Tensor {
     if (caption) {
       std::vector<const std::vector<Image>*> v;
       std::vector<std::string> prompts, caps;
@@ -398,13 +454,22 @@ TrainReport train(const TrainOptions& opt) {
         loss = opt.caption_weight *
                vlm->caption_loss_batch(v, prompts, caps,
                                        soft.empty() ? torch::Tensor() : torch::stack(soft));
-      if (locate_head) {
-        auto pred = locate_head->forward(vlm->encode_train_batch(v, prompts).flatten(1));
-        loss = loss + opt.locate_weight * torch::mse_loss(pred, locate_target(b));
+      if (locate_head || dense_head) {
+        auto f = vlm->encode_prepared(pre ? *pre : prepare_vlm(b));
+        if (locate_head)
+          loss = loss +
+                 opt.locate_weight * torch::mse_loss(locate_head->forward(f.flatten(1)), locate_target(b));
+        if (dense_head) {
+          const int64_t n = static_cast<int64_t>(grid_h) * grid_w;
+          VLA_CHECK(f.size(1) > n, "train: dense grounding expects ", n,
+                    " image tokens first in the features, got ", f.size(1), " tokens");
+          auto pred = dense_head->forward(f.narrow(1, 0, n));
+          loss = loss + opt.dense_weight * (pred - dense_target(b)).pow(2).sum(1).mean();
+        }
       }
       return loss;
     }
-    auto x = expert_batch(b, true);
+    auto x = expert_batch(b, true, pre);
     if (cfg.vl_dropout > 0 && expert->is_training()) {
       auto keep = (torch::rand({x.vl.size(0), 1, 1}) >= cfg.vl_dropout).to(device, torch::kFloat32);
       x.vl = x.vl * keep;
@@ -455,9 +520,26 @@ TrainReport train(const TrainOptions& opt) {
   int64_t samples = 0;
   double ema = -1;
   bool interrupted = false;
+  // Batches are drawn one step ahead so that the next batch's VLM inputs are prepared on a
+  // background thread (decoding, preprocessing, tokenisation, the host-to-device copy) while this
+  // one trains. `rng_at` is the sampler state before the batch of `step` was drawn: checkpoints
+  // save it, so the sample sequence (and a resumed run) is the same as drawing in the loop.
+  auto draw_batch = [&] {
+    std::vector<Sample> b;
+    for (int i = 0; i < opt.batch; ++i) b.push_back(draw(rng, false));
+    return b;
+  };
+  std::mt19937_64 rng_at = rng;
+  std::vector<Sample> b = draw_batch();
+  auto prepare_async = [&](const std::vector<Sample>& batch) {
+    return vlm_forward ? std::async(std::launch::async, [&, batch] { return prepare_vlm(batch); })
+                       : std::future<VlmBatch>();
+  };
+  std::future<VlmBatch> pending = prepare_async(b);
   for (; step < opt.steps; ++step) {
     if (opt.stop_requested && opt.stop_requested->load()) {
-      ckpt.save(step, all_params, optimizer, rng, rep.loss_steps, rep.losses);
+      if (pending.valid()) pending.wait();
+      ckpt.save(step, all_params, optimizer, rng_at, rep.loss_steps, rep.losses);
       log_info("stop requested: checkpoint at step ", step, " in ", ckpt.dir,
                "; saving the model trained so far");
       interrupted = true;
@@ -465,9 +547,13 @@ TrainReport train(const TrainOptions& opt) {
     }
     current_step = step;
     set_group_lrs(optimizer, base_lr, lr_factor(step, opt.warmup, opt.steps, opt.lr_min_factor));
-    std::vector<Sample> b;
-    for (int i = 0; i < opt.batch; ++i) b.push_back(draw(rng, false));
-    auto loss = batch_loss(b);
+    std::optional<VlmBatch> pre;
+    if (pending.valid()) pre = pending.get();
+    const std::vector<Sample> cur = std::move(b);
+    rng_at = rng;
+    b = draw_batch();
+    if (step + 1 < opt.steps) pending = prepare_async(b);
+    auto loss = batch_loss(cur, pre ? &*pre : nullptr);
     optimizer.zero_grad();
     loss.backward();
     if (opt.grad_clip > 0) torch::nn::utils::clip_grad_norm_(all_params, opt.grad_clip);
@@ -484,14 +570,16 @@ TrainReport train(const TrainOptions& opt) {
     if (opt.eval_every > 0 && (step + 1) % opt.eval_every == 0)
       log_info("step ", step + 1, ": held-out loss ", fmt_double(holdout_loss(), 5));
     if (opt.checkpoint_every > 0 && (step + 1) % opt.checkpoint_every == 0 && step + 1 < opt.steps)
-      ckpt.save(step + 1, all_params, optimizer, rng, rep.loss_steps, rep.losses);
+      ckpt.save(step + 1, all_params, optimizer, rng_at, rep.loss_steps, rep.losses);
     if (opt.stop_after > 0 && step + 1 == opt.stop_after && step + 1 < opt.steps) {
-      ckpt.save(step + 1, all_params, optimizer, rng, rep.loss_steps, rep.losses);
+      if (pending.valid()) pending.wait();
+      ckpt.save(step + 1, all_params, optimizer, rng_at, rep.loss_steps, rep.losses);
       rep.steps = step + 1;
       rep.extra["interrupted"] = true;
       return rep;
     }
   }
+  if (pending.valid()) pending.wait();
   bar.finish();
   rep.steps = step;
   if (interrupted) rep.extra["interrupted"] = true;
@@ -549,6 +637,31 @@ TrainReport train(const TrainOptions& opt) {
                             std::hypot(xy[0].item<double>() - p[0], xy[1].item<double>() - p[1]));
       }
       rep.extra["grounding"]["locate_head_error_mm"] = mean(head_errs);
+    }
+    if (dense_head) {
+      // The dense head's instructed-port channel read as the weighted mean of the token centres
+      // around its peak (3x3 tokens), on the same held-out episodes (mean distance in pixels of
+      // the recorded view).
+      dense_head->to(torch::kCPU);
+      torch::NoGradGuard ng;
+      std::vector<double> px_errs;
+      const int64_t n = static_cast<int64_t>(grid_h) * grid_w;
+      auto cx = (torch::arange(n) % grid_w).to(torch::kFloat32) + 0.5;
+      auto cy = torch::div(torch::arange(n), grid_w, "floor").to(torch::kFloat32) + 0.5;
+      for (size_t e : eval_eps) {
+        const auto& ep = d.episodes[e];
+        auto f = vlm->encode_batch({&d.views[e][0]}, {ep.instruction});
+        auto g = dense_head->forward(f[0].narrow(0, 0, n)).select(1, 0).clamp_min(0);
+        const int64_t peak = g.argmax().item<int64_t>();
+        g = g * (((cx - cx[peak]).abs() <= 1.0) & ((cy - cy[peak]).abs() <= 1.0)).to(g.scalar_type());
+        const double sum = g.sum().item<double>();
+        if (sum <= 0) continue;
+        const double u = (g * cx).sum().item<double>() / sum * ep.width / grid_w;
+        const double v = (g * cy).sum().item<double>() / sum * ep.height / grid_h;
+        const auto& px = ep.ports[ep.target].pixels[dense_view];
+        px_errs.push_back(std::hypot(u - px[0], v - px[1]));
+      }
+      rep.extra["grounding"]["dense_error_px"] = px_errs.empty() ? -1.0 : mean(px_errs);
     }
     vlm->save(opt.out);
   } else if (caption) {

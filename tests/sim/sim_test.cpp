@@ -457,6 +457,19 @@ TEST(Recorder, EpisodeRoundTripsThroughTheDataset) {
   EXPECT_EQ(back.frames.size(), ep.frames.size());
   EXPECT_EQ(back.frames[1][1].pixels, ep.frames[1][1].pixels);  // PNG is lossless
   EXPECT_EQ(back.ports[back.target].color, env.scene().ports[env.scene().target].color);
+  // Pixel labels: where each port is in each view's first frame (fixed views: top, front).
+  env.reset(21);
+  for (size_t k = 0; k < back.ports.size(); ++k) {
+    ASSERT_EQ(back.ports[k].pixels.size(), 2u);
+    for (int v = 0; v < 2; ++v) {
+      double u = 0, w = 0;
+      ASSERT_TRUE(env.project(v, env.scene().ports[k].pos, &u, &w));
+      EXPECT_DOUBLE_EQ(back.ports[k].pixels[v][0], u);
+      EXPECT_DOUBLE_EQ(back.ports[k].pixels[v][1], w);
+      EXPECT_GT(u, 0);
+      EXPECT_LT(u, cfg.width);
+    }
+  }
   vla::remove_tree(dir);
 }
 
