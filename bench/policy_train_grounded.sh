@@ -65,11 +65,11 @@ step "3. demonstrations: scripted expert with DART noise on the executed actions
 train_expert() {  # $1 = reuse count, $2 = out
   $VLA cache --dataset "$W/demos" --vlm "$VLM" $F \
     --device "$DEVICE" --out "$W/cache"
-  $VLA train --stage 1 --dataset "$W/demos" --cache "$W/cache" --vlm "$VLM" $F --head mlp --vlm-reuse-count "$1" --random-staleness --all-episodes \
+  $VLA train --stage 1 --dataset "$W/demos" --cache "$W/cache" --vlm "$VLM" $F --head mlp --d-model 64 --vl-memory first --vlm-reuse-count "$1" --random-staleness --all-episodes \
     --steps "${S1_STEPS:-4000}" --batch 256 --warmup 100 --lr-sensor 1e-3 --lr-action 1e-3 \
     --device "$DEVICE" --out "$2" --json "$2.json"
 }
-step "4. stage 1 (VLM frozen): expert on cached features, feature reuse 15 with random staleness"
+step "4. stage 1 (VLM frozen): expert on cached features (scene memory: the episode's first features too), feature reuse 15 with random staleness"
 train_expert 15 "$W/default"
 $VLA eval closed-loop --policy "$W/default" --mode sync --episodes "${EVAL_EPISODES:-50}" --seed 1000 \
   --device "${EVAL_DEVICE:-cpu}" --json "$W/closed_loop_round0.json"

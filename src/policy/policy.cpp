@@ -95,9 +95,6 @@ void PolicyConfig::validate() const {
             "policy config: pooling must be mean|last|tokens, got '", pooling, "'");
   VLA_CHECK(vl_memory == "none" || vl_memory == "first",
             "policy config: vl_memory must be none|first, got '", vl_memory, "'");
-  VLA_CHECK(!has_memory() || vl_tokens % 2 == 0,
-            "policy config: vl_memory 'first' needs an even vl_tokens (first + newest), got ",
-            vl_tokens);
   VLA_CHECK(prompt_order == "images_first" || prompt_order == "text_first",
             "policy config: prompt_order must be images_first|text_first, got '", prompt_order,
             "'");

@@ -142,6 +142,10 @@ InferRequest decode_request(const void* data, size_t size, const ServeOptions& l
     VLA_CHECK(std::isfinite(r.deadline_ms) && r.deadline_ms >= 0 && r.deadline_ms < 1e7,
               "request: 'deadline_ms' must be a number of milliseconds >= 0");
   }
+  if (const Obj* x = find(root, "reset")) {
+    VLA_CHECK(x->type == msgpack::type::BOOLEAN, "request: 'reset' must be a boolean");
+    r.reset = x->via.boolean;
+  }
   if (const Obj* p = find(root, "prompt")) {
     r.prompt = as_text(*p, "prompt");
     VLA_CHECK(unicode::utf8_lossy(r.prompt) == r.prompt, "request: 'prompt' is not valid UTF-8");

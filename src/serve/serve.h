@@ -65,6 +65,9 @@ struct InferRequest {
   int64_t request_id = -1;
   bool has_request_id = false;
   double deadline_ms = -1.0;  // optional "deadline_ms" (< 0: the server's --deadline-ms)
+  // Optional "reset": a new episode starts with this request's frames (scene-memory policies
+  // take their first features from them; a changed prompt does the same).
+  bool reset = false;
 };
 
 // Decodes one msgpack request (openpi msgpack-numpy arrays). Throws vla::Error naming the field

@@ -30,6 +30,7 @@ struct ServingRuntime::Impl {
   std::string job_prompt, last_prompt;
   int64_t job_t_ns = 0;
   std::thread vlm;
+  bool job_reset = false;    // a request asked for a new episode
   torch::Tensor first_feat;  // scene memory (VLM thread only)
   std::string first_prompt;
 
@@ -144,11 +145,13 @@ struct ServingRuntime::Impl {
         prompt = job_prompt;
         t_ns = job_t_ns;
         job_ready = false;
+        if (job_reset) first_feat = torch::Tensor();
+        job_reset = false;
       }
       try {
         auto f = policy->encode(views, prompt);
         runtime::check_features(f);
-        // Scene memory: the first features since the instruction last changed (a new task).
+        // Scene memory: the first features since a reset or since the instruction changed.
         if (!first_feat.defined() || prompt != first_prompt) {
           first_feat = f;
           first_prompt = prompt;
@@ -265,6 +268,10 @@ InferReply ServingRuntime::infer(const InferRequest& req) {
   for (float v : req.state) VLA_CHECK(std::isfinite(v), "request: 'state' is not finite");
   // Frames -> the VLM thread (newest wins: a pending older job is replaced).
   auto views = m.views_of(req);
+  if (req.reset) {
+    std::lock_guard<std::mutex> lock(m.job_mu);
+    m.job_reset = true;
+  }
   if (!views.empty()) {
     std::lock_guard<std::mutex> lock(m.job_mu);
     if (!req.prompt.empty()) m.last_prompt = req.prompt;

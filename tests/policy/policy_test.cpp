@@ -108,6 +108,31 @@ TEST(Policy, ActUsesActionStats) {
   EXPECT_TRUE(torch::allclose(b, a * 2 + torch::tensor({1.0f, 2.0f, 3.0f}), 1e-5, 1e-5));
 }
 
+TEST(Policy, SceneMemoryPutsTheFirstFeaturesBeforeTheNewest) {
+  auto cfg = small_config("mlp");
+  cfg.vl_tokens = 4;
+  cfg.vl_memory = "first";
+  cfg.validate();
+  EXPECT_EQ(cfg.encoder_tokens(), 2);
+  Policy p(cfg, Expert(cfg), NormStats::identity(cfg), nullptr);
+  auto first = torch::randn({2, cfg.vl_dim}), newest = torch::randn({2, cfg.vl_dim});
+  auto both = p.expert_features(first, newest);
+  ASSERT_EQ(both.sizes(), (std::vector<int64_t>{4, cfg.vl_dim}));
+  EXPECT_TRUE(torch::equal(both.narrow(0, 0, 2), first));
+  EXPECT_TRUE(torch::equal(both.narrow(0, 2, 2), newest));
+  EXPECT_EQ(p.act(both, torch::randn({65, 6}), torch::randn({3})).size(0), cfg.horizon);
+  EXPECT_THROW(p.act(newest, torch::randn({65, 6}), torch::randn({3})), Error);  // memory missing
+  EXPECT_THROW(p.expert_features(torch::randn({3, cfg.vl_dim}), newest), Error);
+  EXPECT_EQ(PolicyConfig::from_json(cfg.to_json()).vl_memory, "first");
+  // Without memory the newest features pass through unchanged; unknown modes are refused.
+  auto plain = small_config("mlp");
+  Policy q(plain, Expert(plain), NormStats::identity(plain), nullptr);
+  EXPECT_TRUE(torch::equal(q.expert_features(torch::Tensor(), newest), newest));
+  PolicyConfig odd = cfg;
+  odd.vl_memory = "last_n";
+  EXPECT_THROW(odd.validate(), Error);
+}
+
 TEST(Policy, BadInputsGiveClearErrors) {
   auto cfg = small_config("mlp");
   Policy p(cfg, Expert(cfg), NormStats::identity(cfg), nullptr);

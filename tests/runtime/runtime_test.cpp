@@ -237,6 +237,37 @@ TEST(SimTime, SyncModeUsesFreshFeaturesEveryTick) {
   EXPECT_EQ(ep.vlm.size(), ep.ticks.size());
 }
 
+// Scene memory: every tick's expert input is the episode's first features, then the newest.
+TEST(SimTime, SceneMemoryKeepsTheEpisodesFirstFeatures) {
+  ToyPlant plant(3);
+  PolicyFns p = toy_policy(plant);
+  auto calls = std::make_shared<int>(0);
+  auto base = p.encode;
+  p.encode = [base, calls](const std::vector<vla::Image>& v, const std::string& i) {
+    return base(v, i) + 0.0 * (*calls)++;  // the toy's goal; counts calls
+  };
+  auto seen = std::make_shared<std::vector<torch::Tensor>>();
+  auto act = p.act;
+  p.expert_features = [](const torch::Tensor& first, const torch::Tensor& newest) {
+    return torch::stack({first, newest});
+  };
+  p.act = [act, seen](const torch::Tensor& vl, const torch::Tensor& w, const torch::Tensor& pr) {
+    seen->push_back(vl.clone());
+    return act(vl[1], w, pr);
+  };
+  RuntimeConfig cfg;
+  cfg.vlm_latency_s = 0.2;
+  EpisodeResult ep = run_sim_time(plant, p, cfg);
+  EXPECT_TRUE(ep.outcome.success);
+  ASSERT_GT(seen->size(), 3u);
+  ASSERT_GT(*calls, 3);
+  for (const auto& vl : *seen) {
+    ASSERT_EQ(vl.size(0), 2);
+    EXPECT_TRUE(torch::equal(vl[0], (*seen)[0][0]));  // the first features never change
+  }
+  EXPECT_TRUE(torch::equal((*seen)[0][0], (*seen)[0][1]));  // at first, first == newest
+}
+
 TEST(SimTime, StaleFeaturesCommandSafeStop) {
   ToyPlant plant(4, 20.0);
   PolicyFns p = toy_policy(plant);

@@ -242,6 +242,20 @@ TEST(Decode, HostileInputGetsAClearErrorNamingTheField) {
   o = Obs();
   o.prompt = "bad \xff\xfe utf-8";
   expect_error(request(o), "UTF-8");
+  {  // "reset" is a boolean; a number is refused
+    msgpack::sbuffer b;
+    Packer pk(&b);
+    pk.pack_map(1);
+    str(pk, "reset");
+    pk.pack_int(1);
+    expect_error(std::string(b.data(), b.size()), "reset");
+    msgpack::sbuffer ok;
+    Packer pk2(&ok);
+    pk2.pack_map(1);
+    str(pk2, "reset");
+    pk2.pack_true();
+    EXPECT_TRUE(decode_request(ok.data(), ok.size(), lim).reset);
+  }
   {  // shape says more elements than the data has
     msgpack::sbuffer b;
     Packer pk(&b);
