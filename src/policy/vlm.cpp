@@ -21,8 +21,8 @@ torch::Tensor VlmEncoder::encode_train_batch(const std::vector<const std::vector
 }
 VlmBatch VlmEncoder::prepare_batch(const std::vector<const std::vector<Image>*>& views,
                                    const std::vector<std::string>& instructions) const {
-  VLA_CHECK(views.size() == instructions.size() && !views.empty(), "prepare_batch: ",
-            views.size(), " samples but ", instructions.size(), " instructions");
+  VLA_CHECK(views.size() == instructions.size() && !views.empty(), "prepare_batch: ", views.size(),
+            " samples but ", instructions.size(), " instructions");
   VlmBatch b;
   b.views = views;
   b.prompts = instructions;

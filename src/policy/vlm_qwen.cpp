@@ -157,7 +157,8 @@ class QwenVlm : public VlmEncoder {
   ForwardOutput forward(const VlmBatch& b, bool logits) const {
     ForwardOptions fo;
     fo.compute_logits = logits;
-    return model_.ptr()->forward(b.input_ids, b.input_ids.size(0) > 1 ? b.attention_mask : torch::Tensor(),
+    return model_.ptr()->forward(b.input_ids,
+                                 b.input_ids.size(0) > 1 ? b.attention_mask : torch::Tensor(),
                                  b.pixel_values, b.image_grid_thw, fo);
   }
   VlmBatch prepare_batch(const std::vector<const std::vector<Image>*>& views,

@@ -34,7 +34,8 @@ vla::sim::Policy sim_policy(std::shared_ptr<vla::policy::Policy> policy) {
     // render() is not const (it makes the GL context current); the env is only read otherwise.
     auto views = const_cast<vla::sim::NeedleEnv&>(env).render();
     auto vl = policy->encode(views, env.instruction());
-    if (env.steps() <= memory->steps || !memory->first.defined()) memory->first = vl;  // new episode
+    if (env.steps() <= memory->steps || !memory->first.defined())
+      memory->first = vl;  // new episode
     memory->steps = env.steps();
     vl = policy->expert_features(memory->first, vl);
     const int64_t w = policy->sensor_window();

@@ -69,7 +69,8 @@ void note_plant_error(EpisodeResult& ep, const std::string& what) {
 
 // Scene memory: the features to publish from a checked encode() output (`first` is set by the
 // episode's first call).
-torch::Tensor with_memory(const PolicyFns& policy, torch::Tensor& first, const torch::Tensor& newest) {
+torch::Tensor with_memory(const PolicyFns& policy, torch::Tensor& first,
+                          const torch::Tensor& newest) {
   if (!policy.expert_features) return newest;
   if (!first.defined()) first = newest;
   return policy.expert_features(first, newest);

@@ -98,7 +98,8 @@ torch::Tensor dense_grounding_target(const dataset::Episode& ep, int view, int g
     // Token coordinates of the pixel (token centres at integers), clamped to the grid.
     const double tx = std::clamp(u / ep.width * grid_w - 0.5, 0.0, grid_w - 1.0);
     const double ty = std::clamp(v / ep.height * grid_h - 0.5, 0.0, grid_h - 1.0);
-    const int x0 = std::min(static_cast<int>(tx), grid_w - 1), y0 = std::min(static_cast<int>(ty), grid_h - 1);
+    const int x0 = std::min(static_cast<int>(tx), grid_w - 1),
+              y0 = std::min(static_cast<int>(ty), grid_h - 1);
     const int x1 = std::min(x0 + 1, grid_w - 1), y1 = std::min(y0 + 1, grid_h - 1);
     const double fx = tx - x0, fy = ty - y0;
     std::vector<int> channels;

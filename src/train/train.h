@@ -215,7 +215,6 @@ struct TrainReport {
   nlohmann::json to_json() const;
 };
 
-
 // Runs stage 1 / 2 / caption pre-training as described by opt; writes opt.out.
 TrainReport train(const TrainOptions& opt);
 

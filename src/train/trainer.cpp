@@ -4,8 +4,8 @@
 #include <sstream>
 
 #include "eval/eval.h"
-#include "vision/vision.h"
 #include "train/train.h"
+#include "vision/vision.h"
 
 namespace vla::train {
 
@@ -307,6 +307,23 @@ TrainReport train(const TrainOptions& opt) {
     base_lr.push_back(opt.lr_vl);
     all_params.insert(all_params.end(), vl_params.begin(), vl_params.end());
   }
+  // A grounding head (dropped after training): starts at zero ("no port anywhere"), trained at
+  // the VLM's learning rate without weight decay.
+  auto add_head = [&](int64_t in, int64_t out) {
+    torch::nn::Linear head(in, out);
+    {
+      torch::NoGradGuard ng;
+      head->weight.zero_();
+      head->bias.zero_();
+    }
+    head->to(device);
+    auto hp = head->parameters();
+    groups.emplace_back(hp, std::make_unique<torch::optim::AdamWOptions>(
+                                torch::optim::AdamWOptions(opt.lr_vl).weight_decay(0.0)));
+    base_lr.push_back(opt.lr_vl);
+    all_params.insert(all_params.end(), hp.begin(), hp.end());
+    return head;
+  };
   // Grounding's localisation head: [tokens * dim] -> named port x/y / kLocateScale.
   constexpr double kLocateScale = 0.05;
   torch::nn::Linear locate_head{nullptr};
@@ -317,16 +334,7 @@ TrainReport train(const TrainOptions& opt) {
       const int e = static_cast<int>(tr.empty() ? 0 : tr[0]);
       f = vlm->encode_train_batch({&d.views[e][0]}, {d.ticks[e].instruction});
     }
-    locate_head = torch::nn::Linear(f.size(1) * f.size(2), 2);
-    torch::NoGradGuard ng;
-    locate_head->weight.zero_();
-    locate_head->bias.zero_();
-    locate_head->to(device);
-    auto hp = locate_head->parameters();
-    groups.emplace_back(hp, std::make_unique<torch::optim::AdamWOptions>(
-                                torch::optim::AdamWOptions(opt.lr_vl).weight_decay(0.0)));
-    base_lr.push_back(opt.lr_vl);
-    all_params.insert(all_params.end(), hp.begin(), hp.end());
+    locate_head = add_head(f.size(1) * f.size(2), 2);
   }
   // Grounding's dense head: every image token of the first used view -> [instructed port, one
   // channel per port colour] (dense_grounding_target).
@@ -344,18 +352,7 @@ TrainReport train(const TrainOptions& opt) {
         if (std::find(colours.begin(), colours.end(), p.color) == colours.end())
           colours.push_back(p.color);
     std::sort(colours.begin(), colours.end());
-    dense_head = torch::nn::Linear(vlm->feature_dim(), 1 + static_cast<int64_t>(colours.size()));
-    {
-      torch::NoGradGuard ng;  // starts at "no port anywhere", like the localisation head
-      dense_head->weight.zero_();
-      dense_head->bias.zero_();
-    }
-    dense_head->to(device);
-    auto hp = dense_head->parameters();
-    groups.emplace_back(hp, std::make_unique<torch::optim::AdamWOptions>(
-                                torch::optim::AdamWOptions(opt.lr_vl).weight_decay(0.0)));
-    base_lr.push_back(opt.lr_vl);
-    all_params.insert(all_params.end(), hp.begin(), hp.end());
+    dense_head = add_head(vlm->feature_dim(), 1 + static_cast<int64_t>(colours.size()));
     log_info("dense grounding: ", grid_h, "x", grid_w, " tokens of view ",
              cfg.use_views.empty() ? 0 : cfg.use_views[0], ", ", colours.size(), " colours");
   }
@@ -366,7 +363,8 @@ TrainReport train(const TrainOptions& opt) {
   // Stage 2: VL features of a batch in one padded forward of the VLM ([B, tokens, dim]).
   // The VLM inputs of a batch whose loss runs the VLM's forward (stage 2: the feature tick;
   // grounding: the target tick); prepare_batch is the CPU half, run one batch ahead in training.
-  const bool vlm_forward = opt.stage == "2" || (grounding && (opt.locate_weight > 0 || opt.dense_weight > 0));
+  const bool vlm_forward =
+      opt.stage == "2" || (grounding && (opt.locate_weight > 0 || opt.dense_weight > 0));
   auto prepare_vlm = [&](const std::vector<Sample>& b) {
     std::vector<const std::vector<Image>*> v;
     std::vector<std::string> ins;
@@ -385,8 +383,7 @@ TrainReport train(const TrainOptions& opt) {
   struct ExpertBatch {
     torch::Tensor vl, force, proprio, actions;
   };
-  auto expert_batch = [&](const std::vector<Sample>& b, bool grad,
-                          const VlmBatch* pre = nullptr) {
+  auto expert_batch = [&](const std::vector<Sample>& b, bool grad, const VlmBatch* pre = nullptr) {
     std::vector<torch::Tensor> vl, f, p, a;
     for (auto& s : b) {
       const auto& tk = d.ticks[s.ep];
@@ -399,10 +396,11 @@ TrainReport train(const TrainOptions& opt) {
       a.push_back(tk.actions[s.target_tick]);
     }
     // Batches are assembled and normalised on the CPU, then moved in one copy each.
-    return ExpertBatch{opt.stage == "1" ? torch::stack(vl).to(device) : stage2_features(b, grad, pre),
-                       stats.force.normalize(torch::stack(f)).to(device),
-                       stats.proprio.normalize(torch::stack(p)).to(device),
-                       stats.action.normalize(torch::stack(a)).to(device)};
+    return ExpertBatch{
+        opt.stage == "1" ? torch::stack(vl).to(device) : stage2_features(b, grad, pre),
+        stats.force.normalize(torch::stack(f)).to(device),
+        stats.proprio.normalize(torch::stack(p)).to(device),
+        stats.action.normalize(torch::stack(a)).to(device)};
   };
   int64_t current_step = 0;
   auto location_sigma = [&] {
@@ -457,8 +455,8 @@ TrainReport train(const TrainOptions& opt) {
       if (locate_head || dense_head) {
         auto f = vlm->encode_prepared(pre ? *pre : prepare_vlm(b));
         if (locate_head)
-          loss = loss +
-                 opt.locate_weight * torch::mse_loss(locate_head->forward(f.flatten(1)), locate_target(b));
+          loss = loss + opt.locate_weight *
+                            torch::mse_loss(locate_head->forward(f.flatten(1)), locate_target(b));
         if (dense_head) {
           const int64_t n = static_cast<int64_t>(grid_h) * grid_w;
           VLA_CHECK(f.size(1) > n, "train: dense grounding expects ", n,
@@ -653,7 +651,8 @@ TrainReport train(const TrainOptions& opt) {
         auto f = vlm->encode_batch({&d.views[e][0]}, {ep.instruction});
         auto g = dense_head->forward(f[0].narrow(0, 0, n)).select(1, 0).clamp_min(0);
         const int64_t peak = g.argmax().item<int64_t>();
-        g = g * (((cx - cx[peak]).abs() <= 1.0) & ((cy - cy[peak]).abs() <= 1.0)).to(g.scalar_type());
+        g = g *
+            (((cx - cx[peak]).abs() <= 1.0) & ((cy - cy[peak]).abs() <= 1.0)).to(g.scalar_type());
         const double sum = g.sum().item<double>();
         if (sum <= 0) continue;
         const double u = (g * cx).sum().item<double>() / sum * ep.width / grid_w;

@@ -223,8 +223,9 @@ TEST(ShippedPolicies, LoadEncodeAndAct) {
     for (int k = 0; k < p->num_views(); ++k)
       v.push_back(make_image(p->image_width(), p->image_height(), 3, static_cast<uint8_t>(40 * k)));
     auto f = p->encode(v, "insert the needle into the red port");
-    EXPECT_EQ(f.size(0), p->config().vl_tokens) << name;
-    auto chunk = p->act(f, torch::zeros({p->sensor_window(), 6}), torch::tensor({0.f, 0.f, 0.1f}));
+    EXPECT_EQ(f.size(0), p->config().encoder_tokens()) << name;
+    auto chunk = p->act(p->expert_features(f, f), torch::zeros({p->sensor_window(), 6}),
+                        torch::tensor({0.f, 0.f, 0.1f}));
     ASSERT_EQ(chunk.sizes(), (std::vector<int64_t>{8, 3})) << name;
     EXPECT_TRUE(torch::isfinite(chunk).all().item<bool>()) << name;
   }

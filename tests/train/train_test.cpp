@@ -448,14 +448,15 @@ TEST(Grounding, DenseTargetSplatsEachPortBilinearlyOntoTokenCentres) {
   const std::vector<std::string> colours = {"blue", "green", "purple", "red"};
   auto g = dense_grounding_target(ep, 0, 8, 8, colours);
   ASSERT_EQ(g.sizes(), (std::vector<int64_t>{64, 5}));
-  auto cx = (torch::arange(64) % 8).to(torch::kFloat32), cy = torch::div(torch::arange(64), 8, "floor").to(torch::kFloat32);
+  auto cx = (torch::arange(64) % 8).to(torch::kFloat32),
+       cy = torch::div(torch::arange(64), 8, "floor").to(torch::kFloat32);
   auto read = [&](int ch) {  // weighted token centre -> pixel
     auto w = g.select(1, ch);
     return std::array<double, 3>{w.sum().item<double>(), ((w * cx).sum().item<double>() + 0.5) * 28,
                                  ((w * cy).sum().item<double>() + 0.5) * 28};
   };
   auto named = read(0);
-  EXPECT_NEAR(named[0], 1.0, 1e-6);  // one port's weights sum to one
+  EXPECT_NEAR(named[0], 1.0, 1e-6);    // one port's weights sum to one
   EXPECT_NEAR(named[1], 100.0, 1e-4);  // and read back its pixel exactly
   EXPECT_NEAR(named[2], 61.0, 1e-4);
   EXPECT_EQ((g.select(1, 0) > 0).sum().item<int64_t>(), 4);  // the 4 nearest centres
@@ -465,7 +466,7 @@ TEST(Grounding, DenseTargetSplatsEachPortBilinearlyOntoTokenCentres) {
   EXPECT_NEAR(blue[1], 14.0, 1e-4);  // on a token centre: all weight on it
   EXPECT_FLOAT_EQ(g[0][1].item<float>(), 1.0f);
   EXPECT_FLOAT_EQ(g.select(1, 3).abs().sum().item<float>(), 0.0f);  // no purple port
-  EXPECT_NEAR(read(2)[1], 100.0, 1e-4);  // green = the named port here
+  EXPECT_NEAR(read(2)[1], 100.0, 1e-4);                             // green = the named port here
   ep.ports[2].pixels.clear();
   EXPECT_THROW(dense_grounding_target(ep, 0, 8, 8, colours), Error);
 }
