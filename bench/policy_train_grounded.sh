@@ -3,9 +3,10 @@
 # the `tokens` features of a text-first prompt, optionally plus location tokens) -> localisation
 # probe -> DART demonstrations -> cache -> stage 1 with feature reuse -> closed loop -> DAgger
 # rounds -> no_reuse -> language / staleness evaluation, with the project's own commands.
-# Steps 1-2 were run on the H200 machine (probe 44.8 -> 14.4 mm, docs/training.md); the rest has
-# not been run at full size yet, and the shipped policies still come from
-# bench/policy_train_default.sh.
+# The shipped policies (30 Nov 2026) come from this recipe: grounding on the H200 machine (three
+# runs, each continuing the last, probe 3.65 mm), then steps 3-4 on the 2-core VM with DEMOS=600
+# S1_STEPS=3000 and no DAgger round (one round made it worse); exact commands and numbers in
+# docs/training.md. bench/policy_train_default.sh made the earlier ones (0 % in closed loop).
 # Usage: bench/policy_train_grounded.sh [WORK_DIR]  (default /tmp/vla_grounded). Needs a built `vla` (VLA=path; scripts/build.sh or scripts/gpu_build.sh).
 # DEVICE=cuda trains on a GPU (the recipe of the shipped policies, see docs/training.md);
 # JOBS = simulator worker threads. Sizes: LAYOUTS, G_STEPS, G_BATCH, DEMOS, S1_STEPS,
