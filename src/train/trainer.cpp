@@ -5,7 +5,6 @@
 
 #include "eval/eval.h"
 #include "train/train.h"
-#include "vision/vision.h"
 
 namespace vla::train {
 
@@ -324,18 +323,21 @@ TrainReport train(const TrainOptions& opt) {
     all_params.insert(all_params.end(), hp.begin(), hp.end());
     return head;
   };
+  // One forward of the first training sample sizes the grounding heads: the features the expert
+  // will receive, and the image grid the VLM's own preprocessing makes of its views.
+  VlmBatch first_in;
+  torch::Tensor first_f;
+  if (grounding && (opt.locate_weight > 0 || opt.dense_weight > 0)) {
+    torch::NoGradGuard ng;
+    const int e = static_cast<int>(tr.empty() ? 0 : tr[0]);
+    first_in = vlm->prepare_batch({&d.views[e][0]}, {d.ticks[e].instruction});
+    first_f = vlm->encode_prepared(first_in);
+  }
   // Grounding's localisation head: [tokens * dim] -> named port x/y / kLocateScale.
   constexpr double kLocateScale = 0.05;
   torch::nn::Linear locate_head{nullptr};
-  if (grounding && opt.locate_weight > 0) {
-    torch::Tensor f;
-    {
-      torch::NoGradGuard ng;
-      const int e = static_cast<int>(tr.empty() ? 0 : tr[0]);
-      f = vlm->encode_train_batch({&d.views[e][0]}, {d.ticks[e].instruction});
-    }
-    locate_head = add_head(f.size(1) * f.size(2), 2);
-  }
+  if (grounding && opt.locate_weight > 0)
+    locate_head = add_head(first_f.size(1) * first_f.size(2), 2);
   // Grounding's dense head: every image token of the first used view -> [instructed port, one
   // channel per port colour] (dense_grounding_target).
   torch::nn::Linear dense_head{nullptr};
@@ -344,9 +346,20 @@ TrainReport train(const TrainOptions& opt) {
   if (grounding && opt.dense_weight > 0) {
     VLA_CHECK(cfg.pooling == "tokens", "train: --dense-weight needs --pooling tokens, got '",
               cfg.pooling, "'");
-    const auto& ep0 = d.episodes[tr.empty() ? 0 : tr[0]];
-    const auto [rh, rw] = smart_resize(ep0.height, ep0.width);
-    grid_h = rh / 28, grid_w = rw / 28;
+    // `tokens` features = the image tokens of every used view, then the last token; each image
+    // of t x h x w patches gives t*h*w / merge^2 tokens, so merge^2 follows from the counts.
+    const auto& thw = first_in.image_grid_thw;
+    VLA_CHECK(thw.defined() && thw.dim() == 2 && thw.size(1) == 3,
+              "train: --dense-weight needs an engine-backed VLM (image_grid_thw)");
+    const int64_t patches = thw.prod(1).sum().item<int64_t>(), tokens = first_f.size(1) - 1;
+    const auto merge =
+        static_cast<int64_t>(std::lround(std::sqrt(patches / std::max<int64_t>(1, tokens))));
+    const int64_t th = thw[0][1].item<int64_t>(), tw = thw[0][2].item<int64_t>();
+    VLA_CHECK(tokens > 0 && merge > 0 && merge * merge * tokens == patches && th % merge == 0 &&
+                  tw % merge == 0 && thw[0][0].item<int64_t>() == 1,
+              "train: dense grounding: ", tokens, " image tokens do not match the image grid ",
+              thw.sizes());
+    grid_h = static_cast<int>(th / merge), grid_w = static_cast<int>(tw / merge);
     for (const auto& ep : d.episodes)
       for (const auto& p : ep.ports)
         if (std::find(colours.begin(), colours.end(), p.color) == colours.end())
@@ -621,34 +634,29 @@ TrainReport train(const TrainOptions& opt) {
                               {"location_error_mm", errs.empty() ? -1.0 : mean(errs)},
                               {"no_location_token", unparsed},
                               {"examples", examples}};
-    if (locate_head) {
-      // The localisation head on the same held-out episodes (mean x/y distance, mm).
-      locate_head->to(torch::kCPU);
+    if (locate_head || dense_head) {
+      // The grounding heads on the same held-out episodes, each frame encoded once: the
+      // localisation head's mean x/y distance (mm); the dense head's instructed-port channel read
+      // as the weighted mean of the token centres around its peak (3x3 tokens), mean distance in
+      // pixels of the recorded view.
+      if (locate_head) locate_head->to(torch::kCPU);
+      if (dense_head) dense_head->to(torch::kCPU);
       torch::NoGradGuard ng;
-      std::vector<double> head_errs;
-      for (size_t e : eval_eps) {
-        const auto& ep = d.episodes[e];
-        auto f = vlm->encode_batch({&d.views[e][0]}, {ep.instruction});
-        auto xy = locate_head->forward(f.flatten(1))[0] * kLocateScale;
-        const auto& p = ep.ports[ep.target].pos;
-        head_errs.push_back(1000.0 *
-                            std::hypot(xy[0].item<double>() - p[0], xy[1].item<double>() - p[1]));
-      }
-      rep.extra["grounding"]["locate_head_error_mm"] = mean(head_errs);
-    }
-    if (dense_head) {
-      // The dense head's instructed-port channel read as the weighted mean of the token centres
-      // around its peak (3x3 tokens), on the same held-out episodes (mean distance in pixels of
-      // the recorded view).
-      dense_head->to(torch::kCPU);
-      torch::NoGradGuard ng;
-      std::vector<double> px_errs;
+      std::vector<double> head_errs, px_errs;
       const int64_t n = static_cast<int64_t>(grid_h) * grid_w;
-      auto cx = (torch::arange(n) % grid_w).to(torch::kFloat32) + 0.5;
-      auto cy = torch::div(torch::arange(n), grid_w, "floor").to(torch::kFloat32) + 0.5;
+      auto cx = (torch::arange(n) % std::max(1, grid_w)).to(torch::kFloat32) + 0.5;
+      auto cy =
+          torch::div(torch::arange(n), std::max(1, grid_w), "floor").to(torch::kFloat32) + 0.5;
       for (size_t e : eval_eps) {
         const auto& ep = d.episodes[e];
         auto f = vlm->encode_batch({&d.views[e][0]}, {ep.instruction});
+        if (locate_head) {
+          auto xy = locate_head->forward(f.flatten(1))[0] * kLocateScale;
+          const auto& p = ep.ports[ep.target].pos;
+          head_errs.push_back(1000.0 *
+                              std::hypot(xy[0].item<double>() - p[0], xy[1].item<double>() - p[1]));
+        }
+        if (!dense_head) continue;
         auto g = dense_head->forward(f[0].narrow(0, 0, n)).select(1, 0).clamp_min(0);
         const int64_t peak = g.argmax().item<int64_t>();
         g = g *
@@ -660,7 +668,11 @@ TrainReport train(const TrainOptions& opt) {
         const auto& px = ep.ports[ep.target].pixels[dense_view];
         px_errs.push_back(std::hypot(u - px[0], v - px[1]));
       }
-      rep.extra["grounding"]["dense_error_px"] = px_errs.empty() ? -1.0 : mean(px_errs);
+      if (locate_head) rep.extra["grounding"]["locate_head_error_mm"] = mean(head_errs);
+      if (dense_head) {
+        rep.extra["grounding"]["dense_error_px"] = px_errs.empty() ? -1.0 : mean(px_errs);
+        rep.extra["grounding"]["dense_grid"] = {grid_h, grid_w};
+      }
     }
     vlm->save(opt.out);
   } else if (caption) {

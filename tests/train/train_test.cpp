@@ -471,6 +471,66 @@ TEST(Grounding, DenseTargetSplatsEachPortBilinearlyOntoTokenCentres) {
   EXPECT_THROW(dense_grounding_target(ep, 0, 8, 8, colours), Error);
 }
 
+// Grounding with both heads on the real engine (the random-init grounding VLM): the dense head's
+// token grid comes from the VLM's own preprocessing: the folder's processor caps images at
+// 224*224 pixels, so 448x224 layouts become 308x140 -> 11x5 tokens (default caps: 16x8).
+TEST(Trainer, GroundingDenseHeadUsesTheVlmsTokenGrid) {
+  if (!policy::have_vlm_engine()) GTEST_SKIP() << "no Qwen2.5-VL engine in this build";
+  const std::string dir = tmp_dir("dense_layouts"), out = tmp_dir("dense_out");
+  {
+    dataset::DatasetWriter w(dir, "png");
+    for (int e = 0; e < 6; ++e) {
+      dataset::EpisodeData ep;
+      ep.instruction = "insert the needle into the red port";
+      ep.seed = static_cast<uint64_t>(e);
+      ep.reason = "truncated";
+      ep.target = 0;
+      for (int k = 0; k < 3; ++k) {
+        dataset::PortMeta p;
+        p.color = k == 0 ? "red" : k == 1 ? "green" : "blue";
+        p.pos = {0.01 * k, 0.0, 0.04};
+        p.pixels = {{80.0 + 120 * k + e, 60.0 + 40 * k}};
+        ep.ports.push_back(p);
+      }
+      ep.view_names = {"top"};
+      ep.width = 448;
+      ep.height = 224;
+      ep.frames.push_back({make_image(448, 224, 3, static_cast<uint8_t>(30 * e))});
+      for (int i = 0; i < 65; ++i) ep.force.push_back({(i + 1) / 650.0f, 0, 0, 0, 0, 0, 0});
+      for (int i = 0; i < 8; ++i) {
+        ep.actions.push_back({0, 0, 0});
+        ep.proprio.push_back({0, 0, 0.1f});
+      }
+      w.write(ep);
+    }
+  }
+  TrainOptions o;
+  o.dataset = dir;
+  o.out = out;
+  o.stage = "grounding";
+  o.vlm = std::string(VLA_SOURCE_DIR) + "/assets/policy/vlm_init_grounded";
+  o.policy.use_views = {0};
+  o.policy.pooling = "tokens";
+  o.policy.prompt_order = "text_first";
+  o.locate_weight = 1;
+  o.dense_weight = 1;
+  o.caption_weight = 0;
+  o.steps = 2;
+  o.batch = 3;
+  o.holdout = 0.34;
+  o.checkpoint_every = 0;
+  o.progress = false;
+  auto rep = vla::train::train(o);
+  ASSERT_TRUE(rep.extra.contains("grounding"));
+  const auto& g = rep.extra["grounding"];
+  EXPECT_EQ(g["dense_grid"], nlohmann::json({5, 11}));  // rows, columns
+  EXPECT_TRUE(std::isfinite(g["dense_error_px"].get<double>()));
+  EXPECT_TRUE(std::isfinite(g["locate_head_error_mm"].get<double>()));
+  EXPECT_TRUE(std::isfinite(rep.final_loss));
+  vla::remove_tree(dir);
+  vla::remove_tree(out);
+}
+
 // Encoder whose feature is the instructed port's position (plus a noise channel), or pure
 // noise: the probe must read the first to well under a millimetre and fail on the second.
 class PortVlm : public policy::VlmEncoder {
