@@ -3,10 +3,10 @@
 # the `tokens` features of a text-first prompt, optionally plus location tokens) -> localisation
 # probe -> DART demonstrations -> cache -> stage 1 with feature reuse -> closed loop -> DAgger
 # rounds -> no_reuse -> language / staleness evaluation, with the project's own commands.
-# The shipped policies (30 Nov 2026) come from this recipe: grounding on the H200 machine (three
-# runs, each continuing the last, probe 3.65 mm), then steps 3-4 on the 2-core VM with DEMOS=600
-# S1_STEPS=3000 and no DAgger round (one round made it worse); exact commands and numbers in
-# docs/training.md. bench/policy_train_default.sh made the earlier ones (0 % in closed loop).
+# The shipped policies (30 Nov 2026, second release) come from this recipe, all on the H200 x2
+# machine: grounding continued from the first inserting policy's VLM (two more runs, probe
+# 3.21 mm), then steps 3-4 with DEVICE=cuda DEMOS=2000 S1_STEPS=4000 and no DAgger round; exact
+# commands and numbers in docs/training.md. bench/policy_train_default.sh made the earlier ones (0 % in closed loop).
 # Usage: bench/policy_train_grounded.sh [WORK_DIR]  (default /tmp/vla_grounded). Needs a built `vla` (VLA=path; scripts/build.sh or scripts/gpu_build.sh).
 # DEVICE=cuda trains on a GPU (the recipe of the shipped policies, see docs/training.md);
 # JOBS = simulator worker threads. Sizes: LAYOUTS, G_STEPS, G_BATCH, DEMOS, S1_STEPS,
@@ -60,7 +60,7 @@ VLM=${VLM:-$W/vlm}
 
 step "3. demonstrations: scripted expert with DART noise on the executed actions (labels clean)"
 [ -f "$W/demos/index.json" ] ||
-  $VLA datagen --episodes "${DEMOS:-1500}" --seed 0 --views 1 --res $RES --dart-noise 0.0003 \
+  $VLA datagen --episodes "${DEMOS:-2000}" --seed 0 --views 1 --res $RES --dart-noise 0.0003 \
     --jobs "$JOBS" --out "$W/demos"
 
 train_expert() {  # $1 = reuse count, $2 = out

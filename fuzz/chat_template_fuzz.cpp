@@ -1,6 +1,7 @@
 // libFuzzer harness: chat templates. First byte even: the bytes are a Jinja template given to
-// ChatTemplate::from_string (recognition). Odd: they are a JSON list of messages (ChatMessage::
-// from_json) rendered with the Qwen2-VL template, with and without the generation prompt.
+// ChatTemplate::from_string and rendered (the Jinja interpreter, src/jinja). Odd: they are a JSON
+// list of messages (ChatMessage:: from_json) rendered with the Qwen2-VL template, with and without
+// the generation prompt.
 #include <nlohmann/json.hpp>
 
 #include "fuzz_util.h"

@@ -93,7 +93,7 @@ GenerateResult Qwen25VLImpl::generate(const std::vector<Image>& images, const st
   PreprocessedImages pre;
   std::vector<int64_t> tokens;
   if (!images.empty()) {
-    pre = preprocess_images(images, image_cfg_);
+    pre = preprocess_images(images, image_cfg_, device());
     tokens = pre.tokens_per_image(image_cfg_.merge_size);
   }
   auto ids = prompt_ids(prompt, tokens, o.text_first);

@@ -332,7 +332,7 @@ EncodeResult Qwen25VLImpl::encode(const std::vector<Image>& images, const std::s
   PreprocessedImages pre;
   std::vector<int64_t> tokens;
   if (!images.empty()) {
-    pre = preprocess_images(images, image_cfg_);
+    pre = preprocess_images(images, image_cfg_, device());
     tokens = pre.tokens_per_image(image_cfg_.merge_size);
   }
   r.preprocess_ms = sw.elapsed_ms();

@@ -123,7 +123,7 @@ class QwenVlm : public VlmEncoder {
       auto p = pick(*v);
       imgs.insert(imgs.end(), p.begin(), p.end());
     }
-    auto pp = preprocess_images(imgs, model_->image_config());
+    auto pp = preprocess_images(imgs, model_->image_config(), model_->device());
     const auto tokens = pp.tokens_per_image(model_->image_config().merge_size);
     const size_t per = tokens.size() / views.size();
     std::vector<std::vector<int64_t>> seqs;
@@ -150,7 +150,7 @@ class QwenVlm : public VlmEncoder {
       std::copy(s.begin(), s.end(), ids + b * L + (L - n));
       std::fill(mask + b * L + (L - n), mask + (b + 1) * L, 1);
     }
-    out.pixel_values = pp.pixel_values.to(model_->device());
+    out.pixel_values = pp.pixel_values;  // already on the model's device
     out.image_grid_thw = pp.grid_thw;
     return out;
   }
@@ -226,7 +226,7 @@ class QwenVlm : public VlmEncoder {
   torch::Tensor caption_loss(const std::vector<Image>& views, const std::string& prompt,
                              const std::string& caption) override {
     auto imgs = pick(views);
-    auto pp = preprocess_images(imgs, model_->image_config());
+    auto pp = preprocess_images(imgs, model_->image_config(), model_->device());
     auto ids = prompt_ids(prompt, pp.tokens_per_image(model_->image_config().merge_size));
     const int64_t np = static_cast<int64_t>(ids.size());
     auto cap = text_ids(caption);

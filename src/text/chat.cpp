@@ -1,4 +1,4 @@
-// Qwen2-VL chat template: recognition of the Jinja text and a faithful native renderer.
+// Chat templates: found in a checkpoint folder, rendered by the Jinja interpreter (src/jinja).
 #include "core/core.h"
 #include "text/text.h"
 
@@ -21,22 +21,6 @@ const std::string kQwen2VLJinja =
     "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-
-// Qwen2 (text) ChatML template, as shipped in Qwen2 / Qwen2-VL tokenizer_config.json files
-// (the "\n" are Jinja string escapes).
-const std::string kQwen2TextJinja =
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-
-std::string strip_ws(const std::string& s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s)
-    if (c != ' ' && c != '\n' && c != '\t' && c != '\r') out.push_back(c);
-  return out;
-}
 
 json parse_json_file(const std::string& path) {
   try {
@@ -104,25 +88,13 @@ ChatMessage ChatMessage::from_json(const nlohmann::json& j) {
 const std::string& ChatTemplate::qwen2_vl_jinja() { return kQwen2VLJinja; }
 
 ChatTemplate ChatTemplate::qwen2_vl() {
-  ChatTemplate t;
-  t.kind_ = ChatTemplateKind::kQwen2VL;
-  t.source_ = "built-in Qwen2-VL template";
-  return t;
+  return from_string(kQwen2VLJinja, "built-in Qwen2-VL template");
 }
 
 ChatTemplate ChatTemplate::from_string(const std::string& jinja, const std::string& source) {
   ChatTemplate t;
   t.source_ = source;
-  const std::string norm = strip_ws(jinja);
-  if (norm == strip_ws(kQwen2VLJinja)) {
-    t.kind_ = ChatTemplateKind::kQwen2VL;
-  } else if (norm == strip_ws(kQwen2TextJinja)) {
-    t.kind_ = ChatTemplateKind::kQwen2Text;
-  } else {
-    throw Error(str_cat("unknown chat template in ", source,
-                        ": only the Qwen2-VL / Qwen2.5-VL and Qwen2 ChatML templates are "
-                        "supported (the template text differs from both; refusing to guess)"));
-  }
+  t.template_ = std::make_shared<jinja::Template>(jinja::Template::parse(jinja, source));
   return t;
 }
 
@@ -149,51 +121,38 @@ ChatTemplate ChatTemplate::from_folder(const std::string& dir) {
 
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages,
                                  const ChatOptions& options) const {
-  std::string out;
-  if (kind_ == ChatTemplateKind::kQwen2Text) {
-    for (size_t i = 0; i < messages.size(); ++i) {
-      const auto& m = messages[i];
-      VLA_CHECK(m.content_is_string, "chat template ", source_,
-                " (Qwen2 text-only) needs string message contents; message ", i,
-                " has a list of parts (images need the Qwen2-VL template)");
-      if (i == 0 && messages[0].role != "system")
-        out += "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n";
-      out += "<|im_start|>" + m.role + "\n" + m.text + "<|im_end|>\n";
-    }
-    if (options.add_generation_prompt) out += "<|im_start|>assistant\n";
-    return out;
-  }
-  int images = 0, videos = 0;
-  for (size_t i = 0; i < messages.size(); ++i) {
-    const auto& m = messages[i];
-    if (i == 0 && m.role != "system")
-      out += "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n";
-    out += "<|im_start|>" + m.role + "\n";
+  VLA_CHECK(template_ != nullptr, "chat template: render() on an empty template");
+  nlohmann::ordered_json ctx = nlohmann::ordered_json::object();
+  auto msgs = nlohmann::ordered_json::array();
+  for (const auto& m : messages) {
+    nlohmann::ordered_json j = {{"role", m.role}};
     if (m.content_is_string) {
-      out += m.text + "<|im_end|>\n";
-      continue;
-    }
-    for (const auto& p : m.parts) {
-      switch (p.type) {
-        case ChatContent::Type::kImage:
-          ++images;
-          if (options.add_vision_id) out += "Picture " + std::to_string(images) + ": ";
-          out += "<|vision_start|><|image_pad|><|vision_end|>";
-          break;
-        case ChatContent::Type::kVideo:
-          ++videos;
-          if (options.add_vision_id) out += "Video " + std::to_string(videos) + ": ";
-          out += "<|vision_start|><|video_pad|><|vision_end|>";
-          break;
-        case ChatContent::Type::kText:
-          out += p.text;
-          break;
+      j["content"] = m.text;
+    } else {
+      auto parts = nlohmann::ordered_json::array();
+      for (const auto& p : m.parts) {
+        switch (p.type) {
+          case ChatContent::Type::kImage:
+            parts.push_back({{"type", "image"}});
+            break;
+          case ChatContent::Type::kVideo:
+            parts.push_back({{"type", "video"}});
+            break;
+          case ChatContent::Type::kText:
+            parts.push_back({{"type", "text"}, {"text", p.text}});
+            break;
+        }
       }
+      j["content"] = parts;
     }
-    out += "<|im_end|>\n";
+    msgs.push_back(j);
   }
-  if (options.add_generation_prompt) out += "<|im_start|>assistant\n";
-  return out;
+  ctx["messages"] = msgs;
+  ctx["add_generation_prompt"] = options.add_generation_prompt;
+  if (options.add_vision_id) ctx["add_vision_id"] = true;
+  if (options.extra.is_object())
+    for (const auto& [k, v] : options.extra.items()) ctx[k] = v;
+  return template_->render(ctx);
 }
 
 }  // namespace vla

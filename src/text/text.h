@@ -1,5 +1,5 @@
-// vla text: the Qwen2 byte-level BPE tokenizer read from a Hugging Face tokenizer.json, and the
-// Qwen2-VL chat template with image placeholders.
+// vla text: the Qwen2 byte-level BPE tokenizer read from a Hugging Face tokenizer.json, and chat
+// templates (any Hugging Face Jinja template, rendered by src/jinja) with image placeholders.
 //
 // Pipeline (identical to HF `tokenizers` for Qwen2/Qwen2.5-VL files):
 //   added/special tokens matched first on the raw text (leftmost-longest) ->
@@ -17,6 +17,8 @@
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include "jinja/jinja.h"
 
 namespace vla {
 
@@ -55,35 +57,37 @@ struct ChatMessage {
 struct ChatOptions {
   bool add_generation_prompt = true;
   bool add_vision_id = false;  // "Picture 1: " before each image (Qwen2-VL template option)
+  // Further template variables, as transformers' apply_chat_template(**kwargs) passes them
+  // (e.g. "tools", "bos_token"); a JSON object, or null for none.
+  nlohmann::ordered_json extra;
 };
 
-// The chat templates this engine recognises (compared after removing all whitespace).
-enum class ChatTemplateKind {
-  kQwen2VL,    // Qwen2-VL / Qwen2.5-VL instruct template (images, videos, default system prompt)
-  kQwen2Text,  // Qwen2 text-only ChatML template (string contents only)
-};
-
+// A Hugging Face chat template (Jinja) rendered by vla::jinja as transformers'
+// apply_chat_template(messages, tokenize=False, ...) renders it: any template the interpreter
+// covers (src/jinja/jinja.h), published or edited.
 class ChatTemplate {
  public:
-  // Recognises a Jinja template text; throws vla::Error "unknown chat template" otherwise
-  // (`source` names the file).
+  // Parses a Jinja template text; `source` names the file in errors. Throws vla::Error
+  // "<source>:<line>: ..." on a syntax error.
   static ChatTemplate from_string(const std::string& jinja, const std::string& source);
   // Finds the template in DIR/chat_template.jinja, DIR/chat_template.json or
   // DIR/tokenizer_config.json ("chat_template": string or [{name, template}], "default" used).
-  // Throws when none exists or it is unknown.
+  // Throws when none exists or it does not parse.
   static ChatTemplate from_folder(const std::string& dir);
-  // The built-in Qwen2-VL template (the one this project's tokenizer folder ships).
+  // The built-in Qwen2-VL template (the one this project's tokenizer folder ships; Qwen2.5-VL
+  // instruct checkpoints ship the same text).
   static ChatTemplate qwen2_vl();
   static const std::string& qwen2_vl_jinja();  // its exact Jinja text
 
-  ChatTemplateKind kind() const { return kind_; }
   const std::string& source() const { return source_; }
-  // Renders like transformers' apply_chat_template(messages, tokenize=False, ...).
+  // Renders messages (HF format: role + string content or a list of text / image / video
+  // parts) with add_generation_prompt, add_vision_id when set, and options.extra. Throws
+  // vla::Error "<source>:<line>: ..." when the template fails (e.g. its raise_exception).
   std::string render(const std::vector<ChatMessage>& messages,
                      const ChatOptions& options = {}) const;
 
  private:
-  ChatTemplateKind kind_ = ChatTemplateKind::kQwen2VL;
+  std::shared_ptr<const jinja::Template> template_;
   std::string source_;
 };
 

@@ -460,7 +460,12 @@ const ChatTemplate& Tokenizer::chat_template() const {
 
 std::string Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages,
                                            const ChatOptions& options) const {
-  return chat_template().render(messages, options);
+  // transformers passes the tokenizer's special tokens to the template too.
+  ChatOptions o = options;
+  if (!o.extra.is_object()) o.extra = nlohmann::ordered_json::object();
+  if (!eos_token_.empty() && !o.extra.contains("eos_token")) o.extra["eos_token"] = eos_token_;
+  if (!pad_token_.empty() && !o.extra.contains("pad_token")) o.extra["pad_token"] = pad_token_;
+  return chat_template().render(messages, o);
 }
 
 std::vector<int64_t> expand_image_pads(const std::vector<int64_t>& ids,

@@ -1,4 +1,5 @@
 // The trainer: stage 1 (cached VL features), stage 2 (VLM adapted), caption pre-training.
+#include <atomic>
 #include <filesystem>
 #include <future>
 #include <sstream>
@@ -542,11 +543,23 @@ TrainReport train(const TrainOptions& opt) {
   };
   std::mt19937_64 rng_at = rng;
   std::vector<Sample> b = draw_batch();
+  std::atomic<int64_t> prepare_ns{0};  // background preparation time, summed
   auto prepare_async = [&](const std::vector<Sample>& batch) {
-    return vlm_forward ? std::async(std::launch::async, [&, batch] { return prepare_vlm(batch); })
+    return vlm_forward ? std::async(std::launch::async,
+                                    [&, batch] {
+                                      Stopwatch w;
+                                      auto out = prepare_vlm(batch);
+                                      prepare_ns += static_cast<int64_t>(w.elapsed_ms() * 1e6);
+                                      return out;
+                                    })
                        : std::future<VlmBatch>();
   };
   std::future<VlmBatch> pending = prepare_async(b);
+  // Host wall time per phase (ms, summed over steps): where a GPU run's step time goes. On CUDA the
+  // forward/backward/optimizer phases measure launch cost (kernels run asynchronously); `sync` is
+  // the wait for the GPU at the loss read-back, `wait_batch` the wait for the prepared batch.
+  double t_wait = 0, t_forward = 0, t_backward = 0, t_optim = 0, t_sync = 0;
+  int64_t timed_steps = 0;
   for (; step < opt.steps; ++step) {
     if (opt.stop_requested && opt.stop_requested->load()) {
       if (pending.valid()) pending.wait();
@@ -558,18 +571,29 @@ TrainReport train(const TrainOptions& opt) {
     }
     current_step = step;
     set_group_lrs(optimizer, base_lr, lr_factor(step, opt.warmup, opt.steps, opt.lr_min_factor));
+    Stopwatch phase;
     std::optional<VlmBatch> pre;
     if (pending.valid()) pre = pending.get();
     const std::vector<Sample> cur = std::move(b);
     rng_at = rng;
     b = draw_batch();
     if (step + 1 < opt.steps) pending = prepare_async(b);
+    t_wait += phase.elapsed_ms();
+    phase.reset();
     auto loss = batch_loss(cur, pre ? &*pre : nullptr);
+    t_forward += phase.elapsed_ms();
+    phase.reset();
     optimizer.zero_grad();
     loss.backward();
+    t_backward += phase.elapsed_ms();
+    phase.reset();
     if (opt.grad_clip > 0) torch::nn::utils::clip_grad_norm_(all_params, opt.grad_clip);
     optimizer.step();
+    t_optim += phase.elapsed_ms();
+    phase.reset();
     double lv = loss.item<double>();
+    t_sync += phase.elapsed_ms();
+    ++timed_steps;
     VLA_CHECK(std::isfinite(lv), "train: loss became ", lv, " at step ", step);
     ema = ema < 0 ? lv : 0.98 * ema + 0.02 * lv;
     samples += opt.batch;
@@ -596,6 +620,17 @@ TrainReport train(const TrainOptions& opt) {
   if (interrupted) rep.extra["interrupted"] = true;
   rep.seconds = sw.elapsed_s();
   rep.samples_per_s = samples / std::max(1e-9, rep.seconds);
+  if (timed_steps > 0) {
+    const double n = static_cast<double>(timed_steps);
+    rep.extra["step_ms"] = {
+        {"wait_batch", t_wait / n},   {"forward", t_forward / n},
+        {"backward", t_backward / n}, {"optimizer", t_optim / n},
+        {"sync", t_sync / n},         {"prepare_background", prepare_ns * 1e-6 / n}};
+    log_info("host ms per step: prepare (background) ", fmt_double(prepare_ns * 1e-6 / n, 1),
+             ", wait for batch ", fmt_double(t_wait / n, 1), ", forward ",
+             fmt_double(t_forward / n, 1), ", backward ", fmt_double(t_backward / n, 1),
+             ", optimizer ", fmt_double(t_optim / n, 1), ", GPU sync ", fmt_double(t_sync / n, 1));
+  }
   rep.final_loss = ema;
   rep.holdout_loss = holdout_loss();
   write_png(opt.out + "/loss.png", plot_loss_curve(rep.loss_steps, rep.losses));

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 
 #include "vision/vision.h"
@@ -314,74 +315,96 @@ Image resize_for_model(const Image& rgb, const ImagePreprocessConfig& cfg) {
   return resize_bicubic(rgb, h, w, cfg.backend);
 }
 
-torch::Tensor patchify(const torch::Tensor& chw, const ImagePreprocessConfig& cfg) {
-  VLA_CHECK(chw.dim() == 3, "patchify: expected (C, H, W), got ", chw.sizes());
-  const int64_t C = chw.size(0), H = chw.size(1), W = chw.size(2);
+torch::Tensor pixel_values_from_uint8(const torch::Tensor& nhwc, const ImagePreprocessConfig& cfg) {
+  VLA_CHECK(nhwc.dim() == 4 && nhwc.size(3) == 3 && nhwc.scalar_type() == torch::kUInt8,
+            "pixel_values_from_uint8: expected uint8 (N, H, W, 3), got ", nhwc.sizes(), " ",
+            nhwc.scalar_type());
+  const int64_t N = nhwc.size(0), H = nhwc.size(1), W = nhwc.size(2), C = 3;
   const int64_t p = cfg.patch_size, m = cfg.merge_size, tp = cfg.temporal_patch_size;
   VLA_CHECK(H % (p * m) == 0 && W % (p * m) == 0, "patchify: ", H, "x", W, " is not a multiple of ",
             p * m);
+  auto x = nhwc.to(torch::kFloat32);
+  auto per_channel = [&](const auto& v, double scale) {
+    std::vector<float> f;
+    for (int c = 0; c < 3; ++c) f.push_back(static_cast<float>(v[static_cast<size_t>(c)] * scale));
+    return torch::tensor(f, torch::kFloat32).to(x.device());
+  };
+  // Float32 throughout, as HF's fused rescale + normalise.
+  const double inv_rescale = 1.0 / cfg.rescale_factor;
+  if (cfg.do_normalize) {  // in place: x is a fresh float copy
+    const double s = cfg.do_rescale ? inv_rescale : 1.0;
+    x.sub_(per_channel(cfg.image_mean, s)).div_(per_channel(cfg.image_std, s));
+  } else if (cfg.do_rescale) {
+    x.mul_(static_cast<float>(cfg.rescale_factor));
+  }
   const int64_t gh = H / p, gw = W / p;
-  auto x = chw.unsqueeze(0).expand({tp, C, H, W});
-  x = x.reshape({1, tp, C, gh / m, m, p, gw / m, m, p}).permute({0, 3, 6, 4, 7, 2, 1, 5, 8});
-  return x.reshape({gh * gw, C * tp * p * p}).contiguous();
+  // (N, H, W, C) -> (N, tp, C, gh/m, m, p, gw/m, m, p) -> (N, gh/m, gw/m, m, m, C, tp, p, p).
+  x = x.permute({0, 3, 1, 2}).unsqueeze(1).expand({N, tp, C, H, W});
+  x = x.reshape({N, tp, C, gh / m, m, p, gw / m, m, p}).permute({0, 3, 6, 4, 7, 2, 1, 5, 8});
+  return x.reshape({N * gh * gw, C * tp * p * p}).contiguous();
 }
 
+namespace {
+torch::Tensor grid_row(const Image& r, const ImagePreprocessConfig& cfg) {
+  return torch::tensor({int64_t{1}, static_cast<int64_t>(r.height / cfg.patch_size),
+                        static_cast<int64_t>(r.width / cfg.patch_size)},
+                       torch::kInt64)
+      .reshape({1, 3});
+}
+// Resized images (same size) -> uint8 (N, H, W, 3) on `device`, through pinned memory for CUDA.
+torch::Tensor stack_uint8(const std::vector<Image>& rs, const torch::Device& device) {
+  const int64_t H = rs[0].height, W = rs[0].width, N = static_cast<int64_t>(rs.size());
+  auto opts = torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(device.is_cuda());
+  auto host = torch::empty({N, H, W, 3}, opts);
+  const size_t bytes = static_cast<size_t>(H * W * 3);
+  uint8_t* dst = host.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < N; ++i)
+    std::memcpy(dst + static_cast<size_t>(i) * bytes, rs[static_cast<size_t>(i)].pixels.data(),
+                bytes);
+  return host.to(device, /*non_blocking=*/device.is_cuda());
+}
+}  // namespace
+
 PreprocessedImages preprocess_image(const Image& image, const ImagePreprocessConfig& cfg) {
-  cfg.validate();
-  const Image rgb = to_rgb(image);
-  const Image r = resize_for_model(rgb, cfg);
-  const int64_t H = r.height, W = r.width;
-  // HWC uint8 -> CHW float32 with HF's fused rescale + normalise, all in float32.
-  auto chw = torch::empty({3, H, W}, torch::kFloat32);
-  float* out = chw.data_ptr<float>();
-  float mul[3], sub[3], div[3];
-  const float inv_rescale = static_cast<float>(1.0 / cfg.rescale_factor);
-  for (int c = 0; c < 3; ++c) {
-    sub[c] = static_cast<float>(cfg.image_mean[c]) * inv_rescale;
-    div[c] = static_cast<float>(cfg.image_std[c]) * inv_rescale;
-    mul[c] = static_cast<float>(cfg.rescale_factor);
-  }
-  const size_t plane = static_cast<size_t>(H) * W;
-  for (size_t i = 0; i < plane; ++i) {
-    for (int c = 0; c < 3; ++c) {
-      float v = static_cast<float>(r.pixels[i * 3 + c]);
-      if (cfg.do_normalize && cfg.do_rescale) {
-        v = (v - sub[c]) / div[c];
-      } else if (cfg.do_normalize) {
-        v = (v - static_cast<float>(cfg.image_mean[c])) / static_cast<float>(cfg.image_std[c]);
-      } else if (cfg.do_rescale) {
-        v = v * mul[c];
-      }
-      out[c * plane + i] = v;
-    }
-  }
-  PreprocessedImages res;
-  res.pixel_values = patchify(chw, cfg);
-  res.grid_thw = torch::tensor({int64_t{1}, H / cfg.patch_size, W / cfg.patch_size}, torch::kInt64)
-                     .reshape({1, 3});
-  return res;
+  return preprocess_images({image}, cfg);
 }
 
 PreprocessedImages preprocess_images(const std::vector<Image>& images,
-                                     const ImagePreprocessConfig& cfg) {
+                                     const ImagePreprocessConfig& cfg,
+                                     const torch::Device& device) {
   VLA_CHECK(!images.empty(), "preprocess_images: no images given");
+  cfg.validate();
   const size_t n = images.size();
-  std::vector<torch::Tensor> pv(n), grids(n);
+  std::vector<Image> resized(n);
   std::vector<std::string> errors(n);
-  // Images are independent: a training batch of hundreds preprocesses on all cores.
+  // Images are independent: a training batch of hundreds resizes on all cores.
   at::parallel_for(0, static_cast<int64_t>(n), 8, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       try {
-        auto r = preprocess_image(images[i], cfg);
-        pv[i] = r.pixel_values;
-        grids[i] = r.grid_thw;
+        resized[static_cast<size_t>(i)] =
+            resize_for_model(to_rgb(images[static_cast<size_t>(i)]), cfg);
       } catch (const Error& e) {
-        errors[i] = e.what();
+        errors[static_cast<size_t>(i)] = e.what();
       }
     }
   });
   for (size_t i = 0; i < n; ++i) VLA_CHECK(errors[i].empty(), "image ", i, ": ", errors[i]);
-  return {torch::cat(pv, 0), torch::cat(grids, 0)};
+  std::vector<torch::Tensor> grids;
+  bool same_size = true;
+  for (const auto& r : resized) {
+    grids.push_back(grid_row(r, cfg));
+    same_size = same_size && r.height == resized[0].height && r.width == resized[0].width;
+  }
+  torch::Tensor pv;
+  if (same_size) {
+    pv = pixel_values_from_uint8(stack_uint8(resized, device), cfg);
+  } else {  // several sizes: one batch per image, concatenated in order
+    std::vector<torch::Tensor> parts;
+    for (const auto& r : resized)
+      parts.push_back(pixel_values_from_uint8(stack_uint8({r}, device), cfg));
+    pv = torch::cat(parts, 0);
+  }
+  return {pv, torch::cat(grids, 0)};
 }
 
 }  // namespace vla

@@ -78,12 +78,20 @@ struct PreprocessedImages {
 Image resize_for_model(const Image& rgb, const ImagePreprocessConfig& cfg);
 // Full pipeline for one image: (pixel_values (N, 1176), grid (t, h, w)).
 PreprocessedImages preprocess_image(const Image& image, const ImagePreprocessConfig& cfg);
-// Several images: pixel_values concatenated in order, grid_thw one row per image.
+// Several images: pixel_values concatenated in order, grid_thw one row per image (on the CPU).
+// Resizing runs on the CPU (all cores); rescale, normalise and patch flattening run on `device`:
+// same-size images travel there as one uint8 batch (pinned host memory for CUDA: 8x fewer bytes
+// than float32 pixel_values with temporal_patch_size 2), so a GPU trainer's host thread does not
+// build the float tensor. Values are identical on every device (IEEE float32 subtract and divide).
+// Throws vla::Error (naming the image) for empty or malformed images.
 PreprocessedImages preprocess_images(const std::vector<Image>& images,
-                                     const ImagePreprocessConfig& cfg);
+                                     const ImagePreprocessConfig& cfg,
+                                     const torch::Device& device = torch::kCPU);
 
-// Flattens a normalised float32 CHW image (C, H, W) into HF's patch order, duplicating it
-// temporal_patch_size times. H and W must be multiples of patch * merge.
-torch::Tensor patchify(const torch::Tensor& chw, const ImagePreprocessConfig& cfg);
+// uint8 images (N, H, W, 3), already resized, on any device -> pixel_values (N*h*w, C*tp*p*p)
+// float32 on the same device: transformers' Qwen2VLImageProcessor rescale + normalise (fused as
+// (x - mean/rescale) / (std/rescale)) and patch order (image_processing_qwen2_vl.py, _preprocess),
+// each frame repeated temporal_patch_size times. H and W must be multiples of patch * merge.
+torch::Tensor pixel_values_from_uint8(const torch::Tensor& nhwc, const ImagePreprocessConfig& cfg);
 
 }  // namespace vla

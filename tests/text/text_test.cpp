@@ -132,7 +132,6 @@ TEST(ChatTemplate, IdenticalToHfApplyChatTemplate) {
   auto ref = read_json(fx("chat_template_ref.json"));
   ASSERT_GE(ref.size(), 6u);
   ASSERT_TRUE(tok().has_chat_template());
-  EXPECT_EQ(tok().chat_template().kind(), ChatTemplateKind::kQwen2VL);
   for (const auto& c : ref) {
     EXPECT_EQ(c["method"], "transformers.apply_chat_template");
     std::vector<ChatMessage> msgs;
@@ -146,41 +145,46 @@ TEST(ChatTemplate, IdenticalToHfApplyChatTemplate) {
   }
 }
 
-TEST(ChatTemplate, FoundInEveryLocationAndUnknownRefused) {
+TEST(ChatTemplate, FoundInEveryLocationAndEditedTemplatesRender) {
   const std::string jinja = read_file(fx("chat_template.jinja"));
   EXPECT_EQ(jinja, ChatTemplate::qwen2_vl_jinja());
+  const std::vector<ChatMessage> msgs = {
+      ChatMessage::Parts("user", {ChatContent::Image(), ChatContent::Text("go")})};
+  const std::string want = ChatTemplate::qwen2_vl().render(msgs);
+  EXPECT_EQ(want,
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+            "<|vision_start|><|image_pad|><|vision_end|>go<|im_end|>\n<|im_start|>assistant\n");
   const std::string d1 = temp_dir();
   write_json_atomic(d1 + "/chat_template.json", json{{"chat_template", jinja}});
-  EXPECT_EQ(ChatTemplate::from_folder(d1).kind(), ChatTemplateKind::kQwen2VL);
+  EXPECT_EQ(ChatTemplate::from_folder(d1).render(msgs), want);
   const std::string d2 = temp_dir();
   write_json_atomic(
       d2 + "/tokenizer_config.json",
       json{{"chat_template", json::array({{{"name", "default"}, {"template", jinja}},
                                           {{"name", "tool_use"}, {"template", "x"}}})}});
-  EXPECT_EQ(ChatTemplate::from_folder(d2).kind(), ChatTemplateKind::kQwen2VL);
-  // Whitespace differences (pretty-printed template) are tolerated.
-  std::string pretty = jinja;
-  for (size_t p = 0; (p = pretty.find("%}{%", p)) != std::string::npos; p += 5)
-    pretty.replace(p, 4, "%}\n  {%");
-  EXPECT_EQ(ChatTemplate::from_string(pretty, "pretty").kind(), ChatTemplateKind::kQwen2VL);
-  // The Qwen2 text ChatML template (JSON-escaped "\n" in Jinja strings).
-  const std::string text_tpl =
-      "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ "
-      "'<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}{{ "
-      "'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% "
-      "endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-  auto t = ChatTemplate::from_string(text_tpl, "text");
-  EXPECT_EQ(t.kind(), ChatTemplateKind::kQwen2Text);
+  EXPECT_EQ(ChatTemplate::from_folder(d2).render(msgs), want);
+  // A fine-tune's one-character edit renders (it was refused before the interpreter).
+  std::string edited = jinja;
+  edited.replace(edited.find("helpful"), 7, "careful");
+  auto e = ChatTemplate::from_string(edited, "ckpt/chat_template.jinja");
+  std::string want_edited = want;
+  want_edited.replace(want_edited.find("helpful"), 7, "careful");
+  EXPECT_EQ(e.render(msgs), want_edited);
+  // The Qwen2 text ChatML template: list contents fail as in transformers (str + list).
+  auto t = ChatTemplate::from_string(
+      read_file(std::string(VLA_SOURCE_DIR) + "/tests/fixtures/chat_templates/qwen2_chatml.jinja"),
+      "chatml.jinja");
   EXPECT_EQ(t.render({ChatMessage::Text("user", "hi")}),
             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi"
             "<|im_end|>\n<|im_start|>assistant\n");
   EXPECT_THROW(t.render({ChatMessage::Parts("user", {ChatContent::Image()})}), Error);
+  // Syntax errors name the file and line.
   try {
-    ChatTemplate::from_string(jinja + "{{ extra }}", "ckpt/chat_template.jinja");
+    ChatTemplate::from_string("ok\n{% if %}", "ckpt/chat_template.jinja");
     FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("unknown chat template in ckpt/chat_template.jinja"),
-              std::string::npos);
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("ckpt/chat_template.jinja:2:"), std::string::npos)
+        << err.what();
   }
   EXPECT_THROW(ChatTemplate::from_folder(temp_dir()), Error);
 }
@@ -261,7 +265,8 @@ TEST(Tokenizer, ReadsTheQwen25VLFixtureTokenizer) {
   EXPECT_EQ(t.decode(t.encode("Insert the needle into the red port.")),
             "Insert the needle into the red port.");
   auto t4 = Tokenizer::from_folder(dir + "_v4");  // chat_template.json layout
-  EXPECT_EQ(t4.chat_template().kind(), ChatTemplateKind::kQwen2VL);
+  const std::vector<ChatMessage> msgs = {ChatMessage::Text("user", "hi")};
+  EXPECT_EQ(t4.apply_chat_template(msgs), t.apply_chat_template(msgs));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include "vision/vision.h"
 
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include "weights/weights.h"
 
@@ -152,17 +153,57 @@ TEST(Preprocess, BadImagesGiveClearErrors) {
 }
 
 TEST(Preprocess, PatchOrderIsMergeGrouped) {
-  // A (1, 56, 56) image whose value is the pixel's row*56+col: the first 4 rows of
-  // pixel_values must be the 2x2 patches of the top-left merge group.
+  // A 56x56 image whose red channel is the pixel's row and green its column (no rescale or
+  // normalise): the first 4 rows of pixel_values must be the 2x2 patches of the top-left merge
+  // group, each row laid out (channel, temporal, patch row, patch column).
   vla::ImagePreprocessConfig cfg;
-  auto idx = torch::arange(56 * 56, torch::kFloat32).reshape({1, 56, 56}).expand({3, 56, 56});
-  auto p = vla::patchify(idx.contiguous(), cfg);
+  cfg.do_rescale = false;
+  cfg.do_normalize = false;
+  auto img = torch::zeros({1, 56, 56, 3}, torch::kUInt8);
+  for (int r = 0; r < 56; ++r)
+    for (int c = 0; c < 56; ++c) {
+      img[0][r][c][0] = r;
+      img[0][r][c][1] = c;
+    }
+  auto p = vla::pixel_values_from_uint8(img, cfg);
   ASSERT_EQ(p.sizes(), (std::vector<int64_t>{16, 3 * 2 * 14 * 14}));
-  EXPECT_EQ(p[0][0].item<float>(), 0.0f);             // patch (0,0)
-  EXPECT_EQ(p[1][0].item<float>(), 14.0f);            // patch (0,1)
-  EXPECT_EQ(p[2][0].item<float>(), 14.0f * 56);       // patch (1,0)
-  EXPECT_EQ(p[3][0].item<float>(), 14.0f * 56 + 14);  // patch (1,1)
-  EXPECT_EQ(p[4][0].item<float>(), 28.0f);            // next merge group to the right
-  EXPECT_EQ(p[0][196].item<float>(), 0.0f);           // temporal duplicate
-  EXPECT_EQ(p[0][15].item<float>(), 56.0f + 1);       // second row of the first patch
+  const int64_t green = 2 * 14 * 14;
+  auto rc = [&](int64_t row) {
+    return std::make_pair(p[row][0].item<float>(), p[row][green].item<float>());
+  };
+  EXPECT_EQ(rc(0), std::make_pair(0.0f, 0.0f));    // patch (0,0)
+  EXPECT_EQ(rc(1), std::make_pair(0.0f, 14.0f));   // patch (0,1)
+  EXPECT_EQ(rc(2), std::make_pair(14.0f, 0.0f));   // patch (1,0)
+  EXPECT_EQ(rc(3), std::make_pair(14.0f, 14.0f));  // patch (1,1)
+  EXPECT_EQ(rc(4), std::make_pair(0.0f, 28.0f));   // next merge group to the right
+  EXPECT_EQ(p[3][196].item<float>(), 14.0f);       // temporal duplicate
+  EXPECT_EQ(p[0][14].item<float>(), 1.0f);         // second row of the first patch
+  EXPECT_EQ(p[0][green + 1].item<float>(), 1.0f);  // second column of the first patch
+}
+
+TEST(Preprocess, BatchOfMixedSizesMatchesOneImageAtATime) {
+  auto cfg = fixture_config();
+  std::vector<vla::Image> imgs;
+  for (const auto& n : {"img_b", "img_b", "img_c", "img_e"})
+    imgs.push_back(vla::read_image(kFix + "/images/" + std::string(n) + ".png"));
+  std::vector<torch::Tensor> one;
+  for (const auto& im : imgs) one.push_back(vla::preprocess_image(im, cfg).pixel_values);
+  EXPECT_TRUE(torch::equal(vla::preprocess_images(imgs, cfg).pixel_values, torch::cat(one, 0)));
+  std::vector<vla::Image> same(3, imgs[0]);
+  EXPECT_TRUE(torch::equal(vla::preprocess_images(same, cfg).pixel_values,
+                           torch::cat({one[0], one[0], one[0]}, 0)));
+}
+
+TEST(Preprocess, CudaPixelValuesEqualCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto cfg = fixture_config();
+  std::vector<vla::Image> imgs;
+  for (const auto& n : {"img_a", "img_b", "img_b", "img_c"})
+    imgs.push_back(vla::read_image(kFix + "/images/" + std::string(n) + ".png"));
+  auto cpu = vla::preprocess_images(imgs, cfg);
+  auto gpu = vla::preprocess_images(imgs, cfg, torch::Device(torch::kCUDA, 0));
+  ASSERT_TRUE(gpu.pixel_values.is_cuda());
+  // IEEE float32 subtract and divide: bit-identical, not just close.
+  EXPECT_TRUE(torch::equal(gpu.pixel_values.cpu(), cpu.pixel_values));
+  EXPECT_TRUE(torch::equal(gpu.grid_thw, cpu.grid_thw));
 }
