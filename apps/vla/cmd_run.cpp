@@ -25,7 +25,7 @@ struct RunArgs {
   std::string json;
   int vlm_threads = 1;
   int expert_threads = 1;
-  int rt_priority = 0;
+  int rt_priority = 50;  // ros2_control's default; without permission: a warning, normal scheduling
   int loop_cpu = -1;
   bool lock_memory = false;
   std::string device = "cpu";

@@ -236,7 +236,7 @@ struct Summary {
 
 // What apply_realtime() managed to set; `notes` says why a setting fell back.
 struct RealtimeStatus {
-  bool fifo = false, pinned = false, memory_locked = false;
+  bool fifo = false, pinned = false, memory_locked = false, heap_kept = false;
   std::vector<std::string> notes;
   nlohmann::json to_json() const;
 };
@@ -297,6 +297,9 @@ struct RuntimeConfig {
   int loop_priority = 0;     // SCHED_FIFO priority 1..99 (0: normal scheduling)
   int loop_cpu = -1;         // pin the loop thread to this CPU (-1: no pinning)
   bool lock_memory = false;  // mlockall(MCL_CURRENT | MCL_FUTURE): no page faults in the loop
+  // malloc keeps freed memory (mallopt: mmap threshold 32 MiB, glibc's maximum; no trimming) so the
+  // VLM thread's allocations do not fault in fresh pages beside the loop; process-wide.
+  bool keep_heap = true;
 };
 
 // Applies cfg's real-time settings to the calling thread (and mlockall to the process).
