@@ -235,6 +235,9 @@ ServingRuntime::ServingRuntime(std::shared_ptr<policy::Policy> policy, ServeOpti
   for (int i : impl_->used)
     VLA_CHECK(i >= 0 && i < static_cast<int>(sim::view_names().size()), "serve: policy view ", i,
               " has no camera name");
+  // The heap stays resident as in `vla run` (RuntimeConfig::keep_heap; no scheduling change here).
+  for (const auto& n : runtime::apply_realtime(runtime::RuntimeConfig{}).notes)
+    log_warn("serve: ", n);
   impl_->vlm = std::thread([this] { impl_->vlm_loop(); });
   impl_->expert = std::thread([this] { impl_->expert_loop(); });
 }
