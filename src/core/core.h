@@ -47,6 +47,9 @@ std::string str_cat(const Args&... args) {
     if (!(cond)) throw ::vla::Error(::vla::str_cat(__VA_ARGS__)); \
   } while (0)
 
+// Appends the UTF-8 encoding of one Unicode code point (no validation of surrogates).
+void append_utf8(std::string& out, char32_t cp);
+
 // ---------------------------------------------------------------- logging
 enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3, kOff = 4 };
 void set_log_level(LogLevel level);

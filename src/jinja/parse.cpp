@@ -35,24 +35,6 @@ bool is_space(char c) {
 bool is_name_start(char c) { return std::isalpha(static_cast<unsigned char>(c)) || c == '_'; }
 bool is_name_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
 
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
 class Lexer {
  public:
   Lexer(const std::string& src, const std::string& name) : src_(src), name_(name) {
@@ -272,7 +254,7 @@ class Lexer {
         if (i + n > src_.size()) fail(p, "truncated escape in string");
         const uint32_t v = static_cast<uint32_t>(std::stoul(src_.substr(i, n), nullptr, 16));
         i += n;
-        append_utf8(out, v);
+        append_utf8(out, static_cast<char32_t>(v));
       };
       switch (e) {
         case 'n':
@@ -620,28 +602,20 @@ class Parser {
     }
     return e;
   }
-  ExprPtr parse_or() {
-    ExprPtr e = parse_and();
-    while (is_name("or")) {
-      auto o = node(Expr::Kind::kOr, cur().line);
+  // `a or b or c` / `a and b`: left-associative chains of one keyword.
+  ExprPtr logical_chain(const char* keyword, Expr::Kind kind, ExprPtr (Parser::*next)()) {
+    ExprPtr e = (this->*next)();
+    while (is_name(keyword)) {
+      auto o = node(kind, cur().line);
       ++i_;
       o->a = e;
-      o->b = parse_and();
+      o->b = (this->*next)();
       e = o;
     }
     return e;
   }
-  ExprPtr parse_and() {
-    ExprPtr e = parse_not();
-    while (is_name("and")) {
-      auto o = node(Expr::Kind::kAnd, cur().line);
-      ++i_;
-      o->a = e;
-      o->b = parse_not();
-      e = o;
-    }
-    return e;
-  }
+  ExprPtr parse_or() { return logical_chain("or", Expr::Kind::kOr, &Parser::parse_and); }
+  ExprPtr parse_and() { return logical_chain("and", Expr::Kind::kAnd, &Parser::parse_not); }
   ExprPtr parse_not() {
     if (is_name("not")) {
       auto o = node(Expr::Kind::kUnary, cur().line);

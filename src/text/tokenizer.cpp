@@ -133,22 +133,7 @@ void Tokenizer::Impl::encode_plain(const std::string& text, std::vector<int64_t>
   utf8.reserve(normalized.size());
   for (size_t i = 0; i < cps.size(); ++i) {
     offset[i] = utf8.size();
-    char32_t c = cps[i];
-    if (c < 0x80) {
-      utf8.push_back(static_cast<char>(c));
-    } else if (c < 0x800) {
-      utf8.push_back(static_cast<char>(0xC0 | (c >> 6)));
-      utf8.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    } else if (c < 0x10000) {
-      utf8.push_back(static_cast<char>(0xE0 | (c >> 12)));
-      utf8.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-      utf8.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    } else {
-      utf8.push_back(static_cast<char>(0xF0 | (c >> 18)));
-      utf8.push_back(static_cast<char>(0x80 | ((c >> 12) & 0x3F)));
-      utf8.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-      utf8.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    }
+    append_utf8(utf8, cps[i]);
   }
   offset[cps.size()] = utf8.size();
   for (const auto& [b, e] : unicode::qwen2_split(cps))

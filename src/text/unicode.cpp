@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/core.h"
 #include "text/text.h"
 
 namespace vla {
@@ -162,26 +163,6 @@ std::vector<char32_t> utf8_to_codepoints(const std::string& s) {
   }
   return out;
 }
-
-namespace {
-void append_utf8(std::string& out, char32_t c) {
-  if (c < 0x80) {
-    out.push_back(static_cast<char>(c));
-  } else if (c < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (c >> 6)));
-    out.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-  } else if (c < 0x10000) {
-    out.push_back(static_cast<char>(0xE0 | (c >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-  } else {
-    out.push_back(static_cast<char>(0xF0 | (c >> 18)));
-    out.push_back(static_cast<char>(0x80 | ((c >> 12) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-  }
-}
-}  // namespace
 
 std::string codepoints_to_utf8(const std::vector<char32_t>& cps) {
   std::string out;
