@@ -22,7 +22,7 @@ if [ ! -f "$BUILD/CMakeCache.txt" ]; then
     -DVLA_BUILD_BENCH=OFF -DVLA_WITH_SIM=OFF > "$BUILD.configure.log" 2>&1 ||
     { tail -30 "$BUILD.configure.log"; exit 1; }
 fi
-TESTS="test_core test_weights test_text test_dataset"
+TESTS="test_core test_weights test_jinja test_text test_dataset"
 cmake --build "$BUILD" -j"$JOBS" --target fuzzers $TESTS 2>&1 | grep -E "error|warning:" -A3 || true
 for t in $NAMES; do [ -x "$BUILD/fuzz/${t}_fuzz" ] || { echo "fuzz.sh: ${t}_fuzz was not built"; exit 1; }; done
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

@@ -251,9 +251,19 @@ class Lexer {
       const char e = src_[i + 1];
       i += 2;
       auto hex = [&](int n) {
-        if (i + n > src_.size()) fail(p, "truncated escape in string");
-        const uint32_t v = static_cast<uint32_t>(std::stoul(src_.substr(i, n), nullptr, 16));
-        i += n;
+        if (i + static_cast<size_t>(n) > src_.size()) fail(p, "truncated escape in string");
+        uint32_t v = 0;
+        for (int k = 0; k < n; ++k) {
+          const char h = src_[i + static_cast<size_t>(k)];
+          if (!std::isxdigit(static_cast<unsigned char>(h)))
+            fail(p, str_cat("bad \\", std::string(1, e), " escape in string"));
+          v = v * 16 +
+              static_cast<uint32_t>(std::isdigit(static_cast<unsigned char>(h))
+                                        ? h - '0'
+                                        : std::tolower(static_cast<unsigned char>(h)) - 'a' + 10);
+        }
+        if (v > 0x10FFFF) fail(p, "escape beyond U+10FFFF in string");
+        i += static_cast<size_t>(n);
         append_utf8(out, static_cast<char32_t>(v));
       };
       switch (e) {
@@ -729,7 +739,11 @@ class Parser {
       case Token::Kind::kFloat: {
         ++i_;
         auto e = node(Expr::Kind::kLiteral, line);
-        e->value = Value::real(std::stod(tk.text));
+        try {
+          e->value = Value::real(std::stod(tk.text));
+        } catch (const std::exception&) {
+          fail(str_cat("float literal out of range: ", tk.text));
+        }
         return e;
       }
       case Token::Kind::kOp:
@@ -812,7 +826,12 @@ class Parser {
           auto it = node(Expr::Kind::kItem, line);
           it->a = e;
           it->b = node(Expr::Kind::kLiteral, line);
-          it->b->value = Value::integer(std::stoll(t_[i_++].text));
+          try {
+            it->b->value = Value::integer(std::stoll(cur().text));
+          } catch (const std::exception&) {
+            fail(str_cat("index out of range: ", cur().text));
+          }
+          ++i_;
           e = it;
           continue;
         }

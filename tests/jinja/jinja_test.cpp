@@ -116,6 +116,13 @@ TEST(Jinja, HostileTemplatesFailCleanly) {
   EXPECT_EQ(render("{{ 2 ** 62 }} {{ 2 ** 64 }} {{ 9223372036854775807 + 1 }}"),
             "4611686018427387904 1.8446744073709552e+19 9.223372036854776e+18");
   EXPECT_THROW(render("{% for %}"), vla::Error);
+  // Found by the fuzzer: a bad \u escape threw std::invalid_argument out of the lexer.
+  EXPECT_NE(error_of("{{ '\\user' }}").find("bad \\u escape"), std::string::npos);
+  EXPECT_EQ(render("{{ '\\u00e9\\x41' }}"),
+            "\xc3\xa9"
+            "A");
+  EXPECT_THROW(render("{{ 1e999999 }}"), vla::Error);
+  EXPECT_THROW(render("{{ x.99999999999999999999999 }}"), vla::Error);
   EXPECT_THROW(render("{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}"),
                vla::Error);
   EXPECT_THROW(render("{{ " + std::string(100000, '-') + "1 }}"), vla::Error);
