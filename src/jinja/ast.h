@@ -10,6 +10,11 @@
 
 namespace vla::jinja::detail {
 
+// Python's str.isspace() over ASCII: the whitespace of Jinja's lexer, strip() and split().
+inline bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
 struct Value;
 using List = std::vector<Value>;
 using Dict = std::vector<std::pair<std::string, Value>>;  // insertion order, as Python dicts

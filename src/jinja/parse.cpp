@@ -29,8 +29,14 @@ struct Token {
   int line = 0;
 };
 
-bool is_space(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+// Whitespace control: `-` removes all whitespace on its side.
+void strip_leading_space(std::string& s) {
+  size_t k = 0;
+  while (k < s.size() && is_space(s[k])) ++k;
+  s.erase(0, k);
+}
+void strip_trailing_space(std::string& s) {
+  while (!s.empty() && is_space(s.back())) s.pop_back();
 }
 bool is_name_start(char c) { return std::isalpha(static_cast<unsigned char>(c)) || c == '_'; }
 bool is_name_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
@@ -53,7 +59,7 @@ class Lexer {
         const char kind = src_[t + 1];
         const char mark = t + 2 < src_.size() ? src_[t + 2] : '\0';
         if (mark == '-') {
-          while (!text.empty() && is_space(text.back())) text.pop_back();
+          strip_trailing_space(text);
         } else if ((kind == '%' || kind == '#') && mark != '+') {
           // lstrip_blocks: spaces and tabs from the start of the line to the tag.
           size_t k = t;
@@ -62,9 +68,7 @@ class Lexer {
         }
       }
       if (strip_next) {
-        size_t k = 0;
-        while (k < text.size() && is_space(text[k])) ++k;
-        text.erase(0, k);
+        strip_leading_space(text);
       } else if (trim_next && !text.empty()) {
         if (text[0] == '\n')
           text.erase(0, 1);
@@ -146,12 +150,9 @@ class Lexer {
       if (src_.compare(r, 2, "%}") != 0) fail(s, "expected %} after endraw");
       std::string text = src_.substr(body, s - body);
       if (strip_open) {
-        size_t k = 0;
-        while (k < text.size() && is_space(text[k])) ++k;
-        text.erase(0, k);
+        strip_leading_space(text);
       }
-      if (strip_before)
-        while (!text.empty() && is_space(text.back())) text.pop_back();
+      if (strip_before) strip_trailing_space(text);
       if (!text.empty()) push(Token::Kind::kText, text, body);
       pos = r + 2;
       strip_next = strip_after;

@@ -37,9 +37,6 @@ std::vector<std::string> code_points(const std::string& s) {
   }
   return out;
 }
-bool is_py_space(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
-}
 
 // ---------------------------------------------------------------- Python str() / repr()
 std::string float_repr(double x) {
@@ -441,7 +438,7 @@ Value kwarg(const Kwargs& kw, const std::string& name, const std::vector<Value>&
 // ---------------------------------------------------------------- string methods
 std::string strip_chars(const std::string& s, const Value& chars, bool left, bool right) {
   auto drop = [&](char c) {
-    return chars.kind == Kind::kString ? chars.s.find(c) != std::string::npos : is_py_space(c);
+    return chars.kind == Kind::kString ? chars.s.find(c) != std::string::npos : is_space(c);
   };
   size_t b = 0, e = s.size();
   if (left)
@@ -504,16 +501,16 @@ List split(const std::string& s, const Value& sep, int64_t maxsplit) {
     size_t i = 0;
     int64_t n = 0;
     while (true) {
-      while (i < s.size() && is_py_space(s[i])) ++i;
+      while (i < s.size() && is_space(s[i])) ++i;
       if (i >= s.size()) break;
       if (maxsplit >= 0 && n >= maxsplit) {
         std::string rest = s.substr(i);
-        while (!rest.empty() && is_py_space(rest.back())) rest.pop_back();
+        while (!rest.empty() && is_space(rest.back())) rest.pop_back();
         out.push_back(Value::string(rest));
         break;
       }
       size_t j = i;
-      while (j < s.size() && !is_py_space(s[j])) ++j;
+      while (j < s.size() && !is_space(s[j])) ++j;
       out.push_back(Value::string(s.substr(i, j - i)));
       ++n;
       i = j;
@@ -632,8 +629,8 @@ Value string_method(const std::string& s, const std::string& name) {
     return m([s, name](std::vector<Value>&, Kwargs&) {
       bool ok = !s.empty();
       for (char c : s)
-        ok = ok && (name == "isdigit" ? std::isdigit(static_cast<unsigned char>(c)) != 0
-                                      : is_py_space(c));
+        ok = ok &&
+             (name == "isdigit" ? std::isdigit(static_cast<unsigned char>(c)) != 0 : is_space(c));
       return Value::boolean(ok);
     });
   return Value::undefined(name);
@@ -982,6 +979,7 @@ class Renderer {
     }
   }
 
+  // `for a, b in ...` / `set a, b = ...`: the targets of node n take v (unpacked when several).
   void assign_targets(const Node& n, Scope& scope, const Value& v) {
     if (n.targets.size() == 1) {
       scope.set(n.targets[0], v);
@@ -1028,10 +1026,7 @@ class Renderer {
       List kept;
       for (const auto& it : items) {
         Scope s{{}, &scope};
-        Node tmp;
-        tmp.targets = n.targets;
-        tmp.line = n.line;
-        assign_targets(tmp, s, it);
+        assign_targets(n, s, it);
         if (truthy(eval(*n.filter, s))) kept.push_back(it);
       }
       items = std::move(kept);

@@ -292,9 +292,9 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
 // ---------------------------------------------------------------- wall time
 namespace {
 
-// mlockall is process-wide and slow (it faults in everything mapped): done before the loop's
-// clock starts, so it cannot make the first ticks late.
-void lock_memory(const RuntimeConfig& cfg, RealtimeStatus& st) {
+// Heap tuning and mlockall (process-wide; mlockall is slow, it faults in everything mapped): done
+// before the loop's clock starts, so it cannot make the first ticks late.
+void prepare_memory(const RuntimeConfig& cfg, RealtimeStatus& st) {
   if (cfg.keep_heap) {
     // glibc returns large freed blocks to the kernel (munmap, heap trimming); the VLM thread's
     // next call then page-faults fresh zeroed pages in the kernel, which this VM's
@@ -348,7 +348,7 @@ void apply_thread_realtime(const RuntimeConfig& cfg, RealtimeStatus& st) {
 RealtimeStatus apply_realtime(const RuntimeConfig& cfg) {
   check_loop_priority(cfg);
   RealtimeStatus st;
-  lock_memory(cfg, st);
+  prepare_memory(cfg, st);
   apply_thread_realtime(cfg, st);
   for (const auto& n : st.notes) log_warn("runtime: ", n);
   return st;
@@ -420,7 +420,7 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
   auto sh = std::make_shared<Shared>();
   EpisodeResult ep;
   ep.period = 1.0 / cfg.action_hz;
-  lock_memory(cfg, ep.realtime);
+  prepare_memory(cfg, ep.realtime);
   {
     std::lock_guard<std::mutex> lock(sh->plant_mu);
     sh->proprio = plant.proprio();
