@@ -35,14 +35,14 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-std::vector<int64_t> peer_prompt(const ModelDims& d, int views, bool batch) {
+std::vector<int64_t> peer_prompt(const Qwen25VLConfig& d, int views, bool batch) {
   // Same token layout as bench/peer_qwen25vl.py: chat header, images, 12 text tokens, footer.
   std::vector<int64_t> ids = {151644, 872, 198};
   const int n = batch ? 1 : views;
   for (int i = 0; i < n; ++i) {
-    ids.push_back(d.text.vision_start_id);
-    ids.push_back(d.text.image_token_id);
-    ids.push_back(d.text.vision_end_id);
+    ids.push_back(d.vision_start_token_id);
+    ids.push_back(d.image_token_id);
+    ids.push_back(d.vision_end_token_id);
   }
   for (int i = 0; i < 12; ++i) ids.push_back(10);
   for (int64_t t : {151645, 198, 151644, 77091, 198}) ids.push_back(t);
@@ -108,7 +108,7 @@ Timing time_plan(Engine& e, const PlanSpec& spec, int iters, nlohmann::json& rec
 }
 
 // Per-op device times of the 5-view plan (eager, CUDA events, mean of 5 passes).
-nlohmann::json profile_plan(Engine& engine, const ModelDims& dims, int height, int width,
+nlohmann::json profile_plan(Engine& engine, const Qwen25VLConfig& dims, int height, int width,
                             const std::string& title) {
   nlohmann::json prec;
   PlanSpec spec;
@@ -203,12 +203,15 @@ nlohmann::json gemm_rates(bool fp8) {
 int main(int argc, char** argv) {
   CLI::App app{"bench_gpu: Qwen2.5-VL GPU fast-path timings"};
   std::string model, json_out, peer;
+  std::string config_dir = "assets/configs/qwen2.5-vl-3b-instruct";
   int height = 360, width = 640, iters = 30, decode_tokens = 64;
   double peak_tflops = 798.0;
   bool eager = true;
   bool profile = true;
   bool fp8 = true;
-  app.add_option("--model", model, "checkpoint folder (default: random 3B-architecture weights)");
+  app.add_option("--model", model, "checkpoint folder (default: random weights of --config)");
+  app.add_option("--config", config_dir,
+                 "architecture for random weights: a folder with config.json (+ processor config)");
   app.add_option("--height", height, "frame height (default 360)");
   app.add_option("--width", width, "frame width (default 640)");
   app.add_option("--iters", iters, "timed runs per case, median reported (default 30)");
@@ -231,29 +234,19 @@ int main(int argc, char** argv) {
     VLA_CHECK(cuda_available(), "bench_gpu needs a CUDA device");
     EngineOptions opts = EngineOptions::best_available();
     fp8 = fp8 && fp8_available(opts.device);
-    ModelDims dims = ModelDims::qwen25vl_3b();
-    std::shared_ptr<WeightStore> ws;
-    if (!model.empty()) {
-      dims = ModelDims::from_checkpoint_dir(model);
-      ws = std::make_shared<WeightStore>(WeightStore::open(model));
-    }
+    const std::string arch_dir = model.empty() ? config_dir : model;
+    const Qwen25VLConfig dims = Qwen25VLConfig::load(arch_dir);
+    const ImagePreprocessConfig image_config = ImagePreprocessConfig::from_folder(arch_dir);
     auto make_engine = [&](const EngineOptions& o) {
-      std::unique_ptr<Engine> e;
-      if (ws) {
-        e = std::make_unique<Engine>(
-            dims, [ws](const std::string& n) { return ws->has(n) ? ws->get(n) : at::Tensor(); }, o);
-        e->preprocess_config() = PreprocessConfig::from_checkpoint_dir(model);
-      } else {
-        e = Engine::random(dims, o, 0);
-      }
-      return e;
+      return model.empty() ? Engine::random(dims, image_config, o, 0)
+                           : Engine::from_pretrained(model, o);
     };
     Stopwatch load;
     std::unique_ptr<Engine> engine = make_engine(opts);
     nlohmann::json out;
     out["device"] = device_name(opts.device);
     out["torch"] = torch_build_info();
-    out["model"] = model.empty() ? "random Qwen2.5-VL-3B architecture (bf16)" : model;
+    out["model"] = model.empty() ? "random weights (bf16), architecture " + config_dir : model;
     out["attention"] = engine->attention_backend();
     out["load_s"] = load.elapsed_s();
     out["frame"] = std::to_string(width) + "x" + std::to_string(height);
@@ -373,7 +366,7 @@ int main(int argc, char** argv) {
         const int64_t n = grid[0][1].item<int64_t>() * grid[0][2].item<int64_t>() / 4;
         std::vector<int64_t> ids;
         for (int64_t id : peer_prompt(dims, 1, false)) {
-          if (id == dims.text.image_token_id)
+          if (id == dims.image_token_id)
             ids.insert(ids.end(), n, id);
           else
             ids.push_back(id);

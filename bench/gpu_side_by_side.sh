@@ -7,14 +7,13 @@
 # (EngineOptions::fp8), transformers, ratios, FLOP floor) plus the FP8 error against bf16.
 #
 # Usage (repo root, on the GPU machine): bench/gpu_side_by_side.sh [--model DIR] [--skip-peer]
-#   Header-only deps missing there (nlohmann-json, CLI11, stb, GoogleTest, Google Benchmark) are
-#   taken from Debian .debs in .deps/debs (fetch them elsewhere: see docs/gpu.md).
-#   Env: OUT (results folder, default ./out-gpu), BUILD (default build-gpu-dev), JOBS,
+#   Builds the whole tree with scripts/gpu_build.sh (Debian .debs carried in .deps/debs: see
+#   docs/gpu.md). Env: OUT (results folder, default ./out-gpu), BUILD (default build-gpu), JOBS,
 #   PEER_JSON (with --skip-peer: an earlier peer_qwen25vl.json to compare against).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out-gpu}
-BUILD=${BUILD:-build-gpu-dev}
+BUILD=${BUILD:-build-gpu}
 JOBS=${JOBS:-$(nproc)}
 MODEL=""
 PEER=1
@@ -28,35 +27,11 @@ done
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
-# 1. dependencies: unpack the carried .debs into .deps/root (idempotent)
-DEPS=$PWD/.deps/root
-if [ -d .deps/debs ] && [ ! -f "$DEPS/.done" ]; then
-  mkdir -p "$DEPS"
-  for f in .deps/debs/*.deb; do dpkg -x "$f" "$DEPS"; done
-  touch "$DEPS/.done"
-fi
-TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
-
-# 2. configure + build (kept between calls while the machine is warm). Only the folders the fast
-#    path needs are staged, so work in progress elsewhere in the tree cannot break this build.
+# 1-2. the whole tree (simulator included), as every GPU run builds it
+BUILD="$BUILD" JOBS="$JOBS" scripts/gpu_build.sh > "$OUT/build.log" 2>&1 ||
+  { tail -60 "$OUT/build.log"; exit 1; }
+export LD_LIBRARY_PATH=$PWD/.deps/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 ROOT=$PWD
-SRC=${SRC:-/tmp/vla-gpu-src}
-rm -rf "$SRC" && mkdir -p "$SRC/src" "$SRC/tests" "$SRC/bench"
-cp -r CMakeLists.txt cmake apps "$SRC/"
-cp src/CMakeLists.txt "$SRC/src/" && cp -r src/core src/weights src/gpu "$SRC/src/"
-cp tests/CMakeLists.txt "$SRC/tests/" && cp -r tests/gpu "$SRC/tests/"
-cp bench/CMakeLists.txt bench/gpu.cmake bench/gpu_bench.cpp "$SRC/bench/"
-set -e
-cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DVLA_WITH_SIM=OFF -DVLA_BUILD_TESTS=ON \
-  -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$DEPS/usr;$DEPS/usr/lib/x86_64-linux-gnu/cmake" \
-  -DVLA_DEPS_ROOT="$DEPS" -Dnlohmann_json_DIR="$DEPS/usr/share/cmake/nlohmann_json" \
-  -DGTest_DIR="$DEPS/usr/lib/x86_64-linux-gnu/cmake/GTest" \
-  -Dbenchmark_DIR="$DEPS/usr/lib/x86_64-linux-gnu/cmake/benchmark" \
-  -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" \
-  -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure.log" 2>&1 || { tail -40 "$OUT/configure.log"; exit 1; }
-cmake --build "$BUILD" --target test_gpu bench_gpu -j"$JOBS" > "$OUT/build.log" 2>&1 ||
-  { grep -E "error|Error" -A3 "$OUT/build.log" | head -60; exit 1; }
-set +e
 
 # 3. parity on the fixtures (GPU vs fp32 references)
 VLA_SOURCE_DIR="$ROOT" "$BUILD"/tests/gpu/test_gpu --gtest_brief=1 > "$OUT/test_gpu.log" 2>&1

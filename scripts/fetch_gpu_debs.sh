@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Downloads (on Debian 12) the Debian packages scripts/gpu_build.sh unpacks on a GPU machine that
 # has no package registry: header-only deps, GoogleTest / Benchmark, MuJoCo and OSMesa (llvmpipe)
-# with their libraries. About 48 MB. Usage: scripts/fetch_gpu_debs.sh  (writes .deps/debs)
+# with their libraries (about 48 MB, .deps/debs), and the server's Boost / msgpack-cxx headers
+# (about 10 MB, .deps/debs_serve: a device call carries at most 64 MB, so the two folders can
+# travel in separate calls; gpu_build.sh unpacks whatever has arrived).
+# Usage: scripts/fetch_gpu_debs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .deps/debs
@@ -11,4 +14,7 @@ apt-get download nlohmann-json3-dev libcli11-dev libpng-dev libpng16-16 \
   libbenchmark-dev libbenchmark1debian libmujoco-dev libmujoco2.2.2 libccd2 liblodepng0 \
   libqhull-r8.0 libqhull-dev libqhull8.0 libqhullcpp8.0 libtinyxml2-9 libosmesa6 libosmesa6-dev \
   libglapi-mesa libllvm15 libz3-4 libedit2 libgl-dev mesa-common-dev libxml2 libicu72 libbsd0 libmd0
+ls -s --block-size=K | tail -n +1
+mkdir -p ../debs_serve && cd ../debs_serve
+apt-get download libboost-dev libboost1.74-dev libmsgpack-cxx-dev
 ls -s --block-size=K | tail -n +1

@@ -12,10 +12,17 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build-gpu}
 JOBS=${JOBS:-$(nproc)}
 DEPS=$PWD/.deps/root
-[ -d .deps/debs ] || { echo "no .deps/debs: run scripts/fetch_gpu_debs.sh on a Debian 12 machine"; exit 2; }
+[ -d .deps/debs ] || [ -f "$DEPS/.done" ] ||
+  { echo "no .deps/debs: run scripts/fetch_gpu_debs.sh on a Debian 12 machine"; exit 2; }
+# Unpack every carried .deb once (a marker per package): .deps/debs_serve may arrive in a later
+# call than .deps/debs (each call carries at most 64 MB).
+mkdir -p "$DEPS/.unpacked"
+for f in .deps/debs/*.deb .deps/debs_serve/*.deb; do
+  [ -f "$f" ] || continue
+  m="$DEPS/.unpacked/$(basename "$f")"
+  [ -f "$m" ] || { dpkg -x "$f" "$DEPS" && touch "$m"; }
+done
 if [ ! -f "$DEPS/.done" ]; then
-  mkdir -p "$DEPS"
-  for f in .deps/debs/*.deb; do dpkg -x "$f" "$DEPS"; done
   # MuJoCo's CMake config names the system qhull include folder; point it into the tree.
   sed -i "s#/usr/include/libqhull_r/#$DEPS/usr/include/libqhull_r/#" \
     "$DEPS/usr/lib/x86_64-linux-gnu/cmake/mujoco/mujocoTargets.cmake"
@@ -37,7 +44,7 @@ cmake -S . -B "$BUILD" $GEN -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" \
   -DCMAKE_CUDA_ARCHITECTURES=90 > "$BUILD.configure.log" 2>&1 ||
   { tail -40 "$BUILD.configure.log"; exit 1; }
-grep -E -A2 "vla: |simulator disabled|OpenGL|mujoco" "$BUILD.configure.log" || true
+grep -E -A2 "vla: |simulator disabled|OpenGL|mujoco|serve" "$BUILD.configure.log" || true
 cmake --build "$BUILD" -j"$JOBS" > "$BUILD.build.log" 2>&1 ||
   { grep -E "error|Error" -A4 "$BUILD.build.log" | head -80; exit 1; }
 echo "built $BUILD; run with: export LD_LIBRARY_PATH=$LD_LIBRARY_PATH"

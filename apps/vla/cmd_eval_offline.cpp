@@ -44,8 +44,10 @@ void add_offline(CLI::App& app) {
       ->check(CLI::Range(0, 100000000))
       ->capture_default_str();
   c->add_option("--json", *json, "write the metrics as JSON");
+  auto vo = std::make_shared<vla::policy::VlmOptions>();
+  vla::cli::add_vlm_options(c, vo.get());
   c->callback([=] {
-    auto p = vla::policy::Policy::load(*pol);
+    auto p = vla::policy::Policy::load(*pol, *vo);
     auto d = vla::dataset::Dataset::open(*ds);
     auto eps = pick_episodes(d, *holdout, *max_eps);
     vla::eval::ActionErrors err(3);
@@ -105,6 +107,8 @@ void add_caption_eval(CLI::App& app) {
       ->check(CLI::Range(0, 100000))
       ->capture_default_str();
   c->add_option("--json", *json, "write the metrics as JSON");
+  auto vo = std::make_shared<vla::policy::VlmOptions>();
+  vla::cli::add_vlm_options(c, vo.get());
   c->callback([=] {
     vla::policy::PolicyConfig pc;
     std::string dir = *vlm;
@@ -113,7 +117,7 @@ void add_caption_eval(CLI::App& app) {
       dir += "/vlm";
     }
     if (!views->empty()) pc.use_views = vla::cli::parse_views(*views);
-    auto enc = vla::policy::load_vlm(dir, pc);
+    auto enc = vla::policy::load_vlm(dir, pc, *vo);
     auto d = vla::dataset::Dataset::open(*ds);
     auto eps = pick_episodes(d, *holdout, *max_eps);
     nlohmann::json out;
@@ -165,8 +169,10 @@ void add_language_eval(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--seed", *seed, "first seed")->capture_default_str();
   c->add_option("--json", *json, "write the metrics as JSON");
+  auto vo = std::make_shared<vla::policy::VlmOptions>();
+  vla::cli::add_vlm_options(c, vo.get());
   c->callback([=] {
-    auto p = vla::policy::Policy::load(*pol);
+    auto p = vla::policy::Policy::load(*pol, *vo);
     vla::sim::EnvConfig ec;
     ec.num_views = p->num_views();
     ec.width = p->image_width();

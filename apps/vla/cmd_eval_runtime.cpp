@@ -7,9 +7,14 @@
 #include "core/core.h"
 
 #if defined(VLA_HAS_RUNTIME) && defined(VLA_RUNTIME_WITH_SIM)
+#include "loop_options.h"
 #include "runtime/runtime.h"
 
 namespace {
+
+using vla::cli::add_loop_options;
+using vla::cli::LoopArgs;
+using vla::cli::make_options;
 
 // "1.5", "1.5s", "300ms" -> seconds.
 double parse_seconds(const std::string& text) {
@@ -40,66 +45,6 @@ std::vector<std::string> split(const std::string& s) {
   while (std::getline(ss, item, ','))
     if (!item.empty()) out.push_back(item);
   return out;
-}
-
-struct LoopArgs {
-  std::string policy = "default";
-  int episodes = 50;
-  uint64_t seed = 1000;
-  double action_hz = 10;
-  double vlm_hz = 0;
-  std::string blend = "replace";
-  double max_staleness = 5.0;
-  double time_limit = 0;
-  std::string device = "cpu";
-};
-
-void add_loop_options(CLI::App* c, LoopArgs& a) {
-  c->add_option("--policy", a.policy,
-                "Policy: default | no_reuse | a policy folder | expert (the scripted expert)")
-      ->capture_default_str();
-  c->add_option("--episodes", a.episodes, "Episodes (seeds seed..seed+N-1)")
-      ->check(CLI::Range(1, 1000000))
-      ->capture_default_str();
-  c->add_option("--seed", a.seed, "First episode seed (1000+ are unseen by training data)")
-      ->capture_default_str();
-  c->add_option("--action-hz", a.action_hz, "Action loop rate (Hz)")
-      ->check(CLI::Range(0.1, 1000.0))
-      ->capture_default_str();
-  c->add_option(
-       "--vlm-hz", a.vlm_hz,
-       "VLM launch rate (Hz); 0 = as fast as possible, at most one launch per action period")
-      ->check(CLI::Range(0.0, 1000.0))
-      ->capture_default_str();
-  c->add_option("--blend", a.blend, "Chunk blending: replace | ensemble | rtc")
-      ->check(CLI::IsMember({"replace", "ensemble", "rtc"}))
-      ->capture_default_str();
-  c->add_option("--max-staleness", a.max_staleness,
-                "Feature age (s) beyond which the loop commands a safe stop")
-      ->check(CLI::Range(1e-3, 1e6))
-      ->capture_default_str();
-  c->add_option("--time-limit", a.time_limit, "Episode time limit (s); 0 = simulator default")
-      ->check(CLI::Range(0.0, 1e6))
-      ->capture_default_str();
-  c->add_option(
-       "--device", a.device,
-       "where the policy's VLM runs: cpu | cuda | cuda:N (the action loop stays on the CPU)")
-      ->capture_default_str();
-}
-
-vla::runtime::ClosedLoopOptions make_options(const LoopArgs& a, double latency) {
-  vla::runtime::ClosedLoopOptions o;
-  o.policy = a.policy;
-  o.vlm_device = a.device;
-  o.episodes = a.episodes;
-  o.seed = a.seed;
-  o.time_limit_s = a.time_limit;
-  o.rt.action_hz = a.action_hz;
-  o.rt.vlm_hz = a.vlm_hz;
-  o.rt.blend = vla::runtime::parse_blend(a.blend);
-  o.rt.max_staleness_s = a.max_staleness;
-  o.rt.vlm_latency_s = latency;
-  return o;
 }
 
 void add_eval_runtime(CLI::App& app) {

@@ -6,21 +6,15 @@
 #include "core/core.h"
 
 #if defined(VLA_HAS_RUNTIME) && defined(VLA_RUNTIME_WITH_SIM)
+#include "loop_options.h"
 #include "runtime/runtime.h"
 
 namespace {
 
-struct RunArgs {
-  std::string policy = "default";
-  int episodes = 1;
-  uint64_t seed = 1000;
-  double action_hz = 10;
-  double vlm_hz = 0;
-  std::string blend = "replace";
-  double max_staleness = 3.0;
+struct RunArgs : vla::cli::LoopArgs {
+  RunArgs() { episodes = 1; }
   double vlm_latency = 0.3;
   bool sim_time = false;
-  double time_limit = 0;
   std::string out = "out/run";
   std::string json;
   int vlm_threads = 1;
@@ -28,7 +22,8 @@ struct RunArgs {
   int rt_priority = 50;  // ros2_control's default; without permission: a warning, normal scheduling
   int loop_cpu = -1;
   bool lock_memory = false;
-  std::string device = "cpu";
+  std::string vlm_config;
+  int views = 0, width = 0, height = 0, replay_frames = 0;
 };
 
 void add_run(CLI::App& app) {
@@ -38,46 +33,17 @@ void add_run(CLI::App& app) {
       "Run a policy closed-loop in the needle simulator with the async runtime: VLM in its own "
       "thread, 650 Hz physics thread, fixed-rate action loop (wall time). Prints success and the "
       "runtime metrics; writes a contact sheet, timeline and feature-age plots to --out.");
-  c->add_option(
-       "--policy", a->policy,
-       "default | no_reuse | a policy folder | expert (scripted; reads the sim under its lock)")
-      ->capture_default_str();
-  c->add_option("--episodes", a->episodes, "Episodes (seeds seed..seed+N-1)")
-      ->check(CLI::Range(1, 1000000))
-      ->capture_default_str();
-  c->add_option("--seed", a->seed, "First episode seed")->capture_default_str();
-  c->add_option("--action-hz", a->action_hz, "Action loop rate (Hz)")
-      ->check(CLI::Range(0.1, 1000.0))
-      ->capture_default_str();
-  c->add_option(
-       "--vlm-hz", a->vlm_hz,
-       "VLM launch rate (Hz); 0 = as fast as possible, at most one launch per action period")
-      ->check(CLI::Range(0.0, 1000.0))
-      ->capture_default_str();
-  c->add_option("--blend", a->blend, "Chunk blending: replace | ensemble | rtc")
-      ->check(CLI::IsMember({"replace", "ensemble", "rtc"}))
-      ->capture_default_str();
-  c->add_option("--max-staleness", a->max_staleness,
-                "Feature age (s) beyond which the loop commands a safe stop")
-      ->check(CLI::Range(1e-3, 1e6))
-      ->capture_default_str();
+  vla::cli::add_loop_options(c, *a);
   c->add_flag("--sim-time", a->sim_time,
               "Reproducible sim-time mode instead of wall time (VLM latency = --vlm-latency)");
   c->add_option("--vlm-latency", a->vlm_latency, "Modelled VLM latency (s), --sim-time only")
       ->check(CLI::Range(0.0, 1e3))
-      ->capture_default_str();
-  c->add_option("--time-limit", a->time_limit, "Episode time limit (s); 0 = simulator default")
-      ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
   c->add_option("--vlm-threads", a->vlm_threads, "Torch threads of the VLM thread")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   c->add_option("--expert-threads", a->expert_threads, "Torch threads of the action loop")
       ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
-  c->add_option(
-       "--device", a->device,
-       "where the policy's VLM runs: cpu | cuda | cuda:N (the action loop stays on the CPU)")
       ->capture_default_str();
   c->add_option("--rt-priority", a->rt_priority,
                 "SCHED_FIFO priority 1..99 for the action loop (0 = normal scheduling; needs\n"
@@ -89,27 +55,43 @@ void add_run(CLI::App& app) {
       ->capture_default_str();
   c->add_flag("--lock-memory", a->lock_memory,
               "mlockall() during the run so the loop never page-faults (needs `ulimit -l`)");
+  c->add_option("--vlm-config", a->vlm_config,
+                "Run this VLM instead of the policy's: a checkpoint or an architecture folder\n"
+                "(assets/configs/qwen2.5-vl-3b-instruct = the 3B architecture, random weights).\n"
+                "The action expert is then UNTRAINED (timing the runtime, not success)")
+      ->check(CLI::ExistingDirectory);
+  c->add_option("--views", a->views, "Camera views given to the VLM (0 = the policy's)")
+      ->check(CLI::Range(0, 5))
+      ->capture_default_str();
+  c->add_option("--width", a->width, "Camera width in pixels (0 = the policy's)")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str();
+  c->add_option("--height", a->height, "Camera height in pixels (0 = the policy's)")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str();
+  c->add_option("--replay-frames", a->replay_frames,
+                "0 = the simulator renders every VLM frame (OSMesa, CPU); N = render N frame sets\n"
+                "per episode up front and replay them, so the run measures the VLM, not the camera")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str();
   c->add_option("--out", a->out, "Folder for contact sheet, frames, plots and metrics.json")
       ->capture_default_str();
   c->add_option("--json", a->json, "Also write the metrics JSON here");
   c->callback([a] {
-    vla::runtime::ClosedLoopOptions o;
-    o.policy = a->policy;
-    o.episodes = a->episodes;
-    o.seed = a->seed;
+    vla::runtime::ClosedLoopOptions o =
+        vla::cli::make_options(*a, a->sim_time ? a->vlm_latency : 0.0);
     o.wall_time = !a->sim_time;
-    o.time_limit_s = a->time_limit;
+    o.vlm_override = a->vlm_config;
+    o.vlm_work_dir = a->out + "/vlm";
+    o.num_views = a->views;
+    o.image_width = a->width;
+    o.image_height = a->height;
+    o.replay_frames = a->replay_frames;
     o.record_frames_episodes = 1;
     o.progress = a->episodes > 1;
-    o.rt.action_hz = a->action_hz;
-    o.rt.vlm_hz = a->vlm_hz;
-    o.rt.blend = vla::runtime::parse_blend(a->blend);
-    o.rt.max_staleness_s = a->max_staleness;
-    o.rt.vlm_latency_s = a->sim_time ? a->vlm_latency : 0.0;
     o.rt.vlm_threads = a->vlm_threads;
     o.rt.expert_threads = a->expert_threads;
     o.rt.max_frames = 32;
-    o.vlm_device = a->device;
     o.rt.loop_priority = a->rt_priority;
     o.rt.loop_cpu = a->loop_cpu;
     o.rt.lock_memory = a->lock_memory;
@@ -128,6 +110,16 @@ void add_run(CLI::App& app) {
                   ep.safe_stop_reason.c_str());
       for (const auto& e : ep.errors) std::printf("  error: %s\n", e.c_str());
     }
+    const std::string frames_from =
+        a->replay_frames > 0
+            ? vla::str_cat(a->replay_frames,
+                           " simulator frame set(s) rendered per episode, replayed")
+            : "rendered live by the simulator (OSMesa)";
+    std::printf("VLM: %s on %s (%s backend%s)%s; frames: %s\n",
+                a->vlm_config.empty() ? "the policy's" : a->vlm_config.c_str(),
+                a->vlm.device.c_str(), a->vlm.backend.c_str(), a->vlm.fp8 ? ", fp8" : "",
+                a->vlm_config.empty() ? "" : "; action expert UNTRAINED (timing only)",
+                frames_from.c_str());
     vla::runtime::print_summary(
         s, vla::str_cat("vla run: policy ", a->policy, ", ", a->sim_time ? "sim" : "wall",
                         " time, action loop ", a->action_hz, " Hz, blend ", a->blend,
@@ -138,6 +130,12 @@ void add_run(CLI::App& app) {
     j["action_hz_target"] = a->action_hz;
     j["blend"] = a->blend;
     j["seed"] = a->seed;
+    j["vlm"] = {{"override", a->vlm_config},
+                {"device", a->vlm.device},
+                {"backend", a->vlm.backend},
+                {"fp8", a->vlm.fp8},
+                {"expert_trained", a->vlm_config.empty()}};
+    j["frames"] = frames_from;
     j["interrupted"] = vla::cli::StopSignals::flag().load();
     if (!a->sim_time) j["realtime"] = eps.front().realtime.to_json();
     vla::make_dirs(a->out);

@@ -15,7 +15,7 @@ void add_serve(CLI::App& app) {
   auto policy = std::make_shared<std::string>("default");
   auto max_mb = std::make_shared<double>(64);
   auto max_action_mm = std::make_shared<double>(2.0);
-  auto device = std::make_shared<std::string>("cpu");
+  auto vlm = std::make_shared<vla::policy::VlmOptions>();
   auto* c = app.add_subcommand(
       "serve",
       "Serve a policy to a robot over websocket + msgpack (openpi's client protocol): metadata\n"
@@ -52,9 +52,7 @@ void add_serve(CLI::App& app) {
   c->add_option("--max-action-mm", *max_action_mm, "clip each action component to +- this (mm)")
       ->check(CLI::Range(1e-3, 100.0))
       ->capture_default_str();
-  c->add_option("--device", *device,
-                "where the policy's VLM runs: cpu | cuda | cuda:N (the expert stays on the CPU)")
-      ->capture_default_str();
+  vla::cli::add_vlm_options(c, vlm.get());
   c->add_option("--deadline-ms", o->deadline_ms,
                 "answer a request whose expert call is not done this many ms after it arrived\n"
                 "with the rest of the last good chunk (status fallback; 0 = wait)")
@@ -63,13 +61,11 @@ void add_serve(CLI::App& app) {
   c->add_option("--vlm-threads", o->vlm_threads, "torch threads of the VLM thread")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  c->callback([o, policy, max_mb, max_action_mm, device] {
+  c->callback([o, policy, max_mb, max_action_mm, vlm] {
     vla::serve::ServeOptions opt = *o;
     opt.max_action_m = *max_action_mm * 1e-3;
     opt.max_message_bytes = static_cast<size_t>(*max_mb * 1024 * 1024);
-    const auto dev = vla::parse_device(*device);
-    auto p = vla::policy::Policy::load(*policy);
-    if (p->vlm()) p->vlm()->to(dev);
+    auto p = vla::policy::Policy::load(*policy, *vlm);
     vla::serve::PolicyServer server(p, opt);
     const int port = server.bind();
     std::printf("vla serve: policy %s on ws://%s:%d (GET /healthz, /metrics)%s\n", policy->c_str(),

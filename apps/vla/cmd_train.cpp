@@ -214,17 +214,15 @@ void add_cache(CLI::App& app) {
   c->add_option("--pooling", *pooling, "last | mean | tokens")->capture_default_str();
   auto order = std::make_shared<std::string>("images_first");
   c->add_option("--prompt-order", *order, "images_first | text_first")->capture_default_str();
-  auto device = std::make_shared<std::string>("cpu");
-  c->add_option("--device", *device, "where the VLM runs: cpu | cuda | cuda:N")
-      ->capture_default_str();
+  auto vo = std::make_shared<vla::policy::VlmOptions>();
+  vla::cli::add_vlm_options(c, vo.get());
   c->callback([=] {
     vla::policy::PolicyConfig pc;
     pc.use_views = vla::cli::parse_views(*views);
     pc.pooling = *pooling;
     pc.prompt_order = *order;
     auto d = vla::dataset::Dataset::open(*ds);
-    auto enc = vla::policy::load_vlm(*vlm, pc);
-    enc->to(vla::parse_device(*device));
+    auto enc = vla::policy::load_vlm(*vlm, pc, *vo);
     vla::Stopwatch sw;
     vla::train::FeatureCache::build(d, *enc, *out, true);
     std::printf("cache: %zu episodes -> %s (VLM %s) in %.1f s\n", d.size(), out->c_str(),
@@ -260,15 +258,14 @@ void add_probe(CLI::App& app) {
       ->check(CLI::Range(0.01, 0.9))
       ->capture_default_str();
   c->add_option("--json", *json, "write the report as JSON");
-  auto device = std::make_shared<std::string>("cpu");
-  c->add_option("--device", *device, "where the VLM runs: cpu | cuda | cuda:N")
-      ->capture_default_str();
+  auto vo = std::make_shared<vla::policy::VlmOptions>();
+  vla::cli::add_vlm_options(c, vo.get());
   c->callback([=] {
     VLA_CHECK(policy->empty() != vlm->empty(), "probe: give exactly one of --policy / --vlm");
     std::shared_ptr<vla::policy::VlmEncoder> enc;
     std::shared_ptr<vla::policy::Policy> pol;
     if (!policy->empty()) {
-      pol = vla::policy::Policy::load(*policy);
+      pol = vla::policy::Policy::load(*policy, *vo);
       enc = pol->vlm();
       VLA_CHECK(enc, "probe: policy ", *policy, " has no VLM");
     } else {
@@ -276,9 +273,8 @@ void add_probe(CLI::App& app) {
       pc.use_views = vla::cli::parse_views(*views);
       pc.pooling = *pooling;
       pc.prompt_order = *order;
-      enc = vla::policy::load_vlm(*vlm, pc);
+      enc = vla::policy::load_vlm(*vlm, pc, *vo);
     }
-    enc->to(vla::parse_device(*device));
     auto d = vla::dataset::Dataset::open(*ds);
     auto r = vla::train::localisation_probe(*enc, d, *max_eps, *holdout);
     vla::Table t({"localisation probe", "value"});

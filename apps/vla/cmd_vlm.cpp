@@ -1,11 +1,58 @@
 // `vla features` and `vla caption`: Qwen2.5-VL on a Hugging Face checkpoint folder.
 #include "command.h"
 #include "core/core.h"
-
-#ifdef VLA_HAS_MODELS
+#include "gpu/gpu.h"
 #include "models/models.h"
 
 namespace {
+
+// The fast executor for a checkpoint folder on --device (bf16 on CUDA, float32 on the CPU).
+std::unique_ptr<vla::gpu::Engine> fast_engine(const std::string& dir,
+                                              const vla::policy::VlmOptions& o) {
+  vla::gpu::EngineOptions eo;
+  eo.device = vla::parse_device(o.device);
+  eo.dtype = eo.device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
+  eo.fp8 = o.fp8;
+  return vla::gpu::Engine::from_pretrained(dir, eo);
+}
+
+std::shared_ptr<vla::PromptCodec> codec_of(const std::string& dir, const vla::Qwen25VLConfig& c) {
+  auto codec = vla::make_prompt_codec(dir, c);
+  VLA_CHECK(codec != nullptr, dir, ": no tokenizer.json / chat template");
+  return codec;
+}
+
+// Qwen25VLImpl::encode on the fast executor: the same prompts and pooling; views as a batch run
+// one sequence per view (they must give equal token counts: the executor does not pad).
+vla::EncodeResult encode_fast(vla::gpu::Engine& engine, const vla::PromptCodec& codec,
+                              const std::vector<vla::Image>& images, const std::string& prompt,
+                              const vla::EncodeOptions& o) {
+  vla::EncodeResult r;
+  vla::Stopwatch sw;
+  std::vector<vla::gpu::ChatInputs> seqs;
+  if (o.views_as_batch && images.size() > 1) {
+    for (const auto& im : images)
+      seqs.push_back(vla::gpu::chat_inputs(engine, codec, {im}, prompt));
+  } else {
+    seqs.push_back(vla::gpu::chat_inputs(engine, codec, images, prompt));
+  }
+  r.preprocess_ms = sw.elapsed_ms();
+  sw.reset();
+  std::vector<torch::Tensor> hidden, ids;
+  for (const auto& in : seqs) {
+    VLA_CHECK(in.input_ids.size() == seqs[0].input_ids.size(),
+              "--views-as-batch with --vlm-backend fast needs views of one size (the fast "
+              "executor does not pad); use --vlm-backend reference");
+    hidden.push_back(engine.forward(in.input_ids, in.pixel_values, in.grid_thw));
+    ids.push_back(torch::tensor(in.input_ids, torch::kInt64));
+  }
+  r.input_ids = torch::stack(ids);
+  r.attention_mask = torch::ones_like(r.input_ids);
+  r.features = vla::pool_hidden(torch::stack(hidden), r.attention_mask, o.pooling)
+                   .to(torch::kCPU, torch::kFloat32);
+  r.model_ms = sw.elapsed_ms();
+  return r;
+}
 
 torch::ScalarType parse_dtype(const std::string& s) {
   if (s == "float32" || s == "fp32") return torch::kFloat32;
@@ -21,8 +68,8 @@ std::vector<vla::Image> load_images(const std::vector<std::string>& paths) {
 }
 
 struct FeatureArgs {
-  std::string model, prompt = "Describe the scene.", out, json, pooling = "mean", dtype = "float32",
-                     device = "cpu";
+  std::string model, prompt = "Describe the scene.", out, json, pooling = "mean", dtype = "float32";
+  vla::policy::VlmOptions vlm;
   std::vector<std::string> images;
   bool views_as_batch = false;
 };
@@ -47,22 +94,33 @@ void add_features(CLI::App& app) {
               "views in one prompt (default: one sequence)");
   c->add_option("--pooling", a->pooling,
                 "mean (masked mean over tokens, default) | last (last token) | all (every token)");
-  c->add_option("--dtype", a->dtype, "Weights/activations dtype: float32 (default) | bfloat16");
-  c->add_option("--device", a->device, "where the model runs: cpu | cuda | cuda:N")
-      ->capture_default_str();
+  c->add_option("--dtype", a->dtype,
+                "Reference backend dtype: float32 (default) | bfloat16 (the fast backend runs\n"
+                "bf16 on CUDA and float32 on the CPU)");
+  vla::cli::add_vlm_options(c, &a->vlm);
   c->add_option("--json", a->json, "Also write a JSON summary (shapes, timings)");
   c->callback([a] {
     const auto pooling = vla::parse_pooling(a->pooling);
     vla::Stopwatch load_sw;
-    const auto device = vla::parse_device(a->device);  // before the load: errors come first
-    auto model = vla::Qwen25VLImpl::from_pretrained(a->model, parse_dtype(a->dtype));
-    model->to(device);
-    const double load_ms = load_sw.elapsed_ms();
-    auto images = load_images(a->images);
+    a->vlm.validate();  // before the load: errors come first
+    const auto dtype = parse_dtype(a->dtype);
     vla::EncodeOptions o;
     o.pooling = pooling;
     o.views_as_batch = a->views_as_batch;
-    auto r = model->encode(images, a->prompt, o);
+    vla::EncodeResult r;
+    double load_ms = 0;
+    if (a->vlm.backend == "fast") {
+      auto engine = fast_engine(a->model, a->vlm);
+      auto codec = codec_of(a->model, engine->config());
+      load_ms = load_sw.elapsed_ms();
+      r = encode_fast(*engine, *codec, load_images(a->images), a->prompt, o);
+    } else {
+      auto model = vla::Qwen25VLImpl::from_pretrained(a->model, dtype);
+      model->to(vla::parse_device(a->vlm.device));
+      load_ms = load_sw.elapsed_ms();
+      r = model->encode(load_images(a->images), a->prompt, o);
+    }
+    const size_t views = a->images.size();
     std::map<std::string, torch::Tensor> t = {
         {"features", r.features.to(torch::kCPU, torch::kFloat32).contiguous()},
         {"attention_mask", r.attention_mask.to(torch::kCPU)},
@@ -71,11 +129,11 @@ void add_features(CLI::App& app) {
                           {{"model", a->model},
                            {"prompt", a->prompt},
                            {"pooling", a->pooling},
+                           {"backend", a->vlm.backend},
                            {"layout", a->views_as_batch ? "views_as_batch" : "one_sequence"}});
     vla::Table table(
         {"views", "layout", "tokens", "features", "load ms", "preprocess ms", "model ms"});
-    table.add_row({std::to_string(images.size()),
-                   a->views_as_batch ? "views as batch" : "one sequence",
+    table.add_row({std::to_string(views), a->views_as_batch ? "views as batch" : "one sequence",
                    std::to_string(r.attention_mask.sum().item<int64_t>()),
                    vla::shape_str(r.features.sizes()), vla::fmt_double(load_ms, 1),
                    vla::fmt_double(r.preprocess_ms, 1), vla::fmt_double(r.model_ms, 1)});
@@ -83,7 +141,9 @@ void add_features(CLI::App& app) {
     std::printf("wrote %s\n", a->out.c_str());
     if (!a->json.empty()) {
       nlohmann::json j = {{"out", a->out},
-                          {"views", images.size()},
+                          {"views", views},
+                          {"backend", a->vlm.backend},
+                          {"device", a->vlm.device},
                           {"views_as_batch", a->views_as_batch},
                           {"pooling", a->pooling},
                           {"features_shape", r.features.sizes().vec()},
@@ -97,7 +157,8 @@ void add_features(CLI::App& app) {
 }
 
 struct CaptionArgs {
-  std::string model, prompt = "Describe the image.", json, dtype = "float32", device = "cpu";
+  std::string model, prompt = "Describe the image.", json, dtype = "float32";
+  vla::policy::VlmOptions vlm;
   std::vector<std::string> images;
   int max_new_tokens = 32, top_k = 0;
   double temperature = 0.0, top_p = 1.0;
@@ -121,21 +182,42 @@ void add_caption(CLI::App& app) {
   c->add_option("--top-p", a->top_p, "Nucleus sampling mass in (0, 1] (1 = off)")
       ->check(CLI::Range(1e-9, 1.0));
   c->add_option("--seed", a->seed, "Sampling seed (default 0)");
-  c->add_option("--dtype", a->dtype, "float32 (default) | bfloat16");
-  c->add_option("--device", a->device, "where the model runs: cpu | cuda | cuda:N")
-      ->capture_default_str();
+  c->add_option("--dtype", a->dtype, "Reference backend dtype: float32 (default) | bfloat16");
+  vla::cli::add_vlm_options(c, &a->vlm);
   c->add_option("--json", a->json, "Write text, token ids and timings as JSON");
   c->callback([a] {
-    const auto device = vla::parse_device(a->device);  // before the load: errors come first
-    auto model = vla::Qwen25VLImpl::from_pretrained(a->model, parse_dtype(a->dtype));
-    model->to(device);
+    a->vlm.validate();  // before the load: errors come first
+    const auto dtype = parse_dtype(a->dtype);
     vla::GenerateOptions o;
     o.max_new_tokens = a->max_new_tokens;
     o.temperature = a->temperature;
     o.top_k = a->top_k;
     o.top_p = a->top_p;
     o.seed = a->seed;
-    auto r = model->generate(load_images(a->images), a->prompt, o);
+    vla::GenerateResult r;
+    if (a->vlm.backend == "fast") {
+      VLA_CHECK(a->temperature == 0.0,
+                "--vlm-backend fast decodes greedily; sampling "
+                "(--temperature > 0) needs --vlm-backend reference");
+      auto engine = fast_engine(a->model, a->vlm);
+      auto codec = codec_of(a->model, engine->config());
+      vla::Stopwatch sw;
+      const auto in = vla::gpu::chat_inputs(*engine, *codec, load_images(a->images), a->prompt);
+      const auto& eos = engine->config().eos_token_ids;
+      r.token_ids = engine->generate_greedy(in.input_ids, in.pixel_values, in.grid_thw,
+                                            a->max_new_tokens, eos, &r.decode_ms);
+      r.prefill_ms = sw.elapsed_ms() - r.decode_ms;
+      r.prompt_tokens = static_cast<int64_t>(in.input_ids.size());
+      const bool stopped = !r.token_ids.empty() &&
+                           std::find(eos.begin(), eos.end(), r.token_ids.back()) != eos.end();
+      r.stop_reason = stopped ? "stop_token" : "max_new_tokens";
+      r.text = codec->decode(
+          stopped ? std::vector<int64_t>(r.token_ids.begin(), r.token_ids.end() - 1) : r.token_ids);
+    } else {
+      auto model = vla::Qwen25VLImpl::from_pretrained(a->model, dtype);
+      model->to(vla::parse_device(a->vlm.device));
+      r = model->generate(load_images(a->images), a->prompt, o);
+    }
     std::printf("%s\n", r.text.c_str());
     // Decode rate over the tokens after the first (the first comes from the prefill); none when
     // fewer than two tokens or no measurable decode time.
@@ -161,4 +243,3 @@ void add_caption(CLI::App& app) {
 
 VLA_REGISTER_COMMAND(300, add_features);
 VLA_REGISTER_COMMAND(301, add_caption);
-#endif

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/core.h"
+#include "policy/policy.h"
 
 namespace vla::cli {
 
@@ -53,6 +54,22 @@ inline std::vector<int> parse_views(const std::string& s) {
     }
   }
   return out;
+}
+
+// --device, --vlm-backend and --fp8: where and how a policy's VLM runs (one definition for every
+// command that loads a policy or a VLM; defaults from policy::VlmOptions).
+inline void add_vlm_options(CLI::App* c, vla::policy::VlmOptions* o) {
+  c->add_option("--device", o->device,
+                "where the VLM runs: cpu | cuda | cuda:N (an action expert stays on the CPU)")
+      ->capture_default_str();
+  c->add_option(
+       "--vlm-backend", o->backend,
+       "reference (trainable LibTorch model, float32) | fast (fixed-shape executor: fused\n"
+       "weights, CUDA graphs, bf16 on CUDA; inference only)")
+      ->check(CLI::IsMember(vla::policy::vlm_backends()))
+      ->capture_default_str();
+  c->add_flag("--fp8", o->fp8,
+              "fast backend: FP8 (e4m3) GEMMs (GPUs of compute capability >= 8.9)");
 }
 
 // SIGINT / SIGTERM (Ctrl-C, `timeout`, a job scheduler) set flag() while an instance lives, so a

@@ -6,50 +6,18 @@
 #include <numeric>
 
 #include "core/core.h"
+#include "gpu/device.h"
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
 #include "gpu/ops.h"
-
-#ifdef VLA_HAVE_CUDA
-#include <ATen/cuda/CUDAEvent.h>
-#include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime_api.h>
-#endif
+#include "models/models.h"
 
 namespace vla::gpu {
 
-bool kernels_compiled() {
-#ifdef VLA_HAVE_CUDA
-  return true;
-#else
-  return false;
-#endif
-}
-
+bool kernels_compiled() { return device::compiled(); }
 bool fp8_available(const at::Device& device) { return ops::fp8_supported(device); }
-
-bool cuda_available() {
-#ifdef VLA_HAVE_CUDA
-  return torch::cuda::is_available();
-#else
-  return false;
-#endif
-}
-
-std::string device_name(const at::Device& device) {
-#ifdef VLA_HAVE_CUDA
-  if (device.is_cuda()) {
-    cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, device.has_index() ? device.index() : 0) == cudaSuccess) {
-      return prop.name;
-    }
-  }
-#endif
-  return device.str();
-}
+bool cuda_available() { return device::available(); }
+std::string device_name(const at::Device& device) { return device::name(device); }
 
 EngineOptions EngineOptions::best_available() {
   EngineOptions o;
@@ -58,167 +26,6 @@ EngineOptions EngineOptions::best_available() {
     o.dtype = at::kBFloat16;
   }
   return o;
-}
-
-// ------------------------------------------------------------------ config
-ModelDims ModelDims::qwen25vl_3b() { return ModelDims{}; }
-
-namespace {
-template <typename T>
-void take(const nlohmann::json& j, const char* key, T& out) {
-  if (j.is_object() && j.contains(key) && !j[key].is_null()) out = j[key].get<T>();
-}
-}  // namespace
-
-ModelDims ModelDims::from_config_json(const nlohmann::json& cfg) {
-  VLA_CHECK(cfg.is_object(), "config.json: expected a JSON object");
-  ModelDims d;
-  // transformers 5 nests the text fields in text_config; the published 4.x layout keeps them flat.
-  const nlohmann::json& t = cfg.contains("text_config") ? cfg["text_config"] : cfg;
-  TextDims& td = d.text;
-  take(t, "num_hidden_layers", td.layers);
-  take(t, "hidden_size", td.hidden);
-  take(t, "num_attention_heads", td.heads);
-  take(t, "num_key_value_heads", td.kv_heads);
-  take(t, "intermediate_size", td.intermediate);
-  take(t, "vocab_size", td.vocab);
-  take(t, "rms_norm_eps", td.eps);
-  take(t, "rope_theta", td.rope_theta);
-  for (const char* key : {"rope_parameters", "rope_scaling"}) {
-    if (t.contains(key) && t[key].is_object()) {
-      take(t[key], "rope_theta", td.rope_theta);
-      take(t[key], "mrope_section", td.mrope_section);
-    }
-  }
-  take(cfg, "tie_word_embeddings", td.tie_embeddings);
-  take(t, "tie_word_embeddings", td.tie_embeddings);
-  take(cfg, "image_token_id", td.image_token_id);
-  take(cfg, "vision_start_token_id", td.vision_start_id);
-  take(cfg, "vision_end_token_id", td.vision_end_id);
-  VisionDims& vd = d.vision;
-  if (cfg.contains("vision_config")) {
-    const auto& v = cfg["vision_config"];
-    take(v, "depth", vd.depth);
-    take(v, "hidden_size", vd.hidden);
-    take(v, "num_heads", vd.heads);
-    take(v, "intermediate_size", vd.intermediate);
-    take(v, "out_hidden_size", vd.out_hidden);
-    take(v, "in_chans", vd.in_chans);
-    take(v, "in_channels", vd.in_chans);
-    take(v, "patch_size", vd.patch);
-    take(v, "spatial_patch_size", vd.patch);
-    take(v, "temporal_patch_size", vd.temporal_patch);
-    take(v, "spatial_merge_size", vd.merge);
-    take(v, "window_size", vd.window);
-    take(v, "fullatt_block_indexes", vd.fullatt_blocks);
-    if (v.contains("rope_parameters")) take(v["rope_parameters"], "rope_theta", vd.rope_theta);
-  }
-  VLA_CHECK(td.hidden % td.heads == 0 && td.heads % td.kv_heads == 0,
-            "config.json: text heads do not divide hidden size / kv heads");
-  VLA_CHECK(vd.hidden % vd.heads == 0, "config.json: vision heads do not divide hidden size");
-  int msum = 0;
-  for (int s : td.mrope_section) msum += s;
-  VLA_CHECK(msum * 2 == td.head_dim(), "config.json: mrope_section sums to ", msum,
-            ", expected head_dim/2 = ", td.head_dim() / 2);
-  VLA_CHECK(vd.window % (vd.patch * vd.merge) == 0,
-            "config.json: window_size must be a multiple of patch_size * spatial_merge_size");
-  return d;
-}
-
-ModelDims ModelDims::from_checkpoint_dir(const std::string& dir) {
-  return from_config_json(read_json(dir + "/config.json"));
-}
-
-PreprocessConfig PreprocessConfig::from_checkpoint_dir(const std::string& dir) {
-  PreprocessConfig pc;
-  nlohmann::json j;
-  if (file_exists(dir + "/preprocessor_config.json")) {
-    j = read_json(dir + "/preprocessor_config.json");
-  } else if (file_exists(dir + "/processor_config.json")) {
-    j = read_json(dir + "/processor_config.json");
-    if (j.contains("image_processor")) j = j["image_processor"];
-  } else {
-    return pc;
-  }
-  take(j, "min_pixels", pc.min_pixels);
-  take(j, "max_pixels", pc.max_pixels);
-  if (j.contains("size") && j["size"].is_object()) {
-    take(j["size"], "shortest_edge", pc.min_pixels);
-    take(j["size"], "longest_edge", pc.max_pixels);
-  }
-  std::vector<float> m, s;
-  take(j, "image_mean", m);
-  take(j, "image_std", s);
-  if (m.size() == 3) std::copy(m.begin(), m.end(), pc.mean.begin());
-  if (s.size() == 3) std::copy(s.begin(), s.end(), pc.std.begin());
-  return pc;
-}
-
-std::pair<int, int> smart_resize(int height, int width, int factor, int64_t min_pixels,
-                                 int64_t max_pixels) {
-  VLA_CHECK(height > 0 && width > 0, "smart_resize: empty image ", width, "x", height);
-  VLA_CHECK(static_cast<double>(std::max(height, width)) / std::min(height, width) <= 200,
-            "smart_resize: aspect ratio of ", width, "x", height, " exceeds 200");
-  // Python's round() is round-half-to-even: std::nearbyint in the default rounding mode.
-  int64_t h_bar =
-      static_cast<int64_t>(std::nearbyint(static_cast<double>(height) / factor)) * factor;
-  int64_t w_bar =
-      static_cast<int64_t>(std::nearbyint(static_cast<double>(width) / factor)) * factor;
-  if (h_bar * w_bar > max_pixels) {
-    const double beta = std::sqrt(static_cast<double>(height) * width / max_pixels);
-    h_bar = std::max<int64_t>(factor,
-                              static_cast<int64_t>(std::floor(height / beta / factor)) * factor);
-    w_bar =
-        std::max<int64_t>(factor, static_cast<int64_t>(std::floor(width / beta / factor)) * factor);
-  } else if (h_bar * w_bar < min_pixels) {
-    const double beta =
-        std::sqrt(static_cast<double>(min_pixels) / (static_cast<double>(height) * width));
-    h_bar = static_cast<int64_t>(std::ceil(height * beta / factor)) * factor;
-    w_bar = static_cast<int64_t>(std::ceil(width * beta / factor)) * factor;
-  }
-  return {static_cast<int>(h_bar), static_cast<int>(w_bar)};
-}
-
-// ------------------------------------------------------------------ positions
-std::pair<at::Tensor, int64_t> rope_index(const std::vector<int64_t>& ids,
-                                          const std::vector<std::array<int64_t, 3>>& grids,
-                                          const ModelDims& dims) {
-  const int64_t S = static_cast<int64_t>(ids.size());
-  auto pos = at::zeros({3, S}, at::kLong);
-  auto p = pos.accessor<int64_t, 2>();
-  const int merge = dims.vision.merge;
-  int64_t next = 0;  // first free position
-  size_t img = 0;
-  int64_t i = 0;
-  while (i < S) {
-    if (ids[i] == dims.text.image_token_id) {
-      VLA_CHECK(img < grids.size(), "rope_index: more images in the prompt than grids (",
-                grids.size(), ")");
-      const auto& g = grids[img++];
-      VLA_CHECK(g[0] == 1, "rope_index: video grids (t = ", g[0], ") are not supported");
-      const int64_t lh = g[1] / merge, lw = g[2] / merge, n = lh * lw;
-      VLA_CHECK(i + n <= S, "rope_index: image ", img - 1, " needs ", n, " tokens past the end");
-      for (int64_t r = 0; r < lh; ++r) {
-        for (int64_t c = 0; c < lw; ++c) {
-          const int64_t k = i + r * lw + c;
-          VLA_CHECK(ids[k] == dims.text.image_token_id, "rope_index: image ", img - 1,
-                    " placeholder run shorter than its grid (", n, " tokens)");
-          p[0][k] = next;
-          p[1][k] = next + r;
-          p[2][k] = next + c;
-        }
-      }
-      next += std::max(lh, lw);
-      i += n;
-    } else {
-      p[0][i] = p[1][i] = p[2][i] = next;
-      ++next;
-      ++i;
-    }
-  }
-  VLA_CHECK(img == grids.size(), "rope_index: ", grids.size(), " grids but ", img,
-            " images in the prompt");
-  return {pos, next};
 }
 
 // ------------------------------------------------------------------ engine internals
@@ -232,8 +39,9 @@ struct TLayer {
   ops::Fp8Rows qkv_q, gu_q, down_q;
 };
 
-// Window order of the vision tokens of a list of images (all with t = 1).
-struct VisionLayout {
+// The vision tokens of a list of images (all with t = 1) in window order: the index math is the
+// model definition's (vla::vision_layout / vision_rotary); this adds the executor's gathers.
+struct VisionGather {
   int64_t patches = 0;
   std::vector<int32_t> patch_src;  // window order -> (image * gh + gy) * gw + gx (uniform grids)
   std::vector<int64_t> patch_hf;   // window order -> HF patch row
@@ -242,87 +50,53 @@ struct VisionLayout {
   at::Tensor cos, sin;  // [patches, head_dim] float, window order (host)
 };
 
-VisionLayout build_vision_layout(const std::vector<std::array<int64_t, 3>>& grids,
-                                 const VisionDims& vd) {
-  VisionLayout L;
-  const int m = vd.merge;
-  const int vmws = vd.window / m / vd.patch;
-  const int hd = vd.head_dim();
-  const int nfreq = hd / 4;  // VisionRotaryEmbedding(head_dim / 2): dim/2 frequencies per axis
-  auto inv_freq = 1.0 / at::pow(vd.rope_theta,
-                                at::arange(0, hd / 2, 2, at::kFloat) / static_cast<float>(hd / 2));
-  std::vector<float> invf(inv_freq.data_ptr<float>(), inv_freq.data_ptr<float>() + nfreq);
-  std::vector<int64_t> gy_list, gx_list;
-  int64_t unit_base = 0, patch_base = 0;
-  L.cu_window.push_back(0);
-  L.cu_full.push_back(0);
-  for (size_t img = 0; img < grids.size(); ++img) {
-    const auto& g = grids[img];
+std::vector<int64_t> to_vector(const at::Tensor& t) {
+  auto c = t.to(at::kCPU).to(at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+at::Tensor grid_tensor(const std::vector<std::array<int64_t, 3>>& grids) {
+  auto g = at::empty({static_cast<int64_t>(grids.size()), 3}, at::kLong);
+  for (size_t i = 0; i < grids.size(); ++i)
+    for (int k = 0; k < 3; ++k) g[static_cast<int64_t>(i)][k] = grids[i][k];
+  return g;
+}
+
+VisionGather build_vision_layout(const std::vector<std::array<int64_t, 3>>& grids,
+                                 const Qwen25VLVisionConfig& vc) {
+  for (const auto& g : grids)
     VLA_CHECK(g[0] == 1, "vision: video grids (t = ", g[0], ") are not supported");
-    VLA_CHECK(g[1] % m == 0 && g[2] % m == 0, "vision: grid ", g[1], "x", g[2],
-              " not a multiple of the merge size");
-    const int64_t gh = g[1], gw = g[2], lh = gh / m, lw = gw / m;
-    const int64_t nwh = (lh + vmws - (lh % vmws)) / vmws;  // transformers pads a full window when
-    const int64_t nww = (lw + vmws - (lw % vmws)) / vmws;  // divisible: that window is empty
-    for (int64_t wh = 0; wh < nwh; ++wh) {
-      for (int64_t ww = 0; ww < nww; ++ww) {
-        int64_t n = 0;
-        for (int64_t r = wh * vmws; r < std::min<int64_t>((wh + 1) * vmws, lh); ++r) {
-          for (int64_t c = ww * vmws; c < std::min<int64_t>((ww + 1) * vmws, lw); ++c) {
-            const int64_t unit = r * lw + c;
-            L.unit_hf.push_back(unit_base + unit);
-            for (int k = 0; k < m * m; ++k) {
-              const int64_t gy = r * m + k / m, gx = c * m + k % m;
-              L.patch_hf.push_back(patch_base + unit * m * m + k);
-              L.patch_src.push_back(static_cast<int32_t>((img * gh + gy) * gw + gx));
-              gy_list.push_back(gy);
-              gx_list.push_back(gx);
-            }
-            ++n;
-          }
-        }
-        if (n > 0) L.cu_window.push_back(L.cu_window.back() + n * m * m);
-      }
-    }
-    unit_base += lh * lw;
-    patch_base += gh * gw;
-    L.cu_full.push_back(patch_base);
-  }
-  L.patches = patch_base;
-  L.cos = at::empty({L.patches, hd}, at::kFloat);
-  L.sin = at::empty({L.patches, hd}, at::kFloat);
-  auto fr = at::empty({L.patches, hd / 2}, at::kFloat);
-  auto fa = fr.accessor<float, 2>();
-  for (int64_t p = 0; p < L.patches; ++p) {
-    for (int f = 0; f < nfreq; ++f) {
-      fa[p][f] = static_cast<float>(gy_list[p]) * invf[f];
-      fa[p][nfreq + f] = static_cast<float>(gx_list[p]) * invf[f];
+  const vla::VisionLayout ref = vla::vision_layout(grid_tensor(grids), vc);
+  VisionGather L;
+  const int64_t m = vc.spatial_merge_size, mm = m * m;
+  L.unit_hf = to_vector(ref.window_index);
+  L.cu_window = to_vector(ref.cu_window_seqlens);
+  L.cu_full = to_vector(ref.cu_seqlens);
+  L.patches = L.cu_full.back();
+  // Merged unit u of image i (HF order: units in raster order of the image's lh x lw grid) holds
+  // the m x m patches (r*m + k/m, c*m + k%m); the GPU kernel gathers them from the raw frames.
+  std::vector<int64_t> unit_base = {0};
+  for (const auto& g : grids) unit_base.push_back(unit_base.back() + g[1] * g[2] / mm);
+  for (int64_t u : L.unit_hf) {
+    size_t img = 0;
+    while (u >= unit_base[img + 1]) ++img;
+    const int64_t gh = grids[img][1], gw = grids[img][2], lw = gw / m;
+    const int64_t local = u - unit_base[img], r = local / lw, c = local % lw;
+    for (int64_t k = 0; k < mm; ++k) {
+      L.patch_hf.push_back(u * mm + k);
+      const int64_t gy = r * m + k / m, gx = c * m + k % m;
+      L.patch_src.push_back(static_cast<int32_t>((static_cast<int64_t>(img) * gh + gy) * gw + gx));
     }
   }
-  auto emb = at::cat({fr, fr}, 1);
-  L.cos = emb.cos();
-  L.sin = emb.sin();
+  std::tie(L.cos, L.sin) = vla::vision_rotary(ref, vc);
   return L;
 }
 
-// cos/sin [S, head_dim] of the text M-RoPE for positions [3, S].
-std::pair<at::Tensor, at::Tensor> text_rope_tables(const at::Tensor& pos3, const TextDims& td) {
-  const int hd = td.head_dim();
-  auto inv_freq = 1.0 / at::pow(td.rope_theta, at::arange(0, hd, 2, at::kLong).to(at::kFloat) /
-                                                   static_cast<float>(hd));
-  auto freqs = pos3.to(at::kFloat).unsqueeze(-1) * inv_freq.view({1, 1, -1});  // [3, S, hd/2]
-  auto emb = at::cat({freqs, freqs}, -1);                                      // [3, S, hd]
-  std::vector<at::Tensor> parts;
-  int64_t off = 0;
-  for (int rep = 0; rep < 2; ++rep) {
-    for (size_t i = 0; i < td.mrope_section.size(); ++i) {
-      const int64_t len = td.mrope_section[i];
-      parts.push_back(emb.select(0, static_cast<int64_t>(i % 3)).narrow(1, off, len));
-      off += len;
-    }
-  }
-  auto sel = at::cat(parts, 1);  // [S, hd]
-  return {sel.cos().contiguous(), sel.sin().contiguous()};
+// cos/sin [S, head_dim] float32 of the text M-RoPE for positions [3, S].
+std::pair<at::Tensor, at::Tensor> text_rope_tables(const at::Tensor& pos3,
+                                                   const Qwen25VLTextConfig& tc) {
+  auto [c, s] = vla::mrope_rotary(pos3.unsqueeze(1), tc, at::kFloat);
+  return {c.squeeze(0).contiguous(), s.squeeze(0).contiguous()};
 }
 
 struct TokenLayout {
@@ -335,18 +109,20 @@ struct TokenLayout {
 
 TokenLayout build_tokens(const std::vector<std::vector<int64_t>>& seqs,
                          const std::vector<std::vector<std::array<int64_t, 3>>>& seq_grids,
-                         const ModelDims& dims) {
+                         const Qwen25VLConfig& cfg) {
   TokenLayout T;
   T.cu.push_back(0);
   std::vector<at::Tensor> pos;
   for (size_t s = 0; s < seqs.size(); ++s) {
     const auto& ids = seqs[s];
-    auto [p, next] = rope_index(ids, seq_grids[s], dims);
-    pos.push_back(p);
-    T.next_pos.push_back(next);
+    const int64_t S = static_cast<int64_t>(ids.size());
+    at::Tensor grid = seq_grids[s].empty() ? at::Tensor() : grid_tensor(seq_grids[s]);
+    auto [p, delta] = vla::get_rope_index(cfg, at::tensor(ids, at::kLong).view({1, S}), grid, {});
+    pos.push_back(p.select(1, 0));
+    T.next_pos.push_back(delta.item<int64_t>() + S);
     const int64_t base = T.cu.back();
     for (size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] == dims.text.image_token_id) T.img_rows.push_back(base + static_cast<int64_t>(i));
+      if (ids[i] == cfg.image_token_id) T.img_rows.push_back(base + static_cast<int64_t>(i));
     }
     T.ids.insert(T.ids.end(), ids.begin(), ids.end());
     T.cu.push_back(base + static_cast<int64_t>(ids.size()));
@@ -374,56 +150,71 @@ std::vector<int64_t> expand_prompt(const std::vector<int64_t>& prompt, int64_t i
   return out;
 }
 
-struct KvCache {
+struct StaticKvCache {
   std::vector<at::Tensor> k, v;  // per layer [capacity, kv_heads, head_dim]
   int64_t capacity = 0;
   int64_t length = 0;
 };
 
+// A resize filter (the model definition's, vla::resize_filter) in the layout the kernels read.
+struct DeviceFilter {
+  ResizeFilter filter;
+  at::Tensor weights, bounds;  // int32 [out, ksize] and [out, 2] = (first input, taps)
+};
+DeviceFilter device_filter(int64_t in_size, int64_t out_size, ResizeBackend backend,
+                           const at::Device& dev) {
+  DeviceFilter d;
+  d.filter = resize_filter(in_size, out_size, backend);
+  std::vector<int32_t> bounds;
+  for (size_t i = 0; i < d.filter.xmin.size(); ++i) {
+    bounds.push_back(static_cast<int32_t>(d.filter.xmin[i]));
+    bounds.push_back(static_cast<int32_t>(d.filter.xsize[i]));
+  }
+  d.weights = at::tensor(d.filter.k, at::kInt).to(dev);
+  d.bounds = at::tensor(bounds, at::kInt).to(dev);
+  return d;
+}
+
+int64_t patch_dim(const Qwen25VLVisionConfig& v) {
+  return v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
+}
+
 struct Plan {
   PlanSpec spec;
   int rh = 0, rw = 0, gh = 0, gw = 0;
-  VisionLayout vis;
+  VisionGather vis;
   TokenLayout tok;
   std::vector<int64_t> seq_ids;  // one sequence's expanded ids
   ops::Varlen cu_window, cu_full, seq;
   at::Tensor vcos, vsin, tcos, tsin;  // device tables
   at::Tensor host_frames, dev_frames, tmp;
-  at::Tensor h_w, h_b, v_w, v_b, patch_src;
-  ops::ResizeCoeffs ch, cv;
+  DeviceFilter fx, fy;             // resize filters along x (width) and y (height)
+  at::Tensor patch_src, patch_hf;  // window-order patch -> raw frame patch / HF pixel_values row
   at::Tensor ids_dev, scatter_rows;
   at::Tensor patches, vis_out, features;
   double flops = 0, vision_flops = 0;
   bool graphs = false;
-#ifdef VLA_HAVE_CUDA
-  std::unique_ptr<at::cuda::CUDAGraph> g_pre, g_vis, g_llm;
-  std::unique_ptr<c10::cuda::CUDAStream> stream;
-  std::vector<std::unique_ptr<at::cuda::CUDAEvent>> events;
-#endif
+  std::unique_ptr<device::Graph> g_pre, g_vis, g_llm;
+  std::unique_ptr<device::Stream> stream;  // CUDA plans only
+  std::vector<std::unique_ptr<device::Event>> events;
 };
 
 // Per-op device time accounting for one eager pass (CUDA events between ops).
 struct Profiler {
-#ifdef VLA_HAVE_CUDA
+  at::Device dev;
   std::vector<std::string> names;
-  std::vector<std::unique_ptr<at::cuda::CUDAEvent>> events;
-#endif
+  std::vector<std::unique_ptr<device::Event>> events;
   void mark(const char* name) {
-#ifdef VLA_HAVE_CUDA
     names.emplace_back(name);
-    events.push_back(std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault));
-    events.back()->record(c10::cuda::getCurrentCUDAStream());
-#else
-    (void)name;
-#endif
+    events.push_back(std::make_unique<device::Event>());
+    events.back()->record(dev);
   }
   std::vector<std::pair<std::string, double>> totals() {
     std::vector<std::pair<std::string, double>> out;
-#ifdef VLA_HAVE_CUDA
     if (events.empty()) return out;
     events.back()->synchronize();
     for (size_t i = 0; i + 1 < events.size(); ++i) {
-      const double ms = events[i]->elapsed_time(*events[i + 1]);
+      const double ms = events[i]->elapsed_ms(*events[i + 1]);
       auto it =
           std::find_if(out.begin(), out.end(), [&](const auto& p) { return p.first == names[i]; });
       if (it == out.end())
@@ -431,20 +222,19 @@ struct Profiler {
       else
         it->second += ms;
     }
-#endif
     return out;
   }
 };
 
 struct EngineImpl {
-  ModelDims d;
+  Qwen25VLConfig d;
+  ImagePreprocessConfig pc;
   Profiler* prof = nullptr;
   int64_t vi_pad = 0, ti_pad = 0;  // MLP widths padded to multiples of 64 (16-byte aligned rows)
   void mark(const char* n) const {
     if (prof) prof->mark(n);
   }
   EngineOptions o;
-  PreprocessConfig pc;
   at::Tensor patch_w;
   std::vector<VLayer> vl;
   at::Tensor m_ln, m0_w, m0_b, m2_w, m2_b;
@@ -548,43 +338,43 @@ struct EngineImpl {
   at::Tensor vision_core(const at::Tensor& patches, const ops::Varlen& cu_window,
                          const ops::Varlen& cu_full, const at::Tensor& cos,
                          const at::Tensor& sin) const {
-    const VisionDims& v = d.vision;
-    const int H = v.heads, D = v.head_dim();
+    const Qwen25VLVisionConfig& v = d.vision;
+    const int H = v.num_heads, D = v.head_dim();
     const int64_t N = patches.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
     mark("v.patch_embed");
     at::Tensor h = ops::linear(patches, patch_w);  // residual stream
     mark("v.norm");
     const bool q8 = o.fp8 && N >= o.fp8_min_rows;
-    Act n = norm(h, vl[0].n1, v.eps, q8);
+    Act n = norm(h, vl[0].n1, kVisionRmsNormEps, q8);
     for (size_t i = 0; i < vl.size(); ++i) {
       const VLayer& L = vl[i];
       mark("v.qkv");
       at::Tensor qkv = proj(n, L.qkv_w, L.qkv_q, L.qkv_b);  // [N, 3*hidden]
       mark("v.rotary");
       ops::rotary_(qkv, 2 * H, D, cos, sin, fused());
-      auto q = qkv.narrow(1, 0, v.hidden).view({N, H, D});
-      auto k = qkv.narrow(1, v.hidden, v.hidden).view({N, H, D});
-      auto val = qkv.narrow(1, 2 * v.hidden, v.hidden).view({N, H, D});
+      auto q = qkv.narrow(1, 0, v.hidden_size).view({N, H, D});
+      auto k = qkv.narrow(1, v.hidden_size, v.hidden_size).view({N, H, D});
+      auto val = qkv.narrow(1, 2 * v.hidden_size, v.hidden_size).view({N, H, D});
       const ops::Varlen& cu = L.full ? cu_full : cu_window;
       mark(L.full ? "v.attn_full" : "v.attn_window");
       at::Tensor a = attend(q, k, val, cu, /*causal=*/false, scale,
                             L.full ? vfull_backend : ops::AttnBackend::kFlashVarlen);
       mark("v.proj");
-      at::Tensor o_ = ops::linear(a.view({N, v.hidden}), L.proj_w, L.proj_b);
+      at::Tensor o_ = ops::linear(a.view({N, v.hidden_size}), L.proj_w, L.proj_b);
       mark("v.add_norm");
-      n = add_norm(o_, h, L.n2, v.eps, q8);
+      n = add_norm(o_, h, L.n2, kVisionRmsNormEps, q8);
       mark("v.gate_up");
       at::Tensor gu = proj(n, L.gu_w, L.gu_q, L.gu_b);
       mark("v.silu_mul");
       at::Tensor dn = mlp_down(gu, vi_pad, L.down_w, L.down_q, L.down_b, "v.down", q8);
       mark("v.add_norm");
       const bool last = i + 1 == vl.size();
-      n = add_norm(dn, h, last ? m_ln : vl[i + 1].n1, v.eps, q8 && !last);
+      n = add_norm(dn, h, last ? m_ln : vl[i + 1].n1, kVisionRmsNormEps, q8 && !last);
     }
     mark("v.merger");
-    const int mu = v.merge * v.merge;
-    at::Tensor x = n.x.view({N / mu, v.hidden * mu});
+    const int mu = v.spatial_merge_size * v.spatial_merge_size;
+    at::Tensor x = n.x.view({N / mu, v.hidden_size * mu});
     x = at::gelu(ops::linear(x, m0_w, m0_b));
     at::Tensor out = ops::linear(x, m2_w, m2_b);
     mark("end");
@@ -594,14 +384,14 @@ struct EngineImpl {
   // ---------------------------------------------------------------- text
   // h: [T, hidden] embeddings (consumed as the residual stream) -> final-normed hidden [T, hidden].
   at::Tensor text_core(at::Tensor h, const at::Tensor& cos, const at::Tensor& sin,
-                       const ops::Varlen& seq, KvCache* cache) const {
-    const TextDims& t = d.text;
-    const int H = t.heads, Hk = t.kv_heads, D = t.head_dim();
+                       const ops::Varlen& seq, StaticKvCache* cache) const {
+    const Qwen25VLTextConfig& t = d.text;
+    const int H = t.num_attention_heads, Hk = t.num_key_value_heads, D = t.head_dim();
     const int64_t T = h.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
     mark("t.norm");
     const bool q8 = o.fp8 && T >= o.fp8_min_rows;
-    Act n = norm(h, tl[0].in_n, t.eps, q8);
+    Act n = norm(h, tl[0].in_n, t.rms_norm_eps, q8);
     for (size_t i = 0; i < tl.size(); ++i) {
       const TLayer& L = tl[i];
       mark("t.qkv");
@@ -620,84 +410,97 @@ struct EngineImpl {
       mark("t.o_proj");
       at::Tensor o_ = ops::linear(a.view({T, H * D}), L.o_w);
       mark("t.add_norm");
-      n = add_norm(o_, h, L.post_n, t.eps, q8);
+      n = add_norm(o_, h, L.post_n, t.rms_norm_eps, q8);
       mark("t.gate_up");
       at::Tensor gu = proj(n, L.gu_w, L.gu_q);
       mark("t.silu_mul");
       at::Tensor dn = mlp_down(gu, ti_pad, L.down_w, L.down_q, {}, "t.down", q8);
       mark("t.add_norm");
       const bool last = i + 1 == tl.size();
-      n = add_norm(dn, h, last ? final_norm : tl[i + 1].in_n, t.eps, q8 && !last);
+      n = add_norm(dn, h, last ? final_norm : tl[i + 1].in_n, t.rms_norm_eps, q8 && !last);
     }
     mark("end");
     if (cache) cache->length = T;
     return n.x;
   }
 
+  at::Tensor preprocess_plan(const Plan& p) const {
+    return preprocess_device(p.dev_frames, p.rh, p.rw, p.tmp, p.fx, p.fy, p.patch_src, p.patch_hf,
+                             o.dtype);
+  }
+  // The plan's decoder stage: embeddings, vision tokens scattered in, decoder -> features.
+  at::Tensor llm_plan(const Plan& p, const at::Tensor& vis_out) const {
+    at::Tensor h = embed.index_select(0, p.ids_dev);
+    h.index_copy_(0, p.scatter_rows, vis_out);
+    at::Tensor f = text_core(h, p.tcos, p.tsin, p.seq, nullptr);
+    if (p.spec.layout == ViewLayout::kBatch)
+      f = f.view({p.spec.views, static_cast<int64_t>(p.seq_ids.size()), d.text.hidden_size});
+    return f;
+  }
+
   // ---------------------------------------------------------------- preprocessing
-  // uint8 frames [V, h, w, 3] on the device -> patch rows (order given by patch_src) [P, pd].
+  // uint8 frames [V, h, w, 3] on the device -> patch rows in window order [P, patch_dim]: the
+  // processor's resize (the model definition's filter weights, vla::resize_filter), rescale and
+  // normalise (vla::normalize_constants) and patch layout. CUDA: two kernels that gather the
+  // patches straight into window order (patch_src); CPU: the reference pipeline
+  // (vla::resize_bicubic, vla::pixel_values_from_uint8) then the window-order gather (patch_hf).
   at::Tensor preprocess_device(const at::Tensor& frames, int rh, int rw, const at::Tensor& tmp,
-                               const at::Tensor& h_w, const at::Tensor& h_b,
-                               const ops::ResizeCoeffs& ch, const at::Tensor& v_w,
-                               const at::Tensor& v_b, const ops::ResizeCoeffs& cv,
-                               const at::Tensor& patch_src, at::ScalarType out_dtype) const {
-    const VisionDims& v = d.vision;
+                               const DeviceFilter& fx, const DeviceFilter& fy,
+                               const at::Tensor& patch_src, const at::Tensor& patch_hf,
+                               at::ScalarType out_dtype) const {
+    const Qwen25VLVisionConfig& v = d.vision;
     const int V = static_cast<int>(frames.size(0)), fh = static_cast<int>(frames.size(1)),
               fw = static_cast<int>(frames.size(2));
-    const int gh = rh / v.patch, gw = rw / v.patch;
-    std::array<float, 3> mean255, std255;
-    for (int c = 0; c < 3; ++c) {
-      mean255[c] = pc.mean[c] * 255.0f;
-      std255[c] = pc.std[c] * 255.0f;
-    }
-#ifdef VLA_HAVE_CUDA
     if (frames.is_cuda()) {
-      void* stream =
-          static_cast<void*>(c10::cuda::getCurrentCUDAStream(frames.device().index()).stream());
-      const char* err = kernels::resize_h_u8(
-          frames.data_ptr<uint8_t>(), tmp.data_ptr<uint8_t>(), V, fh, fw, rw,
-          h_w.data_ptr<int32_t>(), h_b.data_ptr<int32_t>(), ch.ksize, ch.precision, stream);
+      const NormalizeConstants nc = normalize_constants(pc);
+      void* stream = device::current_stream(frames.device());
+      const char* err =
+          kernels::resize_h_u8(frames.data_ptr<uint8_t>(), tmp.data_ptr<uint8_t>(), V, fh, fw, rw,
+                               fx.weights.data_ptr<int32_t>(), fx.bounds.data_ptr<int32_t>(),
+                               fx.filter.ksize, fx.filter.precision, stream);
       VLA_CHECK(err == nullptr, "gpu preprocess (horizontal resize) failed: ", err);
       const int64_t P = patch_src.size(0);
-      auto out = at::empty({P, v.patch_dim()}, frames.options().dtype(out_dtype));
+      auto out = at::empty({P, patch_dim(v)}, frames.options().dtype(out_dtype));
       err = kernels::resize_v_patchify(
-          tmp.data_ptr<uint8_t>(), out.data_ptr(), P, patch_src.data_ptr<int32_t>(), fh, rw, gh, gw,
-          v_w.data_ptr<int32_t>(), v_b.data_ptr<int32_t>(), cv.ksize, cv.precision, v.patch,
-          v.temporal_patch, mean255.data(), std255.data(),
+          tmp.data_ptr<uint8_t>(), out.data_ptr(), P, patch_src.data_ptr<int32_t>(), fh, rw,
+          static_cast<int>(rh / v.patch_size), static_cast<int>(rw / v.patch_size),
+          fy.weights.data_ptr<int32_t>(), fy.bounds.data_ptr<int32_t>(), fy.filter.ksize,
+          fy.filter.precision, static_cast<int>(v.patch_size),
+          static_cast<int>(v.temporal_patch_size), nc.shift.data(), nc.divisor.data(),
           out_dtype == at::kBFloat16 ? kernels::kBF16 : kernels::kF32, stream);
       VLA_CHECK(err == nullptr, "gpu preprocess (vertical resize + patchify) failed: ", err);
       return out;
     }
-#endif
-    (void)tmp;
-    (void)h_w;
-    (void)h_b;
-    (void)v_w;
-    (void)v_b;
-    (void)ch;
-    (void)cv;
-    // CPU: same integer algorithm on the host, then normalise and gather patches.
     auto fr = frames.contiguous();
     auto img = at::empty({V, rh, rw, 3}, at::kByte);
     for (int i = 0; i < V; ++i) {
-      auto r = ops::resize_u8_host(fr[i].data_ptr<uint8_t>(), fh, fw, rh, rw);
-      std::memcpy(img[i].data_ptr<uint8_t>(), r.data(), r.size());
+      Image src = make_image(fw, fh, 3);
+      std::memcpy(src.pixels.data(), fr[i].data_ptr<uint8_t>(), src.pixels.size());
+      const Image r = resize_bicubic(src, rh, rw, pc.backend);
+      std::memcpy(img[i].data_ptr<uint8_t>(), r.pixels.data(), r.pixels.size());
     }
-    auto m = at::tensor(std::vector<float>(mean255.begin(), mean255.end()));
-    auto s = at::tensor(std::vector<float>(std255.begin(), std255.end()));
-    auto x = (img.to(at::kFloat) - m) / s;  // [V, rh, rw, 3]
-    // [V, gh, p, gw, p, 3] -> [V, gh, gw, 3, p, p]
-    x = x.view({V, gh, v.patch, gw, v.patch, 3}).permute({0, 1, 3, 5, 2, 4}).contiguous();
-    x = x.view({V * gh * gw, 3, 1, v.patch, v.patch}).expand({-1, -1, v.temporal_patch, -1, -1});
-    x = x.reshape({V * gh * gw, v.patch_dim()});
-    return x.index_select(0, patch_src.to(at::kLong).cpu()).to(out_dtype);
+    return pixel_values_from_uint8(img, pc).index_select(0, patch_hf).to(out_dtype);
   }
 };
 
 // ------------------------------------------------------------------ construction
-Engine::Engine(const ModelDims& dims, EngineOptions options)
+Engine::Engine(const Qwen25VLConfig& config, const ImagePreprocessConfig& image_config,
+               EngineOptions options)
     : impl_(std::make_unique<EngineImpl>()) {
-  impl_->d = dims;
+  config.validate("gpu engine: config");
+  image_config.validate();
+  VLA_CHECK(image_config.do_resize && image_config.do_normalize,
+            "gpu engine: the fast path fuses resize + normalise; this processor config turns one "
+            "off (use --vlm-backend reference)");
+  VLA_CHECK(image_config.patch_size == config.vision.patch_size &&
+                image_config.merge_size == config.vision.spatial_merge_size &&
+                image_config.temporal_patch_size == config.vision.temporal_patch_size,
+            "gpu engine: processor patch/merge/temporal sizes (", image_config.patch_size, "/",
+            image_config.merge_size, "/", image_config.temporal_patch_size,
+            ") differ from the vision config's (", config.vision.patch_size, "/",
+            config.vision.spatial_merge_size, "/", config.vision.temporal_patch_size, ")");
+  impl_->d = config;
+  impl_->pc = image_config;
   impl_->o = options;
   VLA_CHECK(!options.device.is_cuda() || cuda_available(),
             "gpu engine: CUDA device requested but this build/machine has no CUDA");
@@ -707,6 +510,12 @@ Engine::Engine(const ModelDims& dims, EngineOptions options)
 }
 
 Engine::~Engine() = default;
+
+WeightFn checkpoint_weights(const WeightStore& store) {
+  return [store](const std::string& name, const std::vector<int64_t>&) {
+    return store.has(name) ? store.get(name) : at::Tensor();
+  };
+}
 
 namespace {
 int64_t pad64(int64_t n) { return (n + 63) / 64 * 64; }
@@ -723,14 +532,14 @@ at::Tensor pad_dim(const at::Tensor& t, int64_t dim, int64_t size) {
 
 at::Tensor fetch(const WeightFn& fn, const std::string& name, const std::vector<int64_t>& shape) {
   std::vector<std::string> tried = {name};
-  at::Tensor t = fn(name);
+  at::Tensor t = fn(name, shape);
   if (!t.defined() && name.rfind("visual.", 0) == 0) {
     tried.push_back("model." + name);
-    t = fn(tried.back());
+    t = fn(tried.back(), shape);
   }
   if (!t.defined() && name.rfind("model.", 0) == 0) {
     tried.push_back("model.language_model." + name.substr(6));
-    t = fn(tried.back());
+    t = fn(tried.back(), shape);
   }
   if (!t.defined()) {
     std::string all;
@@ -743,21 +552,22 @@ at::Tensor fetch(const WeightFn& fn, const std::string& name, const std::vector<
 }
 }  // namespace
 
-Engine::Engine(const ModelDims& dims, const WeightFn& wf, EngineOptions options)
-    : Engine(dims, options) {
+Engine::Engine(const Qwen25VLConfig& config, const ImagePreprocessConfig& image_config,
+               const WeightFn& wf, EngineOptions options)
+    : Engine(config, image_config, options) {
   EngineImpl& E = *impl_;
-  const VisionDims& v = dims.vision;
-  const TextDims& t = dims.text;
+  const Qwen25VLVisionConfig& v = config.vision;
+  const Qwen25VLTextConfig& t = config.text;
   auto W = [&](const std::string& name, std::vector<int64_t> shape) {
     return fetch(wf, name, shape).to(E.wopt()).contiguous();
   };
   auto cat0 = [&](std::vector<at::Tensor> parts) { return at::cat(parts, 0).contiguous(); };
-  E.vi_pad = pad64(v.intermediate);
-  E.ti_pad = pad64(t.intermediate);
-  const int64_t vh = v.hidden, vi = v.intermediate, vip = E.vi_pad, tip = E.ti_pad;
-  E.patch_w =
-      W("visual.patch_embed.proj.weight", {vh, v.in_chans, v.temporal_patch, v.patch, v.patch})
-          .view({vh, v.patch_dim()});
+  E.vi_pad = pad64(v.intermediate_size);
+  E.ti_pad = pad64(t.intermediate_size);
+  const int64_t vh = v.hidden_size, vi = v.intermediate_size, vip = E.vi_pad, tip = E.ti_pad;
+  E.patch_w = W("visual.patch_embed.proj.weight",
+                {vh, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size})
+                  .view({vh, patch_dim(v)});
   for (int i = 0; i < v.depth; ++i) {
     const std::string p = "visual.blocks." + std::to_string(i) + ".";
     VLayer L;
@@ -773,22 +583,23 @@ Engine::Engine(const ModelDims& dims, const WeightFn& wf, EngineOptions options)
                    pad_dim(W(p + "mlp.up_proj.bias", {vi}), 0, vip)});
     L.down_w = pad_dim(W(p + "mlp.down_proj.weight", {vh, vi}), 1, vip);
     L.down_b = W(p + "mlp.down_proj.bias", {vh});
-    L.full =
-        std::find(v.fullatt_blocks.begin(), v.fullatt_blocks.end(), i) != v.fullatt_blocks.end();
+    L.full = std::find(v.fullatt_block_indexes.begin(), v.fullatt_block_indexes.end(), i) !=
+             v.fullatt_block_indexes.end();
     E.vl.push_back(std::move(L));
   }
-  const int64_t mh = vh * v.merge * v.merge;
+  const int64_t mh = vh * v.spatial_merge_size * v.spatial_merge_size;
   E.m_ln = W("visual.merger.ln_q.weight", {vh});
   E.m0_w = W("visual.merger.mlp.0.weight", {mh, mh});
   E.m0_b = W("visual.merger.mlp.0.bias", {mh});
-  E.m2_w = W("visual.merger.mlp.2.weight", {v.out_hidden, mh});
-  E.m2_b = W("visual.merger.mlp.2.bias", {v.out_hidden});
-  const int64_t th = t.hidden, D = t.head_dim(), qd = t.heads * D, kd = t.kv_heads * D;
-  VLA_CHECK(v.out_hidden == th, "gpu engine: vision out_hidden_size ", v.out_hidden,
+  E.m2_w = W("visual.merger.mlp.2.weight", {v.out_hidden_size, mh});
+  E.m2_b = W("visual.merger.mlp.2.bias", {v.out_hidden_size});
+  const int64_t th = t.hidden_size, D = t.head_dim(), qd = t.num_attention_heads * D,
+                kd = t.num_key_value_heads * D;
+  VLA_CHECK(v.out_hidden_size == th, "gpu engine: vision out_hidden_size ", v.out_hidden_size,
             " != text hidden_size ", th);
-  E.embed = W("model.embed_tokens.weight", {t.vocab, th});
+  E.embed = W("model.embed_tokens.weight", {t.vocab_size, th});
   E.final_norm = W("model.norm.weight", {th});
-  for (int i = 0; i < t.layers; ++i) {
+  for (int i = 0; i < t.num_hidden_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     TLayer L;
     L.in_n = W(p + "input_layernorm.weight", {th});
@@ -799,100 +610,48 @@ Engine::Engine(const ModelDims& dims, const WeightFn& wf, EngineOptions options)
     L.qkv_b = cat0({W(p + "self_attn.q_proj.bias", {qd}), W(p + "self_attn.k_proj.bias", {kd}),
                     W(p + "self_attn.v_proj.bias", {kd})});
     L.o_w = W(p + "self_attn.o_proj.weight", {th, qd});
-    L.gu_w = cat0({pad_dim(W(p + "mlp.gate_proj.weight", {t.intermediate, th}), 0, tip),
-                   pad_dim(W(p + "mlp.up_proj.weight", {t.intermediate, th}), 0, tip)});
-    L.down_w = pad_dim(W(p + "mlp.down_proj.weight", {th, t.intermediate}), 1, tip);
+    L.gu_w = cat0({pad_dim(W(p + "mlp.gate_proj.weight", {t.intermediate_size, th}), 0, tip),
+                   pad_dim(W(p + "mlp.up_proj.weight", {t.intermediate_size, th}), 0, tip)});
+    L.down_w = pad_dim(W(p + "mlp.down_proj.weight", {th, t.intermediate_size}), 1, tip);
     E.tl.push_back(std::move(L));
   }
-  at::Tensor lm = wf("lm_head.weight");
-  if (!t.tie_embeddings && lm.defined()) {
-    E.lm_head = W("lm_head.weight", {t.vocab, th});
-  } else {
-    E.lm_head = E.embed;
-  }
+  E.lm_head = t.tie_word_embeddings ? E.embed : W("lm_head.weight", {t.vocab_size, th});
   E.flash = ops::flash_available(E.patch_w.new_empty({1, 1, v.head_dim()})) &&
             ops::flash_available(E.patch_w.new_empty({1, 1, t.head_dim()}));
   E.quantize_weights();
 }
 
-std::unique_ptr<Engine> Engine::random(const ModelDims& dims, EngineOptions options,
-                                       uint64_t seed) {
-  auto gen_opts = at::TensorOptions().dtype(options.dtype).device(options.device);
+std::unique_ptr<Engine> Engine::from_pretrained(const std::string& dir, EngineOptions options) {
+  const WeightStore store = WeightStore::open(dir);
+  return std::make_unique<Engine>(Qwen25VLConfig::load(dir),
+                                  ImagePreprocessConfig::from_folder(dir),
+                                  checkpoint_weights(store), options);
+}
+
+std::unique_ptr<Engine> Engine::random(const Qwen25VLConfig& config,
+                                       const ImagePreprocessConfig& image_config,
+                                       EngineOptions options, uint64_t seed) {
   at::manual_seed(seed);
-#ifdef VLA_HAVE_CUDA
-  if (options.device.is_cuda()) torch::cuda::manual_seed_all(seed);
-#endif
-  auto engine = std::unique_ptr<Engine>(new Engine(dims, options));
-  EngineImpl& E = *engine->impl_;
+  device::manual_seed_all(seed);
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(options.device);
   // Values are rounded to bf16 whatever the dtype, so that engines of different dtypes (or with
-  // fp8) built from the same seed hold the same model.
-  auto rnd = [&](std::vector<int64_t> shape, double std_) {
-    return (at::randn(shape, gen_opts.dtype(at::kFloat)) * std_)
-        .to(at::kBFloat16)
-        .to(options.dtype);
+  // fp8) built from the same seed hold the same model. Norm weights are 1 + N(0, 0.05).
+  WeightFn random_weights = [&](const std::string& name, const std::vector<int64_t>& shape) {
+    const bool norm = shape.size() == 1 && (name.find("norm") != std::string::npos ||
+                                            name.find("ln_q") != std::string::npos);
+    at::Tensor r = at::randn(shape, opts) * (norm ? 0.05 : 0.02);
+    if (norm) r += 1.0;
+    return r.to(at::kBFloat16).to(at::kFloat);
   };
-  auto ones = [&](int64_t n) {
-    return (1.0 + at::randn({n}, gen_opts.dtype(at::kFloat)) * 0.05)
-        .to(at::kBFloat16)
-        .to(options.dtype);
-  };
-  const VisionDims& v = dims.vision;
-  const TextDims& t = dims.text;
-  E.vi_pad = pad64(v.intermediate);
-  E.ti_pad = pad64(t.intermediate);
-  const int64_t vh = v.hidden, vi = v.intermediate, th = t.hidden, D = t.head_dim();
-  const double s = 0.02;
-  E.patch_w = rnd({vh, v.patch_dim()}, s);
-  for (int i = 0; i < v.depth; ++i) {
-    VLayer L;
-    L.n1 = ones(vh);
-    L.n2 = ones(vh);
-    L.qkv_w = rnd({3 * vh, vh}, s);
-    L.qkv_b = rnd({3 * vh}, s);
-    L.proj_w = rnd({vh, vh}, s);
-    L.proj_b = rnd({vh}, s);
-    L.gu_w =
-        at::cat({pad_dim(rnd({vi, vh}, s), 0, E.vi_pad), pad_dim(rnd({vi, vh}, s), 0, E.vi_pad)});
-    L.gu_b = at::cat({pad_dim(rnd({vi}, s), 0, E.vi_pad), pad_dim(rnd({vi}, s), 0, E.vi_pad)});
-    L.down_w = pad_dim(rnd({vh, vi}, s), 1, E.vi_pad);
-    L.down_b = rnd({vh}, s);
-    L.full =
-        std::find(v.fullatt_blocks.begin(), v.fullatt_blocks.end(), i) != v.fullatt_blocks.end();
-    E.vl.push_back(std::move(L));
-  }
-  const int64_t mh = vh * v.merge * v.merge;
-  E.m_ln = ones(vh);
-  E.m0_w = rnd({mh, mh}, s);
-  E.m0_b = rnd({mh}, s);
-  E.m2_w = rnd({v.out_hidden, mh}, s);
-  E.m2_b = rnd({v.out_hidden}, s);
-  E.embed = rnd({t.vocab, th}, s);
-  E.final_norm = ones(th);
-  for (int i = 0; i < t.layers; ++i) {
-    TLayer L;
-    L.in_n = ones(th);
-    L.post_n = ones(th);
-    L.qkv_w = rnd({(t.heads + 2 * t.kv_heads) * D, th}, s);
-    L.qkv_b = rnd({(t.heads + 2 * t.kv_heads) * D}, s);
-    L.o_w = rnd({th, t.heads * D}, s);
-    L.gu_w = at::cat({pad_dim(rnd({t.intermediate, th}, s), 0, E.ti_pad),
-                      pad_dim(rnd({t.intermediate, th}, s), 0, E.ti_pad)});
-    L.down_w = pad_dim(rnd({th, t.intermediate}, s), 1, E.ti_pad);
-    E.tl.push_back(std::move(L));
-  }
-  E.lm_head = t.tie_embeddings ? E.embed : rnd({t.vocab, th}, s);
-  E.flash = ops::flash_available(E.patch_w.new_empty({1, 1, v.head_dim()})) &&
-            ops::flash_available(E.patch_w.new_empty({1, 1, t.head_dim()}));
-  E.quantize_weights();
-  return engine;
+  return std::make_unique<Engine>(config, image_config, random_weights, options);
 }
 
-const ModelDims& Engine::dims() const { return impl_->d; }
+const Qwen25VLConfig& Engine::config() const { return impl_->d; }
+const ImagePreprocessConfig& Engine::image_config() const { return impl_->pc; }
 const EngineOptions& Engine::options() const { return impl_->o; }
 void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
 void Engine::set_fp8_fast_accum(bool on) { impl_->o.fp8_fast_accum = on; }
 void Engine::set_fp8_min_rows(int64_t rows) { impl_->o.fp8_min_rows = rows; }
-PreprocessConfig& Engine::preprocess_config() { return impl_->pc; }
 std::string Engine::attention_backend() const {
   std::string s = impl_->flash ? "flash-varlen" : "math";
   if (!impl_->tune_report.empty()) s += " | tuned: " + impl_->tune_report;
@@ -903,9 +662,9 @@ std::string Engine::attention_backend() const {
 std::pair<at::Tensor, at::Tensor> Engine::preprocess(const std::vector<const uint8_t*>& frames,
                                                      int height, int width) {
   EngineImpl& E = *impl_;
-  const VisionDims& v = E.d.vision;
+  const Qwen25VLVisionConfig& v = E.d.vision;
   VLA_CHECK(!frames.empty(), "preprocess: no frames");
-  const int factor = v.patch * v.merge;
+  const int factor = static_cast<int>(E.pc.factor());
   auto [rh, rw] = smart_resize(height, width, factor, E.pc.min_pixels, E.pc.max_pixels);
   const int V = static_cast<int>(frames.size());
   auto host = at::empty({V, height, width, 3}, at::kByte);
@@ -913,25 +672,22 @@ std::pair<at::Tensor, at::Tensor> Engine::preprocess(const std::vector<const uin
     VLA_CHECK(frames[i] != nullptr, "preprocess: frame ", i, " is null");
     std::memcpy(host[i].data_ptr<uint8_t>(), frames[i], static_cast<size_t>(height) * width * 3);
   }
-  const int gh = rh / v.patch, gw = rw / v.patch, m = v.merge;
-  // HF patch order: units (2x2 blocks) in raster order, patches inside a unit in raster order.
+  const int64_t gh = rh / v.patch_size, gw = rw / v.patch_size, m = v.spatial_merge_size;
+  // HF patch order: units (m x m blocks) in raster order, patches inside a unit in raster order.
   std::vector<int32_t> src;
-  for (int img = 0; img < V; ++img) {
-    for (int bh = 0; bh < gh / m; ++bh) {
-      for (int bw = 0; bw < gw / m; ++bw) {
-        for (int k = 0; k < m * m; ++k) {
-          src.push_back((img * gh + bh * m + k / m) * gw + bw * m + k % m);
-        }
-      }
-    }
-  }
-  auto ch = ops::bicubic_aa_coeffs(width, rw);
-  auto cv = ops::bicubic_aa_coeffs(height, rh);
-  auto dev = [&](const std::vector<int32_t>& x) { return at::tensor(x, at::kInt).to(E.o.device); };
-  auto frames_dev = host.to(E.o.device);
+  for (int64_t img = 0; img < V; ++img)
+    for (int64_t bh = 0; bh < gh / m; ++bh)
+      for (int64_t bw = 0; bw < gw / m; ++bw)
+        for (int64_t k = 0; k < m * m; ++k)
+          src.push_back(static_cast<int32_t>((img * gh + bh * m + k / m) * gw + bw * m + k % m));
+  const auto dev = E.o.device;
+  auto frames_dev = host.to(dev);
   auto tmp = at::empty({V, height, rw, 3}, frames_dev.options());
-  auto pv = E.preprocess_device(frames_dev, rh, rw, tmp, dev(ch.weights), dev(ch.bounds), ch,
-                                dev(cv.weights), dev(cv.bounds), cv, dev(src), at::kFloat);
+  auto identity = at::arange(static_cast<int64_t>(src.size()), at::kLong);
+  auto pv =
+      E.preprocess_device(frames_dev, rh, rw, tmp, device_filter(width, rw, E.pc.backend, dev),
+                          device_filter(height, rh, E.pc.backend, dev),
+                          at::tensor(src, at::kInt).to(dev), identity, at::kFloat);
   auto grid = at::tensor(std::vector<int64_t>{1, gh, gw}, at::kLong).view({1, 3}).repeat({V, 1});
   return {pv, grid};
 }
@@ -954,11 +710,11 @@ at::Tensor Engine::vision_forward(const at::Tensor& pixel_values, const at::Tens
   EngineImpl& E = *impl_;
   at::NoGradGuard ng;
   const auto grids = grids_of(grid_thw);
-  VisionLayout L = build_vision_layout(grids, E.d.vision);
+  VisionGather L = build_vision_layout(grids, E.d.vision);
   VLA_CHECK(pixel_values.dim() == 2 && pixel_values.size(0) == L.patches &&
-                pixel_values.size(1) == E.d.vision.patch_dim(),
+                pixel_values.size(1) == patch_dim(E.d.vision),
             "vision_forward: pixel_values ", pixel_values.sizes(), " do not match grid_thw (",
-            L.patches, " patches of ", E.d.vision.patch_dim(), ")");
+            L.patches, " patches of ", patch_dim(E.d.vision), ")");
   auto dev = E.o.device;
   auto perm = at::tensor(L.patch_hf, at::kLong).to(dev);
   auto x = pixel_values.to(E.wopt()).index_select(0, perm);
@@ -979,8 +735,8 @@ at::Tensor Engine::forward(const std::vector<int64_t>& input_ids, const at::Tens
   TokenLayout T = build_tokens({input_ids}, {grids}, E.d);
   auto dev = E.o.device;
   auto ids = at::tensor(T.ids, at::kLong).to(dev);
-  VLA_CHECK(at::all(ids.ge(0)).item<bool>() && at::all(ids.lt(E.d.text.vocab)).item<bool>(),
-            "forward: token id out of range [0, ", E.d.text.vocab, ")");
+  VLA_CHECK(at::all(ids.ge(0)).item<bool>() && at::all(ids.lt(E.d.text.vocab_size)).item<bool>(),
+            "forward: token id out of range [0, ", E.d.text.vocab_size, ")");
   at::Tensor h = E.embed.index_select(0, ids);
   if (!grids.empty()) {
     at::Tensor img = vision_forward(pixel_values, grid_thw);
@@ -1006,16 +762,16 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
                                              double* decode_ms) {
   EngineImpl& E = *impl_;
   at::NoGradGuard ng;
-  const TextDims& t = E.d.text;
+  const Qwen25VLTextConfig& t = E.d.text;
   const auto grids = grids_of(grid_thw);
   TokenLayout T = build_tokens({input_ids}, {grids}, E.d);
   auto dev = E.o.device;
   const int64_t S = static_cast<int64_t>(T.ids.size());
-  KvCache cache;
+  StaticKvCache cache;
   cache.capacity = S + max_new_tokens + 1;
-  for (int i = 0; i < t.layers; ++i) {
-    cache.k.push_back(at::zeros({cache.capacity, t.kv_heads, t.head_dim()}, E.wopt()));
-    cache.v.push_back(at::zeros({cache.capacity, t.kv_heads, t.head_dim()}, E.wopt()));
+  for (int i = 0; i < t.num_hidden_layers; ++i) {
+    cache.k.push_back(at::zeros({cache.capacity, t.num_key_value_heads, t.head_dim()}, E.wopt()));
+    cache.v.push_back(at::zeros({cache.capacity, t.num_key_value_heads, t.head_dim()}, E.wopt()));
   }
   auto ids = at::tensor(T.ids, at::kLong).to(dev);
   at::Tensor h = E.embed.index_select(0, ids);
@@ -1029,7 +785,7 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
   at::Tensor tok = at::argmax(ops::linear(hid.narrow(0, S - 1, 1), E.lm_head), -1);  // [1]
   std::vector<int64_t> out;
   int64_t pos = T.next_pos[0];
-  const int H = t.heads, Hk = t.kv_heads, D = t.head_dim();
+  const int H = t.num_attention_heads, Hk = t.num_key_value_heads, D = t.head_dim();
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   Stopwatch sw;
   double decode_time = 0;
@@ -1048,7 +804,7 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
     ss = ss.to(dev);
     auto qv = ops::Varlen::make({0, 1}, dev);
     auto kv = ops::Varlen::make({0, L + 1}, dev);
-    at::Tensor n = ops::rms_norm(x, E.tl[0].in_n, t.eps, E.fused());
+    at::Tensor n = ops::rms_norm(x, E.tl[0].in_n, t.rms_norm_eps, E.fused());
     for (size_t i = 0; i < E.tl.size(); ++i) {
       const TLayer& Ly = E.tl[i];
       at::Tensor qkv = ops::linear(n, Ly.qkv_w, Ly.qkv_b);
@@ -1060,11 +816,11 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
           ops::attention(q, cache.k[i].narrow(0, 0, L + 1), cache.v[i].narrow(0, 0, L + 1), qv, kv,
                          /*causal=*/false, scale, E.flash);
       at::Tensor o_ = ops::linear(a.view({1, H * D}), Ly.o_w);
-      n = ops::add_rms_norm(o_, x, Ly.post_n, t.eps, E.fused());
+      n = ops::add_rms_norm(o_, x, Ly.post_n, t.rms_norm_eps, E.fused());
       at::Tensor gu = ops::linear(n, Ly.gu_w);
       at::Tensor dn = ops::linear(ops::silu_mul(gu, E.ti_pad, E.fused()), Ly.down_w);
       const at::Tensor& nw = (i + 1 < E.tl.size()) ? E.tl[i + 1].in_n : E.final_norm;
-      n = ops::add_rms_norm(dn, x, nw, t.eps, E.fused());
+      n = ops::add_rms_norm(dn, x, nw, t.rms_norm_eps, E.fused());
     }
     cache.length = L + 1;
     ++pos;
@@ -1081,7 +837,6 @@ double matmul_flops(int64_t m, int64_t k, int64_t n) { return 2.0 * m * k * n; }
 }  // namespace
 
 namespace {
-#ifdef VLA_HAVE_CUDA
 // Times the attention backends on the plan's real shapes and returns the fastest one whose output
 // matches flash-varlen (rel. err <= 2e-2); reports every candidate.
 ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool causal,
@@ -1110,14 +865,13 @@ ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, b
       const double err = (out.to(at::kFloat) - ref.to(at::kFloat)).norm().item<double>() /
                          std::max(ref.to(at::kFloat).norm().item<double>(), 1e-30);
       for (int i = 0; i < 3; ++i) run();
-      at::cuda::CUDAEvent e0(cudaEventDefault), e1(cudaEventDefault);
-      auto stream = c10::cuda::getCurrentCUDAStream();
-      e0.record(stream);
+      device::Event e0, e1;
+      e0.record(q.device());
       const int n = 10;
       for (int i = 0; i < n; ++i) run();
-      e1.record(stream);
+      e1.record(q.device());
       e1.synchronize();
-      const double ms = e0.elapsed_time(e1) / n;
+      const double ms = e0.elapsed_ms(e1) / n;
       report += str_cat(" ", ops::backend_name(cand), " ", fmt_double(ms, 3), " ms (err ",
                         fmt_double(err, 4), ")");
       if (err <= 2e-2 && ms < best_ms) {
@@ -1126,42 +880,42 @@ ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, b
       }
     } catch (const std::exception& e) {
       report += str_cat(" ", ops::backend_name(cand), " unavailable");
-      (void)cudaGetLastError();
+      device::clear_error();
     }
   }
   report += str_cat(" -> ", ops::backend_name(best), "; ");
   return best;
 }
-#endif
 }  // namespace
 
 void Engine::prepare(const PlanSpec& spec) {
   EngineImpl& E = *impl_;
   at::NoGradGuard ng;
-  const VisionDims& v = E.d.vision;
-  const TextDims& t = E.d.text;
+  const Qwen25VLVisionConfig& v = E.d.vision;
+  const Qwen25VLTextConfig& t = E.d.text;
   VLA_CHECK(spec.views >= 1, "prepare: views must be >= 1");
   VLA_CHECK(spec.height > 0 && spec.width > 0, "prepare: bad frame size ", spec.width, "x",
             spec.height);
   auto P = std::make_unique<Plan>();
   P->spec = spec;
-  const int factor = v.patch * v.merge;
+  const int factor = v.patch_size * v.spatial_merge_size;
   std::tie(P->rh, P->rw) =
       smart_resize(spec.height, spec.width, factor, E.pc.min_pixels, E.pc.max_pixels);
-  P->gh = P->rh / v.patch;
-  P->gw = P->rw / v.patch;
+  P->gh = P->rh / v.patch_size;
+  P->gw = P->rw / v.patch_size;
   const int V = spec.views;
   std::vector<std::array<int64_t, 3>> grids(V, {1, P->gh, P->gw});
   P->vis = build_vision_layout(grids, v);
-  const int64_t per_view_tokens = static_cast<int64_t>(P->gh / v.merge) * (P->gw / v.merge);
+  const int64_t per_view_tokens =
+      static_cast<int64_t>(P->gh / v.spatial_merge_size) * (P->gw / v.spatial_merge_size);
   auto dev = E.o.device;
   // tokens
   if (spec.layout == ViewLayout::kOneSequence) {
-    P->seq_ids =
-        expand_prompt(spec.prompt_ids, t.image_token_id, std::vector<int64_t>(V, per_view_tokens));
+    P->seq_ids = expand_prompt(spec.prompt_ids, E.d.image_token_id,
+                               std::vector<int64_t>(V, per_view_tokens));
     P->tok = build_tokens({P->seq_ids}, {grids}, E.d);
   } else {
-    P->seq_ids = expand_prompt(spec.prompt_ids, t.image_token_id, {per_view_tokens});
+    P->seq_ids = expand_prompt(spec.prompt_ids, E.d.image_token_id, {per_view_tokens});
     std::vector<std::vector<int64_t>> seqs(V, P->seq_ids);
     std::vector<std::vector<std::array<int64_t, 3>>> sg(V, {{1, P->gh, P->gw}});
     P->tok = build_tokens(seqs, sg, E.d);
@@ -1185,18 +939,14 @@ void Engine::prepare(const PlanSpec& spec) {
   std::memset(P->host_frames.data_ptr(), 0, static_cast<size_t>(P->host_frames.numel()));
   P->dev_frames = at::zeros({V, spec.height, spec.width, 3}, u8.device(dev));
   P->tmp = at::empty({V, spec.height, P->rw, 3}, u8.device(dev));
-  P->ch = ops::bicubic_aa_coeffs(spec.width, P->rw);
-  P->cv = ops::bicubic_aa_coeffs(spec.height, P->rh);
-  auto i32 = [&](const std::vector<int32_t>& x) { return at::tensor(x, at::kInt).to(dev); };
-  P->h_w = i32(P->ch.weights);
-  P->h_b = i32(P->ch.bounds);
-  P->v_w = i32(P->cv.weights);
-  P->v_b = i32(P->cv.bounds);
-  P->patch_src = i32(P->vis.patch_src);
+  P->fx = device_filter(spec.width, P->rw, E.pc.backend, dev);
+  P->fy = device_filter(spec.height, P->rh, E.pc.backend, dev);
+  P->patch_src = at::tensor(P->vis.patch_src, at::kInt).to(dev);
+  P->patch_hf = at::tensor(P->vis.patch_hf, at::kLong).to(dev);
   // FLOPs (2 x MACs): matrix products + attention (QK^T and PV), causal attention counted half.
   {
-    const int64_t N = P->vis.patches, vh = v.hidden, vi = v.intermediate;
-    double f = matmul_flops(N, v.patch_dim(), vh);
+    const int64_t N = P->vis.patches, vh = v.hidden_size, vi = v.intermediate_size;
+    double f = matmul_flops(N, patch_dim(v), vh);
     for (int i = 0; i < v.depth; ++i) {
       f += matmul_flops(N, vh, 3 * vh) + matmul_flops(N, vh, vh) + matmul_flops(N, vh, 2 * vi) +
            matmul_flops(N, vi, vh);
@@ -1206,19 +956,20 @@ void Engine::prepare(const PlanSpec& spec) {
         f += 4.0 * l * l * vh;
       }
     }
-    const int64_t mh = vh * v.merge * v.merge;
-    f += matmul_flops(N / (v.merge * v.merge), mh, mh) +
-         matmul_flops(N / (v.merge * v.merge), mh, v.out_hidden);
+    const int64_t mh = vh * v.spatial_merge_size * v.spatial_merge_size;
+    f += matmul_flops(N / (v.spatial_merge_size * v.spatial_merge_size), mh, mh) +
+         matmul_flops(N / (v.spatial_merge_size * v.spatial_merge_size), mh, v.out_hidden_size);
     P->vision_flops = f;
-    const int64_t T = static_cast<int64_t>(P->tok.ids.size()), th = t.hidden, D = t.head_dim();
+    const int64_t T = static_cast<int64_t>(P->tok.ids.size()), th = t.hidden_size, D = t.head_dim();
     double g = 0;
-    for (int i = 0; i < t.layers; ++i) {
-      g += matmul_flops(T, th, (t.heads + 2 * t.kv_heads) * D) + matmul_flops(T, t.heads * D, th) +
-           matmul_flops(T, th, 2 * static_cast<int64_t>(t.intermediate)) +
-           matmul_flops(T, t.intermediate, th);
+    for (int i = 0; i < t.num_hidden_layers; ++i) {
+      g += matmul_flops(T, th, (t.num_attention_heads + 2 * t.num_key_value_heads) * D) +
+           matmul_flops(T, t.num_attention_heads * D, th) +
+           matmul_flops(T, th, 2 * static_cast<int64_t>(t.intermediate_size)) +
+           matmul_flops(T, t.intermediate_size, th);
       for (size_t s = 1; s < P->tok.cu.size(); ++s) {
         const double l = static_cast<double>(P->tok.cu[s] - P->tok.cu[s - 1]);
-        g += 4.0 * l * l * t.heads * D / 2.0;
+        g += 4.0 * l * l * t.num_attention_heads * D / 2.0;
       }
     }
     P->flops = f + g;
@@ -1226,92 +977,62 @@ void Engine::prepare(const PlanSpec& spec) {
   E.plan = std::move(P);
   Plan& p = *E.plan;
 
-  auto stage_pre = [&E, &p]() {
-    p.patches = E.preprocess_device(p.dev_frames, p.rh, p.rw, p.tmp, p.h_w, p.h_b, p.ch, p.v_w,
-                                    p.v_b, p.cv, p.patch_src, E.o.dtype);
-  };
+  if (!dev.is_cuda()) return;
+  auto stage_pre = [&E, &p]() { p.patches = E.preprocess_plan(p); };
   auto stage_vis = [&E, &p]() {
     p.vis_out = E.vision_core(p.patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
   };
-  auto stage_llm = [&E, &p]() {
-    at::Tensor h = E.embed.index_select(0, p.ids_dev);
-    h.index_copy_(0, p.scatter_rows, p.vis_out);
-    at::Tensor f = E.text_core(h, p.tcos, p.tsin, p.seq, nullptr);
-    if (p.spec.layout == ViewLayout::kBatch) {
-      f = f.view({p.spec.views, static_cast<int64_t>(p.seq_ids.size()), E.d.text.hidden});
-    }
-    p.features = f;
-  };
-#ifdef VLA_HAVE_CUDA
-  if (dev.is_cuda()) {
-    c10::cuda::CUDAGuard dg(dev.index());
-    p.stream =
-        std::make_unique<c10::cuda::CUDAStream>(c10::cuda::getStreamFromPool(false, dev.index()));
-    c10::cuda::CUDAStreamGuard sg(*p.stream);
-    for (int i = 0; i < 5; ++i)
-      p.events.push_back(std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault));
-    E.llm_backend = ops::AttnBackend::kFlashVarlen;
-    E.vfull_backend = ops::AttnBackend::kFlashVarlen;
-    E.tune_report.clear();
-    if (E.flash) {
-      const VisionDims& vd = E.d.vision;
-      const TextDims& td = E.d.text;
-      E.vfull_backend = tune(p.cu_full, vd.heads, vd.heads, vd.head_dim(), false, E.wopt(),
-                             "vision full attention", E.tune_report);
-      E.llm_backend = tune(p.seq, td.heads, td.kv_heads, td.head_dim(), true, E.wopt(),
-                           "decoder attention", E.tune_report);
-    }
-    // eager warm-up (cuBLAS handles, workspaces, kernel selection)
-    for (int i = 0; i < 2; ++i) {
-      stage_pre();
-      stage_vis();
-      stage_llm();
-    }
-    p.stream->synchronize();
-    if (E.o.cuda_graphs) {
-      auto capture = [&]() {
-        p.g_pre = std::make_unique<at::cuda::CUDAGraph>();
-        p.g_pre->capture_begin();
-        stage_pre();
-        p.g_pre->capture_end();
-        p.g_vis = std::make_unique<at::cuda::CUDAGraph>();
-        p.g_vis->capture_begin();
-        stage_vis();
-        p.g_vis->capture_end();
-        p.g_llm = std::make_unique<at::cuda::CUDAGraph>();
-        p.g_llm->capture_begin();
-        stage_llm();
-        p.g_llm->capture_end();
+  auto stage_llm = [&E, &p]() { p.features = E.llm_plan(p, p.vis_out); };
+  p.stream = std::make_unique<device::Stream>(dev);
+  device::StreamScope scope(*p.stream);
+  for (int i = 0; i < 5; ++i) p.events.push_back(std::make_unique<device::Event>());
+  E.llm_backend = ops::AttnBackend::kFlashVarlen;
+  E.vfull_backend = ops::AttnBackend::kFlashVarlen;
+  E.tune_report.clear();
+  if (E.flash) {
+    E.vfull_backend = tune(p.cu_full, v.num_heads, v.num_heads, v.head_dim(), false, E.wopt(),
+                           "vision full attention", E.tune_report);
+    E.llm_backend = tune(p.seq, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), true,
+                         E.wopt(), "decoder attention", E.tune_report);
+  }
+  // eager warm-up (cuBLAS handles, workspaces, kernel selection)
+  for (int i = 0; i < 2; ++i) {
+    stage_pre();
+    stage_vis();
+    stage_llm();
+  }
+  p.stream->synchronize();
+  if (E.o.cuda_graphs) {
+    auto capture = [&](std::unique_ptr<device::Graph>& g, const std::function<void()>& stage) {
+      g = std::make_unique<device::Graph>();
+      g->capture_begin();
+      stage();
+      g->capture_end();
+    };
+    for (int attempt = 0; attempt < 2 && !p.graphs; ++attempt) {
+      try {
+        capture(p.g_pre, stage_pre);
+        capture(p.g_vis, stage_vis);
+        capture(p.g_llm, stage_llm);
         p.graphs = true;
-      };
-      for (int attempt = 0; attempt < 2 && !p.graphs; ++attempt) {
-        try {
-          capture();
-        } catch (const std::exception& e) {
-          log_warn("gpu: CUDA graph capture failed (", e.what(), ")");
-          p.g_pre.reset();
-          p.g_vis.reset();
-          p.g_llm.reset();
-          p.graphs = false;
-          (void)cudaGetLastError();
-          // a tuned attention backend may not be capturable: retry with flash varlen only
-          E.llm_backend = ops::AttnBackend::kFlashVarlen;
-          E.vfull_backend = ops::AttnBackend::kFlashVarlen;
-          E.tune_report += "(capture retry with flash-varlen) ";
-          stage_pre();
-          stage_vis();
-          stage_llm();
-          p.stream->synchronize();
-        }
+      } catch (const std::exception& e) {
+        log_warn("gpu: CUDA graph capture failed (", e.what(), ")");
+        p.g_pre.reset();
+        p.g_vis.reset();
+        p.g_llm.reset();
+        device::clear_error();
+        // a tuned attention backend may not be capturable: retry with flash varlen only
+        E.llm_backend = ops::AttnBackend::kFlashVarlen;
+        E.vfull_backend = ops::AttnBackend::kFlashVarlen;
+        E.tune_report += "(capture retry with flash-varlen) ";
+        stage_pre();
+        stage_vis();
+        stage_llm();
+        p.stream->synchronize();
       }
     }
-    p.stream->synchronize();
-    return;
   }
-#endif
-  (void)stage_pre;
-  (void)stage_vis;
-  (void)stage_llm;
+  p.stream->synchronize();
 }
 
 bool Engine::prepared() const { return impl_->plan != nullptr; }
@@ -1361,52 +1082,34 @@ at::Tensor Engine::run() {
   VLA_CHECK(E.plan, "engine: no plan prepared");
   Plan& p = *E.plan;
   at::NoGradGuard ng;
-#ifdef VLA_HAVE_CUDA
-  if (p.stream) {
-    c10::cuda::CUDAGuard dg(E.o.device.index());
-    c10::cuda::CUDAStreamGuard sg(*p.stream);
-    p.events[0]->record(*p.stream);
-    const char* err =
-        kernels::copy_h2d(p.dev_frames.data_ptr(), p.host_frames.data_ptr(), p.host_frames.numel(),
-                          static_cast<void*>(p.stream->stream()));
-    VLA_CHECK(err == nullptr, "gpu: frame upload failed: ", err);
-    p.events[1]->record(*p.stream);
-    if (p.graphs) {
-      p.g_pre->replay();
-      p.events[2]->record(*p.stream);
-      p.g_vis->replay();
-      p.events[3]->record(*p.stream);
-      p.g_llm->replay();
-    } else {
-      p.patches = E.preprocess_device(p.dev_frames, p.rh, p.rw, p.tmp, p.h_w, p.h_b, p.ch, p.v_w,
-                                      p.v_b, p.cv, p.patch_src, E.o.dtype);
-      p.events[2]->record(*p.stream);
-      p.vis_out = E.vision_core(p.patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
-      p.events[3]->record(*p.stream);
-      at::Tensor h = E.embed.index_select(0, p.ids_dev);
-      h.index_copy_(0, p.scatter_rows, p.vis_out);
-      at::Tensor f = E.text_core(h, p.tcos, p.tsin, p.seq, nullptr);
-      if (p.spec.layout == ViewLayout::kBatch) {
-        f = f.view({p.spec.views, static_cast<int64_t>(p.seq_ids.size()), E.d.text.hidden});
-      }
-      p.features = f;
-    }
-    p.events[4]->record(*p.stream);
-    p.stream->synchronize();
+  if (!p.stream) {  // CPU plan: eager
+    p.dev_frames.copy_(p.host_frames);
+    p.patches = E.preprocess_plan(p);
+    p.vis_out = E.vision_core(p.patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
+    p.features = E.llm_plan(p, p.vis_out);
     return p.features;
   }
-#endif
-  p.dev_frames.copy_(p.host_frames);
-  p.patches = E.preprocess_device(p.dev_frames, p.rh, p.rw, p.tmp, p.h_w, p.h_b, p.ch, p.v_w, p.v_b,
-                                  p.cv, p.patch_src, E.o.dtype);
-  p.vis_out = E.vision_core(p.patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
-  at::Tensor h = E.embed.index_select(0, p.ids_dev);
-  h.index_copy_(0, p.scatter_rows, p.vis_out);
-  at::Tensor f = E.text_core(h, p.tcos, p.tsin, p.seq, nullptr);
-  if (p.spec.layout == ViewLayout::kBatch) {
-    f = f.view({p.spec.views, static_cast<int64_t>(p.seq_ids.size()), E.d.text.hidden});
+  device::StreamScope scope(*p.stream);
+  p.events[0]->record(*p.stream);
+  const char* err = kernels::copy_h2d(p.dev_frames.data_ptr(), p.host_frames.data_ptr(),
+                                      p.host_frames.numel(), p.stream->raw());
+  VLA_CHECK(err == nullptr, "gpu: frame upload failed: ", err);
+  p.events[1]->record(*p.stream);
+  if (p.graphs) {
+    p.g_pre->replay();
+    p.events[2]->record(*p.stream);
+    p.g_vis->replay();
+    p.events[3]->record(*p.stream);
+    p.g_llm->replay();
+  } else {
+    p.patches = E.preprocess_plan(p);
+    p.events[2]->record(*p.stream);
+    p.vis_out = E.vision_core(p.patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
+    p.events[3]->record(*p.stream);
+    p.features = E.llm_plan(p, p.vis_out);
   }
-  p.features = f;
+  p.events[4]->record(*p.stream);
+  p.stream->synchronize();
   return p.features;
 }
 
@@ -1414,30 +1117,24 @@ std::vector<std::pair<std::string, double>> Engine::profile_run() {
   EngineImpl& E = *impl_;
   VLA_CHECK(E.plan, "engine: no plan prepared");
   Plan& p = *E.plan;
-  at::NoGradGuard ng;
-  Profiler prof;
-#ifdef VLA_HAVE_CUDA
   VLA_CHECK(p.stream != nullptr, "profile_run needs a CUDA plan");
-  c10::cuda::CUDAStreamGuard sg(*p.stream);
+  at::NoGradGuard ng;
+  device::StreamScope scope(*p.stream);
+  Profiler prof{E.o.device, {}, {}};
   E.prof = &prof;
   try {
     prof.mark("upload");
     p.dev_frames.copy_(p.host_frames, /*non_blocking=*/true);
     prof.mark("preprocess");
-    auto patches = E.preprocess_device(p.dev_frames, p.rh, p.rw, p.tmp, p.h_w, p.h_b, p.ch, p.v_w,
-                                       p.v_b, p.cv, p.patch_src, E.o.dtype);
+    auto patches = E.preprocess_plan(p);
     auto vis = E.vision_core(patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
     prof.mark("t.embed");
-    at::Tensor h = E.embed.index_select(0, p.ids_dev);
-    h.index_copy_(0, p.scatter_rows, vis);
-    E.text_core(h, p.tcos, p.tsin, p.seq, nullptr);
+    E.llm_plan(p, vis);
   } catch (...) {
     E.prof = nullptr;
     throw;
   }
   E.prof = nullptr;
-#endif
-  (void)p;
   return prof.totals();
 }
 
@@ -1446,35 +1143,52 @@ void Engine::run_vision_only() {
   VLA_CHECK(E.plan, "engine: no plan prepared");
   Plan& p = *E.plan;
   at::NoGradGuard ng;
-#ifdef VLA_HAVE_CUDA
-  if (p.stream) {
-    c10::cuda::CUDAStreamGuard sg(*p.stream);
-    if (p.graphs) {
-      p.g_vis->replay();
-    } else {
-      p.vis_out = E.vision_core(p.patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
-    }
-    p.stream->synchronize();
+  if (!p.stream) {
+    p.vis_out = E.vision_core(p.patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
     return;
   }
-#endif
-  p.vis_out = E.vision_core(p.patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
+  device::StreamScope scope(*p.stream);
+  if (p.graphs)
+    p.g_vis->replay();
+  else
+    p.vis_out = E.vision_core(p.patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
+  p.stream->synchronize();
+}
+
+ChatInputs chat_inputs(Engine& engine, const PromptCodec& codec, const std::vector<Image>& images,
+                       const std::string& text, bool text_first) {
+  ChatInputs in;
+  std::vector<at::Tensor> pvs, grids;
+  std::vector<int64_t> tokens;
+  const int64_t mm =
+      engine.config().vision.spatial_merge_size * engine.config().vision.spatial_merge_size;
+  for (const Image& image : images) {
+    const Image rgb = to_rgb(image);
+    auto [pv, grid] = engine.preprocess({rgb.pixels.data()}, rgb.height, rgb.width);
+    tokens.push_back(grid[0][0].item<int64_t>() * grid[0][1].item<int64_t>() *
+                     grid[0][2].item<int64_t>() / mm);
+    pvs.push_back(pv);
+    grids.push_back(grid);
+  }
+  if (!images.empty()) {
+    in.pixel_values = at::cat(pvs, 0);
+    in.grid_thw = at::cat(grids, 0);
+  }
+  in.input_ids = codec.encode_chat(text, tokens, text_first);
+  return in;
 }
 
 StageTimes Engine::last_times() {
-  StageTimes st;
-#ifdef VLA_HAVE_CUDA
   VLA_CHECK(impl_->plan, "engine: no plan prepared");
   Plan& p = *impl_->plan;
-  if (p.stream) {
-    p.events[4]->synchronize();
-    st.upload_ms = p.events[0]->elapsed_time(*p.events[1]);
-    st.preprocess_ms = p.events[1]->elapsed_time(*p.events[2]);
-    st.vision_ms = p.events[2]->elapsed_time(*p.events[3]);
-    st.llm_ms = p.events[3]->elapsed_time(*p.events[4]);
-    st.total_ms = p.events[0]->elapsed_time(*p.events[4]);
-  }
-#endif
+  StageTimes st;
+  if (!p.stream) return st;
+  p.events[4]->synchronize();
+  st.upload_ms = p.events[0]->elapsed_ms(*p.events[1]);
+  st.preprocess_ms = p.events[1]->elapsed_ms(*p.events[2]);
+  st.vision_ms = p.events[2]->elapsed_ms(*p.events[3]);
+  st.llm_ms = p.events[3]->elapsed_ms(*p.events[4]);
+  st.total_ms = p.events[0]->elapsed_ms(*p.events[4]);
   return st;
 }
 

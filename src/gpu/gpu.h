@@ -20,9 +20,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "models/models.h"
+#include "vision/vision.h"
+#include "weights/weights.h"
 
 namespace vla::gpu {
 
@@ -36,70 +39,13 @@ bool fp8_available(const at::Device& device);
 // "NVIDIA H100 80GB HBM3" or "cpu".
 std::string device_name(const at::Device& device);
 
-// ------------------------------------------------------------------ architecture
-struct VisionDims {
-  int depth = 32;
-  int hidden = 1280;
-  int heads = 16;
-  int intermediate = 3420;
-  int out_hidden = 2048;
-  int in_chans = 3;
-  int patch = 14;
-  int temporal_patch = 2;
-  int merge = 2;
-  int window = 112;
-  std::vector<int> fullatt_blocks = {7, 15, 23, 31};
-  double eps = 1e-6;
-  double rope_theta = 10000.0;
-  int head_dim() const { return hidden / heads; }
-  int patch_dim() const { return in_chans * temporal_patch * patch * patch; }
-};
-
-struct TextDims {
-  int layers = 36;
-  int hidden = 2048;
-  int heads = 16;
-  int kv_heads = 2;
-  int intermediate = 11008;
-  int64_t vocab = 151936;
-  double eps = 1e-6;
-  double rope_theta = 1000000.0;
-  std::vector<int> mrope_section = {16, 24, 24};
-  bool tie_embeddings = true;
-  int64_t image_token_id = 151655;
-  int64_t vision_start_id = 151652;
-  int64_t vision_end_id = 151653;
-  int head_dim() const { return hidden / heads; }
-};
-
-struct ModelDims {
-  VisionDims vision;
-  TextDims text;
-  // The published Qwen2.5-VL-3B-Instruct architecture.
-  static ModelDims qwen25vl_3b();
-  // Parses a Hugging Face config.json (published flat layout or transformers 5 nested
-  // text_config / vision_config); vision fields missing from the file take transformers' defaults.
-  static ModelDims from_config_json(const nlohmann::json& config);
-  static ModelDims from_checkpoint_dir(const std::string& dir);
-};
-
-// Qwen2VLImageProcessor settings.
-struct PreprocessConfig {
-  int64_t min_pixels = 56 * 56;
-  int64_t max_pixels = 28 * 28 * 1280;
-  std::array<float, 3> mean = {0.48145466f, 0.4578275f, 0.40821073f};
-  std::array<float, 3> std = {0.26862954f, 0.26130258f, 0.27577711f};
-  // Reads preprocessor_config.json / processor_config.json of a checkpoint folder when present.
-  static PreprocessConfig from_checkpoint_dir(const std::string& dir);
-};
-
-// Qwen2-VL smart_resize: (height, width) -> multiples of `factor` within [min_pixels, max_pixels].
-std::pair<int, int> smart_resize(int height, int width, int factor, int64_t min_pixels,
-                                 int64_t max_pixels);
-
 // ------------------------------------------------------------------ engine
-// Returns the tensor of a Hugging Face name, or an undefined tensor when absent.
-using WeightFn = std::function<at::Tensor(const std::string& name)>;
+// Returns the tensor of a Hugging Face name (the shape the model expects is given for sources
+// that make tensors, e.g. random weights), or an undefined tensor when absent.
+using WeightFn =
+    std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
+// A WeightFn over a checkpoint's tensors.
+WeightFn checkpoint_weights(const WeightStore& store);
 
 struct EngineOptions {
   // cuda:0 when available, else cpu.
@@ -153,26 +99,31 @@ struct EngineImpl;
 
 class Engine {
  public:
-  // Loads and converts the weights of `dims` through `weights` (HF names; also accepts the
-  // transformers 5 prefixes model.language_model.* / model.visual.*). Throws vla::Error naming a
-  // missing or mis-shaped tensor.
-  Engine(const ModelDims& dims, const WeightFn& weights, EngineOptions options = {});
-  // Random weights (normal, std 0.02; norms 1), generated on the device: for benchmarks of the
-  // architecture without a checkpoint.
-  static std::unique_ptr<Engine> random(const ModelDims& dims, EngineOptions options,
-                                        uint64_t seed = 0);
+  // Loads and converts the weights of the model `config` describes through `weights` (HF names;
+  // also accepts the transformers 5 prefixes model.language_model.* / model.visual.*). Images
+  // are preprocessed as `image_config` says. Throws vla::Error naming a missing or mis-shaped
+  // tensor.
+  Engine(const Qwen25VLConfig& config, const ImagePreprocessConfig& image_config,
+         const WeightFn& weights, EngineOptions options = {});
+  // A checkpoint folder: config.json, processor config, model.safetensors (or a sharded index).
+  static std::unique_ptr<Engine> from_pretrained(const std::string& dir, EngineOptions options);
+  // Random weights (normal, std 0.02, rounded to bf16; norms 1 + normal * 0.05), generated on
+  // the device: for benchmarks of an architecture without a checkpoint.
+  static std::unique_ptr<Engine> random(const Qwen25VLConfig& config,
+                                        const ImagePreprocessConfig& image_config,
+                                        EngineOptions options, uint64_t seed = 0);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  const ModelDims& dims() const;
+  const Qwen25VLConfig& config() const;
+  const ImagePreprocessConfig& image_config() const;
   const EngineOptions& options() const;
   // Whether later prepare() calls capture CUDA graphs.
   void set_cuda_graphs(bool on);
   // FP8 settings for later prepare() / forward calls (fp8 engines only).
   void set_fp8_fast_accum(bool on);
   void set_fp8_min_rows(int64_t rows);
-  PreprocessConfig& preprocess_config();
 
   // ---- fixed-shape fast path
   // Builds buffers, tables and (on CUDA) graphs for `spec`. Re-preparing replaces the plan.
@@ -227,14 +178,21 @@ class Engine {
                                        double* decode_ms = nullptr);
 
  private:
-  Engine(const ModelDims& dims, EngineOptions options);
+  Engine(const Qwen25VLConfig& config, const ImagePreprocessConfig& image_config,
+         EngineOptions options);
   std::unique_ptr<EngineImpl> impl_;
 };
 
-// M-RoPE position ids exactly as transformers' Qwen2.5-VL get_rope_index for one sequence of
-// images (no video): returns [3, S] (t, h, w) and the next free position (max + 1).
-std::pair<at::Tensor, int64_t> rope_index(const std::vector<int64_t>& input_ids,
-                                          const std::vector<std::array<int64_t, 3>>& grids,
-                                          const ModelDims& dims);
+// A chat prompt with images for the reference-shaped entry points (forward, generate_greedy):
+// every image (any size; grey / RGBA converted as the processor does) preprocessed on the
+// engine's device, and the prompt ids from the checkpoint's tokenizer + chat template with each
+// image's <|image_pad|> expanded to its token count. What `vla features`, `vla caption` and the
+// policy's fast encoder share.
+struct ChatInputs {
+  std::vector<int64_t> input_ids;
+  at::Tensor pixel_values, grid_thw;  // undefined for a text-only prompt
+};
+ChatInputs chat_inputs(Engine& engine, const PromptCodec& codec, const std::vector<Image>& images,
+                       const std::string& text, bool text_first = false);
 
 }  // namespace vla::gpu

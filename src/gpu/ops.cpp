@@ -7,27 +7,19 @@
 #include <mutex>
 
 #include "core/core.h"
+#include "gpu/device.h"
 #include "gpu/kernels.h"
-
-#ifdef VLA_HAVE_CUDA
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime_api.h>
-#endif
 
 namespace vla::gpu::ops {
 namespace {
 
-#ifdef VLA_HAVE_CUDA
-void* current_stream(const at::Tensor& t) {
-  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
-}
+void* current_stream(const at::Tensor& t) { return device::current_stream(t.device()); }
 kernels::DType kdtype(const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 ? kernels::kBF16 : kernels::kF32;
 }
 void check_launch(const char* err, const char* what) {
   VLA_CHECK(err == nullptr, "gpu kernel ", what, " failed: ", err);
 }
-#endif
 
 // Rows of a 2-D tensor whose last dim is contiguous (rows may be strided).
 void check_rows(const at::Tensor& t, const char* what) {
@@ -38,19 +30,12 @@ void check_rows(const at::Tensor& t, const char* what) {
 }  // namespace
 
 bool use_kernels(const at::Tensor& t, bool fused) {
-#ifdef VLA_HAVE_CUDA
-  return fused && t.is_cuda() &&
+  return fused && device::compiled() && t.is_cuda() &&
          (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kFloat);
-#else
-  (void)t;
-  (void)fused;
-  return false;
-#endif
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, bool fused) {
   check_rows(x, "rms_norm");
-#ifdef VLA_HAVE_CUDA
   if (use_kernels(x, fused) && x.size(1) * 4 <= 48 * 1024) {
     auto out = at::empty(x.sizes(), x.options());
     auto wc = w.contiguous();
@@ -60,7 +45,6 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, bool f
                  "rmsnorm");
     return out;
   }
-#endif
   (void)fused;
   auto xf = x.to(at::kFloat);
   auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
@@ -71,7 +55,6 @@ at::Tensor add_rms_norm(const at::Tensor& x, at::Tensor& residual, const at::Ten
                         bool fused) {
   check_rows(x, "add_rms_norm");
   check_rows(residual, "add_rms_norm residual");
-#ifdef VLA_HAVE_CUDA
   if (use_kernels(x, fused) && x.size(1) * 4 <= 48 * 1024) {
     auto out = at::empty(x.sizes(), x.options());
     auto wc = w.contiguous();
@@ -82,7 +65,6 @@ at::Tensor add_rms_norm(const at::Tensor& x, at::Tensor& residual, const at::Ten
         "add_rmsnorm");
     return out;
   }
-#endif
   (void)fused;
   residual.add_(x);
   return rms_norm(residual, w, eps, false);
@@ -94,7 +76,6 @@ void rotary_(at::Tensor& x, int nheads, int head_dim, const at::Tensor& cos, con
   VLA_CHECK(x.size(1) >= static_cast<int64_t>(nheads) * head_dim, "rotary: row too short");
   VLA_CHECK(cos.size(0) == x.size(0) && cos.size(1) == head_dim,
             "rotary: cos table has wrong shape");
-#ifdef VLA_HAVE_CUDA
   if (use_kernels(x, fused)) {
     auto c = cos.to(at::kFloat).contiguous();
     auto s = sin.to(at::kFloat).contiguous();
@@ -104,7 +85,6 @@ void rotary_(at::Tensor& x, int nheads, int head_dim, const at::Tensor& cos, con
         "rotary");
     return;
   }
-#endif
   (void)fused;
   const int64_t rows = x.size(0);
   const int half = head_dim / 2;
@@ -122,7 +102,6 @@ void rotary_(at::Tensor& x, int nheads, int head_dim, const at::Tensor& cos, con
 at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused) {
   check_rows(x, "silu_mul");
   VLA_CHECK(x.size(1) >= 2 * inter, "silu_mul: row too short");
-#ifdef VLA_HAVE_CUDA
   if (use_kernels(x, fused) && x.size(0) <= 65535) {
     auto out = at::empty({x.size(0), inter}, x.options());
     check_launch(kernels::silu_mul(x.data_ptr(), x.stride(0), out.data_ptr(), x.size(0), inter,
@@ -130,7 +109,6 @@ at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused) {
                  "silu_mul");
     return out;
   }
-#endif
   (void)fused;
   return at::silu(x.narrow(1, 0, inter)) * x.narrow(1, inter, inter);
 }
@@ -320,112 +298,6 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return attention_math(q, k, v, qv, kv, causal, scale);
 }
 
-// ------------------------------------------------------------------ resize coefficients
-namespace {
-double aa_cubic(double x) {
-  const double a = -0.5;
-  x = std::abs(x);
-  if (x < 1.0) return ((a + 2) * x - (a + 3)) * x * x + 1;
-  if (x < 2.0) return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a;
-  return 0.0;
-}
-}  // namespace
-
-ResizeCoeffs bicubic_aa_coeffs(int in_size, int out_size) {
-  VLA_CHECK(in_size > 0 && out_size > 0, "resize: bad sizes ", in_size, " -> ", out_size);
-  ResizeCoeffs c;
-  c.in_size = in_size;
-  c.out_size = out_size;
-  const double scale = static_cast<double>(in_size) / out_size;
-  const double support = (scale >= 1.0) ? 2.0 * scale : 2.0;
-  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
-  std::vector<double> wts(static_cast<size_t>(out_size) * c.ksize, 0.0);
-  c.bounds.resize(static_cast<size_t>(out_size) * 2);
-  double wt_max = 0.0;
-  const double invscale = (scale >= 1.0) ? 1.0 / scale : 1.0;
-  for (int i = 0; i < out_size; ++i) {
-    const double center = scale * (i + 0.5);
-    double total = 0.0;
-    int64_t xmin = std::max(static_cast<int64_t>(center - support + 0.5), int64_t{0});
-    int64_t xsize = std::min(static_cast<int64_t>(center + support + 0.5), int64_t{in_size}) - xmin;
-    xsize = std::clamp(xsize, int64_t{0}, int64_t{c.ksize});
-    double* w = wts.data() + static_cast<size_t>(i) * c.ksize;
-    for (int64_t j = 0; j < xsize; ++j) {
-      const double v = aa_cubic((j + xmin - center + 0.5) * invscale);
-      w[j] = v;
-      total += v;
-    }
-    if (total != 0.0) {
-      for (int64_t j = 0; j < xsize; ++j) {
-        w[j] /= total;
-        wt_max = std::max(wt_max, w[j]);
-      }
-    }
-    c.bounds[2 * i] = static_cast<int32_t>(xmin);
-    c.bounds[2 * i + 1] = static_cast<int32_t>(xsize);
-  }
-  int p = 0;
-  for (p = 0; p < 22; ++p) {
-    const int next = static_cast<int>(0.5 + wt_max * (1 << (p + 1)));
-    if (next >= (1 << 15)) break;
-  }
-  c.precision = p;
-  c.weights.resize(wts.size());
-  for (size_t j = 0; j < wts.size(); ++j) {
-    const double v = wts[j] * (1 << p);
-    c.weights[j] = static_cast<int16_t>(v < 0 ? v - 0.5 : v + 0.5);
-  }
-  return c;
-}
-
-std::vector<uint8_t> resize_u8_host(const uint8_t* frame, int h, int w, int out_h, int out_w) {
-  auto clip = [](int32_t ss, int precision) {
-    const int32_t v = ss >> precision;
-    return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
-  };
-  std::vector<uint8_t> tmp;
-  const uint8_t* src = frame;
-  if (w != out_w) {
-    const ResizeCoeffs cx = bicubic_aa_coeffs(w, out_w);
-    tmp.resize(static_cast<size_t>(h) * out_w * 3);
-    for (int y = 0; y < h; ++y) {
-      for (int x = 0; x < out_w; ++x) {
-        const int xmin = cx.bounds[2 * x], taps = cx.bounds[2 * x + 1];
-        const int32_t* k = cx.weights.data() + static_cast<size_t>(x) * cx.ksize;
-        for (int c = 0; c < 3; ++c) {
-          int32_t ss = 1 << (cx.precision - 1);
-          for (int j = 0; j < taps; ++j) {
-            ss += static_cast<int32_t>(src[(static_cast<size_t>(y) * w + xmin + j) * 3 + c]) * k[j];
-          }
-          tmp[(static_cast<size_t>(y) * out_w + x) * 3 + c] = clip(ss, cx.precision);
-        }
-      }
-    }
-    src = tmp.data();
-  }
-  std::vector<uint8_t> out(static_cast<size_t>(out_h) * out_w * 3);
-  if (h == out_h) {
-    std::copy(src, src + out.size(), out.begin());
-    return out;
-  }
-  const ResizeCoeffs cy = bicubic_aa_coeffs(h, out_h);
-  for (int y = 0; y < out_h; ++y) {
-    const int ymin = cy.bounds[2 * y], taps = cy.bounds[2 * y + 1];
-    const int32_t* k = cy.weights.data() + static_cast<size_t>(y) * cy.ksize;
-    for (int x = 0; x < out_w; ++x) {
-      for (int c = 0; c < 3; ++c) {
-        int32_t ss = 1 << (cy.precision - 1);
-        for (int j = 0; j < taps; ++j) {
-          ss +=
-              static_cast<int32_t>(src[(static_cast<size_t>(ymin + j) * out_w + x) * 3 + c]) * k[j];
-        }
-        out[(static_cast<size_t>(y) * out_w + x) * 3 + c] = clip(ss, cy.precision);
-      }
-    }
-  }
-  return out;
-}
-
 // ------------------------------------------------------------------ FP8
 bool fp8_compiled() {
 #ifdef VLA_HAVE_FP8
@@ -437,12 +309,10 @@ bool fp8_compiled() {
 
 namespace {
 
-#ifdef VLA_HAVE_CUDA
 const c10::OperatorHandle* scaled_mm_op() {
   static const c10::OperatorHandle* op = find_op("aten::_scaled_mm");
   return op;
 }
-#endif
 
 #ifdef VLA_HAVE_FP8
 // Reference quantisation of float rows (same arithmetic as kernels.cu's quantize_row).
@@ -455,7 +325,6 @@ Fp8Rows quantize_ref(const at::Tensor& xf) {
   return r;
 }
 
-#ifdef VLA_HAVE_CUDA
 Fp8Rows alloc_fp8(int64_t rows, int64_t dim, const at::Device& dev) {
   Fp8Rows r;
   r.q = at::empty({rows, dim}, at::TensorOptions().dtype(at::kFloat8_e4m3fn).device(dev));
@@ -465,7 +334,6 @@ Fp8Rows alloc_fp8(int64_t rows, int64_t dim, const at::Device& dev) {
 bool kernel_row_fits(const at::Tensor& x, int64_t dim, bool fused) {
   return use_kernels(x, fused) && dim * 4 <= 48 * 1024;
 }
-#endif
 #else
 [[noreturn]] void no_fp8() {
   throw Error("fp8: this build's torch has no float8 types (needs torch >= 2.1)");
@@ -477,15 +345,8 @@ bool kernel_row_fits(const at::Tensor& x, int64_t dim, bool fused) {
 bool fp8_supported(const at::Device& device) {
 #ifdef VLA_HAVE_FP8
   if (!device.is_cuda()) return true;
-#ifdef VLA_HAVE_CUDA
   if (scaled_mm_op() == nullptr) return false;
-  cudaDeviceProp prop;
-  if (cudaGetDeviceProperties(&prop, device.has_index() ? device.index() : 0) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return prop.major * 10 + prop.minor >= 89;
-#endif
+  return device::compute_capability(device) >= 89;
 #endif
   (void)device;
   return false;
@@ -494,7 +355,6 @@ bool fp8_supported(const at::Device& device) {
 Fp8Rows quantize_fp8(const at::Tensor& x, bool fused) {
   check_rows(x, "quantize_fp8");
 #ifdef VLA_HAVE_FP8
-#ifdef VLA_HAVE_CUDA
   if (kernel_row_fits(x, x.size(1), fused)) {
     Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device());
     check_launch(
@@ -503,7 +363,6 @@ Fp8Rows quantize_fp8(const at::Tensor& x, bool fused) {
         "quantize_fp8");
     return r;
   }
-#endif
   (void)fused;
   return quantize_ref(x.to(at::kFloat));
 #else
@@ -515,7 +374,6 @@ Fp8Rows quantize_fp8(const at::Tensor& x, bool fused) {
 Fp8Rows rms_norm_fp8(const at::Tensor& x, const at::Tensor& w, double eps, bool fused) {
   check_rows(x, "rms_norm_fp8");
 #ifdef VLA_HAVE_FP8
-#ifdef VLA_HAVE_CUDA
   if (kernel_row_fits(x, x.size(1), fused)) {
     Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device());
     auto wc = w.contiguous();
@@ -526,7 +384,6 @@ Fp8Rows rms_norm_fp8(const at::Tensor& x, const at::Tensor& w, double eps, bool 
         "rmsnorm_fp8");
     return r;
   }
-#endif
   (void)fused;
   auto xf = x.to(at::kFloat);
   auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
@@ -543,7 +400,7 @@ Fp8Rows add_rms_norm_fp8(const at::Tensor& x, at::Tensor& residual, const at::Te
                          bool fused) {
   check_rows(x, "add_rms_norm_fp8");
   check_rows(residual, "add_rms_norm_fp8 residual");
-#if defined(VLA_HAVE_FP8) && defined(VLA_HAVE_CUDA)
+#ifdef VLA_HAVE_FP8
   if (kernel_row_fits(x, x.size(1), fused)) {
     Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device());
     auto wc = w.contiguous();
@@ -564,7 +421,6 @@ Fp8Rows silu_mul_fp8(const at::Tensor& x, int64_t inter, bool fused) {
   check_rows(x, "silu_mul_fp8");
   VLA_CHECK(x.size(1) >= 2 * inter, "silu_mul_fp8: row too short");
 #ifdef VLA_HAVE_FP8
-#ifdef VLA_HAVE_CUDA
   if (kernel_row_fits(x, inter, fused)) {
     Fp8Rows r = alloc_fp8(x.size(0), inter, x.device());
     check_launch(
@@ -573,7 +429,6 @@ Fp8Rows silu_mul_fp8(const at::Tensor& x, int64_t inter, bool fused) {
         "silu_mul_fp8");
     return r;
   }
-#endif
   (void)fused;
   return quantize_ref(at::silu(x.narrow(1, 0, inter).to(at::kFloat)) *
                       x.narrow(1, inter, inter).to(at::kFloat));
@@ -594,7 +449,6 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
   const int64_t K = x.q.size(1), N = w.q.size(0);
   VLA_CHECK(w.q.size(1) == K, "linear_fp8: K mismatch (", K, " vs ", w.q.size(1), ")");
   (void)N;
-#ifdef VLA_HAVE_CUDA
   if (x.q.is_cuda() && out_dtype == at::kBFloat16 && K % 16 == 0 && N % 16 == 0 &&
       scaled_mm_op() != nullptr) {
     // cuBLASLt may refuse a bias epilogue with row-wise scales: then the bias is added after.
@@ -614,7 +468,7 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
         return call(true);
       } catch (const std::exception& e) {
         bias_in_gemm = false;
-        (void)cudaGetLastError();
+        device::clear_error();
         log_warn("gpu: _scaled_mm with bias failed (", e.what(), "); adding the bias separately");
       }
     }
@@ -622,7 +476,6 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
     if (has_bias) out.add_(b);
     return out;
   }
-#endif
   (void)fast_accum;
   at::Tensor out = at::matmul(dequantize_fp8(x), dequantize_fp8(w).t());
   if (b.defined()) out.add_(b.to(at::kFloat));

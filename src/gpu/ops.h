@@ -91,18 +91,4 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      const Varlen& qv, const Varlen& kv, bool causal, double scale, bool use_flash,
                      int64_t k_max_override = 0);
 
-// Coefficients of torchvision/ATen's antialiased bicubic uint8 resize (Pillow-SIMD algorithm:
-// a = -0.5 filter, support scaled when downscaling, int16 weights with a per-call precision).
-struct ResizeCoeffs {
-  int in_size = 0, out_size = 0, ksize = 0;
-  int precision = 0;             // fractional bits of the integer weights
-  std::vector<int32_t> weights;  // [out_size, ksize]
-  std::vector<int32_t> bounds;   // [out_size, 2] = (first input index, taps)
-  bool identity() const { return in_size == out_size; }
-};
-ResizeCoeffs bicubic_aa_coeffs(int in_size, int out_size);
-
-// Host (CPU) reference of the uint8 resize: frames [h, w, 3] -> [out_h, out_w, 3] uint8.
-std::vector<uint8_t> resize_u8_host(const uint8_t* frame, int h, int w, int out_h, int out_w);
-
 }  // namespace vla::gpu::ops

@@ -73,7 +73,17 @@ struct VisionLayout {
   torch::Tensor cu_seqlens;         // int64, cumulative patch counts of the images (full attention)
   torch::Tensor rotary_pos;         // int64 (N, 2): (row, col) of each patch, merge-grouped order
 };
+// transformers' Qwen2_5_VisionTransformerPretrainedModel.get_window_index + rot_pos_emb's
+// position ids (modeling_qwen2_5_vl.py) for grid_thw (num_images, 3). Throws vla::Error for grids
+// that are not positive multiples of the merge size.
 VisionLayout vision_layout(const torch::Tensor& grid_thw, const Qwen25VLVisionConfig& cfg);
+// The vision tower's 2D rotary tables (Qwen2_5_VisionRotaryEmbedding, theta = cfg.rope_theta):
+// cos, sin float32 (N, head_dim), rows in window order (layout.window_index applied to the merge
+// groups), angles laid out [row, col, row, col] as transformers' rot_pos_emb + cat((emb, emb)).
+std::pair<torch::Tensor, torch::Tensor> vision_rotary(const VisionLayout& layout,
+                                                      const Qwen25VLVisionConfig& cfg);
+// RMSNorm epsilon of the vision blocks and the merger (transformers hard-codes 1e-6 there).
+constexpr double kVisionRmsNormEps = 1e-6;
 
 class VisionAttentionImpl : public torch::nn::Module {
  public:
@@ -108,7 +118,6 @@ class VisionTransformerImpl : public torch::nn::Module {
   torch::nn::ModuleList blocks{nullptr};
   RMSNorm merger_ln_q{nullptr};
   Linear merger_fc1{nullptr}, merger_fc2{nullptr};  // merger.mlp.0 / merger.mlp.2
-  torch::Tensor inv_freq;                           // rotary, (head_dim / 4)
 };
 TORCH_MODULE(VisionTransformer);
 
@@ -160,9 +169,25 @@ class TextModelImpl : public torch::nn::Module {
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RMSNorm norm{nullptr};
-  torch::Tensor inv_freq;  // (head_dim / 2)
 };
 TORCH_MODULE(TextModel);
+
+// M-RoPE tables (transformers' Qwen2_5_VLRotaryEmbedding in float32, then the mrope_section
+// selection of apply_multimodal_rotary_pos_emb): position_ids int64 (3, B, L) (t, h, w) ->
+// cos, sin (B, L, head_dim) in `dtype`. Throws vla::Error for a malformed mrope_section.
+std::pair<torch::Tensor, torch::Tensor> mrope_rotary(const torch::Tensor& position_ids,
+                                                     const Qwen25VLTextConfig& cfg,
+                                                     torch::ScalarType dtype);
+
+// transformers' Qwen2_5_VLModel.get_rope_index (5.x; images only): input_ids (B, L) with each
+// image's <|image_pad|> run expanded to t*h*w / merge^2 tokens, grid_thw (num_images, 3) of the
+// batch's images in order (undefined = text only), attention_mask (B, L) 1/0 (undefined = all 1).
+// Returns position ids int64 (3, B, L) (padding gets 0) and rope deltas (B) = max position + 1 -
+// valid length. Throws vla::Error when the runs and grids disagree.
+std::pair<torch::Tensor, torch::Tensor> get_rope_index(const Qwen25VLConfig& cfg,
+                                                       const torch::Tensor& input_ids,
+                                                       const torch::Tensor& grid_thw,
+                                                       const torch::Tensor& attention_mask);
 
 // ---------------------------------------------------------------- prompt codec
 
@@ -200,6 +225,9 @@ struct ForwardOutput {
 
 enum class Pooling { kMean, kLastToken, kAll };
 Pooling parse_pooling(const std::string& name);  // "mean" | "last" | "all"
+// Last hidden states (B, L, H) of left-padded sequences, mask (B, L) 1 = token -> kMean: masked
+// mean (B, H); kLastToken: position L - 1 (B, H); kAll: (B, L, H) unchanged.
+torch::Tensor pool_hidden(const torch::Tensor& hidden, const torch::Tensor& mask, Pooling pooling);
 
 struct EncodeOptions {
   Pooling pooling = Pooling::kMean;
@@ -272,8 +300,7 @@ class Qwen25VLImpl : public torch::nn::Module {
   ForwardOutput forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
                         const torch::Tensor& pixel_values = {}, const torch::Tensor& grid_thw = {},
                         const ForwardOptions& options = {});
-  // transformers' get_rope_index (5.x): 3D positions (3, B, L) for text + images (padding gets
-  // 0), and rope deltas (B).
+  // vla::get_rope_index with this model's config.
   std::pair<torch::Tensor, torch::Tensor> get_rope_index(const torch::Tensor& input_ids,
                                                          const torch::Tensor& grid_thw,
                                                          const torch::Tensor& attention_mask) const;

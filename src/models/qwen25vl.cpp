@@ -37,6 +37,23 @@ Pooling parse_pooling(const std::string& name) {
   throw Error(str_cat("unknown pooling '", name, "' (expected mean | last | all)"));
 }
 
+torch::Tensor pool_hidden(const torch::Tensor& h, const torch::Tensor& mask, Pooling pooling) {
+  VLA_CHECK(
+      h.dim() == 3 && mask.dim() == 2 && mask.size(0) == h.size(0) && mask.size(1) == h.size(1),
+      "pool_hidden: hidden ", h.sizes(), " and mask ", mask.sizes(), " do not match");
+  switch (pooling) {
+    case Pooling::kMean: {
+      auto m = mask.to(h.device()).to(h.scalar_type()).unsqueeze(-1);
+      return (h * m).sum(1) / m.sum(1);
+    }
+    case Pooling::kLastToken:
+      return h.select(1, h.size(1) - 1);
+    case Pooling::kAll:
+      break;
+  }
+  return h;
+}
+
 Qwen25VLImpl::Qwen25VLImpl(const Qwen25VLConfig& cfg, double initializer_range) : cfg_(cfg) {
   VLA_CHECK(cfg.vision.out_hidden_size == cfg.text.hidden_size, "vision out_hidden_size ",
             cfg.vision.out_hidden_size, " != text hidden_size ", cfg.text.hidden_size);
@@ -165,6 +182,13 @@ void Qwen25VLImpl::save_pretrained(const std::string& dir, const std::string& as
 std::pair<torch::Tensor, torch::Tensor> Qwen25VLImpl::get_rope_index(
     const torch::Tensor& input_ids, const torch::Tensor& grid_thw,
     const torch::Tensor& attention_mask) const {
+  return vla::get_rope_index(cfg_, input_ids, grid_thw, attention_mask);
+}
+
+std::pair<torch::Tensor, torch::Tensor> get_rope_index(const Qwen25VLConfig& cfg,
+                                                       const torch::Tensor& input_ids,
+                                                       const torch::Tensor& grid_thw,
+                                                       const torch::Tensor& attention_mask) {
   VLA_CHECK(input_ids.dim() == 2, "input_ids must be (B, L), got ", input_ids.sizes());
   const int64_t B = input_ids.size(0), L = input_ids.size(1);
   auto ids = input_ids.to(torch::kCPU).to(torch::kInt64).contiguous();
@@ -179,8 +203,8 @@ std::pair<torch::Tensor, torch::Tensor> Qwen25VLImpl::get_rope_index(
     auto g = grid_thw.to(torch::kCPU).to(torch::kInt64).contiguous();
     grids.assign(g.data_ptr<int64_t>(), g.data_ptr<int64_t>() + g.numel());
   }
-  const int64_t m = cfg_.vision.spatial_merge_size;
-  const int64_t image_id = cfg_.image_token_id;
+  const int64_t m = cfg.vision.spatial_merge_size;
+  const int64_t image_id = cfg.image_token_id;
   auto pos = torch::zeros({3, B, L}, torch::kInt64);
   auto deltas = torch::zeros({B}, torch::kInt64);
   auto P = pos.accessor<int64_t, 3>();
@@ -358,19 +382,7 @@ EncodeResult Qwen25VLImpl::encode(const std::vector<Image>& images, const std::s
   ForwardOptions fo;
   fo.compute_logits = false;
   auto out = forward(ids, B > 1 ? mask : torch::Tensor(), pre.pixel_values, pre.grid_thw, fo);
-  auto h = out.last_hidden;
-  auto m = mask.to(h.device()).to(h.scalar_type()).unsqueeze(-1);
-  switch (opt.pooling) {
-    case Pooling::kMean:
-      r.features = (h * m).sum(1) / m.sum(1);
-      break;
-    case Pooling::kLastToken:
-      r.features = h.select(1, L - 1);
-      break;
-    case Pooling::kAll:
-      r.features = h;
-      break;
-  }
+  r.features = pool_hidden(out.last_hidden, mask, opt.pooling);
   r.attention_mask = mask;
   r.input_ids = ids;
   r.model_ms = sw.elapsed_ms();

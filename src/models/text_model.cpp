@@ -93,15 +93,23 @@ TextModelImpl::TextModelImpl(const Qwen25VLTextConfig& c) : cfg(c) {
   for (auto s : c.mrope_section) sum += s;
   VLA_CHECK(c.mrope_section.size() == 3 && sum * 2 == hd, "mrope_section must have 3 entries ",
             "summing to head_dim / 2 = ", hd / 2);
-  inv_freq =
-      1.0 / torch::pow(c.rope_theta, torch::arange(0, hd, 2, torch::kInt64).to(torch::kFloat32) /
-                                         static_cast<double>(hd));
 }
 
-std::pair<torch::Tensor, torch::Tensor> TextModelImpl::rotary(const torch::Tensor& position_ids,
-                                                              torch::ScalarType dtype) const {
+std::pair<torch::Tensor, torch::Tensor> mrope_rotary(const torch::Tensor& position_ids,
+                                                     const Qwen25VLTextConfig& cfg,
+                                                     torch::ScalarType dtype) {
+  VLA_CHECK(position_ids.dim() == 3 && position_ids.size(0) == 3,
+            "position_ids must be (3, B, L), got ", position_ids.sizes());
+  const int64_t hd = cfg.head_dim();
+  int64_t sum = 0;
+  for (auto s : cfg.mrope_section) sum += s;
+  VLA_CHECK(cfg.mrope_section.size() == 3 && sum * 2 == hd, "mrope_section must have 3 entries ",
+            "summing to head_dim / 2 = ", hd / 2);
   // freqs (3, B, L, hd/2) = positions x inv_freq, in float32 as transformers does.
   auto pos = position_ids.to(torch::kFloat32);
+  auto inv_freq =
+      1.0 / torch::pow(cfg.rope_theta, torch::arange(0, hd, 2, torch::kInt64).to(torch::kFloat32) /
+                                           static_cast<double>(hd));
   auto freqs = pos.unsqueeze(-1) * inv_freq.to(pos.device());
   auto pick = [&](const torch::Tensor& f) {
     std::vector<torch::Tensor> parts;
@@ -114,6 +122,11 @@ std::pair<torch::Tensor, torch::Tensor> TextModelImpl::rotary(const torch::Tenso
     return torch::cat({half, half}, -1).to(dtype);
   };
   return {pick(freqs.cos()), pick(freqs.sin())};
+}
+
+std::pair<torch::Tensor, torch::Tensor> TextModelImpl::rotary(const torch::Tensor& position_ids,
+                                                              torch::ScalarType dtype) const {
+  return mrope_rotary(position_ids, cfg, dtype);
 }
 
 torch::Tensor TextModelImpl::forward(const torch::Tensor& inputs_embeds,

@@ -78,6 +78,26 @@ VisionLayout vision_layout(const torch::Tensor& grid_thw, const Qwen25VLVisionCo
   return L;
 }
 
+std::pair<torch::Tensor, torch::Tensor> vision_rotary(const VisionLayout& layout,
+                                                      const Qwen25VLVisionConfig& cfg) {
+  const int64_t hd = cfg.head_dim(), spatial = hd / 2;
+  const int64_t n = layout.rotary_pos.size(0);
+  const int64_t unit = cfg.spatial_merge_size * cfg.spatial_merge_size;
+  VLA_CHECK(hd % 4 == 0, "vision head_dim must be a multiple of 4");
+  auto inv_freq = 1.0 / torch::pow(cfg.rope_theta,
+                                   torch::arange(0, spatial, 2, torch::kInt64).to(torch::kFloat32) /
+                                       static_cast<double>(spatial));
+  auto pos = layout.rotary_pos.to(torch::kFloat32);                    // (N, 2)
+  auto freqs = pos.unsqueeze(-1) * inv_freq;                           // (N, 2, hd/4)
+  auto hw = torch::cat({freqs.select(1, 0), freqs.select(1, 1)}, -1);  // (N, hd/2)
+  auto emb = torch::cat({hw, hw}, -1);
+  auto widx = layout.window_index.to(torch::kInt64);
+  auto permute = [&](const torch::Tensor& t) {
+    return t.reshape({n / unit, unit, -1}).index_select(0, widx).reshape({n, -1});
+  };
+  return {permute(emb.cos()), permute(emb.sin())};
+}
+
 VisionAttentionImpl::VisionAttentionImpl(int64_t dim, int64_t heads_)
     : heads(heads_), head_dim(dim / heads_) {
   qkv = register_module("qkv", Linear(dim, 3 * dim, true));
@@ -147,8 +167,8 @@ torch::Tensor VisionAttentionImpl::forward(const torch::Tensor& x, const torch::
 }
 
 VisionBlockImpl::VisionBlockImpl(const Qwen25VLVisionConfig& c) {
-  norm1 = register_module("norm1", RMSNorm(c.hidden_size, 1e-6));
-  norm2 = register_module("norm2", RMSNorm(c.hidden_size, 1e-6));
+  norm1 = register_module("norm1", RMSNorm(c.hidden_size, kVisionRmsNormEps));
+  norm2 = register_module("norm2", RMSNorm(c.hidden_size, kVisionRmsNormEps));
   attn = register_module("attn", VisionAttention(c.hidden_size, c.num_heads));
   mlp = register_module("mlp", Mlp(c.hidden_size, c.intermediate_size, true));
 }
@@ -179,17 +199,11 @@ VisionTransformerImpl::VisionTransformerImpl(const Qwen25VLVisionConfig& c) : cf
   auto merger = std::make_shared<torch::nn::Module>();
   auto mlp = std::make_shared<torch::nn::Module>();
   const int64_t ctx = c.hidden_size * c.spatial_merge_size * c.spatial_merge_size;
-  merger_ln_q = merger->register_module("ln_q", RMSNorm(c.hidden_size, 1e-6));
+  merger_ln_q = merger->register_module("ln_q", RMSNorm(c.hidden_size, kVisionRmsNormEps));
   merger_fc1 = mlp->register_module("0", Linear(ctx, ctx, true));
   merger_fc2 = mlp->register_module("2", Linear(ctx, c.out_hidden_size, true));
   merger->register_module("mlp", mlp);
   register_module("merger", merger);
-  const int64_t hd = c.hidden_size / c.num_heads;
-  const int64_t spatial = hd / 2;
-  // Kept out of the module's buffers so that .to(bf16) never rounds it (HF keeps it float32).
-  inv_freq = 1.0 / torch::pow(c.rope_theta,
-                              torch::arange(0, spatial, 2, torch::kInt64).to(torch::kFloat32) /
-                                  static_cast<double>(spatial));
 }
 
 torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& pixel_values,
@@ -211,12 +225,9 @@ torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& pixel_values,
     return t.reshape({n / unit, unit, -1}).index_select(0, widx).reshape({n, -1});
   };
   x = permute(x);
-  // 2D rotary: angles of (row, col) with the same frequencies, laid out [h, w, h, w].
-  auto pos = layout.rotary_pos.to(dev).to(torch::kFloat32);            // (N, 2)
-  auto freqs = pos.unsqueeze(-1) * inv_freq.to(dev, torch::kFloat32);  // (N, 2, hd/4)
-  auto hw = torch::cat({freqs.select(1, 0), freqs.select(1, 1)}, -1);  // (N, hd/2)
-  auto emb = torch::cat({hw, hw}, -1);
-  auto cos = permute(emb.cos()), sin = permute(emb.sin());
+  auto [cos, sin] = vision_rotary(layout, cfg);
+  cos = cos.to(dev);
+  sin = sin.to(dev);
   const auto cu_full =
       std::vector<int64_t>(layout.cu_seqlens.data_ptr<int64_t>(),
                            layout.cu_seqlens.data_ptr<int64_t>() + layout.cu_seqlens.numel());

@@ -465,6 +465,22 @@ Policy::Policy(PolicyConfig cfg, Expert expert, NormStats stats, std::shared_ptr
   refresh_info();
 }
 
+std::shared_ptr<Policy> Policy::untrained_for(const Policy& like, std::shared_ptr<VlmEncoder> vlm,
+                                              int num_views, int image_width, int image_height) {
+  VLA_CHECK(vlm != nullptr, "untrained_for: no VLM");
+  PolicyConfig cfg = like.config();
+  cfg.vl_dim = vlm->feature_dim();
+  cfg.pooling = "last";
+  cfg.vl_memory = "none";
+  cfg.vl_tokens = 1;
+  cfg.use_views.clear();
+  cfg.num_views = num_views;
+  cfg.image_width = image_width;
+  cfg.image_height = image_height;
+  return std::make_shared<Policy>(cfg, Expert(cfg), like.stats(), vlm,
+                                  nlohmann::json{{"untrained_expert", true}});
+}
+
 void Policy::refresh_info() {
   info_ = {{"config", cfg_.to_json()},
            {"norm", stats_.to_json()},
@@ -482,7 +498,7 @@ void Policy::save(const std::string& dir) const {
     vlm_->save(dir + "/vlm");
     // The fingerprint of the VLM as written (the HF writer may not round-trip bit-exactly):
     // this is what load() checks.
-    if (have_vlm_engine()) j["vlm_fingerprint"] = load_vlm(dir + "/vlm", cfg_)->fingerprint();
+    j["vlm_fingerprint"] = load_vlm(dir + "/vlm", cfg_)->fingerprint();
   }
   write_json_atomic(dir + "/policy.json", j);  // last: a folder with policy.json is complete
 }
@@ -521,7 +537,8 @@ std::string Policy::resolve(const std::string& name) {
                       "in the source tree, or under $VLA_ASSETS_DIR"));
 }
 
-std::shared_ptr<Policy> Policy::load(const std::string& dir_or_default) {
+std::shared_ptr<Policy> Policy::load(const std::string& dir_or_default,
+                                     const VlmOptions& vlm_options) {
   const std::string dir = resolve(dir_or_default);
   nlohmann::json j = read_json(dir + "/policy.json");
   VLA_CHECK(j.value("format", "") == "vla.policy/1", dir, "/policy.json: unknown format '",
@@ -542,7 +559,7 @@ std::shared_ptr<Policy> Policy::load(const std::string& dir_or_default) {
   std::shared_ptr<VlmEncoder> vlm;
   const std::string want = j.value("vlm_fingerprint", "");
   if (fs::exists(dir + "/vlm")) {
-    vlm = load_vlm(dir + "/vlm", cfg);
+    vlm = load_vlm(dir + "/vlm", cfg, vlm_options);
     VLA_CHECK(want.empty() || vlm->fingerprint() == want, dir,
               ": the VLM in vlm/ does not match the one this policy was trained with (expected "
               "fingerprint ",

@@ -239,11 +239,36 @@ class VlmEncoder {
   // float32, training outputs live on that device. The default only accepts the CPU.
   virtual void to(const torch::Device& device);
 };
-// Loads `dir` (a Qwen2.5-VL folder) with the engine; throws when the engine is not built in.
-// Only the views listed in cfg.use_views are given to the VLM (all when empty).
-std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg);
-// True when this build contains the Qwen2.5-VL engine.
-bool have_vlm_engine();
+// Where and how the policy's VLM runs.
+struct VlmOptions {
+  // "cpu" | "cuda" | "cuda:N" (vla::parse_device).
+  std::string device = "cpu";
+  // "reference": the trainable LibTorch model (src/models), float32, any image sizes.
+  // "fast": the fixed-shape executor (src/gpu: fused weights, CUDA graphs, bf16 on CUDA and
+  // float32 on the CPU), inference only; one plan per (views, frame size, prompt), re-planned
+  // when they change (a new instruction costs one plan: milliseconds for small VLMs, ~1 s at 3B).
+  std::string backend = "reference";
+  // fast backend: FP8 (e4m3) GEMMs (gpu::EngineOptions::fp8; compute capability >= 8.9).
+  bool fp8 = false;
+  void validate() const;  // throws vla::Error naming the bad field
+};
+// The backends --vlm-backend accepts.
+const std::vector<std::string>& vlm_backends();
+
+// Loads `dir` (a Qwen2.5-VL checkpoint folder; a folder with only config.json gives random
+// weights, seeded by the caller) as `options` say. Only the views listed in cfg.use_views are
+// given to the VLM (all when empty). Throws vla::Error for a missing config, a bad device or
+// backend, or a fast-backend request the checkpoint cannot meet.
+std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg,
+                                     const VlmOptions& options = {});
+
+// A VLM folder for `arch_dir` (a checkpoint or a config-only architecture folder such as
+// assets/configs/qwen2.5-vl-3b-instruct) that can tokenise prompts: arch_dir itself when it has
+// tokenizer.json; otherwise `work_dir` is (re)written with arch_dir's config.json (its special
+// token ids replaced by those of tokenizer_dir's config.json, the ids that tokenizer emits),
+// arch_dir's processor config and tokenizer_dir's tokenizer files. Returns the folder to load.
+std::string vlm_folder_with_tokenizer(const std::string& arch_dir, const std::string& tokenizer_dir,
+                                      const std::string& work_dir);
 
 // ---------------------------------------------------------------- the policy
 class Policy {
@@ -251,12 +276,20 @@ class Policy {
   // Loads a policy folder. "default" = assets/policy/default, resolved (in order) against
   // $VLA_ASSETS_DIR, the directory of the running executable and its parents, the source tree
   // this binary was built from, and the working directory. Same for "no_reuse".
-  static std::shared_ptr<Policy> load(const std::string& dir_or_default);
+  // `vlm` says where and how the policy's VLM runs.
+  static std::shared_ptr<Policy> load(const std::string& dir_or_default,
+                                      const VlmOptions& vlm = {});
   // Resolves "default"/"no_reuse"/a path to an existing policy folder (throws if none).
   static std::string resolve(const std::string& dir_or_default);
   // A fresh (random-init) policy around an expert and stats; vlm may be null (act-only policy).
   Policy(PolicyConfig cfg, Expert expert, NormStats stats, std::shared_ptr<VlmEncoder> vlm,
          nlohmann::json provenance = nlohmann::json::object());
+  // A policy around `vlm` whose action expert is freshly initialised (seeded by the caller, so
+  // UNTRAINED) for that VLM's features with `last` pooling and no scene memory; sensor, horizon
+  // and norm settings come from `like`. For timing the runtime with a VLM no expert was trained
+  // on (e.g. the 3B architecture); its actions are meaningless.
+  static std::shared_ptr<Policy> untrained_for(const Policy& like, std::shared_ptr<VlmEncoder> vlm,
+                                               int num_views, int image_width, int image_height);
   // Writes the folder crash-safe (files via temp + rename; vlm/ when a VLM is attached).
   void save(const std::string& dir) const;
 

@@ -1,5 +1,10 @@
 // The policy's slow path: a Qwen2.5-VL engine behind the VlmEncoder interface.
+#include <cstdio>
+#include <filesystem>
+
 #include "policy/policy.h"
+#include "policy/vlm_common.h"
+#include "weights/weights.h"
 
 namespace vla::policy {
 
@@ -74,13 +79,107 @@ std::vector<int64_t> VlmEncoder::token_ids(const std::string&) const {
 }
 int64_t VlmEncoder::vocab_size() const { throw no_training("vocab_size"); }
 
-#ifndef VLA_POLICY_HAVE_MODELS
-bool have_vlm_engine() { return false; }
+// ---------------------------------------------------------------- shared by the encoders
 
-std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig&) {
-  throw Error(str_cat("policy: cannot load the VLM in '", dir,
-                      "': this build has no Qwen2.5-VL engine (src/models)"));
+std::vector<Image> pick_views(const std::vector<Image>& views, const PolicyConfig& cfg) {
+  if (cfg.use_views.empty()) return views;
+  std::vector<Image> out;
+  for (int v : cfg.use_views) {
+    VLA_CHECK(v < static_cast<int>(views.size()), "VLM: view ", v, " requested but only ",
+              views.size(), " given");
+    out.push_back(views[v]);
+  }
+  return out;
 }
-#endif
+
+torch::Tensor pool_features(const torch::Tensor& h, const torch::Tensor& ids,
+                            const torch::Tensor& mask, const PolicyConfig& cfg,
+                            int64_t image_token_id) {
+  const int64_t B = h.size(0), L = h.size(1);
+  auto last = h.narrow(1, L - 1, 1);
+  if (cfg.pooling == "last") return last;
+  if (cfg.pooling == "mean") {
+    auto m = mask.to(h.device(), h.scalar_type()).unsqueeze(-1);
+    return ((h * m).sum(1) / m.sum(1)).unsqueeze(1);
+  }
+  // "tokens": every sample has the same image-token count (same views and resolution).
+  auto is_img = ids.eq(image_token_id);
+  const int64_t total = is_img.sum().item<int64_t>(), n = total / B;
+  VLA_CHECK(n > 0 && n * B == total,
+            "VLM: pooling 'tokens' needs the same number of image tokens in every sample");
+  auto img = h.index({is_img.to(h.device())}).view({B, n, h.size(2)});
+  return torch::cat({img, last}, 1);
+}
+
+namespace {
+std::string fnv(const void* data, size_t n, uint64_t h = 1469598103934665603ULL) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ULL;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+}  // namespace
+
+std::string vlm_fingerprint(const std::vector<std::string>& sorted_names,
+                            const std::function<torch::Tensor(const std::string&)>& tensor,
+                            const PolicyConfig& cfg) {
+  std::string acc = "qwen25vl";
+  for (const auto& name : sorted_names) {
+    auto c = tensor(name).detach().to(torch::kCPU, torch::kFloat32).contiguous();
+    acc += name + ":" + fnv(c.data_ptr(), c.numel() * c.element_size()) + ";";
+  }
+  // What the features depend on besides the weights: pooling and the views used.
+  acc += "|pooling=" + cfg.pooling + "|views=";
+  for (int v : cfg.use_views) acc += std::to_string(v) + ",";
+  if (cfg.text_first()) acc += "|text_first";
+  return "qwen25vl-" + fnv(acc.data(), acc.size());
+}
+
+std::string vlm_folder_with_tokenizer(const std::string& arch_dir, const std::string& tokenizer_dir,
+                                      const std::string& work_dir) {
+  namespace fs = std::filesystem;
+  if (fs::exists(arch_dir + "/tokenizer.json")) return arch_dir;
+  VLA_CHECK(fs::exists(tokenizer_dir + "/tokenizer.json"), "VLM: neither '", arch_dir, "' nor '",
+            tokenizer_dir, "' has a tokenizer.json");
+  VLA_CHECK(!fs::exists(arch_dir + "/model.safetensors") &&
+                !fs::exists(arch_dir + "/model.safetensors.index.json"),
+            "VLM: checkpoint '", arch_dir,
+            "' has weights but no tokenizer.json; its own tokenizer is needed");
+  Qwen25VLConfig arch = Qwen25VLConfig::load(arch_dir);
+  const Qwen25VLConfig tok = Qwen25VLConfig::load(tokenizer_dir);
+  arch.image_token_id = tok.image_token_id;
+  arch.video_token_id = tok.video_token_id;
+  arch.vision_start_token_id = tok.vision_start_token_id;
+  arch.vision_end_token_id = tok.vision_end_token_id;
+  arch.bos_token_id = tok.bos_token_id;
+  arch.pad_token_id = tok.pad_token_id;
+  arch.eos_token_ids = tok.eos_token_ids;
+  arch.validate(arch_dir + "/config.json with " + tokenizer_dir + "'s token ids");
+  remove_tree(work_dir);  // no file of an earlier architecture may linger
+  make_dirs(work_dir);
+  arch.save(work_dir);
+  auto copy = [&](const std::string& from_dir, const char* name) {
+    if (fs::exists(from_dir + "/" + name))
+      fs::copy_file(from_dir + "/" + name, work_dir + "/" + name,
+                    fs::copy_options::overwrite_existing);
+  };
+  for (const char* f : {"preprocessor_config.json", "processor_config.json"}) copy(arch_dir, f);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                        "chat_template.json", "special_tokens_map.json"})
+    copy(tokenizer_dir, f);
+  log_info("VLM: ", work_dir, " = architecture of ", arch_dir, " + tokenizer of ", tokenizer_dir);
+  return work_dir;
+}
+
+std::string canonical_weight_name(const std::string& n) {
+  const std::string lm = "model.language_model.", vis = "model.visual.";
+  if (n.rfind(lm, 0) == 0) return "model." + n.substr(lm.size());
+  if (n.rfind(vis, 0) == 0) return n.substr(6);
+  return n;
+}
 
 }  // namespace vla::policy

@@ -1,4 +1,5 @@
 // VlmEncoder backed by the Qwen2.5-VL engine (src/models). Compiled only when vla_models exists.
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <mutex>
@@ -6,6 +7,7 @@
 
 #include "models/models.h"
 #include "policy/policy.h"
+#include "policy/vlm_common.h"
 #include "vision/vision.h"
 
 namespace vla::policy {
@@ -13,17 +15,6 @@ namespace vla::policy {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string fnv(const void* data, size_t n, uint64_t h = 1469598103934665603ULL) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 1099511628211ULL;
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
 
 class QwenVlm : public VlmEncoder {
  public:
@@ -36,16 +27,7 @@ class QwenVlm : public VlmEncoder {
     refresh_fingerprint();
   }
 
-  std::vector<Image> pick(const std::vector<Image>& views) const {
-    if (cfg_.use_views.empty()) return views;
-    std::vector<Image> out;
-    for (int v : cfg_.use_views) {
-      VLA_CHECK(v < static_cast<int>(views.size()), "VLM: view ", v, " requested but only ",
-                views.size(), " given");
-      out.push_back(views[v]);
-    }
-    return out;
-  }
+  std::vector<Image> pick(const std::vector<Image>& views) const { return pick_views(views, cfg_); }
 
   // The one feature path: encode / encode_batch (inference) and encode_train /
   // encode_train_batch (autograd) all run this padded forward + pooling -> [B, tokens, H].
@@ -63,20 +45,7 @@ class QwenVlm : public VlmEncoder {
   // [B, L, H] hidden states -> [B, tokens, H] features (see PolicyConfig::pooling).
   torch::Tensor pool(const torch::Tensor& h, const torch::Tensor& ids,
                      const torch::Tensor& mask) const {
-    const int64_t B = h.size(0), L = h.size(1);
-    auto last = h.narrow(1, L - 1, 1);
-    if (cfg_.pooling == "last") return last;
-    if (cfg_.pooling == "mean") {
-      auto m = mask.to(h.device(), h.scalar_type()).unsqueeze(-1);
-      return ((h * m).sum(1) / m.sum(1)).unsqueeze(1);
-    }
-    // "tokens": every sample has the same image-token count (same views and resolution).
-    auto is_img = ids.eq(model_->config().image_token_id);
-    const int64_t n = is_img.sum().item<int64_t>() / B;
-    VLA_CHECK(n > 0 && n * B == is_img.sum().item<int64_t>(),
-              "VLM: pooling 'tokens' needs the same number of image tokens in every sample");
-    auto img = h.index({is_img.to(h.device())}).view({B, n, h.size(2)});
-    return torch::cat({img, last}, 1);
+    return pool_features(h, ids, mask, cfg_, model_->config().image_token_id);
   }
 
   torch::Tensor encode(const std::vector<Image>& views,
@@ -319,16 +288,11 @@ class QwenVlm : public VlmEncoder {
   }
   void to(const torch::Device& device) override { model_->to(device); }
   void refresh_fingerprint() override {
-    std::string acc = model_->config().text.hidden_size > 0 ? "qwen25vl" : "";
-    for (auto& [name, t] : model_->state_tensors()) {
-      auto c = t.detach().to(torch::kFloat32).contiguous();
-      acc += name + ":" + fnv(c.data_ptr(), c.numel() * c.element_size()) + ";";
-    }
-    // What the features depend on besides the weights: pooling and the views used.
-    acc += "|pooling=" + cfg_.pooling + "|views=";
-    for (int v : cfg_.use_views) acc += std::to_string(v) + ",";
-    if (cfg_.text_first()) acc += "|text_first";
-    fingerprint_ = "qwen25vl-" + fnv(acc.data(), acc.size());
+    const auto state = model_->state_tensors();
+    std::vector<std::string> names;
+    for (const auto& kv : state) names.push_back(kv.first);
+    fingerprint_ = vlm_fingerprint(
+        names, [&](const std::string& n) { return state.at(n); }, cfg_);
   }
 
  private:
@@ -343,11 +307,25 @@ class QwenVlm : public VlmEncoder {
 
 }  // namespace
 
-bool have_vlm_engine() { return true; }
+const std::vector<std::string>& vlm_backends() {
+  static const std::vector<std::string> names = {"reference", "fast"};
+  return names;
+}
 
-std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg) {
+void VlmOptions::validate() const {
+  (void)parse_device(device);
+  const auto& b = vlm_backends();
+  VLA_CHECK(std::find(b.begin(), b.end(), backend) != b.end(), "unknown VLM backend '", backend,
+            "' (expected reference | fast)");
+  VLA_CHECK(!fp8 || backend == "fast", "fp8 needs the fast VLM backend (--vlm-backend fast)");
+}
+
+std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg,
+                                     const VlmOptions& options) {
   VLA_CHECK(fs::exists(dir + "/config.json"), "VLM folder '", dir, "' has no config.json");
   cfg.validate();  // the encoder relies on pooling and use_views being valid
+  options.validate();
+  if (options.backend == "fast") return load_fast_vlm(dir, cfg, options);
   const bool has_weights =
       fs::exists(dir + "/model.safetensors") || fs::exists(dir + "/model.safetensors.index.json");
   Qwen25VL model{nullptr};
@@ -361,7 +339,10 @@ std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig&
     model->set_prompt_codec(make_prompt_codec(dir, c));
     log_info("VLM: ", dir, " has no weights; random initialisation from its config.json");
   }
-  return std::make_shared<QwenVlm>(model, dir, cfg);
+  auto enc = std::make_shared<QwenVlm>(model, dir, cfg);
+  const auto device = parse_device(options.device);
+  if (!device.is_cpu()) enc->to(device);
+  return enc;
 }
 
 }  // namespace vla::policy

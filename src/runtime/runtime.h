@@ -384,14 +384,26 @@ PolicyFns expert_policy(SimPlant& plant);
 // `vla eval staleness` and `vla run` share).
 struct ClosedLoopOptions {
   std::string policy = "default";  // "default" | "no_reuse" | policy folder | "expert"
-  std::string vlm_device = "cpu";  // where the policy's VLM runs (the expert stays on the CPU)
+  vla::policy::VlmOptions vlm;     // where and how the policy's VLM runs (the expert: CPU)
   bool wall_time = false;          // false: sim time (deterministic), true: real threads
-  int episodes = 10;
+  int episodes = 50;
   uint64_t seed = 1000;            // episode i uses seed + i
   RuntimeConfig rt;                // vlm_latency_s = 0 in sim time means synchronous
   int record_frames_episodes = 0;  // record VLM frames for the first N episodes
   double time_limit_s = 0;         // 0: the env's default
   bool progress = true;
+  // A VLM to run instead of the policy's (a checkpoint or an architecture folder such as
+  // assets/configs/qwen2.5-vl-3b-instruct: random weights; the policy's tokenizer when it has
+  // none, see policy::vlm_folder_with_tokenizer, written to vlm_work_dir). The action expert is
+  // then re-initialised for its features (Policy::untrained_for: UNTRAINED, its success is
+  // meaningless) -- for measuring the runtime with a full-size VLM.
+  std::string vlm_override;
+  std::string vlm_work_dir = "out/run/vlm";
+  int num_views = 0, image_width = 0, image_height = 0;  // camera shape; 0: the policy's
+  // Frames the VLM thread sees: 0 = rendered live by the simulator (OSMesa on the CPU: ~40 ms per
+  // 640x360 view, and the physics thread waits while it renders); N > 0 = N frame sets rendered
+  // at the start of each episode, then replayed in turn (measures the VLM, not the camera).
+  int replay_frames = 0;
 };
 // Runs the episodes; stops early (marking the run interrupted) when *stop becomes true.
 std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,

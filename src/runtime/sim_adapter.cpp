@@ -84,6 +84,35 @@ PolicyFns expert_policy(SimPlant& plant) {
   return p;
 }
 
+namespace {
+
+// The simulator with its cameras replaced by a replay of frames rendered up front: every other
+// call goes to the simulator.
+class ReplayCameraPlant : public Plant {
+ public:
+  ReplayCameraPlant(SimPlant& sim, int frame_sets) : sim_(sim) {
+    for (int i = 0; i < frame_sets; ++i) frames_.push_back(sim_.render());
+  }
+  std::string instruction() override { return sim_.instruction(); }
+  std::vector<Image> render() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return frames_[next_++ % frames_.size()];
+  }
+  void set_chunk(const std::vector<Action>& chunk) override { sim_.set_chunk(chunk); }
+  Sample step_physics() override { return sim_.step_physics(); }
+  Action proprio() override { return sim_.proprio(); }
+  double time() override { return sim_.time(); }
+  PlantOutcome outcome() override { return sim_.outcome(); }
+
+ private:
+  SimPlant& sim_;
+  std::vector<std::vector<Image>> frames_;
+  std::mutex mu_;
+  size_t next_ = 0;
+};
+
+}  // namespace
+
 }  // namespace vla::runtime
 
 namespace vla::runtime {
@@ -97,8 +126,19 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
 #ifdef VLA_RUNTIME_WITH_POLICY
   std::shared_ptr<vla::policy::Policy> learned;
   if (!expert) {
-    learned = vla::policy::Policy::load(opt.policy);
-    if (opt.vlm_device != "cpu" && learned->vlm()) learned->vlm()->to(parse_device(opt.vlm_device));
+    if (opt.vlm_override.empty()) {
+      learned = vla::policy::Policy::load(opt.policy, opt.vlm);
+    } else {
+      const auto like = vla::policy::Policy::load(opt.policy);
+      const std::string dir = vla::policy::vlm_folder_with_tokenizer(
+          opt.vlm_override, like->info()["dir"].get<std::string>() + "/vlm", opt.vlm_work_dir);
+      auto vlm = vla::policy::load_vlm(dir, like->config(), opt.vlm);
+      learned = vla::policy::Policy::untrained_for(
+          *like, vlm, opt.num_views > 0 ? opt.num_views : like->num_views(),
+          opt.image_width > 0 ? opt.image_width : like->image_width(),
+          opt.image_height > 0 ? opt.image_height : like->image_height());
+      log_warn("VLM ", opt.vlm_override, " with an UNTRAINED action expert: timing only");
+    }
     ec.num_views = learned->num_views();
     ec.width = learned->image_width();
     ec.height = learned->image_height();
@@ -131,8 +171,11 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
     env.reset(opt.seed + static_cast<uint64_t>(i));
     RuntimeConfig rt = opt.rt;
     rt.record_frames = i < opt.record_frames_episodes;
-    EpisodeResult ep =
-        opt.wall_time ? run_wall_time(plant, fns, rt, stop) : run_sim_time(plant, fns, rt);
+    std::unique_ptr<ReplayCameraPlant> replay;
+    if (opt.replay_frames > 0)
+      replay = std::make_unique<ReplayCameraPlant>(plant, opt.replay_frames);
+    Plant& p = replay ? static_cast<Plant&>(*replay) : plant;
+    EpisodeResult ep = opt.wall_time ? run_wall_time(p, fns, rt, stop) : run_sim_time(p, fns, rt);
     succ += ep.outcome.success;
     log_debug("episode ", i, " seed ", opt.seed + i, ": ", ep.outcome.reason);
     const bool interrupted = ep.interrupted;

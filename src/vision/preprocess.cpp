@@ -31,23 +31,18 @@ double cubic_pillow(double x) {
   return 0.0;
 }
 
-// Fixed-point weights of one axis: output i reads input [xmin[i], xmin[i] + xsize[i]).
-struct AxisWeights {
-  int ksize = 0;
-  int precision = 0;
-  std::vector<int64_t> xmin, xsize;
-  std::vector<int32_t> k;  // out_size * ksize
-};
-
 int32_t round_away(double v) {
   return v < 0 ? static_cast<int32_t>(-0.5 + v) : static_cast<int32_t>(0.5 + v);
 }
 
-AxisWeights compute_weights(int64_t in_size, int64_t out_size, ResizeBackend backend) {
+}  // namespace
+
+ResizeFilter resize_filter(int64_t in_size, int64_t out_size, ResizeBackend backend) {
+  VLA_CHECK(in_size > 0 && out_size > 0, "resize: bad sizes ", in_size, " -> ", out_size);
   const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
   const double support = scale >= 1.0 ? 2.0 * scale : 2.0;
   const double invscale = scale >= 1.0 ? 1.0 / scale : 1.0;
-  AxisWeights w;
+  ResizeFilter w;
   w.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
   w.xmin.resize(out_size);
   w.xsize.resize(out_size);
@@ -91,12 +86,14 @@ AxisWeights compute_weights(int64_t in_size, int64_t out_size, ResizeBackend bac
   return w;
 }
 
+namespace {
+
 inline uint8_t clamp_shift(int32_t ss, int precision) {
   const int32_t v = ss >> precision;  // arithmetic shift, as both implementations do
   return static_cast<uint8_t>(std::clamp<int32_t>(v, 0, 255));
 }
 
-Image resample_horizontal(const Image& src, int out_w, const AxisWeights& w) {
+Image resample_horizontal(const Image& src, int out_w, const ResizeFilter& w) {
   Image dst = make_image(out_w, src.height, src.channels);
   const int C = src.channels;
   const int32_t init = 1 << (w.precision - 1);
@@ -116,7 +113,7 @@ Image resample_horizontal(const Image& src, int out_w, const AxisWeights& w) {
   return dst;
 }
 
-Image resample_vertical(const Image& src, int out_h, const AxisWeights& w) {
+Image resample_vertical(const Image& src, int out_h, const ResizeFilter& w) {
   Image dst = make_image(src.width, out_h, src.channels);
   const int rowlen = src.width * src.channels;
   const int32_t init = 1 << (w.precision - 1);
@@ -263,9 +260,9 @@ Image resize_bicubic(const Image& src, int out_height, int out_width, ResizeBack
   if (!need_h && !need_v) return src;
   Image cur = src;
   if (need_h)
-    cur = resample_horizontal(cur, out_width, compute_weights(src.width, out_width, backend));
+    cur = resample_horizontal(cur, out_width, resize_filter(src.width, out_width, backend));
   if (need_v)
-    cur = resample_vertical(cur, out_height, compute_weights(src.height, out_height, backend));
+    cur = resample_vertical(cur, out_height, resize_filter(src.height, out_height, backend));
   return cur;
 }
 
@@ -315,6 +312,16 @@ Image resize_for_model(const Image& rgb, const ImagePreprocessConfig& cfg) {
   return resize_bicubic(rgb, h, w, cfg.backend);
 }
 
+NormalizeConstants normalize_constants(const ImagePreprocessConfig& cfg) {
+  const double s = cfg.do_rescale ? 1.0 / cfg.rescale_factor : 1.0;
+  NormalizeConstants nc;
+  for (size_t c = 0; c < 3; ++c) {
+    nc.shift[c] = static_cast<float>(cfg.image_mean[c] * s);
+    nc.divisor[c] = static_cast<float>(cfg.image_std[c] * s);
+  }
+  return nc;
+}
+
 torch::Tensor pixel_values_from_uint8(const torch::Tensor& nhwc, const ImagePreprocessConfig& cfg) {
   VLA_CHECK(nhwc.dim() == 4 && nhwc.size(3) == 3 && nhwc.scalar_type() == torch::kUInt8,
             "pixel_values_from_uint8: expected uint8 (N, H, W, 3), got ", nhwc.sizes(), " ",
@@ -324,16 +331,13 @@ torch::Tensor pixel_values_from_uint8(const torch::Tensor& nhwc, const ImagePrep
   VLA_CHECK(H % (p * m) == 0 && W % (p * m) == 0, "patchify: ", H, "x", W, " is not a multiple of ",
             p * m);
   auto x = nhwc.to(torch::kFloat32);
-  auto per_channel = [&](const auto& v, double scale) {
-    std::vector<float> f;
-    for (int c = 0; c < 3; ++c) f.push_back(static_cast<float>(v[static_cast<size_t>(c)] * scale));
-    return torch::tensor(f, torch::kFloat32).to(x.device());
-  };
   // Float32 throughout, as HF's fused rescale + normalise.
-  const double inv_rescale = 1.0 / cfg.rescale_factor;
   if (cfg.do_normalize) {  // in place: x is a fresh float copy
-    const double s = cfg.do_rescale ? inv_rescale : 1.0;
-    x.sub_(per_channel(cfg.image_mean, s)).div_(per_channel(cfg.image_std, s));
+    const auto nc = normalize_constants(cfg);
+    auto t = [&](const std::array<float, 3>& v) {
+      return torch::tensor(std::vector<float>(v.begin(), v.end()), torch::kFloat32).to(x.device());
+    };
+    x.sub_(t(nc.shift)).div_(t(nc.divisor));
   } else if (cfg.do_rescale) {
     x.mul_(static_cast<float>(cfg.rescale_factor));
   }

@@ -63,6 +63,21 @@ std::pair<int, int> smart_resize(int height, int width, int factor = 28,
 Image resize_bicubic(const Image& src, int out_height, int out_width,
                      ResizeBackend backend = ResizeBackend::kTorchvision);
 
+// Fixed-point weights of one axis of resize_bicubic (torch's / Pillow's separable antialiased
+// bicubic, a = -0.5, support scaled when downscaling): output i is
+// (2^(precision-1) + sum_j in[xmin[i] + j] * k[i * ksize + j]) >> precision, j < xsize[i], clamped
+// to [0, 255]. Exposed so that other executors (the GPU kernels in src/gpu) apply the very same
+// weights. Source: ATen UpSampleKernel.cpp (_compute_indices_int16_weights_aa), Pillow Resample.c.
+struct ResizeFilter {
+  int ksize = 0;
+  int precision = 0;
+  std::vector<int64_t> xmin, xsize;  // [out_size]
+  std::vector<int32_t> k;            // [out_size * ksize]
+};
+// Throws vla::Error for non-positive sizes.
+ResizeFilter resize_filter(int64_t in_size, int64_t out_size,
+                           ResizeBackend backend = ResizeBackend::kTorchvision);
+
 // Converts grey (1 channel) / grey+alpha / RGBA images to RGB as HF's convert_to_rgb does
 // (alpha composited over white); RGB passes through.
 Image to_rgb(const Image& src);
@@ -87,6 +102,14 @@ PreprocessedImages preprocess_image(const Image& image, const ImagePreprocessCon
 PreprocessedImages preprocess_images(const std::vector<Image>& images,
                                      const ImagePreprocessConfig& cfg,
                                      const torch::Device& device = torch::kCPU);
+
+// transformers' fused rescale + normalise of a uint8 value x with do_normalize:
+// pixel = (x - shift[c]) / divisor[c] in float32, shift = mean / rescale_factor and
+// divisor = std / rescale_factor (mean and std alone without do_rescale).
+struct NormalizeConstants {
+  std::array<float, 3> shift{}, divisor{};
+};
+NormalizeConstants normalize_constants(const ImagePreprocessConfig& cfg);
 
 // uint8 images (N, H, W, 3), already resized, on any device -> pixel_values (N*h*w, C*tp*p*p)
 // float32 on the same device: transformers' Qwen2VLImageProcessor rescale + normalise (fused as

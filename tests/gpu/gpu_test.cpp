@@ -13,6 +13,7 @@
 
 #include "core/core.h"
 #include "gpu/ops.h"
+#include "models/models.h"
 #include "weights/weights.h"
 
 namespace vla::gpu {
@@ -31,12 +32,13 @@ double rel_err(const at::Tensor& a, const at::Tensor& b) {
 
 struct Fixture {
   std::string name;  // tiny_a / tiny_b
-  ModelDims dims;
+  Qwen25VLConfig config;
+  ImagePreprocessConfig image;
   std::shared_ptr<WeightStore> weights;
   std::shared_ptr<WeightStore> ref;
-  WeightFn fn() const {
-    auto w = weights;
-    return [w](const std::string& n) { return w->has(n) ? w->get(n) : at::Tensor(); };
+  WeightFn fn() const { return checkpoint_weights(*weights); }
+  std::unique_ptr<Engine> engine(const EngineOptions& o) const {
+    return std::make_unique<Engine>(config, image, fn(), o);
   }
 };
 
@@ -44,7 +46,8 @@ Fixture load_fixture(const std::string& name) {
   Fixture f;
   f.name = name;
   const std::string dir = fixture_dir() + "/" + name;
-  f.dims = ModelDims::from_checkpoint_dir(dir);
+  f.config = Qwen25VLConfig::load(dir);
+  f.image = ImagePreprocessConfig::from_folder(dir);
   f.weights = std::make_shared<WeightStore>(WeightStore::open(dir));
   f.ref = std::make_shared<WeightStore>(
       WeightStore::open(fixture_dir() + "/ref_" + name.substr(5) + ".safetensors"));
@@ -71,63 +74,33 @@ at::Tensor case_pixels(const std::vector<std::string>& imgs) {
 const std::vector<std::string> kImages = {"img_a", "img_b", "img_c", "img_d", "img_e"};
 
 // ------------------------------------------------------------------ CPU (CI) tests
-TEST(GpuConfig, ParsesBothLayoutsAndThe3BDefaults) {
-  const ModelDims a = ModelDims::from_checkpoint_dir(fixture_dir() + "/tiny_a");
-  EXPECT_EQ(a.vision.depth, 4);
-  EXPECT_EQ(a.vision.hidden, 32);
-  EXPECT_EQ(a.vision.fullatt_blocks, (std::vector<int>{1, 3}));
-  EXPECT_EQ(a.text.hidden, 64);
-  EXPECT_EQ(a.text.kv_heads, 2);
-  EXPECT_EQ(a.text.mrope_section, (std::vector<int>{2, 3, 3}));
-  EXPECT_EQ(a.text.image_token_id, 398);
-  const ModelDims a4 = ModelDims::from_checkpoint_dir(fixture_dir() + "/tiny_a_v4");
-  EXPECT_EQ(a4.text.hidden, a.text.hidden);
-  EXPECT_EQ(a4.text.layers, a.text.layers);
-  EXPECT_EQ(a4.text.mrope_section, a.text.mrope_section);
-  EXPECT_EQ(a4.vision.depth, a.vision.depth);
-  const ModelDims b = ModelDims::from_checkpoint_dir(fixture_dir() + "/tiny_b");
-  EXPECT_EQ(b.vision.window, 56);
-  EXPECT_FALSE(b.text.tie_embeddings);
-  const ModelDims big = ModelDims::qwen25vl_3b();
-  EXPECT_EQ(big.vision.depth, 32);
-  EXPECT_EQ(big.text.layers, 36);
-  nlohmann::json bad = {{"hidden_size", 64}, {"num_attention_heads", 5}};
-  EXPECT_THROW(ModelDims::from_config_json(bad), Error);
-}
-
-TEST(GpuPreprocess, SmartResizeMatchesTheProcessor) {
-  EXPECT_EQ(smart_resize(360, 640, 28, 3136, 1003520), std::make_pair(364, 644));
-  const auto& meta = read_json(fixture_dir() + "/meta.json");
-  const int64_t mn = meta["min_pixels"], mx = meta["max_pixels"];
-  for (const auto& name : kImages) {
-    auto grid = preprocess_store().get(name + ".grid_thw");
-    const int h = meta["images"][name][0], w = meta["images"][name][1];
-    auto [rh, rw] = smart_resize(h, w, 28, mn, mx);
-    EXPECT_EQ(rh, grid[0][1].item<int64_t>() * 14) << name;
-    EXPECT_EQ(rw, grid[0][2].item<int64_t>() * 14) << name;
-  }
-  EXPECT_THROW(smart_resize(1, 300, 28, mn, mx), Error);
-}
-
-TEST(GpuPreprocess, HostResizeMatchesTorchvisionBitExactly) {
-  for (const auto& name : kImages) {
-    auto src = preprocess_store().get(name + ".uint8").contiguous();
-    auto ref = preprocess_store().get(name + ".resized_tv").contiguous();
-    auto out = ops::resize_u8_host(src.data_ptr<uint8_t>(), static_cast<int>(src.size(0)),
-                                   static_cast<int>(src.size(1)), static_cast<int>(ref.size(0)),
-                                   static_cast<int>(ref.size(1)));
-    auto got = at::from_blob(out.data(), ref.sizes(), at::kByte).clone();
-    const int64_t ndiff = got.ne(ref).sum().item<int64_t>();
-    EXPECT_EQ(ndiff, 0) << name << ": " << ndiff << " of " << ref.numel() << " bytes differ";
+// The executor reads exactly the tensors (names and shapes) of the model definition in
+// src/models: a Qwen25VL module's parameters are the checkpoint's names.
+TEST(GpuWeights, EngineReadsExactlyTheReferenceModelsTensors) {
+  for (const std::string fx : {"tiny_a", "tiny_b"}) {
+    Fixture f = load_fixture(fx);
+    Qwen25VL model(f.config);
+    std::map<std::string, std::vector<int64_t>> want, got;
+    for (const auto& [name, t] : model->state_tensors()) want[name] = t.sizes().vec();
+    auto fn = f.fn();
+    Engine e(
+        f.config, f.image,
+        [&](const std::string& n, const std::vector<int64_t>& shape) {
+          at::Tensor t = fn(n, shape);
+          if (t.defined()) got[n] = shape;
+          return t;
+        },
+        EngineOptions{});
+    EXPECT_EQ(got, want) << fx;
   }
 }
 
 void check_pixel_values(const EngineOptions& opts) {
   Fixture f = load_fixture("tiny_a");
-  Engine e(f.dims, f.fn(), opts);
   const auto& meta = read_json(fixture_dir() + "/meta.json");
-  e.preprocess_config().min_pixels = meta["min_pixels"];
-  e.preprocess_config().max_pixels = meta["max_pixels"];
+  f.image.min_pixels = meta["min_pixels"];
+  f.image.max_pixels = meta["max_pixels"];
+  Engine e(f.config, f.image, f.fn(), opts);
   for (const auto& name : kImages) {
     auto src = preprocess_store().get(name + ".uint8").contiguous();
     auto [pv, grid] = e.preprocess({src.data_ptr<uint8_t>()}, static_cast<int>(src.size(0)),
@@ -142,26 +115,6 @@ void check_pixel_values(const EngineOptions& opts) {
 
 TEST(GpuPreprocess, PixelValuesMatchTransformersOnCpu) { check_pixel_values(EngineOptions{}); }
 
-TEST(GpuRope, RopeIndexMatchesTransformers) {
-  Fixture f = load_fixture("tiny_a");
-  for (const std::string c : {"one", "multi", "text"}) {
-    auto ids = ids_of(f.ref->get(c + ".input_ids"));
-    std::vector<std::array<int64_t, 3>> grids;
-    if (c != "text") {
-      auto g = f.ref->get(c + ".grid_thw");
-      for (int64_t i = 0; i < g.size(0); ++i) {
-        grids.push_back(
-            {g[i][0].item<int64_t>(), g[i][1].item<int64_t>(), g[i][2].item<int64_t>()});
-      }
-    }
-    auto [pos, next] = rope_index(ids, grids, f.dims);
-    auto ref = f.ref->get(c + ".rope_index").select(1, 0);
-    EXPECT_TRUE(at::equal(pos, ref)) << c;
-    const int64_t delta = f.ref->get(c + ".rope_deltas")[0].item<int64_t>();
-    EXPECT_EQ(next, static_cast<int64_t>(ids.size()) + delta) << c;
-  }
-}
-
 struct CaseSpec {
   std::string name;
   std::vector<std::string> images;
@@ -173,7 +126,7 @@ const std::vector<CaseSpec> kCases = {
 void check_model_parity(const std::string& fixture, const EngineOptions& opts, double vis_tol,
                         double hid_tol) {
   Fixture f = load_fixture(fixture);
-  Engine e(f.dims, f.fn(), opts);
+  Engine e(f.config, f.image, f.fn(), opts);
   for (const auto& c : kCases) {
     auto ids = ids_of(f.ref->get(c.name + ".input_ids"));
     at::Tensor pv, grid;
@@ -199,7 +152,7 @@ struct CaseOutputs {
   std::vector<at::Tensor> vision, hidden, logits;
 };
 CaseOutputs run_cases(const Fixture& f, const EngineOptions& opts) {
-  Engine e(f.dims, f.fn(), opts);
+  Engine e(f.config, f.image, f.fn(), opts);
   CaseOutputs out;
   for (const auto& c : kCases) {
     auto ids = ids_of(f.ref->get(c.name + ".input_ids"));
@@ -262,7 +215,7 @@ TEST(GpuParity, CpuFloat32MatchesTransformers) {
 TEST(GpuParity, GreedyTokensMatchTransformersOnCpu) {
   for (const std::string fx : {"tiny_a", "tiny_b"}) {
     Fixture f = load_fixture(fx);
-    Engine e(f.dims, f.fn(), EngineOptions{});
+    Engine e(f.config, f.image, f.fn(), EngineOptions{});
     for (const auto& c : kCases) {
       auto ids = ids_of(f.ref->get(c.name + ".input_ids"));
       at::Tensor pv, grid;
@@ -280,9 +233,9 @@ TEST(GpuParity, GreedyTokensMatchTransformersOnCpu) {
 // reference path, for views as one sequence and views as a batch.
 void check_plan_matches_forward(const EngineOptions& opts, double tol) {
   Fixture f = load_fixture("tiny_b");
-  Engine e(f.dims, f.fn(), opts);
-  e.preprocess_config().min_pixels = 3136;
-  e.preprocess_config().max_pixels = 31360;
+  f.image.min_pixels = 3136;
+  f.image.max_pixels = 31360;
+  Engine e(f.config, f.image, f.fn(), opts);
   const int H = 90, W = 120, V = 2;
   std::vector<std::vector<uint8_t>> frames(V);
   at::manual_seed(7);
@@ -291,9 +244,9 @@ void check_plan_matches_forward(const EngineOptions& opts, double tol) {
     frames[v].assign(r.data_ptr<uint8_t>(), r.data_ptr<uint8_t>() + r.numel());
   }
   std::vector<const uint8_t*> ptrs = {frames[0].data(), frames[1].data()};
-  const int64_t img = f.dims.text.image_token_id;
+  const int64_t img = f.config.image_token_id;
   const std::vector<int64_t> prompt = {
-      1, 2, f.dims.text.vision_start_id, img, f.dims.text.vision_end_id, 5, 6, 7};
+      1, 2, f.config.vision_start_token_id, img, f.config.vision_end_token_id, 5, 6, 7};
   // reference
   auto [pv, grid] = e.preprocess(ptrs, H, W);
   const int64_t per = grid[0][1].item<int64_t>() * grid[0][2].item<int64_t>() / 4;
@@ -306,12 +259,12 @@ void check_plan_matches_forward(const EngineOptions& opts, double tol) {
     if (layout == ViewLayout::kOneSequence) {
       spec.prompt_ids = {1,
                          2,
-                         f.dims.text.vision_start_id,
+                         f.config.vision_start_token_id,
                          img,
-                         f.dims.text.vision_end_id,
-                         f.dims.text.vision_start_id,
+                         f.config.vision_end_token_id,
+                         f.config.vision_start_token_id,
                          img,
-                         f.dims.text.vision_end_id,
+                         f.config.vision_end_token_id,
                          5,
                          6,
                          7};
@@ -350,7 +303,7 @@ TEST(GpuPlan, FixedShapePlanMatchesReferencePathOnCpu) {
 
 TEST(GpuErrors, BadInputsGiveClearErrors) {
   Fixture f = load_fixture("tiny_a");
-  Engine e(f.dims, f.fn(), EngineOptions{});
+  Engine e(f.config, f.image, f.fn(), EngineOptions{});
   try {
     e.vision_forward(at::zeros({5, 1176}), at::tensor(std::vector<int64_t>{1, 4, 4}).view({1, 3}));
     FAIL() << "no throw";
@@ -358,21 +311,21 @@ TEST(GpuErrors, BadInputsGiveClearErrors) {
     EXPECT_NE(std::string(err.what()).find("pixel_values"), std::string::npos) << err.what();
   }
   auto fn = f.fn();
-  auto missing = [fn](const std::string& n) {
-    return n == "visual.blocks.1.attn.qkv.weight" ? at::Tensor() : fn(n);
+  auto missing = [fn](const std::string& n, const std::vector<int64_t>& shape) {
+    return n == "visual.blocks.1.attn.qkv.weight" ? at::Tensor() : fn(n, shape);
   };
   try {
-    Engine bad(f.dims, missing, EngineOptions{});
+    Engine bad(f.config, f.image, missing, EngineOptions{});
     FAIL() << "no throw";
   } catch (const Error& err) {
     EXPECT_NE(std::string(err.what()).find("visual.blocks.1.attn.qkv.weight"), std::string::npos)
         << err.what();
   }
-  auto wrong = [fn](const std::string& n) {
-    return n == "model.norm.weight" ? at::zeros({3}) : fn(n);
+  auto wrong = [fn](const std::string& n, const std::vector<int64_t>& shape) {
+    return n == "model.norm.weight" ? at::zeros({3}) : fn(n, shape);
   };
   try {
-    Engine bad(f.dims, wrong, EngineOptions{});
+    Engine bad(f.config, f.image, wrong, EngineOptions{});
     FAIL() << "no throw";
   } catch (const Error& err) {
     EXPECT_NE(std::string(err.what()).find("model.norm.weight"), std::string::npos) << err.what();
@@ -381,7 +334,7 @@ TEST(GpuErrors, BadInputsGiveClearErrors) {
   spec.views = 2;
   spec.height = 56;
   spec.width = 56;
-  spec.prompt_ids = {1, f.dims.text.image_token_id, 2};  // one placeholder for two views
+  spec.prompt_ids = {1, f.config.image_token_id, 2};  // one placeholder for two views
   EXPECT_THROW(e.prepare(spec), Error);
   EXPECT_THROW(e.forward({1, 2, 100000}, {}, {}), Error);
 }
@@ -400,7 +353,7 @@ TEST(GpuFp8, UnavailableFp8GivesAClearError) {
   EngineOptions o;
   o.fp8 = true;
   try {
-    Engine e(f.dims, f.fn(), o);
+    Engine e(f.config, f.image, f.fn(), o);
     FAIL() << "no throw";
   } catch (const Error& err) {
     EXPECT_NE(std::string(err.what()).find("fp8"), std::string::npos) << err.what();

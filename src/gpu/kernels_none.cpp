@@ -1,0 +1,42 @@
+// kernels.h for builds without CUDA: every launcher reports that the kernels are not built in.
+// ops.cpp only calls them for CUDA tensors, which such a build cannot make.
+#include "gpu/kernels.h"
+
+namespace vla::gpu::kernels {
+
+namespace {
+const char* kNoCuda = "this build has no CUDA kernels (libtorch without CUDA)";
+}  // namespace
+
+const char* rmsnorm(const void*, int64_t, void*, int64_t, const void*, void*, int64_t, int64_t,
+                    int64_t, float, DType, void*) {
+  return kNoCuda;
+}
+const char* rmsnorm_fp8(const void*, int64_t, void*, int64_t, const void*, void*, float*, int64_t,
+                        int64_t, float, DType, void*) {
+  return kNoCuda;
+}
+const char* silu_mul_fp8(const void*, int64_t, void*, float*, int64_t, int64_t, DType, void*) {
+  return kNoCuda;
+}
+const char* quantize_fp8(const void*, int64_t, void*, float*, int64_t, int64_t, DType, void*) {
+  return kNoCuda;
+}
+const char* rotary(void*, int64_t, const float*, const float*, int64_t, int, int, DType, void*) {
+  return kNoCuda;
+}
+const char* silu_mul(const void*, int64_t, void*, int64_t, int64_t, DType, void*) {
+  return kNoCuda;
+}
+const char* resize_h_u8(const uint8_t*, uint8_t*, int, int, int, int, const int32_t*,
+                        const int32_t*, int, int, void*) {
+  return kNoCuda;
+}
+const char* resize_v_patchify(const uint8_t*, void*, int64_t, const int32_t*, int, int, int, int,
+                              const int32_t*, const int32_t*, int, int, int, int, const float*,
+                              const float*, DType, void*) {
+  return kNoCuda;
+}
+const char* copy_h2d(void*, const void*, int64_t, void*) { return kNoCuda; }
+
+}  // namespace vla::gpu::kernels

@@ -1,0 +1,148 @@
+// VlmEncoder on the fast executor (src/gpu): the same checkpoint, prompt, pooling and fingerprint
+// as the reference encoder (vlm_qwen.cpp), run as a fixed-shape plan (fused weights; CUDA graphs
+// and bf16 on CUDA, float32 on the CPU). Inference only: training goes through the reference
+// encoder.
+#include <filesystem>
+#include <mutex>
+
+#include "gpu/gpu.h"
+#include "models/models.h"
+#include "policy/policy.h"
+#include "policy/vlm_common.h"
+
+namespace vla::policy {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+class FastVlm : public VlmEncoder {
+ public:
+  FastVlm(std::unique_ptr<gpu::Engine> engine, std::shared_ptr<PromptCodec> codec, PolicyConfig cfg,
+          std::string fingerprint)
+      : engine_(std::move(engine)),
+        codec_(std::move(codec)),
+        cfg_(std::move(cfg)),
+        fingerprint_(std::move(fingerprint)) {}
+
+  torch::Tensor encode(const std::vector<Image>& views,
+                       const std::string& instruction) const override {
+    c10::InferenceMode g;
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::vector<Image> rgb = frames(views);
+    const int n = static_cast<int>(rgb.size());
+    const auto prompt =
+        codec_->encode_chat(instruction, std::vector<int64_t>(rgb.size(), 1), cfg_.text_first());
+    const gpu::PlanSpec* cur = engine_->prepared() ? &engine_->plan() : nullptr;
+    if (!cur || cur->views != n || cur->height != rgb[0].height || cur->width != rgb[0].width ||
+        cur->prompt_ids != prompt) {
+      gpu::PlanSpec spec;
+      spec.views = n;
+      spec.height = rgb[0].height;
+      spec.width = rgb[0].width;
+      spec.prompt_ids = prompt;
+      engine_->prepare(spec);
+    }
+    std::vector<const uint8_t*> ptrs;
+    for (const auto& im : rgb) ptrs.push_back(im.pixels.data());
+    const at::Tensor hidden = engine_->encode(ptrs);  // [S, H], the plan's static output
+    const auto ids = torch::tensor(engine_->plan_token_ids(), torch::kInt64).view({1, -1});
+    return pool_features(hidden.unsqueeze(0), ids, torch::ones_like(ids), cfg_,
+                         engine_->config().image_token_id)
+        .squeeze(0)
+        .to(torch::kCPU, torch::kFloat32);
+  }
+
+  int feature_dim() const override { return static_cast<int>(engine_->config().text.hidden_size); }
+  std::string fingerprint() const override { return fingerprint_; }
+  void save(const std::string&) const override {
+    throw Error(
+        "VLM: the fast backend runs a checkpoint, it does not write one (save from the "
+        "reference backend)");
+  }
+
+  std::string caption(const std::vector<Image>& views, const std::string& prompt,
+                      int max_new_tokens) const override {
+    c10::InferenceMode g;
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto in =
+        gpu::chat_inputs(*engine_, *codec_, pick_views(views, cfg_), prompt, cfg_.text_first());
+    auto out = engine_->generate_greedy(in.input_ids, in.pixel_values, in.grid_thw, max_new_tokens,
+                                        engine_->config().eos_token_ids);
+    if (!out.empty() &&
+        std::find(engine_->config().eos_token_ids.begin(), engine_->config().eos_token_ids.end(),
+                  out.back()) != engine_->config().eos_token_ids.end())
+      out.pop_back();
+    return codec_->decode(out);
+  }
+
+  void to(const torch::Device& device) override {
+    VLA_CHECK(device == engine_->options().device, "VLM (fast backend) was built on ",
+              engine_->options().device.str(), "; it cannot move to ", device.str(),
+              " (load it there with --device)");
+  }
+
+ private:
+  // The views the VLM sees, as RGB of one size (the plan's fixed shape).
+  std::vector<Image> frames(const std::vector<Image>& views) const {
+    std::vector<Image> v = pick_views(views, cfg_);
+    VLA_CHECK(!v.empty(), "VLM: no views given");
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (v[i].channels != 3) v[i] = to_rgb(v[i]);
+      VLA_CHECK(v[i].height == v[0].height && v[i].width == v[0].width,
+                "VLM (fast backend): every view must have the same size (view 0 is ", v[0].width,
+                "x", v[0].height, ", view ", i, " is ", v[i].width, "x", v[i].height,
+                "); use --vlm-backend reference for mixed sizes");
+    }
+    return v;
+  }
+
+  std::unique_ptr<gpu::Engine> engine_;
+  std::shared_ptr<PromptCodec> codec_;
+  PolicyConfig cfg_;
+  std::string fingerprint_;
+  mutable std::mutex mu_;  // one plan, one caller at a time
+};
+
+}  // namespace
+
+std::shared_ptr<VlmEncoder> load_fast_vlm(const std::string& dir, const PolicyConfig& cfg,
+                                          const VlmOptions& options) {
+  gpu::EngineOptions eo;
+  eo.device = parse_device(options.device);
+  eo.dtype = eo.device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
+  eo.fp8 = options.fp8;
+  const Qwen25VLConfig config = Qwen25VLConfig::load(dir);
+  const ImagePreprocessConfig image = ImagePreprocessConfig::from_folder(dir);
+  auto codec = make_prompt_codec(dir, config);
+  VLA_CHECK(codec != nullptr, "VLM '", dir, "': no tokenizer.json / chat template");
+  const bool has_weights =
+      fs::exists(dir + "/model.safetensors") || fs::exists(dir + "/model.safetensors.index.json");
+  if (!has_weights) {
+    log_info("VLM: ", dir, " has no weights; fast backend with random weights (seed 0)");
+    const std::string dump = config.to_json().dump();
+    return std::make_shared<FastVlm>(
+        gpu::Engine::random(config, image, eo, 0), codec, cfg,
+        "qwen25vl-random-" + std::to_string(std::hash<std::string>()(dump)));
+  }
+  const WeightStore store = WeightStore::open(dir);
+  // The names the executor reads, as the reference model calls them: the fingerprint is the
+  // reference encoder's for the same checkpoint, so a policy accepts either backend.
+  std::map<std::string, std::string> read;  // reference name -> checkpoint name
+  const gpu::WeightFn base = gpu::checkpoint_weights(store);
+  auto engine = std::make_unique<gpu::Engine>(
+      config, image,
+      [&](const std::string& name, const std::vector<int64_t>& shape) {
+        at::Tensor t = base(name, shape);
+        if (t.defined()) read[canonical_weight_name(name)] = name;
+        return t;
+      },
+      eo);
+  std::vector<std::string> names;
+  for (const auto& kv : read) names.push_back(kv.first);
+  const std::string fp = vlm_fingerprint(
+      names, [&](const std::string& n) { return store.get(read.at(n), {}, torch::kFloat32); }, cfg);
+  return std::make_shared<FastVlm>(std::move(engine), codec, cfg, fp);
+}
+
+}  // namespace vla::policy
