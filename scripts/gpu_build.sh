@@ -49,5 +49,9 @@ cmake --build "$BUILD" -j"$JOBS" > "$BUILD.build.log" 2>&1 ||
   { grep -E "error|Error" -A4 "$BUILD.build.log" | head -80; exit 1; }
 echo "built $BUILD; run with: export LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 if [ "${1:-}" = "--test" ]; then
-  ctest --test-dir "$BUILD" --output-on-failure -j"$JOBS" --timeout 900
+  # Several test processes at once: each gets its share of the cores (torch would otherwise start
+  # one thread per core in every process and the CPU tests crawl).
+  CTEST_JOBS=${CTEST_JOBS:-8}
+  OMP_NUM_THREADS=$(( $(nproc) / CTEST_JOBS > 0 ? $(nproc) / CTEST_JOBS : 1 )) \
+    ctest --test-dir "$BUILD" --output-on-failure -j"$CTEST_JOBS" --timeout 900
 fi

@@ -57,12 +57,11 @@ void Stream::synchronize() { impl->stream.synchronize(); }
 void* Stream::raw() const { return static_cast<void*>(impl->stream.stream()); }
 
 struct StreamScope::Impl {
+  explicit Impl(Stream& s) : device(s.impl->index), stream(s.impl->stream) {}
   c10::cuda::CUDAGuard device;
   c10::cuda::CUDAStreamGuard stream;
 };
-StreamScope::StreamScope(Stream& s)
-    : impl_(std::make_unique<Impl>(
-          Impl{c10::cuda::CUDAGuard(s.impl->index), c10::cuda::CUDAStreamGuard(s.impl->stream)})) {}
+StreamScope::StreamScope(Stream& s) : impl_(std::make_unique<Impl>(s)) {}
 StreamScope::~StreamScope() = default;
 
 struct Event::Impl {

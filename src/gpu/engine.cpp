@@ -531,16 +531,9 @@ at::Tensor pad_dim(const at::Tensor& t, int64_t dim, int64_t size) {
 }
 
 at::Tensor fetch(const WeightFn& fn, const std::string& name, const std::vector<int64_t>& shape) {
-  std::vector<std::string> tried = {name};
-  at::Tensor t = fn(name, shape);
-  if (!t.defined() && name.rfind("visual.", 0) == 0) {
-    tried.push_back("model." + name);
-    t = fn(tried.back(), shape);
-  }
-  if (!t.defined() && name.rfind("model.", 0) == 0) {
-    tried.push_back("model.language_model." + name.substr(6));
-    t = fn(tried.back(), shape);
-  }
+  const std::vector<std::string> tried = checkpoint_name_candidates(name);
+  at::Tensor t;
+  for (size_t i = 0; i < tried.size() && !t.defined(); ++i) t = fn(tried[i], shape);
   if (!t.defined()) {
     std::string all;
     for (const auto& s : tried) all += (all.empty() ? "" : ", ") + s;

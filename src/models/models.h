@@ -223,6 +223,10 @@ struct ForwardOutput {
   torch::Tensor image_embeds;  // (num_image_tokens, H) when pixel_values were given
 };
 
+// Checkpoint names tried for a parameter of this model: its published (transformers 4.x) name
+// first, then transformers 5.x's in-memory name (model.language_model.* / model.visual.*).
+std::vector<std::string> checkpoint_name_candidates(const std::string& name);
+
 enum class Pooling { kMean, kLastToken, kAll };
 Pooling parse_pooling(const std::string& name);  // "mean" | "last" | "all"
 // Last hidden states (B, L, H) of left-padded sequences, mask (B, L) 1 = token -> kMean: masked

@@ -17,18 +17,17 @@ bool is_lora_name(const std::string& n) {
          (n.compare(n.size() - 6, 6, "lora_A") == 0 || n.compare(n.size() - 6, 6, "lora_B") == 0);
 }
 
-// Checkpoint names tried for one parameter: the published name first, then transformers 5.x
-// in-memory names.
-std::vector<std::string> candidate_names(const std::string& n) {
+
+std::string shape_of(const torch::Tensor& t) { return shape_str(t.sizes()); }
+
+}  // namespace
+
+std::vector<std::string> checkpoint_name_candidates(const std::string& n) {
   std::vector<std::string> c{n};
   if (n.rfind("model.", 0) == 0) c.push_back("model.language_model." + n.substr(6));
   if (n.rfind("visual.", 0) == 0) c.push_back("model." + n);
   return c;
 }
-
-std::string shape_of(const torch::Tensor& t) { return shape_str(t.sizes()); }
-
-}  // namespace
 
 Pooling parse_pooling(const std::string& name) {
   if (name == "mean") return Pooling::kMean;
@@ -98,7 +97,7 @@ void Qwen25VLImpl::load_weights(const WeightStore& store, bool strict) {
   std::vector<std::string> missing;
   for (auto& [name, param] : state_tensors()) {
     std::string found;
-    for (const auto& c : candidate_names(name))
+    for (const auto& c : checkpoint_name_candidates(name))
       if (store.has(c)) {
         found = c;
         break;

@@ -465,11 +465,10 @@ Policy::Policy(PolicyConfig cfg, Expert expert, NormStats stats, std::shared_ptr
   refresh_info();
 }
 
-std::shared_ptr<Policy> Policy::untrained_for(const Policy& like, std::shared_ptr<VlmEncoder> vlm,
-                                              int num_views, int image_width, int image_height) {
-  VLA_CHECK(vlm != nullptr, "untrained_for: no VLM");
+std::shared_ptr<Policy> Policy::untrained_for(const Policy& like, const std::string& vlm_dir,
+                                              const VlmOptions& vlm_options, int num_views,
+                                              int image_width, int image_height) {
   PolicyConfig cfg = like.config();
-  cfg.vl_dim = vlm->feature_dim();
   cfg.pooling = "last";
   cfg.vl_memory = "none";
   cfg.vl_tokens = 1;
@@ -477,6 +476,8 @@ std::shared_ptr<Policy> Policy::untrained_for(const Policy& like, std::shared_pt
   cfg.num_views = num_views;
   cfg.image_width = image_width;
   cfg.image_height = image_height;
+  auto vlm = load_vlm(vlm_dir, cfg, vlm_options);
+  cfg.vl_dim = vlm->feature_dim();
   return std::make_shared<Policy>(cfg, Expert(cfg), like.stats(), vlm,
                                   nlohmann::json{{"untrained_expert", true}});
 }

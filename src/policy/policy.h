@@ -284,12 +284,14 @@ class Policy {
   // A fresh (random-init) policy around an expert and stats; vlm may be null (act-only policy).
   Policy(PolicyConfig cfg, Expert expert, NormStats stats, std::shared_ptr<VlmEncoder> vlm,
          nlohmann::json provenance = nlohmann::json::object());
-  // A policy around `vlm` whose action expert is freshly initialised (seeded by the caller, so
+  // A policy around the VLM in `vlm_dir` (all views, `last` pooling, no scene memory) whose
+  // action expert is freshly initialised (seeded by the caller, so
   // UNTRAINED) for that VLM's features with `last` pooling and no scene memory; sensor, horizon
   // and norm settings come from `like`. For timing the runtime with a VLM no expert was trained
   // on (e.g. the 3B architecture); its actions are meaningless.
-  static std::shared_ptr<Policy> untrained_for(const Policy& like, std::shared_ptr<VlmEncoder> vlm,
-                                               int num_views, int image_width, int image_height);
+  static std::shared_ptr<Policy> untrained_for(const Policy& like, const std::string& vlm_dir,
+                                               const VlmOptions& vlm_options, int num_views,
+                                               int image_width, int image_height);
   // Writes the folder crash-safe (files via temp + rename; vlm/ when a VLM is attached).
   void save(const std::string& dir) const;
 

@@ -29,25 +29,43 @@ class FastVlm : public VlmEncoder {
                        const std::string& instruction) const override {
     c10::InferenceMode g;
     std::lock_guard<std::mutex> lock(mu_);
-    const std::vector<Image> rgb = frames(views);
-    const int n = static_cast<int>(rgb.size());
-    const auto prompt =
-        codec_->encode_chat(instruction, std::vector<int64_t>(rgb.size(), 1), cfg_.text_first());
+    // The views as the plan reads them: pointers into the caller's images (no copy) unless a
+    // view needs converting to RGB.
+    std::vector<Image> converted;
+    std::vector<const Image*> used;
+    for (int i : view_indices(views.size())) {
+      if (views[i].channels == 3) {
+        used.push_back(&views[i]);
+      } else {
+        converted.push_back(to_rgb(views[i]));
+        used.push_back(nullptr);
+      }
+    }
+    for (size_t i = 0, c = 0; i < used.size(); ++i)
+      if (!used[i]) used[i] = &converted[c++];
+    check_sizes(used);
+    const int n = static_cast<int>(used.size()), h = used[0]->height, w = used[0]->width;
+    // The prompt of an instruction is rendered once (chat template + BPE cost ~1 ms).
+    auto& prompt = prompts_[std::to_string(n) + "|" + instruction];
+    if (prompt.empty())
+      prompt = codec_->encode_chat(instruction, std::vector<int64_t>(used.size(), 1),
+                                   cfg_.text_first());
+    if (prompts_.size() > 4096) prompts_.clear();
     const gpu::PlanSpec* cur = engine_->prepared() ? &engine_->plan() : nullptr;
-    if (!cur || cur->views != n || cur->height != rgb[0].height || cur->width != rgb[0].width ||
+    if (!cur || cur->views != n || cur->height != h || cur->width != w ||
         cur->prompt_ids != prompt) {
       gpu::PlanSpec spec;
       spec.views = n;
-      spec.height = rgb[0].height;
-      spec.width = rgb[0].width;
+      spec.height = h;
+      spec.width = w;
       spec.prompt_ids = prompt;
       engine_->prepare(spec);
+      plan_ids_ = torch::tensor(engine_->plan_token_ids(), torch::kInt64).view({1, -1});
     }
     std::vector<const uint8_t*> ptrs;
-    for (const auto& im : rgb) ptrs.push_back(im.pixels.data());
+    for (const Image* im : used) ptrs.push_back(im->pixels.data());
     const at::Tensor hidden = engine_->encode(ptrs);  // [S, H], the plan's static output
-    const auto ids = torch::tensor(engine_->plan_token_ids(), torch::kInt64).view({1, -1});
-    return pool_features(hidden.unsqueeze(0), ids, torch::ones_like(ids), cfg_,
+    return pool_features(hidden.unsqueeze(0), plan_ids_, torch::ones_like(plan_ids_), cfg_,
                          engine_->config().image_token_id)
         .squeeze(0)
         .to(torch::kCPU, torch::kFloat32);
@@ -83,25 +101,33 @@ class FastVlm : public VlmEncoder {
   }
 
  private:
-  // The views the VLM sees, as RGB of one size (the plan's fixed shape).
-  std::vector<Image> frames(const std::vector<Image>& views) const {
-    std::vector<Image> v = pick_views(views, cfg_);
-    VLA_CHECK(!v.empty(), "VLM: no views given");
-    for (size_t i = 0; i < v.size(); ++i) {
-      if (v[i].channels != 3) v[i] = to_rgb(v[i]);
-      VLA_CHECK(v[i].height == v[0].height && v[i].width == v[0].width,
-                "VLM (fast backend): every view must have the same size (view 0 is ", v[0].width,
-                "x", v[0].height, ", view ", i, " is ", v[i].width, "x", v[i].height,
+  // Indices of the views the VLM sees (PolicyConfig::use_views; all when empty).
+  std::vector<int> view_indices(size_t given) const {
+    std::vector<int> idx = cfg_.use_views;
+    if (idx.empty())
+      for (size_t i = 0; i < given; ++i) idx.push_back(static_cast<int>(i));
+    for (int i : idx)
+      VLA_CHECK(i >= 0 && i < static_cast<int>(given), "VLM: view ", i, " requested but only ",
+                given, " given");
+    VLA_CHECK(!idx.empty(), "VLM: no views given");
+    return idx;
+  }
+  // The plan has one frame shape.
+  static void check_sizes(const std::vector<const Image*>& v) {
+    for (size_t i = 0; i < v.size(); ++i)
+      VLA_CHECK(v[i]->height == v[0]->height && v[i]->width == v[0]->width,
+                "VLM (fast backend): every view must have the same size (view 0 is ", v[0]->width,
+                "x", v[0]->height, ", view ", i, " is ", v[i]->width, "x", v[i]->height,
                 "); use --vlm-backend reference for mixed sizes");
-    }
-    return v;
   }
 
   std::unique_ptr<gpu::Engine> engine_;
   std::shared_ptr<PromptCodec> codec_;
   PolicyConfig cfg_;
   std::string fingerprint_;
-  mutable std::mutex mu_;  // one plan, one caller at a time
+  mutable std::mutex mu_;  // one plan, one caller at a time; guards the members below
+  mutable std::map<std::string, std::vector<int64_t>> prompts_;  // "views|instruction" -> ids
+  mutable torch::Tensor plan_ids_;                                 // [1, S] of the plan
 };
 
 }  // namespace

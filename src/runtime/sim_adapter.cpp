@@ -132,9 +132,8 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
       const auto like = vla::policy::Policy::load(opt.policy);
       const std::string dir = vla::policy::vlm_folder_with_tokenizer(
           opt.vlm_override, like->info()["dir"].get<std::string>() + "/vlm", opt.vlm_work_dir);
-      auto vlm = vla::policy::load_vlm(dir, like->config(), opt.vlm);
       learned = vla::policy::Policy::untrained_for(
-          *like, vlm, opt.num_views > 0 ? opt.num_views : like->num_views(),
+          *like, dir, opt.vlm, opt.num_views > 0 ? opt.num_views : like->num_views(),
           opt.image_width > 0 ? opt.image_width : like->image_width(),
           opt.image_height > 0 ? opt.image_height : like->image_height());
       log_warn("VLM ", opt.vlm_override, " with an UNTRAINED action expert: timing only");
