@@ -26,7 +26,6 @@ struct Bundle {
 
 Bundle make_policy() {
   Bundle b;
-#ifdef VLA_RUNTIME_WITH_POLICY
   try {
     auto p = vla::policy::Policy::load("default");
     b.fns = policy_fns(p);
@@ -48,17 +47,6 @@ Bundle make_policy() {
   b.fns = policy_fns(p);
   b.fns.encode = nullptr;
   b.what = "random default-config policy";
-#else
-  // Same-size stand-in: two 128-wide layers over the window, 6 integration steps.
-  auto w1 = torch::randn({65 * 6 + 64 + 3, 128}) * 0.05, w2 = torch::randn({128, 24}) * 0.05;
-  b.fns.act = [w1, w2](const torch::Tensor& vl, const torch::Tensor& w, const torch::Tensor& p) {
-    auto x = torch::cat({w.reshape({-1}), vl.reshape({-1}).narrow(0, 0, 64), p}).unsqueeze(0);
-    torch::Tensor y;
-    for (int i = 0; i < 6; ++i) y = torch::relu(x.matmul(w1)).matmul(w2);
-    return y.reshape({8, 3});
-  };
-  b.what = "stand-in MLP";
-#endif
   return b;
 }
 

@@ -34,9 +34,11 @@ TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 # The carried headers come first, the multiarch folder too: Debian's jconfig.h lives there, and the
 # GPU machine's own (Ubuntu, libjpeg 8) made libjpeg 62 refuse every call ("caller expects 80").
 GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
+# The server's headers travel separately (.deps/debs_serve); without them it is left out.
+SERVE=ON; [ -f "$DEPS/usr/include/msgpack.hpp" ] && [ -d "$DEPS/usr/include/boost" ] || SERVE=OFF
 cmake -S . -B "$BUILD" $GEN -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$DEPS/usr;$LIBS/cmake" \
-  -DVLA_DEPS_ROOT="$DEPS" -Dnlohmann_json_DIR="$DEPS/usr/share/cmake/nlohmann_json" \
+  -DVLA_DEPS_ROOT="$DEPS" -DVLA_WITH_SERVE=$SERVE -Dnlohmann_json_DIR="$DEPS/usr/share/cmake/nlohmann_json" \
   -DGTest_DIR="$LIBS/cmake/GTest" -Dbenchmark_DIR="$LIBS/cmake/benchmark" -Dmujoco_DIR="$LIBS/cmake/mujoco" \
   -DCMAKE_CXX_FLAGS="-isystem $DEPS/usr/include/x86_64-linux-gnu -isystem $DEPS/usr/include" -DOPENGL_INCLUDE_DIR="$DEPS/usr/include" \
   -DOPENGL_gl_LIBRARY="$LIBS/libOSMesa.so" -DOPENGL_opengl_LIBRARY="$LIBS/libOSMesa.so" \

@@ -3,12 +3,10 @@
 #include <cstdio>
 #include <sstream>
 
+#include "closed_loop/closed_loop.h"
 #include "command.h"
 #include "core/core.h"
-
-#if defined(VLA_HAS_RUNTIME) && defined(VLA_RUNTIME_WITH_SIM)
 #include "loop_options.h"
-#include "runtime/runtime.h"
 
 namespace {
 
@@ -71,7 +69,7 @@ void add_eval_runtime(CLI::App& app) {
   cl->callback([a, mode, latency, json] {
     const double lat = *mode == "sync" ? 0.0 : parse_seconds(*latency);
     auto o = make_options(*a, lat);
-    auto eps = vla::runtime::run_closed_loop(o);
+    auto eps = vla::closed_loop::run_closed_loop(o);
     auto s = vla::runtime::summarize(eps);
     vla::runtime::print_summary(
         s, vla::str_cat("closed loop: policy ", a->policy, ", mode ", *mode,
@@ -124,7 +122,7 @@ void add_eval_runtime(CLI::App& app) {
         // Features are never fresher than the latency: keep the safe stop out of the way.
         a.max_staleness = std::max(a.max_staleness, 2 * lat + 1.0);
         vla::log_info("staleness: policy ", p, ", VLM latency ", lat, " s");
-        auto s = vla::runtime::summarize(vla::runtime::run_closed_loop(make_options(a, lat)));
+        auto s = vla::runtime::summarize(vla::closed_loop::run_closed_loop(make_options(a, lat)));
         auto j = vla::runtime::to_json(s);
         j["policy"] = p;
         j["vlm_latency_s"] = lat;
@@ -167,4 +165,3 @@ void add_eval_runtime(CLI::App& app) {
 }  // namespace
 
 VLA_REGISTER_COMMAND(410, add_eval_runtime);
-#endif

@@ -2,12 +2,10 @@
 // in wall time (real VLM thread, real 650 Hz physics thread, fixed-rate action loop).
 #include <cstdio>
 
+#include "closed_loop/closed_loop.h"
 #include "command.h"
 #include "core/core.h"
-
-#if defined(VLA_HAS_RUNTIME) && defined(VLA_RUNTIME_WITH_SIM)
 #include "loop_options.h"
-#include "runtime/runtime.h"
 
 namespace {
 
@@ -78,7 +76,7 @@ void add_run(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--json", a->json, "Also write the metrics JSON here");
   c->callback([a] {
-    vla::runtime::ClosedLoopOptions o =
+    vla::closed_loop::ClosedLoopOptions o =
         vla::cli::make_options(*a, a->sim_time ? a->vlm_latency : 0.0);
     o.wall_time = !a->sim_time;
     o.vlm_override = a->vlm_config;
@@ -98,7 +96,7 @@ void add_run(CLI::App& app) {
     std::vector<vla::runtime::EpisodeResult> eps;
     {
       vla::cli::StopSignals stop;
-      eps = vla::runtime::run_closed_loop(o, &vla::cli::StopSignals::flag());
+      eps = vla::closed_loop::run_closed_loop(o, &vla::cli::StopSignals::flag());
     }
     VLA_CHECK(!eps.empty(), "no episode ran");
     auto s = vla::runtime::summarize(eps);
@@ -169,4 +167,3 @@ void add_run(CLI::App& app) {
 }  // namespace
 
 VLA_REGISTER_COMMAND(10, add_run);
-#endif

@@ -4,8 +4,6 @@
 
 #include "command.h"
 #include "core/core.h"
-
-#ifdef VLA_HAS_SERVE
 #include "serve/serve.h"
 
 namespace {
@@ -80,4 +78,3 @@ void add_serve(CLI::App& app) {
 }  // namespace
 
 VLA_REGISTER_COMMAND(60, add_serve);
-#endif

@@ -2,20 +2,12 @@
 // Hugging Face checkpoint folder: config, safetensors, tokenizer).
 #include "command.h"
 #include "core/core.h"
-
-#if defined(VLA_HAS_TEXT)
-#include "text/text.h"
-#endif
-#if defined(VLA_HAS_WEIGHTS)
-#include "weights/weights.h"
-#endif
-#if defined(VLA_HAS_MODELS)
 #include "models/models.h"
-#endif
+#include "text/text.h"
+#include "weights/weights.h"
 
 namespace {
 
-#if defined(VLA_HAS_TEXT)
 std::vector<int64_t> parse_counts(const std::string& s) {
   std::vector<int64_t> out;
   std::stringstream ss(s);
@@ -90,9 +82,7 @@ void add_tokenize(CLI::App& app) {
   });
 }
 VLA_REGISTER_COMMAND(800, add_tokenize);
-#endif
 
-#if defined(VLA_HAS_WEIGHTS)
 void add_checkpoint(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "checkpoint",
@@ -136,7 +126,6 @@ void add_checkpoint(CLI::App& app) {
       }
       t.print();
     }
-#if defined(VLA_HAS_TEXT)
     if (vla::file_exists(*dir + "/tokenizer.json")) {
       auto tok = vla::Tokenizer::from_folder(*dir);
       out["tokenizer_vocab"] = tok.vocab_size();
@@ -148,8 +137,6 @@ void add_checkpoint(CLI::App& app) {
                   (long long)tok.vocab_size(), tok.has_chat_template() ? "Qwen2-VL" : "none",
                   (long long)cfg.image_token_id);
     }
-#endif
-#if defined(VLA_HAS_MODELS)
     // "Valid" means "loads": the same loading code as every command that uses the model (every
     // required tensor present with the right shape, an untied lm_head included). bf16 halves
     // the memory this takes; --no-load skips it for a quick look at a large checkpoint.
@@ -167,11 +154,9 @@ void add_checkpoint(CLI::App& app) {
       std::printf("load check: every model tensor present with its shape (%.0f ms)\n",
                   lsw.elapsed_ms());
     }
-#endif
     if (!json_out->empty()) vla::write_json_atomic(*json_out, out);
   });
 }
 VLA_REGISTER_COMMAND(810, add_checkpoint);
-#endif
 
 }  // namespace

@@ -1,5 +1,4 @@
 // `vla train` (stage 1 / stage 2 / caption pre-training) and `vla cache` (VL feature cache).
-#ifdef VLA_HAS_TRAIN
 #include "command.h"
 #include "core/core.h"
 #include "train/train.h"
@@ -297,4 +296,3 @@ void add_probe(CLI::App& app) {
 VLA_REGISTER_COMMAND(40, add_train);
 VLA_REGISTER_COMMAND(42, add_probe);
 VLA_REGISTER_COMMAND(41, add_cache);
-#endif

@@ -4,17 +4,17 @@
 #include <memory>
 #include <string>
 
+#include "closed_loop/closed_loop.h"
 #include "command.h"
-#include "runtime/runtime.h"
 
 namespace vla::cli {
 
 // What `vla run`, `vla eval closed-loop` and `vla eval staleness` share; defaults from the
 // runtime's and the closed-loop runner's own (one source).
 struct LoopArgs {
-  std::string policy = vla::runtime::ClosedLoopOptions{}.policy;
-  int episodes = vla::runtime::ClosedLoopOptions{}.episodes;
-  uint64_t seed = vla::runtime::ClosedLoopOptions{}.seed;
+  std::string policy = vla::closed_loop::ClosedLoopOptions{}.policy;
+  int episodes = vla::closed_loop::ClosedLoopOptions{}.episodes;
+  uint64_t seed = vla::closed_loop::ClosedLoopOptions{}.seed;
   double action_hz = vla::runtime::RuntimeConfig{}.action_hz;
   double vlm_hz = vla::runtime::RuntimeConfig{}.vlm_hz;
   std::string blend = vla::runtime::to_string(vla::runtime::RuntimeConfig{}.blend);
@@ -53,8 +53,8 @@ inline void add_loop_options(CLI::App* c, LoopArgs& a) {
   vla::cli::add_vlm_options(c, &a.vlm);
 }
 
-inline vla::runtime::ClosedLoopOptions make_options(const LoopArgs& a, double latency) {
-  vla::runtime::ClosedLoopOptions o;
+inline vla::closed_loop::ClosedLoopOptions make_options(const LoopArgs& a, double latency) {
+  vla::closed_loop::ClosedLoopOptions o;
   o.policy = a.policy;
   o.vlm = a.vlm;
   o.episodes = a.episodes;

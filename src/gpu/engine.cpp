@@ -759,6 +759,15 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
   const auto grids = grids_of(grid_thw);
   TokenLayout T = build_tokens({input_ids}, {grids}, E.d);
   auto dev = E.o.device;
+  // CUDA with flash attention: the decode step runs as one graph (the math attention path sizes
+  // its work on the host, so it stays eager). Everything runs on the capture stream.
+  const bool graph = dev.is_cuda() && E.flash && E.o.cuda_graphs;
+  std::unique_ptr<device::Stream> stream;
+  std::unique_ptr<device::StreamScope> scope;
+  if (graph) {
+    stream = std::make_unique<device::Stream>(dev);
+    scope = std::make_unique<device::StreamScope>(*stream);
+  }
   const int64_t S = static_cast<int64_t>(T.ids.size());
   StaticKvCache cache;
   cache.capacity = S + max_new_tokens + 1;
@@ -775,39 +784,40 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
   auto [c, s] = text_rope_tables(T.pos3, t);
   auto seq = ops::Varlen::make(T.cu, dev);
   at::Tensor hid = E.text_core(h, c.to(dev), s.to(dev), seq, &cache);
-  at::Tensor tok = at::argmax(ops::linear(hid.narrow(0, S - 1, 1), E.lm_head), -1);  // [1]
-  std::vector<int64_t> out;
-  int64_t pos = T.next_pos[0];
+  // Decode state lives on the device and each step advances it in place (next token, cache row,
+  // key length, rotary row), so one captured CUDA graph replays every step; the host reads the
+  // token back for the stop check only. Text positions after the prompt are (p, p, p): their
+  // M-RoPE rows are tabulated once.
+  const auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
+  at::Tensor tok = at::argmax(ops::linear(hid.narrow(0, S - 1, 1), E.lm_head), -1).view({1});
+  at::Tensor row = at::full({1}, S, lopt);   // cache row the step writes
+  at::Tensor step_i = at::zeros({1}, lopt);  // row of the rotary tables
+  ops::Varlen qv = ops::Varlen::make({0, 1}, dev);
+  ops::Varlen kv = ops::Varlen::make({0, S + 1}, dev);  // kv.cu_dev[1] advances on the device
+  auto pos = at::arange(T.next_pos[0], T.next_pos[0] + max_new_tokens + 1, at::kLong);
+  auto [tcos, tsin] = text_rope_tables(pos.unsqueeze(0).expand({3, -1}).contiguous(), t);
+  tcos = tcos.to(dev);
+  tsin = tsin.to(dev);
   const int H = t.num_attention_heads, Hk = t.num_key_value_heads, D = t.head_dim();
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  Stopwatch sw;
-  double decode_time = 0;
-  for (int step = 0; step < max_new_tokens; ++step) {
-    const int64_t next = tok.item<int64_t>();
-    out.push_back(next);
-    if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
-    if (step + 1 == max_new_tokens) break;
-    if (step == 0) sw.reset();
-    // one decode step (eager)
-    const int64_t L = cache.length;  // rows in the cache
-    at::Tensor x = E.embed.index_select(0, tok.view({1}));
-    auto p3 = at::full({3, 1}, pos, at::kLong);
-    auto [cc, ss] = text_rope_tables(p3, t);
-    cc = cc.to(dev);
-    ss = ss.to(dev);
-    auto qv = ops::Varlen::make({0, 1}, dev);
-    auto kv = ops::Varlen::make({0, L + 1}, dev);
+  int64_t L = S;  // host copy of the cache length (the math attention path reads it)
+  auto decode_step = [&]() {
+    at::Tensor x = E.embed.index_select(0, tok);
+    at::Tensor cc = tcos.index_select(0, step_i), ss = tsin.index_select(0, step_i);
     at::Tensor n = ops::rms_norm(x, E.tl[0].in_n, t.rms_norm_eps, E.fused());
     for (size_t i = 0; i < E.tl.size(); ++i) {
       const TLayer& Ly = E.tl[i];
       at::Tensor qkv = ops::linear(n, Ly.qkv_w, Ly.qkv_b);
       ops::rotary_(qkv, H + Hk, D, cc, ss, E.fused());
       auto q = qkv.narrow(1, 0, H * D).view({1, H, D});
-      cache.k[i].narrow(0, L, 1).copy_(qkv.narrow(1, H * D, Hk * D).view({1, Hk, D}));
-      cache.v[i].narrow(0, L, 1).copy_(qkv.narrow(1, (H + Hk) * D, Hk * D).view({1, Hk, D}));
+      cache.k[i].index_copy_(0, row, qkv.narrow(1, H * D, Hk * D).view({1, Hk, D}));
+      cache.v[i].index_copy_(0, row, qkv.narrow(1, (H + Hk) * D, Hk * D).view({1, Hk, D}));
       at::Tensor a =
-          ops::attention(q, cache.k[i].narrow(0, 0, L + 1), cache.v[i].narrow(0, 0, L + 1), qv, kv,
-                         /*causal=*/false, scale, E.flash);
+          E.flash
+              ? ops::attention(q, cache.k[i], cache.v[i], qv, kv, /*causal=*/false, scale, true,
+                               cache.capacity)
+              : ops::attention(q, cache.k[i].narrow(0, 0, L + 1), cache.v[i].narrow(0, 0, L + 1),
+                               qv, ops::Varlen::make({0, L + 1}, dev), false, scale, false);
       at::Tensor o_ = ops::linear(a.view({1, H * D}), Ly.o_w);
       n = ops::add_rms_norm(o_, x, Ly.post_n, t.rms_norm_eps, E.fused());
       at::Tensor gu = ops::linear(n, Ly.gu_w);
@@ -815,12 +825,35 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
       const at::Tensor& nw = (i + 1 < E.tl.size()) ? E.tl[i + 1].in_n : E.final_norm;
       n = ops::add_rms_norm(dn, x, nw, t.rms_norm_eps, E.fused());
     }
-    cache.length = L + 1;
-    ++pos;
-    tok = at::argmax(ops::linear(n, E.lm_head), -1);
+    tok.copy_(at::argmax(ops::linear(n, E.lm_head), -1).view({1}));
+    row.add_(1);
+    step_i.add_(1);
+    kv.cu_dev.narrow(0, 1, 1).add_(1);
+  };
+  std::unique_ptr<device::Graph> g;
+  std::vector<int64_t> out;
+  Stopwatch sw;
+  for (int step = 0; step < max_new_tokens; ++step) {
+    const int64_t next = tok.item<int64_t>();
+    out.push_back(next);
+    if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
+    if (step + 1 == max_new_tokens) break;
+    if (step == 0) sw.reset();
+    if (g) {
+      g->replay();
+    } else {
+      decode_step();  // eager (the first CUDA step also warms up kernels before the capture)
+      if (graph && step == 0) {
+        g = std::make_unique<device::Graph>();
+        g->capture_begin();
+        decode_step();  // recorded, not run
+        g->capture_end();
+      }
+    }
+    ++L;
   }
-  decode_time = sw.elapsed_ms();
-  if (decode_ms) *decode_ms = decode_time;
+  if (decode_ms) *decode_ms = sw.elapsed_ms();
+  if (stream) stream->synchronize();
   return out;
 }
 

@@ -6,10 +6,7 @@
 #include <limits>
 
 #include "models/models.h"
-
-#ifdef VLA_MODELS_WITH_TEXT
 #include "text/text.h"
-#endif
 
 namespace vla {
 
@@ -105,7 +102,6 @@ GenerateResult Qwen25VLImpl::generate(const std::vector<Image>& images, const st
   return r;
 }
 
-#ifdef VLA_MODELS_WITH_TEXT
 namespace {
 class TextPromptCodec : public PromptCodec {
  public:
@@ -148,12 +144,5 @@ std::shared_ptr<PromptCodec> make_prompt_codec(const std::string& dir, const Qwe
     return nullptr;
   }
 }
-#else
-std::shared_ptr<PromptCodec> make_prompt_codec(const std::string& dir, const Qwen25VLConfig& cfg) {
-  (void)dir;
-  (void)cfg;
-  return nullptr;  // vla_text is not part of this build
-}
-#endif
 
 }  // namespace vla

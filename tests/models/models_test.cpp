@@ -319,7 +319,6 @@ TEST(Sampling, WarpersBehave) {
 
 }  // namespace
 
-#ifdef VLA_MODELS_WITH_TEXT
 namespace {
 
 std::vector<vla::Image> case_images(const std::string& c) {
@@ -379,4 +378,3 @@ TEST(EndToEnd, GenerateFromImagesAndPrompt) {
 }
 
 }  // namespace
-#endif

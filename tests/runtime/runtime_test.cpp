@@ -8,53 +8,12 @@
 #include <limits>
 #include <thread>
 
+#include "runtime/fault_plant.h"
+
 using namespace vla::runtime;
+using namespace vla::runtime::testing;
 
-namespace {
-
-// Wraps a plant and injects one fault in plant time [t0, t1):
-//   kNaN   the force reading becomes NaN;
-//   kStuck the sensor stops updating (its last sample, same stamp, is delivered again: dropped);
-//   kLate  samples arrive `lag` s late (stamped lag earlier than the plant's clock);
-//   kThrow the plant throws (a driver / simulator fault).
-enum class Fault { kNaN, kStuck, kLate, kThrow };
-class FaultyPlant : public Plant {
- public:
-  FaultyPlant(Plant& inner, Fault fault, double t0, double t1, double lag = 0.0)
-      : in_(inner), fault_(fault), t0_(t0), t1_(t1), lag_(lag) {}
-  std::string instruction() override { return in_.instruction(); }
-  std::vector<vla::Image> render() override { return in_.render(); }
-  void set_chunk(const std::vector<Action>& c) override { in_.set_chunk(c); }
-  Sample step_physics() override {
-    Sample s = in_.step_physics();
-    const bool on = s.t >= t0_ && s.t < t1_;
-    if (on && fault_ == Fault::kThrow) throw vla::Error("force/torque driver: bus error");
-    if (on && fault_ == Fault::kNaN) s.f[2] = std::numeric_limits<float>::quiet_NaN();
-    if (on && fault_ == Fault::kStuck && have_last_) return last_;
-    if (on && fault_ == Fault::kLate) s.t -= lag_;
-    last_ = s;
-    have_last_ = true;
-    return s;
-  }
-  Action proprio() override { return in_.proprio(); }
-  double time() override { return in_.time(); }
-  PlantOutcome outcome() override { return in_.outcome(); }
-
- private:
-  Plant& in_;
-  Fault fault_;
-  double t0_, t1_, lag_;
-  Sample last_;
-  bool have_last_ = false;
-};
-
-int count_status(const EpisodeResult& ep, TickStatus s) {
-  int n = 0;
-  for (const auto& t : ep.ticks) n += t.status == s;
-  return n;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST(FeatureSlot, EmptyThenLatest) {
   FeatureSlot slot;
@@ -525,48 +484,3 @@ TEST(Metrics, JsonAndPlots) {
   vla::Image h = plot_age_histogram({ep});
   EXPECT_EQ(h.height, 300);
 }
-
-#ifdef VLA_RUNTIME_WITH_SIM
-TEST(SimPlantClosedLoop, ScriptedExpertDeterministicInSimTime) {
-  vla::sim::EnvConfig ec;
-  ec.width = ec.height = 32;
-  ec.num_views = 1;
-  auto run = [&] {
-    vla::sim::NeedleEnv env(ec);
-    env.reset(3);
-    SimPlant plant(env);
-    RuntimeConfig cfg;
-    cfg.vlm_latency_s = 0.3;
-    cfg.record_chunks = true;
-    return run_sim_time(plant, expert_policy(plant), cfg);
-  };
-  EpisodeResult a = run(), b = run();
-  ASSERT_EQ(a.chunks.size(), b.chunks.size());
-  for (size_t i = 0; i < a.chunks.size(); ++i) ASSERT_EQ(a.chunks[i], b.chunks[i]) << i;
-  EXPECT_EQ(a.outcome.reason, b.outcome.reason);
-  EXPECT_TRUE(a.outcome.success) << a.outcome.reason;
-}
-
-TEST(SimPlantClosedLoop, WallTimeNaNForceHoldsOnRealSim) {
-  vla::sim::EnvConfig ec;
-  ec.width = ec.height = 32;
-  ec.num_views = 1;
-  vla::sim::NeedleEnv env(ec);
-  env.reset(4);
-  SimPlant sim(env);
-  FaultyPlant plant(sim, Fault::kNaN, 0.3, 0.5);
-  PolicyFns p;
-  p.encode = [](const std::vector<vla::Image>& v, const std::string&) {
-    return torch::full({4}, static_cast<float>(v.size()));
-  };
-  p.act = [](const torch::Tensor&, const torch::Tensor& w, const torch::Tensor&) {
-    return torch::zeros({8, 3}) + w.mean() * 0;
-  };
-  RuntimeConfig cfg;
-  cfg.action_hz = 20;
-  cfg.max_duration_s = 0.9;
-  EpisodeResult ep = run_wall_time(plant, p, cfg);
-  EXPECT_GE(count_status(ep, TickStatus::kHoldSensor), 2);
-  EXPECT_GT(count_status(ep, TickStatus::kAct), 2);
-}
-#endif

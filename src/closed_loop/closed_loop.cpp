@@ -1,9 +1,10 @@
-// Adapters between the runtime and the MuJoCo needle environment / scripted expert.
+// The needle simulator as a runtime Plant, the scripted expert as runtime policy, closed-loop
+// episodes, and a learned policy as a synchronous simulator policy.
+#include "closed_loop/closed_loop.h"
+
 #include <cstdlib>
 
-#include "runtime/runtime.h"
-
-namespace vla::runtime {
+namespace vla::closed_loop {
 
 std::string SimPlant::instruction() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -113,9 +114,9 @@ class ReplayCameraPlant : public Plant {
 
 }  // namespace
 
-}  // namespace vla::runtime
+}  // namespace vla::closed_loop
 
-namespace vla::runtime {
+namespace vla::closed_loop {
 
 std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
                                            const std::atomic<bool>* stop) {
@@ -123,7 +124,6 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
   vla::sim::EnvConfig ec;
   if (opt.time_limit_s > 0) ec.time_limit_s = opt.time_limit_s;
   const bool expert = opt.policy == "expert";
-#ifdef VLA_RUNTIME_WITH_POLICY
   std::shared_ptr<vla::policy::Policy> learned;
   if (!expert) {
     if (opt.vlm_override.empty()) {
@@ -142,9 +142,6 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
     ec.width = learned->image_width();
     ec.height = learned->image_height();
   }
-#else
-  VLA_CHECK(expert, "this build has no policy library; only --policy expert is available");
-#endif
   if (expert) {
     ec.num_views = 1;
     ec.width = ec.height = 64;
@@ -157,9 +154,7 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
   if (expert) {
     fns = expert_policy(plant);
   } else {
-#ifdef VLA_RUNTIME_WITH_POLICY
-    fns = policy_fns(learned);
-#endif
+    fns = runtime::policy_fns(learned);
   }
   std::vector<EpisodeResult> out;
   std::unique_ptr<ProgressBar> bar;
@@ -174,7 +169,8 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
     if (opt.replay_frames > 0)
       replay = std::make_unique<ReplayCameraPlant>(plant, opt.replay_frames);
     Plant& p = replay ? static_cast<Plant&>(*replay) : plant;
-    EpisodeResult ep = opt.wall_time ? run_wall_time(p, fns, rt, stop) : run_sim_time(p, fns, rt);
+    EpisodeResult ep = opt.wall_time ? runtime::run_wall_time(p, fns, rt, stop)
+                                     : runtime::run_sim_time(p, fns, rt);
     succ += ep.outcome.success;
     log_debug("episode ", i, " seed ", opt.seed + i, ": ", ep.outcome.reason);
     const bool interrupted = ep.interrupted;
@@ -186,4 +182,39 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
   return out;
 }
 
-}  // namespace vla::runtime
+vla::sim::Policy sim_policy(std::shared_ptr<vla::policy::Policy> policy) {
+  VLA_CHECK(policy != nullptr, "runtime: null policy");
+  // Scene memory: the first features of the episode, kept until the env is reset.
+  struct Memory {
+    torch::Tensor first;
+    int64_t steps = -1;
+  };
+  auto memory = std::make_shared<Memory>();
+  return [policy, memory](const vla::sim::NeedleEnv& env) {
+    // render() is not const (it makes the GL context current); the env is only read otherwise.
+    auto views = const_cast<vla::sim::NeedleEnv&>(env).render();
+    auto vl = policy->encode(views, env.instruction());
+    if (env.steps() <= memory->steps || !memory->first.defined())
+      memory->first = vl;  // new episode
+    memory->steps = env.steps();
+    vl = policy->expert_features(memory->first, vl);
+    const int64_t w = policy->sensor_window();
+    auto window = torch::zeros({w, vla::sim::kForceDim});
+    const auto& log = env.force_log();
+    const int64_t n = std::min<int64_t>(w, static_cast<int64_t>(log.size()));
+    for (int64_t i = 0; i < n; ++i) {
+      const auto& f = log[log.size() - static_cast<size_t>(n) + static_cast<size_t>(i)].f;
+      for (int k = 0; k < vla::sim::kForceDim; ++k) window[w - n + i][k] = f[k];
+    }
+    const auto p = env.proprio();
+    auto chunk = policy->act(vl, window, torch::tensor({p[0], p[1], p[2]}));
+    vla::sim::Chunk out(
+        static_cast<size_t>(std::min<int64_t>(chunk.size(0), vla::sim::kChunkSize)));
+    for (size_t i = 0; i < out.size(); ++i)
+      for (int k = 0; k < vla::sim::kActionDim; ++k)
+        out[i][k] = chunk[static_cast<int64_t>(i)][k].item<float>();
+    return out;
+  };
+}
+
+}  // namespace vla::closed_loop
