@@ -409,6 +409,18 @@ void append_utf8(std::string& out, char32_t c) {
   }
 }
 
+std::string fnv1a_hex(const void* data, size_t size) {
+  uint64_t h = 1469598103934665603ULL;
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < size; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ULL;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
 std::string fmt_double(double v, int decimals) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "%.*f", decimals, v);

@@ -190,6 +190,9 @@ class Table {
 };
 // Formats a double with the given number of decimals.
 std::string fmt_double(double v, int decimals = 3);
+// 64-bit FNV-1a of the bytes as 16 lowercase hex digits (content keys and fingerprints; not
+// cryptographic).
+std::string fnv1a_hex(const void* data, size_t size);
 
 // ---------------------------------------------------------------- statistics
 // Percentile (0..100) with linear interpolation; 0 for an empty input.

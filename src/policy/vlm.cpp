@@ -111,18 +111,6 @@ torch::Tensor pool_features(const torch::Tensor& h, const torch::Tensor& ids,
   return torch::cat({img, last}, 1);
 }
 
-namespace {
-std::string fnv(const void* data, size_t n, uint64_t h = 1469598103934665603ULL) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 1099511628211ULL;
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
-}  // namespace
 
 std::string vlm_fingerprint(const std::vector<std::string>& sorted_names,
                             const std::function<torch::Tensor(const std::string&)>& tensor,
@@ -130,13 +118,13 @@ std::string vlm_fingerprint(const std::vector<std::string>& sorted_names,
   std::string acc = "qwen25vl";
   for (const auto& name : sorted_names) {
     auto c = tensor(name).detach().to(torch::kCPU, torch::kFloat32).contiguous();
-    acc += name + ":" + fnv(c.data_ptr(), c.numel() * c.element_size()) + ";";
+    acc += name + ":" + fnv1a_hex(c.data_ptr(), c.numel() * c.element_size()) + ";";
   }
   // What the features depend on besides the weights: pooling and the views used.
   acc += "|pooling=" + cfg.pooling + "|views=";
   for (int v : cfg.use_views) acc += std::to_string(v) + ",";
   if (cfg.text_first()) acc += "|text_first";
-  return "qwen25vl-" + fnv(acc.data(), acc.size());
+  return "qwen25vl-" + fnv1a_hex(acc.data(), acc.size());
 }
 
 std::string vlm_folder_with_tokenizer(const std::string& arch_dir, const std::string& tokenizer_dir,

@@ -6,22 +6,11 @@
 
 namespace vla::train {
 
-std::string hash_bytes(const void* data, size_t size) {
-  uint64_t h = 1469598103934665603ULL;
-  const auto* p = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < size; ++i) {
-    h ^= p[i];
-    h *= 1099511628211ULL;
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
 
 std::string image_hash(const Image& img) {
   std::string s = str_cat(img.width, "x", img.height, "x", img.channels, ":");
-  s += hash_bytes(img.pixels.data(), img.pixels.size());
-  return hash_bytes(s.data(), s.size());
+  s += fnv1a_hex(img.pixels.data(), img.pixels.size());
+  return fnv1a_hex(s.data(), s.size());
 }
 
 std::string feature_key(const std::string& vlm_fingerprint, const std::vector<Image>& views,
@@ -29,7 +18,7 @@ std::string feature_key(const std::string& vlm_fingerprint, const std::vector<Im
   std::string s = vlm_fingerprint + "|";
   for (auto& v : views) s += image_hash(v) + ",";
   s += "|" + prompt;
-  return hash_bytes(s.data(), s.size());
+  return fnv1a_hex(s.data(), s.size());
 }
 
 static std::string feature_file(const std::string& dir, const std::string& ep) {

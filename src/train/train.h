@@ -56,7 +56,6 @@ EpisodeTicks cut_ticks(const dataset::Episode& ep, int window, int horizon);
 // Cache folder: index.json (vlm fingerprint, feature shape, per-episode keys) and one
 // features_<episode>.safetensors per episode ([ticks, tokens, dim] float32).
 // key(episode, tick) = hash(vlm fingerprint | hashes of the tick's views | prompt).
-std::string hash_bytes(const void* data, size_t size);  // 64-bit FNV-1a, 16 hex chars
 std::string image_hash(const Image& img);
 std::string feature_key(const std::string& vlm_fingerprint, const std::vector<Image>& views,
                         const std::string& prompt);

@@ -119,6 +119,21 @@ struct CaseSpec {
   std::string name;
   std::vector<std::string> images;
 };
+
+// A fixture case's prompt ids and (for cases with images) pixel values and grid.
+struct CaseInputs {
+  std::vector<int64_t> ids;
+  at::Tensor pixel_values, grid_thw;
+};
+CaseInputs case_inputs(const Fixture& f, const CaseSpec& c) {
+  CaseInputs in;
+  in.ids = ids_of(f.ref->get(c.name + ".input_ids"));
+  if (!c.images.empty()) {
+    in.pixel_values = case_pixels(c.images);
+    in.grid_thw = f.ref->get(c.name + ".grid_thw");
+  }
+  return in;
+}
 const std::vector<CaseSpec> kCases = {
     {"one", {"img_a"}}, {"multi", {"img_b", "img_c", "img_e"}}, {"text", {}}};
 
@@ -128,16 +143,13 @@ void check_model_parity(const std::string& fixture, const EngineOptions& opts, d
   Fixture f = load_fixture(fixture);
   Engine e(f.config, f.image, f.fn(), opts);
   for (const auto& c : kCases) {
-    auto ids = ids_of(f.ref->get(c.name + ".input_ids"));
-    at::Tensor pv, grid;
-    if (!c.images.empty()) {
-      pv = case_pixels(c.images);
-      grid = f.ref->get(c.name + ".grid_thw");
-      auto vis = e.vision_forward(pv, grid);
+    const CaseInputs in = case_inputs(f, c);
+    if (in.pixel_values.defined()) {
+      auto vis = e.vision_forward(in.pixel_values, in.grid_thw);
       const double ev = rel_err(vis, f.ref->get(c.name + ".vision_out"));
       EXPECT_LE(ev, vis_tol) << fixture << " " << c.name << " vision_out";
     }
-    auto hid = e.forward(ids, pv, grid);
+    auto hid = e.forward(in.ids, in.pixel_values, in.grid_thw);
     auto ref = f.ref->get(c.name + ".last_hidden").select(0, 0);
     const double eh = rel_err(hid, ref);
     EXPECT_LE(eh, hid_tol) << fixture << " " << c.name << " last_hidden";
@@ -155,16 +167,11 @@ CaseOutputs run_cases(const Fixture& f, const EngineOptions& opts) {
   Engine e(f.config, f.image, f.fn(), opts);
   CaseOutputs out;
   for (const auto& c : kCases) {
-    auto ids = ids_of(f.ref->get(c.name + ".input_ids"));
-    at::Tensor pv, grid;
-    if (!c.images.empty()) {
-      pv = case_pixels(c.images);
-      grid = f.ref->get(c.name + ".grid_thw");
-      out.vision.push_back(e.vision_forward(pv, grid).to(at::kFloat).cpu());
-    } else {
-      out.vision.emplace_back();
-    }
-    auto hid = e.forward(ids, pv, grid);
+    const CaseInputs in = case_inputs(f, c);
+    out.vision.push_back(in.pixel_values.defined()
+                             ? e.vision_forward(in.pixel_values, in.grid_thw).to(at::kFloat).cpu()
+                             : at::Tensor());
+    auto hid = e.forward(in.ids, in.pixel_values, in.grid_thw);
     out.hidden.push_back(hid.to(at::kFloat).cpu());
     out.logits.push_back(e.logits(hid).cpu());
   }
@@ -217,13 +224,8 @@ TEST(GpuParity, GreedyTokensMatchTransformersOnCpu) {
     Fixture f = load_fixture(fx);
     Engine e(f.config, f.image, f.fn(), EngineOptions{});
     for (const auto& c : kCases) {
-      auto ids = ids_of(f.ref->get(c.name + ".input_ids"));
-      at::Tensor pv, grid;
-      if (!c.images.empty()) {
-        pv = case_pixels(c.images);
-        grid = f.ref->get(c.name + ".grid_thw");
-      }
-      auto toks = e.generate_greedy(ids, pv, grid, 16);
+      const CaseInputs in = case_inputs(f, c);
+      auto toks = e.generate_greedy(in.ids, in.pixel_values, in.grid_thw, 16);
       EXPECT_EQ(toks, ids_of(f.ref->get(c.name + ".generated"))) << fx << " " << c.name;
     }
   }
@@ -467,15 +469,10 @@ TEST(GpuDecode, GraphDecodeMatchesEagerDecode) {
     eager.cuda_graphs = false;
     auto eg = f.engine(graphs), ee = f.engine(eager);
     for (const auto& c : kCases) {
-      auto ids = ids_of(f.ref->get(c.name + ".input_ids"));
-      at::Tensor pv, grid;
-      if (!c.images.empty()) {
-        pv = case_pixels(c.images);
-        grid = f.ref->get(c.name + ".grid_thw");
-      }
+      const CaseInputs in = case_inputs(f, c);
       double ms_graph = 0, ms_eager = 0;
-      auto a = eg->generate_greedy(ids, pv, grid, 16, {}, &ms_graph);
-      auto b = ee->generate_greedy(ids, pv, grid, 16, {}, &ms_eager);
+      auto a = eg->generate_greedy(in.ids, in.pixel_values, in.grid_thw, 16, {}, &ms_graph);
+      auto b = ee->generate_greedy(in.ids, in.pixel_values, in.grid_thw, 16, {}, &ms_eager);
       EXPECT_EQ(a, b) << fx << " " << c.name;
       auto ref = ids_of(f.ref->get(c.name + ".generated"));
       ASSERT_FALSE(a.empty());
