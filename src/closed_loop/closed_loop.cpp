@@ -63,7 +63,7 @@ PolicyFns expert_policy(SimPlant& plant) {
   auto last_seen = std::make_shared<int64_t>(-1);
   PolicyFns p;
   p.name = "scripted-expert";
-  p.sensor_window = 65;
+  p.sensor_window = kForceWindow;
   p.horizon = vla::sim::kChunkSize;
   p.encode = [](const std::vector<Image>& views, const std::string&) {
     VLA_CHECK(!views.empty(), "expert policy: no views rendered");

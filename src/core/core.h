@@ -17,6 +17,16 @@ struct Device;  // torch::Device; core.h stays free of the torch headers
 
 namespace vla {
 
+// ---------------------------------------------------------------- the task's clocks
+// The rates every layer shares (simulator, dataset, policy, runtime, server): force/torque samples
+// and physics steps at 650 Hz, actions at 80 Hz in chunks of 8 (100 ms, one control tick at
+// 10 Hz), and a 100 ms force window of 65 samples per tick.
+constexpr double kForceHz = 650.0;
+constexpr double kActionHz = 80.0;
+constexpr int kChunkSize = 8;
+constexpr double kControlHz = 10.0;
+constexpr int kForceWindow = 65;
+
 // ---------------------------------------------------------------- errors
 // Every user-facing failure is a vla::Error with a message that says what and where.
 class Error : public std::runtime_error {

@@ -24,9 +24,9 @@
 namespace vla::dataset {
 
 constexpr int kFormatVersion = 1;
-constexpr double kFrameHz = 10.0;
-constexpr double kActionHz = 80.0;
-constexpr double kForceHz = 650.0;
+constexpr double kFrameHz = kControlHz;  // frames are recorded once per control tick
+using vla::kActionHz;
+using vla::kForceHz;
 
 struct PortMeta {
   std::string color, color_ko;

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "weights/weights.h"
+
 namespace vla::policy {
 
 namespace fs = std::filesystem;
@@ -334,121 +336,24 @@ void load_state(torch::nn::Module& m, const std::string& prefix,
   }
 }
 
-static const char* st_dtype(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat32:
-      return "F32";
-    case torch::kFloat64:
-      return "F64";
-    case torch::kFloat16:
-      return "F16";
-    case torch::kBFloat16:
-      return "BF16";
-    case torch::kInt64:
-      return "I64";
-    case torch::kInt32:
-      return "I32";
-    case torch::kUInt8:
-      return "U8";
-    case torch::kInt8:
-      return "I8";
-    case torch::kBool:
-      return "BOOL";
-    default:
-      throw Error(str_cat("safetensors: unsupported dtype ", t));
-  }
-}
-
-static torch::ScalarType st_type(const std::string& s, const std::string& where) {
-  if (s == "F32") return torch::kFloat32;
-  if (s == "F64") return torch::kFloat64;
-  if (s == "F16") return torch::kFloat16;
-  if (s == "BF16") return torch::kBFloat16;
-  if (s == "I64") return torch::kInt64;
-  if (s == "I32") return torch::kInt32;
-  if (s == "U8") return torch::kUInt8;
-  if (s == "I8") return torch::kInt8;
-  if (s == "BOOL") return torch::kBool;
-  throw Error(str_cat(where, ": unsupported dtype '", s, "'"));
-}
-
 void save_tensors(const std::string& path,
                   const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                   const nlohmann::json& metadata) {
-  nlohmann::json header = nlohmann::json::object();
-  std::vector<torch::Tensor> data;
-  size_t offset = 0;
-  for (auto& kv : tensors) {
-    auto t = kv.second.detach().to(torch::kCPU).contiguous();
-    size_t n = t.numel() * t.element_size();
-    header[kv.first] = {{"dtype", st_dtype(t.scalar_type())},
-                        {"shape", t.sizes().vec()},
-                        {"data_offsets", {offset, offset + n}}};
-    offset += n;
-    data.push_back(t);
-  }
-  if (!metadata.empty()) {
-    nlohmann::json md = nlohmann::json::object();
-    for (auto& [k, v] : metadata.items())
-      md[k] = v.is_string() ? v.get<std::string>() : dump_json(v);
-    header["__metadata__"] = md;
-  }
-  std::string h = dump_json(header);
-  while ((h.size() + 8) % 8) h.push_back(' ');
-  std::string buf;
-  buf.resize(8 + h.size() + offset);
-  uint64_t hn = h.size();
-  std::memcpy(&buf[0], &hn, 8);
-  std::memcpy(&buf[8], h.data(), h.size());
-  size_t pos = 8 + h.size();
-  for (auto& t : data) {
-    size_t n = t.numel() * t.element_size();
-    if (n) std::memcpy(&buf[pos], t.data_ptr(), n);
-    pos += n;
-  }
-  write_file_atomic(path, buf);
+  std::map<std::string, torch::Tensor> named;
+  for (const auto& kv : tensors)
+    VLA_CHECK(named.emplace(kv.first, kv.second.detach()).second, path, ": tensor name '", kv.first,
+              "' given twice");
+  std::map<std::string, std::string> md;
+  for (const auto& [k, v] : metadata.items())
+    md[k] = v.is_string() ? v.get<std::string>() : dump_json(v);
+  save_safetensors(path, named, md);
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> load_tensors(const std::string& path) {
   VLA_CHECK(file_exists(path), path, ": file not found");
-  std::string buf = read_file(path);
-  VLA_CHECK(buf.size() >= 8, path, ": truncated safetensors file (", buf.size(), " bytes)");
-  uint64_t hn = 0;
-  std::memcpy(&hn, buf.data(), 8);
-  VLA_CHECK(hn <= buf.size() - 8, path, ": header length ", hn, " exceeds file size ", buf.size());
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(buf.substr(8, hn));
-  } catch (const std::exception& e) {
-    throw Error(str_cat(path, ": bad safetensors header: ", e.what()));
-  }
-  const size_t base = 8 + hn, avail = buf.size() - base;
+  const auto file = SafetensorsFile::open(path);  // validated: header, dtypes, offsets, coverage
   std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (auto& [name, info] : header.items()) {
-    if (name == "__metadata__") continue;
-    const std::string where = str_cat(path, ": tensor '", name, "'");
-    try {
-      auto type = st_type(info.at("dtype").get<std::string>(), where);
-      auto shape = info.at("shape").get<std::vector<int64_t>>();
-      auto off = info.at("data_offsets").get<std::vector<uint64_t>>();
-      VLA_CHECK(off.size() == 2 && off[0] <= off[1] && off[1] <= avail, where,
-                ": data offsets out of bounds");
-      int64_t numel = 1;
-      for (auto s : shape) {
-        VLA_CHECK(s >= 0, where, ": negative dimension");
-        numel *= s;
-      }
-      auto t = torch::empty(shape, torch::TensorOptions().dtype(type));
-      VLA_CHECK(static_cast<uint64_t>(numel) * t.element_size() == off[1] - off[0], where,
-                ": byte size does not match shape");
-      if (numel) std::memcpy(t.data_ptr(), buf.data() + base + off[0], off[1] - off[0]);
-      out.emplace_back(name, t);
-    } catch (const Error&) {
-      throw;
-    } catch (const std::exception& e) {
-      throw Error(str_cat(where, ": ", e.what()));
-    }
-  }
+  for (const auto& name : file->names()) out.emplace_back(name, file->load(name));
   return out;
 }
 

@@ -25,12 +25,12 @@ namespace vla::policy {
 // ---------------------------------------------------------------- configuration
 struct PolicyConfig {
   // Sensor stream.
-  int sensor_window = 65;   // samples per window (100 ms at 650 Hz)
-  int sensor_channels = 6;  // Fx Fy Fz Tx Ty Tz
-  int proprio_dim = 3;      // stage position (m)
+  int sensor_window = kForceWindow;  // samples per window (100 ms at 650 Hz)
+  int sensor_channels = 6;           // Fx Fy Fz Tx Ty Tz
+  int proprio_dim = 3;               // stage position (m)
   // Actions.
-  int horizon = 8;     // actions per chunk (80 Hz -> 100 ms)
-  int action_dim = 3;  // Cartesian target deltas (m)
+  int horizon = kChunkSize;  // actions per chunk (80 Hz -> 100 ms)
+  int action_dim = 3;        // Cartesian target deltas (m)
   // VL features: [tokens, vl_dim] (tokens = 1 for pooled features).
   int vl_dim = 64;
   int vl_tokens = 1;
@@ -155,8 +155,9 @@ void load_state(torch::nn::Module& m, const std::string& prefix,
                 const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                 const std::string& source);
 
-// Tensor file I/O for policy checkpoints: a safetensors file (F32/F64/I64/U8 ...), written
-// crash-safe (temp + rename). Errors name the file and the tensor.
+// Tensor file I/O for policy checkpoints, trainer state and feature caches: src/weights'
+// safetensors writer (crash-safe) and validating reader, with JSON metadata values stored as
+// strings. load_tensors returns the tensors in name order. Errors name the file and the tensor.
 void save_tensors(const std::string& path,
                   const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                   const nlohmann::json& metadata = nlohmann::json::object());

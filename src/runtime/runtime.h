@@ -30,9 +30,9 @@
 
 namespace vla::runtime {
 
-constexpr double kSensorHz = 650.0;     // force/torque stream and physics rate
-constexpr double kActionStepHz = 80.0;  // rate of the actions inside a chunk
-constexpr int kMaxHorizon = 32;         // largest chunk the blender accepts
+constexpr double kSensorHz = kForceHz;       // force/torque stream and physics rate (core.h)
+constexpr double kActionStepHz = kActionHz;  // rate of the actions inside a chunk
+constexpr int kMaxHorizon = 32;              // largest chunk the blender accepts
 
 using Action = std::array<float, 3>;
 
@@ -77,8 +77,8 @@ struct PolicyFns {
   // encode() output, the newest); Policy::expert_features for learned policies.
   std::function<torch::Tensor(const torch::Tensor& first, const torch::Tensor& newest)>
       expert_features;
-  int sensor_window = 65;  // samples per window (100 ms at 650 Hz)
-  int horizon = 8;         // actions per chunk
+  int sensor_window = kForceWindow;  // samples per window (100 ms at 650 Hz)
+  int horizon = kChunkSize;          // actions per chunk
   std::string name = "policy";
 };
 

@@ -70,12 +70,23 @@ struct ServingRuntime::Impl {
     c10::InferenceMode guard;
     for (;;) {
       std::shared_ptr<ExpertJob> job;
+      std::deque<std::shared_ptr<ExpertJob>> superseded;
       {
         std::unique_lock<std::mutex> lock(ex_mu);
         ex_cv.wait(lock, [&] { return ex_stopping || !ex_jobs.empty(); });
         if (ex_jobs.empty()) return;
-        job = ex_jobs.front();
-        ex_jobs.pop_front();
+        // Newest wins: when requests queued up behind a slow call (a loaded machine, several
+        // clients), only the newest runs; a FIFO would make every later request miss its
+        // deadline too. The older ones are answered from the last good chunk.
+        job = ex_jobs.back();
+        ex_jobs.pop_back();
+        superseded.swap(ex_jobs);
+      }
+      for (auto& old : superseded) {
+        Chunk c;
+        c.status = "fallback";
+        c.actions = rest_of_good(now_ns());
+        old->done.set_value(std::move(c));
       }
       try {
         job->done.set_value(run_expert(*job));

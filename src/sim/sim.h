@@ -31,14 +31,14 @@
 
 namespace vla::sim {
 
-constexpr double kPhysicsHz = 650.0;       // one physics step = 1/650 s
-constexpr double kActionHz = 80.0;         // actions per second
-constexpr int kChunkSize = 8;              // 8 actions = 100 ms = one control tick at 10 Hz
-constexpr int kStepsPerChunk = 65;         // physics steps per chunk (100 ms)
-constexpr int kForceDim = 6;               // fx fy fz tx ty tz (sensor frame)
-constexpr int kActionDim = 3;              // dx dy dz target delta in metres per action
-constexpr int kNumViews = 5;               // top, front, left, right, needle
-constexpr double kMaxActionDelta = 0.005;  // |component| per action (m) => 0.4 m/s max speed
+constexpr double kPhysicsHz = kForceHz;       // one physics step per force sample = 1/650 s
+using vla::kActionHz;                         // actions per second (core/core.h)
+using vla::kChunkSize;                        // 8 actions = 100 ms = one control tick at 10 Hz
+constexpr int kStepsPerChunk = kForceWindow;  // physics steps per chunk (100 ms)
+constexpr int kForceDim = 6;                  // fx fy fz tx ty tz (sensor frame)
+constexpr int kActionDim = 3;                 // dx dy dz target delta in metres per action
+constexpr int kNumViews = 5;                  // top, front, left, right, needle
+constexpr double kMaxActionDelta = 0.005;     // |component| per action (m) => 0.4 m/s max speed
 
 using Action = std::array<float, kActionDim>;
 using Chunk = std::vector<Action>;

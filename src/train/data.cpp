@@ -13,14 +13,15 @@ std::vector<TickPair> reuse_pairs(int num_ticks, int reuse_count) {
   return out;
 }
 
-std::vector<TickPair> random_staleness_pairs(int num_ticks, int reuse_count, std::mt19937_64& rng) {
+TickPair random_staleness_pair(int target_tick, int reuse_count, std::mt19937_64& rng) {
   VLA_CHECK(reuse_count >= 1, "vlm reuse count must be >= 1, got ", reuse_count);
+  const int lo = std::max(0, target_tick - reuse_count + 1);
+  return {std::uniform_int_distribution<int>(lo, target_tick)(rng), target_tick};
+}
+
+std::vector<TickPair> random_staleness_pairs(int num_ticks, int reuse_count, std::mt19937_64& rng) {
   std::vector<TickPair> out;
-  for (int t = 0; t < num_ticks; ++t) {
-    int lo = std::max(0, t - reuse_count + 1);
-    int f = std::uniform_int_distribution<int>(lo, t)(rng);
-    out.push_back({f, t});
-  }
+  for (int t = 0; t < num_ticks; ++t) out.push_back(random_staleness_pair(t, reuse_count, rng));
   return out;
 }
 

@@ -33,8 +33,9 @@ struct TickPair {
 // Fixed reuse (`--vlm-reuse-count N`): the feature of every tick t is paired with ticks
 // t .. t+N-1 (clipped to the episode), so N = 1 is "fresh features only".
 std::vector<TickPair> reuse_pairs(int num_ticks, int reuse_count);
-// Random staleness: one pair per target tick t, with the feature tick drawn uniformly from
-// max(0, t-N+1) .. t.
+// Random staleness: the feature tick of target tick t drawn uniformly from max(0, t-N+1) .. t
+// (what the trainer draws per sample), and one such pair per target tick of an episode.
+TickPair random_staleness_pair(int target_tick, int reuse_count, std::mt19937_64& rng);
 std::vector<TickPair> random_staleness_pairs(int num_ticks, int reuse_count, std::mt19937_64& rng);
 
 // ---------------------------------------------------------------- learning rate

@@ -256,9 +256,7 @@ TrainReport train(const TrainOptions& opt) {
       s.lang = std::uniform_int_distribution<int>(0, 1)(g) ? "ko" : "en";
     } else if (!held && opt.reuse_count > 1) {
       if (opt.random_staleness) {
-        // Random staleness: s uniform in 0..N-1 for each sample.
-        int lo = std::max(0, s.target_tick - opt.reuse_count + 1);
-        s.feature_tick = std::uniform_int_distribution<int>(lo, s.target_tick)(g);
+        s.feature_tick = random_staleness_pair(s.target_tick, opt.reuse_count, g).feature_tick;
       } else {
         // Fixed reuse: a pair drawn uniformly from reuse_pairs(ticks, N) of the episode.
         const auto& pairs = d.pairs[s.ep];
