@@ -377,8 +377,10 @@ int main(int argc, char** argv) {
         rec["tokens"] = static_cast<int>(toks.size()) - 1;
         rec["decode_ms"] = ms;
         rec["tokens_per_s"] = (toks.size() - 1) / (ms / 1e3);
-        std::printf("decode         %d tokens in %.1f ms -> %.1f tokens/s (greedy; decode step as one CUDA graph)\n",
-                    rec["tokens"].get<int>(), ms, rec["tokens_per_s"].get<double>());
+        std::printf(
+            "decode         %d tokens in %.1f ms -> %.1f tokens/s (greedy; decode step as one CUDA "
+            "graph)\n",
+            rec["tokens"].get<int>(), ms, rec["tokens_per_s"].get<double>());
       } catch (const std::exception& e) {
         rec["error"] = e.what();
         std::printf("decode FAILED: %s\n", e.what());

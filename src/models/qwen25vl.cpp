@@ -17,7 +17,6 @@ bool is_lora_name(const std::string& n) {
          (n.compare(n.size() - 6, 6, "lora_A") == 0 || n.compare(n.size() - 6, 6, "lora_B") == 0);
 }
 
-
 std::string shape_of(const torch::Tensor& t) { return shape_str(t.sizes()); }
 
 }  // namespace

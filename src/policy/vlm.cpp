@@ -111,7 +111,6 @@ torch::Tensor pool_features(const torch::Tensor& h, const torch::Tensor& ids,
   return torch::cat({img, last}, 1);
 }
 
-
 std::string vlm_fingerprint(const std::vector<std::string>& sorted_names,
                             const std::function<torch::Tensor(const std::string&)>& tensor,
                             const PolicyConfig& cfg) {

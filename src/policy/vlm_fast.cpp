@@ -46,11 +46,12 @@ class FastVlm : public VlmEncoder {
     check_sizes(used);
     const int n = static_cast<int>(used.size()), h = used[0]->height, w = used[0]->width;
     // The prompt of an instruction is rendered once (chat template + BPE cost ~1 ms).
-    auto& prompt = prompts_[std::to_string(n) + "|" + instruction];
+    const std::string key = std::to_string(n) + "|" + instruction;
+    if (prompts_.size() >= 4096 && prompts_.count(key) == 0) prompts_.clear();  // bounded
+    auto& prompt = prompts_[key];
     if (prompt.empty())
-      prompt = codec_->encode_chat(instruction, std::vector<int64_t>(used.size(), 1),
-                                   cfg_.text_first());
-    if (prompts_.size() > 4096) prompts_.clear();
+      prompt =
+          codec_->encode_chat(instruction, std::vector<int64_t>(used.size(), 1), cfg_.text_first());
     const gpu::PlanSpec* cur = engine_->prepared() ? &engine_->plan() : nullptr;
     if (!cur || cur->views != n || cur->height != h || cur->width != w ||
         cur->prompt_ids != prompt) {
@@ -127,7 +128,7 @@ class FastVlm : public VlmEncoder {
   std::string fingerprint_;
   mutable std::mutex mu_;  // one plan, one caller at a time; guards the members below
   mutable std::map<std::string, std::vector<int64_t>> prompts_;  // "views|instruction" -> ids
-  mutable torch::Tensor plan_ids_;                                 // [1, S] of the plan
+  mutable torch::Tensor plan_ids_;                               // [1, S] of the plan
 };
 
 }  // namespace

@@ -6,7 +6,6 @@
 
 namespace vla::train {
 
-
 std::string image_hash(const Image& img) {
   std::string s = str_cat(img.width, "x", img.height, "x", img.channels, ":");
   s += fnv1a_hex(img.pixels.data(), img.pixels.size());
