@@ -58,7 +58,7 @@ void BM_ExpertEpisodeHeadless(benchmark::State& state) {
   EnvConfig cfg;
   cfg.render = false;
   NeedleEnv env(cfg);
-  Policy p = expert_policy(std::make_shared<ScriptedExpert>());
+  ChunkPolicy p = expert_policy(std::make_shared<ScriptedExpert>());
   uint64_t seed = 0;
   for (auto _ : state) run_episode(env, p, seed++);
   state.SetItemsProcessed(state.iterations());
@@ -68,7 +68,7 @@ BENCHMARK(BM_ExpertEpisodeHeadless)->Unit(benchmark::kMillisecond);
 void BM_RecordAndWriteEpisode(benchmark::State& state) {
   EnvConfig cfg;
   NeedleEnv env(cfg);
-  Policy p = expert_policy(std::make_shared<ScriptedExpert>());
+  ChunkPolicy p = expert_policy(std::make_shared<ScriptedExpert>());
   const std::string dir = "/tmp/vla_bench_sim_ds";
   vla::remove_tree(dir);
   vla::dataset::DatasetWriter w(dir);

@@ -54,7 +54,7 @@ vla::sim::EnvConfig env_config(const SimOptions& o, bool render) {
   return cfg;
 }
 
-vla::sim::Policy make_policy(const std::string& name) {
+vla::sim::ChunkPolicy make_policy(const std::string& name) {
   if (name == "expert")
     return vla::sim::expert_policy(std::make_shared<vla::sim::ScriptedExpert>());
   if (name == "hold") {
@@ -83,7 +83,7 @@ void run_sim(const SimOptions& o) {
   VLA_CHECK(o.episodes > 0, "--episodes must be > 0");
   if (!o.snapshot.empty()) write_snapshot(o);
   vla::sim::NeedleEnv env(env_config(o, false));
-  vla::sim::Policy policy = make_policy(o.policy);
+  vla::sim::ChunkPolicy policy = make_policy(o.policy);
   std::map<std::string, int> reasons = {
       {"success", 0}, {"wrong_port", 0}, {"excess_force", 0}, {"timeout", 0}};
   std::vector<double> times, success_times, peaks;
@@ -93,7 +93,7 @@ void run_sim(const SimOptions& o) {
   vla::ProgressBar bar("sim " + o.policy, o.episodes);
   for (int i = 0; i < o.episodes; ++i) {
     const uint64_t seed = o.seed + static_cast<uint64_t>(i);
-    vla::sim::EpisodeResult r = vla::sim::run_episode(env, policy, seed, o.target);
+    vla::sim::RolloutResult r = vla::sim::run_episode(env, policy, seed, o.target);
     reasons[r.outcome.reason]++;
     times.push_back(r.outcome.time_s);
     peaks.push_back(r.outcome.peak_force);
@@ -243,15 +243,15 @@ void run_datagen(const DatagenOptions& o) {
     try {
       vla::sim::NeedleEnv env(env_config(so, true));
       auto expert = std::make_shared<vla::sim::ScriptedExpert>();
-      vla::sim::Policy labeler = vla::sim::expert_policy(expert);
+      vla::sim::ChunkPolicy labeler = vla::sim::expert_policy(expert);
       vla::sim::RolloutOptions ro;
       ro.action_noise_std = o.dart_noise;
       ro.noise_seed = o.seed;
       ro.max_ticks = o.layout_ticks;
-      vla::sim::Policy executed = labeler;
+      vla::sim::ChunkPolicy executed = labeler;
       if (o.dart_noise > 0) {  // DART: the labeler's own chunk is executed with noise
         ro.labeler = labeler;
-        executed = vla::sim::Policy();
+        executed = vla::sim::ChunkPolicy();
       }
       if (!o.policy.empty()) {  // DAgger: the learned policy drives, the expert labels
         ro.labeler = labeler;

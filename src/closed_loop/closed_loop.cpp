@@ -25,10 +25,10 @@ void SimPlant::set_chunk(const std::vector<Action>& chunk) {
   }
 }
 
-Sample SimPlant::step_physics() {
+ForceSample SimPlant::step_physics() {
   std::lock_guard<std::mutex> lock(mu_);
   env_.step_physics();
-  Sample s;
+  ForceSample s;
   const auto& log = env_.force_log();
   if (!log.empty()) {
     s.t = log.back().t;
@@ -100,7 +100,7 @@ class ReplayCameraPlant : public Plant {
     return frames_[next_++ % frames_.size()];
   }
   void set_chunk(const std::vector<Action>& chunk) override { sim_.set_chunk(chunk); }
-  Sample step_physics() override { return sim_.step_physics(); }
+  ForceSample step_physics() override { return sim_.step_physics(); }
   Action proprio() override { return sim_.proprio(); }
   double time() override { return sim_.time(); }
   PlantOutcome outcome() override { return sim_.outcome(); }
@@ -182,7 +182,7 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
   return out;
 }
 
-vla::sim::Policy sim_policy(std::shared_ptr<vla::policy::Policy> policy) {
+vla::sim::ChunkPolicy sim_policy(std::shared_ptr<vla::policy::Policy> policy) {
   VLA_CHECK(policy != nullptr, "runtime: null policy");
   // Scene memory: the first features of the episode, kept until the env is reset.
   struct Memory {

@@ -24,7 +24,6 @@ using runtime::Plant;
 using runtime::PlantOutcome;
 using runtime::PolicyFns;
 using runtime::RuntimeConfig;
-using runtime::Sample;
 
 // The MuJoCo needle environment as a Plant (reset it before the episode).
 class SimPlant : public Plant {
@@ -33,7 +32,7 @@ class SimPlant : public Plant {
   std::string instruction() override;
   std::vector<Image> render() override;
   void set_chunk(const std::vector<Action>& chunk) override;
-  Sample step_physics() override;
+  ForceSample step_physics() override;
   Action proprio() override;
   double time() override;
   PlantOutcome outcome() override;
@@ -81,6 +80,6 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
 // A learned policy as a synchronous simulator policy (one tick = render, encode fresh VL
 // features, act on the last sensor_window force samples (zero padded at the start) and the
 // proprio): what `vla datagen --policy P` rolls out for DAgger while the scripted expert labels.
-vla::sim::Policy sim_policy(std::shared_ptr<vla::policy::Policy> policy);
+vla::sim::ChunkPolicy sim_policy(std::shared_ptr<vla::policy::Policy> policy);
 
 }  // namespace vla::closed_loop

@@ -2,6 +2,7 @@
 // console tables, statistics and LibTorch set-up shared by every other concern.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -26,6 +27,15 @@ constexpr double kActionHz = 80.0;
 constexpr int kChunkSize = 8;
 constexpr double kControlHz = 10.0;
 constexpr int kForceWindow = 65;
+
+// A Cartesian stage target delta or position (m), x y z: what an action and the proprio are.
+using Action = std::array<float, 3>;
+// One force/torque sample: time stamp (s, on the producer's clock) and Fx Fy Fz (N), Tx Ty Tz (N
+// m).
+struct ForceSample {
+  double t = 0.0;
+  std::array<float, 6> f{};
+};
 
 // ---------------------------------------------------------------- errors
 // Every user-facing failure is a vla::Error with a message that says what and where.

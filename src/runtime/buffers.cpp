@@ -47,7 +47,7 @@ SensorRing::SensorRing(size_t capacity, double rate_hz) : buf_(capacity), period
   VLA_CHECK(rate_hz > 0, "SensorRing: rate must be > 0, got ", rate_hz);
 }
 
-bool SensorRing::push(const Sample& s) {
+bool SensorRing::push(const ForceSample& s) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t cap = static_cast<int64_t>(buf_.size());
   if (!std::isfinite(s.t) || (head_ > 0 && s.t <= buf_[static_cast<size_t>((head_ - 1) % cap)].t)) {
@@ -102,7 +102,7 @@ WindowStatus SensorRing::window(double t_end, int n, float* out, double timeout_
   bool nan = false, gap = false;
   double prev_t = 0.0;
   for (int64_t i = 0; i < have; ++i) {
-    const Sample& s = buf_[static_cast<size_t>((first + i) % cap)];
+    const ForceSample& s = buf_[static_cast<size_t>((first + i) % cap)];
     float* row = out + (pad + i) * 6;
     for (int k = 0; k < 6; ++k) {
       row[k] = s.f[k];

@@ -259,7 +259,7 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
       const double t_next = (k + 1) * ep.period;
       bool done = false;
       while (plant.time() - t_begin < t_next - 1e-9) {
-        Sample s = plant.step_physics();
+        ForceSample s = plant.step_physics();
         s.t -= t_begin;
         ring.push(s);
         // The outcome is checked at the 80 Hz action rate (cheap enough, and deterministic);
@@ -448,7 +448,7 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
             apply = true;
           }
         }
-        Sample s;
+        ForceSample s;
         Action pr;
         PlantOutcome o;
         const bool check = n % 8 == 0;

@@ -34,14 +34,10 @@ constexpr double kSensorHz = kForceHz;       // force/torque stream and physics 
 constexpr double kActionStepHz = kActionHz;  // rate of the actions inside a chunk
 constexpr int kMaxHorizon = 32;              // largest chunk the blender accepts
 
-using Action = std::array<float, 3>;
+using vla::Action;       // core/core.h
+using vla::ForceSample;  // core/core.h
 
 // ---------------------------------------------------------------- interfaces
-// One force/torque sample: time stamp (seconds on the runtime's clock) and Fx Fy Fz Tx Ty Tz.
-struct Sample {
-  double t = 0.0;
-  std::array<float, 6> f{};
-};
 
 struct PlantOutcome {
   bool done = false;
@@ -59,7 +55,7 @@ class Plant {
   // Chunk of Cartesian target deltas played at 80 Hz from now on (hold the last when it runs out).
   virtual void set_chunk(const std::vector<Action>& chunk) = 0;
   // Advances physics by 1/650 s and returns the new sensor sample (t = plant time).
-  virtual Sample step_physics() = 0;
+  virtual ForceSample step_physics() = 0;
   virtual Action proprio() = 0;
   virtual double time() = 0;
   virtual PlantOutcome outcome() = 0;
@@ -127,7 +123,7 @@ const char* to_string(WindowStatus s);
 class SensorRing {
  public:
   explicit SensorRing(size_t capacity = 4096, double rate_hz = kSensorHz);
-  bool push(const Sample& s);  // false: rejected (stamp not finite or not increasing)
+  bool push(const ForceSample& s);  // false: rejected (stamp not finite or not increasing)
   void clear();
   size_t size() const;
   int64_t total_pushed() const;
@@ -138,7 +134,7 @@ class SensorRing {
 
  private:
   mutable std::mutex mu_;
-  std::vector<Sample> buf_;
+  std::vector<ForceSample> buf_;
   int64_t head_ = 0;  // total samples pushed
   int64_t rejected_ = 0;
   double period_;
@@ -329,7 +325,7 @@ class ToyPlant : public Plant {
   std::string instruction() override { return "reach the goal"; }
   std::vector<Image> render() override;
   void set_chunk(const std::vector<Action>& chunk) override;
-  Sample step_physics() override;
+  ForceSample step_physics() override;
   Action proprio() override { return pos_; }
   double time() override { return n_ / kSensorHz; }
   PlantOutcome outcome() override;

@@ -42,7 +42,7 @@ void ToyPlant::set_chunk(const std::vector<Action>& chunk) {
   chunk_start_ = n_;
 }
 
-Sample ToyPlant::step_physics() {
+ForceSample ToyPlant::step_physics() {
   // The chunk's action i (a target delta) is applied at 80 Hz steps from the call.
   if (!chunk_.empty()) {
     const int64_t steps = n_ - chunk_start_;
@@ -58,7 +58,7 @@ Sample ToyPlant::step_physics() {
   }
   for (int k = 0; k < 3; ++k) pos_[k] += static_cast<float>((target_[k] - pos_[k]) * 0.05);
   ++n_;
-  Sample s;
+  ForceSample s;
   s.t = time();
   const float contact = pos_[2] < 0.0f ? -pos_[2] * 2000.0f : 0.0f;
   for (int k = 0; k < 6; ++k) s.f[k] = static_cast<float>((uniform(rng_) - 0.5) * 0.02);

@@ -7,7 +7,7 @@
 
 namespace vla::sim {
 
-EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, int target_port,
+RolloutResult run_episode(NeedleEnv& env, const ChunkPolicy& policy, uint64_t seed, int target_port,
                           dataset::EpisodeData* record, const RolloutOptions& opts) {
   VLA_CHECK(policy || opts.labeler, "run_episode: no policy and no labeler");
   VLA_CHECK(std::isfinite(opts.action_noise_std) && opts.action_noise_std >= 0.0,
@@ -56,7 +56,7 @@ EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, i
     }
     env.step_chunk(chunk);
   }
-  EpisodeResult r;
+  RolloutResult r;
   r.outcome = env.outcome();
   r.steps = env.steps();
   r.wall_s = sw.elapsed_s();
@@ -98,7 +98,7 @@ EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, i
   return r;
 }
 
-Policy expert_policy(std::shared_ptr<ScriptedExpert> expert) {
+ChunkPolicy expert_policy(std::shared_ptr<ScriptedExpert> expert) {
   expert->reset();
   return [expert](const NeedleEnv& env) {
     if (env.steps() == 0) expert->reset();

@@ -40,7 +40,7 @@ constexpr int kActionDim = 3;                 // dx dy dz target delta in metres
 constexpr int kNumViews = 5;                  // top, front, left, right, needle
 constexpr double kMaxActionDelta = 0.005;     // |component| per action (m) => 0.4 m/s max speed
 
-using Action = std::array<float, kActionDim>;
+using vla::Action;  // core/core.h (kActionDim components)
 using Chunk = std::vector<Action>;
 
 // Names of the views in render() order.
@@ -57,10 +57,7 @@ struct EnvConfig {
   double success_depth = 0.008;   // m below the tissue surface, inside the named port
 };
 
-struct ForceSample {
-  double t;                        // sim time (s) at the end of the physics step
-  std::array<float, kForceDim> f;  // fx fy fz (N) tx ty tz (N m)
-};
+using vla::ForceSample;  // core/core.h: t = sim time (s) at the end of the physics step
 
 // One executed action (recorded when it becomes active) and the stage position at that moment.
 struct ActionRecord {
@@ -187,12 +184,12 @@ class ScriptedExpert {
 };
 
 // A closed-loop policy: called once per 100 ms control tick, returns the next chunk.
-using Policy = std::function<Chunk(const NeedleEnv& env)>;
+using ChunkPolicy = std::function<Chunk(const NeedleEnv& env)>;
 
 // Wraps a ScriptedExpert as a Policy (reset automatically at the first tick of each episode).
-Policy expert_policy(std::shared_ptr<ScriptedExpert> expert);
+ChunkPolicy expert_policy(std::shared_ptr<ScriptedExpert> expert);
 
-struct EpisodeResult {
+struct RolloutResult {
   Outcome outcome;
   int64_t steps = 0;  // physics steps
   double wall_s = 0;  // wall time of the episode
@@ -209,12 +206,13 @@ struct EpisodeResult {
 // noise (m per action; z gets half) to the executed actions only (DART, Laskey et al. 2017), so
 // the recorded labels stay the clean actions.
 struct RolloutOptions {
-  Policy labeler;                 // empty: the executed actions are recorded
+  ChunkPolicy labeler;            // empty: the executed actions are recorded
   double action_noise_std = 0.0;  // m per 80 Hz action, x/y (z: half)
   uint64_t noise_seed = 0;        // noise RNG seed (mixed with the episode seed)
   int max_ticks = 0;              // > 0: stop after this many ticks (reason "truncated")
 };
-EpisodeResult run_episode(NeedleEnv& env, const Policy& policy, uint64_t seed, int target_port = -1,
-                          dataset::EpisodeData* record = nullptr, const RolloutOptions& opts = {});
+RolloutResult run_episode(NeedleEnv& env, const ChunkPolicy& policy, uint64_t seed,
+                          int target_port = -1, dataset::EpisodeData* record = nullptr,
+                          const RolloutOptions& opts = {});
 
 }  // namespace vla::sim

@@ -35,7 +35,7 @@ void set_torch_rng_state(const torch::Tensor& state) {
 
 namespace {
 
-struct Sample {
+struct TrainingDraw {
   int ep = 0, feature_tick = 0, target_tick = 0;
   std::string lang;  // caption stage
 };
@@ -247,7 +247,7 @@ TrainReport train(const TrainOptions& opt) {
   // ---- samples
   auto draw = [&](std::mt19937_64& g, bool held) {
     const auto& pool = held ? ho : tr;
-    Sample s;
+    TrainingDraw s;
     s.ep = static_cast<int>(pool[std::uniform_int_distribution<size_t>(0, pool.size() - 1)(g)]);
     const int n = d.ticks[s.ep].num_ticks;
     s.target_tick = std::uniform_int_distribution<int>(0, n - 1)(g);
@@ -377,7 +377,7 @@ TrainReport train(const TrainOptions& opt) {
   // grounding: the target tick); prepare_batch is the CPU half, run one batch ahead in training.
   const bool vlm_forward =
       opt.stage == "2" || (grounding && (opt.locate_weight > 0 || opt.dense_weight > 0));
-  auto prepare_vlm = [&](const std::vector<Sample>& b) {
+  auto prepare_vlm = [&](const std::vector<TrainingDraw>& b) {
     std::vector<const std::vector<Image>*> v;
     std::vector<std::string> ins;
     for (auto& s : b) {
@@ -386,7 +386,7 @@ TrainReport train(const TrainOptions& opt) {
     }
     return vlm->prepare_batch(v, ins);
   };
-  auto stage2_features = [&](const std::vector<Sample>& b, bool grad, const VlmBatch* pre) {
+  auto stage2_features = [&](const std::vector<TrainingDraw>& b, bool grad, const VlmBatch* pre) {
     torch::AutoGradMode mode(grad);
     return vlm->encode_prepared(pre ? *pre : prepare_vlm(b)).to(torch::kFloat32);
   };
@@ -395,7 +395,8 @@ TrainReport train(const TrainOptions& opt) {
   struct ExpertBatch {
     torch::Tensor vl, force, proprio, actions;
   };
-  auto expert_batch = [&](const std::vector<Sample>& b, bool grad, const VlmBatch* pre = nullptr) {
+  auto expert_batch = [&](const std::vector<TrainingDraw>& b, bool grad,
+                          const VlmBatch* pre = nullptr) {
     std::vector<torch::Tensor> vl, f, p, a;
     for (auto& s : b) {
       const auto& tk = d.ticks[s.ep];
@@ -422,7 +423,7 @@ TrainReport train(const TrainOptions& opt) {
     return start + (opt.location_sigma - start) * f;
   };
   // Named port x/y of each sample's episode / kLocateScale -> [B, 2] on the device.
-  auto locate_target = [&](const std::vector<Sample>& b) {
+  auto locate_target = [&](const std::vector<TrainingDraw>& b) {
     std::vector<float> xy;
     for (auto& s : b) {
       const auto& ep = d.episodes[s.ep];
@@ -433,13 +434,13 @@ TrainReport train(const TrainOptions& opt) {
   };
   // Dense targets of a batch -> [B, tokens, 1 + colours] on the device.
   const int dense_view = cfg.use_views.empty() ? 0 : cfg.use_views[0];
-  auto dense_target = [&](const std::vector<Sample>& b) {
+  auto dense_target = [&](const std::vector<TrainingDraw>& b) {
     std::vector<torch::Tensor> t;
     for (auto& s : b)
       t.push_back(dense_grounding_target(d.episodes[s.ep], dense_view, grid_h, grid_w, colours));
     return torch::stack(t).to(device);
   };
-  auto batch_loss = [&](const std::vector<Sample>& b,
+  auto batch_loss = [&](const std::vector<TrainingDraw>& b,
                         const VlmBatch* pre = nullptr) -> torch::Tensor {
     if (caption) {
       std::vector<const std::vector<Image>*> v;
@@ -499,7 +500,7 @@ TrainReport train(const TrainOptions& opt) {
     double sum = 0;
     int n = 0;
     for (int k = 0; k < 4; ++k) {
-      std::vector<Sample> b;
+      std::vector<TrainingDraw> b;
       for (int i = 0; i < std::min(opt.batch, 64); ++i) b.push_back(draw(g, true));
       if (caption) {
         sum += batch_loss(b).item<double>();
@@ -535,14 +536,14 @@ TrainReport train(const TrainOptions& opt) {
   // one trains. `rng_at` is the sampler state before the batch of `step` was drawn: checkpoints
   // save it, so the sample sequence (and a resumed run) is the same as drawing in the loop.
   auto draw_batch = [&] {
-    std::vector<Sample> b;
+    std::vector<TrainingDraw> b;
     for (int i = 0; i < opt.batch; ++i) b.push_back(draw(rng, false));
     return b;
   };
   std::mt19937_64 rng_at = rng;
-  std::vector<Sample> b = draw_batch();
+  std::vector<TrainingDraw> b = draw_batch();
   std::atomic<int64_t> prepare_ns{0};  // background preparation time, summed
-  auto prepare_async = [&](const std::vector<Sample>& batch) {
+  auto prepare_async = [&](const std::vector<TrainingDraw>& batch) {
     return vlm_forward ? std::async(std::launch::async,
                                     [&, batch] {
                                       Stopwatch w;
@@ -572,7 +573,7 @@ TrainReport train(const TrainOptions& opt) {
     Stopwatch phase;
     std::optional<VlmBatch> pre;
     if (pending.valid()) pre = pending.get();
-    const std::vector<Sample> cur = std::move(b);
+    const std::vector<TrainingDraw> cur = std::move(b);
     rng_at = rng;
     b = draw_batch();
     if (step + 1 < opt.steps) pending = prepare_async(b);

@@ -18,8 +18,8 @@ class FaultyPlant : public Plant {
   std::string instruction() override { return in_.instruction(); }
   std::vector<vla::Image> render() override { return in_.render(); }
   void set_chunk(const std::vector<Action>& c) override { in_.set_chunk(c); }
-  Sample step_physics() override {
-    Sample s = in_.step_physics();
+  ForceSample step_physics() override {
+    ForceSample s = in_.step_physics();
     const bool on = s.t >= t0_ && s.t < t1_;
     if (on && fault_ == Fault::kThrow) throw vla::Error("force/torque driver: bus error");
     if (on && fault_ == Fault::kNaN) s.f[2] = std::numeric_limits<float>::quiet_NaN();
@@ -37,7 +37,7 @@ class FaultyPlant : public Plant {
   Plant& in_;
   Fault fault_;
   double t0_, t1_, lag_;
-  Sample last_;
+  ForceSample last_;
   bool have_last_ = false;
 };
 

@@ -19,7 +19,7 @@ EnvConfig headless() {
 Chunk constant_chunk(float dx, float dy, float dz) { return Chunk(kChunkSize, Action{dx, dy, dz}); }
 
 // Drives the stage to (x, y) above the tissue, then descends at `speed` m/s.
-Policy go_to_and_descend(double x, double y, double speed) {
+ChunkPolicy go_to_and_descend(double x, double y, double speed) {
   return [=](const NeedleEnv& env) {
     auto c = env.target();
     double cx = c[0], cy = c[1];
@@ -41,8 +41,8 @@ Policy go_to_and_descend(double x, double y, double speed) {
 
 TEST(NeedleEnv, SameSeedGivesIdenticalForceLogAndProprio) {
   NeedleEnv a(headless()), b(headless());
-  Policy pa = expert_policy(std::make_shared<ScriptedExpert>());
-  Policy pb = expert_policy(std::make_shared<ScriptedExpert>());
+  ChunkPolicy pa = expert_policy(std::make_shared<ScriptedExpert>());
+  ChunkPolicy pb = expert_policy(std::make_shared<ScriptedExpert>());
   run_episode(a, pa, 7);
   run_episode(b, pb, 7);
   ASSERT_EQ(a.force_log().size(), b.force_log().size());
@@ -248,9 +248,9 @@ TEST(NeedleEnv, RenderThrowsWithoutRenderer) {
 TEST(ScriptedExpert, SucceedsOnSeveralSeeds) {
   NeedleEnv env(headless());
   auto expert = std::make_shared<ScriptedExpert>();
-  Policy p = expert_policy(expert);
+  ChunkPolicy p = expert_policy(expert);
   for (uint64_t seed = 100; seed < 106; ++seed) {
-    EpisodeResult r = run_episode(env, p, seed);
+    RolloutResult r = run_episode(env, p, seed);
     EXPECT_TRUE(r.outcome.success) << "seed " << seed << ": " << r.outcome.reason;
     EXPECT_EQ(r.outcome.reason, "success");
     EXPECT_LT(r.outcome.peak_force, env.config().force_limit);
@@ -263,7 +263,7 @@ TEST(ScriptedExpert, SucceedsOnSeveralSeeds) {
 // expert produced at each tick's state.
 TEST(Recorder, DartLabelsAreTheCleanExpertActions) {
   auto expert = std::make_shared<ScriptedExpert>();
-  Policy base = expert_policy(expert);
+  ChunkPolicy base = expert_policy(expert);
   auto seen = std::make_shared<std::vector<Chunk>>();
   RolloutOptions ro;
   ro.labeler = [base, seen](const NeedleEnv& e) {
@@ -280,7 +280,7 @@ TEST(Recorder, DartLabelsAreTheCleanExpertActions) {
   cfg.num_views = 1;
   cfg.width = cfg.height = 32;
   NeedleEnv renv(cfg);
-  run_episode(renv, Policy(), 42, -1, &ep, ro);
+  run_episode(renv, ChunkPolicy(), 42, -1, &ep, ro);
   ASSERT_EQ(seen->size(), 12u);
   ASSERT_EQ(ep.actions.size(), renv.action_log().size());
   ASSERT_EQ(ep.frames.size(), 12u);
@@ -305,7 +305,7 @@ TEST(Recorder, LabelerActionsAreRecordedWhileAnotherPolicyDrives) {
   cfg.num_views = 1;
   cfg.width = cfg.height = 32;
   NeedleEnv env(cfg);
-  Policy hold = [](const NeedleEnv&) { return Chunk(kChunkSize, Action{0, 0, 0}); };
+  ChunkPolicy hold = [](const NeedleEnv&) { return Chunk(kChunkSize, Action{0, 0, 0}); };
   RolloutOptions ro;
   ro.labeler = expert_policy(std::make_shared<ScriptedExpert>());
   ro.max_ticks = 5;
@@ -328,10 +328,10 @@ TEST(Recorder, LabelerActionsAreRecordedWhileAnotherPolicyDrives) {
 TEST(ScriptedExpert, RealignsWhenPushedOffTheAxis) {
   NeedleEnv env(headless());
   auto expert = std::make_shared<ScriptedExpert>();
-  Policy p = expert_policy(expert);
+  ChunkPolicy p = expert_policy(expert);
   int ticks = 0;
   bool pushed = false;
-  Policy disturbed = [&](const NeedleEnv& e) {
+  ChunkPolicy disturbed = [&](const NeedleEnv& e) {
     Chunk c = p(e);
     // Once the expert is searching, shove the target 5 mm sideways for one tick.
     if (!pushed && expert->phase() == "search") {
@@ -341,7 +341,7 @@ TEST(ScriptedExpert, RealignsWhenPushedOffTheAxis) {
     ++ticks;
     return c;
   };
-  EpisodeResult r = run_episode(env, disturbed, 103);
+  RolloutResult r = run_episode(env, disturbed, 103);
   EXPECT_TRUE(pushed);
   EXPECT_TRUE(r.outcome.success) << r.outcome.reason;
 }
@@ -351,7 +351,7 @@ TEST(ScriptedExpert, RealignsWhenPushedOffTheAxis) {
 TEST(ScriptedExpert, DepthFollowsSensedContact) {
   NeedleEnv env(headless());
   auto expert = std::make_shared<ScriptedExpert>();
-  Policy p = expert_policy(expert);
+  ChunkPolicy p = expert_policy(expert);
   double zmin = 1, zmax = 0;
   for (uint64_t seed = 200; seed < 206; ++seed) {
     ASSERT_TRUE(run_episode(env, p, seed).outcome.success);
@@ -388,11 +388,11 @@ TEST(ScriptedExpert, BacksOffOnExcessForce) {
 TEST(NeedleEnv, FailureReasons) {
   NeedleEnv env(headless());
   // Doing nothing times out.
-  Policy hold = [](const NeedleEnv&) { return Chunk(kChunkSize, Action{0, 0, 0}); };
+  ChunkPolicy hold = [](const NeedleEnv&) { return Chunk(kChunkSize, Action{0, 0, 0}); };
   EnvConfig short_cfg = headless();
   short_cfg.time_limit_s = 1.0;
   NeedleEnv short_env(short_cfg);
-  EpisodeResult r = run_episode(short_env, hold, 4);
+  RolloutResult r = run_episode(short_env, hold, 4);
   EXPECT_EQ(r.outcome.reason, "timeout");
   EXPECT_NEAR(r.outcome.time_s, 1.0, 2e-3);
 
@@ -432,8 +432,8 @@ TEST(Recorder, EpisodeRoundTripsThroughTheDataset) {
   cfg.num_views = 2;
   NeedleEnv env(cfg);
   dataset::EpisodeData ep;
-  Policy p = expert_policy(std::make_shared<ScriptedExpert>());
-  EpisodeResult r = run_episode(env, p, 21, -1, &ep);
+  ChunkPolicy p = expert_policy(std::make_shared<ScriptedExpert>());
+  RolloutResult r = run_episode(env, p, 21, -1, &ep);
   ASSERT_TRUE(r.outcome.success) << r.outcome.reason;
   ASSERT_EQ(ep.force.size(), env.force_log().size());
   ASSERT_EQ(ep.actions.size(), env.action_log().size());
