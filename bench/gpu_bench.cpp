@@ -17,6 +17,7 @@
 
 #include "core/core.h"
 #include "gpu/gpu.h"
+#include "gpu/op_table.h"
 #include "gpu/ops.h"
 #include "weights/weights.h"
 
@@ -143,6 +144,17 @@ nlohmann::json profile_plan(Engine& engine, const Qwen25VLConfig& dims, int heig
   return prec;
 }
 
+// Mean device-synchronised wall time of fn (3 warm-up calls, 20 timed).
+double time_ms(const std::function<void()>& fn) {
+  for (int i = 0; i < 3; ++i) fn();
+  torch::cuda::synchronize();
+  Stopwatch sw;
+  const int n = 20;
+  for (int i = 0; i < n; ++i) fn();
+  torch::cuda::synchronize();
+  return sw.elapsed_ms() / n;
+}
+
 // cuBLAS rates for the shapes the engine runs: bf16, and FP8 with row-wise scales (plain and
 // fast accumulation) through the engine's own quantise + _scaled_mm path.
 nlohmann::json gemm_rates(bool fp8) {
@@ -155,15 +167,6 @@ nlohmann::json gemm_rates(bool fp8) {
       {1196, 1280, 6912}, {1196, 3456, 1280},  {321, 2048, 2560},   {321, 2048, 22016},
       {321, 11008, 2048}, {8192, 8192, 8192}};
   auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
-  auto time_ms = [](const std::function<void()>& fn) {
-    for (int i = 0; i < 3; ++i) fn();
-    torch::cuda::synchronize();
-    Stopwatch sw;
-    const int n = 20;
-    for (int i = 0; i < n; ++i) fn();
-    torch::cuda::synchronize();
-    return sw.elapsed_ms() / n;
-  };
   for (const auto& sh : shapes) {
     auto a = at::randn({sh[0], sh[1]}, o);
     auto b = at::randn({sh[2], sh[1]}, o);
@@ -195,6 +198,45 @@ nlohmann::json gemm_rates(bool fp8) {
     g.add_row(row);
   }
   g.print();
+  return rec;
+}
+
+// The backend-parity table's cases at this model's shapes (src/gpu/op_table.h, the cases test_gpu
+// checks at unit shapes): fused kernel vs ATen reference, time and error, plus achieved bandwidth.
+nlohmann::json op_table_rates(const Qwen25VLConfig& dims, int views, int height, int width) {
+  nlohmann::json rec;
+  Table t({"op (bf16, model shape)", "fused ms", "reference ms", "speed-up", "fused GB/s",
+           "err vs ref", "err vs f64"});
+  const at::Device dev(at::kCUDA, 0);
+  for (const ops::OpCase& c : ops::model_cases(dims, views, height, width)) {
+    if (c.fp8() && !fp8_available(dev)) continue;
+    try {
+      const double fused = time_ms(ops::op_runner(c, dev, true));
+      const double ref = time_ms(ops::op_runner(c, dev, false));
+      const ops::OpParity p = ops::check_op(c, dev);
+      // Bytes the op must move at least: inputs read once, outputs written once.
+      const double elems = static_cast<double>(c.dims[0]) * static_cast<double>(c.dims[1]);
+      double bytes = 0;
+      if (c.op == "silu_mul") bytes = elems * 2 * 2 + elems * 2;
+      if (c.op == "silu_mul_fp8") bytes = elems * 2 * 2 + elems;
+      if (c.op == "add_rms_norm") bytes = elems * 2 * 2 + elems * 2 * 2;
+      if (c.op == "add_rms_norm_fp8") bytes = elems * 2 * 2 + elems * 2 + elems;
+      if (c.op == "quantize_fp8") bytes = elems * 2 + elems;
+      if (c.op == "rotary") bytes = 2.0 * elems * static_cast<double>(c.dims[2]) * 2;
+      const std::string gbs = bytes > 0 ? fmt_double(bytes / (fused * 1e-3) / 1e9, 0) : "-";
+      t.add_row({c.label(), fmt_double(fused, 4), fmt_double(ref, 4), fmt_double(ref / fused, 1),
+                 gbs, fmt_double(p.fused_vs_reference, 5), fmt_double(p.fused_vs_f64, 5)});
+      rec[c.label()] = {{"fused_ms", fused},
+                        {"reference_ms", ref},
+                        {"fused_vs_reference", p.fused_vs_reference},
+                        {"fused_vs_f64", p.fused_vs_f64},
+                        {"reference_vs_f64", p.reference_vs_f64}};
+    } catch (const std::exception& e) {
+      t.add_row({c.label(), "error", "-", "-", "-", "-", e.what()});
+      rec[c.label()] = {{"error", e.what()}};
+    }
+  }
+  t.print();
   return rec;
 }
 
@@ -351,6 +393,7 @@ int main(int argc, char** argv) {
       try {
         out["profile"] = profile_plan(*engine, dims, height, width, "op (5 views, bf16, eager)");
         out["profile"]["gemm"] = gemm_rates(fp8);
+        out["profile"]["ops"] = op_table_rates(dims, 5, height, width);
       } catch (const std::exception& e) {
         out["profile"]["error"] = e.what();
         std::printf("profile FAILED: %s\n", e.what());

@@ -7,8 +7,8 @@
 # (EngineOptions::fp8), transformers, ratios, FLOP floor) plus the FP8 error against bf16.
 #
 # Usage (repo root, on the GPU machine): bench/gpu_side_by_side.sh [--model DIR] [--skip-peer]
-#   Builds the whole tree with scripts/gpu_build.sh (Debian .debs carried in .deps/debs: see
-#   docs/gpu.md). Env: OUT (results folder, default ./out-gpu), BUILD (default build-gpu), JOBS,
+#   Builds the whole tree with scripts/gpu_build.sh (Debian .debs carried in .deps/debs and
+#   .deps/debs_extra: see docs/development/README.md). Env: OUT (results folder, default ./out-gpu), BUILD, JOBS,
 #   PEER_JSON (with --skip-peer: an earlier peer_qwen25vl.json to compare against).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -13,7 +13,7 @@ VIEWS=0,4  # top + needle camera
 mkdir -p "$W"
 step() { echo "== $(date -u +%H:%M:%S) $*"; }
 
-step "1. demonstrations (scripted expert, 5 views 112x112): 400 episodes (seeds 0..399) for the
+step "1. demonstrations (scripted demonstrator, 5 views 112x112): 400 episodes (seeds 0..399) for the
  caption / cache / stage-1 steps, the same + 1600 more (seeds 10000.., 20000..) for stage 2"
 [ -f "$W/data/index.json" ] ||
   $VLA datagen --episodes "$EPISODES" --seed 0 --views 5 --res 112x112 --out "$W/data"

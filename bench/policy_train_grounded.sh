@@ -58,7 +58,7 @@ VLM=${VLM:-$W/vlm}
 
 [ "${STOP_AFTER:-}" = 2 ] && exit 0
 
-step "3. demonstrations: scripted expert with DART noise on the executed actions (labels clean)"
+step "3. demonstrations: scripted demonstrator with DART noise on the executed actions (labels clean)"
 [ -f "$W/demos/index.json" ] ||
   $VLA datagen --episodes "${DEMOS:-2000}" --seed 0 --views 1 --res $RES --dart-noise 0.0003 \
     --jobs "$JOBS" --out "$W/demos"
@@ -77,7 +77,7 @@ $VLA eval closed-loop --policy "$W/default" --mode sync --episodes "${EVAL_EPISO
 
 [ "${STOP_AFTER:-}" = 4 ] && exit 0
 for round in $(seq 1 "${DAGGER_ROUNDS:-1}"); do
-  step "5. DAgger round $round: roll out the policy, the scripted expert labels, aggregate, retrain"
+  step "5. DAgger round $round: roll out the policy, the scripted demonstrator labels, aggregate, retrain"
   $VLA datagen --policy "$W/default" --episodes "${DAGGER_EPISODES:-600}" \
     --seed $((300000 + 10000 * round)) --views 1 --res $RES --jobs "$JOBS" --out "$W/demos"
   train_expert 15 "$W/default"

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 
+#include "closed_loop/closed_loop.h"
 #include "sim/sim.h"
 
 namespace {
@@ -48,7 +49,7 @@ void BM_ExpertAct(benchmark::State& state) {
   cfg.render = false;
   NeedleEnv env(cfg);
   env.reset(1);
-  ScriptedExpert expert;
+  ScriptedDemonstrator expert;
   for (int i = 0; i < 5; ++i) env.step_chunk(expert.act(env));
   for (auto _ : state) benchmark::DoNotOptimize(expert.act(env));
 }
@@ -58,7 +59,7 @@ void BM_ExpertEpisodeHeadless(benchmark::State& state) {
   EnvConfig cfg;
   cfg.render = false;
   NeedleEnv env(cfg);
-  ChunkPolicy p = expert_policy(std::make_shared<ScriptedExpert>());
+  ChunkPolicy p = demonstrator_policy(std::make_shared<ScriptedDemonstrator>());
   uint64_t seed = 0;
   for (auto _ : state) run_episode(env, p, seed++);
   state.SetItemsProcessed(state.iterations());
@@ -68,15 +69,15 @@ BENCHMARK(BM_ExpertEpisodeHeadless)->Unit(benchmark::kMillisecond);
 void BM_RecordAndWriteEpisode(benchmark::State& state) {
   EnvConfig cfg;
   NeedleEnv env(cfg);
-  ChunkPolicy p = expert_policy(std::make_shared<ScriptedExpert>());
+  ChunkPolicy p = demonstrator_policy(std::make_shared<ScriptedDemonstrator>());
   const std::string dir = "/tmp/vla_bench_sim_ds";
   vla::remove_tree(dir);
   vla::dataset::DatasetWriter w(dir);
   uint64_t seed = 0;
   for (auto _ : state) {
-    vla::dataset::EpisodeData ep;
-    run_episode(env, p, seed++, -1, &ep);
-    w.write(ep);
+    Recording rec;
+    run_episode(env, p, seed++, -1, &rec);
+    w.write(vla::closed_loop::to_episode_data(std::move(rec)));
   }
   state.SetItemsProcessed(state.iterations());
   vla::remove_tree(dir);

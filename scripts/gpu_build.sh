@@ -4,24 +4,27 @@
 # as .debs in .deps/debs (fetch them on Debian 12 with scripts/fetch_gpu_debs.sh) and unpacked
 # into .deps/root (never into /). Prints the environment line to source for running ./build-gpu/vla.
 #
-# Usage (repo root, on the GPU machine): scripts/gpu_build.sh [--test]
-#   --test   also run the whole ctest suite (GPU tests included)
+# Usage (repo root, on the GPU machine): scripts/gpu_build.sh [--test | --unpack-only]
+#   --test          also run the whole ctest suite (GPU tests included)
+#   --unpack-only   only unpack the .debs that arrived (a device call carries at most 64 MB, so
+#                   .deps/debs_extra travels in a call before .deps/debs; docs/development)
 #   Env: BUILD (default build-gpu), JOBS (default nproc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build-gpu}
 JOBS=${JOBS:-$(nproc)}
 DEPS=$PWD/.deps/root
-[ -d .deps/debs ] || [ -f "$DEPS/.done" ] ||
-  { echo "no .deps/debs: run scripts/fetch_gpu_debs.sh on a Debian 12 machine"; exit 2; }
-# Unpack every carried .deb once (a marker per package): .deps/debs_serve may arrive in a later
-# call than .deps/debs (each call carries at most 64 MB).
+# Unpack every carried .deb once (a marker per package): .deps/debs and .deps/debs_extra arrive in
+# separate calls (each call carries at most 64 MB).
 mkdir -p "$DEPS/.unpacked"
-for f in .deps/debs/*.deb .deps/debs_serve/*.deb; do
+for f in .deps/debs/*.deb .deps/debs_extra/*.deb; do
   [ -f "$f" ] || continue
   m="$DEPS/.unpacked/$(basename "$f")"
   [ -f "$m" ] || { dpkg -x "$f" "$DEPS" && touch "$m"; }
 done
+[ "${1:-}" = "--unpack-only" ] && { echo "unpacked: $(ls "$DEPS/.unpacked" | wc -l) packages"; exit 0; }
+[ -f "$DEPS/usr/include/mujoco/mujoco.h" ] && [ -f "$DEPS/usr/include/cairo/cairo.h" ] ||
+  { echo "missing .debs: run scripts/fetch_gpu_debs.sh on Debian 12 and carry .deps/debs and .deps/debs_extra"; exit 2; }
 if [ ! -f "$DEPS/.done" ]; then
   # MuJoCo's CMake config names the system qhull include folder; point it into the tree.
   sed -i "s#/usr/include/libqhull_r/#$DEPS/usr/include/libqhull_r/#" \
@@ -34,11 +37,9 @@ TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 # The carried headers come first, the multiarch folder too: Debian's jconfig.h lives there, and the
 # GPU machine's own (Ubuntu, libjpeg 8) made libjpeg 62 refuse every call ("caller expects 80").
 GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
-# The server's headers travel separately (.deps/debs_serve); without them it is left out.
-SERVE=ON; [ -f "$DEPS/usr/include/msgpack.hpp" ] && [ -d "$DEPS/usr/include/boost" ] || SERVE=OFF
 cmake -S . -B "$BUILD" $GEN -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$DEPS/usr;$LIBS/cmake" \
-  -DVLA_DEPS_ROOT="$DEPS" -DVLA_WITH_SERVE=$SERVE -Dnlohmann_json_DIR="$DEPS/usr/share/cmake/nlohmann_json" \
+  -DVLA_DEPS_ROOT="$DEPS" -Dnlohmann_json_DIR="$DEPS/usr/share/cmake/nlohmann_json" \
   -DGTest_DIR="$LIBS/cmake/GTest" -Dbenchmark_DIR="$LIBS/cmake/benchmark" -Dmujoco_DIR="$LIBS/cmake/mujoco" \
   -DCMAKE_CXX_FLAGS="-isystem $DEPS/usr/include/x86_64-linux-gnu -isystem $DEPS/usr/include" -DOPENGL_INCLUDE_DIR="$DEPS/usr/include" \
   -DOPENGL_gl_LIBRARY="$LIBS/libOSMesa.so" -DOPENGL_opengl_LIBRARY="$LIBS/libOSMesa.so" \

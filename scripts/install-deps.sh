@@ -8,6 +8,7 @@ PKGS=(build-essential cmake git pkg-config
       libtorch-dev libopenblas0-pthread
       libmujoco-dev libqhull-dev libosmesa6-dev
       libpng-dev libjpeg62-turbo-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
+      libcairo2-dev fonts-dejavu-core                    # charts (src/plot)
       libgtest-dev libgmock-dev libbenchmark-dev
       libboost-dev libmsgpack-cxx-dev                    # vla serve (Boost.Beast, msgpack)
       python3-websockets python3-msgpack python3-numpy  # the Python client and its test

@@ -7,6 +7,7 @@
 #include "command.h"
 #include "core/core.h"
 #include "loop_options.h"
+#include "plot/plot.h"
 
 namespace {
 
@@ -144,7 +145,20 @@ void add_eval_runtime(CLI::App& app) {
     if (!png->empty()) {
       auto dir = png->substr(0, png->find_last_of('/'));
       if (png->find('/') != std::string::npos && !dir.empty()) vla::make_dirs(dir);
-      vla::write_png(*png, vla::runtime::plot_bars(bars));
+      vla::plot::Chart c;
+      c.title = vla::str_cat("Closed-loop success vs VLM latency (", sa->episodes,
+                             " episodes per bar, sim time)");
+      c.x.label = "VLM latency (s; 0 = synchronous)";
+      c.x.categories = lats;
+      c.y.label = "success (%)";
+      c.y.min = 0, c.y.max = 105;
+      for (size_t k = 0; k < pols.size(); ++k) {
+        vla::plot::Series s{pols[k], vla::plot::Mark::kBars};
+        for (size_t i = 0; i < lats.size(); ++i)
+          s.x.push_back(static_cast<double>(i)), s.y.push_back(100.0 * bars[k][i]);
+        c.series.push_back(std::move(s));
+      }
+      vla::write_png(*png, vla::plot::render(c));
       vla::log_info("plot: ", *png, " (groups = latencies ", *latencies, "; bars = policies ",
                     *policies, ")");
     }

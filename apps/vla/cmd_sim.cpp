@@ -30,7 +30,7 @@ void parse_res(const std::string& res, int* w, int* h) {
 }
 
 struct SimOptions {
-  std::string policy = "expert";
+  std::string policy = "scripted";
   int episodes = 10;
   uint64_t seed = 1;
   std::string res = "128x128";
@@ -55,19 +55,19 @@ vla::sim::EnvConfig env_config(const SimOptions& o, bool render) {
 }
 
 vla::sim::ChunkPolicy make_policy(const std::string& name) {
-  if (name == "expert")
-    return vla::sim::expert_policy(std::make_shared<vla::sim::ScriptedExpert>());
+  if (vla::closed_loop::is_scripted_policy(name))
+    return vla::sim::demonstrator_policy(std::make_shared<vla::sim::ScriptedDemonstrator>());
   if (name == "hold") {
     return [](const vla::sim::NeedleEnv&) {
       return vla::sim::Chunk(vla::sim::kChunkSize, vla::sim::Action{0, 0, 0});
     };
   }
-  throw vla::Error(vla::str_cat("unknown --policy '", name, "' (expert | hold)"));
+  throw vla::Error(vla::str_cat("unknown --policy '", name, "' (scripted | hold)"));
 }
 
 void write_snapshot(const SimOptions& o) {
   vla::sim::NeedleEnv env(env_config(o, true));
-  auto expert = std::make_shared<vla::sim::ScriptedExpert>();
+  auto expert = std::make_shared<vla::sim::ScriptedDemonstrator>();
   env.reset(o.seed, o.target);
   expert->reset();
   // Advance to the moment the needle touches the tissue (or 3 s), then grab all views.
@@ -158,7 +158,8 @@ void add_sim(CLI::App& app) {
       "sim",
       "Run closed-loop episodes of the MuJoCo needle-insertion simulator with a scripted policy\n"
       "and print success rate, failure reasons, mean episode time and physics steps/s.");
-  c->add_option("--policy", o->policy, "expert (force-using scripted expert) | hold (no motion)")
+  c->add_option("--policy", o->policy,
+                "scripted (the force-using scripted demonstrator) | hold (no motion)")
       ->capture_default_str();
   c->add_option("--episodes", o->episodes, "number of episodes (seeds seed..seed+N-1)")
       ->check(CLI::Range(1, 100000000))
@@ -242,8 +243,8 @@ void run_datagen(const DatagenOptions& o) {
   auto worker = [&] {
     try {
       vla::sim::NeedleEnv env(env_config(so, true));
-      auto expert = std::make_shared<vla::sim::ScriptedExpert>();
-      vla::sim::ChunkPolicy labeler = vla::sim::expert_policy(expert);
+      auto expert = std::make_shared<vla::sim::ScriptedDemonstrator>();
+      vla::sim::ChunkPolicy labeler = vla::sim::demonstrator_policy(expert);
       vla::sim::RolloutOptions ro;
       ro.action_noise_std = o.dart_noise;
       ro.noise_seed = o.seed;
@@ -258,8 +259,9 @@ void run_datagen(const DatagenOptions& o) {
         executed = vla::closed_loop::sim_policy(vla::policy::Policy::load(o.policy));
       }
       for (int i = next_index++; i < o.episodes; i = next_index++) {
-        vla::dataset::EpisodeData ep;
-        vla::sim::run_episode(env, executed, o.seed + static_cast<uint64_t>(i), -1, &ep, ro);
+        vla::sim::Recording rec;
+        vla::sim::run_episode(env, executed, o.seed + static_cast<uint64_t>(i), -1, &rec, ro);
+        const vla::dataset::EpisodeData ep = vla::closed_loop::to_episode_data(std::move(rec));
         const auto encoded = writer.encode_frames(ep);
         std::unique_lock<std::mutex> lock(mu);
         turn.wait(lock, [&] { return next_to_write == i || failure; });
@@ -294,7 +296,7 @@ void run_datagen(const DatagenOptions& o) {
   vla::Table table({"metric", "value"});
   table.add_row({"episodes written", std::to_string(o.episodes) + " (" + o.out + ", first index " +
                                          std::to_string(first) + ")"});
-  table.add_row({"expert success", std::to_string(ok) + "/" + std::to_string(o.episodes)});
+  table.add_row({"demonstrator success", std::to_string(ok) + "/" + std::to_string(o.episodes)});
   table.add_row({"views x res", std::to_string(o.views) + " x " + o.res + " " + o.format});
   table.add_row({"frames", std::to_string(frames)});
   table.add_row({"episodes/min", vla::fmt_double(per_min, 1)});
@@ -316,7 +318,8 @@ void add_datagen(CLI::App& app) {
   auto o = std::make_shared<DatagenOptions>();
   auto* c = app.add_subcommand(
       "datagen",
-      "Record scripted-expert episodes (frames at 10 Hz, 650 Hz forces, 80 Hz actions) into a\n"
+      "Record scripted-demonstrator episodes (frames at 10 Hz, 650 Hz forces, 80 Hz actions) into "
+      "a\n"
       "dataset folder (see docs/dataset.md). All episodes are kept with their success flag.");
   c->add_option("--episodes", o->episodes, "number of episodes")
       ->check(CLI::Range(1, 100000000))
@@ -352,11 +355,12 @@ void add_datagen(CLI::App& app) {
   c->add_option("--jobs", o->jobs, "worker threads (each renders with its own OSMesa context)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  c->add_option("--policy", o->policy,
-                "DAgger: roll out this learned policy (synchronous: fresh VL features every\n"
-                "tick) and record the scripted expert's action at every visited state as the\n"
-                "label; append to an existing dataset to aggregate rounds. --views/--res must\n"
-                "match what the policy was trained on.");
+  c->add_option(
+      "--policy", o->policy,
+      "DAgger: roll out this learned policy (synchronous: fresh VL features every\n"
+      "tick) and record the scripted demonstrator's action at every visited state as the\n"
+      "label; append to an existing dataset to aggregate rounds. --views/--res must\n"
+      "match what the policy was trained on.");
   c->callback([o] { run_datagen(*o); });
 }
 

@@ -24,8 +24,9 @@ struct LoopArgs {
 };
 
 inline void add_loop_options(CLI::App* c, LoopArgs& a) {
-  c->add_option("--policy", a.policy,
-                "Policy: default | no_reuse | a policy folder | expert (the scripted expert)")
+  c->add_option(
+       "--policy", a.policy,
+       "Policy: default | no_reuse | a policy folder | scripted (the scripted demonstrator)")
       ->capture_default_str();
   c->add_option("--episodes", a.episodes, "Episodes (seeds seed..seed+N-1)")
       ->check(CLI::Range(1, 1000000))

@@ -15,6 +15,11 @@ Debian packages only: python3-websockets (asyncio API), python3-msgpack, python3
                           "state": np.zeros(3, np.float32), "force": f, "force_t": t})
     reply["actions"]                           # float32 [8, 3], m per 80 Hz step
 
+Streaming (dualrate's addition): `client.start_stream(obs, hz)` asks the server to push a reply
+every 1/hz s on its own clock; `client.observe(obs)` then sends observations (frames, force,
+state) without waiting, `client.recv()` returns the next pushed reply (`reply["stream_seq"]`
+counts them) and `client.stop_stream(obs)` returns to request / reply.
+
 Round-trip latency is measured here (`reply["client_ms"]`), per phase on the server
 (`reply["server_timing"]`); no arithmetic mixes the two hosts' clocks.
 """
@@ -79,6 +84,29 @@ class PolicyClient:
         out["client_ms"] = (time.perf_counter() - t0) * 1e3
         return out
 
+    def start_stream(self, obs, hz=10.0):
+        """Starts streaming; returns the reply to `obs` (stream_seq 0)."""
+        return self.infer(dict(obs, stream=True, stream_hz=float(hz)))
+
+    def observe(self, obs):
+        """Sends an observation while streaming (no reply unless it is malformed)."""
+        self._loop.run_until_complete(self._ws.send(packb(obs)))
+
+    def recv(self):
+        """The next message from the server (a pushed reply while streaming)."""
+        out = unpackb(self._loop.run_until_complete(self._ws.recv()))
+        if "error" in out:
+            raise RuntimeError(f"server error: {out['error']}")
+        return out
+
+    def stop_stream(self, obs):
+        """Stops streaming; returns the reply to `obs` (pushed replies still queued are skipped)."""
+        self.observe(dict(obs, stream=False))
+        while True:
+            out = self.recv()
+            if "stream_seq" not in out:
+                return out
+
     def send_raw(self, data):
         """Sends arbitrary bytes; returns the decoded reply (for tests of bad input)."""
         self._loop.run_until_complete(self._ws.send(data))
@@ -98,6 +126,8 @@ def main():
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--hz", type=float, default=10.0, help="request rate (Hz)")
     ap.add_argument("--prompt", default="insert the needle into the red port")
+    ap.add_argument("--stream", action="store_true",
+                    help="streaming: the server pushes replies at --hz, the client only observes")
     args = ap.parse_args()
     c = PolicyClient(args.host, args.port, args.api_key)
     md = c.metadata
@@ -113,12 +143,24 @@ def main():
                "prompt": args.prompt, "state": np.array([0.0, 0.0, 0.03], np.float32),
                "force": rng.normal(0, 0.01, (per, 6)).astype(np.float32), "force_t": t,
                "request_id": i}
-        r = c.infer(obs)
-        assert r["request_id"] == i and r["actions"].shape == (md["horizon"], 3)
+        if not args.stream:
+            r = c.infer(obs)
+            assert r["request_id"] == i and r["actions"].shape == (md["horizon"], 3)
+        elif i == 0:
+            r = c.start_stream(obs, args.hz)
+        else:  # an observation, then the next pushed reply (its age is the server's clock only)
+            t0 = time.perf_counter()
+            c.observe({k: v for k, v in obs.items() if k != "images"} if i % 10 else obs)
+            r = c.recv()
+            r["client_ms"] = (time.perf_counter() - t0) * 1e3
+            assert r["actions"].shape == (md["horizon"], 3) and r["stream_seq"] >= 1
         lat.append(r["client_ms"])
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-        time.sleep(max(0.0, period - r["client_ms"] * 1e-3))
-    print(f"{args.requests} requests: status {statuses}; round trip p50 {np.percentile(lat, 50):.2f} "
+        if not args.stream:  # streaming: the server's pushes set the pace
+            time.sleep(max(0.0, period - r["client_ms"] * 1e-3))
+    if args.stream:
+        c.stop_stream(obs)
+    print(f"{args.requests} {'pushed replies' if args.stream else 'requests'}: status {statuses}; round trip p50 {np.percentile(lat, 50):.2f} "
           f"ms, p99 {np.percentile(lat, 99):.2f} ms; last server timing {r['server_timing']}; "
           f"feature age {r['feature_age_s']:.3f} s (version {r['feature_version']})")
     c.close()

@@ -1,4 +1,4 @@
-// The needle simulator as a runtime Plant, the scripted expert as runtime policy, closed-loop
+// The needle simulator as a runtime Plant, the scripted demonstrator as runtime policy, closed-loop
 // episodes, and a learned policy as a synchronous simulator policy.
 #include "closed_loop/closed_loop.h"
 
@@ -58,11 +58,11 @@ PlantOutcome SimPlant::outcome() {
   return p;
 }
 
-PolicyFns expert_policy(SimPlant& plant) {
-  auto expert = std::make_shared<vla::sim::ScriptedExpert>();
+PolicyFns demonstrator_fns(SimPlant& plant) {
+  auto expert = std::make_shared<vla::sim::ScriptedDemonstrator>();
   auto last_seen = std::make_shared<int64_t>(-1);
   PolicyFns p;
-  p.name = "scripted-expert";
+  p.name = "scripted-demonstrator";
   p.sensor_window = kForceWindow;
   p.horizon = vla::sim::kChunkSize;
   p.encode = [](const std::vector<Image>& views, const std::string&) {
@@ -118,14 +118,16 @@ class ReplayCameraPlant : public Plant {
 
 namespace vla::closed_loop {
 
+bool is_scripted_policy(const std::string& name) { return name == "scripted" || name == "expert"; }
+
 std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
                                            const std::atomic<bool>* stop) {
   VLA_CHECK(opt.episodes > 0, "--episodes must be > 0, got ", opt.episodes);
   vla::sim::EnvConfig ec;
   if (opt.time_limit_s > 0) ec.time_limit_s = opt.time_limit_s;
-  const bool expert = opt.policy == "expert";
+  const bool scripted = is_scripted_policy(opt.policy);
   std::shared_ptr<vla::policy::Policy> learned;
-  if (!expert) {
+  if (!scripted) {
     if (opt.vlm_override.empty()) {
       learned = vla::policy::Policy::load(opt.policy, opt.vlm);
     } else {
@@ -142,7 +144,7 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
     ec.width = learned->image_width();
     ec.height = learned->image_height();
   }
-  if (expert) {
+  if (scripted) {
     ec.num_views = 1;
     ec.width = ec.height = 64;
   }
@@ -151,8 +153,8 @@ std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
   vla::sim::NeedleEnv env(ec);
   SimPlant plant(env);
   PolicyFns fns;
-  if (expert) {
-    fns = expert_policy(plant);
+  if (scripted) {
+    fns = demonstrator_fns(plant);
   } else {
     fns = runtime::policy_fns(learned);
   }
@@ -215,6 +217,43 @@ vla::sim::ChunkPolicy sim_policy(std::shared_ptr<vla::policy::Policy> policy) {
         out[i][k] = chunk[static_cast<int64_t>(i)][k].item<float>();
     return out;
   };
+}
+
+vla::dataset::EpisodeData to_episode_data(vla::sim::Recording rec) {
+  vla::dataset::EpisodeData ep;
+  ep.instruction = rec.instruction;
+  ep.seed = rec.seed;
+  ep.success = rec.outcome.success;
+  ep.reason = rec.outcome.reason;
+  ep.duration_s = rec.outcome.time_s;
+  ep.peak_force = rec.outcome.peak_force;
+  ep.target = rec.scene.target;
+  ep.view_names = rec.view_names;
+  ep.width = rec.width;
+  ep.height = rec.height;
+  for (size_t k = 0; k < rec.scene.ports.size(); ++k) {
+    const vla::sim::PortInfo& p = rec.scene.ports[k];
+    vla::dataset::PortMeta pm;
+    pm.color = p.color;
+    pm.color_ko = p.color_ko;
+    pm.pos = p.pos;
+    pm.rgb = {p.rgb[0], p.rgb[1], p.rgb[2]};
+    pm.radius = p.radius;
+    if (k < rec.port_pixels.size()) pm.pixels = rec.port_pixels[k];
+    ep.ports.push_back(std::move(pm));
+  }
+  ep.frames = std::move(rec.frames);
+  ep.force.reserve(rec.force.size());
+  for (const vla::ForceSample& f : rec.force)
+    ep.force.push_back({static_cast<float>(f.t), f.f[0], f.f[1], f.f[2], f.f[3], f.f[4], f.f[5]});
+  ep.actions.assign(rec.actions.begin(), rec.actions.end());
+  ep.proprio = rec.proprio;
+  ep.extra["surface_z"] = rec.scene.surface_z;
+  ep.extra["force_noise_std"] = rec.force_noise_std;
+  ep.extra["policy"] = rec.driver;
+  ep.extra["action_noise_std"] = rec.action_noise_std;
+  ep.extra["labels"] = rec.labelled ? "labeler" : "executed";
+  return ep;
 }
 
 }  // namespace vla::closed_loop

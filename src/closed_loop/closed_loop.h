@@ -1,9 +1,9 @@
 // vla closed_loop: experiments that close the loop between a policy and the needle simulator
 // through the dual-rate runtime -- closed-loop episodes in sim time or wall time (`vla run`,
-// `vla eval closed-loop`, `vla eval staleness`, `vla eval language`), the scripted expert as a
-// runtime policy, and a learned policy as a synchronous simulator policy (DAgger rollouts).
-// It sits above src/runtime (which knows neither the simulator nor these experiments) and
-// src/sim; it is built with the simulator.
+// `vla eval closed-loop`, `vla eval staleness`, `vla eval language`), the scripted demonstrator as
+// a runtime policy, and a learned policy as a synchronous simulator policy (DAgger rollouts). It
+// sits above src/runtime (which knows neither the simulator nor these experiments) and src/sim; it
+// is built with the simulator.
 #pragma once
 
 #include <atomic>
@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "dataset/dataset.h"
 #include "policy/policy.h"
 #include "runtime/runtime.h"
 #include "sim/sim.h"
@@ -37,22 +38,22 @@ class SimPlant : public Plant {
   double time() override;
   PlantOutcome outcome() override;
   vla::sim::NeedleEnv& env() { return env_; }
-  // Every call above holds this lock, so a privileged policy (the scripted expert) can read the
-  // env from the loop thread while the physics thread steps it.
+  // Every call above holds this lock, so a privileged policy (the scripted demonstrator) can read
+  // the env from the loop thread while the physics thread steps it.
   std::mutex& mutex() { return mu_; }
 
  private:
   vla::sim::NeedleEnv& env_;
   std::mutex mu_;
 };
-// The scripted expert as a policy (privileged: reads the env under the plant's lock). In wall time
-// its act() waits for renders in progress, so loop jitter with it is not representative.
-PolicyFns expert_policy(SimPlant& plant);
+// The scripted demonstrator as a policy (privileged: reads the env under the plant's lock). In wall
+// time its act() waits for renders in progress, so loop jitter with it is not representative.
+PolicyFns demonstrator_fns(SimPlant& plant);
 
 // Closed-loop episodes of a policy in the needle simulator (what `vla eval closed-loop`,
 // `vla eval staleness` and `vla run` share).
 struct ClosedLoopOptions {
-  std::string policy = "default";  // "default" | "no_reuse" | policy folder | "expert"
+  std::string policy = "default";  // "default" | "no_reuse" | policy folder | "scripted"
   vla::policy::VlmOptions vlm;     // where and how the policy's VLM runs (the expert: CPU)
   bool wall_time = false;          // false: sim time (deterministic), true: real threads
   int episodes = 50;
@@ -74,12 +75,21 @@ struct ClosedLoopOptions {
   // at the start of each episode, then replayed in turn (measures the VLM, not the camera).
   int replay_frames = 0;
 };
+// Whether a --policy value names the scripted demonstrator: "scripted" ("expert", its name before
+// the learned network took the field's term "action expert", still works).
+bool is_scripted_policy(const std::string& name);
 // Runs the episodes; stops early (marking the run interrupted) when *stop becomes true.
 std::vector<EpisodeResult> run_closed_loop(const ClosedLoopOptions& opt,
                                            const std::atomic<bool>* stop = nullptr);
 // A learned policy as a synchronous simulator policy (one tick = render, encode fresh VL
 // features, act on the last sensor_window force samples (zero padded at the start) and the
-// proprio): what `vla datagen --policy P` rolls out for DAgger while the scripted expert labels.
+// proprio): what `vla datagen --policy P` rolls out for DAgger while the scripted demonstrator
+// labels.
 vla::sim::ChunkPolicy sim_policy(std::shared_ptr<vla::policy::Policy> policy);
+
+// A simulator recording in the dataset format (what `vla datagen` writes): frames, the 650 Hz
+// force stream as [t, fx, fy, fz, tx, ty, tz], 80 Hz actions and proprio, ports with their colours,
+// positions and first-frame pixels, and the episode's settings under `extra`.
+vla::dataset::EpisodeData to_episode_data(vla::sim::Recording rec);  // frames are moved
 
 }  // namespace vla::closed_loop

@@ -1,6 +1,7 @@
-// Private: raw CUDA kernels of the GPU fast path (kernels.cu). Plain pointers and a void* stream
-// so that this header needs neither CUDA nor torch; ops.cpp wraps them for at::Tensor.
-// Every launcher returns nullptr on success or a static error string (cudaGetErrorString).
+// Private: raw CUDA kernels of the GPU fast path (kernels/, one op per .cu file). Plain pointers
+// and a void* stream so that this header needs neither CUDA nor torch; ops.cpp wraps them for
+// at::Tensor. Every launcher returns nullptr on success or a static error string
+// (cudaGetErrorString).
 #pragma once
 
 #include <cstdint>

@@ -315,7 +315,7 @@ const c10::OperatorHandle* scaled_mm_op() {
 }
 
 #ifdef VLA_HAVE_FP8
-// Reference quantisation of float rows (same arithmetic as kernels.cu's quantize_row).
+// Reference quantisation of float rows (same arithmetic as kernels/common.cuh's quantize_row).
 Fp8Rows quantize_ref(const at::Tensor& xf) {
   auto amax = xf.abs().amax({1}, /*keepdim=*/true).clamp_min(1e-12);
   Fp8Rows r;

@@ -1,4 +1,4 @@
-// Private: the fused operations of the fast path, each with a CUDA kernel (kernels.cu) and an
+// Private: the fused operations of the fast path, each with a CUDA kernel (kernels/<op>.cu) and an
 // ATen reference used on the CPU, when kernels are off, and by the tests to check the kernels.
 #pragma once
 

@@ -3,13 +3,14 @@
 #include <cmath>
 #include <map>
 
+#include "plot/plot.h"
 #include "runtime/runtime.h"
 
 namespace vla::runtime {
 
 Summary summarize(const std::vector<EpisodeResult>& episodes) {
   Summary s;
-  std::vector<double> expert, jitter, late, age, reuse;
+  std::vector<double> expert, jitter, late, age, reuse, vlm_ms;
   double span = 0.0;
   int64_t intervals = 0;
   double first_sum = 0.0;
@@ -64,10 +65,12 @@ Summary summarize(const std::vector<EpisodeResult>& episodes) {
     }
     s.sensor_rejected += ep.sensor_rejected;
     for (const auto& v : ep.vlm) {
-      if (v.ok)
+      if (v.ok) {
         ++s.vlm_calls;
-      else
+        vlm_ms.push_back(1e3 * (v.end - v.start));
+      } else {
         ++s.vlm_errors;
+      }
     }
   }
   s.action_hz = span > 0 ? intervals / span : 0.0;
@@ -82,6 +85,8 @@ Summary summarize(const std::vector<EpisodeResult>& episodes) {
   s.age_ms_p50 = percentile(age, 50);
   s.age_ms_p99 = percentile(age, 99);
   s.age_ms_max = age.empty() ? 0 : *std::max_element(age.begin(), age.end());
+  s.vlm_ms_p50 = percentile(vlm_ms, 50);
+  s.vlm_ms_p99 = percentile(vlm_ms, 99);
   s.reuse_mean = mean(reuse);
   s.reuse_max = reuse.empty() ? 0 : *std::max_element(reuse.begin(), reuse.end());
   s.first_features_s = first_n ? first_sum / first_n : -1.0;
@@ -101,6 +106,8 @@ nlohmann::json to_json(const Summary& s) {
   j["vlm_hz"] = s.vlm_hz;
   j["vlm_calls"] = s.vlm_calls;
   j["vlm_errors"] = s.vlm_errors;
+  j["vlm_call_p50_ms"] = s.vlm_ms_p50;
+  j["vlm_call_p99_ms"] = s.vlm_ms_p99;
   j["expert_ms_p50"] = s.expert_ms_p50;
   j["expert_ms_p99"] = s.expert_ms_p99;
   j["expert_ms_max"] = s.expert_ms_max;
@@ -135,6 +142,8 @@ void print_summary(const Summary& s, const std::string& title) {
   t.add_row({"action loop Hz", fmt_double(s.action_hz, 3)});
   t.add_row({"VLM Hz (calls / errors)",
              str_cat(fmt_double(s.vlm_hz, 2), " (", s.vlm_calls, " / ", s.vlm_errors, ")")});
+  t.add_row({"VLM call p50 / p99 ms (capture to publish)",
+             str_cat(fmt_double(s.vlm_ms_p50, 1), " / ", fmt_double(s.vlm_ms_p99, 1))});
   t.add_row({"expert latency p50 / p99 ms",
              str_cat(fmt_double(s.expert_ms_p50, 2), " / ", fmt_double(s.expert_ms_p99, 2))});
   t.add_row({"loop jitter p50 / p99 / max ms",
@@ -153,59 +162,41 @@ void print_summary(const Summary& s, const std::string& title) {
   t.print();
 }
 
-// ---------------------------------------------------------------- drawing
-namespace {
-struct Rgb {
-  uint8_t r, g, b;
-};
-void fill(Image& img, int x0, int y0, int x1, int y1, Rgb c) {
-  x0 = std::max(0, x0), y0 = std::max(0, y0);
-  x1 = std::min(img.width, x1), y1 = std::min(img.height, y1);
-  for (int y = y0; y < y1; ++y) {
-    uint8_t* row = img.row(y);
-    for (int x = x0; x < x1; ++x) {
-      row[x * 3] = c.r, row[x * 3 + 1] = c.g, row[x * 3 + 2] = c.b;
-    }
-  }
-}
-Rgb palette(int64_t v) {
-  static const Rgb p[] = {{31, 119, 180}, {255, 127, 14},  {44, 160, 44},  {148, 103, 189},
-                          {140, 86, 75},  {227, 119, 194}, {188, 189, 34}, {23, 190, 207}};
-  return p[static_cast<size_t>(((v % 8) + 8) % 8)];
-}
-}  // namespace
-
+// ---------------------------------------------------------------- charts
 Image plot_timeline(const EpisodeResult& ep, double seconds, int width) {
-  const int height = 170;
-  Image img = make_image(width, height, 3, 255);
-  const int left = 10, right = width - 10;
-  auto xs = [&](double t) { return left + static_cast<int>((right - left) * t / seconds); };
-  // Second grid lines.
-  for (int s = 0; s <= static_cast<int>(seconds); ++s)
-    fill(img, xs(s), 5, xs(s) + 1, height - 5, {220, 220, 220});
-  // Row 1 (y 20..60): VLM calls, a bar from capture to publish, coloured by version; red on error.
-  for (const auto& v : ep.vlm) {
-    if (v.start > seconds) break;
-    Rgb c = v.ok ? palette(v.version) : Rgb{214, 39, 40};
-    fill(img, xs(v.start), 20, std::max(xs(v.start) + 2, xs(std::min(v.end, seconds))), 60, c);
-    fill(img, xs(v.end), 15, xs(v.end) + 2, 65, {0, 0, 0});  // publish marker
-  }
-  // Row 2 (y 90..150): action ticks, coloured by the feature version they used; bar height = age.
-  double max_age = 1e-3;
-  for (const auto& r : ep.ticks) max_age = std::max(max_age, r.feature_age);
+  plot::Chart c;
+  c.title = "VLM calls and the feature age each action tick used";
+  c.x.label = "episode time (s)";
+  c.y.label = "milliseconds";
+  c.x.min = 0, c.x.max = seconds;
+  c.width = width, c.height = 360;
+  plot::Series calls{"VLM call latency (capture to publish)", plot::Mark::kSegments};
+  calls.width = 3;
+  for (const auto& v : ep.vlm)
+    if (v.start <= seconds && v.ok) {
+      calls.x.push_back(v.start), calls.x_end.push_back(v.end);
+      calls.y.push_back(1e3 * (v.end - v.start));
+    }
+  plot::Series failed{"VLM call failed", plot::Mark::kSegments, {}, {}, 3, 3};
+  for (const auto& v : ep.vlm)
+    if (v.start <= seconds && !v.ok) {
+      failed.x.push_back(v.start), failed.x_end.push_back(v.end);
+      failed.y.push_back(1e3 * (v.end - v.start));
+    }
+  plot::Series age{"feature age at an acting tick", plot::Mark::kPoints, {}, {}, 1, 2};
+  plot::Series hold{"hold tick (no action; at 0)", plot::Mark::kPoints, {}, {}, 7, 2};
+  plot::Series stop{"safe-stop tick (at 0)", plot::Mark::kPoints, {}, {}, 3, 2.5};
   for (const auto& r : ep.ticks) {
     if (r.start > seconds) break;
-    Rgb c = r.status == TickStatus::kAct        ? palette(r.version)
-            : r.status == TickStatus::kSafeStop ? Rgb{214, 39, 40}
-                                                : Rgb{150, 150, 150};
-    const int h =
-        r.status == TickStatus::kAct ? 10 + static_cast<int>(50 * r.feature_age / max_age) : 60;
-    const int x = xs(r.start);
-    fill(img, x, 150 - h, x + std::max(2, (xs(ep.period) - left) / 2), 150, c);
+    plot::Series& s = r.status == TickStatus::kAct        ? age
+                      : r.status == TickStatus::kSafeStop ? stop
+                                                          : hold;
+    s.x.push_back(r.start);
+    s.y.push_back(r.status == TickStatus::kAct ? 1e3 * r.feature_age : 0.0);
   }
-  fill(img, left, 150, right, 151, {0, 0, 0});
-  fill(img, left, 60, right, 61, {0, 0, 0});
-  return img;
+  for (plot::Series* s : {&calls, &failed, &age, &hold, &stop})
+    if (!s->x.empty()) c.series.push_back(std::move(*s));
+  return plot::render(c);
 }
 
 Image plot_age_histogram(const std::vector<EpisodeResult>& eps, int width, int height) {
@@ -213,46 +204,29 @@ Image plot_age_histogram(const std::vector<EpisodeResult>& eps, int width, int h
   for (const auto& ep : eps)
     for (const auto& r : ep.ticks)
       if (r.status == TickStatus::kAct) ages.push_back(r.feature_age * 1e3);
-  Image img = make_image(width, height, 3, 255);
-  const int bins = 50;
-  std::vector<int> h(bins, 0);
-  const double mx = ages.empty() ? 1.0 : std::max(1.0, *std::max_element(ages.begin(), ages.end()));
-  for (double a : ages)
-    h[static_cast<size_t>(std::min(bins - 1, static_cast<int>(a / mx * bins)))]++;
-  const int top = *std::max_element(h.begin(), h.end());
-  const int bw = (width - 20) / bins;
-  for (int i = 0; i < bins; ++i) {
-    const int bh =
-        top ? static_cast<int>((height - 30) * static_cast<double>(h[static_cast<size_t>(i)]) / top)
-            : 0;
-    fill(img, 10 + i * bw, height - 10 - bh, 10 + (i + 1) * bw - 1, height - 10, {31, 119, 180});
-  }
-  fill(img, 10, height - 10, width - 10, height - 9, {0, 0, 0});
-  return img;
-}
-
-Image plot_bars(const std::vector<std::vector<double>>& rows, int width, int height) {
-  Image img = make_image(width, height, 3, 255);
-  if (rows.empty()) return img;
-  const int groups = static_cast<int>(rows[0].size());
-  const int n = static_cast<int>(rows.size());
-  const int gw = (width - 20) / std::max(1, groups);
-  const int bw = std::max(2, (gw - 20) / std::max(1, n));
-  for (int g = 0; g < groups; ++g) {
-    for (int r = 0; r < n; ++r) {
-      const double v =
-          std::max(0.0, std::min(1.0, rows[static_cast<size_t>(r)][static_cast<size_t>(g)]));
-      const int bh = static_cast<int>((height - 30) * v);
-      const int x = 10 + g * gw + 10 + r * bw;
-      fill(img, x, height - 10 - bh, x + bw - 2, height - 10, palette(r));
+  plot::Chart c;
+  c.title = "Feature age at use";
+  c.x.label = "feature age (ms)";
+  c.y.label = "action ticks";
+  c.y.integer = true;
+  c.width = width, c.height = height;
+  plot::Series bars{str_cat("acting ticks (", ages.size(), ")"), plot::Mark::kBars};
+  bars.width = 1.0;
+  if (!ages.empty()) {
+    const int bins = 40;
+    const double lo = *std::min_element(ages.begin(), ages.end());
+    const double hi = std::max(lo + 1.0, *std::max_element(ages.begin(), ages.end()));
+    const double w = (hi - lo) / bins;
+    std::vector<double> n(bins, 0.0);
+    for (double a : ages)
+      n[static_cast<size_t>(std::min(bins - 1, static_cast<int>((a - lo) / w)))]++;
+    for (int i = 0; i < bins; ++i) {
+      bars.x.push_back(lo + (i + 0.5) * w);
+      bars.y.push_back(n[static_cast<size_t>(i)]);
     }
   }
-  // 50 % and 100 % guide lines.
-  fill(img, 10, height - 10 - (height - 30) / 2, width - 10, height - 9 - (height - 30) / 2,
-       {200, 200, 200});
-  fill(img, 10, 20, width - 10, 21, {200, 200, 200});
-  fill(img, 10, height - 10, width - 10, height - 9, {0, 0, 0});
-  return img;
+  c.series.push_back(std::move(bars));
+  return plot::render(c);
 }
 
 }  // namespace vla::runtime

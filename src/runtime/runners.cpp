@@ -34,6 +34,27 @@ const char* to_string(TickStatus s) {
   return "?";
 }
 
+TickGate gate_tick(const TickInputs& in, const TickLimits& lim) {
+  TickGate g;
+  if (!in.have_features) {
+    const bool late = in.since_start_s >= lim.startup_timeout_s;
+    g.status = late ? TickStatus::kSafeStop : TickStatus::kHoldStartup;
+    g.reason = late ? "no VL features within startup timeout" : "no VL features yet";
+  } else if (in.feature_age_s > lim.max_staleness_s) {
+    g.status = TickStatus::kSafeStop;
+    g.reason = str_cat("VL features ", fmt_double(in.feature_age_s, 2), " s old > max staleness ",
+                       lim.max_staleness_s, " s");
+  } else if (in.sensor_idle_s > lim.sensor_stop_s) {
+    g.status = TickStatus::kSafeStop;
+    g.reason = str_cat("no sensor samples for ", fmt_double(in.sensor_idle_s, 2), " s");
+  } else if (in.sensor == WindowStatus::kNaN || in.sensor == WindowStatus::kGap ||
+             in.sensor == WindowStatus::kDropout || in.sensor_idle_s > lim.sensor_stale_s) {
+    g.status = TickStatus::kHoldSensor;
+    g.reason = "sensor window not usable";
+  }
+  return g;
+}
+
 namespace {
 
 void check_loop_priority(const RuntimeConfig& cfg) {
@@ -88,7 +109,10 @@ class LoopCore {
         proprio_(torch::zeros({3})),
         chunk_buf_(static_cast<size_t>(policy.horizon) * 3, 0.0f),
         out_(static_cast<size_t>(policy.horizon)),
-        hold_(static_cast<size_t>(policy.horizon), Action{0, 0, 0}) {}
+        hold_(static_cast<size_t>(policy.horizon), Action{0, 0, 0}) {
+    limits_.max_staleness_s = cfg.max_staleness_s;
+    limits_.startup_timeout_s = cfg.startup_timeout_s;
+  }
 
   // Runs one tick at time `now`. Returns the chunk to command (hold = zeros).
   const std::vector<Action>& tick(double now, const Features& f, const SensorRing& ring,
@@ -97,21 +121,15 @@ class LoopCore {
     rec.feature_age = f.valid() ? now - f.capture_t : -1.0;
     rec.sensor =
         ring.window(now, policy_.sensor_window, window_.data_ptr<float>(), cfg_.sensor_timeout_s);
-    if (!f.valid()) {
-      rec.status = now >= cfg_.startup_timeout_s ? TickStatus::kSafeStop : TickStatus::kHoldStartup;
-      if (rec.status == TickStatus::kSafeStop)
-        note_safe_stop(ep, "no VL features within startup timeout");
-      return hold_;
-    }
-    if (rec.feature_age > cfg_.max_staleness_s) {
-      rec.status = TickStatus::kSafeStop;
-      note_safe_stop(ep, str_cat("VL features ", fmt_double(rec.feature_age, 2),
-                                 " s old > max staleness ", cfg_.max_staleness_s, " s"));
-      return hold_;
-    }
-    if (rec.sensor == WindowStatus::kNaN || rec.sensor == WindowStatus::kGap ||
-        rec.sensor == WindowStatus::kDropout) {
-      rec.status = TickStatus::kHoldSensor;
+    TickInputs in;
+    in.have_features = f.valid();
+    in.feature_age_s = rec.feature_age;
+    in.since_start_s = now;
+    in.sensor = rec.sensor;
+    const TickGate gate = gate_tick(in, limits_);
+    if (gate.status != TickStatus::kAct) {
+      rec.status = gate.status;
+      if (gate.status == TickStatus::kSafeStop) note_safe_stop(ep, gate.reason);
       return hold_;
     }
     float* p = proprio_.data_ptr<float>();
@@ -159,6 +177,7 @@ class LoopCore {
   }
   const PolicyFns& policy_;
   const RuntimeConfig& cfg_;
+  TickLimits limits_;
   ChunkBlender blender_;
   torch::Tensor window_, proprio_;
   std::vector<float> chunk_buf_;

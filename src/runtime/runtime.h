@@ -19,6 +19,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -185,6 +186,29 @@ enum class TickStatus : uint8_t {
 };
 const char* to_string(TickStatus s);
 
+// The gate every action tick passes before the expert may run; the runtime's loops and `vla serve`
+// share it. In order: no features yet -> hold (safe stop once startup_timeout_s has passed since
+// the start); features older than max_staleness_s, or no sensor samples for sensor_stop_s -> safe
+// stop; a bad sensor window (NaN, gap, dropout) or no samples for sensor_stale_s -> hold; else act.
+struct TickLimits {
+  double max_staleness_s = 3.0;
+  double startup_timeout_s = std::numeric_limits<double>::infinity();
+  double sensor_stale_s = std::numeric_limits<double>::infinity();
+  double sensor_stop_s = std::numeric_limits<double>::infinity();
+};
+struct TickInputs {
+  bool have_features = false;
+  double feature_age_s = 0;  // now - capture time of the features' frames
+  double since_start_s = 0;  // since the loop / server started
+  WindowStatus sensor = WindowStatus::kOk;
+  double sensor_idle_s = 0;  // since the last sensor sample arrived (serve; 0 in the loops)
+};
+struct TickGate {
+  TickStatus status = TickStatus::kAct;  // kAct, kHoldStartup, kHoldSensor or kSafeStop
+  std::string reason;                    // why, for holds and safe stops
+};
+TickGate gate_tick(const TickInputs& in, const TickLimits& limits);
+
 struct TickRecord {
   double deadline = 0.0;      // scheduled tick time (s)
   double start = 0.0;         // actual start (s)
@@ -217,7 +241,8 @@ struct Summary {
   double lateness_ms_p99 = 0;                                      // start - deadline
   int64_t overruns = 0;  // ticks that started a full period late (missed deadlines)
   double age_ms_p50 = 0, age_ms_p99 = 0, age_ms_max = 0;
-  double reuse_mean = 0, reuse_max = 0;  // ticks per feature version
+  double vlm_ms_p50 = 0, vlm_ms_p99 = 0;  // VLM call latency, frame capture to publish
+  double reuse_mean = 0, reuse_max = 0;   // ticks per feature version
   int64_t hold_startup = 0, hold_sensor = 0, safe_stop = 0, expert_errors = 0;
   int64_t sensor_rejected = 0;   // samples with a repeated / backwards / non-finite stamp
   double first_features_s = -1;  // mean time to first features
@@ -252,13 +277,12 @@ struct EpisodeResult {
 Summary summarize(const std::vector<EpisodeResult>& episodes);
 nlohmann::json to_json(const Summary& s);
 void print_summary(const Summary& s, const std::string& title);
-// Timeline like the reference diagram: VLM calls (bars) above action ticks (coloured by the
-// feature version they used; grey = hold, red = safe stop) over the first `seconds`.
+// Timeline of the first `seconds` of an episode (src/plot chart, `width` x 360 px): each VLM call
+// as a segment from frame capture to feature publish at the height of its latency (ms), the
+// feature age each acting tick used (ms), hold and safe-stop ticks as markers at 0.
 Image plot_timeline(const EpisodeResult& ep, double seconds = 5.0, int width = 1000);
-// Histogram of feature age at use (ms), bars, 0..max age.
+// Histogram of the feature age at use (ms) of every acting tick of `eps` (40 bins).
 Image plot_age_histogram(const std::vector<EpisodeResult>& eps, int width = 600, int height = 300);
-// Grouped bar chart: rows of values in [0,1] (e.g. success per policy) per column (latency).
-Image plot_bars(const std::vector<std::vector<double>>& rows, int width = 600, int height = 300);
 
 // ---------------------------------------------------------------- runners
 struct RuntimeConfig {

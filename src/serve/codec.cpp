@@ -146,6 +146,17 @@ InferRequest decode_request(const void* data, size_t size, const ServeOptions& l
     VLA_CHECK(x->type == msgpack::type::BOOLEAN, "request: 'reset' must be a boolean");
     r.reset = x->via.boolean;
   }
+  if (const Obj* x = find(root, "stream")) {
+    VLA_CHECK(x->type == msgpack::type::BOOLEAN, "request: 'stream' must be a boolean");
+    r.stream = x->via.boolean ? 1 : 0;
+  }
+  if (const Obj* x = find(root, "stream_hz")) {
+    r.stream_hz = x->type == msgpack::type::FLOAT32 || x->type == msgpack::type::FLOAT64
+                      ? x->via.f64
+                      : static_cast<double>(as_int(*x, "stream_hz"));
+    VLA_CHECK(std::isfinite(r.stream_hz) && r.stream_hz >= 1 && r.stream_hz <= 200,
+              "request: 'stream_hz' must be 1..200 Hz");
+  }
   if (const Obj* p = find(root, "prompt")) {
     r.prompt = as_text(*p, "prompt");
     VLA_CHECK(unicode::utf8_lossy(r.prompt) == r.prompt, "request: 'prompt' is not valid UTF-8");
@@ -189,7 +200,7 @@ InferRequest decode_request(const void* data, size_t size, const ServeOptions& l
 std::string encode_reply(const InferReply& r) {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(&buf);
-  pk.pack_map(11);
+  pk.pack_map(r.stream_seq >= 0 ? 12 : 11);
   pack_str(pk, "actions");
   {  // msgpack-numpy array, as openpi's client unpacks it
     pk.pack_map(4);
@@ -233,6 +244,10 @@ std::string encode_reply(const InferReply& r) {
   pk.pack_int(3);
   pack_str(pk, "horizon");
   pk.pack_uint64(r.actions.size());
+  if (r.stream_seq >= 0) {
+    pack_str(pk, "stream_seq");
+    pk.pack_int64(r.stream_seq);
+  }
   return std::string(buf.data(), buf.size());
 }
 

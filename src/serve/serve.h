@@ -68,6 +68,11 @@ struct InferRequest {
   // Optional "reset": a new episode starts with this request's frames (scene-memory policies
   // take their first features from them; a changed prompt does the same).
   bool reset = false;
+  // Optional "stream": true starts streaming on this connection (the server pushes a reply every
+  // 1/"stream_hz" s on its own clock, default the control rate; the client's messages are then
+  // observations, answered only on error); false stops it (this request gets a normal reply).
+  int stream = -1;  // -1: absent, 0: false, 1: true
+  double stream_hz = 0;
 };
 
 // Decodes one msgpack request (openpi msgpack-numpy arrays). Throws vla::Error naming the field
@@ -85,6 +90,7 @@ struct InferReply {
   double feature_age_s = -1.0;
   bool stale_frames = false, stale_force = false;
   std::map<std::string, double> timing_ms;
+  int64_t stream_seq = -1;  // streamed replies: 0, 1, 2, ... (not sent when < 0)
 };
 std::string encode_reply(const InferReply& r);         // msgpack bytes
 std::string encode_error(const std::string& message);  // {"error": message}
@@ -101,6 +107,9 @@ class ServingRuntime {
   // Frames and force from one request, then the expert on the newest features. Throws vla::Error
   // on inputs that do not fit the policy (missing view, wrong image size, wrong state length).
   InferReply infer(const InferRequest& req);
+  // Frames and force of one request only, no expert call (streaming observations). Same checks
+  // and errors as infer().
+  void observe(const InferRequest& req);
   nlohmann::json metadata() const;
   std::string prometheus_metrics() const;  // text exposition format 0.0.4
   void note_error();                       // a request answered with an error

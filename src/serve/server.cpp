@@ -1,12 +1,16 @@
-// The network side of `vla serve`: Boost.Beast websocket + HTTP on one port, a thread per
-// connection. Websocket: metadata on connect, then one msgpack request -> one msgpack reply.
-// HTTP: GET /healthz, GET /metrics.
+// The network side of `vla serve`: Boost.Beast websocket + HTTP on one port, a thread (and an
+// io_context) per connection. Websocket: metadata on connect, then one msgpack request -> one
+// msgpack reply, or, after a request with "stream": true, replies pushed at a fixed rate on the
+// server's clock while the client's messages are observations. HTTP: GET /healthz, GET /metrics.
 #include <sys/socket.h>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
+#include <deque>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -76,6 +80,105 @@ bool authorised(const http::request<http::string_body>& req, const std::string& 
   return it != req.end() && std::string(it->value()) == key;
 }
 
+using WebSocket = websocket::stream<tcp::socket>;
+
+// Streaming on one connection (its own io_context, so reads, writes and the tick timer interleave
+// on this thread): every 1/hz s of the server's clock the expert runs on the newest features with
+// the client's latest state and the reply is pushed; the client's messages are observations
+// (frames, force, state), answered only on error, until one carries "stream": false, which gets a
+// normal reply. At most 4 replies wait for a client that does not read (older ones are dropped:
+// the newest chunk is the one to execute). Returns false when the connection ended.
+bool stream_replies(WebSocket& ws, net::io_context& io, ServingRuntime& rt,
+                    const InferRequest& start, const ServeOptions& opt,
+                    const std::atomic<bool>& stop) {
+  const double hz = start.stream_hz > 0 ? start.stream_hz : kControlHz;
+  const auto period = std::chrono::nanoseconds(static_cast<int64_t>(1e9 / hz));
+  InferRequest tick;  // what each tick acts on: no frames, no force, the latest state and ids
+  tick.state = start.state;
+  tick.request_id = start.request_id;
+  tick.has_request_id = start.has_request_id;
+  tick.deadline_ms = start.deadline_ms;
+  int64_t seq = 1;  // the start request's reply was 0
+  std::deque<std::string> outq;
+  bool writing = false, open = true, ended = false;
+  beast::flat_buffer buf;
+  net::steady_timer timer(io);
+  auto next = std::chrono::steady_clock::now() + period;
+  auto close_all = [&] {
+    open = false;
+    timer.cancel();
+    beast::error_code ec;
+    ws.next_layer().cancel(ec);
+  };
+  std::function<void()> pump = [&] {
+    if (writing || outq.empty() || !open) return;
+    writing = true;
+    ws.binary(true);
+    ws.async_write(net::buffer(outq.front()), [&](beast::error_code ec, size_t) {
+      writing = false;
+      if (ec) return close_all();
+      outq.pop_front();
+      pump();
+    });
+  };
+  auto push = [&](std::string bytes) {
+    if (outq.size() >= 4) outq.erase(outq.begin() + (writing ? 1 : 0));
+    outq.push_back(std::move(bytes));
+    pump();
+  };
+  std::function<void()> read_one = [&] {
+    ws.async_read(buf, [&](beast::error_code ec, size_t) {
+      if (ec) return close_all();
+      try {
+        VLA_CHECK(ws.got_binary(), "request: expected a binary msgpack frame");
+        InferRequest r = decode_request(buf.data().data(), buf.size(), opt);
+        buf.consume(buf.size());
+        if (!r.state.empty()) tick.state = r.state;
+        if (r.has_request_id) tick.request_id = r.request_id, tick.has_request_id = true;
+        if (r.deadline_ms >= 0) tick.deadline_ms = r.deadline_ms;
+        if (r.stream == 0) {  // back to request / reply: this request is answered as usual
+          if (r.state.empty()) r.state = tick.state;
+          ended = true;
+          timer.cancel();
+          push(encode_reply(rt.infer(r)));
+          return;
+        }
+        rt.observe(r);
+      } catch (const std::exception& e) {
+        buf.consume(buf.size());
+        rt.note_error();
+        push(encode_error(e.what()));
+      }
+      read_one();
+    });
+  };
+  std::function<void()> arm = [&] {
+    timer.expires_at(next);
+    timer.async_wait([&](beast::error_code ec) {
+      if (ec || ended || !open) return;
+      if (stop.load()) return close_all();
+      try {
+        InferReply out = rt.infer(tick);
+        out.stream_seq = seq++;
+        push(encode_reply(out));
+      } catch (const std::exception& e) {
+        rt.note_error();
+        push(encode_error(e.what()));
+      }
+      // The next tick on the fixed grid; ticks missed while the expert ran are skipped.
+      const auto now = std::chrono::steady_clock::now();
+      do next += period;
+      while (next <= now);
+      arm();
+    });
+  };
+  io.restart();
+  read_one();
+  arm();
+  io.run();
+  return open && !stop.load();
+}
+
 }  // namespace
 
 void PolicyServer::run(const std::atomic<bool>& stop) {
@@ -85,7 +188,8 @@ void PolicyServer::run(const std::atomic<bool>& stop) {
     return std::string(bytes.begin(), bytes.end());
   }();
   Net& n = *net_;
-  auto session = [this, &n, &stop, metadata](tcp::socket sock) {
+  auto session = [this, &n, &stop, metadata](std::shared_ptr<net::io_context> io,
+                                             tcp::socket sock) {
     const int fd = sock.native_handle();
     {
       std::lock_guard<std::mutex> lock(n.mu);
@@ -103,7 +207,7 @@ void PolicyServer::run(const std::atomic<bool>& stop) {
         if (!authorised(req, opt_.api_key)) {
           respond(sock, req, http::status::unauthorized, "text/plain", "api key\n");
         } else if (websocket::is_upgrade(req)) {
-          websocket::stream<tcp::socket> ws{std::move(sock)};
+          WebSocket ws{std::move(sock)};
           ws.read_message_max(opt_.max_message_bytes);
           ws.accept(req);
           runtime_->note_connection(+1);
@@ -114,21 +218,25 @@ void PolicyServer::run(const std::atomic<bool>& stop) {
             ws.read(msg, ec);
             if (ec) break;  // closed, reset, or over the size limit
             std::string reply;
+            InferRequest r;
             try {
               VLA_CHECK(ws.got_binary(), "request: expected a binary msgpack frame");
               const auto t0 = now_ns();
-              InferRequest r = decode_request(msg.data().data(), msg.size(), opt_);
+              r = decode_request(msg.data().data(), msg.size(), opt_);
               const double decode_ms = (now_ns() - t0) * 1e-6;
               InferReply out = runtime_->infer(r);
               out.timing_ms["decode_ms"] = decode_ms;
+              if (r.stream == 1) out.stream_seq = 0;
               reply = encode_reply(out);
             } catch (const std::exception& e) {
               runtime_->note_error();
               reply = encode_error(e.what());
+              r.stream = -1;
             }
             ws.binary(true);
             ws.write(net::buffer(reply), ec);
             if (ec) break;
+            if (r.stream == 1 && !stream_replies(ws, *io, *runtime_, r, opt_, stop)) break;
           }
           runtime_->note_connection(-1);
           if (ws.is_open()) ws.close(websocket::close_code::normal, ec);
@@ -154,7 +262,8 @@ void PolicyServer::run(const std::atomic<bool>& stop) {
   log_info("serve: listening on ", opt_.host, ":", port_, " (websocket; GET /healthz, /metrics)");
   while (!stop.load()) {
     beast::error_code ec;
-    tcp::socket sock{n.ioc};
+    auto io = std::make_shared<net::io_context>(1);  // the connection's own (streaming)
+    tcp::socket sock{*io};
     n.acceptor->accept(sock, ec);
     if (ec == net::error::would_block || ec == net::error::try_again) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -167,7 +276,7 @@ void PolicyServer::run(const std::atomic<bool>& stop) {
     sock.non_blocking(false, ec);
     sock.set_option(tcp::no_delay(true), ec);
     n.sessions.fetch_add(1);
-    std::thread(session, std::move(sock)).detach();
+    std::thread(session, std::move(io), std::move(sock)).detach();
   }
   // Stop: wake every blocked read, then wait for the sessions to finish.
   {

@@ -184,6 +184,39 @@ struct ServingRuntime::Impl {
     }
   }
 
+  // A request's frames -> the VLM thread (newest wins: a pending older job is replaced), its force
+  // samples -> the ring (stamps must increase; others are refused and counted).
+  void observe(const InferRequest& req, int64_t t_ns) {
+    VLA_CHECK(req.state.empty() || req.state.size() == 3,
+              "request: 'state' must be float32 [3] (needle tip x y z, m), got ", req.state.size(),
+              " values");
+    for (float v : req.state) VLA_CHECK(std::isfinite(v), "request: 'state' is not finite");
+    auto views = views_of(req);
+    if (req.reset) {
+      std::lock_guard<std::mutex> lock(job_mu);
+      job_reset = true;
+    }
+    if (!views.empty()) {
+      std::lock_guard<std::mutex> lock(job_mu);
+      if (!req.prompt.empty()) last_prompt = req.prompt;
+      VLA_CHECK(!last_prompt.empty(), "request: frames without a 'prompt' (the instruction)");
+      job_views = std::move(views);
+      job_prompt = last_prompt;
+      job_t_ns = t_ns;
+      job_ready = true;
+      last_frames_ns = t_ns;
+    }
+    job_cv.notify_one();
+    std::lock_guard<std::mutex> lock(force_mu);
+    bool any = false;
+    for (size_t i = 0; i < req.force.size(); ++i)
+      if (ring.push({req.force_t[i], req.force[i]})) {
+        any = true;
+        newest_force_t = req.force_t[i];
+      }
+    if (any) last_force_ns = t_ns;
+  }
+
   // Request images -> the policy's view list (unused views black), or empty when none came.
   std::vector<Image> views_of(const InferRequest& req) const {
     if (req.images.empty()) return {};
@@ -270,6 +303,8 @@ ServingRuntime::~ServingRuntime() {
 
 nlohmann::json ServingRuntime::metadata() const { return impl_->metadata(); }
 
+void ServingRuntime::observe(const InferRequest& req) { impl_->observe(req, now_ns()); }
+
 InferReply ServingRuntime::infer(const InferRequest& req) {
   Impl& m = *impl_;
   const int64_t t_start = now_ns();
@@ -279,36 +314,11 @@ InferReply ServingRuntime::infer(const InferRequest& req) {
   VLA_CHECK(req.state.size() == 3,
             "request: 'state' must be float32 [3] (needle tip x y z, m), got ", req.state.size(),
             " values");
-  for (float v : req.state) VLA_CHECK(std::isfinite(v), "request: 'state' is not finite");
-  // Frames -> the VLM thread (newest wins: a pending older job is replaced).
-  auto views = m.views_of(req);
-  if (req.reset) {
-    std::lock_guard<std::mutex> lock(m.job_mu);
-    m.job_reset = true;
-  }
-  if (!views.empty()) {
-    std::lock_guard<std::mutex> lock(m.job_mu);
-    if (!req.prompt.empty()) m.last_prompt = req.prompt;
-    VLA_CHECK(!m.last_prompt.empty(), "request: frames without a 'prompt' (the instruction)");
-    m.job_views = std::move(views);
-    m.job_prompt = m.last_prompt;
-    m.job_t_ns = t_start;
-    m.job_ready = true;
-    m.last_frames_ns = t_start;
-  }
-  m.job_cv.notify_one();
-  // Force samples -> the ring (stamps must increase; others are refused and counted).
+  m.observe(req, t_start);
   torch::Tensor window = torch::zeros({m.policy->sensor_window(), 6});
   runtime::WindowStatus ws;
   {
     std::lock_guard<std::mutex> lock(m.force_mu);
-    bool any = false;
-    for (size_t i = 0; i < req.force.size(); ++i)
-      if (m.ring.push({req.force_t[i], req.force[i]})) {
-        any = true;
-        m.newest_force_t = req.force_t[i];
-      }
-    if (any) m.last_force_ns = t_start;
     r.obs_time = m.newest_force_t > -1e300 ? m.newest_force_t : 0.0;
     ws = m.ring.window(m.newest_force_t, m.policy->sensor_window(), window.data_ptr<float>(), 1e9);
   }
@@ -329,14 +339,21 @@ InferReply ServingRuntime::infer(const InferRequest& req) {
   const int H = m.policy->horizon();
   r.actions.assign(static_cast<size_t>(H), {0.0f, 0.0f, 0.0f});  // hold
   double expert_ms = 0;
-  if (!feat.defined()) {
-    r.status = "hold_startup";
-  } else if (r.feature_age_s > m.opt.max_staleness_s ||
-             (std::isfinite(force_idle_s) && force_idle_s > m.opt.force_stop_s)) {
-    r.status = "safe_stop";  // features too old, or the force stream gone past its limit
-  } else if (r.stale_force || ws == runtime::WindowStatus::kNaN ||
-             ws == runtime::WindowStatus::kGap || ws == runtime::WindowStatus::kDropout) {
-    r.status = "hold_sensor";
+  // The runtime's tick gate; no startup timeout here (a server waits for its first frames), and
+  // a force stream that never started is a hold, not a safe stop.
+  runtime::TickInputs gin;
+  gin.have_features = feat.defined();
+  gin.feature_age_s = r.feature_age_s;
+  gin.sensor = ws;
+  gin.sensor_idle_s = std::isfinite(force_idle_s) ? force_idle_s : 0.0;
+  runtime::TickLimits lim;
+  lim.max_staleness_s = m.opt.max_staleness_s;
+  lim.sensor_stale_s = m.opt.stale_input_s;
+  lim.sensor_stop_s = m.opt.force_stop_s;
+  const runtime::TickGate gate = runtime::gate_tick(gin, lim);
+  if (gate.status != runtime::TickStatus::kAct || r.stale_force) {
+    r.status = runtime::to_string(
+        gate.status == runtime::TickStatus::kAct ? runtime::TickStatus::kHoldSensor : gate.status);
   } else {
     auto job = std::make_shared<Impl::ExpertJob>();
     job->feat = feat;

@@ -1,4 +1,4 @@
-// Running and recording scripted-expert episodes.
+// Running and recording scripted-demonstrator episodes.
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -8,7 +8,7 @@
 namespace vla::sim {
 
 RolloutResult run_episode(NeedleEnv& env, const ChunkPolicy& policy, uint64_t seed, int target_port,
-                          dataset::EpisodeData* record, const RolloutOptions& opts) {
+                          Recording* record, const RolloutOptions& opts) {
   VLA_CHECK(policy || opts.labeler, "run_episode: no policy and no labeler");
   VLA_CHECK(std::isfinite(opts.action_noise_std) && opts.action_noise_std >= 0.0,
             "run_episode: action noise must be >= 0, got ", opts.action_noise_std);
@@ -19,7 +19,7 @@ RolloutResult run_episode(NeedleEnv& env, const ChunkPolicy& policy, uint64_t se
   Stopwatch sw;
   const bool render = record != nullptr;
   if (record) {
-    *record = dataset::EpisodeData{};
+    *record = Recording{};
     record->instruction = env.instruction();
     record->seed = seed;
     record->width = env.config().width;
@@ -27,13 +27,13 @@ RolloutResult run_episode(NeedleEnv& env, const ChunkPolicy& policy, uint64_t se
     for (int v = 0; v < env.config().num_views; ++v) record->view_names.push_back(view_names()[v]);
     // Where each port appears in each view's first frame (keypoint labels for dense grounding).
     for (const PortInfo& p : env.scene().ports) {
-      dataset::PortMeta pm;
+      std::vector<std::array<double, 2>> px;
       for (int v = 0; v < env.config().num_views; ++v) {
         double u = -1, w = -1;
         if (!env.project(v, p.pos, &u, &w)) u = w = -1;
-        pm.pixels.push_back({u, w});
+        px.push_back({u, w});
       }
-      record->ports.push_back(pm);
+      record->port_pixels.push_back(std::move(px));
     }
   }
   int ticks = 0;
@@ -61,25 +61,10 @@ RolloutResult run_episode(NeedleEnv& env, const ChunkPolicy& policy, uint64_t se
   r.steps = env.steps();
   r.wall_s = sw.elapsed_s();
   if (record) {
-    const SceneInfo scene = env.scene();
-    record->success = r.outcome.success;
-    record->reason = r.outcome.done ? r.outcome.reason : "truncated";
-    record->duration_s = r.outcome.time_s;
-    record->peak_force = r.outcome.peak_force;
-    record->target = scene.target;
-    for (size_t k = 0; k < scene.ports.size(); ++k) {
-      const PortInfo& p = scene.ports[k];
-      dataset::PortMeta& pm = record->ports[k];
-      pm.color = p.color;
-      pm.color_ko = p.color_ko;
-      pm.pos = p.pos;
-      pm.rgb = {p.rgb[0], p.rgb[1], p.rgb[2]};
-      pm.radius = p.radius;
-    }
-    for (const ForceSample& f : env.force_log()) {
-      record->force.push_back(
-          {static_cast<float>(f.t), f.f[0], f.f[1], f.f[2], f.f[3], f.f[4], f.f[5]});
-    }
+    record->scene = env.scene();
+    record->outcome = r.outcome;
+    if (!r.outcome.done) record->outcome.reason = "truncated";
+    record->force = env.force_log();
     const auto& log = env.action_log();
     for (size_t i = 0; i < log.size(); ++i) {
       // With a labeler, action i is the label of its tick (8 per tick; a short chunk was padded
@@ -89,16 +74,15 @@ RolloutResult run_episode(NeedleEnv& env, const ChunkPolicy& policy, uint64_t se
                                                                      : log[i].action);
       record->proprio.push_back(log[i].proprio);
     }
-    record->extra["surface_z"] = scene.surface_z;
-    record->extra["force_noise_std"] = env.config().force_noise_std;
-    record->extra["policy"] = opts.labeler ? (policy ? "dagger" : "dart") : "expert";
-    record->extra["action_noise_std"] = opts.action_noise_std;
-    record->extra["labels"] = opts.labeler ? "labeler" : "executed";
+    record->driver = opts.labeler ? (policy ? "dagger" : "dart") : "scripted";
+    record->labelled = static_cast<bool>(opts.labeler);
+    record->action_noise_std = opts.action_noise_std;
+    record->force_noise_std = env.config().force_noise_std;
   }
   return r;
 }
 
-ChunkPolicy expert_policy(std::shared_ptr<ScriptedExpert> expert) {
+ChunkPolicy demonstrator_policy(std::shared_ptr<ScriptedDemonstrator> expert) {
   expert->reset();
   return [expert](const NeedleEnv& env) {
     if (env.steps() == 0) expert->reset();

@@ -1,5 +1,5 @@
 // vla sim: MuJoCo needle-insertion environment (650 Hz physics, 6-axis F/T sensor, five
-// OSMesa-rendered cameras), a force-using scripted expert, and the episode recorder glue.
+// OSMesa-rendered cameras), a force-using scripted demonstrator, and the episode recorder glue.
 //
 // Conventions (all SI units, world frame: x right, y away from the front camera, z up):
 //  * One physics step = 1/650 s. Time() is simulation time in seconds since reset().
@@ -27,7 +27,6 @@
 #include <vector>
 
 #include "core/core.h"
-#include "dataset/dataset.h"
 
 namespace vla::sim {
 
@@ -165,9 +164,9 @@ struct ExpertConfig {
 // A scripted demonstrator: uses the (privileged) target port x/y for the approach; finds the
 // surface by force (contact detection), controls depth relative to the contact point, and backs
 // off when the force gets too high.
-class ScriptedExpert {
+class ScriptedDemonstrator {
  public:
-  explicit ScriptedExpert(ExpertConfig cfg = {});
+  explicit ScriptedDemonstrator(ExpertConfig cfg = {});
   // Forget the episode state; call after env.reset().
   void reset();
   // Next kChunkSize actions from proprio, the last 100 ms of force samples and the target port.
@@ -186,8 +185,8 @@ class ScriptedExpert {
 // A closed-loop policy: called once per 100 ms control tick, returns the next chunk.
 using ChunkPolicy = std::function<Chunk(const NeedleEnv& env)>;
 
-// Wraps a ScriptedExpert as a Policy (reset automatically at the first tick of each episode).
-ChunkPolicy expert_policy(std::shared_ptr<ScriptedExpert> expert);
+// Wraps a ScriptedDemonstrator as a Policy (reset automatically at the first tick of each episode).
+ChunkPolicy demonstrator_policy(std::shared_ptr<ScriptedDemonstrator> expert);
 
 struct RolloutResult {
   Outcome outcome;
@@ -195,16 +194,38 @@ struct RolloutResult {
   double wall_s = 0;  // wall time of the episode
 };
 
+// One recorded episode in the simulator's own types (closed_loop::to_episode_data turns it into
+// the dataset format; the simulator does not depend on it).
+struct Recording {
+  std::string instruction;
+  uint64_t seed = 0;
+  int width = 0, height = 0;            // rendered resolution (pixels)
+  std::vector<std::string> view_names;  // e.g. top front left right needle
+  SceneInfo scene;                      // at the end of the episode (ports, target, surface)
+  // Pixel (u right, v down; -1 when behind the camera) of each port centre in each view's first
+  // frame: [port][view].
+  std::vector<std::vector<std::array<double, 2>>> port_pixels;
+  Outcome outcome;                            // reason "truncated" when max_ticks stopped it
+  std::vector<std::vector<Image>> frames;     // [tick][view], rendered before the tick's chunk
+  std::vector<ForceSample> force;             // every 650 Hz sample (N, N m)
+  std::vector<Action> actions;                // 80 Hz: the labels (with a labeler) or as executed
+  std::vector<std::array<float, 3>> proprio;  // stage position (m) when each action began
+  std::string driver = "scripted";            // "scripted" | "dart" (noisy labeler) | "dagger"
+  bool labelled = false;                      // actions are the labeler's, not the executed ones
+  double action_noise_std = 0.0;              // m per action (DART)
+  double force_noise_std = 0.0;               // N (EnvConfig)
+};
+
 // Runs one episode: reset(seed, target_port) (target_port < 0: random), then per 10 Hz tick
 // [render when recording] -> policy -> step_chunk until done. When `record` is given, the env must
-// render and the episode (frames at each tick before its chunk, forces, actions, proprio, meta)
+// render and the episode (frames at each tick before its chunk, forces, actions, proprio, scene)
 // is stored there.
 //
 // Corrective data (`opts`): with opts.labeler the recorded actions are the labeler's chunk at
-// each tick's state (e.g. the scripted expert) while `policy` drives the robot (DAgger: a learned
-// policy; a null policy executes the labeler's own chunk). opts.action_noise_std > 0 adds Gaussian
-// noise (m per action; z gets half) to the executed actions only (DART, Laskey et al. 2017), so
-// the recorded labels stay the clean actions.
+// each tick's state (e.g. the scripted demonstrator) while `policy` drives the robot (DAgger: a
+// learned policy; a null policy executes the labeler's own chunk). opts.action_noise_std > 0 adds
+// Gaussian noise (m per action; z gets half) to the executed actions only (DART, Laskey et al.
+// 2017), so the recorded labels stay the clean actions.
 struct RolloutOptions {
   ChunkPolicy labeler;            // empty: the executed actions are recorded
   double action_noise_std = 0.0;  // m per 80 Hz action, x/y (z: half)
@@ -212,7 +233,7 @@ struct RolloutOptions {
   int max_ticks = 0;              // > 0: stop after this many ticks (reason "truncated")
 };
 RolloutResult run_episode(NeedleEnv& env, const ChunkPolicy& policy, uint64_t seed,
-                          int target_port = -1, dataset::EpisodeData* record = nullptr,
+                          int target_port = -1, Recording* record = nullptr,
                           const RolloutOptions& opts = {});
 
 }  // namespace vla::sim

@@ -1,7 +1,8 @@
-// Ground-truth scene captions (English / Korean) and the loss-curve plot.
+// Ground-truth scene captions (English / Korean) and the loss-curve chart.
 #include <algorithm>
 #include <cmath>
 
+#include "plot/plot.h"
 #include "train/train.h"
 
 namespace vla::train {
@@ -73,121 +74,21 @@ std::string scene_caption(const dataset::Episode& ep, int tick, const std::strin
 }
 
 // ---------------------------------------------------------------- plot
-namespace {
-
-// 3x5 bitmap glyphs for axis labels.
-const char* glyph(char c) {
-  switch (c) {
-    case '0':
-      return "111101101101111";
-    case '1':
-      return "010110010010111";
-    case '2':
-      return "111001111100111";
-    case '3':
-      return "111001111001111";
-    case '4':
-      return "101101111001001";
-    case '5':
-      return "111100111001111";
-    case '6':
-      return "111100111101111";
-    case '7':
-      return "111001001001001";
-    case '8':
-      return "111101111101111";
-    case '9':
-      return "111101111001111";
-    case '.':
-      return "000000000000010";
-    case '-':
-      return "000000111000000";
-    case 'e':
-      return "000111101110011";
-    default:
-      return "000000000000000";
-  }
-}
-
-void put(Image& im, int x, int y, std::array<uint8_t, 3> c) {
-  if (x < 0 || y < 0 || x >= im.width || y >= im.height) return;
-  uint8_t* p = im.row(y) + x * 3;
-  p[0] = c[0], p[1] = c[1], p[2] = c[2];
-}
-
-void text(Image& im, int x, int y, const std::string& s, int scale = 2) {
-  for (char ch : s) {
-    const char* g = glyph(ch);
-    for (int r = 0; r < 5; ++r)
-      for (int q = 0; q < 3; ++q)
-        if (g[r * 3 + q] == '1')
-          for (int a = 0; a < scale; ++a)
-            for (int b = 0; b < scale; ++b)
-              put(im, x + q * scale + a, y + r * scale + b, {0, 0, 0});
-    x += 4 * scale;
-  }
-}
-
-void line(Image& im, int x0, int y0, int x1, int y1, std::array<uint8_t, 3> c) {
-  int dx = std::abs(x1 - x0), dy = -std::abs(y1 - y0), sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1,
-      err = dx + dy;
-  while (true) {
-    put(im, x0, y0, c);
-    put(im, x0, y0 + 1, c);
-    if (x0 == x1 && y0 == y1) break;
-    int e2 = 2 * err;
-    if (e2 >= dy) err += dy, x0 += sx;
-    if (e2 <= dx) err += dx, y0 += sy;
-  }
-}
-
-std::string label(double v) {
-  char buf[32];
-  if (std::fabs(v) >= 1e4 || (std::fabs(v) < 1e-2 && v != 0))
-    std::snprintf(buf, sizeof(buf), "%.1e", v);
-  else
-    std::snprintf(buf, sizeof(buf), "%.3g", v);
-  return buf;
-}
-
-}  // namespace
-
 Image plot_loss_curve(const std::vector<double>& steps, const std::vector<double>& losses,
                       int width, int height) {
   VLA_CHECK(steps.size() == losses.size(), "plot_loss_curve: size mismatch");
-  Image im = make_image(width, height, 3, 255);
-  const int l = 70, r = width - 20, t = 20, b = height - 40;
-  line(im, l, t, l, b, {0, 0, 0});
-  line(im, l, b, r, b, {0, 0, 0});
-  if (steps.empty()) return im;
-  double lo = 1e300, hi = -1e300;
+  double lo = std::numeric_limits<double>::infinity(), hi = 0;
   for (double v : losses)
-    if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
-  if (!(hi >= lo)) return im;
-  const bool logy = lo > 0 && hi / lo > 10.0;
-  auto fy = [&](double v) { return logy ? std::log10(v) : v; };
-  double ylo = fy(lo), yhi = fy(hi);
-  if (yhi - ylo < 1e-12) yhi = ylo + 1;
-  double x0 = steps.front(), x1 = std::max(steps.back(), x0 + 1);
-  auto px = [&](double s) { return l + static_cast<int>((s - x0) / (x1 - x0) * (r - l)); };
-  auto py = [&](double v) { return b - static_cast<int>((fy(v) - ylo) / (yhi - ylo) * (b - t)); };
-  for (int k = 0; k <= 4; ++k) {  // ticks + labels
-    int y = b - k * (b - t) / 4;
-    line(im, l - 5, y, l, y, {0, 0, 0});
-    double v = ylo + k * (yhi - ylo) / 4;
-    text(im, 4, y - 5, label(logy ? std::pow(10.0, v) : v));
-    int x = l + k * (r - l) / 4;
-    line(im, x, b, x, b + 5, {0, 0, 0});
-    text(im, x - 12, b + 10, label(x0 + k * (x1 - x0) / 4));
-  }
-  int lx = -1, ly = -1;
-  for (size_t i = 0; i < steps.size(); ++i) {
-    if (!std::isfinite(losses[i])) continue;
-    int x = px(steps[i]), y = py(losses[i]);
-    if (lx >= 0) line(im, lx, ly, x, y, {30, 90, 200});
-    lx = x, ly = y;
-  }
-  return im;
+    if (std::isfinite(v) && v > 0) lo = std::min(lo, v), hi = std::max(hi, v);
+  plot::Chart c;
+  c.title = "Training loss";
+  c.x.label = "optimizer step";
+  c.y.log = hi > 10 * lo;  // log scale when the loss spans more than a decade
+  c.y.label = c.y.log ? "loss (log scale)" : "loss";
+  c.width = width, c.height = height;
+  c.series.push_back(
+      {"training loss (mean per logging interval)", plot::Mark::kLine, steps, losses});
+  return plot::render(c);
 }
 
 }  // namespace vla::train

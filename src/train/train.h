@@ -146,7 +146,7 @@ ProbeReport localisation_probe(policy::VlmEncoder& vlm, const dataset::Dataset& 
                                bool progress = true);
 
 // ---------------------------------------------------------------- loss curve
-// Line plot of the loss (log scale when it spans > 1 decade) with axes and tick marks.
+// Chart of the loss per optimizer step (src/plot; log scale when it spans > 1 decade).
 Image plot_loss_curve(const std::vector<double>& steps, const std::vector<double>& losses,
                       int width = 640, int height = 360);
 

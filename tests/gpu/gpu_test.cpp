@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/core.h"
+#include "gpu/op_table.h"
 #include "gpu/ops.h"
 #include "models/models.h"
 #include "weights/weights.h"
@@ -362,6 +363,41 @@ TEST(GpuFp8, UnavailableFp8GivesAClearError) {
   }
 }
 
+// The backend-parity table on the CPU: every op's ATen path against its float64 definition (no
+// kernels here: the "fused" path must fall back to the same reference).
+TEST(GpuOpTable, EveryCaseMatchesItsDefinitionOnCpu) {
+  const at::Device cpu(at::kCPU);
+  int checked = 0;
+  for (const ops::OpCase& c : ops::unit_cases()) {
+    if (c.fp8() && !ops::fp8_supported(cpu)) continue;  // torch < 2.1 has no float8 types
+    const ops::OpParity p = ops::check_op(c, cpu, 3);
+    EXPECT_FALSE(p.fused_ran) << c.label();
+    EXPECT_EQ(p.fused_vs_reference, 0.0) << c.label();
+    EXPECT_LE(p.reference_vs_f64, ops::tolerance_vs_f64(c)) << c.label();
+    ++checked;
+  }
+  EXPECT_GE(checked, 20);
+}
+
+TEST(GpuOpTable, ModelCasesFollowTheConfig) {
+  const auto cfg =
+      Qwen25VLConfig::load(std::string(VLA_SOURCE_DIR) + "/assets/configs/qwen2.5-vl-3b-instruct");
+  const auto cases = ops::model_cases(cfg, 5, 360, 640);
+  ASSERT_FALSE(cases.empty());
+  // 640x360 -> smart_resize 644x364 -> 46 x 26 patches per view, 5 views.
+  EXPECT_EQ(cases.front().dims[0], 5 * 46 * 26);
+  EXPECT_EQ(cases.front().dims[1], cfg.vision.hidden_size);
+  bool decoder = false;
+  for (const auto& c : cases)
+    if (c.op == "silu_mul" && c.dims[1] == cfg.text.intermediate_size) {
+      decoder = true;
+      EXPECT_EQ(c.dims[0], 5 * 46 * 26 / 4 + 24);
+    }
+  EXPECT_TRUE(decoder);
+  EXPECT_THROW(ops::check_op({"no_such_op", {1, 2}}, at::Device(at::kCPU)), Error);
+  EXPECT_THROW(ops::check_op({"rms_norm", {4}}, at::Device(at::kCPU)), Error);
+}
+
 // ------------------------------------------------------------------ CUDA tests
 #define REQUIRE_CUDA() \
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device (CPU-only build or machine)"
@@ -370,65 +406,36 @@ at::TensorOptions cuda_opts(at::ScalarType dt) {
   return at::TensorOptions().dtype(dt).device(at::Device(at::kCUDA, 0));
 }
 
-TEST(GpuKernels, FusedOpsMatchReferences) {
+// The backend-parity table (src/gpu/op_table.h) at unit shapes on CUDA: every fused kernel
+// against its ATen reference and both against the float64 definition.
+TEST(GpuOpTable, EveryCaseMatchesOnCuda) {
   REQUIRE_CUDA();
-  for (auto dt : {at::kFloat, at::kBFloat16}) {
-    const double tol = dt == at::kFloat ? 1e-5 : 1e-2;
-    for (int64_t dim : {32, 1280, 2048, 100}) {
-      auto x = at::randn({37, dim}, cuda_opts(dt));
-      auto w = (1 + 0.1 * at::randn({dim}, cuda_opts(at::kFloat))).to(dt);
-      auto poison = at::full({37, dim}, std::numeric_limits<float>::quiet_NaN(), cuda_opts(dt));
-      auto a = ops::rms_norm(x, w, 1e-6, true);
-      auto b = ops::rms_norm(x, w, 1e-6, false);
-      EXPECT_FALSE(a.isnan().any().item<bool>());
-      EXPECT_LE(rel_err(a, b), tol) << "rmsnorm " << dim;
-      auto r1 = at::randn({37, dim}, cuda_opts(dt));
-      auto r2 = r1.clone();
-      auto c = ops::add_rms_norm(x, r1, w, 1e-6, true);
-      auto d = ops::add_rms_norm(x, r2, w, 1e-6, false);
-      EXPECT_LE(rel_err(c, d), tol) << "add_rmsnorm " << dim;
-      EXPECT_LE(rel_err(r1, r2), tol) << "add_rmsnorm residual " << dim;
-      (void)poison;
-    }
-    for (int hd : {16, 80, 128}) {
-      const int nh = 5;
-      auto x = at::randn({23, (nh + 2) * hd}, cuda_opts(dt));
-      auto y = x.clone();
-      auto ang = at::randn({23, hd / 2}, cuda_opts(at::kFloat)) * 3;
-      auto emb = at::cat({ang, ang}, 1);
-      ops::rotary_(x, nh, hd, emb.cos(), emb.sin(), true);
-      ops::rotary_(y, nh, hd, emb.cos(), emb.sin(), false);
-      EXPECT_LE(rel_err(x, y), tol) << "rotary " << hd;
-      EXPECT_TRUE(at::equal(x.narrow(1, nh * hd, 2 * hd), y.narrow(1, nh * hd, 2 * hd)));
-    }
-    for (int64_t inter : {3420, 11008, 7}) {
-      auto x = at::randn({19, 2 * inter}, cuda_opts(dt));
-      EXPECT_LE(rel_err(ops::silu_mul(x, inter, true), ops::silu_mul(x, inter, false)), tol)
-          << "silu_mul " << inter;
-    }
+  const at::Device dev(at::kCUDA, 0);
+  int checked = 0;
+  for (const ops::OpCase& c : ops::unit_cases()) {
+    if (c.fp8() && !fp8_available(dev)) continue;
+    const ops::OpParity p = ops::check_op(c, dev, 7);
+    EXPECT_TRUE(p.fused_ran || c.op == "attention") << c.label() << ": no kernel ran";
+    EXPECT_LE(p.fused_vs_reference, ops::tolerance_vs_reference(c)) << c.label();
+    EXPECT_LE(p.fused_vs_f64, ops::tolerance_vs_f64(c)) << c.label();
+    EXPECT_LE(p.reference_vs_f64, ops::tolerance_vs_f64(c)) << c.label();
+    ++checked;
   }
+  EXPECT_GE(checked, 40);
 }
 
-TEST(GpuKernels, FlashVarlenMatchesMathAttention) {
+// The same table at the 3B model's shapes (what bench_gpu times).
+TEST(GpuOpTable, ModelShapesMatchOnCuda) {
   REQUIRE_CUDA();
-  auto dev = at::Device(at::kCUDA, 0);
-  auto q = at::randn({100, 4, 80}, cuda_opts(at::kBFloat16));
-  auto k = at::randn({100, 4, 80}, cuda_opts(at::kBFloat16));
-  auto v = at::randn({100, 4, 80}, cuda_opts(at::kBFloat16));
-  if (!ops::flash_available(q)) GTEST_SKIP() << "flash attention unavailable";
-  auto cu = ops::Varlen::make({0, 64, 80, 100}, dev);
-  for (bool causal : {false, true}) {
-    auto a = ops::attention(q, k, v, cu, cu, causal, 0.1118, true);
-    auto b = ops::attention(q, k, v, cu, cu, causal, 0.1118, false);
-    EXPECT_LE(rel_err(a, b), 1e-2) << "causal " << causal;
+  const at::Device dev(at::kCUDA, 0);
+  const auto cfg =
+      Qwen25VLConfig::load(std::string(VLA_SOURCE_DIR) + "/assets/configs/qwen2.5-vl-3b-instruct");
+  for (const ops::OpCase& c : ops::model_cases(cfg, 5, 360, 640)) {
+    if (c.fp8() && !fp8_available(dev)) continue;
+    const ops::OpParity p = ops::check_op(c, dev, 11);
+    EXPECT_LE(p.fused_vs_reference, ops::tolerance_vs_reference(c)) << c.label();
+    EXPECT_LE(p.fused_vs_f64, ops::tolerance_vs_f64(c)) << c.label();
   }
-  auto q2 = at::randn({50, 8, 128}, cuda_opts(at::kBFloat16));
-  auto k2 = at::randn({50, 2, 128}, cuda_opts(at::kBFloat16));
-  auto v2 = at::randn({50, 2, 128}, cuda_opts(at::kBFloat16));
-  auto cu2 = ops::Varlen::make({0, 30, 50}, dev);
-  EXPECT_LE(rel_err(ops::attention(q2, k2, v2, cu2, cu2, true, 0.088, true),
-                    ops::attention(q2, k2, v2, cu2, cu2, true, 0.088, false)),
-            1e-2);
 }
 
 TEST(GpuPreprocess, PixelValuesMatchTransformersOnGpu) {
@@ -487,42 +494,6 @@ TEST(GpuDecode, GraphDecodeMatchesEagerDecode) {
   REQUIRE_CUDA();                               \
   if (!fp8_available(at::Device(at::kCUDA, 0))) \
   GTEST_SKIP() << "no FP8 GEMMs on this GPU / torch (needs compute capability >= 8.9)"
-
-TEST(GpuFp8, QuantisingKernelsMatchReferences) {
-  REQUIRE_FP8_CUDA();
-  auto deq = [](const ops::Fp8Rows& r) { return ops::dequantize_fp8(r); };
-  for (auto dt : {at::kFloat, at::kBFloat16}) {
-    for (int64_t dim : {32, 1280, 2048, 100}) {
-      auto x = at::randn({37, dim}, cuda_opts(dt)) * 3;
-      auto w = (1 + 0.1 * at::randn({dim}, cuda_opts(at::kFloat))).to(dt);
-      auto a = ops::quantize_fp8(x, true);
-      auto b = ops::quantize_fp8(x, false);
-      EXPECT_FALSE(deq(a).isnan().any().item<bool>()) << "quantize " << dim;
-      EXPECT_LE(rel_err(deq(a), deq(b)), 1e-3) << "quantize " << dim;
-      EXPECT_LE(rel_err(a.scale, b.scale), 1e-6) << "quantize scale " << dim;
-      // e4m3 rounding alone: relative error of a few percent
-      const double eq = rel_err(deq(a), x);
-      EXPECT_LE(eq, 5e-2) << "quantize vs input " << dim;
-      auto n1 = ops::rms_norm_fp8(x, w, 1e-6, true);
-      auto n2 = ops::rms_norm_fp8(x, w, 1e-6, false);
-      EXPECT_LE(rel_err(deq(n1), deq(n2)), 1e-2) << "rmsnorm_fp8 " << dim;
-      EXPECT_LE(rel_err(deq(n1), ops::rms_norm(x, w, 1e-6, false)), 5e-2) << "rmsnorm_fp8 " << dim;
-      auto r1 = at::randn({37, dim}, cuda_opts(dt));
-      auto r2 = r1.clone();
-      auto c = ops::add_rms_norm_fp8(x, r1, w, 1e-6, true);
-      auto d = ops::add_rms_norm_fp8(x, r2, w, 1e-6, false);
-      EXPECT_LE(rel_err(deq(c), deq(d)), 1e-2) << "add_rmsnorm_fp8 " << dim;
-      EXPECT_LE(rel_err(r1, r2), dt == at::kFloat ? 1e-6 : 1e-2) << "add_rmsnorm_fp8 residual";
-    }
-    for (int64_t inter : {3420, 11008, 7, 64}) {
-      auto x = at::randn({19, 2 * inter}, cuda_opts(dt));
-      auto a = ops::silu_mul_fp8(x, inter, true);
-      auto b = ops::silu_mul_fp8(x, inter, false);
-      EXPECT_LE(rel_err(deq(a), deq(b)), 1e-2) << "silu_mul_fp8 " << inter;
-      EXPECT_LE(rel_err(deq(a), ops::silu_mul(x, inter, false)), 5e-2) << "silu_mul_fp8 " << inter;
-    }
-  }
-}
 
 TEST(GpuFp8, ScaledMatmulMatchesDequantisedReference) {
   REQUIRE_FP8_CUDA();

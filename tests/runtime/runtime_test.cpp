@@ -8,6 +8,7 @@
 #include <limits>
 #include <thread>
 
+#include "plot/plot.h"
 #include "runtime/fault_plant.h"
 
 using namespace vla::runtime;
@@ -459,6 +460,36 @@ TEST(WallTime, StopFlagEndsRunCleanly) {
   EXPECT_GE(ep.ticks.size(), 2u);
 }
 
+TEST(TickGate, HoldsAndStopsInTheDocumentedOrder) {
+  TickLimits lim;
+  lim.max_staleness_s = 1.0;
+  lim.startup_timeout_s = 5.0;
+  lim.sensor_stale_s = 0.5;
+  lim.sensor_stop_s = 2.0;
+  TickInputs in;
+  EXPECT_EQ(gate_tick(in, lim).status, TickStatus::kHoldStartup);
+  in.since_start_s = 5.0;
+  EXPECT_EQ(gate_tick(in, lim).status, TickStatus::kSafeStop);
+  in.have_features = true;
+  in.feature_age_s = 0.2;
+  EXPECT_EQ(gate_tick(in, lim).status, TickStatus::kAct);
+  in.sensor = WindowStatus::kNaN;
+  EXPECT_EQ(gate_tick(in, lim).status, TickStatus::kHoldSensor);
+  in.sensor = WindowStatus::kOk;
+  in.sensor_idle_s = 0.6;
+  EXPECT_EQ(gate_tick(in, lim).status, TickStatus::kHoldSensor);
+  in.sensor_idle_s = 2.5;  // the stream is gone: past the stop limit
+  EXPECT_EQ(gate_tick(in, lim).status, TickStatus::kSafeStop);
+  in.sensor_idle_s = 0;
+  in.feature_age_s = 1.5;  // staleness wins over a good sensor window
+  const TickGate g = gate_tick(in, lim);
+  EXPECT_EQ(g.status, TickStatus::kSafeStop);
+  EXPECT_NE(g.reason.find("1.50 s old"), std::string::npos) << g.reason;
+  // The loops' defaults: no sensor idle limits, so a stale-free window acts.
+  EXPECT_EQ(gate_tick({true, 0.1, 100.0, WindowStatus::kShort, 0}, TickLimits{}).status,
+            TickStatus::kAct);
+}
+
 TEST(Metrics, JsonAndPlots) {
   ToyPlant plant(2);
   RuntimeConfig cfg;
@@ -471,16 +502,22 @@ TEST(Metrics, JsonAndPlots) {
                         "feature_age_p50_ms", "feature_age_p99_ms", "episodes"})
     EXPECT_TRUE(j.contains(k)) << k;
   EXPECT_NEAR(j["feature_age_p50_ms"].get<double>(), 300.0, 101.0);
+  // In sim time every VLM call takes exactly the modelled latency.
+  EXPECT_NEAR(j["vlm_call_p50_ms"].get<double>(), 200.0, 1e-6);
+  EXPECT_NEAR(j["vlm_call_p99_ms"].get<double>(), 200.0, 1e-6);
   vla::Image tl = plot_timeline(ep, 3.0, 600);
   EXPECT_EQ(tl.width, 600);
-  // Something other than the white background was drawn in the VLM row and the tick row.
-  auto nonwhite = [&](int y) {
+  // The VLM-call segments (palette 0) and the acting ticks' ages (palette 1) were drawn.
+  auto near = [&](const vla::Image& im, std::array<uint8_t, 3> c) {
     int n = 0;
-    for (int x = 0; x < tl.width; ++x) n += tl.row(y)[x * 3] != 255;
+    for (size_t i = 0; i + 2 < im.pixels.size(); i += 3)
+      n += std::abs(im.pixels[i] - c[0]) < 20 && std::abs(im.pixels[i + 1] - c[1]) < 20 &&
+           std::abs(im.pixels[i + 2] - c[2]) < 20;
     return n;
   };
-  EXPECT_GT(nonwhite(40), 20);
-  EXPECT_GT(nonwhite(145), 20);
+  EXPECT_GT(near(tl, vla::plot::palette(0)), 50);
+  EXPECT_GT(near(tl, vla::plot::palette(1)), 50);
   vla::Image h = plot_age_histogram({ep});
+  EXPECT_GT(near(h, vla::plot::palette(0)), 200);
   EXPECT_EQ(h.height, 300);
 }

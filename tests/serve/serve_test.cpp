@@ -13,6 +13,7 @@
 #include <cstring>
 #include <msgpack.hpp>
 #include <random>
+#include <set>
 #include <thread>
 
 using namespace vla;
@@ -58,19 +59,31 @@ struct Obs {
   int64_t request_id = 7;
   std::string force_dtype = "<f4";
   double deadline_ms = -1;  // < 0: not sent
+  int stream = -1;          // < 0: not sent; 0 / 1: "stream": false / true
+  double stream_hz = 0;     // > 0: sent with stream
+  bool with_images = true;
 };
 
 std::string request(const Obs& o) {
   msgpack::sbuffer buf;
   Packer pk(&buf);
-  pk.pack_map(o.deadline_ms >= 0 ? 7 : 6);
+  pk.pack_map(5 + (o.deadline_ms >= 0) + (o.stream >= 0) + (o.stream >= 0 && o.stream_hz > 0) +
+              o.with_images);
   if (o.deadline_ms >= 0) {
     str(pk, "deadline_ms");
     pk.pack_double(o.deadline_ms);
   }
-  str(pk, "images");
-  pk.pack_map(static_cast<uint32_t>(o.views.size()));
-  for (const auto& [name, wh] : o.views) {
+  if (o.stream >= 0) {
+    str(pk, "stream");
+    pk.pack(o.stream == 1);
+  }
+  if (o.stream >= 0 && o.stream_hz > 0) {
+    str(pk, "stream_hz");
+    pk.pack_double(o.stream_hz);
+  }
+  if (o.with_images) str(pk, "images");
+  if (o.with_images) pk.pack_map(static_cast<uint32_t>(o.views.size()));
+  for (const auto& [name, wh] : o.with_images ? o.views : decltype(o.views){}) {
     std::vector<uint8_t> px(static_cast<size_t>(wh.first * wh.second * 3), 90);
     str(pk, name);
     ndarray(pk, px.data(), px.size(), "|u1", {wh.second, wh.first, 3});
@@ -153,8 +166,14 @@ struct Client {
     metadata = nlohmann::json::from_msgpack(p, p + b.size());
   }
   std::string call(const std::string& msg, bool binary = true) {
+    send(msg, binary);
+    return recv();
+  }
+  void send(const std::string& msg, bool binary = true) {
     ws.binary(binary);
     ws.write(net::buffer(msg));
+  }
+  std::string recv() {
     beast::flat_buffer b;
     ws.read(b);
     return beast::buffers_to_string(b.data());
@@ -350,6 +369,70 @@ TEST(Server, RequestsGetActionsAndBadRequestsKeepTheConnection) {
   EXPECT_NE(metrics.find("dualrate_connections 1"), std::string::npos);
   EXPECT_EQ(http_get(srv.port, "/healthz"), 200);
   EXPECT_EQ(http_get(srv.port, "/nothing"), 404);
+}
+
+// Streaming: after "stream": true the server pushes replies at stream_hz on its own clock while
+// the client's messages are observations (answered only on error); "stream": false returns to
+// request / reply.
+TEST(Server, StreamingPushesChunksAtTheRequestedRate) {
+  Running srv(ServeOptions{});
+  Client c(srv.port);
+  Obs o = default_obs(c.metadata);
+  o.stream = 1;
+  o.stream_hz = 20;
+  Reply r = parse(c.call(request(o)));
+  ASSERT_FALSE(r.has("error"));
+  EXPECT_EQ(r.get("stream_seq")->as<int64_t>(), 0);
+  // Observations: force only (the frames came with the start), sent as replies arrive.
+  Obs obs = o;
+  obs.stream = -1;
+  obs.with_images = false;
+  obs.n_force = 32;
+  std::vector<int64_t> seqs;
+  std::set<std::string> statuses;
+  const auto t0 = std::chrono::steady_clock::now();
+  bool error_seen = false;
+  for (int i = 0; i < 40 && seqs.size() < 30; ++i) {
+    obs.t0 = 0.1 + i * 32 / 650.0;
+    obs.request_id = 100 + i;
+    c.send(request(obs));
+    if (i == 5) c.send("\x93not a map");  // an error reply, the stream goes on
+    Reply s = parse(c.recv());
+    if (s.has("error")) {
+      error_seen = true;
+      continue;
+    }
+    seqs.push_back(s.get("stream_seq")->as<int64_t>());
+    statuses.insert(s.get("status")->as<std::string>());
+    // The reply echoes the newest request id the server had when the tick ran.
+    EXPECT_GE(s.get("request_id")->as<int64_t>(), 7);
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_GE(seqs.size(), 30u);
+  for (size_t i = 1; i < seqs.size(); ++i) EXPECT_GT(seqs[i], seqs[i - 1]);
+  // 30 pushes at 20 Hz: ~1.5 s on the server's clock (a loaded machine skips, never bunches).
+  EXPECT_GT(seconds, 1.2);
+  EXPECT_LT(seconds, 6.0);
+  EXPECT_TRUE(error_seen);
+  EXPECT_TRUE(statuses.count("act")) << "the expert never acted while streaming";
+  // Stop: the reply without stream_seq answers it (queued pushes may come first).
+  obs.stream = 0;
+  obs.request_id = 999;
+  c.send(request(obs));
+  for (int i = 0; i < 10; ++i) {
+    r = parse(c.recv());
+    if (!r.has("stream_seq")) break;
+  }
+  ASSERT_FALSE(r.has("stream_seq"));
+  EXPECT_EQ(r.get("request_id")->as<int64_t>(), 999);
+  // Request / reply again.
+  obs.stream = -1;
+  obs.request_id = 1000;
+  obs.t0 += 1.0;
+  r = parse(c.call(request(obs)));
+  EXPECT_EQ(r.get("request_id")->as<int64_t>(), 1000);
+  EXPECT_FALSE(r.has("stream_seq"));
 }
 
 TEST(Server, StaleForceHoldsAndSeveralClientsReconnect) {

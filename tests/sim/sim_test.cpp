@@ -41,8 +41,8 @@ ChunkPolicy go_to_and_descend(double x, double y, double speed) {
 
 TEST(NeedleEnv, SameSeedGivesIdenticalForceLogAndProprio) {
   NeedleEnv a(headless()), b(headless());
-  ChunkPolicy pa = expert_policy(std::make_shared<ScriptedExpert>());
-  ChunkPolicy pb = expert_policy(std::make_shared<ScriptedExpert>());
+  ChunkPolicy pa = demonstrator_policy(std::make_shared<ScriptedDemonstrator>());
+  ChunkPolicy pb = demonstrator_policy(std::make_shared<ScriptedDemonstrator>());
   run_episode(a, pa, 7);
   run_episode(b, pb, 7);
   ASSERT_EQ(a.force_log().size(), b.force_log().size());
@@ -245,10 +245,10 @@ TEST(NeedleEnv, RenderThrowsWithoutRenderer) {
   EXPECT_THROW(NeedleEnv{bad}, Error);
 }
 
-TEST(ScriptedExpert, SucceedsOnSeveralSeeds) {
+TEST(ScriptedDemonstrator, SucceedsOnSeveralSeeds) {
   NeedleEnv env(headless());
-  auto expert = std::make_shared<ScriptedExpert>();
-  ChunkPolicy p = expert_policy(expert);
+  auto expert = std::make_shared<ScriptedDemonstrator>();
+  ChunkPolicy p = demonstrator_policy(expert);
   for (uint64_t seed = 100; seed < 106; ++seed) {
     RolloutResult r = run_episode(env, p, seed);
     EXPECT_TRUE(r.outcome.success) << "seed " << seed << ": " << r.outcome.reason;
@@ -262,8 +262,8 @@ TEST(ScriptedExpert, SucceedsOnSeveralSeeds) {
 // DART: the executed actions carry noise, the recorded labels are exactly the clean chunks the
 // expert produced at each tick's state.
 TEST(Recorder, DartLabelsAreTheCleanExpertActions) {
-  auto expert = std::make_shared<ScriptedExpert>();
-  ChunkPolicy base = expert_policy(expert);
+  auto expert = std::make_shared<ScriptedDemonstrator>();
+  ChunkPolicy base = demonstrator_policy(expert);
   auto seen = std::make_shared<std::vector<Chunk>>();
   RolloutOptions ro;
   ro.labeler = [base, seen](const NeedleEnv& e) {
@@ -274,7 +274,7 @@ TEST(Recorder, DartLabelsAreTheCleanExpertActions) {
   ro.action_noise_std = 0.0003;
   ro.noise_seed = 9;
   ro.max_ticks = 12;
-  dataset::EpisodeData ep;
+  Recording ep;
   EnvConfig cfg = headless();
   cfg.render = true;
   cfg.num_views = 1;
@@ -284,7 +284,7 @@ TEST(Recorder, DartLabelsAreTheCleanExpertActions) {
   ASSERT_EQ(seen->size(), 12u);
   ASSERT_EQ(ep.actions.size(), renv.action_log().size());
   ASSERT_EQ(ep.frames.size(), 12u);
-  EXPECT_EQ(ep.reason, "truncated");
+  EXPECT_EQ(ep.outcome.reason, "truncated");
   double max_noise = 0;
   for (size_t i = 0; i < ep.actions.size(); ++i) {
     const Action& label = (*seen)[i / kChunkSize][i % kChunkSize];
@@ -294,7 +294,8 @@ TEST(Recorder, DartLabelsAreTheCleanExpertActions) {
     }
   }
   EXPECT_GT(max_noise, 1e-4);  // the executed actions really were perturbed
-  EXPECT_EQ(ep.extra["policy"], "dart");
+  EXPECT_EQ(ep.driver, "dart");
+  EXPECT_TRUE(ep.labelled);
 }
 
 // DAgger-style rollout: another policy drives (here: hold still), the expert labels; the labels
@@ -307,9 +308,9 @@ TEST(Recorder, LabelerActionsAreRecordedWhileAnotherPolicyDrives) {
   NeedleEnv env(cfg);
   ChunkPolicy hold = [](const NeedleEnv&) { return Chunk(kChunkSize, Action{0, 0, 0}); };
   RolloutOptions ro;
-  ro.labeler = expert_policy(std::make_shared<ScriptedExpert>());
+  ro.labeler = demonstrator_policy(std::make_shared<ScriptedDemonstrator>());
   ro.max_ticks = 5;
-  dataset::EpisodeData ep;
+  Recording ep;
   run_episode(env, hold, 7, -1, &ep, ro);
   ASSERT_EQ(ep.actions.size(), 40u);
   double label_norm = 0, executed_norm = 0;
@@ -320,15 +321,15 @@ TEST(Recorder, LabelerActionsAreRecordedWhileAnotherPolicyDrives) {
     }
   EXPECT_GT(label_norm, 1e-3);
   EXPECT_EQ(executed_norm, 0.0);
-  EXPECT_EQ(ep.extra["policy"], "dagger");
+  EXPECT_EQ(ep.driver, "dagger");
 }
 
 // Off the port axis (as after a noisy or learned approach), the expert backs up and re-centres
 // before going deeper, and still inserts.
-TEST(ScriptedExpert, RealignsWhenPushedOffTheAxis) {
+TEST(ScriptedDemonstrator, RealignsWhenPushedOffTheAxis) {
   NeedleEnv env(headless());
-  auto expert = std::make_shared<ScriptedExpert>();
-  ChunkPolicy p = expert_policy(expert);
+  auto expert = std::make_shared<ScriptedDemonstrator>();
+  ChunkPolicy p = demonstrator_policy(expert);
   int ticks = 0;
   bool pushed = false;
   ChunkPolicy disturbed = [&](const NeedleEnv& e) {
@@ -348,10 +349,10 @@ TEST(ScriptedExpert, RealignsWhenPushedOffTheAxis) {
 
 // The expert finds the surface by force: insertion depth is controlled relative to the sensed
 // contact although the tissue height varies by 10 mm between episodes.
-TEST(ScriptedExpert, DepthFollowsSensedContact) {
+TEST(ScriptedDemonstrator, DepthFollowsSensedContact) {
   NeedleEnv env(headless());
-  auto expert = std::make_shared<ScriptedExpert>();
-  ChunkPolicy p = expert_policy(expert);
+  auto expert = std::make_shared<ScriptedDemonstrator>();
+  ChunkPolicy p = demonstrator_policy(expert);
   double zmin = 1, zmax = 0;
   for (uint64_t seed = 200; seed < 206; ++seed) {
     ASSERT_TRUE(run_episode(env, p, seed).outcome.success);
@@ -364,12 +365,12 @@ TEST(ScriptedExpert, DepthFollowsSensedContact) {
   EXPECT_GT(zmax - zmin, 0.003);
 }
 
-TEST(ScriptedExpert, BacksOffOnExcessForce) {
+TEST(ScriptedDemonstrator, BacksOffOnExcessForce) {
   for (double limit : {100.0, 0.0}) {
     NeedleEnv env(headless());
     ExpertConfig cfg;
     cfg.backoff_force = limit;
-    ScriptedExpert expert(cfg);
+    ScriptedDemonstrator expert(cfg);
     env.reset(3);
     int ticks = 0;
     while (expert.phase() != "insert" && ticks++ < 60) env.step_chunk(expert.act(env));
@@ -425,52 +426,44 @@ TEST(NeedleEnv, ForceIsNearZeroWhenFree) {
   }
 }
 
-TEST(Recorder, EpisodeRoundTripsThroughTheDataset) {
+TEST(Recorder, RecordsFramesForcesActionsAndPortPixels) {
   EnvConfig cfg;
   cfg.width = 48;
   cfg.height = 32;
   cfg.num_views = 2;
   NeedleEnv env(cfg);
-  dataset::EpisodeData ep;
-  ChunkPolicy p = expert_policy(std::make_shared<ScriptedExpert>());
-  RolloutResult r = run_episode(env, p, 21, -1, &ep);
+  Recording rec;
+  ChunkPolicy p = demonstrator_policy(std::make_shared<ScriptedDemonstrator>());
+  RolloutResult r = run_episode(env, p, 21, -1, &rec);
   ASSERT_TRUE(r.outcome.success) << r.outcome.reason;
-  ASSERT_EQ(ep.force.size(), env.force_log().size());
-  ASSERT_EQ(ep.actions.size(), env.action_log().size());
-  EXPECT_EQ(ep.frames.size(),
+  EXPECT_TRUE(rec.outcome.success);
+  EXPECT_EQ(rec.instruction, env.instruction());
+  EXPECT_EQ(rec.seed, 21u);
+  EXPECT_EQ(rec.driver, "scripted");
+  EXPECT_FALSE(rec.labelled);
+  ASSERT_EQ(rec.force.size(), env.force_log().size());
+  EXPECT_EQ(rec.force[5].f[2], env.force_log()[5].f[2]);
+  ASSERT_EQ(rec.actions.size(), env.action_log().size());
+  ASSERT_EQ(rec.proprio.size(), rec.actions.size());
+  EXPECT_EQ(rec.frames.size(),
             static_cast<size_t>((env.steps() + kStepsPerChunk - 1) / kStepsPerChunk));
-
-  char tmpl[] = "/tmp/vla_sim_test_XXXXXX";
-  std::string dir = mkdtemp(tmpl);
-  {
-    dataset::DatasetWriter w(dir + "/ds");
-    w.write(ep);
-  }
-  auto ds = dataset::Dataset::open(dir + "/ds");
-  ASSERT_EQ(ds.size(), 1u);
-  auto back = ds.load(0);
-  EXPECT_EQ(back.instruction, env.instruction());
-  EXPECT_TRUE(back.success);
-  EXPECT_EQ(back.seed, 21u);
-  ASSERT_EQ(back.force.size(0), static_cast<int64_t>(env.force_log().size()));
-  EXPECT_EQ(back.force[5][3].item<float>(), env.force_log()[5].f[2]);
-  EXPECT_EQ(back.frames.size(), ep.frames.size());
-  EXPECT_EQ(back.frames[1][1].pixels, ep.frames[1][1].pixels);  // PNG is lossless
-  EXPECT_EQ(back.ports[back.target].color, env.scene().ports[env.scene().target].color);
+  ASSERT_EQ(rec.frames[0].size(), 2u);
+  EXPECT_EQ(rec.frames[0][1].width, 48);
+  EXPECT_EQ(rec.scene.target, env.scene().target);
   // Pixel labels: where each port is in each view's first frame (fixed views: top, front).
   env.reset(21);
-  for (size_t k = 0; k < back.ports.size(); ++k) {
-    ASSERT_EQ(back.ports[k].pixels.size(), 2u);
+  ASSERT_EQ(rec.port_pixels.size(), env.scene().ports.size());
+  for (size_t k = 0; k < rec.port_pixels.size(); ++k) {
+    ASSERT_EQ(rec.port_pixels[k].size(), 2u);
     for (int v = 0; v < 2; ++v) {
       double u = 0, w = 0;
       ASSERT_TRUE(env.project(v, env.scene().ports[k].pos, &u, &w));
-      EXPECT_DOUBLE_EQ(back.ports[k].pixels[v][0], u);
-      EXPECT_DOUBLE_EQ(back.ports[k].pixels[v][1], w);
+      EXPECT_DOUBLE_EQ(rec.port_pixels[k][v][0], u);
+      EXPECT_DOUBLE_EQ(rec.port_pixels[k][v][1], w);
       EXPECT_GT(u, 0);
       EXPECT_LT(u, cfg.width);
     }
   }
-  vla::remove_tree(dir);
 }
 
 }  // namespace

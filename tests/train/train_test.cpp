@@ -9,6 +9,8 @@
 #include <random>
 #include <set>
 
+#include "plot/plot.h"
+
 using namespace vla;
 using namespace vla::train;
 
@@ -330,18 +332,22 @@ TEST(Captions, GroundTruthEnglishKorean) {
   vla::remove_tree(dir);
 }
 
-TEST(Plot, LossCurveHasAxesAndLine) {
+TEST(LossCurve, ChartHasTheLossLineAndALogAxisWhenItSpansDecades) {
   std::vector<double> s, l;
   for (int i = 0; i < 100; ++i) s.push_back(i), l.push_back(1.0 / (1 + i));
   auto im = plot_loss_curve(s, l, 320, 200);
   ASSERT_EQ(im.width, 320);
-  int blue = 0, black = 0;
+  ASSERT_EQ(im.height, 200);
+  const auto blue = plot::palette(0);
+  int line = 0, dark = 0;
   for (size_t i = 0; i < im.pixels.size(); i += 3) {
-    if (im.pixels[i] == 30 && im.pixels[i + 1] == 90 && im.pixels[i + 2] == 200) ++blue;
-    if (im.pixels[i] == 0 && im.pixels[i + 1] == 0 && im.pixels[i + 2] == 0) ++black;
+    line += std::abs(im.pixels[i] - blue[0]) < 20 && std::abs(im.pixels[i + 1] - blue[1]) < 20 &&
+            std::abs(im.pixels[i + 2] - blue[2]) < 20;
+    dark += im.pixels[i] < 60 && im.pixels[i + 1] < 60 && im.pixels[i + 2] < 60;
   }
-  EXPECT_GT(blue, 200);
-  EXPECT_GT(black, 300);
+  EXPECT_GT(line, 150);  // the loss line (and its legend swatch)
+  EXPECT_GT(dark, 300);  // frame, ticks, labels
+  EXPECT_THROW(plot_loss_curve({1, 2}, {1.0}), Error);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-// ScriptedExpert: approach above the target port, find the surface by force, puncture, insert to
-// a depth measured from the contact point, back off on excess force.
+// ScriptedDemonstrator: approach above the target port, find the surface by force, puncture, insert
+// to a depth measured from the contact point, back off on excess force.
 #include <algorithm>
 #include <cmath>
 
@@ -13,9 +13,9 @@ constexpr double kNeedleLen = 0.05;
 constexpr double kHoverZ = 0.045 + kNeedleLen + 0.0;  // highest surface + needle length
 }  // namespace
 
-ScriptedExpert::ScriptedExpert(ExpertConfig cfg) : cfg_(cfg) { reset(); }
+ScriptedDemonstrator::ScriptedDemonstrator(ExpertConfig cfg) : cfg_(cfg) { reset(); }
 
-void ScriptedExpert::reset() {
+void ScriptedDemonstrator::reset() {
   phase_ = kApproach;
   contact_z_ = 0.0;
   slow_factor_ = 1.0;
@@ -23,9 +23,9 @@ void ScriptedExpert::reset() {
   phase_name_ = kPhaseNames[phase_];
 }
 
-const std::string& ScriptedExpert::phase() const { return phase_name_; }
+const std::string& ScriptedDemonstrator::phase() const { return phase_name_; }
 
-Chunk ScriptedExpert::act(const NeedleEnv& env) {
+Chunk ScriptedDemonstrator::act(const NeedleEnv& env) {
   const SceneInfo scene = env.scene();
   const PortInfo& port = scene.ports.at(scene.target);
   const auto cmd = env.target();

@@ -1,0 +1,244 @@
+// The backend-parity table: cases, the float64 definitions of the ops, runners.
+#include "gpu/op_table.h"
+
+#include <cmath>
+
+#include "core/core.h"
+#include "gpu/ops.h"
+#include "vision/vision.h"
+
+namespace vla::gpu::ops {
+
+namespace {
+
+const char* dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bf16" : "f32"; }
+
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.to(at::kDouble).cpu(), y = b.to(at::kDouble).cpu();
+  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
+}
+
+// Seeded random inputs of a case (generated on the CPU so every device sees the same numbers).
+struct Inputs {
+  at::Tensor x, w, residual, cos, sin, q, k, v;
+  Varlen seq;
+  double scale = 1.0;
+};
+
+constexpr double kEps = 1e-6;
+
+void need(const OpCase& c, size_t n) {
+  VLA_CHECK(c.dims.size() == n, "op table: ", c.op, " takes ", n, " dims, got ", c.dims.size());
+  for (int64_t d : c.dims) VLA_CHECK(d >= 0, "op table: negative dim in ", c.label());
+}
+
+Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
+  at::manual_seed(seed);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  auto to_dev = [&](const at::Tensor& t, at::ScalarType dt) { return t.to(dev, dt).contiguous(); };
+  Inputs in;
+  const std::string& op = c.op;
+  if (op == "rms_norm" || op == "add_rms_norm" || op == "rms_norm_fp8" ||
+      op == "add_rms_norm_fp8" || op == "quantize_fp8") {
+    need(c, 2);
+    const int64_t rows = c.dims[0], dim = c.dims[1];
+    in.x = to_dev(at::randn({rows, dim}, f32) * 3, c.dtype);
+    in.w = to_dev(1 + 0.1 * at::randn({dim}, f32), c.dtype);
+    in.residual = to_dev(at::randn({rows, dim}, f32), c.dtype);
+  } else if (op == "rotary") {
+    need(c, 3);
+    const int64_t rows = c.dims[0], heads = c.dims[1], hd = c.dims[2];
+    VLA_CHECK(hd % 2 == 0, "op table: rotary head_dim must be even, got ", hd);
+    in.x = to_dev(at::randn({rows, (heads + 2) * hd}, f32), c.dtype);
+    const at::Tensor ang = at::randn({rows, hd / 2}, f32) * 3;
+    const at::Tensor emb = at::cat({ang, ang}, 1);
+    in.cos = to_dev(emb.cos(), at::kFloat);
+    in.sin = to_dev(emb.sin(), at::kFloat);
+  } else if (op == "silu_mul" || op == "silu_mul_fp8") {
+    need(c, 2);
+    in.x = to_dev(at::randn({c.dims[0], 2 * c.dims[1]}, f32) * 2, c.dtype);
+  } else if (op == "attention") {
+    need(c, 6);
+    const int64_t T = c.dims[0], H = c.dims[1], Hk = c.dims[2], D = c.dims[3], S = c.dims[5];
+    VLA_CHECK(S > 0 && T % S == 0 && Hk > 0 && H % Hk == 0,
+              "op table: attention needs tokens % sequences == 0 and heads % kv_heads == 0 (",
+              c.label(), ")");
+    in.q = to_dev(at::randn({T, H, D}, f32), c.dtype);
+    in.k = to_dev(at::randn({T, Hk, D}, f32), c.dtype);
+    in.v = to_dev(at::randn({T, Hk, D}, f32), c.dtype);
+    std::vector<int64_t> cu;
+    for (int64_t s = 0; s <= S; ++s) cu.push_back(s * (T / S));
+    in.seq = Varlen::make(cu, dev);
+    in.scale = 1.0 / std::sqrt(static_cast<double>(D));
+  } else {
+    throw Error(str_cat("op table: unknown op '", op, "'"));
+  }
+  return in;
+}
+
+// One run of the op. For parity (timing = false) the in-place ops work on copies and FP8 results
+// come back dequantised; for timing the op alone runs, in place on the case's own buffers.
+at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
+  const std::string& op = c.op;
+  auto fp8 = [&](const Fp8Rows& r) { return timing ? r.q : dequantize_fp8(r); };
+  at::Tensor residual = timing || !in.residual.defined() ? in.residual : in.residual.clone();
+  if (op == "rms_norm") return rms_norm(in.x, in.w, kEps, fused);
+  if (op == "add_rms_norm") return add_rms_norm(in.x, residual, in.w, kEps, fused);
+  if (op == "rms_norm_fp8") return fp8(rms_norm_fp8(in.x, in.w, kEps, fused));
+  if (op == "add_rms_norm_fp8") return fp8(add_rms_norm_fp8(in.x, residual, in.w, kEps, fused));
+  if (op == "quantize_fp8") return fp8(quantize_fp8(in.x, fused));
+  if (op == "rotary") {
+    at::Tensor x = timing ? in.x : in.x.clone();
+    rotary_(x, static_cast<int>(c.dims[1]), static_cast<int>(c.dims[2]), in.cos, in.sin, fused);
+    return x;
+  }
+  if (op == "silu_mul") return silu_mul(in.x, c.dims[1], fused);
+  if (op == "silu_mul_fp8") return fp8(silu_mul_fp8(in.x, c.dims[1], fused));
+  if (op == "attention") {
+    const bool flash = fused && flash_available(in.q);
+    return attention(in.q, in.k, in.v, in.seq, in.seq, c.dims[4] != 0, in.scale, flash);
+  }
+  throw Error(str_cat("op table: unknown op '", op, "'"));
+}
+
+// The op's definition in float64 (inputs as stored: bf16 inputs are exact in float64).
+at::Tensor definition(const OpCase& c, const Inputs& in) {
+  auto d = [](const at::Tensor& t) { return t.to(at::kCPU, at::kDouble); };
+  auto rms = [&](const at::Tensor& x) {
+    return x * at::rsqrt(x.pow(2).mean(-1, true) + kEps) * d(in.w);
+  };
+  const std::string& op = c.op;
+  if (op == "rms_norm" || op == "rms_norm_fp8") return rms(d(in.x));
+  if (op == "add_rms_norm" || op == "add_rms_norm_fp8")  // the new residual is stored rounded
+    return rms(d((in.x.to(at::kFloat) + in.residual.to(at::kFloat)).to(c.dtype)));
+  if (op == "quantize_fp8") return d(in.x);
+  if (op == "rotary") {
+    const int64_t heads = c.dims[1], hd = c.dims[2];
+    at::Tensor x = d(in.x);
+    at::Tensor h = x.narrow(1, 0, heads * hd).view({x.size(0), heads, hd});
+    at::Tensor x1 = h.narrow(2, 0, hd / 2), x2 = h.narrow(2, hd / 2, hd / 2);
+    const at::Tensor rot = at::cat({-x2, x1}, 2);
+    const at::Tensor out = h * d(in.cos).unsqueeze(1) + rot * d(in.sin).unsqueeze(1);
+    return at::cat({out.reshape({x.size(0), heads * hd}), x.narrow(1, heads * hd, 2 * hd)}, 1);
+  }
+  if (op == "silu_mul" || op == "silu_mul_fp8") {
+    const at::Tensor x = d(in.x);
+    const at::Tensor g = x.narrow(1, 0, c.dims[1]), u = x.narrow(1, c.dims[1], c.dims[1]);
+    return g * at::sigmoid(g) * u;
+  }
+  if (op == "attention") {
+    const int64_t T = c.dims[0], H = c.dims[1], Hk = c.dims[2], S = c.dims[5], L = T / S;
+    at::Tensor q = d(in.q), k = d(in.k).repeat_interleave(H / Hk, 1),
+               v = d(in.v).repeat_interleave(H / Hk, 1);
+    std::vector<at::Tensor> outs;
+    for (int64_t s = 0; s < S; ++s) {
+      auto qs = q.narrow(0, s * L, L).transpose(0, 1), ks = k.narrow(0, s * L, L).transpose(0, 1),
+           vs = v.narrow(0, s * L, L).transpose(0, 1);  // [H, L, D]
+      at::Tensor logits = at::matmul(qs, ks.transpose(1, 2)) * in.scale;
+      if (c.dims[4] != 0)
+        logits = logits.masked_fill(at::ones({L, L}, at::kBool).triu(1),
+                                    -std::numeric_limits<double>::infinity());
+      outs.push_back(at::matmul(at::softmax(logits, -1), vs).transpose(0, 1));
+    }
+    return at::cat(outs, 0);
+  }
+  throw Error(str_cat("op table: unknown op '", op, "'"));
+}
+
+}  // namespace
+
+std::string OpCase::label() const {
+  std::string s = str_cat(op, " ", dtype_name(dtype), " [");
+  for (size_t i = 0; i < dims.size(); ++i) s += str_cat(i ? ", " : "", dims[i]);
+  return s + "]";
+}
+
+bool OpCase::fp8() const { return op.size() > 4 && op.compare(op.size() - 4, 4, "_fp8") == 0; }
+
+std::vector<OpCase> unit_cases() {
+  std::vector<OpCase> cases;
+  for (auto dt : {at::kFloat, at::kBFloat16}) {
+    for (int64_t dim : {32, 100, 1280, 2048})
+      for (const char* op :
+           {"rms_norm", "add_rms_norm", "rms_norm_fp8", "add_rms_norm_fp8", "quantize_fp8"})
+        cases.push_back({op, {37, dim}, dt});
+    for (int64_t hd : {16, 80, 128}) cases.push_back({"rotary", {23, 5, hd}, dt});
+    for (int64_t inter : {7, 64, 3420, 11008}) {
+      cases.push_back({"silu_mul", {19, inter}, dt});
+      cases.push_back({"silu_mul_fp8", {19, inter}, dt});
+    }
+    cases.push_back({"attention", {100, 4, 4, 80, 0, 4}, dt});
+    cases.push_back({"attention", {60, 8, 2, 128, 1, 2}, dt});
+  }
+  return cases;
+}
+
+std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height, int width) {
+  const auto& v = cfg.vision;
+  const auto& t = cfg.text;
+  const int factor = static_cast<int>(v.patch_size * v.spatial_merge_size);
+  const auto hw = smart_resize(height, width, factor);
+  const int64_t patches = int64_t{views} * (hw.first / v.patch_size) * (hw.second / v.patch_size);
+  const int64_t merge = v.spatial_merge_size * v.spatial_merge_size;
+  const int64_t tokens = patches / merge + 24;  // image tokens + a short prompt
+  const int64_t window = (v.window_size / v.patch_size) * (v.window_size / v.patch_size);
+  const auto bf = at::kBFloat16;
+  std::vector<OpCase> c;
+  // Vision block (5 views at 640x360: 5980 patches x 1280).
+  c.push_back({"add_rms_norm", {patches, v.hidden_size}, bf});
+  c.push_back({"add_rms_norm_fp8", {patches, v.hidden_size}, bf});
+  c.push_back({"rotary", {patches, 2 * v.num_heads, v.head_dim()}, bf});
+  c.push_back({"silu_mul", {patches, v.intermediate_size}, bf});
+  c.push_back({"silu_mul_fp8", {patches, v.intermediate_size}, bf});
+  c.push_back({"quantize_fp8", {patches, v.hidden_size}, bf});
+  c.push_back(
+      {"attention",
+       {patches / window * window, v.num_heads, v.num_heads, v.head_dim(), 0, patches / window},
+       bf});
+  c.push_back({"attention", {patches, v.num_heads, v.num_heads, v.head_dim(), 0, views}, bf});
+  // Decoder layer over the prefill.
+  c.push_back({"add_rms_norm", {tokens, t.hidden_size}, bf});
+  c.push_back({"add_rms_norm_fp8", {tokens, t.hidden_size}, bf});
+  c.push_back(
+      {"rotary", {tokens, t.num_attention_heads + t.num_key_value_heads, t.head_dim()}, bf});
+  c.push_back({"silu_mul", {tokens, t.intermediate_size}, bf});
+  c.push_back({"silu_mul_fp8", {tokens, t.intermediate_size}, bf});
+  c.push_back({"attention",
+               {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1, 1},
+               bf});
+  return c;
+}
+
+double tolerance_vs_reference(const OpCase& c) {
+  if (c.op == "attention") return c.dtype == at::kFloat ? 1e-4 : 1e-2;
+  if (c.fp8()) return 1e-2;  // the same e4m3 value may round either way at a tie
+  return c.dtype == at::kFloat ? 1e-5 : 1e-2;
+}
+
+double tolerance_vs_f64(const OpCase& c) {
+  if (c.fp8() || c.op == "quantize_fp8") return 5e-2;  // e4m3: 3 mantissa bits
+  if (c.op == "attention") return c.dtype == at::kFloat ? 1e-4 : 2e-2;
+  return c.dtype == at::kFloat ? 1e-5 : 1e-2;
+}
+
+OpParity check_op(const OpCase& c, const at::Device& device, uint64_t seed) {
+  VLA_CHECK(!c.fp8() || fp8_supported(device), "op table: ", c.label(), " needs FP8 on ",
+            device.str());
+  Inputs in = make_inputs(c, device, seed);
+  const at::Tensor ref = run(c, in, false), fused = run(c, in, true);
+  const at::Tensor def = definition(c, in);
+  OpParity p;
+  p.fused_ran = c.op == "attention" ? flash_available(in.q) : use_kernels(in.x, true);
+  p.fused_vs_reference = rel_err(fused, ref);
+  p.reference_vs_f64 = rel_err(ref, def);
+  p.fused_vs_f64 = rel_err(fused, def);
+  return p;
+}
+
+std::function<void()> op_runner(const OpCase& c, const at::Device& device, bool fused,
+                                uint64_t seed) {
+  auto in = std::make_shared<Inputs>(make_inputs(c, device, seed));
+  return [c, in, fused] { (void)run(c, *in, fused, /*timing=*/true); };
+}
+
+}  // namespace vla::gpu::ops
