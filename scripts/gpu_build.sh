@@ -33,6 +33,14 @@ if [ ! -f "$DEPS/.done" ]; then
 fi
 LIBS=$DEPS/usr/lib/x86_64-linux-gnu
 export LD_LIBRARY_PATH=$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# Charts: fontconfig finds the carried DejaVu fonts through a config of our own (the machine has
+# no /etc/fonts).
+mkdir -p "$DEPS/var/cache/fontconfig"
+cat > "$DEPS/fonts.conf" <<XML
+<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd">
+<fontconfig><dir>$DEPS/usr/share/fonts</dir><dir>/usr/share/fonts</dir><cachedir>$DEPS/var/cache/fontconfig</cachedir></fontconfig>
+XML
+export FONTCONFIG_FILE=$DEPS/fonts.conf
 TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 # The carried headers come first, the multiarch folder too: Debian's jconfig.h lives there, and the
 # GPU machine's own (Ubuntu, libjpeg 8) made libjpeg 62 refuse every call ("caller expects 80").
@@ -50,7 +58,7 @@ cmake -S . -B "$BUILD" $GEN -DCMAKE_BUILD_TYPE=Release \
 grep -E -A2 "vla: |simulator disabled|OpenGL|mujoco|serve" "$BUILD.configure.log" || true
 cmake --build "$BUILD" -j"$JOBS" > "$BUILD.build.log" 2>&1 ||
   { grep -E "error|Error" -A4 "$BUILD.build.log" | head -80; exit 1; }
-echo "built $BUILD; run with: export LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+echo "built $BUILD; run with: export LD_LIBRARY_PATH=$LD_LIBRARY_PATH FONTCONFIG_FILE=$FONTCONFIG_FILE"
 if [ "${1:-}" = "--test" ]; then
   # Several test processes at once: each gets its share of the cores (torch would otherwise start
   # one thread per core in every process and the CPU tests crawl).

@@ -518,7 +518,6 @@ WeightFn checkpoint_weights(const WeightStore& store) {
 }
 
 namespace {
-int64_t pad64(int64_t n) { return (n + 63) / 64 * 64; }
 // Zero-pads dimension `dim` of t to `size` (zero rows/columns leave the MLP's result unchanged:
 // silu(0) * 0 = 0 and zero down-projection columns).
 at::Tensor pad_dim(const at::Tensor& t, int64_t dim, int64_t size) {
@@ -555,8 +554,8 @@ Engine::Engine(const Qwen25VLConfig& config, const ImagePreprocessConfig& image_
     return fetch(wf, name, shape).to(E.wopt()).contiguous();
   };
   auto cat0 = [&](std::vector<at::Tensor> parts) { return at::cat(parts, 0).contiguous(); };
-  E.vi_pad = pad64(v.intermediate_size);
-  E.ti_pad = pad64(t.intermediate_size);
+  E.vi_pad = ops::mlp_width(v.intermediate_size);
+  E.ti_pad = ops::mlp_width(t.intermediate_size);
   const int64_t vh = v.hidden_size, vi = v.intermediate_size, vip = E.vi_pad, tip = E.ti_pad;
   E.patch_w = W("visual.patch_embed.proj.weight",
                 {vh, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size})

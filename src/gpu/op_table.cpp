@@ -188,8 +188,8 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"add_rms_norm", {patches, v.hidden_size}, bf});
   c.push_back({"add_rms_norm_fp8", {patches, v.hidden_size}, bf});
   c.push_back({"rotary", {patches, 2 * v.num_heads, v.head_dim()}, bf});
-  c.push_back({"silu_mul", {patches, v.intermediate_size}, bf});
-  c.push_back({"silu_mul_fp8", {patches, v.intermediate_size}, bf});
+  c.push_back({"silu_mul", {patches, mlp_width(v.intermediate_size)}, bf});
+  c.push_back({"silu_mul_fp8", {patches, mlp_width(v.intermediate_size)}, bf});
   c.push_back({"quantize_fp8", {patches, v.hidden_size}, bf});
   c.push_back(
       {"attention",
@@ -201,8 +201,8 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"add_rms_norm_fp8", {tokens, t.hidden_size}, bf});
   c.push_back(
       {"rotary", {tokens, t.num_attention_heads + t.num_key_value_heads, t.head_dim()}, bf});
-  c.push_back({"silu_mul", {tokens, t.intermediate_size}, bf});
-  c.push_back({"silu_mul_fp8", {tokens, t.intermediate_size}, bf});
+  c.push_back({"silu_mul", {tokens, mlp_width(t.intermediate_size)}, bf});
+  c.push_back({"silu_mul_fp8", {tokens, mlp_width(t.intermediate_size)}, bf});
   c.push_back({"attention",
                {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1, 1},
                bf});

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 
 namespace vla::plot {
 
@@ -170,6 +171,17 @@ Image render(const Chart& c) {
   cairo_select_font_face(cr, "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
   const double fs = std::clamp(c.height / 32.0, 9.0, 13.0);
   cairo_set_font_size(cr, fs);
+  {
+    cairo_text_extents_t e;
+    cairo_text_extents(cr, "0", &e);
+    static std::once_flag warned;
+    if (e.x_advance <= 0)
+      std::call_once(warned, [] {
+        log_warn(
+            "plot: no font found (fontconfig); charts are drawn without text. Install "
+            "fonts-dejavu-core, or point FONTCONFIG_FILE at a config that lists fonts.");
+      });
+  }
 
   // Plot area: room for the title, the y tick labels and both axis labels.
   const double left = 4.6 * fs + (c.y.label.empty() ? 0 : 1.6 * fs);

@@ -502,6 +502,10 @@ torch::Tensor Policy::encode(const std::vector<Image>& views,
   return vlm_->encode(views, instruction);
 }
 
+void Policy::prepare_vlm(const std::string& instruction) const {
+  if (vlm_) vlm_->prepare(cfg_.num_views, cfg_.image_height, cfg_.image_width, instruction);
+}
+
 torch::Tensor Policy::act(const torch::Tensor& vl_features, const torch::Tensor& force_window,
                           const torch::Tensor& proprio) const {
   c10::InferenceMode guard;

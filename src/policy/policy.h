@@ -187,6 +187,11 @@ class VlmEncoder {
   // one padded forward (same features up to fp rounding); the default calls encode() per sample.
   virtual torch::Tensor encode_batch(const std::vector<const std::vector<Image>*>& views,
                                      const std::vector<std::string>& instructions) const;
+  // Readies encode() for this view count and size and this instruction, so that the first call
+  // does not age the features it returns (the fast backend builds its fixed-shape plan here:
+  // ~0.4 s with CUDA graphs). The runtime's VLM thread calls it before capturing frames. Default:
+  // nothing to do.
+  virtual void prepare(int views, int height, int width, const std::string& instruction) const;
   virtual int feature_dim() const = 0;
   // Stable identity of the VLM (config + weights hash); recorded by the policy.
   virtual std::string fingerprint() const = 0;
@@ -299,6 +304,8 @@ class Policy {
   // Slow path (VLM): camera views + instruction -> VL features [tokens, vl_dim].
   // Thread-safe w.r.t. act() (they share no mutable state).
   torch::Tensor encode(const std::vector<Image>& views, const std::string& instruction) const;
+  // VlmEncoder::prepare for this policy's views and the instruction (no-op without a VLM).
+  void prepare_vlm(const std::string& instruction) const;
   // The expert's VL input: with vl_memory "first", the episode's first features then the newest
   // (each [encoder_tokens, vl_dim]) -> [vl_tokens, vl_dim]; otherwise `newest` unchanged.
   torch::Tensor expert_features(const torch::Tensor& first, const torch::Tensor& newest) const;

@@ -11,6 +11,7 @@ namespace vla::policy {
 static Error no_training(const char* what) {
   return Error(str_cat("VLM encoder: ", what, " is not supported by this encoder"));
 }
+void VlmEncoder::prepare(int, int, int, const std::string&) const {}
 std::vector<torch::Tensor> VlmEncoder::trainable_parameters() { throw no_training("training"); }
 void VlmEncoder::set_training(bool) {}
 torch::Tensor VlmEncoder::encode_train(const std::vector<Image>&, const std::string&) {

@@ -44,25 +44,7 @@ class FastVlm : public VlmEncoder {
     for (size_t i = 0, c = 0; i < used.size(); ++i)
       if (!used[i]) used[i] = &converted[c++];
     check_sizes(used);
-    const int n = static_cast<int>(used.size()), h = used[0]->height, w = used[0]->width;
-    // The prompt of an instruction is rendered once (chat template + BPE cost ~1 ms).
-    const std::string key = std::to_string(n) + "|" + instruction;
-    if (prompts_.size() >= 4096 && prompts_.count(key) == 0) prompts_.clear();  // bounded
-    auto& prompt = prompts_[key];
-    if (prompt.empty())
-      prompt =
-          codec_->encode_chat(instruction, std::vector<int64_t>(used.size(), 1), cfg_.text_first());
-    const gpu::PlanSpec* cur = engine_->prepared() ? &engine_->plan() : nullptr;
-    if (!cur || cur->views != n || cur->height != h || cur->width != w ||
-        cur->prompt_ids != prompt) {
-      gpu::PlanSpec spec;
-      spec.views = n;
-      spec.height = h;
-      spec.width = w;
-      spec.prompt_ids = prompt;
-      engine_->prepare(spec);
-      plan_ids_ = torch::tensor(engine_->plan_token_ids(), torch::kInt64).view({1, -1});
-    }
+    ensure_plan(static_cast<int>(used.size()), used[0]->height, used[0]->width, instruction);
     std::vector<const uint8_t*> ptrs;
     for (const Image* im : used) ptrs.push_back(im->pixels.data());
     const at::Tensor hidden = engine_->encode(ptrs);  // [S, H], the plan's static output
@@ -70,6 +52,13 @@ class FastVlm : public VlmEncoder {
                          engine_->config().image_token_id)
         .squeeze(0)
         .to(torch::kCPU, torch::kFloat32);
+  }
+
+  void prepare(int views, int height, int width, const std::string& instruction) const override {
+    c10::InferenceMode g;
+    std::lock_guard<std::mutex> lock(mu_);
+    ensure_plan(static_cast<int>(view_indices(static_cast<size_t>(views)).size()), height, width,
+                instruction);
   }
 
   int feature_dim() const override { return static_cast<int>(engine_->config().text.hidden_size); }
@@ -103,6 +92,27 @@ class FastVlm : public VlmEncoder {
 
  private:
   // Indices of the views the VLM sees (PolicyConfig::use_views; all when empty).
+  // The plan for n views of h x w and this instruction's prompt (rendered once: chat template +
+  // BPE cost ~1 ms); re-planning (CUDA graphs: ~0.4 s) only when one of them changed. Holds mu_.
+  void ensure_plan(int n, int h, int w, const std::string& instruction) const {
+    const std::string key = std::to_string(n) + "|" + instruction;
+    if (prompts_.size() >= 4096 && prompts_.count(key) == 0) prompts_.clear();  // bounded
+    auto& prompt = prompts_[key];
+    if (prompt.empty())
+      prompt = codec_->encode_chat(instruction, std::vector<int64_t>(static_cast<size_t>(n), 1),
+                                   cfg_.text_first());
+    const gpu::PlanSpec* cur = engine_->prepared() ? &engine_->plan() : nullptr;
+    if (cur && cur->views == n && cur->height == h && cur->width == w && cur->prompt_ids == prompt)
+      return;
+    gpu::PlanSpec spec;
+    spec.views = n;
+    spec.height = h;
+    spec.width = w;
+    spec.prompt_ids = prompt;
+    engine_->prepare(spec);
+    plan_ids_ = torch::tensor(engine_->plan_token_ids(), torch::kInt64).view({1, -1});
+  }
+
   std::vector<int> view_indices(size_t given) const {
     std::vector<int> idx = cfg_.use_views;
     if (idx.empty())

@@ -12,6 +12,7 @@ PolicyFns policy_fns(std::shared_ptr<vla::policy::Policy> policy) {
   p.encode = [policy](const std::vector<Image>& views, const std::string& instruction) {
     return policy->encode(views, instruction);
   };
+  p.prepare = [policy](const std::string& instruction) { policy->prepare_vlm(instruction); };
   p.act = [policy](const torch::Tensor& vl, const torch::Tensor& window,
                    const torch::Tensor& proprio) { return policy->act(vl, window, proprio); };
   if (policy->config().has_memory())

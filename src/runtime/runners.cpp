@@ -511,6 +511,13 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
     int64_t version = 0;
     int64_t launches = 0, last_launch_ns = 0;
     torch::Tensor first_features;  // scene memory: the episode's first encode() output
+    if (pol.prepare) {
+      try {
+        pol.prepare(instruction);  // before the first capture: plan building ages no frame
+      } catch (const std::exception& e) {
+        log_warn("runtime: VLM prepare failed (the first call will retry): ", e.what());
+      }
+    }
     while (!sh->stop.load()) {
       // --vlm-hz: launches on a fixed grid. "As fast as possible" still waits one action period
       // after the previous launch: features newer than the loop can read are never used, and a

@@ -74,6 +74,9 @@ struct PolicyFns {
   // encode() output, the newest); Policy::expert_features for learned policies.
   std::function<torch::Tensor(const torch::Tensor& first, const torch::Tensor& newest)>
       expert_features;
+  // Optional: readies encode() for an instruction (Policy::prepare_vlm); the wall-time VLM thread
+  // calls it before its first capture, so plan building does not age the first features.
+  std::function<void(const std::string& instruction)> prepare;
   int sensor_window = kForceWindow;  // samples per window (100 ms at 650 Hz)
   int horizon = kChunkSize;          // actions per chunk
   std::string name = "policy";

@@ -389,7 +389,7 @@ TEST(GpuOpTable, ModelCasesFollowTheConfig) {
   EXPECT_EQ(cases.front().dims[1], cfg.vision.hidden_size);
   bool decoder = false;
   for (const auto& c : cases)
-    if (c.op == "silu_mul" && c.dims[1] == cfg.text.intermediate_size) {
+    if (c.op == "silu_mul" && c.dims[1] == ops::mlp_width(cfg.text.intermediate_size)) {
       decoder = true;
       EXPECT_EQ(c.dims[0], 5 * 46 * 26 / 4 + 24);
     }

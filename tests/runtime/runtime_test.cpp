@@ -369,6 +369,37 @@ TEST(WallTime, StalledVlmSafeStopsWithLoopRateIntact) {
     }
 }
 
+// PolicyFns::prepare (a fast encoder building its plan) runs before the first capture, so its
+// time does not age the first features; the loop holds meanwhile.
+TEST(WallTime, PrepareRunsBeforeTheFirstCapture) {
+  ToyPlant plant(11, 100.0, false);
+  PolicyFns p = toy_policy(plant);
+  std::atomic<int> prepared{0};
+  std::string seen;
+  p.prepare = [&](const std::string& instruction) {
+    seen = instruction;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ++prepared;
+  };
+  RuntimeConfig cfg;
+  cfg.action_hz = 20;
+  cfg.max_duration_s = 0.8;
+  EpisodeResult ep = run_wall_time(plant, p, cfg);
+  EXPECT_EQ(prepared.load(), 1);
+  EXPECT_FALSE(seen.empty());
+  ASSERT_FALSE(ep.vlm.empty());
+  EXPECT_GE(ep.vlm.front().start, 0.29);  // captured after prepare returned
+  EXPECT_GT(count_status(ep, TickStatus::kHoldStartup), 3);
+  double first_age = -1;
+  for (const auto& t : ep.ticks)
+    if (t.status == TickStatus::kAct) {
+      first_age = t.feature_age;
+      break;
+    }
+  ASSERT_GE(first_age, 0.0);
+  EXPECT_LT(first_age, 0.2);  // not the 0.3 s of plan building
+}
+
 TEST(WallTime, VlmExceptionReportedLoopContinues) {
   ToyPlant plant(10, 100.0, false);
   PolicyFns p = toy_policy(plant);
