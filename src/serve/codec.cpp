@@ -112,6 +112,28 @@ void pack_str(Packer& pk, const std::string& s) {
   pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
 }
 
+// A msgpack-numpy array (keys as str, as msgpack-numpy's unpacker accepts either).
+template <typename Packer>
+void pack_ndarray(Packer& pk, const void* data, size_t bytes, const char* dtype,
+                  const std::vector<int64_t>& shape) {
+  pk.pack_map(4);
+  pack_str(pk, "__ndarray__");
+  pk.pack_true();
+  pack_str(pk, "data");
+  pk.pack_bin(static_cast<uint32_t>(bytes));
+  pk.pack_bin_body(static_cast<const char*>(data), static_cast<uint32_t>(bytes));
+  pack_str(pk, "dtype");
+  pack_str(pk, dtype);
+  pack_str(pk, "shape");
+  pk.pack_array(static_cast<uint32_t>(shape.size()));
+  for (int64_t d : shape) pk.pack_int64(d);
+}
+
+double as_number(const Obj& o, const std::string& field) {
+  if (o.type == msgpack::type::FLOAT32 || o.type == msgpack::type::FLOAT64) return o.via.f64;
+  return static_cast<double>(as_int(o, field));
+}
+
 }  // namespace
 
 InferRequest decode_request(const void* data, size_t size, const ServeOptions& lim) {
@@ -194,6 +216,103 @@ InferRequest decode_request(const void* data, size_t size, const ServeOptions& l
       for (int k = 0; k < 6; ++k) r.force[i][k] = static_cast<float>(fv[i * 6 + k]);
     r.force_t = tv;
   }
+  return r;
+}
+
+std::string encode_request(const InferRequest& r) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(&buf);
+  const bool force = !r.force.empty();
+  VLA_CHECK(r.force.size() == r.force_t.size(), "encode_request: ", r.force.size(),
+            " force rows but ", r.force_t.size(), " stamps");
+  pk.pack_map(static_cast<uint32_t>(!r.images.empty() + !r.prompt.empty() + !r.state.empty() +
+                                    2 * force + r.has_request_id + (r.deadline_ms >= 0) + r.reset +
+                                    (r.stream >= 0) + (r.stream_hz > 0)));
+  if (!r.images.empty()) {
+    pack_str(pk, "images");
+    pk.pack_map(static_cast<uint32_t>(r.images.size()));
+    for (const auto& [name, im] : r.images) {
+      VLA_CHECK(im.channels == 3, "encode_request: view '", name, "' must be RGB");
+      pack_str(pk, name);
+      pack_ndarray(pk, im.pixels.data(), im.pixels.size(), "|u1", {im.height, im.width, 3});
+    }
+  }
+  if (!r.prompt.empty()) {
+    pack_str(pk, "prompt");
+    pack_str(pk, r.prompt);
+  }
+  if (!r.state.empty()) {
+    pack_str(pk, "state");
+    pack_ndarray(pk, r.state.data(), r.state.size() * 4, "<f4",
+                 {static_cast<int64_t>(r.state.size())});
+  }
+  if (force) {
+    pack_str(pk, "force");
+    pack_ndarray(pk, r.force.data(), r.force.size() * 6 * 4, "<f4",
+                 {static_cast<int64_t>(r.force.size()), 6});
+    pack_str(pk, "force_t");
+    pack_ndarray(pk, r.force_t.data(), r.force_t.size() * 8, "<f8",
+                 {static_cast<int64_t>(r.force_t.size())});
+  }
+  if (r.has_request_id) {
+    pack_str(pk, "request_id");
+    pk.pack_int64(r.request_id);
+  }
+  if (r.deadline_ms >= 0) {
+    pack_str(pk, "deadline_ms");
+    pk.pack_double(r.deadline_ms);
+  }
+  if (r.reset) {
+    pack_str(pk, "reset");
+    pk.pack_true();
+  }
+  if (r.stream >= 0) {
+    pack_str(pk, "stream");
+    pk.pack(r.stream == 1);
+  }
+  if (r.stream_hz > 0) {
+    pack_str(pk, "stream_hz");
+    pk.pack_double(r.stream_hz);
+  }
+  return std::string(buf.data(), buf.size());
+}
+
+InferReply decode_reply(const void* data, size_t size) {
+  msgpack::object_handle oh;
+  try {
+    oh = msgpack::unpack(static_cast<const char*>(data), size);
+  } catch (const std::exception& e) {
+    throw Error(str_cat("reply: not valid msgpack (", e.what(), ")"));
+  }
+  const Obj& root = oh.get();
+  VLA_CHECK(root.type == msgpack::type::MAP, "reply: expected a msgpack map");
+  if (const Obj* e = find(root, "error")) throw Error(str_cat("server: ", as_text(*e, "error")));
+  InferReply r;
+  const Obj* acts = find(root, "actions");
+  VLA_CHECK(acts, "reply: no 'actions'");
+  ServeOptions lim;
+  const Array a = as_array(*acts, "actions", lim);
+  VLA_CHECK(a.dtype == "<f4" && a.shape.size() == 2 && a.shape[1] == 3,
+            "reply: 'actions' must be float32 [H, 3]");
+  r.actions.resize(static_cast<size_t>(a.shape[0]));
+  std::memcpy(r.actions.data(), a.data, a.bytes);
+  if (const Obj* id = find(root, "request_id"); id && id->type != msgpack::type::NIL) {
+    r.request_id = as_int(*id, "request_id");
+    r.has_request_id = true;
+  }
+  if (const Obj* x = find(root, "obs_time")) r.obs_time = as_number(*x, "obs_time");
+  if (const Obj* x = find(root, "status")) r.status = as_text(*x, "status");
+  if (const Obj* x = find(root, "feature_version")) r.feature_version = as_int(*x, "version");
+  if (const Obj* x = find(root, "feature_age_s")) r.feature_age_s = as_number(*x, "age");
+  if (const Obj* x = find(root, "stale_frames"); x && x->type == msgpack::type::BOOLEAN)
+    r.stale_frames = x->via.boolean;
+  if (const Obj* x = find(root, "stale_force"); x && x->type == msgpack::type::BOOLEAN)
+    r.stale_force = x->via.boolean;
+  if (const Obj* x = find(root, "stream_seq")) r.stream_seq = as_int(*x, "stream_seq");
+  if (const Obj* t = find(root, "server_timing"); t && t->type == msgpack::type::MAP)
+    for (uint32_t i = 0; i < t->via.map.size; ++i)
+      r.timing_ms[as_text(t->via.map.ptr[i].key, "server_timing")] =
+          as_number(t->via.map.ptr[i].val, "server_timing");
   return r;
 }
 

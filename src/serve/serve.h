@@ -66,7 +66,8 @@ struct InferRequest {
   bool has_request_id = false;
   double deadline_ms = -1.0;  // optional "deadline_ms" (< 0: the server's --deadline-ms)
   // Optional "reset": a new episode starts with this request's frames (scene-memory policies
-  // take their first features from them; a changed prompt does the same).
+  // take their first features from them; a changed prompt does the same) and force samples (the
+  // ring starts over, so the robot's clock may restart).
   bool reset = false;
   // Optional "stream": true starts streaming on this connection (the server pushes a reply every
   // 1/"stream_hz" s on its own clock, default the control rate; the client's messages are then
@@ -94,6 +95,11 @@ struct InferReply {
 };
 std::string encode_reply(const InferReply& r);         // msgpack bytes
 std::string encode_error(const std::string& message);  // {"error": message}
+// The client side (PolicyClient): a request as msgpack (fields present only when set), and a
+// reply decoded back. decode_reply throws vla::Error with the server's message for an error map,
+// or naming what is malformed.
+std::string encode_request(const InferRequest& r);
+InferReply decode_reply(const void* data, size_t size);
 
 // The dual-rate runtime behind the server: VLM thread + force ring + expert per request. Thread
 // safe: any number of connections may call it.
@@ -140,5 +146,56 @@ class PolicyServer {
   std::unique_ptr<Net> net_;
   int port_ = 0;
 };
+
+// A C++ client of the protocol above (Boost.Beast websocket, synchronous): what `vla client`, the
+// load test and the protocol tests use. Not thread-safe: one client per thread.
+class PolicyClient {
+ public:
+  // Connects to ws://host:port/ and reads the metadata. Throws vla::Error when the server cannot
+  // be reached, refuses the upgrade (wrong api key) or does not answer within timeout_s.
+  PolicyClient(const std::string& host, int port, const std::string& api_key = "",
+               double timeout_s = 30.0);
+  ~PolicyClient();
+  PolicyClient(const PolicyClient&) = delete;
+  PolicyClient& operator=(const PolicyClient&) = delete;
+  const nlohmann::json& metadata() const;
+  // One request, one reply (throws vla::Error on an error reply, a closed connection or timeout).
+  InferReply infer(const InferRequest& req);
+  // Streaming: send an observation without waiting; receive the next pushed reply.
+  void send(const InferRequest& req);
+  InferReply receive();
+  double last_round_trip_ms() const;  // of the last infer(), client clock
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// GET `target` over HTTP on host:port; returns the status code and the body in *body.
+int http_get(const std::string& host, int port, const std::string& target,
+             std::string* body = nullptr);
+
+// Closed-loop episodes of the needle simulator driven through a server (`vla client`): each
+// 10 Hz tick renders the views the server's policy reads (names and size from the metadata),
+// sends them with the instruction, the proprio and the force samples since the last tick (their
+// sim-time stamps), and executes the returned chunk. The simulator waits for each reply (sim
+// time), and with wait_for_features a tick whose reply used features older than its frames asks
+// again (no new frames) until the VLM thread has encoded them: the remote equivalent of the
+// in-process synchronous loop (`vla eval closed-loop --mode sync`).
+struct RemoteEpisodesOptions {
+  int episodes = 10;
+  uint64_t seed = 1000;     // episode i uses seed + i
+  double time_limit_s = 0;  // 0: the simulator's default
+  bool wait_for_features = true;
+  bool progress = true;
+};
+struct RemoteEpisodesReport {
+  int episodes = 0, successes = 0;
+  std::map<std::string, int> outcomes;  // reason -> count
+  std::map<std::string, int> statuses;  // reply status -> count
+  std::vector<double> round_trip_ms;    // per request, client clock
+  nlohmann::json to_json() const;
+};
+RemoteEpisodesReport drive_simulator(PolicyClient& client, const RemoteEpisodesOptions& opt);
 
 }  // namespace vla::serve

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <fstream>
 #include <future>
 #include <limits>
 #include <mutex>
@@ -15,6 +16,17 @@
 #include "sim/sim.h"
 
 namespace vla::serve {
+
+namespace {
+// VmRSS of this process (Linux /proc), bytes; 0 when unreadable.
+int64_t resident_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;  // kB
+  return 0;
+}
+}  // namespace
 
 struct ServingRuntime::Impl {
   std::shared_ptr<policy::Policy> policy;
@@ -208,6 +220,10 @@ struct ServingRuntime::Impl {
     }
     job_cv.notify_one();
     std::lock_guard<std::mutex> lock(force_mu);
+    if (req.reset) {  // a new episode: the robot's force clock may start over
+      ring.clear();
+      newest_force_t = -1e300;
+    }
     bool any = false;
     for (size_t i = 0; i < req.force.size(); ++i)
       if (ring.push({req.force_t[i], req.force[i]})) {
@@ -441,6 +457,8 @@ std::string ServingRuntime::prometheus_metrics() const {
   head("dualrate_force_samples_rejected_total", "counter",
        "Force/torque samples refused (stamp repeated, backwards or not finite).");
   s += str_cat("dualrate_force_samples_rejected_total ", m.ring.rejected(), "\n");
+  head("process_resident_memory_bytes", "gauge", "Resident memory of the server process.");
+  s += str_cat("process_resident_memory_bytes ", resident_bytes(), "\n");
   head("dualrate_connections", "gauge", "Open websocket connections.");
   s += str_cat("dualrate_connections ", m.connections, "\n");
   return s;

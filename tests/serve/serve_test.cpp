@@ -1,6 +1,7 @@
 // `vla serve`: request decoding (openpi msgpack-numpy, hostile input) and the server through real
 // sockets (Boost.Beast client): metadata, replies, errors that keep the connection, HTTP health
-// and metrics, API key, several clients at once.
+// and metrics, API key, several clients at once, streaming, hostile clients; the C++ client
+// (PolicyClient) and the simulator driven through the server.
 #include "serve/serve.h"
 
 #include <gtest/gtest.h>
@@ -15,6 +16,8 @@
 #include <random>
 #include <set>
 #include <thread>
+
+#include "closed_loop/closed_loop.h"
 
 using namespace vla;
 using namespace vla::serve;
@@ -516,3 +519,183 @@ TEST(Server, ApiKeyIsRequiredWhenSet) {
   Client ok(srv.port, "s3cret");
   EXPECT_EQ(ok.metadata["server"], "dualrate");
 }
+
+namespace vla::serve {
+namespace {
+
+// The client side of the codec: what PolicyClient sends decodes to the same request, and a reply
+// survives encode_reply -> decode_reply; an error map becomes an exception with its message.
+TEST(Codec, RequestsAndRepliesRoundTrip) {
+  InferRequest q;
+  q.images["top"] = make_image(5, 4, 3, 17);
+  q.images["top"].pixels[7] = 200;
+  q.prompt = "insert the needle into the 빨간색 port";
+  q.state = {0.01f, -0.02f, 0.03f};
+  q.force = {{1, 2, 3, 4, 5, 6}, {6, 5, 4, 3, 2, 1}};
+  q.force_t = {0.5, 0.5 + 1 / 650.0};
+  q.request_id = 42;
+  q.has_request_id = true;
+  q.deadline_ms = 12.5;
+  q.reset = true;
+  q.stream = 1;
+  q.stream_hz = 25;
+  const std::string bytes = encode_request(q);
+  const InferRequest d = decode_request(bytes.data(), bytes.size(), ServeOptions{});
+  EXPECT_EQ(d.images.at("top").pixels, q.images.at("top").pixels);
+  EXPECT_EQ(d.images.at("top").width, 5);
+  EXPECT_EQ(d.prompt, q.prompt);
+  EXPECT_EQ(d.state, q.state);
+  EXPECT_EQ(d.force, q.force);
+  EXPECT_EQ(d.force_t, q.force_t);
+  EXPECT_EQ(d.request_id, 42);
+  EXPECT_DOUBLE_EQ(d.deadline_ms, 12.5);
+  EXPECT_TRUE(d.reset);
+  EXPECT_EQ(d.stream, 1);
+  EXPECT_DOUBLE_EQ(d.stream_hz, 25);
+  InferRequest bad = q;
+  bad.force_t.pop_back();
+  EXPECT_THROW(encode_request(bad), Error);
+
+  InferReply r;
+  r.actions = {{0.001f, -0.002f, 0.0f}, {0.0f, 0.0f, 0.0005f}};
+  r.request_id = 42;
+  r.has_request_id = true;
+  r.obs_time = 3.25;
+  r.status = "act";
+  r.feature_version = 9;
+  r.feature_age_s = 0.125;
+  r.stale_force = true;
+  r.timing_ms = {{"expert_ms", 1.5}};
+  r.stream_seq = 3;
+  const std::string rb = encode_reply(r);
+  const InferReply back = decode_reply(rb.data(), rb.size());
+  EXPECT_EQ(back.actions, r.actions);
+  EXPECT_EQ(back.request_id, 42);
+  EXPECT_DOUBLE_EQ(back.obs_time, 3.25);
+  EXPECT_EQ(back.status, "act");
+  EXPECT_EQ(back.feature_version, 9);
+  EXPECT_DOUBLE_EQ(back.feature_age_s, 0.125);
+  EXPECT_TRUE(back.stale_force);
+  EXPECT_FALSE(back.stale_frames);
+  EXPECT_DOUBLE_EQ(back.timing_ms.at("expert_ms"), 1.5);
+  EXPECT_EQ(back.stream_seq, 3);
+  const std::string err = encode_error("request: 'state' is not finite");
+  try {
+    decode_reply(err.data(), err.size());
+    FAIL() << "an error reply must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'state' is not finite"), std::string::npos);
+  }
+  EXPECT_THROW(decode_reply("\xc1", 1), Error);
+}
+
+// The product's C++ client through the protocol tests: metadata, infer with id echo, health,
+// metrics (with the server's resident memory), a clear error for a refused connection.
+TEST(PolicyClientProtocol, MetadataInferHealthMetrics) {
+  Running srv(ServeOptions{});
+  PolicyClient c("127.0.0.1", srv.port);
+  EXPECT_EQ(c.metadata()["server"], "dualrate");
+  InferRequest q;
+  for (const auto& v : c.metadata()["views"])
+    q.images[v.get<std::string>()] = make_image(c.metadata()["image_width"].get<int>(),
+                                                c.metadata()["image_height"].get<int>(), 3, 90);
+  q.prompt = "insert the needle into the red port";
+  q.state = {0.0f, 0.0f, 0.03f};
+  std::string status;
+  for (int i = 0; i < 200 && status != "act"; ++i) {
+    q.force.clear();
+    q.force_t.clear();
+    for (int k = 1; k <= 65; ++k) {
+      q.force.push_back({0, 0, 0.05f, 0, 0, 0});
+      q.force_t.push_back(i * 0.1 + k / 650.0);
+    }
+    q.request_id = 1000 + i;
+    q.has_request_id = true;
+    const InferReply r = c.infer(q);
+    EXPECT_EQ(r.request_id, 1000 + i);
+    EXPECT_EQ(r.actions.size(), 8u);
+    EXPECT_GT(c.last_round_trip_ms(), 0.0);
+    status = r.status;
+    if (status != "act") std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(status, "act");
+  InferRequest bad = q;
+  bad.state = {0.0f};
+  EXPECT_THROW(c.infer(bad), Error);  // the server's error reply, as an exception
+  std::string body;
+  EXPECT_EQ(http_get("127.0.0.1", srv.port, "/healthz"), 200);
+  ASSERT_EQ(http_get("127.0.0.1", srv.port, "/metrics", &body), 200);
+  EXPECT_NE(body.find("process_resident_memory_bytes "), std::string::npos);
+  EXPECT_NE(body.find("dualrate_requests_total{status=\"act\"}"), std::string::npos);
+  EXPECT_THROW(PolicyClient("127.0.0.1", 1), Error);  // nothing listens on port 1
+}
+
+// Hostile clients (a 100 MB frame, a client that connects and sends nothing, one that hangs up
+// in the middle of a request) lose their connection; a well-behaved client keeps being served.
+TEST(Server, HostileClientsDoNotStopTheOthers) {
+  Running srv(ServeOptions{});
+  PolicyClient good("127.0.0.1", srv.port);
+  InferRequest q;
+  q.state = {0.0f, 0.0f, 0.03f};
+  double t = 0;
+  auto serve_one = [&] {
+    q.force.clear();
+    q.force_t.clear();
+    for (int k = 0; k < 65; ++k)
+      q.force.push_back({0, 0, 0.05f, 0, 0, 0}), q.force_t.push_back(t += 1 / 650.0);
+    return good.infer(q);
+  };
+  EXPECT_NO_THROW(serve_one());
+  // Connects and sends nothing (its thread waits on it; nobody else does).
+  Client idle(srv.port);
+  EXPECT_NO_THROW(serve_one());
+  // A 100 MB frame (over the 64 MB limit): that connection is closed.
+  {
+    Client big(srv.port);
+    std::string huge(100u << 20, '\x01');
+    beast::error_code ec;
+    big.ws.binary(true);
+    big.ws.write(net::buffer(huge), ec);
+    beast::flat_buffer b;
+    if (!ec) big.ws.read(b, ec);
+    EXPECT_TRUE(ec) << "the server answered a 100 MB frame";
+  }
+  EXPECT_NO_THROW(serve_one());
+  // Half a frame, then the socket closes.
+  {
+    Client half(srv.port);
+    const std::string msg = request(default_obs(half.metadata));
+    half.ws.binary(true);
+    half.ws.write_some(false, net::buffer(msg.data(), msg.size() / 2));
+    beast::error_code ec;
+    half.ws.next_layer().close(ec);
+  }
+  for (int i = 0; i < 5; ++i) EXPECT_NO_THROW(serve_one());
+  EXPECT_EQ(http_get("127.0.0.1", srv.port, "/healthz"), 200);
+}
+
+// Simulator episodes through the server (`vla client`) succeed as the in-process synchronous loop
+// does on the same seeds.
+TEST(RemoteSim, EpisodesThroughTheServerMatchInProcess) {
+  Running srv(ServeOptions{});
+  PolicyClient c("127.0.0.1", srv.port);
+  RemoteEpisodesOptions o;
+  o.episodes = 2;
+  o.seed = 1000;
+  o.progress = false;
+  const RemoteEpisodesReport remote = drive_simulator(c, o);
+  closed_loop::ClosedLoopOptions in;
+  in.policy = "default";
+  in.episodes = 2;
+  in.seed = 1000;
+  in.rt.vlm_latency_s = 0;  // synchronous: fresh features every tick
+  in.progress = false;
+  const runtime::Summary local = runtime::summarize(closed_loop::run_closed_loop(in));
+  EXPECT_EQ(remote.episodes, 2);
+  EXPECT_EQ(remote.successes, local.successes) << remote.to_json().dump();
+  EXPECT_GE(remote.successes, 1);
+  EXPECT_GT(remote.statuses.count("act") ? remote.statuses.at("act") : 0, 10);
+}
+
+}  // namespace
+}  // namespace vla::serve
