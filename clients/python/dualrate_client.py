@@ -26,6 +26,7 @@ Round-trip latency is measured here (`reply["client_ms"]`), per phase on the ser
 import argparse
 import asyncio
 import time
+import urllib.request
 
 import msgpack
 import numpy as np
@@ -65,6 +66,7 @@ class PolicyClient:
     """Synchronous client (a private asyncio loop around python3-websockets 10)."""
 
     def __init__(self, host="localhost", port=8000, api_key=None, max_size=64 << 20):
+        self._http = f"http://{host}:{port}"
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         headers = {"x-api-key": api_key} if api_key else None
@@ -107,6 +109,18 @@ class PolicyClient:
             if "stream_seq" not in out:
                 return out
 
+    def health(self):
+        """GET /healthz: True when the server answers 200."""
+        with urllib.request.urlopen(self._http + "/healthz", timeout=10) as r:
+            return r.status == 200
+
+    def metrics(self):
+        """GET /metrics: the Prometheus text as {metric{labels}: value}."""
+        with urllib.request.urlopen(self._http + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines()
+                                         if line and not line.startswith("#"))}
+
     def send_raw(self, data):
         """Sends arbitrary bytes; returns the decoded reply (for tests of bad input)."""
         self._loop.run_until_complete(self._ws.send(data))
@@ -142,7 +156,7 @@ def main():
         obs = {"images": {v: rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for v in md["views"]},
                "prompt": args.prompt, "state": np.array([0.0, 0.0, 0.03], np.float32),
                "force": rng.normal(0, 0.01, (per, 6)).astype(np.float32), "force_t": t,
-               "request_id": i}
+               "request_id": i, "reset": i == 0}  # a new episode: force clock restarts
         if not args.stream:
             r = c.infer(obs)
             assert r["request_id"] == i and r["actions"].shape == (md["horizon"], 3)
@@ -160,9 +174,13 @@ def main():
             time.sleep(max(0.0, period - r["client_ms"] * 1e-3))
     if args.stream:
         c.stop_stream(obs)
+    m = c.metrics()
+    assert c.health() and m["dualrate_connections"] >= 1, "health / metrics"
     print(f"{args.requests} {'pushed replies' if args.stream else 'requests'}: status {statuses}; round trip p50 {np.percentile(lat, 50):.2f} "
           f"ms, p99 {np.percentile(lat, 99):.2f} ms; last server timing {r['server_timing']}; "
-          f"feature age {r['feature_age_s']:.3f} s (version {r['feature_version']})")
+          f"feature age {r['feature_age_s']:.3f} s (version {r['feature_version']}); health ok; "
+          f"metrics: {int(m['dualrate_vlm_calls_total'])} VLM calls, "
+          f"{int(m['dualrate_request_errors_total'])} errors")
     c.close()
 
 
