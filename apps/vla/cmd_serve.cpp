@@ -250,7 +250,9 @@ void add_client(CLI::App& app) {
       for (const auto& [k, n] : rep.outcomes)
         reasons += vla::str_cat(reasons.empty() ? "" : ", ", k, " ", n);
       std::printf(
-          "success: %d/%d (%.1f %%; %s); %zu requests, round trip p50 %.2f ms, p99 %.2f ms\n",
+          "success: %d/%d (%.1f %%; %s); %zu requests (re-asks included: each tick waits for the "
+          "features of its frames; --no-wait-features acts at once), round trip p50 %.2f ms, p99 "
+          "%.2f ms\n",
           rep.successes, rep.episodes, 100.0 * out["success_rate"].get<double>(), reasons.c_str(),
           rep.round_trip_ms.size(), out["round_trip_p50_ms"].get<double>(),
           out["round_trip_p99_ms"].get<double>());

@@ -176,9 +176,14 @@ def main():
         c.stop_stream(obs)
     m = c.metrics()
     assert c.health() and m["dualrate_connections"] >= 1, "health / metrics"
-    print(f"{args.requests} {'pushed replies' if args.stream else 'requests'}: status {statuses}; round trip p50 {np.percentile(lat, 50):.2f} "
+    # Streaming: the client waits for each push, so the interval is the push period, not a
+    # latency; frames go with every 10th message, so the features are up to 10 messages old.
+    what = "pushed replies" if args.stream else "requests"
+    timing = "interval between pushes" if args.stream else "round trip"
+    print(f"{args.requests} {what}: status {statuses}; {timing} p50 {np.percentile(lat, 50):.2f} "
           f"ms, p99 {np.percentile(lat, 99):.2f} ms; last server timing {r['server_timing']}; "
-          f"feature age {r['feature_age_s']:.3f} s (version {r['feature_version']}); health ok; "
+          f"feature age {r['feature_age_s']:.3f} s (version {r['feature_version']}"
+          f"{'; frames with every 10th message' if args.stream else ''}); health ok; "
           f"metrics: {int(m['dualrate_vlm_calls_total'])} VLM calls, "
           f"{int(m['dualrate_request_errors_total'])} errors")
     c.close()

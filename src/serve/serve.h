@@ -67,7 +67,8 @@ struct InferRequest {
   double deadline_ms = -1.0;  // optional "deadline_ms" (< 0: the server's --deadline-ms)
   // Optional "reset": a new episode starts with this request's frames (scene-memory policies
   // take their first features from them; a changed prompt does the same) and force samples (the
-  // ring starts over, so the robot's clock may restart).
+  // ring starts over, so the robot's clock may restart); the previous features are dropped, so
+  // replies say hold_startup until this episode's frames are encoded.
   bool reset = false;
   // Optional "stream": true starts streaming on this connection (the server pushes a reply every
   // 1/"stream_hz" s on its own clock, default the control rate; the client's messages are then

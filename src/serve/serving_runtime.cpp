@@ -205,8 +205,14 @@ struct ServingRuntime::Impl {
     for (float v : req.state) VLA_CHECK(std::isfinite(v), "request: 'state' is not finite");
     auto views = views_of(req);
     if (req.reset) {
-      std::lock_guard<std::mutex> lock(job_mu);
-      job_reset = true;
+      {
+        std::lock_guard<std::mutex> lock(job_mu);
+        job_reset = true;
+      }
+      // The last episode's features describe another scene: hold until this one's are encoded
+      // (versions keep counting up).
+      std::lock_guard<std::mutex> lock(feat_mu);
+      feat = torch::Tensor();
     }
     if (!views.empty()) {
       std::lock_guard<std::mutex> lock(job_mu);
