@@ -630,6 +630,53 @@ TEST(PolicyClientProtocol, MetadataInferHealthMetrics) {
   EXPECT_THROW(PolicyClient("127.0.0.1", 1), Error);  // nothing listens on port 1
 }
 
+// Requests missing a field get an error naming it; the connection keeps serving.
+TEST(Server, MissingFieldsGetAnErrorNamingThem) {
+  Running srv(ServeOptions{});
+  PolicyClient c("127.0.0.1", srv.port);
+  const auto& md = c.metadata();
+  InferRequest ok;
+  ok.state = {0.0f, 0.0f, 0.03f};
+  auto error_of = [&](const InferRequest& q) -> std::string {
+    try {
+      c.infer(q);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  InferRequest no_state;  // nothing but an id
+  no_state.request_id = 1;
+  no_state.has_request_id = true;
+  EXPECT_NE(error_of(no_state).find("'state'"), std::string::npos) << error_of(no_state);
+  InferRequest no_prompt = ok;  // frames of a fresh server without the instruction
+  for (const auto& v : md["views"])
+    no_prompt.images[v.get<std::string>()] =
+        make_image(md["image_width"].get<int>(), md["image_height"].get<int>(), 3, 90);
+  EXPECT_NE(error_of(no_prompt).find("prompt"), std::string::npos) << error_of(no_prompt);
+  InferRequest wrong_view = ok;  // a view the policy does not read, the one it reads missing
+  wrong_view.prompt = "insert the needle into the red port";
+  wrong_view.images["no_such_camera"] = make_image(8, 8, 3, 0);
+  EXPECT_NE(error_of(wrong_view).find("no_such_camera"), std::string::npos);
+  // force without force_t: refused by the decoder (built by hand: encode_request refuses it).
+  msgpack::sbuffer b;
+  Packer pk(&b);
+  pk.pack_map(2);
+  str(pk, "state");
+  const float st[3] = {0, 0, 0.03f};
+  ndarray(pk, st, sizeof(st), "<f4", {3});
+  str(pk, "force");
+  const float f[6] = {0, 0, 0, 0, 0, 0};
+  ndarray(pk, f, sizeof(f), "<f4", {1, 6});
+  Client raw(srv.port);
+  Reply e = parse(raw.call(std::string(b.data(), b.size())));
+  ASSERT_TRUE(e.has("error"));
+  EXPECT_NE(e.get("error")->as<std::string>().find("force_t"), std::string::npos);
+  // Both connections still serve a complete request.
+  EXPECT_NO_THROW(c.infer(ok));
+  EXPECT_FALSE(parse(raw.call(encode_request(ok))).has("error"));
+}
+
 // Hostile clients (a 100 MB frame, a client that connects and sends nothing, one that hangs up
 // in the middle of a request) lose their connection; a well-behaved client keeps being served.
 TEST(Server, HostileClientsDoNotStopTheOthers) {
