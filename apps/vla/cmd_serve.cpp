@@ -78,12 +78,6 @@ void add_serve(CLI::App& app) {
   });
 }
 
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1))];
-}
-
 // The server's resident memory from its /metrics (process_resident_memory_bytes), MB.
 double server_rss_mb(const std::string& host, int port) {
   std::string body;
@@ -166,14 +160,14 @@ nlohmann::json load_test(const ClientArgs& a) {
     for (const auto& [s, n] : p.statuses) statuses[s] += n;
   }
   vla::Table t({"phase (ms)", "p50", "p99"});
-  t.add_row({"round trip (client clock)", vla::fmt_double(percentile(rtt, 50), 2),
-             vla::fmt_double(percentile(rtt, 99), 2)});
-  t.add_row({"server decode", vla::fmt_double(percentile(decode, 50), 2),
-             vla::fmt_double(percentile(decode, 99), 2)});
-  t.add_row({"server infer (frames, force, expert)", vla::fmt_double(percentile(infer, 50), 2),
-             vla::fmt_double(percentile(infer, 99), 2)});
-  t.add_row({"server expert", vla::fmt_double(percentile(expert, 50), 2),
-             vla::fmt_double(percentile(expert, 99), 2)});
+  t.add_row({"round trip (client clock)", vla::fmt_double(vla::percentile(rtt, 50), 2),
+             vla::fmt_double(vla::percentile(rtt, 99), 2)});
+  t.add_row({"server decode", vla::fmt_double(vla::percentile(decode, 50), 2),
+             vla::fmt_double(vla::percentile(decode, 99), 2)});
+  t.add_row({"server infer (frames, force, expert)", vla::fmt_double(vla::percentile(infer, 50), 2),
+             vla::fmt_double(vla::percentile(infer, 99), 2)});
+  t.add_row({"server expert", vla::fmt_double(vla::percentile(expert, 50), 2),
+             vla::fmt_double(vla::percentile(expert, 99), 2)});
   std::printf(
       "%d clients x %d requests in %.1f s (%.0f requests/s): %d errors; server RSS %.1f -> "
       "%.1f MB\n",
@@ -184,10 +178,13 @@ nlohmann::json load_test(const ClientArgs& a) {
           {"seconds", seconds},
           {"errors", errors},
           {"statuses", statuses},
-          {"round_trip_ms", {{"p50", percentile(rtt, 50)}, {"p99", percentile(rtt, 99)}}},
-          {"server_decode_ms", {{"p50", percentile(decode, 50)}, {"p99", percentile(decode, 99)}}},
-          {"server_infer_ms", {{"p50", percentile(infer, 50)}, {"p99", percentile(infer, 99)}}},
-          {"server_expert_ms", {{"p50", percentile(expert, 50)}, {"p99", percentile(expert, 99)}}},
+          {"round_trip_ms", {{"p50", vla::percentile(rtt, 50)}, {"p99", vla::percentile(rtt, 99)}}},
+          {"server_decode_ms",
+           {{"p50", vla::percentile(decode, 50)}, {"p99", vla::percentile(decode, 99)}}},
+          {"server_infer_ms",
+           {{"p50", vla::percentile(infer, 50)}, {"p99", vla::percentile(infer, 99)}}},
+          {"server_expert_ms",
+           {{"p50", vla::percentile(expert, 50)}, {"p99", vla::percentile(expert, 99)}}},
           {"server_rss_mb_before", rss0},
           {"server_rss_mb_after", rss1}};
 }

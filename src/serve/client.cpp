@@ -133,19 +133,14 @@ int http_get(const std::string& host, int port, const std::string& target, std::
 }
 
 nlohmann::json RemoteEpisodesReport::to_json() const {
-  std::vector<double> rtt = round_trip_ms;
-  std::sort(rtt.begin(), rtt.end());
-  auto pct = [&](double p) {
-    return rtt.empty() ? 0.0 : rtt[static_cast<size_t>(p / 100.0 * (rtt.size() - 1))];
-  };
   return {{"episodes", episodes},
           {"successes", successes},
           {"success_rate", episodes ? double(successes) / episodes : 0.0},
           {"outcomes", outcomes},
           {"statuses", statuses},
-          {"requests", rtt.size()},
-          {"round_trip_p50_ms", pct(50)},
-          {"round_trip_p99_ms", pct(99)}};
+          {"requests", round_trip_ms.size()},
+          {"round_trip_p50_ms", percentile(round_trip_ms, 50)},
+          {"round_trip_p99_ms", percentile(round_trip_ms, 99)}};
 }
 
 RemoteEpisodesReport drive_simulator(PolicyClient& client, const RemoteEpisodesOptions& opt) {
