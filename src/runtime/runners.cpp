@@ -44,7 +44,7 @@ TickGate gate_tick(const TickInputs& in, const TickLimits& lim) {
     g.status = TickStatus::kSafeStop;
     g.reason = str_cat("VL features ", fmt_double(in.feature_age_s, 2), " s old > max staleness ",
                        lim.max_staleness_s, " s");
-  } else if (in.sensor_idle_s > lim.sensor_stop_s) {
+  } else if (std::isfinite(in.sensor_idle_s) && in.sensor_idle_s > lim.sensor_stop_s) {
     g.status = TickStatus::kSafeStop;
     g.reason = str_cat("no sensor samples for ", fmt_double(in.sensor_idle_s, 2), " s");
   } else if (in.sensor == WindowStatus::kNaN || in.sensor == WindowStatus::kGap ||

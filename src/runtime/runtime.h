@@ -204,7 +204,9 @@ struct TickInputs {
   double feature_age_s = 0;  // now - capture time of the features' frames
   double since_start_s = 0;  // since the loop / server started
   WindowStatus sensor = WindowStatus::kOk;
-  double sensor_idle_s = 0;  // since the last sensor sample arrived (serve; 0 in the loops)
+  // Since the last sensor sample arrived (serve; 0 in the loops). Infinite: none has arrived yet,
+  // a hold (the stream has not started), never a safe stop.
+  double sensor_idle_s = 0;
 };
 struct TickGate {
   TickStatus status = TickStatus::kAct;  // kAct, kHoldStartup, kHoldSensor or kSafeStop

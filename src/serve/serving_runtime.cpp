@@ -361,21 +361,19 @@ InferReply ServingRuntime::infer(const InferRequest& req) {
   const int H = m.policy->horizon();
   r.actions.assign(static_cast<size_t>(H), {0.0f, 0.0f, 0.0f});  // hold
   double expert_ms = 0;
-  // The runtime's tick gate; no startup timeout here (a server waits for its first frames), and
-  // a force stream that never started is a hold, not a safe stop.
+  // The runtime's tick gate; no startup timeout here (a server waits for its first frames).
   runtime::TickInputs gin;
   gin.have_features = feat.defined();
   gin.feature_age_s = r.feature_age_s;
   gin.sensor = ws;
-  gin.sensor_idle_s = std::isfinite(force_idle_s) ? force_idle_s : 0.0;
+  gin.sensor_idle_s = force_idle_s;
   runtime::TickLimits lim;
   lim.max_staleness_s = m.opt.max_staleness_s;
   lim.sensor_stale_s = m.opt.stale_input_s;
   lim.sensor_stop_s = m.opt.force_stop_s;
   const runtime::TickGate gate = runtime::gate_tick(gin, lim);
-  if (gate.status != runtime::TickStatus::kAct || r.stale_force) {
-    r.status = runtime::to_string(
-        gate.status == runtime::TickStatus::kAct ? runtime::TickStatus::kHoldSensor : gate.status);
+  if (gate.status != runtime::TickStatus::kAct) {
+    r.status = runtime::to_string(gate.status);
   } else {
     auto job = std::make_shared<Impl::ExpertJob>();
     job->feat = feat;

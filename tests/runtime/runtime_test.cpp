@@ -511,6 +511,8 @@ TEST(TickGate, HoldsAndStopsInTheDocumentedOrder) {
   EXPECT_EQ(gate_tick(in, lim).status, TickStatus::kHoldSensor);
   in.sensor_idle_s = 2.5;  // the stream is gone: past the stop limit
   EXPECT_EQ(gate_tick(in, lim).status, TickStatus::kSafeStop);
+  in.sensor_idle_s = std::numeric_limits<double>::infinity();  // never started: a hold
+  EXPECT_EQ(gate_tick(in, lim).status, TickStatus::kHoldSensor);
   in.sensor_idle_s = 0;
   in.feature_age_s = 1.5;  // staleness wins over a good sensor window
   const TickGate g = gate_tick(in, lim);
