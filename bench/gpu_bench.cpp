@@ -50,11 +50,7 @@ std::vector<int64_t> peer_prompt(const Qwen25VLConfig& d, int views, bool batch)
   return ids;
 }
 
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  auto x = a.to(at::kDouble);
-  auto y = b.to(at::kDouble);
-  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
-}
+using ops::rel_err;
 
 Timing time_plan(Engine& e, const PlanSpec& spec, int iters, nlohmann::json& rec,
                  at::Tensor* keep = nullptr) {

@@ -13,11 +13,6 @@ namespace {
 
 const char* dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bf16" : "f32"; }
 
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  const at::Tensor x = a.to(at::kDouble).cpu(), y = b.to(at::kDouble).cpu();
-  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
-}
-
 // Seeded random inputs of a case (generated on the CPU so every device sees the same numbers).
 struct Inputs {
   at::Tensor x, w, residual, cos, sin, q, k, v;
@@ -146,6 +141,11 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
 }
 
 }  // namespace
+
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.to(at::kDouble).cpu(), y = b.to(at::kDouble).cpu();
+  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
+}
 
 std::string OpCase::label() const {
   std::string s = str_cat(op, " ", dtype_name(dtype), " [");

@@ -35,6 +35,10 @@ std::vector<OpCase> unit_cases();
 // layers), bf16: what bench_gpu times.
 std::vector<OpCase> model_cases(const Qwen25VLConfig& config, int views, int height, int width);
 
+// Relative L2 error |a - b| / |b| in float64 (on the CPU; |b| floored at 1e-30): the measure
+// check_op, test_gpu and bench_gpu report.
+double rel_err(const at::Tensor& a, const at::Tensor& b);
+
 struct OpParity {
   double fused_vs_reference = 0;  // relative L2 error, fused kernel vs ATen reference
   double reference_vs_f64 = 0;    // ATen reference vs the float64 definition

@@ -25,11 +25,7 @@ std::string fixture_dir() {
   return std::string(env ? env : VLA_SOURCE_DIR) + "/tests/fixtures/qwen25vl";
 }
 
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  auto x = a.to(at::kDouble).cpu();
-  auto y = b.to(at::kDouble).cpu();
-  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
-}
+using ops::rel_err;
 
 struct Fixture {
   std::string name;  // tiny_a / tiny_b
