@@ -197,6 +197,36 @@ nlohmann::json gemm_rates(bool fp8) {
   return rec;
 }
 
+// The plan's GEMM floor: each of its matrix products (Engine::plan_gemms: shapes, counts, bf16 or
+// e4m3) timed alone through the same cuBLAS calls the engine makes, summed. A plan can only beat
+// this by fusing or skipping GEMMs; wall / floor says how much else it spends. Shapes are timed
+// once per process.
+double gemm_floor_ms(const std::vector<PlanGemm>& gemms) {
+  static std::map<std::string, double> memo;
+  auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  double total = 0;
+  for (const PlanGemm& g : gemms) {
+    const std::string key = std::to_string(g.m) + "x" + std::to_string(g.k) + "x" +
+                            std::to_string(g.n) + (g.fp8 ? "/fp8" : "/bf16");
+    auto it = memo.find(key);
+    if (it == memo.end()) {
+      auto a = at::randn({g.m, g.k}, o);
+      auto b = at::randn({g.n, g.k}, o);
+      double ms = 0;
+      if (g.fp8) {
+        auto aq = ops::quantize_fp8(a, true);
+        auto bq = ops::quantize_fp8(b, true);
+        ms = time_ms([&]() { ops::linear_fp8(aq, bq, {}, at::kBFloat16, true); });
+      } else {
+        ms = time_ms([&]() { at::mm(a, b.t()); });
+      }
+      it = memo.emplace(key, ms).first;
+    }
+    total += it->second * g.count;
+  }
+  return total;
+}
+
 // The backend-parity table's cases at this model's shapes (src/gpu/op_table.h, the cases test_gpu
 // checks at unit shapes): fused kernel vs ATen reference, time and error, plus achieved bandwidth.
 nlohmann::json op_table_rates(const Qwen25VLConfig& dims, int views, int height, int width) {
@@ -219,6 +249,10 @@ nlohmann::json op_table_rates(const Qwen25VLConfig& dims, int views, int height,
       if (c.op == "add_rms_norm_fp8") bytes = elems * 2 * 2 + elems * 2 + elems;
       if (c.op == "quantize_fp8") bytes = elems * 2 + elems;
       if (c.op == "rotary") bytes = 2.0 * elems * static_cast<double>(c.dims[2]) * 2;
+      if (c.op == "gemv") bytes = elems * 2;               // the weights, read once
+      if (c.op == "gemv_fp8") bytes = elems;               // e4m3 weights
+      if (c.op == "gemv_silu_mul") bytes = 2 * elems * 2;  // gate and up rows
+      if (c.op == "gemv_silu_mul_fp8") bytes = 2 * elems;
       const std::string gbs = bytes > 0 ? fmt_double(bytes / (fused * 1e-3) / 1e9, 0) : "-";
       t.add_row({c.label(), fmt_double(fused, 4), fmt_double(ref, 4), fmt_double(ref / fused, 1),
                  gbs, fmt_double(p.fused_vs_reference, 5), fmt_double(p.fused_vs_f64, 5)});
@@ -242,7 +276,7 @@ int main(int argc, char** argv) {
   CLI::App app{"bench_gpu: Qwen2.5-VL GPU fast-path timings"};
   std::string model, json_out, peer;
   std::string config_dir = "assets/configs/qwen2.5-vl-3b-instruct";
-  int height = 360, width = 640, iters = 30, decode_tokens = 64;
+  int height = 360, width = 640, iters = 30, decode_tokens = 64, vlm_layers = -1;
   double peak_tflops = 798.0;
   bool eager = true;
   bool profile = true;
@@ -255,6 +289,9 @@ int main(int argc, char** argv) {
   app.add_option("--iters", iters, "timed runs per case, median reported (default 30)");
   app.add_option("--decode-tokens", decode_tokens,
                  "greedy tokens for the decode test (default 64; 0 = skip)");
+  app.add_option("--vlm-layers", vlm_layers,
+                 "also time 5 views with features from the first K decoder layers (default: half "
+                 "of them; 0 = skip)");
   app.add_option("--peak-tflops", peak_tflops,
                  "bf16 matmul peak used for the FLOP floor (default 798, measured H100)");
   app.add_option("--eager", eager, "also time 5 views without CUDA graphs (default true)");
@@ -274,6 +311,8 @@ int main(int argc, char** argv) {
     fp8 = fp8 && fp8_available(opts.device);
     const std::string arch_dir = model.empty() ? config_dir : model;
     const Qwen25VLConfig dims = Qwen25VLConfig::load(arch_dir);
+    if (vlm_layers < 0) vlm_layers = dims.text.num_hidden_layers / 2;
+    VLA_CHECK(vlm_layers <= dims.text.num_hidden_layers, "--vlm-layers ", vlm_layers, " but the model has ", dims.text.num_hidden_layers, " decoder layers");
     const ImagePreprocessConfig image_config = ImagePreprocessConfig::from_folder(arch_dir);
     auto make_engine = [&](const EngineOptions& o) {
       return model.empty() ? Engine::random(dims, image_config, o, 0)
@@ -298,6 +337,7 @@ int main(int argc, char** argv) {
       bool graphs;
       bool fast_accum;
       int64_t min_rows;
+      int text_layers = 0;  // PlanSpec::text_layers (0 = all)
     };
     std::map<std::string, at::Tensor> bf16_features, fp32_features;
     // Times `cases` on `e` into out[section]; with `reference` the features are compared.
@@ -309,6 +349,7 @@ int main(int argc, char** argv) {
         spec.height = height;
         spec.width = width;
         spec.layout = c.layout;
+        spec.text_layers = c.text_layers;
         spec.prompt_ids = peer_prompt(dims, c.views, c.layout == ViewLayout::kBatch);
         nlohmann::json rec;
         e.set_cuda_graphs(c.graphs);
@@ -321,12 +362,15 @@ int main(int argc, char** argv) {
           Timing t = time_plan(e, spec, iters, rec, &f);
           rec["floor_ms"] = rec["flops"].get<double>() / (peak_tflops * 1e12) * 1e3;
           rec["vision_floor_ms"] = rec["vision_flops"].get<double>() / (peak_tflops * 1e12) * 1e3;
+          rec["gemm_floor_ms"] = gemm_floor_ms(e.plan_gemms());
+          rec["text_layers"] = c.text_layers;
           std::printf(
               "%-22s wall %.2f ms (upload %.2f, preprocess %.2f, vision %.2f, llm %.2f) | "
-              "vision-only %.2f ms | %.1f TFLOP -> floor %.2f ms | graphs %d\n",
+              "vision-only %.2f ms | %.1f TFLOP -> floor %.2f ms | GEMM floor %.2f ms | graphs %d\n",
               (section + "/" + c.key).c_str(), t.wall_ms, t.upload_ms, t.pre_ms, t.vision_ms,
               t.llm_ms, rec["vision_only_wall_ms"].get<double>(), rec["flops"].get<double>() / 1e12,
-              rec["floor_ms"].get<double>(), rec["graphs"].get<bool>() ? 1 : 0);
+              rec["floor_ms"].get<double>(), rec["gemm_floor_ms"].get<double>(),
+              rec["graphs"].get<bool>() ? 1 : 0);
           const std::string base_key =
               std::to_string(c.views) + "/" + (c.layout == ViewLayout::kBatch ? "batch" : "seq");
           if (keep) bf16_features[base_key] = f;
@@ -384,6 +428,9 @@ int main(int argc, char** argv) {
                                {"5view", 5, ViewLayout::kOneSequence, true, false, 0},
                                {"5view_batched", 5, ViewLayout::kBatch, true, false, 0}};
     if (eager) cases.push_back({"5view_eager", 5, ViewLayout::kOneSequence, false, false, 0});
+    const std::string mid_key = "5view_layers" + std::to_string(vlm_layers);
+    if (vlm_layers > 0)
+      cases.push_back({mid_key, 5, ViewLayout::kOneSequence, true, false, 0, vlm_layers});
     run_cases(*engine, cases, "cases", true, false);
     if (profile) {
       try {
@@ -396,12 +443,12 @@ int main(int argc, char** argv) {
       }
       std::fflush(stdout);
     }
-    if (decode_tokens > 0) {
+    // One view, as for captioning: prefill, then greedy tokens (the decode step is one CUDA graph).
+    auto decode_rate = [&](Engine& e, const char* what) {
       nlohmann::json rec;
       try {
-        // one view, as for captioning: prefill then greedy tokens (eager decode loop)
         std::vector<uint8_t> frame(static_cast<size_t>(height) * width * 3, 77);
-        auto [pv, grid] = engine->preprocess({frame.data()}, height, width);
+        auto [pv, grid] = e.preprocess({frame.data()}, height, width);
         const int64_t n = grid[0][1].item<int64_t>() * grid[0][2].item<int64_t>() / 4;
         std::vector<int64_t> ids;
         for (int64_t id : peer_prompt(dims, 1, false)) {
@@ -411,21 +458,21 @@ int main(int argc, char** argv) {
             ids.push_back(id);
         }
         double ms = 0;
-        engine->generate_greedy(ids, pv, grid, 4, {}, &ms);  // warm-up
-        auto toks = engine->generate_greedy(ids, pv, grid, decode_tokens + 1, {}, &ms);
+        e.generate_greedy(ids, pv, grid, 4, {}, &ms);  // warm-up
+        auto toks = e.generate_greedy(ids, pv, grid, decode_tokens + 1, {}, &ms);
         rec["tokens"] = static_cast<int>(toks.size()) - 1;
         rec["decode_ms"] = ms;
         rec["tokens_per_s"] = (toks.size() - 1) / (ms / 1e3);
-        std::printf(
-            "decode         %d tokens in %.1f ms -> %.1f tokens/s (greedy; decode step as one CUDA "
-            "graph)\n",
-            rec["tokens"].get<int>(), ms, rec["tokens_per_s"].get<double>());
-      } catch (const std::exception& e) {
-        rec["error"] = e.what();
-        std::printf("decode FAILED: %s\n", e.what());
+        std::printf("decode %-6s %d tokens in %.1f ms -> %.1f tokens/s (greedy, 1 view)\n", what,
+                    rec["tokens"].get<int>(), ms, rec["tokens_per_s"].get<double>());
+      } catch (const std::exception& ex) {
+        rec["error"] = ex.what();
+        std::printf("decode %s FAILED: %s\n", what, ex.what());
       }
-      out["decode"] = rec;
-    }
+      std::fflush(stdout);
+      return rec;
+    };
+    if (decode_tokens > 0) out["decode"] = decode_rate(*engine, "bf16");
     if (fp8) {
       // Same weights (same seed / checkpoint), projections quantised at load.
       engine.reset();
@@ -441,7 +488,11 @@ int main(int argc, char** argv) {
             {"1view_min_rows_1024", 1, ViewLayout::kOneSequence, true, true, 1024},
             {"5view", 5, ViewLayout::kOneSequence, true, true, 0},
             {"5view_exact_accum", 5, ViewLayout::kOneSequence, true, false, 0}};
+        if (vlm_layers > 0)
+          c8.push_back({mid_key, 5, ViewLayout::kOneSequence, true, true, 0, vlm_layers});
         run_cases(*e8, c8, "fp8", false, true);
+        // Weight-only FP8 decode: the step's GEMVs stream e4m3 weights (half the bytes).
+        if (decode_tokens > 0) out["fp8_decode"] = decode_rate(*e8, "fp8");
         if (profile) {
           e8->set_fp8_fast_accum(true);
           e8->set_fp8_min_rows(0);
@@ -467,15 +518,25 @@ int main(int argc, char** argv) {
       const nlohmann::json& c16 = out["cases"];
       const nlohmann::json& c8 = out.contains("fp8") ? out["fp8"] : none;
       Table tab({"case", "ours bf16 ms", "ours fp8 ms", "transformers ms", "ratio bf16",
-                 "ratio fp8", "floor ms"});
+                 "ratio fp8", "FLOP floor ms", "GEMM floor bf16 ms (share)",
+                 "GEMM floor fp8 ms (share)"});
       auto ms = [](double v) { return v > 0 ? fmt_double(v, 2) : std::string("-"); };
       auto ratio = [](double theirs, double ours) {
         return theirs > 0 && ours > 0 ? fmt_double(theirs / ours, 1) + "x" : std::string("-");
       };
+      // GEMM floor of a case (gemm_floor_ms) and its share of the measured time: 1.0 = nothing
+      // but the plan's GEMMs at cuBLAS' speed.
+      auto share = [&](const nlohmann::json& sec, const std::string& k, double ours) {
+        if (k.empty() || !sec.contains(k) || !sec[k].contains("gemm_floor_ms") || ours <= 0)
+          return std::string("-");
+        const double f = sec[k]["gemm_floor_ms"].get<double>();
+        return fmt_double(f, 2) + " (" + fmt_double(f / ours, 2) + ")";
+      };
       auto row = [&](const std::string& name, double b16, double f8, double theirs,
-                     double floor_ms) {
+                     double floor_ms, const std::string& key = "", const std::string& key8 = "") {
         tab.add_row({name, ms(b16), ms(f8), theirs > 0 ? fmt_double(theirs, 1) : "-",
-                     ratio(theirs, b16), ratio(theirs, f8), ms(floor_ms)});
+                     ratio(theirs, b16), ratio(theirs, f8), ms(floor_ms), share(c16, key, b16),
+                     share(c8, key8.empty() ? key : key8, f8)});
       };
       auto wall = [](const nlohmann::json& c) { return c["wall_ms"].get<double>(); };
       auto model_ms = [](const nlohmann::json& c) {
@@ -489,7 +550,7 @@ int main(int argc, char** argv) {
         const double pre = pm("sdpa/" + v + "/full_prefill", "preprocess_ms");
         const double full = pm("sdpa/" + v + "/full_prefill", "median_ms");
         row(v + " end-to-end (incl. preprocess)", num(c16, v, wall), num(c8, v, wall),
-            full > 0 ? full + pre : 0, floor_of(v, "floor_ms"));
+            full > 0 ? full + pre : 0, floor_of(v, "floor_ms"), v);
         row(v + " model only (GPU)", num(c16, v, model_ms), num(c8, v, model_ms), full,
             floor_of(v, "floor_ms"));
         row(v + " vision tower", num(c16, v, vis), num(c8, v, vis),
@@ -500,7 +561,13 @@ int main(int argc, char** argv) {
       const double pre1 = pm("sdpa/1view/full_prefill", "preprocess_ms");
       const double full1 = pm("sdpa/1view/full_prefill", "median_ms");
       row("1view end-to-end, fp8 only for >= 1024 rows", 0, num(c8, "1view_min_rows_1024", wall),
-          full1 > 0 ? full1 + pre1 : 0, floor_of("1view", "floor_ms"));
+          full1 > 0 ? full1 + pre1 : 0, floor_of("1view", "floor_ms"), "",
+          "1view_min_rows_1024");
+      if (vlm_layers > 0)
+        row("5view end-to-end, features of layer " + std::to_string(vlm_layers) + " of " +
+                std::to_string(dims.text.num_hidden_layers),
+            num(c16, mid_key, wall), num(c8, mid_key, wall), 0, floor_of(mid_key, "floor_ms"),
+            mid_key);
       row("5view end-to-end, fp8 without fast accum", 0, num(c8, "5view_exact_accum", wall),
           full5 > 0 ? full5 + pre5 : 0, floor_of("5view", "floor_ms"));
       row("5view vision tower, fp8 without fast accum", 0, num(c8, "5view_exact_accum", vis),
@@ -511,12 +578,20 @@ int main(int argc, char** argv) {
       if (out.contains("decode") && out["decode"].contains("tokens_per_s")) {
         const double theirs = pm("sdpa/1view/decode", "tokens_per_s");
         const double ours = out["decode"]["tokens_per_s"].get<double>();
-        tab.add_row({"decode tokens/s (1 view)", fmt_double(ours, 1), "-",
+        const double ours8 = out.contains("fp8_decode") && out["fp8_decode"].contains("tokens_per_s")
+                                 ? out["fp8_decode"]["tokens_per_s"].get<double>()
+                                 : 0;
+        tab.add_row({"decode tokens/s (1 view)", fmt_double(ours, 1),
+                     ours8 > 0 ? fmt_double(ours8, 1) : "-",
                      theirs > 0 ? fmt_double(theirs, 1) : "-",
-                     theirs > 0 ? fmt_double(ours / theirs, 1) + "x" : "-", "-", "-"});
+                     theirs > 0 ? fmt_double(ours / theirs, 1) + "x" : "-",
+                     theirs > 0 && ours8 > 0 ? fmt_double(ours8 / theirs, 1) + "x" : "-", "-", "-",
+                     "-"});
       }
-      std::printf("\n%s  (ratio = transformers / ours; floor = model FLOPs at %.0f TFLOP/s bf16)\n",
-                  out["device"].get<std::string>().c_str(), peak_tflops);
+      std::printf(
+          "\n%s  (ratio = transformers / ours; FLOP floor = model FLOPs at %.0f TFLOP/s bf16; GEMM "
+          "floor = the plan's GEMMs timed alone through cuBLAS, share = floor / ours)\n",
+          out["device"].get<std::string>().c_str(), peak_tflops);
       tab.print();
       for (const std::string k : {"1view", "5view"}) {
         if (c16.contains(k) && c16[k].contains("rel_err_vs_fp32")) {

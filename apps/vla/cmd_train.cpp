@@ -124,6 +124,7 @@ void add_train(CLI::App& app) {
   c->add_option("--prompt-order", o->policy.prompt_order,
                 "VLM prompt: images_first | text_first (instruction before the views)")
       ->capture_default_str();
+  vla::cli::add_vlm_layers_option(c, &o->policy.vlm_layers);
   c->add_option("--locate-weight", o->locate_weight,
                 "grounding: weight of the localisation head (linear map from the pooled "
                 "features to the named port's x/y; 0 = off)")
@@ -213,6 +214,8 @@ void add_cache(CLI::App& app) {
   c->add_option("--pooling", *pooling, "last | mean | tokens")->capture_default_str();
   auto order = std::make_shared<std::string>("images_first");
   c->add_option("--prompt-order", *order, "images_first | text_first")->capture_default_str();
+  auto layers = std::make_shared<int>(0);
+  vla::cli::add_vlm_layers_option(c, layers.get());
   auto vo = std::make_shared<vla::policy::VlmOptions>();
   vla::cli::add_vlm_options(c, vo.get());
   c->callback([=] {
@@ -220,6 +223,7 @@ void add_cache(CLI::App& app) {
     pc.use_views = vla::cli::parse_views(*views);
     pc.pooling = *pooling;
     pc.prompt_order = *order;
+    pc.vlm_layers = *layers;
     auto d = vla::dataset::Dataset::open(*ds);
     auto enc = vla::policy::load_vlm(*vlm, pc, *vo);
     vla::Stopwatch sw;
@@ -251,6 +255,9 @@ void add_probe(CLI::App& app) {
   auto order = std::make_shared<std::string>("images_first");
   c->add_option("--prompt-order", *order, "with --vlm: images_first | text_first")
       ->capture_default_str();
+  auto layers = std::make_shared<int>(0);
+  c->add_option("--vlm-layers", *layers, "with --vlm: features of the first K decoder layers (0 = all)")
+      ->check(CLI::NonNegativeNumber);
   c->add_option("--max-episodes", *max_eps, "use at most N episodes (0 = all)")
       ->check(CLI::NonNegativeNumber);
   c->add_option("--holdout", *holdout, "held-out fraction")
@@ -272,6 +279,7 @@ void add_probe(CLI::App& app) {
       pc.use_views = vla::cli::parse_views(*views);
       pc.pooling = *pooling;
       pc.prompt_order = *order;
+      pc.vlm_layers = *layers;
       enc = vla::policy::load_vlm(*vlm, pc, *vo);
     }
     auto d = vla::dataset::Dataset::open(*ds);

@@ -43,7 +43,8 @@ vla::EncodeResult encode_fast(vla::gpu::Engine& engine, const vla::PromptCodec& 
     VLA_CHECK(in.input_ids.size() == seqs[0].input_ids.size(),
               "--views-as-batch with --vlm-backend fast needs views of one size (the fast "
               "executor does not pad); use --vlm-backend reference");
-    hidden.push_back(engine.forward(in.input_ids, in.pixel_values, in.grid_thw));
+    hidden.push_back(engine.forward(in.input_ids, in.pixel_values, in.grid_thw,
+                                    static_cast<int>(o.num_layers)));
     ids.push_back(torch::tensor(in.input_ids, torch::kInt64));
   }
   r.input_ids = torch::stack(ids);
@@ -72,6 +73,7 @@ struct FeatureArgs {
   vla::policy::VlmOptions vlm;
   std::vector<std::string> images;
   bool views_as_batch = false;
+  int vlm_layers = 0;
 };
 
 void add_features(CLI::App& app) {
@@ -97,6 +99,7 @@ void add_features(CLI::App& app) {
   c->add_option("--dtype", a->dtype,
                 "Reference backend dtype: float32 (default) | bfloat16 (the fast backend runs\n"
                 "bf16 on CUDA and float32 on the CPU)");
+  vla::cli::add_vlm_layers_option(c, &a->vlm_layers);
   vla::cli::add_vlm_options(c, &a->vlm);
   c->add_option("--json", a->json, "Also write a JSON summary (shapes, timings)");
   c->callback([a] {
@@ -107,6 +110,7 @@ void add_features(CLI::App& app) {
     vla::EncodeOptions o;
     o.pooling = pooling;
     o.views_as_batch = a->views_as_batch;
+    o.num_layers = a->vlm_layers;
     vla::EncodeResult r;
     double load_ms = 0;
     if (a->vlm.backend == "fast") {
@@ -129,6 +133,7 @@ void add_features(CLI::App& app) {
                           {{"model", a->model},
                            {"prompt", a->prompt},
                            {"pooling", a->pooling},
+                           {"vlm_layers", std::to_string(a->vlm_layers)},
                            {"backend", a->vlm.backend},
                            {"layout", a->views_as_batch ? "views_as_batch" : "one_sequence"}});
     vla::Table table(
@@ -146,6 +151,7 @@ void add_features(CLI::App& app) {
                           {"device", a->vlm.device},
                           {"views_as_batch", a->views_as_batch},
                           {"pooling", a->pooling},
+                          {"vlm_layers", a->vlm_layers},
                           {"features_shape", r.features.sizes().vec()},
                           {"tokens", r.attention_mask.sum().item<int64_t>()},
                           {"load_ms", load_ms},

@@ -72,6 +72,16 @@ inline void add_vlm_options(CLI::App* c, vla::policy::VlmOptions* o) {
               "fast backend: FP8 (e4m3) GEMMs (GPUs of compute capability >= 8.9)");
 }
 
+// --vlm-layers K: features from the first K decoder layers of the VLM's LLM (0 = all; one
+// definition for every command that makes features: PolicyConfig::vlm_layers).
+inline void add_vlm_layers_option(CLI::App* c, int* layers) {
+  c->add_option("--vlm-layers", *layers,
+                "VL features from the first K decoder layers of the VLM's LLM, final norm\n"
+                "applied (a middle layer, as GR00T N1; the prefill stops there: faster). 0 = all")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
 // SIGINT / SIGTERM (Ctrl-C, `timeout`, a job scheduler) set flag() while an instance lives, so a
 // long command can stop at a safe point and keep its work; the previous handlers come back after.
 class StopSignals {

@@ -193,6 +193,7 @@ struct Plan {
   at::Tensor ids_dev, scatter_rows;
   at::Tensor patches, vis_out, features;
   double flops = 0, vision_flops = 0;
+  std::vector<PlanGemm> gemms;
   bool graphs = false;
   std::unique_ptr<device::Graph> g_pre, g_vis, g_llm;
   std::unique_ptr<device::Stream> stream;  // CUDA plans only
@@ -270,8 +271,9 @@ struct EngineImpl {
   bool fused() const { return o.fused_kernels; }
 
   // ---------------------------------------------------------------- fp8
-  // Quantises the qkv, gate|up and down weights (one e4m3 scale per output channel); bf16 copies
-  // are kept for the decode loop of generate_greedy. The attention output projections stay bf16:
+  // Quantises the qkv, gate|up and down weights (one e4m3 scale per output channel; the decode step
+  // of generate_greedy streams them as weight-only FP8 GEMVs); bf16 copies are kept for stages
+  // under fp8_min_rows. The attention output projections stay bf16:
   // their input comes from attention, not from a fused norm / SwiGLU kernel, so it would need a
   // quantisation pass of its own, and at these sizes (N = hidden) fp8 is no faster (docs/gpu.md).
   void quantize_weights() {
@@ -383,8 +385,10 @@ struct EngineImpl {
 
   // ---------------------------------------------------------------- text
   // h: [T, hidden] embeddings (consumed as the residual stream) -> final-normed hidden [T, hidden].
+  // The first `layers` decoder layers (0 = all), then the final norm.
   at::Tensor text_core(at::Tensor h, const at::Tensor& cos, const at::Tensor& sin,
-                       const ops::Varlen& seq, StaticKvCache* cache) const {
+                       const ops::Varlen& seq, StaticKvCache* cache, int layers = 0) const {
+    const size_t run = layers > 0 ? static_cast<size_t>(layers) : tl.size();
     const Qwen25VLTextConfig& t = d.text;
     const int H = t.num_attention_heads, Hk = t.num_key_value_heads, D = t.head_dim();
     const int64_t T = h.size(0);
@@ -392,7 +396,7 @@ struct EngineImpl {
     mark("t.norm");
     const bool q8 = o.fp8 && T >= o.fp8_min_rows;
     Act n = norm(h, tl[0].in_n, t.rms_norm_eps, q8);
-    for (size_t i = 0; i < tl.size(); ++i) {
+    for (size_t i = 0; i < run; ++i) {
       const TLayer& L = tl[i];
       mark("t.qkv");
       at::Tensor qkv = proj(n, L.qkv_w, L.qkv_q, L.qkv_b);  // [T, (H + 2Hk) D]
@@ -416,7 +420,7 @@ struct EngineImpl {
       mark("t.silu_mul");
       at::Tensor dn = mlp_down(gu, ti_pad, L.down_w, L.down_q, {}, "t.down", q8);
       mark("t.add_norm");
-      const bool last = i + 1 == tl.size();
+      const bool last = i + 1 == run;
       n = add_norm(dn, h, last ? final_norm : tl[i + 1].in_n, t.rms_norm_eps, q8 && !last);
     }
     mark("end");
@@ -432,7 +436,7 @@ struct EngineImpl {
   at::Tensor llm_plan(const Plan& p, const at::Tensor& vis_out) const {
     at::Tensor h = embed.index_select(0, p.ids_dev);
     h.index_copy_(0, p.scatter_rows, vis_out);
-    at::Tensor f = text_core(h, p.tcos, p.tsin, p.seq, nullptr);
+    at::Tensor f = text_core(h, p.tcos, p.tsin, p.seq, nullptr, p.spec.text_layers);
     if (p.spec.layout == ViewLayout::kBatch)
       f = f.view({p.spec.views, static_cast<int64_t>(p.seq_ids.size()), d.text.hidden_size});
     return f;
@@ -720,9 +724,11 @@ at::Tensor Engine::vision_forward(const at::Tensor& pixel_values, const at::Tens
 }
 
 at::Tensor Engine::forward(const std::vector<int64_t>& input_ids, const at::Tensor& pixel_values,
-                           const at::Tensor& grid_thw) {
+                           const at::Tensor& grid_thw, int text_layers) {
   EngineImpl& E = *impl_;
   at::NoGradGuard ng;
+  VLA_CHECK(text_layers >= 0 && text_layers <= E.d.text.num_hidden_layers, "forward: text_layers ",
+            text_layers, " is outside 0 (all) .. ", E.d.text.num_hidden_layers);
   const auto grids = grids_of(grid_thw);
   TokenLayout T = build_tokens({input_ids}, {grids}, E.d);
   auto dev = E.o.device;
@@ -739,7 +745,7 @@ at::Tensor Engine::forward(const std::vector<int64_t>& input_ids, const at::Tens
   }
   auto [c, s] = text_rope_tables(T.pos3, E.d.text);
   auto seq = ops::Varlen::make(T.cu, dev);
-  return E.text_core(h, c.to(dev), s.to(dev), seq, nullptr);
+  return E.text_core(h, c.to(dev), s.to(dev), seq, nullptr, text_layers);
 }
 
 at::Tensor Engine::logits(const at::Tensor& hidden) {
@@ -800,13 +806,18 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
   const int H = t.num_attention_heads, Hk = t.num_key_value_heads, D = t.head_dim();
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   int64_t L = S;  // host copy of the cache length (the math attention path reads it)
+  // Each product of the step is one row through a weight matrix: the GEMV kernel streams the
+  // weights once (e4m3 rows with the FP8 option: weight-only, half the bytes) and fuses SwiGLU
+  // into the gate|up product.
+  const bool w8 = E.o.fp8;
   auto decode_step = [&]() {
     at::Tensor x = E.embed.index_select(0, tok);
     at::Tensor cc = tcos.index_select(0, step_i), ss = tsin.index_select(0, step_i);
     at::Tensor n = ops::rms_norm(x, E.tl[0].in_n, t.rms_norm_eps, E.fused());
     for (size_t i = 0; i < E.tl.size(); ++i) {
       const TLayer& Ly = E.tl[i];
-      at::Tensor qkv = ops::linear(n, Ly.qkv_w, Ly.qkv_b);
+      at::Tensor qkv =
+          ops::gemv(n, Ly.qkv_w, w8 ? Ly.qkv_q : ops::Fp8Rows{}, Ly.qkv_b, false, E.fused());
       ops::rotary_(qkv, H + Hk, D, cc, ss, E.fused());
       auto q = qkv.narrow(1, 0, H * D).view({1, H, D});
       cache.k[i].index_copy_(0, row, qkv.narrow(1, H * D, Hk * D).view({1, Hk, D}));
@@ -817,14 +828,14 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
                                cache.capacity)
               : ops::attention(q, cache.k[i].narrow(0, 0, L + 1), cache.v[i].narrow(0, 0, L + 1),
                                qv, ops::Varlen::make({0, L + 1}, dev), false, scale, false);
-      at::Tensor o_ = ops::linear(a.view({1, H * D}), Ly.o_w);
+      at::Tensor o_ = ops::gemv(a.view({1, H * D}), Ly.o_w, {}, {}, false, E.fused());
       n = ops::add_rms_norm(o_, x, Ly.post_n, t.rms_norm_eps, E.fused());
-      at::Tensor gu = ops::linear(n, Ly.gu_w);
-      at::Tensor dn = ops::linear(ops::silu_mul(gu, E.ti_pad, E.fused()), Ly.down_w);
+      at::Tensor m = ops::gemv(n, Ly.gu_w, w8 ? Ly.gu_q : ops::Fp8Rows{}, {}, true, E.fused());
+      at::Tensor dn = ops::gemv(m, Ly.down_w, w8 ? Ly.down_q : ops::Fp8Rows{}, {}, false, E.fused());
       const at::Tensor& nw = (i + 1 < E.tl.size()) ? E.tl[i + 1].in_n : E.final_norm;
       n = ops::add_rms_norm(dn, x, nw, t.rms_norm_eps, E.fused());
     }
-    tok.copy_(at::argmax(ops::linear(n, E.lm_head), -1).view({1}));
+    tok.copy_(at::argmax(ops::gemv(n, E.lm_head, {}, {}, false, E.fused()), -1).view({1}));
     row.add_(1);
     step_i.add_(1);
     kv.cu_dev.narrow(0, 1, 1).add_(1);
@@ -921,6 +932,9 @@ void Engine::prepare(const PlanSpec& spec) {
   VLA_CHECK(spec.views >= 1, "prepare: views must be >= 1");
   VLA_CHECK(spec.height > 0 && spec.width > 0, "prepare: bad frame size ", spec.width, "x",
             spec.height);
+  VLA_CHECK(spec.text_layers >= 0 && spec.text_layers <= t.num_hidden_layers,
+            "prepare: text_layers ", spec.text_layers, " is outside 0 (all) .. ",
+            t.num_hidden_layers, " (the model's decoder layers)");
   auto P = std::make_unique<Plan>();
   P->spec = spec;
   const int factor = v.patch_size * v.spatial_merge_size;
@@ -968,34 +982,42 @@ void Engine::prepare(const PlanSpec& spec) {
   P->fy = device_filter(spec.height, P->rh, E.pc.backend, dev);
   P->patch_src = at::tensor(P->vis.patch_src, at::kInt).to(dev);
   P->patch_hf = at::tensor(P->vis.patch_hf, at::kLong).to(dev);
+  // The plan's GEMMs (as the engine runs them: padded MLP widths, FP8 where EngineOptions says) and
   // FLOPs (2 x MACs): matrix products + attention (QK^T and PV), causal attention counted half.
   {
-    const int64_t N = P->vis.patches, vh = v.hidden_size, vi = v.intermediate_size;
-    double f = matmul_flops(N, patch_dim(v), vh);
+    const int64_t N = P->vis.patches, vh = v.hidden_size, merge = v.spatial_merge_size * v.spatial_merge_size;
+    const int64_t mh = vh * merge, T = static_cast<int64_t>(P->tok.ids.size());
+    const int64_t th = t.hidden_size, D = t.head_dim();
+    const int run = spec.text_layers > 0 ? spec.text_layers : t.num_hidden_layers;
+    const bool v8 = E.o.fp8 && N >= E.o.fp8_min_rows, t8 = E.o.fp8 && T >= E.o.fp8_min_rows;
+    auto& G = P->gemms;
+    G.push_back({N, patch_dim(v), vh, 1, false, "vision patch embed"});
+    G.push_back({N, vh, 3 * vh, v.depth, v8, "vision qkv"});
+    G.push_back({N, vh, vh, v.depth, false, "vision proj"});
+    G.push_back({N, vh, 2 * E.vi_pad, v.depth, v8, "vision gate|up"});
+    G.push_back({N, E.vi_pad, vh, v.depth, v8, "vision down"});
+    G.push_back({N / merge, mh, mh, 1, false, "merger fc1"});
+    G.push_back({N / merge, mh, v.out_hidden_size, 1, false, "merger fc2"});
+    const size_t vision_gemms = G.size();
+    G.push_back({T, th, (t.num_attention_heads + 2 * t.num_key_value_heads) * D, run, t8,
+                 "decoder qkv"});
+    G.push_back({T, t.num_attention_heads * D, th, run, false, "decoder o_proj"});
+    G.push_back({T, th, 2 * E.ti_pad, run, t8, "decoder gate|up"});
+    G.push_back({T, E.ti_pad, th, run, t8, "decoder down"});
+    double f = 0, g = 0;
+    for (size_t i = 0; i < G.size(); ++i)
+      (i < vision_gemms ? f : g) += matmul_flops(G[i].m, G[i].k, G[i].n) * G[i].count;
     for (int i = 0; i < v.depth; ++i) {
-      f += matmul_flops(N, vh, 3 * vh) + matmul_flops(N, vh, vh) + matmul_flops(N, vh, 2 * vi) +
-           matmul_flops(N, vi, vh);
       const auto& cu = E.vl[i].full ? P->vis.cu_full : P->vis.cu_window;
       for (size_t s = 1; s < cu.size(); ++s) {
         const double l = static_cast<double>(cu[s] - cu[s - 1]);
         f += 4.0 * l * l * vh;
       }
     }
-    const int64_t mh = vh * v.spatial_merge_size * v.spatial_merge_size;
-    f += matmul_flops(N / (v.spatial_merge_size * v.spatial_merge_size), mh, mh) +
-         matmul_flops(N / (v.spatial_merge_size * v.spatial_merge_size), mh, v.out_hidden_size);
     P->vision_flops = f;
-    const int64_t T = static_cast<int64_t>(P->tok.ids.size()), th = t.hidden_size, D = t.head_dim();
-    double g = 0;
-    for (int i = 0; i < t.num_hidden_layers; ++i) {
-      g += matmul_flops(T, th, (t.num_attention_heads + 2 * t.num_key_value_heads) * D) +
-           matmul_flops(T, t.num_attention_heads * D, th) +
-           matmul_flops(T, th, 2 * static_cast<int64_t>(t.intermediate_size)) +
-           matmul_flops(T, t.intermediate_size, th);
-      for (size_t s = 1; s < P->tok.cu.size(); ++s) {
-        const double l = static_cast<double>(P->tok.cu[s] - P->tok.cu[s - 1]);
-        g += 4.0 * l * l * t.num_attention_heads * D / 2.0;
-      }
+    for (size_t s = 1; s < P->tok.cu.size(); ++s) {
+      const double l = static_cast<double>(P->tok.cu[s] - P->tok.cu[s - 1]);
+      g += run * 4.0 * l * l * t.num_attention_heads * D / 2.0;
     }
     P->flops = f + g;
   }
@@ -1079,6 +1101,11 @@ int64_t Engine::plan_vision_patches() const {
   VLA_CHECK(impl_->plan, "engine: no plan prepared");
   return impl_->plan->vis.patches;
 }
+const std::vector<PlanGemm>& Engine::plan_gemms() const {
+  VLA_CHECK(impl_->plan, "plan_gemms: no plan prepared");
+  return impl_->plan->gemms;
+}
+
 double Engine::plan_flops() const {
   VLA_CHECK(impl_->plan, "engine: no plan prepared");
   return impl_->plan->flops;

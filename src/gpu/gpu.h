@@ -88,6 +88,19 @@ struct PlanSpec {
   int width = 640;
   std::vector<int64_t> prompt_ids;
   ViewLayout layout = ViewLayout::kOneSequence;
+  // Decoder layers run (0 = all): the features of the first K layers with the final norm applied,
+  // as the reference model's ForwardOptions::num_layers (GR00T N1's middle-layer features). The
+  // prefill stops after layer K.
+  int text_layers = 0;
+};
+
+// One matrix product of a plan, as the engine runs it: [m, k] x [k, n] (weights [n, k]), `count`
+// times per run, as an e4m3 GEMM when `fp8`. What bench_gpu times to get the plan's GEMM floor.
+struct PlanGemm {
+  int64_t m = 0, k = 0, n = 0;
+  int64_t count = 0;
+  bool fp8 = false;
+  std::string what;  // e.g. "vision qkv"
 };
 
 // Per-stage device times of the last run (ms, CUDA events; 0 on CPU).
@@ -145,6 +158,7 @@ class Engine {
   int64_t plan_vision_patches() const;
   // Model FLOPs of one run of the plan (2 * MACs of matrix products + attention).
   double plan_flops() const;
+  const std::vector<PlanGemm>& plan_gemms() const;
   double plan_vision_flops() const;
   // Whether the plan runs as captured CUDA graphs.
   bool plan_uses_graphs() const;
@@ -165,8 +179,9 @@ class Engine {
   at::Tensor vision_forward(const at::Tensor& pixel_values, const at::Tensor& grid_thw);
   // Full forward: input_ids [S] with expanded image placeholders -> last hidden states [S, hidden]
   // (after the final norm). pixel_values/grid_thw may be undefined for text-only prompts.
+  // text_layers: run only the first K decoder layers (0 = all; PlanSpec::text_layers).
   at::Tensor forward(const std::vector<int64_t>& input_ids, const at::Tensor& pixel_values,
-                     const at::Tensor& grid_thw);
+                     const at::Tensor& grid_thw, int text_layers = 0);
   // Logits of hidden states [S, hidden] -> [S, vocab] (float32).
   at::Tensor logits(const at::Tensor& hidden);
   // Greedy decoding: prefill the ids (with images) then `max_new_tokens` tokens (stops at any id

@@ -40,6 +40,14 @@ const char* rotary(void* x, int64_t x_stride, const float* cos, const float* sin
 const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, int64_t inter,
                      DType dt, void* stream);
 
+// Decode GEMV (one activation row): out[r] = (sum_k x[k] * w[r, k]) * wscale[r] (+ bias[r]) for
+// r < n, fp32 accumulation, x / bias / out in `dt`. w is [n, k] in `dt`, or e4m3 rows (w_fp8) with
+// float scales wscale [n] (weight-only FP8; x is not quantised; wscale = nullptr for dt weights).
+// silu_gate: w holds 2n rows (gate rows, then up rows) and out[r] = silu(g_r) * u_r with g_r, u_r
+// the sums of rows r and n + r (bias unused). Needs k % 16 == 0, k <= 12288, 16-byte aligned w.
+const char* gemv(const void* x, const void* w, bool w_fp8, const float* wscale, const void* bias,
+                 void* out, int64_t n, int64_t k, bool silu_gate, DType dt, void* stream);
+
 // Separable uint8 resize (torchvision / Pillow-SIMD antialiased bicubic), pass 1 (horizontal):
 // uint8 HWC3 frames -> uint8 [views, h, out_w, 3]. Integer weights int32 [out_w, ksize] with
 // `precision` fractional bits, bounds int32 [out_w, 2] = (first input column, taps); result =

@@ -28,6 +28,10 @@ const char* rotary(void*, int64_t, const float*, const float*, int64_t, int, int
 const char* silu_mul(const void*, int64_t, void*, int64_t, int64_t, DType, void*) {
   return kNoCuda;
 }
+const char* gemv(const void*, const void*, bool, const float*, const void*, void*, int64_t, int64_t,
+                 bool, DType, void*) {
+  return kNoCuda;
+}
 const char* resize_h_u8(const uint8_t*, uint8_t*, int, int, int, int, const int32_t*,
                         const int32_t*, int, int, void*) {
   return kNoCuda;

@@ -15,7 +15,8 @@ const char* dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bf16" : 
 
 // Seeded random inputs of a case (generated on the CPU so every device sees the same numbers).
 struct Inputs {
-  at::Tensor x, w, residual, cos, sin, q, k, v;
+  at::Tensor x, w, residual, cos, sin, q, k, v, b;
+  Fp8Rows w8;  // the gemv_*_fp8 ops: w quantised per row (as the engine stores weights)
   Varlen seq;
   double scale = 1.0;
 };
@@ -52,6 +53,15 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
   } else if (op == "silu_mul" || op == "silu_mul_fp8") {
     need(c, 2);
     in.x = to_dev(at::randn({c.dims[0], 2 * c.dims[1]}, f32) * 2, c.dtype);
+  } else if (op == "gemv" || op == "gemv_fp8" || op == "gemv_silu_mul" ||
+             op == "gemv_silu_mul_fp8") {
+    need(c, 2);
+    const bool gate = op.compare(0, 13, "gemv_silu_mul") == 0;
+    const int64_t rows = gate ? 2 * c.dims[0] : c.dims[0], K = c.dims[1];
+    in.x = to_dev(at::randn({1, K}, f32), c.dtype);
+    in.w = to_dev(at::randn({rows, K}, f32) / std::sqrt(static_cast<double>(K)) * 2, c.dtype);
+    if (!gate) in.b = to_dev(at::randn({rows}, f32) * 0.1, c.dtype);
+    if (c.fp8()) in.w8 = quantize_fp8(in.w, false);
   } else if (op == "attention") {
     need(c, 6);
     const int64_t T = c.dims[0], H = c.dims[1], Hk = c.dims[2], D = c.dims[3], S = c.dims[5];
@@ -89,6 +99,9 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
   }
   if (op == "silu_mul") return silu_mul(in.x, c.dims[1], fused);
   if (op == "silu_mul_fp8") return fp8(silu_mul_fp8(in.x, c.dims[1], fused));
+  if (op == "gemv" || op == "gemv_fp8") return gemv(in.x, in.w, in.w8, in.b, false, fused);
+  if (op == "gemv_silu_mul" || op == "gemv_silu_mul_fp8")
+    return gemv(in.x, in.w, in.w8, {}, true, fused);
   if (op == "attention") {
     const bool flash = fused && flash_available(in.q);
     return attention(in.q, in.k, in.v, in.seq, in.seq, c.dims[4] != 0, in.scale, flash);
@@ -120,6 +133,17 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     const at::Tensor x = d(in.x);
     const at::Tensor g = x.narrow(1, 0, c.dims[1]), u = x.narrow(1, c.dims[1], c.dims[1]);
     return g * at::sigmoid(g) * u;
+  }
+  if (op.compare(0, 4, "gemv") == 0) {
+    // The weights as stored: e4m3 for the _fp8 variants (quantised once at load, not by the op).
+    const at::Tensor w = in.w8.defined() ? d(dequantize_fp8(in.w8)) : d(in.w);
+    at::Tensor y = at::matmul(d(in.x), w.t());
+    if (in.b.defined()) y = y + d(in.b);
+    if (op.compare(0, 13, "gemv_silu_mul") == 0) {
+      const at::Tensor g = y.narrow(1, 0, c.dims[0]), u = y.narrow(1, c.dims[0], c.dims[0]);
+      y = g * at::sigmoid(g) * u;
+    }
+    return y;
   }
   if (op == "attention") {
     const int64_t T = c.dims[0], H = c.dims[1], Hk = c.dims[2], S = c.dims[5], L = T / S;
@@ -167,6 +191,11 @@ std::vector<OpCase> unit_cases() {
       cases.push_back({"silu_mul", {19, inter}, dt});
       cases.push_back({"silu_mul_fp8", {19, inter}, dt});
     }
+    // K = 100: not a multiple of 16 (the reference path); the rest run the kernel.
+    for (const std::vector<int64_t>& nk :
+         std::vector<std::vector<int64_t>>{{37, 64}, {300, 2048}, {5, 100}, {130, 11008}})
+      for (const char* op : {"gemv", "gemv_fp8", "gemv_silu_mul", "gemv_silu_mul_fp8"})
+        cases.push_back({op, nk, dt});
     cases.push_back({"attention", {100, 4, 4, 80, 0, 4}, dt});
     cases.push_back({"attention", {60, 8, 2, 128, 1, 2}, dt});
   }
@@ -206,6 +235,17 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"attention",
                {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1, 1},
                bf});
+  // One greedy decode step's products (one row through each weight matrix).
+  const int64_t th = t.hidden_size, qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) *
+                                            static_cast<int64_t>(t.head_dim());
+  for (const char* op : {"gemv", "gemv_fp8"}) {
+    c.push_back({op, {qkv, th}, bf});
+    c.push_back({op, {th, mlp_width(t.intermediate_size)}, bf});
+  }
+  c.push_back({"gemv", {th, int64_t{t.num_attention_heads} * t.head_dim()}, bf});
+  c.push_back({"gemv_silu_mul", {mlp_width(t.intermediate_size), th}, bf});
+  c.push_back({"gemv_silu_mul_fp8", {mlp_width(t.intermediate_size), th}, bf});
+  c.push_back({"gemv", {t.vocab_size, th}, bf});
   return c;
 }
 

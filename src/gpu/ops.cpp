@@ -482,4 +482,35 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
   return out.to(out_dtype);
 }
 
+at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const Fp8Rows& w8, const at::Tensor& b,
+                bool silu_gate, bool fused) {
+  const at::Tensor& wt = w8.defined() ? w8.q : w;
+  VLA_CHECK(x.dim() == 2 && x.size(0) == 1, "gemv: x must be [1, K], got ", x.sizes());
+  VLA_CHECK(wt.dim() == 2 && wt.size(1) == x.size(1), "gemv: weights ", wt.sizes(),
+            " do not match x ", x.sizes());
+  VLA_CHECK(!silu_gate || wt.size(0) % 2 == 0, "gemv: gate|up weights need an even row count");
+  const int64_t K = x.size(1), N = silu_gate ? wt.size(0) / 2 : wt.size(0);
+  if (use_kernels(x, fused) && K % 16 == 0 && K <= 12288 && wt.is_contiguous() &&
+      (!b.defined() || b.scalar_type() == x.scalar_type())) {
+    auto xc = x.contiguous();
+    auto out = at::empty({1, N}, x.options());
+    const at::Tensor bc = b.defined() ? b.contiguous() : at::Tensor();
+    const at::Tensor sc = w8.defined() ? w8.scale.to(at::kFloat).contiguous() : at::Tensor();
+    check_launch(kernels::gemv(xc.data_ptr(), wt.data_ptr(), w8.defined(),
+                               w8.defined() ? sc.data_ptr<float>() : nullptr,
+                               bc.defined() ? bc.data_ptr() : nullptr, out.data_ptr(), N, K,
+                               silu_gate, kdtype(x), current_stream(x)),
+                 "gemv");
+    return out;
+  }
+  (void)fused;
+  const at::Tensor wf = w8.defined() ? dequantize_fp8(w8) : w.to(at::kFloat);
+  at::Tensor y = at::matmul(x.to(at::kFloat), wf.t());
+  if (silu_gate)
+    y = at::silu(y.narrow(1, 0, N)) * y.narrow(1, N, N);
+  else if (b.defined())
+    y = y + b.to(at::kFloat);
+  return y.to(x.scalar_type());
+}
+
 }  // namespace vla::gpu::ops

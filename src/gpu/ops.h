@@ -65,6 +65,16 @@ at::Tensor dequantize_fp8(const Fp8Rows& x);
 at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
                       at::ScalarType out_dtype, bool fast_accum);
 
+// The decode step's product of ONE row (batch-1 decoding reads every weight once per token, so it
+// is a weight stream, not a GEMM): x [1, K] (contiguous) @ w^T (+ b) -> [1, N] in x's dtype, fp32
+// accumulation. w [N, K] is in x's dtype, or, when w8 is defined, w8 holds the weights as e4m3
+// rows with per-row scales (weight-only FP8: half the bytes; x is not quantised) and w is unused.
+// silu_gate: the weights are a fused gate|up matrix [2 * inter, K] and the result is
+// silu(x . gate_i) * (x . up_i) -> [1, inter] (b unused). The CUDA kernel (kernels/gemv.cu) runs
+// when fused and K % 16 == 0, K <= 12288; otherwise the float32 ATen reference.
+at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const Fp8Rows& w8, const at::Tensor& b,
+                bool silu_gate, bool fused);
+
 // Packed variable-length sequences: rows [cu[i], cu[i+1]) form sequence i.
 struct Varlen {
   std::vector<int64_t> cu;  // host copy

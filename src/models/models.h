@@ -159,9 +159,12 @@ class TextModelImpl : public torch::nn::Module {
  public:
   explicit TextModelImpl(const Qwen25VLTextConfig& cfg);
   // inputs_embeds (B, L, H); position_ids int64 (3, B, L); attention_mask int64 (B, T = cache +
-  // L) of 1 (token) / 0 (padding), or undefined (all tokens). Returns normed hidden (B, L, H).
+  // L) of 1 (token) / 0 (padding), or undefined (all tokens). num_layers: run only the first K
+  // decoder layers (0 = all; see ForwardOptions::num_layers). Returns normed hidden (B, L, H).
+  // Throws vla::Error for K past the model's layers or K < all with a KV cache.
   torch::Tensor forward(const torch::Tensor& inputs_embeds, const torch::Tensor& position_ids,
-                        const torch::Tensor& attention_mask, KVCache* cache);
+                        const torch::Tensor& attention_mask, KVCache* cache,
+                        int64_t num_layers = 0);
   // M-RoPE cos/sin (B, L, head_dim) in `dtype` for position_ids (3, B, L).
   std::pair<torch::Tensor, torch::Tensor> rotary(const torch::Tensor& position_ids,
                                                  torch::ScalarType dtype) const;
@@ -213,10 +216,15 @@ struct ForwardOptions {
   bool logits_last_only = false;  // only the last position's logits (generation)
   KVCache* cache = nullptr;       // append to / attend over this cache
   torch::Tensor position_ids;     // (3, B, L) override; default: get_rope_index / arange
+  // Decoder layers to run (0 = all). K < all gives the features of the model truncated to its
+  // first K layers, the final norm applied: what GR00T N1 feeds its action expert (a middle
+  // layer of the LLM; gr00t/model/backbone/eagle_backbone.py keeps layers[:select_layer] and reads
+  // the last hidden state). Logits then come from that truncated model.
+  int64_t num_layers = 0;
 };
 
 struct ForwardOutput {
-  torch::Tensor last_hidden;   // (B, L, H) after the final norm
+  torch::Tensor last_hidden;   // (B, L, H) after the final norm (of layer num_layers' output)
   torch::Tensor logits;        // (B, L or 1, V) when requested
   torch::Tensor position_ids;  // (3, B, L) used
   torch::Tensor rope_deltas;   // (B) max position + 1 - valid length (0 for text only)
@@ -238,6 +246,7 @@ struct EncodeOptions {
   // false: all images in one prompt (one sequence); true: one sequence per image (view), the
   // instruction repeated, left-padded into a batch.
   bool views_as_batch = false;
+  int64_t num_layers = 0;  // decoder layers run (0 = all; ForwardOptions::num_layers)
 };
 
 struct EncodeResult {

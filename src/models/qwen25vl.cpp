@@ -327,7 +327,7 @@ ForwardOutput Qwen25VLImpl::forward(const torch::Tensor& input_ids,
   torch::Tensor mask = attention_mask;
   if (mask.defined() && past > 0 && mask.size(1) == L)
     mask = torch::cat({torch::ones({B, past}, mask.options()), mask}, 1);
-  out.last_hidden = model(emb, pos.to(emb.device()), mask, o.cache);
+  out.last_hidden = model(emb, pos.to(emb.device()), mask, o.cache, o.num_layers);
   if (o.compute_logits) {
     auto h = o.logits_last_only ? out.last_hidden.narrow(1, L - 1, 1) : out.last_hidden;
     out.logits = logits_from_hidden(h);
@@ -379,6 +379,7 @@ EncodeResult Qwen25VLImpl::encode(const std::vector<Image>& images, const std::s
   }
   ForwardOptions fo;
   fo.compute_logits = false;
+  fo.num_layers = opt.num_layers;
   auto out = forward(ids, B > 1 ? mask : torch::Tensor(), pre.pixel_values, pre.grid_thw, fo);
   r.features = pool_hidden(out.last_hidden, mask, opt.pooling);
   r.attention_mask = mask;

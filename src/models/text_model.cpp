@@ -131,7 +131,14 @@ std::pair<torch::Tensor, torch::Tensor> TextModelImpl::rotary(const torch::Tenso
 
 torch::Tensor TextModelImpl::forward(const torch::Tensor& inputs_embeds,
                                      const torch::Tensor& position_ids,
-                                     const torch::Tensor& attention_mask, KVCache* cache) {
+                                     const torch::Tensor& attention_mask, KVCache* cache,
+                                     int64_t num_layers) {
+  const int64_t all = static_cast<int64_t>(layers->size());
+  VLA_CHECK(num_layers >= 0 && num_layers <= all, "num_layers ", num_layers,
+            " is outside 0 (all) .. ", all, " (the model's decoder layers)");
+  const int64_t run = num_layers == 0 ? all : num_layers;
+  VLA_CHECK(!cache || run == all,
+            "a KV cache needs every decoder layer (num_layers = 0), got num_layers ", num_layers);
   const int64_t b = inputs_embeds.size(0), l = inputs_embeds.size(1);
   const int64_t past = cache ? cache->length() : 0;
   const int64_t total = past + l;
@@ -165,7 +172,7 @@ torch::Tensor TextModelImpl::forward(const torch::Tensor& inputs_embeds,
                  .masked_fill(allowed.logical_not(), -3.38e38);
   }
   auto h = inputs_embeds;
-  for (size_t i = 0; i < layers->size(); ++i)
+  for (int64_t i = 0; i < run; ++i)
     h = layers[i]->as<DecoderLayerImpl>()->forward(h, cos, sin, mask, cache, i);
   return norm(h);
 }

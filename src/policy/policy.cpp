@@ -36,6 +36,7 @@ nlohmann::json PolicyConfig::to_json() const {
           {"pooling", pooling},
           {"prompt_order", prompt_order},
           {"vl_memory", vl_memory},
+          {"vlm_layers", vlm_layers},
           {"use_views", use_views}};
 }
 
@@ -73,6 +74,7 @@ PolicyConfig PolicyConfig::from_json(const nlohmann::json& j) {
   get("pooling", c.pooling);
   get("prompt_order", c.prompt_order);
   get("vl_memory", c.vl_memory);
+  get("vlm_layers", c.vlm_layers);
   get("use_views", c.use_views);
   c.validate();
   return c;
@@ -100,6 +102,7 @@ void PolicyConfig::validate() const {
   VLA_CHECK(prompt_order == "images_first" || prompt_order == "text_first",
             "policy config: prompt_order must be images_first|text_first, got '", prompt_order,
             "'");
+  VLA_CHECK(vlm_layers >= 0, "policy config: vlm_layers must be >= 0 (0 = all), got ", vlm_layers);
   for (int v : use_views)
     VLA_CHECK(v >= 0 && v < num_views, "policy config: use_views entry ", v, " not in 0..",
               num_views - 1);

@@ -59,6 +59,10 @@ struct PolicyConfig {
   std::string prompt_order = "images_first";
   bool text_first() const { return prompt_order == "text_first"; }
   std::vector<int> use_views;  // indices of the views given to the VLM (empty = all)
+  // Decoder layers of the VLM's LLM that produce the features: 0 = all (the last hidden state);
+  // K = the first K layers, final norm applied (ForwardOptions::num_layers: GR00T N1's middle-layer
+  // features). The prefill stops after layer K, so a smaller K is also faster.
+  int vlm_layers = 0;
   // Scene memory: "none" (the expert sees the newest VL features) or "first" (it sees the
   // episode's first VL features, then the newest: [2 * encoder tokens, vl_dim]; vl_tokens counts
   // both). The first frame shows the scene before the arm moved over it: on the needle task the

@@ -120,10 +120,12 @@ std::string vlm_fingerprint(const std::vector<std::string>& sorted_names,
     auto c = tensor(name).detach().to(torch::kCPU, torch::kFloat32).contiguous();
     acc += name + ":" + fnv1a_hex(c.data_ptr(), c.numel() * c.element_size()) + ";";
   }
-  // What the features depend on besides the weights: pooling and the views used.
+  // What the features depend on besides the weights: pooling, the views used, the prompt order
+  // and the decoder layers run (absent when all: fingerprints of earlier policies stay valid).
   acc += "|pooling=" + cfg.pooling + "|views=";
   for (int v : cfg.use_views) acc += std::to_string(v) + ",";
   if (cfg.text_first()) acc += "|text_first";
+  if (cfg.vlm_layers > 0) acc += "|layers=" + std::to_string(cfg.vlm_layers);
   return "qwen25vl-" + fnv1a_hex(acc.data(), acc.size());
 }
 
@@ -161,6 +163,12 @@ std::string vlm_folder_with_tokenizer(const std::string& arch_dir, const std::st
     copy(tokenizer_dir, f);
   log_info("VLM: ", work_dir, " = architecture of ", arch_dir, " + tokenizer of ", tokenizer_dir);
   return work_dir;
+}
+
+void check_vlm_layers(const PolicyConfig& cfg, const Qwen25VLConfig& vlm, const std::string& dir) {
+  VLA_CHECK(cfg.vlm_layers <= vlm.text.num_hidden_layers, "VLM '", dir, "' has ",
+            vlm.text.num_hidden_layers, " decoder layers but the policy asks for features of layer ",
+            cfg.vlm_layers, " (vlm_layers / --vlm-layers; 0 = all)");
 }
 
 std::string canonical_weight_name(const std::string& n) {

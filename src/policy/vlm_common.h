@@ -11,6 +11,7 @@
 
 #include "core/core.h"
 #include "policy/policy.h"
+#include "weights/weights.h"
 
 namespace vla::policy {
 
@@ -27,10 +28,13 @@ torch::Tensor pool_features(const torch::Tensor& h, const torch::Tensor& ids,
 
 // Stable identity of a VLM: FNV-1a over its parameters as float32 (names in sorted order, each
 // fetched through `tensor`) and over what the features depend on besides the weights (pooling,
-// views, prompt order). "qwen25vl-<16 hex digits>".
+// views, prompt order, vlm_layers). "qwen25vl-<16 hex digits>".
 std::string vlm_fingerprint(const std::vector<std::string>& sorted_names,
                             const std::function<torch::Tensor(const std::string&)>& tensor,
                             const PolicyConfig& cfg);
+
+// Throws vla::Error when cfg.vlm_layers asks for more decoder layers than the VLM in `dir` has.
+void check_vlm_layers(const PolicyConfig& cfg, const Qwen25VLConfig& vlm, const std::string& dir);
 
 // The reference model's parameter name of a checkpoint tensor name (transformers 5.x in-memory
 // names model.language_model.* / model.visual.* map to model.* / visual.*).

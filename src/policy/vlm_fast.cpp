@@ -109,6 +109,7 @@ class FastVlm : public VlmEncoder {
     spec.height = h;
     spec.width = w;
     spec.prompt_ids = prompt;
+    spec.text_layers = cfg_.vlm_layers;
     engine_->prepare(spec);
     plan_ids_ = torch::tensor(engine_->plan_token_ids(), torch::kInt64).view({1, -1});
   }
@@ -150,6 +151,7 @@ std::shared_ptr<VlmEncoder> load_fast_vlm(const std::string& dir, const PolicyCo
   eo.dtype = eo.device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
   eo.fp8 = options.fp8;
   const Qwen25VLConfig config = Qwen25VLConfig::load(dir);
+  check_vlm_layers(cfg, config, dir);
   const ImagePreprocessConfig image = ImagePreprocessConfig::from_folder(dir);
   auto codec = make_prompt_codec(dir, config);
   VLA_CHECK(codec != nullptr, "VLM '", dir, "': no tokenizer.json / chat template");

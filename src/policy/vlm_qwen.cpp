@@ -126,6 +126,8 @@ class QwenVlm : public VlmEncoder {
   ForwardOutput forward(const VlmBatch& b, bool logits) const {
     ForwardOptions fo;
     fo.compute_logits = logits;
+    // Features come from the policy's layer; caption / grounding logits from the whole model.
+    if (!logits) fo.num_layers = cfg_.vlm_layers;
     return model_.ptr()->forward(b.input_ids,
                                  b.input_ids.size(0) > 1 ? b.attention_mask : torch::Tensor(),
                                  b.pixel_values, b.image_grid_thw, fo);
@@ -339,6 +341,7 @@ std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig&
     model->set_prompt_codec(make_prompt_codec(dir, c));
     log_info("VLM: ", dir, " has no weights; random initialisation from its config.json");
   }
+  check_vlm_layers(cfg, model->config(), dir);
   auto enc = std::make_shared<QwenVlm>(model, dir, cfg);
   const auto device = parse_device(options.device);
   if (!device.is_cpu()) enc->to(device);

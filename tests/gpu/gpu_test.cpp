@@ -249,8 +249,11 @@ void check_plan_matches_forward(const EngineOptions& opts, double tol) {
   // reference
   auto [pv, grid] = e.preprocess(ptrs, H, W);
   const int64_t per = grid[0][1].item<int64_t>() * grid[0][2].item<int64_t>() / 4;
+  // All decoder layers, and features from the first 2 of 3 (PlanSpec::text_layers).
+  for (int K : {0, 2})
   for (ViewLayout layout : {ViewLayout::kOneSequence, ViewLayout::kBatch}) {
     PlanSpec spec;
+    spec.text_layers = K;
     spec.views = V;
     spec.height = H;
     spec.width = W;
@@ -281,19 +284,45 @@ void check_plan_matches_forward(const EngineOptions& opts, double tol) {
           ids.push_back(id);
       }
       EXPECT_EQ(ids, e.plan_token_ids());
-      auto ref = e.forward(ids, pv, grid);
-      EXPECT_LE(rel_err(feats, ref), tol) << "one sequence";
+      auto ref = e.forward(ids, pv, grid, K);
+      EXPECT_LE(rel_err(feats, ref), tol) << "one sequence, layers " << K;
     } else {
       ASSERT_EQ(feats.dim(), 3);
       ASSERT_EQ(feats.size(0), V);
       for (int v = 0; v < V; ++v) {
         auto ref =
-            e.forward(e.plan_token_ids(), pv.narrow(0, v * per * 4, per * 4), grid.narrow(0, v, 1));
-        EXPECT_LE(rel_err(feats[v], ref), tol) << "batch view " << v;
+            e.forward(e.plan_token_ids(), pv.narrow(0, v * per * 4, per * 4), grid.narrow(0, v, 1), K);
+        EXPECT_LE(rel_err(feats[v], ref), tol) << "batch view " << v << ", layers " << K;
       }
     }
   }
   EXPECT_GT(e.plan_flops(), e.plan_vision_flops());
+}
+
+// Features from a middle layer (Engine::forward's text_layers) are the reference model's with
+// ForwardOptions::num_layers (which src/models checks against the truncated model), and stopping
+// earlier really changes them.
+TEST(GpuParity, MiddleLayerFeaturesMatchTheReferenceModelOnCpu) {
+  Fixture f = load_fixture("tiny_b");
+  Engine e(f.config, f.image, f.fn(), EngineOptions{});
+  auto model = Qwen25VLImpl::from_pretrained(fixture_dir() + "/tiny_b");
+  const CaseInputs in = case_inputs(f, kCases[1]);
+  const auto ids = at::tensor(in.ids, at::kLong).view({1, -1});
+  at::Tensor prev;
+  for (int K = 1; K <= f.config.text.num_hidden_layers; ++K) {
+    ForwardOptions fo;
+    fo.compute_logits = false;
+    fo.num_layers = K;
+    auto ref = model->forward(ids, {}, in.pixel_values, in.grid_thw, fo).last_hidden.select(0, 0);
+    auto ours = e.forward(in.ids, in.pixel_values, in.grid_thw, K);
+    EXPECT_LE(rel_err(ours, ref), 1e-5) << "layers " << K;
+    if (prev.defined()) {
+      EXPECT_GT(rel_err(ours, prev), 1e-2) << "layers " << K;
+    }
+    prev = ours;
+  }
+  EXPECT_LE(rel_err(prev, e.forward(in.ids, in.pixel_values, in.grid_thw)), 1e-6);
+  EXPECT_THROW(e.forward(in.ids, in.pixel_values, in.grid_thw, 4), Error);
 }
 
 TEST(GpuPlan, FixedShapePlanMatchesReferencePathOnCpu) {

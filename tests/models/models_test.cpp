@@ -184,6 +184,45 @@ TEST(Forward, MismatchedImageTokensAreAnError) {
   EXPECT_THROW(f.model->forward(ids, {}, pv, grid), vla::Error);
 }
 
+// Features of a middle layer (ForwardOptions::num_layers = K) are those of the model truncated to
+// its first K decoder layers, final norm applied: what GR00T N1 keeps of its LLM. Checked against a
+// model built with K layers from the same checkpoint.
+TEST(Forward, MiddleLayerIsTheTruncatedModel) {
+  auto& f = fixture("b");
+  const auto ids = f.ref->load("multi.input_ids");
+  const auto pv = case_pixels("multi");
+  const auto grid = f.ref->load("multi.grid_thw");
+  const int64_t all = f.model->config().text.num_hidden_layers;
+  ASSERT_GE(all, 3);
+  const auto store = vla::WeightStore::open(kFix + "/tiny_b");
+  for (int64_t k = 1; k < all; ++k) {
+    vla::ForwardOptions fo;
+    fo.compute_logits = false;
+    fo.num_layers = k;
+    auto mid = f.model->forward(ids, {}, pv, grid, fo).last_hidden;
+    vla::Qwen25VLConfig cfg = f.model->config();
+    cfg.text.num_hidden_layers = static_cast<int>(k);
+    vla::Qwen25VLImpl truncated(cfg);
+    truncated.load_weights(store, /*strict=*/true);
+    truncated.eval();
+    auto want = truncated.forward(ids, {}, pv, grid, {}).last_hidden;
+    EXPECT_LE(rel_err(mid, want), 1e-6) << "layers " << k;
+  }
+  vla::ForwardOptions every;
+  every.num_layers = all;
+  EXPECT_LE(rel_err(f.model->forward(ids, {}, pv, grid, every).last_hidden,
+                    f.ref->load("multi.last_hidden")),
+            1e-5);
+  vla::ForwardOptions past;
+  past.num_layers = all + 1;
+  EXPECT_THROW(f.model->forward(ids, {}, pv, grid, past), vla::Error);
+  vla::KVCache cache;
+  vla::ForwardOptions cached;
+  cached.num_layers = 1;
+  cached.cache = &cache;
+  EXPECT_THROW(f.model->forward(ids, {}, pv, grid, cached), vla::Error);
+}
+
 // One rule for every media placeholder typed into a prompt: it needs its media, else a clear
 // error naming the placeholder (not an ordinary-token embedding).
 TEST(Forward, PlaceholdersWithoutTheirMediaAreAnError) {

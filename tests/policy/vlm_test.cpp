@@ -266,4 +266,39 @@ TEST(FastVlm, MatchesTheReferenceEncoderOnTheShippedVlm) {
   EXPECT_THROW(Policy::load(dir, bad), Error);
 }
 
+// PolicyConfig::vlm_layers: features of the first K decoder layers, identical on both backends,
+// part of the fingerprint (a cache or policy of another layer is refused), saved in policy.json.
+TEST(FastVlm, MiddleLayerFeaturesAgreeAcrossBackendsAndChangeTheFingerprint) {
+  const std::string dir = std::string(VLA_SOURCE_DIR) + "/assets/policy/default/vlm";
+  PolicyConfig c;
+  c.num_views = 1;
+  c.image_width = c.image_height = 112;
+  c.pooling = "tokens";
+  c.prompt_order = "text_first";
+  auto all = load_vlm(dir, c);
+  c.vlm_layers = 1;
+  auto ref = load_vlm(dir, c);
+  VlmOptions fast;
+  fast.backend = "fast";
+  auto fp = load_vlm(dir, c, fast);
+  EXPECT_EQ(ref->fingerprint(), fp->fingerprint());
+  EXPECT_NE(ref->fingerprint(), all->fingerprint());
+  const std::vector<Image> v = {views(40)[0]};
+  const std::string instr = "insert the needle into the red port";
+  auto a = ref->encode(v, instr), b = fp->encode(v, instr), full = all->encode(v, instr);
+  ASSERT_EQ(a.sizes(), b.sizes());
+  EXPECT_LT((a - b).norm().item<double>() / a.norm().item<double>(), 1e-5);
+  EXPECT_GT((a - full).norm().item<double>() / full.norm().item<double>(), 1e-2);
+  EXPECT_EQ(PolicyConfig::from_json(c.to_json()).vlm_layers, 1);
+  c.vlm_layers = 3;  // the shipped VLM has 2
+  try {
+    load_vlm(dir, c, fast);
+    FAIL() << "no error for vlm_layers past the model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("decoder layers"), std::string::npos) << e.what();
+  }
+  c.vlm_layers = -1;
+  EXPECT_THROW(c.validate(), Error);
+}
+
 }  // namespace

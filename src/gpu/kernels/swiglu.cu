@@ -5,8 +5,6 @@ namespace vla::gpu::kernels {
 namespace {
 
 // ------------------------------------------------------------------ SwiGLU
-__device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); }
-
 template <typename T>
 __global__ void silu_mul_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ out,
                                 int64_t inter) {
