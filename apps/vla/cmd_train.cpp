@@ -256,7 +256,8 @@ void add_probe(CLI::App& app) {
   c->add_option("--prompt-order", *order, "with --vlm: images_first | text_first")
       ->capture_default_str();
   auto layers = std::make_shared<int>(0);
-  c->add_option("--vlm-layers", *layers, "with --vlm: features of the first K decoder layers (0 = all)")
+  c->add_option("--vlm-layers", *layers,
+                "with --vlm: features of the first K decoder layers (0 = all)")
       ->check(CLI::NonNegativeNumber);
   c->add_option("--max-episodes", *max_eps, "use at most N episodes (0 = all)")
       ->check(CLI::NonNegativeNumber);

@@ -43,8 +43,8 @@ vla::EncodeResult encode_fast(vla::gpu::Engine& engine, const vla::PromptCodec& 
     VLA_CHECK(in.input_ids.size() == seqs[0].input_ids.size(),
               "--views-as-batch with --vlm-backend fast needs views of one size (the fast "
               "executor does not pad); use --vlm-backend reference");
-    hidden.push_back(engine.forward(in.input_ids, in.pixel_values, in.grid_thw,
-                                    static_cast<int>(o.num_layers)));
+    hidden.push_back(
+        engine.forward(in.input_ids, in.pixel_values, in.grid_thw, static_cast<int>(o.num_layers)));
     ids.push_back(torch::tensor(in.input_ids, torch::kInt64));
   }
   r.input_ids = torch::stack(ids);

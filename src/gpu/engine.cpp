@@ -271,11 +271,11 @@ struct EngineImpl {
   bool fused() const { return o.fused_kernels; }
 
   // ---------------------------------------------------------------- fp8
-  // Quantises the qkv, gate|up and down weights (one e4m3 scale per output channel; the decode step
-  // of generate_greedy streams them as weight-only FP8 GEMVs); bf16 copies are kept for stages
-  // under fp8_min_rows. The attention output projections stay bf16:
-  // their input comes from attention, not from a fused norm / SwiGLU kernel, so it would need a
-  // quantisation pass of its own, and at these sizes (N = hidden) fp8 is no faster (docs/gpu.md).
+  // Quantises the qkv, gate|up and down weights (one e4m3 scale per output channel); bf16 copies
+  // are kept for the decode loop of generate_greedy and stages under fp8_min_rows. The attention
+  // output projections stay bf16: their input comes from attention, not from a fused norm / SwiGLU
+  // kernel, so it would need a quantisation pass of its own, and at these sizes (N = hidden) fp8 is
+  // no faster (docs/gpu.md).
   void quantize_weights() {
     if (!o.fp8) return;
     at::NoGradGuard ng;
@@ -806,18 +806,16 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
   const int H = t.num_attention_heads, Hk = t.num_key_value_heads, D = t.head_dim();
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   int64_t L = S;  // host copy of the cache length (the math attention path reads it)
-  // Each product of the step is one row through a weight matrix: the GEMV kernel streams the
-  // weights once (e4m3 rows with the FP8 option: weight-only, half the bytes) and fuses SwiGLU
-  // into the gate|up product.
-  const bool w8 = E.o.fp8;
+  // The step's products stay cuBLAS: the GEMV kernel (ops::gemv, kernels/gemv.cu) measured slower
+  // end to end on an H200 (302 vs 325 tokens/s; 1.0-1.7 TB/s on the tall-K down / o_proj rows,
+  // docs/gpu.md), so it is not used here until it streams those at the bandwidth limit.
   auto decode_step = [&]() {
     at::Tensor x = E.embed.index_select(0, tok);
     at::Tensor cc = tcos.index_select(0, step_i), ss = tsin.index_select(0, step_i);
     at::Tensor n = ops::rms_norm(x, E.tl[0].in_n, t.rms_norm_eps, E.fused());
     for (size_t i = 0; i < E.tl.size(); ++i) {
       const TLayer& Ly = E.tl[i];
-      at::Tensor qkv =
-          ops::gemv(n, Ly.qkv_w, w8 ? Ly.qkv_q : ops::Fp8Rows{}, Ly.qkv_b, false, E.fused());
+      at::Tensor qkv = ops::linear(n, Ly.qkv_w, Ly.qkv_b);
       ops::rotary_(qkv, H + Hk, D, cc, ss, E.fused());
       auto q = qkv.narrow(1, 0, H * D).view({1, H, D});
       cache.k[i].index_copy_(0, row, qkv.narrow(1, H * D, Hk * D).view({1, Hk, D}));
@@ -828,14 +826,14 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
                                cache.capacity)
               : ops::attention(q, cache.k[i].narrow(0, 0, L + 1), cache.v[i].narrow(0, 0, L + 1),
                                qv, ops::Varlen::make({0, L + 1}, dev), false, scale, false);
-      at::Tensor o_ = ops::gemv(a.view({1, H * D}), Ly.o_w, {}, {}, false, E.fused());
+      at::Tensor o_ = ops::linear(a.view({1, H * D}), Ly.o_w);
       n = ops::add_rms_norm(o_, x, Ly.post_n, t.rms_norm_eps, E.fused());
-      at::Tensor m = ops::gemv(n, Ly.gu_w, w8 ? Ly.gu_q : ops::Fp8Rows{}, {}, true, E.fused());
-      at::Tensor dn = ops::gemv(m, Ly.down_w, w8 ? Ly.down_q : ops::Fp8Rows{}, {}, false, E.fused());
+      at::Tensor gu = ops::linear(n, Ly.gu_w);
+      at::Tensor dn = ops::linear(ops::silu_mul(gu, E.ti_pad, E.fused()), Ly.down_w);
       const at::Tensor& nw = (i + 1 < E.tl.size()) ? E.tl[i + 1].in_n : E.final_norm;
       n = ops::add_rms_norm(dn, x, nw, t.rms_norm_eps, E.fused());
     }
-    tok.copy_(at::argmax(ops::gemv(n, E.lm_head, {}, {}, false, E.fused()), -1).view({1}));
+    tok.copy_(at::argmax(ops::linear(n, E.lm_head), -1).view({1}));
     row.add_(1);
     step_i.add_(1);
     kv.cu_dev.narrow(0, 1, 1).add_(1);
@@ -985,7 +983,8 @@ void Engine::prepare(const PlanSpec& spec) {
   // The plan's GEMMs (as the engine runs them: padded MLP widths, FP8 where EngineOptions says) and
   // FLOPs (2 x MACs): matrix products + attention (QK^T and PV), causal attention counted half.
   {
-    const int64_t N = P->vis.patches, vh = v.hidden_size, merge = v.spatial_merge_size * v.spatial_merge_size;
+    const int64_t N = P->vis.patches, vh = v.hidden_size,
+                  merge = v.spatial_merge_size * v.spatial_merge_size;
     const int64_t mh = vh * merge, T = static_cast<int64_t>(P->tok.ids.size());
     const int64_t th = t.hidden_size, D = t.head_dim();
     const int run = spec.text_layers > 0 ? spec.text_layers : t.num_hidden_layers;
@@ -999,8 +998,8 @@ void Engine::prepare(const PlanSpec& spec) {
     G.push_back({N / merge, mh, mh, 1, false, "merger fc1"});
     G.push_back({N / merge, mh, v.out_hidden_size, 1, false, "merger fc2"});
     const size_t vision_gemms = G.size();
-    G.push_back({T, th, (t.num_attention_heads + 2 * t.num_key_value_heads) * D, run, t8,
-                 "decoder qkv"});
+    G.push_back(
+        {T, th, (t.num_attention_heads + 2 * t.num_key_value_heads) * D, run, t8, "decoder qkv"});
     G.push_back({T, t.num_attention_heads * D, th, run, false, "decoder o_proj"});
     G.push_back({T, th, 2 * E.ti_pad, run, t8, "decoder gate|up"});
     G.push_back({T, E.ti_pad, th, run, t8, "decoder down"});

@@ -237,7 +237,7 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
                bf});
   // One greedy decode step's products (one row through each weight matrix).
   const int64_t th = t.hidden_size, qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) *
-                                            static_cast<int64_t>(t.head_dim());
+                                          static_cast<int64_t>(t.head_dim());
   for (const char* op : {"gemv", "gemv_fp8"}) {
     c.push_back({op, {qkv, th}, bf});
     c.push_back({op, {th, mlp_width(t.intermediate_size)}, bf});

@@ -167,8 +167,9 @@ std::string vlm_folder_with_tokenizer(const std::string& arch_dir, const std::st
 
 void check_vlm_layers(const PolicyConfig& cfg, const Qwen25VLConfig& vlm, const std::string& dir) {
   VLA_CHECK(cfg.vlm_layers <= vlm.text.num_hidden_layers, "VLM '", dir, "' has ",
-            vlm.text.num_hidden_layers, " decoder layers but the policy asks for features of layer ",
-            cfg.vlm_layers, " (vlm_layers / --vlm-layers; 0 = all)");
+            vlm.text.num_hidden_layers,
+            " decoder layers but the policy asks for features of layer ", cfg.vlm_layers,
+            " (vlm_layers / --vlm-layers; 0 = all)");
 }
 
 std::string canonical_weight_name(const std::string& n) {

@@ -251,51 +251,51 @@ void check_plan_matches_forward(const EngineOptions& opts, double tol) {
   const int64_t per = grid[0][1].item<int64_t>() * grid[0][2].item<int64_t>() / 4;
   // All decoder layers, and features from the first 2 of 3 (PlanSpec::text_layers).
   for (int K : {0, 2})
-  for (ViewLayout layout : {ViewLayout::kOneSequence, ViewLayout::kBatch}) {
-    PlanSpec spec;
-    spec.text_layers = K;
-    spec.views = V;
-    spec.height = H;
-    spec.width = W;
-    spec.layout = layout;
-    if (layout == ViewLayout::kOneSequence) {
-      spec.prompt_ids = {1,
-                         2,
-                         f.config.vision_start_token_id,
-                         img,
-                         f.config.vision_end_token_id,
-                         f.config.vision_start_token_id,
-                         img,
-                         f.config.vision_end_token_id,
-                         5,
-                         6,
-                         7};
-    } else {
-      spec.prompt_ids = prompt;
-    }
-    e.prepare(spec);
-    auto feats = e.encode(ptrs).clone();
-    if (layout == ViewLayout::kOneSequence) {
-      std::vector<int64_t> ids;
-      for (int64_t id : spec.prompt_ids) {
-        if (id == img)
-          ids.insert(ids.end(), per, img);
-        else
-          ids.push_back(id);
+    for (ViewLayout layout : {ViewLayout::kOneSequence, ViewLayout::kBatch}) {
+      PlanSpec spec;
+      spec.text_layers = K;
+      spec.views = V;
+      spec.height = H;
+      spec.width = W;
+      spec.layout = layout;
+      if (layout == ViewLayout::kOneSequence) {
+        spec.prompt_ids = {1,
+                           2,
+                           f.config.vision_start_token_id,
+                           img,
+                           f.config.vision_end_token_id,
+                           f.config.vision_start_token_id,
+                           img,
+                           f.config.vision_end_token_id,
+                           5,
+                           6,
+                           7};
+      } else {
+        spec.prompt_ids = prompt;
       }
-      EXPECT_EQ(ids, e.plan_token_ids());
-      auto ref = e.forward(ids, pv, grid, K);
-      EXPECT_LE(rel_err(feats, ref), tol) << "one sequence, layers " << K;
-    } else {
-      ASSERT_EQ(feats.dim(), 3);
-      ASSERT_EQ(feats.size(0), V);
-      for (int v = 0; v < V; ++v) {
-        auto ref =
-            e.forward(e.plan_token_ids(), pv.narrow(0, v * per * 4, per * 4), grid.narrow(0, v, 1), K);
-        EXPECT_LE(rel_err(feats[v], ref), tol) << "batch view " << v << ", layers " << K;
+      e.prepare(spec);
+      auto feats = e.encode(ptrs).clone();
+      if (layout == ViewLayout::kOneSequence) {
+        std::vector<int64_t> ids;
+        for (int64_t id : spec.prompt_ids) {
+          if (id == img)
+            ids.insert(ids.end(), per, img);
+          else
+            ids.push_back(id);
+        }
+        EXPECT_EQ(ids, e.plan_token_ids());
+        auto ref = e.forward(ids, pv, grid, K);
+        EXPECT_LE(rel_err(feats, ref), tol) << "one sequence, layers " << K;
+      } else {
+        ASSERT_EQ(feats.dim(), 3);
+        ASSERT_EQ(feats.size(0), V);
+        for (int v = 0; v < V; ++v) {
+          auto ref = e.forward(e.plan_token_ids(), pv.narrow(0, v * per * 4, per * 4),
+                               grid.narrow(0, v, 1), K);
+          EXPECT_LE(rel_err(feats[v], ref), tol) << "batch view " << v << ", layers " << K;
+        }
       }
     }
-  }
   EXPECT_GT(e.plan_flops(), e.plan_vision_flops());
 }
 

@@ -115,13 +115,11 @@ const char* launch_gemv(const void* x, const void* w, const float* wscale, const
   const T* bt = static_cast<const T*>(bias);
   T* ot = static_cast<T*>(out);
   if (silu_gate)
-    gemv_kernel<T, W, true><<<grid, kGemvThreads, smem, s>>>(xt, wt, wscale, bt, ot,
-                                                             static_cast<int>(n),
-                                                             static_cast<int>(k));
+    gemv_kernel<T, W, true><<<grid, kGemvThreads, smem, s>>>(
+        xt, wt, wscale, bt, ot, static_cast<int>(n), static_cast<int>(k));
   else
-    gemv_kernel<T, W, false><<<grid, kGemvThreads, smem, s>>>(xt, wt, wscale, bt, ot,
-                                                              static_cast<int>(n),
-                                                              static_cast<int>(k));
+    gemv_kernel<T, W, false><<<grid, kGemvThreads, smem, s>>>(
+        xt, wt, wscale, bt, ot, static_cast<int>(n), static_cast<int>(k));
   return last_error();
 }
 
@@ -136,8 +134,8 @@ const char* gemv(const void* x, const void* w, bool w_fp8, const float* wscale, 
   if (w_fp8) {
     if (!wscale) return "gemv: e4m3 weights need their scales";
     return dt == kBF16
-               ? launch_gemv<__nv_bfloat16, __nv_fp8_e4m3>(x, w, wscale, bias, out, n, k,
-                                                           silu_gate, s)
+               ? launch_gemv<__nv_bfloat16, __nv_fp8_e4m3>(x, w, wscale, bias, out, n, k, silu_gate,
+                                                           s)
                : launch_gemv<float, __nv_fp8_e4m3>(x, w, wscale, bias, out, n, k, silu_gate, s);
   }
   return dt == kBF16 ? launch_gemv<__nv_bfloat16, __nv_bfloat16>(x, w, nullptr, bias, out, n, k,
