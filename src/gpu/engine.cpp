@@ -385,6 +385,11 @@ struct EngineImpl {
 
   // ---------------------------------------------------------------- text
   // h: [T, hidden] embeddings (consumed as the residual stream) -> final-normed hidden [T, hidden].
+  // Throws vla::Error unless 0 (all) <= layers <= the model's decoder layers.
+  void check_text_layers(int layers, const char* what) const {
+    VLA_CHECK(layers >= 0 && layers <= d.text.num_hidden_layers, what, ": text_layers ", layers,
+              " is outside 0 (all) .. ", d.text.num_hidden_layers, " (the model's decoder layers)");
+  }
   // The first `layers` decoder layers (0 = all), then the final norm.
   at::Tensor text_core(at::Tensor h, const at::Tensor& cos, const at::Tensor& sin,
                        const ops::Varlen& seq, StaticKvCache* cache, int layers = 0) const {
@@ -727,8 +732,7 @@ at::Tensor Engine::forward(const std::vector<int64_t>& input_ids, const at::Tens
                            const at::Tensor& grid_thw, int text_layers) {
   EngineImpl& E = *impl_;
   at::NoGradGuard ng;
-  VLA_CHECK(text_layers >= 0 && text_layers <= E.d.text.num_hidden_layers, "forward: text_layers ",
-            text_layers, " is outside 0 (all) .. ", E.d.text.num_hidden_layers);
+  E.check_text_layers(text_layers, "forward");
   const auto grids = grids_of(grid_thw);
   TokenLayout T = build_tokens({input_ids}, {grids}, E.d);
   auto dev = E.o.device;
@@ -930,9 +934,7 @@ void Engine::prepare(const PlanSpec& spec) {
   VLA_CHECK(spec.views >= 1, "prepare: views must be >= 1");
   VLA_CHECK(spec.height > 0 && spec.width > 0, "prepare: bad frame size ", spec.width, "x",
             spec.height);
-  VLA_CHECK(spec.text_layers >= 0 && spec.text_layers <= t.num_hidden_layers,
-            "prepare: text_layers ", spec.text_layers, " is outside 0 (all) .. ",
-            t.num_hidden_layers, " (the model's decoder layers)");
+  E.check_text_layers(spec.text_layers, "prepare");
   auto P = std::make_unique<Plan>();
   P->spec = spec;
   const int factor = v.patch_size * v.spatial_merge_size;

@@ -129,21 +129,18 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     const at::Tensor out = h * d(in.cos).unsqueeze(1) + rot * d(in.sin).unsqueeze(1);
     return at::cat({out.reshape({x.size(0), heads * hd}), x.narrow(1, heads * hd, 2 * hd)}, 1);
   }
-  if (op == "silu_mul" || op == "silu_mul_fp8") {
-    const at::Tensor x = d(in.x);
-    const at::Tensor g = x.narrow(1, 0, c.dims[1]), u = x.narrow(1, c.dims[1], c.dims[1]);
+  // silu(gate) * up of rows [gate (inter) | up (inter)].
+  auto swiglu = [](const at::Tensor& x, int64_t inter) {
+    const at::Tensor g = x.narrow(1, 0, inter), u = x.narrow(1, inter, inter);
     return g * at::sigmoid(g) * u;
-  }
+  };
+  if (op == "silu_mul" || op == "silu_mul_fp8") return swiglu(d(in.x), c.dims[1]);
   if (op.compare(0, 4, "gemv") == 0) {
     // The weights as stored: e4m3 for the _fp8 variants (quantised once at load, not by the op).
     const at::Tensor w = in.w8.defined() ? d(dequantize_fp8(in.w8)) : d(in.w);
     at::Tensor y = at::matmul(d(in.x), w.t());
     if (in.b.defined()) y = y + d(in.b);
-    if (op.compare(0, 13, "gemv_silu_mul") == 0) {
-      const at::Tensor g = y.narrow(1, 0, c.dims[0]), u = y.narrow(1, c.dims[0], c.dims[0]);
-      y = g * at::sigmoid(g) * u;
-    }
-    return y;
+    return op.compare(0, 13, "gemv_silu_mul") == 0 ? swiglu(y, c.dims[0]) : y;
   }
   if (op == "attention") {
     const int64_t T = c.dims[0], H = c.dims[1], Hk = c.dims[2], S = c.dims[5], L = T / S;
