@@ -2,8 +2,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
+#include <optional>
 
 #include "core/core.h"
 #include "gpu/device.h"
@@ -269,6 +271,140 @@ struct EngineImpl {
 
   at::TensorOptions wopt() const { return at::TensorOptions().dtype(o.dtype).device(o.device); }
   bool fused() const { return o.fused_kernels; }
+
+  // ---------------------------------------------------------------- decode
+  // How the decode step runs each one-row product (EngineOptions::decode_gemv): cuBLAS on the
+  // bf16 weights, the GEMV kernel on them, or (FP8 engines, qkv / gate|up / down) the GEMV kernel
+  // on the e4m3 weights the prefill uses (half the bytes to stream).
+  enum class Product { kCublas, kGemv, kGemvFp8 };
+  struct DecodeProducts {
+    Product qkv = Product::kCublas, o_proj = Product::kCublas, gate_up = Product::kCublas,
+            down = Product::kCublas, lm_head = Product::kCublas;
+  };
+  std::optional<DecodeProducts> decode_products_;
+  std::string decode_report;
+  // One product of the decode step: x [1, K] through w (bf16) or w8 (e4m3 rows) as `how` says;
+  // gate: w is the fused gate|up matrix and the result its SwiGLU [1, ti_pad].
+  at::Tensor decode_product(Product how, const at::Tensor& x, const at::Tensor& w,
+                            const ops::Fp8Rows& w8, const at::Tensor& b, bool gate = false) const {
+    if (how == Product::kCublas) {
+      at::Tensor y = ops::linear(x, w, b);
+      return gate ? ops::silu_mul(y, ti_pad, fused()) : y;
+    }
+    return ops::gemv(x, w, how == Product::kGemvFp8 ? w8 : ops::Fp8Rows{}, b, gate, true);
+  }
+  // kMeasure on CUDA: each way of each product timed as 20 calls in a CUDA graph cycling through
+  // the layers' weights (so they stream from memory as in decoding, not from L2), best of 5
+  // replays, once per engine; the fastest wins.
+  const DecodeProducts& decode_products() {
+    if (decode_products_) return *decode_products_;
+    DecodeProducts c;
+    using Mode = EngineOptions::DecodeGemv;
+    const bool q8 = !tl.empty() && tl[0].qkv_q.defined();
+    const Product kernel = q8 ? Product::kGemvFp8 : Product::kGemv;
+    if (!o.device.is_cuda() || !fused() || o.decode_gemv == Mode::kOff) {
+      decode_report = "cuBLAS for every product";
+    } else if (o.decode_gemv == Mode::kOn) {
+      c = {kernel, Product::kGemv, kernel, kernel, Product::kGemv};
+      decode_report = q8 ? "GEMV kernel for every product, e4m3 weights for qkv, gate|up, down"
+                         : "GEMV kernel for every product";
+    } else {
+      at::NoGradGuard ng;
+      const Qwen25VLTextConfig& t = d.text;
+      const at::Tensor x = at::randn({1, t.hidden_size}, wopt()),
+                       xa = at::randn({1, int64_t{t.num_attention_heads} * t.head_dim()}, wopt()),
+                       xi = at::randn({1, ti_pad}, wopt()), none;
+      device::Stream stream(o.device);
+      device::StreamScope scope(stream);
+      constexpr int kCalls = 20;
+      // ms per call of f(layer) over layers 0, 1, ... (cyclic).
+      auto time_ms = [&](const std::function<void(const TLayer&)>& f) {
+        f(tl[0]);  // warm-up, outside the capture
+        device::Graph g;
+        g.capture_begin();
+        for (int i = 0; i < kCalls; ++i) f(tl[static_cast<size_t>(i) % tl.size()]);
+        g.capture_end();
+        double best = std::numeric_limits<double>::infinity();
+        for (int r = 0; r < 6; ++r) {
+          stream.synchronize();
+          Stopwatch sw;
+          g.replay();
+          stream.synchronize();
+          if (r > 0) best = std::min(best, sw.elapsed_ms() / kCalls);
+        }
+        return best;
+      };
+      const char* names[] = {"cuBLAS", "gemv", "gemv e4m3"};
+      auto choose = [&](const char* what, Product* pick, bool has_fp8,
+                        const std::function<void(Product, const TLayer&)>& f) {
+        std::string line;
+        double best = std::numeric_limits<double>::infinity();
+        for (Product p : {Product::kCublas, Product::kGemv, Product::kGemvFp8}) {
+          if (p == Product::kGemvFp8 && !has_fp8) continue;
+          const double ms = time_ms([&](const TLayer& L) { f(p, L); });
+          line += str_cat(line.empty() ? "" : ", ", names[static_cast<int>(p)], " ",
+                          fmt_double(ms * 1e3, 1), " us");
+          if (ms < best) best = ms, *pick = p;
+        }
+        decode_report += str_cat(decode_report.empty() ? "" : "; ", what, ": ",
+                                 names[static_cast<int>(*pick)], " (", line, ")");
+      };
+      choose("qkv", &c.qkv, q8, [&](Product p, const TLayer& L) {
+        (void)decode_product(p, x, L.qkv_w, L.qkv_q, L.qkv_b);
+      });
+      choose("o_proj", &c.o_proj, false,
+             [&](Product p, const TLayer& L) { (void)decode_product(p, xa, L.o_w, {}, none); });
+      choose("gate_up+silu", &c.gate_up, q8, [&](Product p, const TLayer& L) {
+        (void)decode_product(p, x, L.gu_w, L.gu_q, none, true);
+      });
+      choose("down", &c.down, q8, [&](Product p, const TLayer& L) {
+        (void)decode_product(p, xi, L.down_w, L.down_q, none);
+      });
+      choose("lm_head", &c.lm_head, false,
+             [&](Product p, const TLayer&) { (void)decode_product(p, x, lm_head, {}, none); });
+    }
+    decode_products_ = c;
+    return *decode_products_;
+  }
+  // What the captured decode step reads and advances in place; kept across generate_greedy calls
+  // (re-made only when a call needs more cache rows), so later calls replay without a capture.
+  struct DecodeState {
+    int64_t capacity = 0;
+    bool graphed = false;
+    StaticKvCache cache;
+    at::Tensor cos, sin;       // rotary rows of text positions 0 .. capacity - 1, i.e. (p, p, p)
+    at::Tensor tok, row, pos;  // [1] int64 on the device: next input token, its cache row, position
+    ops::Varlen qv, kv;  // one query row; keys [0, row + 1) (kv.cu_dev[1] moves on the device)
+    std::unique_ptr<device::Stream> stream;  // CUDA graphs: the stream they run on
+    std::unique_ptr<device::Graph> graph;    // one decode step, captured at its first use
+  };
+  std::unique_ptr<DecodeState> decode;
+  DecodeState& decode_state(int64_t rows, bool graphed) {
+    if (decode && decode->capacity >= rows && decode->graphed == graphed) return *decode;
+    decode.reset();  // frees the old cache and graph first
+    auto st = std::make_unique<DecodeState>();
+    const Qwen25VLTextConfig& t = d.text;
+    st->capacity = std::max<int64_t>(1024, (rows + 255) / 256 * 256);
+    st->graphed = graphed;
+    st->cache.capacity = st->capacity;
+    for (int i = 0; i < t.num_hidden_layers; ++i) {
+      st->cache.k.push_back(at::zeros({st->capacity, t.num_key_value_heads, t.head_dim()}, wopt()));
+      st->cache.v.push_back(at::zeros({st->capacity, t.num_key_value_heads, t.head_dim()}, wopt()));
+    }
+    auto pos = at::arange(st->capacity, at::kLong);
+    auto [c, s] = text_rope_tables(pos.unsqueeze(0).expand({3, -1}).contiguous(), t);
+    st->cos = c.to(o.device);
+    st->sin = s.to(o.device);
+    const auto lopt = at::TensorOptions().dtype(at::kLong).device(o.device);
+    st->tok = at::zeros({1}, lopt);
+    st->row = at::zeros({1}, lopt);
+    st->pos = at::zeros({1}, lopt);
+    st->qv = ops::Varlen::make({0, 1}, o.device);
+    st->kv = ops::Varlen::make({0, 1}, o.device);
+    if (graphed) st->stream = std::make_unique<device::Stream>(o.device);
+    decode = std::move(st);
+    return *decode;
+  }
 
   // ---------------------------------------------------------------- fp8
   // Quantises the qkv, gate|up and down weights (one e4m3 scale per output channel); bf16 copies
@@ -768,22 +904,15 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
   const auto grids = grids_of(grid_thw);
   TokenLayout T = build_tokens({input_ids}, {grids}, E.d);
   auto dev = E.o.device;
-  // CUDA with flash attention: the decode step runs as one graph (the math attention path sizes
-  // its work on the host, so it stays eager). Everything runs on the capture stream.
-  const bool graph = dev.is_cuda() && E.flash && E.o.cuda_graphs;
-  std::unique_ptr<device::Stream> stream;
-  std::unique_ptr<device::StreamScope> scope;
-  if (graph) {
-    stream = std::make_unique<device::Stream>(dev);
-    scope = std::make_unique<device::StreamScope>(*stream);
-  }
   const int64_t S = static_cast<int64_t>(T.ids.size());
-  StaticKvCache cache;
-  cache.capacity = S + max_new_tokens + 1;
-  for (int i = 0; i < t.num_hidden_layers; ++i) {
-    cache.k.push_back(at::zeros({cache.capacity, t.num_key_value_heads, t.head_dim()}, E.wopt()));
-    cache.v.push_back(at::zeros({cache.capacity, t.num_key_value_heads, t.head_dim()}, E.wopt()));
-  }
+  // CUDA with flash attention: the decode step runs as one graph (the math attention path sizes
+  // its work on the host, so it stays eager), captured once and replayed by later calls too.
+  const bool graph = dev.is_cuda() && E.flash && E.o.cuda_graphs;
+  EngineImpl::DecodeState& st = E.decode_state(S + max_new_tokens + 1, graph);
+  const EngineImpl::DecodeProducts& use = E.decode_products();
+  std::unique_ptr<device::StreamScope> scope;  // everything runs on the graph's stream
+  if (st.stream) scope = std::make_unique<device::StreamScope>(*st.stream);
+  StaticKvCache& cache = st.cache;
   auto ids = at::tensor(T.ids, at::kLong).to(dev);
   at::Tensor h = E.embed.index_select(0, ids);
   if (!grids.empty()) {
@@ -793,80 +922,76 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
   auto [c, s] = text_rope_tables(T.pos3, t);
   auto seq = ops::Varlen::make(T.cu, dev);
   at::Tensor hid = E.text_core(h, c.to(dev), s.to(dev), seq, &cache);
-  // Decode state lives on the device and each step advances it in place (next token, cache row,
-  // key length, rotary row), so one captured CUDA graph replays every step; the host reads the
-  // token back for the stop check only. Text positions after the prompt are (p, p, p): their
-  // M-RoPE rows are tabulated once.
-  const auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
-  at::Tensor tok = at::argmax(ops::linear(hid.narrow(0, S - 1, 1), E.lm_head), -1).view({1});
-  at::Tensor row = at::full({1}, S, lopt);   // cache row the step writes
-  at::Tensor step_i = at::zeros({1}, lopt);  // row of the rotary tables
-  ops::Varlen qv = ops::Varlen::make({0, 1}, dev);
-  ops::Varlen kv = ops::Varlen::make({0, S + 1}, dev);  // kv.cu_dev[1] advances on the device
-  auto pos = at::arange(T.next_pos[0], T.next_pos[0] + max_new_tokens + 1, at::kLong);
-  auto [tcos, tsin] = text_rope_tables(pos.unsqueeze(0).expand({3, -1}).contiguous(), t);
-  tcos = tcos.to(dev);
-  tsin = tsin.to(dev);
+  // The step's inputs live on the device and each step advances them in place (next token, cache
+  // row, key length, position), so one captured graph replays every step; the host reads the
+  // token back for the stop check only. Text positions after the prompt are (p, p, p): the state's
+  // rotary rows are tabulated by position.
+  st.tok.copy_(at::argmax(ops::linear(hid.narrow(0, S - 1, 1), E.lm_head), -1).view({1}));
+  st.row.fill_(S);
+  st.pos.fill_(T.next_pos[0]);
+  st.kv.cu_dev.narrow(0, 1, 1).fill_(S + 1);
   const int H = t.num_attention_heads, Hk = t.num_key_value_heads, D = t.head_dim();
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   int64_t L = S;  // host copy of the cache length (the math attention path reads it)
-  // The step's products stay cuBLAS: the GEMV kernel (ops::gemv, kernels/gemv.cu) measured slower
-  // end to end on an H200 (302 vs 325 tokens/s; 1.0-1.7 TB/s on the tall-K down / o_proj rows,
-  // docs/gpu.md), so it is not used here until it streams those at the bandwidth limit.
+  // Each product runs the way that measured fastest for its matrix on this GPU
+  // (EngineImpl::decode_products).
   auto decode_step = [&]() {
-    at::Tensor x = E.embed.index_select(0, tok);
-    at::Tensor cc = tcos.index_select(0, step_i), ss = tsin.index_select(0, step_i);
+    at::Tensor x = E.embed.index_select(0, st.tok);
+    at::Tensor cc = st.cos.index_select(0, st.pos), ss = st.sin.index_select(0, st.pos);
     at::Tensor n = ops::rms_norm(x, E.tl[0].in_n, t.rms_norm_eps, E.fused());
     for (size_t i = 0; i < E.tl.size(); ++i) {
       const TLayer& Ly = E.tl[i];
-      at::Tensor qkv = ops::linear(n, Ly.qkv_w, Ly.qkv_b);
-      ops::rotary_(qkv, H + Hk, D, cc, ss, E.fused());
+      at::Tensor qkv = E.decode_product(use.qkv, n, Ly.qkv_w, Ly.qkv_q, Ly.qkv_b);
+      // Rotary on q and k, and the new key / value row into the cache, in one kernel.
+      ops::rotary_append_kv_(qkv, H, Hk, D, cc, ss, cache.k[i], cache.v[i], st.row, E.fused());
       auto q = qkv.narrow(1, 0, H * D).view({1, H, D});
-      cache.k[i].index_copy_(0, row, qkv.narrow(1, H * D, Hk * D).view({1, Hk, D}));
-      cache.v[i].index_copy_(0, row, qkv.narrow(1, (H + Hk) * D, Hk * D).view({1, Hk, D}));
       at::Tensor a =
           E.flash
-              ? ops::attention(q, cache.k[i], cache.v[i], qv, kv, /*causal=*/false, scale, true,
-                               cache.capacity)
+              ? ops::attention(q, cache.k[i], cache.v[i], st.qv, st.kv, /*causal=*/false, scale,
+                               true, cache.capacity)
               : ops::attention(q, cache.k[i].narrow(0, 0, L + 1), cache.v[i].narrow(0, 0, L + 1),
-                               qv, ops::Varlen::make({0, L + 1}, dev), false, scale, false);
-      at::Tensor o_ = ops::linear(a.view({1, H * D}), Ly.o_w);
+                               st.qv, ops::Varlen::make({0, L + 1}, dev), false, scale, false);
+      at::Tensor o_ = E.decode_product(use.o_proj, a.view({1, H * D}), Ly.o_w, {}, {});
       n = ops::add_rms_norm(o_, x, Ly.post_n, t.rms_norm_eps, E.fused());
-      at::Tensor gu = ops::linear(n, Ly.gu_w);
-      at::Tensor dn = ops::linear(ops::silu_mul(gu, E.ti_pad, E.fused()), Ly.down_w);
+      at::Tensor act = E.decode_product(use.gate_up, n, Ly.gu_w, Ly.gu_q, {}, /*gate=*/true);
+      at::Tensor dn = E.decode_product(use.down, act, Ly.down_w, Ly.down_q, {});
       const at::Tensor& nw = (i + 1 < E.tl.size()) ? E.tl[i + 1].in_n : E.final_norm;
       n = ops::add_rms_norm(dn, x, nw, t.rms_norm_eps, E.fused());
     }
-    tok.copy_(at::argmax(ops::linear(n, E.lm_head), -1).view({1}));
-    row.add_(1);
-    step_i.add_(1);
-    kv.cu_dev.narrow(0, 1, 1).add_(1);
+    st.tok.copy_(at::argmax(E.decode_product(use.lm_head, n, E.lm_head, {}, {}), -1).view({1}));
+    st.row.add_(1);
+    st.pos.add_(1);
+    st.kv.cu_dev.narrow(0, 1, 1).add_(1);
   };
-  std::unique_ptr<device::Graph> g;
   std::vector<int64_t> out;
   Stopwatch sw;
   for (int step = 0; step < max_new_tokens; ++step) {
-    const int64_t next = tok.item<int64_t>();
+    const int64_t next = st.tok.item<int64_t>();
     out.push_back(next);
     if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
     if (step + 1 == max_new_tokens) break;
     if (step == 0) sw.reset();
-    if (g) {
-      g->replay();
+    if (st.graph) {
+      st.graph->replay();
     } else {
       decode_step();  // eager (the first CUDA step also warms up kernels before the capture)
-      if (graph && step == 0) {
-        g = std::make_unique<device::Graph>();
-        g->capture_begin();
+      if (graph) {
+        st.graph = std::make_unique<device::Graph>();
+        st.graph->capture_begin();
         decode_step();  // recorded, not run
-        g->capture_end();
+        st.graph->capture_end();
       }
     }
     ++L;
   }
   if (decode_ms) *decode_ms = sw.elapsed_ms();
-  if (stream) stream->synchronize();
+  if (st.stream) st.stream->synchronize();
   return out;
+}
+
+std::string Engine::decode_report() {
+  impl_->decode_products();
+  return impl_->decode_report;
 }
 
 // ------------------------------------------------------------------ plans

@@ -70,6 +70,12 @@ struct EngineOptions {
   // A stage (vision tower / decoder) uses fp8 only when it has at least this many rows (tokens):
   // below that the fp8 GEMMs are not faster than bf16.
   int64_t fp8_min_rows = 0;
+  // Decode step of generate_greedy: which one-row products (qkv, o_proj, gate|up with SwiGLU,
+  // down, LM head) run through the GEMV kernel (kernels/gemv.cu) instead of cuBLAS. kMeasure
+  // (CUDA) times both for each weight matrix once per engine and keeps the faster
+  // (Engine::decode_report() says which); kOff / kOn force one (the CPU always uses ATen).
+  enum class DecodeGemv { kMeasure, kOff, kOn };
+  DecodeGemv decode_gemv = DecodeGemv::kMeasure;
   // Default options for this machine: cuda:0 + bf16 when available, else cpu + f32.
   static EngineOptions best_available();
 };
@@ -185,12 +191,18 @@ class Engine {
   // Logits of hidden states [S, hidden] -> [S, vocab] (float32).
   at::Tensor logits(const at::Tensor& hidden);
   // Greedy decoding: prefill the ids (with images) then `max_new_tokens` tokens (stops at any id
-  // in stop_ids). On CUDA the decode step is a captured graph over a static KV cache.
+  // in stop_ids). On CUDA the decode step is a captured graph over a static KV cache, both kept
+  // by the engine: later calls replay it (a call that needs more cache rows re-makes them).
+  // decode_ms: wall time of the decode steps after the first token (the first call's includes
+  // the capture).
   std::vector<int64_t> generate_greedy(const std::vector<int64_t>& input_ids,
                                        const at::Tensor& pixel_values, const at::Tensor& grid_thw,
                                        int max_new_tokens,
                                        const std::vector<int64_t>& stop_ids = {},
                                        double* decode_ms = nullptr);
+  // Which decode products use the GEMV kernel and the timings behind the choice
+  // (EngineOptions::decode_gemv); measures on first use.
+  std::string decode_report();
 
  private:
   Engine(const Qwen25VLConfig& config, const ImagePreprocessConfig& image_config,

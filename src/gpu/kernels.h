@@ -36,6 +36,15 @@ const char* quantize_fp8(const void* x, int64_t x_stride, void* q, float* scale,
 const char* rotary(void* x, int64_t x_stride, const float* cos, const float* sin, int64_t rows,
                    int nheads, int head_dim, DType dt, void* stream);
 
+// The decode step's rotary + KV-cache append: on each row r of a QKV buffer x (row stride
+// x_stride; nq query heads, then nkv key heads, then nkv value heads, each head_dim wide) rotary on
+// the query and key heads in place (as `rotary`), and the rotated key heads and the value heads
+// copied to row (*row0 + r) of k_cache / v_cache [capacity, nkv, head_dim] (contiguous). row0 is
+// an int64 on the device, so a captured graph can advance it.
+const char* rotary_append_kv(void* x, int64_t x_stride, const float* cos, const float* sin,
+                             int64_t rows, int nq, int nkv, int head_dim, void* k_cache,
+                             void* v_cache, const int64_t* row0, DType dt, void* stream);
+
 // out[r, i] = silu(x[r, i]) * x[r, inter + i] for x [rows, 2*inter] (row stride x_stride).
 const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, int64_t inter,
                      DType dt, void* stream);
@@ -44,7 +53,7 @@ const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, i
 // r < n, fp32 accumulation, x / bias / out in `dt`. w is [n, k] in `dt`, or e4m3 rows (w_fp8) with
 // float scales wscale [n] (weight-only FP8; x is not quantised; wscale = nullptr for dt weights).
 // silu_gate: w holds 2n rows (gate rows, then up rows) and out[r] = silu(g_r) * u_r with g_r, u_r
-// the sums of rows r and n + r (bias unused). Needs k % 16 == 0, k <= 12288, 16-byte aligned w.
+// the sums of rows r and n + r (bias unused). Needs k % 16 == 0 and 16-byte aligned x and w.
 const char* gemv(const void* x, const void* w, bool w_fp8, const float* wscale, const void* bias,
                  void* out, int64_t n, int64_t k, bool silu_gate, DType dt, void* stream);
 

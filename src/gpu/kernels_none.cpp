@@ -25,6 +25,10 @@ const char* quantize_fp8(const void*, int64_t, void*, float*, int64_t, int64_t, 
 const char* rotary(void*, int64_t, const float*, const float*, int64_t, int, int, DType, void*) {
   return kNoCuda;
 }
+const char* rotary_append_kv(void*, int64_t, const float*, const float*, int64_t, int, int, int,
+                             void*, void*, const int64_t*, DType, void*) {
+  return kNoCuda;
+}
 const char* silu_mul(const void*, int64_t, void*, int64_t, int64_t, DType, void*) {
   return kNoCuda;
 }

@@ -16,7 +16,8 @@ const char* dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bf16" : 
 // Seeded random inputs of a case (generated on the CPU so every device sees the same numbers).
 struct Inputs {
   at::Tensor x, w, residual, cos, sin, q, k, v, b;
-  Fp8Rows w8;  // the gemv_*_fp8 ops: w quantised per row (as the engine stores weights)
+  at::Tensor row0;  // rotary_append_kv: the first cache row written
+  Fp8Rows w8;       // the gemv_*_fp8 ops: w quantised per row (as the engine stores weights)
   Varlen seq;
   double scale = 1.0;
 };
@@ -50,6 +51,18 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     const at::Tensor emb = at::cat({ang, ang}, 1);
     in.cos = to_dev(emb.cos(), at::kFloat);
     in.sin = to_dev(emb.sin(), at::kFloat);
+  } else if (op == "rotary_append_kv") {
+    need(c, 4);  // rows, q heads, kv heads, head_dim; caches of rows + 3 rows, written from row 2
+    const int64_t rows = c.dims[0], nq = c.dims[1], nkv = c.dims[2], hd = c.dims[3];
+    VLA_CHECK(hd % 2 == 0, "op table: rotary head_dim must be even, got ", hd);
+    in.x = to_dev(at::randn({rows, (nq + 2 * nkv) * hd}, f32), c.dtype);
+    const at::Tensor ang = at::randn({rows, hd / 2}, f32) * 3;
+    const at::Tensor emb = at::cat({ang, ang}, 1);
+    in.cos = to_dev(emb.cos(), at::kFloat);
+    in.sin = to_dev(emb.sin(), at::kFloat);
+    in.k = to_dev(at::zeros({rows + 3, nkv, hd}, f32), c.dtype);
+    in.v = to_dev(at::zeros({rows + 3, nkv, hd}, f32), c.dtype);
+    in.row0 = at::full({1}, 2, at::kLong).to(dev);
   } else if (op == "silu_mul" || op == "silu_mul_fp8") {
     need(c, 2);
     in.x = to_dev(at::randn({c.dims[0], 2 * c.dims[1]}, f32) * 2, c.dtype);
@@ -97,6 +110,13 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
     rotary_(x, static_cast<int>(c.dims[1]), static_cast<int>(c.dims[2]), in.cos, in.sin, fused);
     return x;
   }
+  if (op == "rotary_append_kv") {
+    at::Tensor x = timing ? in.x : in.x.clone(), k = timing ? in.k : in.k.clone(),
+               v = timing ? in.v : in.v.clone();
+    rotary_append_kv_(x, static_cast<int>(c.dims[1]), static_cast<int>(c.dims[2]),
+                      static_cast<int>(c.dims[3]), in.cos, in.sin, k, v, in.row0, fused);
+    return at::cat({x.flatten(), k.flatten(), v.flatten()});
+  }
   if (op == "silu_mul") return silu_mul(in.x, c.dims[1], fused);
   if (op == "silu_mul_fp8") return fp8(silu_mul_fp8(in.x, c.dims[1], fused));
   if (op == "gemv" || op == "gemv_fp8") return gemv(in.x, in.w, in.w8, in.b, false, fused);
@@ -120,14 +140,24 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
   if (op == "add_rms_norm" || op == "add_rms_norm_fp8")  // the new residual is stored rounded
     return rms(d((in.x.to(at::kFloat) + in.residual.to(at::kFloat)).to(c.dtype)));
   if (op == "quantize_fp8") return d(in.x);
-  if (op == "rotary") {
-    const int64_t heads = c.dims[1], hd = c.dims[2];
+  // x*cos + rotate_half(x)*sin on the first `heads` heads of each row; the rest as stored.
+  auto rotate = [&](int64_t heads, int64_t hd) {
     at::Tensor x = d(in.x);
     at::Tensor h = x.narrow(1, 0, heads * hd).view({x.size(0), heads, hd});
     at::Tensor x1 = h.narrow(2, 0, hd / 2), x2 = h.narrow(2, hd / 2, hd / 2);
     const at::Tensor rot = at::cat({-x2, x1}, 2);
     const at::Tensor out = h * d(in.cos).unsqueeze(1) + rot * d(in.sin).unsqueeze(1);
-    return at::cat({out.reshape({x.size(0), heads * hd}), x.narrow(1, heads * hd, 2 * hd)}, 1);
+    const int64_t rest = x.size(1) - heads * hd;
+    return at::cat({out.reshape({x.size(0), heads * hd}), x.narrow(1, heads * hd, rest)}, 1);
+  };
+  if (op == "rotary") return rotate(c.dims[1], c.dims[2]);
+  if (op == "rotary_append_kv") {
+    const int64_t rows = c.dims[0], nq = c.dims[1], nkv = c.dims[2], hd = c.dims[3];
+    const at::Tensor x = rotate(nq + nkv, hd);
+    at::Tensor k = d(in.k), v = d(in.v);  // zeros, rows 2 .. 2 + rows - 1 written
+    k.narrow(0, 2, rows).copy_(x.narrow(1, nq * hd, nkv * hd).reshape({rows, nkv, hd}));
+    v.narrow(0, 2, rows).copy_(x.narrow(1, (nq + nkv) * hd, nkv * hd).reshape({rows, nkv, hd}));
+    return at::cat({x.flatten(), k.flatten(), v.flatten()});
   }
   // silu(gate) * up of rows [gate (inter) | up (inter)].
   auto swiglu = [](const at::Tensor& x, int64_t inter) {
@@ -184,6 +214,8 @@ std::vector<OpCase> unit_cases() {
            {"rms_norm", "add_rms_norm", "rms_norm_fp8", "add_rms_norm_fp8", "quantize_fp8"})
         cases.push_back({op, {37, dim}, dt});
     for (int64_t hd : {16, 80, 128}) cases.push_back({"rotary", {23, 5, hd}, dt});
+    cases.push_back({"rotary_append_kv", {1, 16, 2, 128}, dt});
+    cases.push_back({"rotary_append_kv", {3, 6, 3, 80}, dt});
     for (int64_t inter : {7, 64, 3420, 11008}) {
       cases.push_back({"silu_mul", {19, inter}, dt});
       cases.push_back({"silu_mul_fp8", {19, inter}, dt});
@@ -232,7 +264,9 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"attention",
                {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1, 1},
                bf});
-  // One greedy decode step's products (one row through each weight matrix).
+  // One greedy decode step: rotary + KV append, and the products (one row through each matrix).
+  c.push_back(
+      {"rotary_append_kv", {1, t.num_attention_heads, t.num_key_value_heads, t.head_dim()}, bf});
   const int64_t th = t.hidden_size, qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) *
                                           static_cast<int64_t>(t.head_dim());
   for (const char* op : {"gemv", "gemv_fp8"}) {

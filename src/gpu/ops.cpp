@@ -99,6 +99,40 @@ void rotary_(at::Tensor& x, int nheads, int head_dim, const at::Tensor& cos, con
   part.copy_(xf * c + rot * s);
 }
 
+void rotary_append_kv_(at::Tensor& qkv, int nq, int nkv, int head_dim, const at::Tensor& cos,
+                       const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
+                       const at::Tensor& row0, bool fused) {
+  check_rows(qkv, "rotary_append_kv");
+  const int64_t rows = qkv.size(0), kv = static_cast<int64_t>(nkv) * head_dim;
+  VLA_CHECK(qkv.size(1) == static_cast<int64_t>(nq) * head_dim + 2 * kv,
+            "rotary_append_kv: qkv rows are ", qkv.size(1), " wide, expected (", nq, " + 2 * ", nkv,
+            ") * ", head_dim);
+  for (const at::Tensor* c : {&k_cache, &v_cache})
+    VLA_CHECK(c->dim() == 3 && c->size(1) == nkv && c->size(2) == head_dim && c->is_contiguous() &&
+                  c->scalar_type() == qkv.scalar_type() && c->device() == qkv.device(),
+              "rotary_append_kv: caches must be contiguous [capacity, ", nkv, ", ", head_dim,
+              "] of qkv's dtype and device, got ", c->sizes());
+  VLA_CHECK(row0.numel() == 1 && row0.scalar_type() == at::kLong && row0.device() == qkv.device(),
+            "rotary_append_kv: row0 must be one int64 on qkv's device");
+  VLA_CHECK(cos.size(0) == rows && cos.size(1) == head_dim,
+            "rotary_append_kv: cos table has wrong shape");
+  if (use_kernels(qkv, fused)) {
+    auto c = cos.to(at::kFloat).contiguous();
+    auto s = sin.to(at::kFloat).contiguous();
+    check_launch(kernels::rotary_append_kv(
+                     qkv.data_ptr(), qkv.stride(0), c.data_ptr<float>(), s.data_ptr<float>(), rows,
+                     nq, nkv, head_dim, k_cache.data_ptr(), v_cache.data_ptr(),
+                     row0.data_ptr<int64_t>(), kdtype(qkv), current_stream(qkv)),
+                 "rotary_append_kv");
+    return;
+  }
+  rotary_(qkv, nq + nkv, head_dim, cos, sin, fused);
+  const at::Tensor idx = row0.view({1}) + at::arange(rows, row0.options());
+  const int64_t q = static_cast<int64_t>(nq) * head_dim;
+  k_cache.index_copy_(0, idx, qkv.narrow(1, q, kv).reshape({rows, nkv, head_dim}));
+  v_cache.index_copy_(0, idx, qkv.narrow(1, q + kv, kv).reshape({rows, nkv, head_dim}));
+}
+
 at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused) {
   check_rows(x, "silu_mul");
   VLA_CHECK(x.size(1) >= 2 * inter, "silu_mul: row too short");
@@ -490,9 +524,12 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const Fp8Rows& w8, con
             " do not match x ", x.sizes());
   VLA_CHECK(!silu_gate || wt.size(0) % 2 == 0, "gemv: gate|up weights need an even row count");
   const int64_t K = x.size(1), N = silu_gate ? wt.size(0) / 2 : wt.size(0);
-  if (use_kernels(x, fused) && K % 16 == 0 && K <= 12288 && wt.is_contiguous() &&
-      (!b.defined() || b.scalar_type() == x.scalar_type())) {
-    auto xc = x.contiguous();
+  auto aligned = [](const at::Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  };
+  if (use_kernels(x, fused) && K % 16 == 0 && wt.is_contiguous() && aligned(wt) &&
+      x.is_contiguous() && aligned(x) && (!b.defined() || b.scalar_type() == x.scalar_type())) {
+    const at::Tensor& xc = x;
     auto out = at::empty({1, N}, x.options());
     const at::Tensor bc = b.defined() ? b.contiguous() : at::Tensor();
     const at::Tensor sc = w8.defined() ? w8.scale.to(at::kFloat).contiguous() : at::Tensor();

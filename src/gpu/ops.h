@@ -28,6 +28,14 @@ at::Tensor add_rms_norm(const at::Tensor& x, at::Tensor& residual, const at::Ten
 // contiguous): x = x*cos + rotate_half(x)*sin with float cos/sin [rows, head_dim].
 void rotary_(at::Tensor& x, int nheads, int head_dim, const at::Tensor& cos, const at::Tensor& sin,
              bool fused);
+// The decode step's rotary + KV-cache append. qkv [rows, (nq + 2 nkv) * head_dim] (last dim
+// contiguous): rotary_ on its nq + nkv query and key heads, then its rows' (rotated) keys and
+// values written to rows row0 .. row0 + rows - 1 of k_cache / v_cache [capacity, nkv, head_dim]
+// (contiguous, qkv's dtype). row0: int64 [1] on qkv's device (CUDA graphs advance it in place).
+// One kernel on CUDA (kernels/rotary.cu); else rotary_ and index_copy_.
+void rotary_append_kv_(at::Tensor& qkv, int nq, int nkv, int head_dim, const at::Tensor& cos,
+                       const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
+                       const at::Tensor& row0, bool fused);
 // silu(x[:, :inter]) * x[:, inter:2*inter].
 at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused);
 // The width the engine stores an MLP intermediate at: a multiple of 64 (16-byte aligned rows for
@@ -71,7 +79,8 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
 // rows with per-row scales (weight-only FP8: half the bytes; x is not quantised) and w is unused.
 // silu_gate: the weights are a fused gate|up matrix [2 * inter, K] and the result is
 // silu(x . gate_i) * (x . up_i) -> [1, inter] (b unused). The CUDA kernel (kernels/gemv.cu) runs
-// when fused and K % 16 == 0, K <= 12288; otherwise the float32 ATen reference.
+// when fused, K % 16 == 0 and x and the weights are 16-byte aligned; otherwise the float32 ATen
+// reference.
 at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const Fp8Rows& w8, const at::Tensor& b,
                 bool silu_gate, bool fused);
 

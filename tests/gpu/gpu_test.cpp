@@ -515,6 +515,49 @@ TEST(GpuDecode, GraphDecodeMatchesEagerDecode) {
   }
 }
 
+// The decode state (KV cache, rotary rows, on CUDA the captured step) is kept across calls: a call
+// after others, and one that needs more cache rows than are kept (re-made), give the tokens of a
+// fresh engine.
+TEST(GpuDecode, KeptDecodeStateGivesTheTokensOfAFreshEngine) {
+  Fixture f = load_fixture("tiny_a");
+  const EngineOptions opts = EngineOptions::best_available();
+  auto kept = f.engine(opts);
+  const CaseInputs one = case_inputs(f, kCases[0]), multi = case_inputs(f, kCases[1]);
+  const auto first = kept->generate_greedy(one.ids, one.pixel_values, one.grid_thw, 16);
+  const auto other = kept->generate_greedy(multi.ids, multi.pixel_values, multi.grid_thw, 16);
+  // 1,100 new tokens need more than the 1,024 rows kept so far.
+  const auto longer = kept->generate_greedy(one.ids, one.pixel_values, one.grid_thw, 1100);
+  const auto again = kept->generate_greedy(one.ids, one.pixel_values, one.grid_thw, 16);
+  auto fresh = [&](const CaseInputs& in) {
+    return f.engine(opts)->generate_greedy(in.ids, in.pixel_values, in.grid_thw, 16);
+  };
+  EXPECT_EQ(first, fresh(one));
+  EXPECT_EQ(other, fresh(multi));
+  ASSERT_EQ(longer.size(), 1100u);
+  EXPECT_EQ(std::vector<int64_t>(longer.begin(), longer.begin() + 16), first);
+  EXPECT_EQ(again, first);
+}
+
+// The decode step's products through the GEMV kernel give the tokens of the cuBLAS products.
+TEST(GpuDecode, GemvDecodeMatchesCublasDecode) {
+  REQUIRE_CUDA();
+  for (const std::string fx : {"tiny_a", "tiny_b"}) {
+    Fixture f = load_fixture(fx);
+    EngineOptions on = EngineOptions::best_available(), off = on;
+    on.decode_gemv = EngineOptions::DecodeGemv::kOn;
+    off.decode_gemv = EngineOptions::DecodeGemv::kOff;
+    auto eon = f.engine(on), eoff = f.engine(off);
+    for (const auto& c : kCases) {
+      const CaseInputs in = case_inputs(f, c);
+      EXPECT_EQ(eon->generate_greedy(in.ids, in.pixel_values, in.grid_thw, 16),
+                eoff->generate_greedy(in.ids, in.pixel_values, in.grid_thw, 16))
+          << fx << " " << c.name;
+    }
+    std::printf("[decode %s] measured choice: %s\n", fx.c_str(),
+                f.engine(EngineOptions::best_available())->decode_report().c_str());
+  }
+}
+
 #define REQUIRE_FP8_CUDA()                      \
   REQUIRE_CUDA();                               \
   if (!fp8_available(at::Device(at::kCUDA, 0))) \

@@ -1,95 +1,141 @@
 // Decode GEMV: one activation row times a weight matrix [N, K] (bf16 / f32, or e4m3 rows with a
 // per-row scale: weight-only FP8), optionally with the SwiGLU of a fused gate|up matrix in the
 // epilogue (kernels.h). At batch 1 the product is bound by reading the weights once, so the kernel
-// is a weight stream: one warp per output row (two rows, gate and up, for SwiGLU), 16-byte
-// read-only loads, four in flight per lane, x broadcast from shared memory as float.
+// is a weight stream. Each block of 256 threads owns R output rows (R pairs of gate and up rows
+// for SwiGLU) and splits K over all its threads, so every row, however tall its K, is read by 256
+// threads with several 16-byte loads in flight each; x is read straight from global memory (it is
+// small and stays in L1 / L2), so no thread waits for a staging copy. R is chosen per launch so the
+// grid fills the GPU: more rows per block for wide matrices (the LM head), fewer for tall-K ones
+// (down_proj: K = 11008, N = 2048).
 #include <cuda_fp16.h>
-
-#include <algorithm>
 
 #include "gpu/kernels/common.cuh"
 
 namespace vla::gpu::kernels {
 namespace {
 
-constexpr int kGemvThreads = 256;  // 8 warps = 8 rows in flight per block
-constexpr int kUnroll = 4;         // 16-byte loads in flight per lane
+constexpr int kGemvThreads = 256;
+constexpr int kLoadsInFlight = 8;  // 16-byte weight loads per thread per step (R * rows * unroll)
 
-// Dot of one 16-byte weight vector with the matching floats of x.
-__device__ __forceinline__ float dot_vec(uint4 w, const float* x, float) {
-  const float4* x4 = reinterpret_cast<const float4*>(x);
-  const float4 a = x4[0];
-  return __uint_as_float(w.x) * a.x + __uint_as_float(w.y) * a.y + __uint_as_float(w.z) * a.z +
-         __uint_as_float(w.w) * a.w;
+// The 16-byte weight vector as floats: 4 floats, 8 bf16 or 16 e4m3.
+template <typename W>
+struct WeightVec {
+  static constexpr int kPer = 16 / sizeof(W);
+};
+__device__ __forceinline__ void widen(uint4 w, float* f, float) {
+  f[0] = __uint_as_float(w.x);
+  f[1] = __uint_as_float(w.y);
+  f[2] = __uint_as_float(w.z);
+  f[3] = __uint_as_float(w.w);
 }
-__device__ __forceinline__ float dot_vec(uint4 w, const float* x, __nv_bfloat16) {
+__device__ __forceinline__ void widen(uint4 w, float* f, __nv_bfloat16) {
   const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&w);
-  const float4* x4 = reinterpret_cast<const float4*>(x);
-  float s = 0.f;
-#pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const float4 a = x4[j];
-    const float2 w0 = __bfloat1622float2(e[2 * j]), w1 = __bfloat1622float2(e[2 * j + 1]);
-    s += w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w;
-  }
-  return s;
-}
-__device__ __forceinline__ float dot_vec(uint4 w, const float* x, __nv_fp8_e4m3) {
-  const __nv_fp8x2_storage_t* e = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w);
-  const float4* x4 = reinterpret_cast<const float4*>(x);
-  float s = 0.f;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const float4 a = x4[j];
-    const float2 w0 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(e[2 * j], __NV_E4M3)));
-    const float2 w1 = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(e[2 * j + 1], __NV_E4M3)));
-    s += w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w;
+    const float2 p = __bfloat1622float2(e[j]);
+    f[2 * j] = p.x;
+    f[2 * j + 1] = p.y;
   }
+}
+__device__ __forceinline__ void widen(uint4 w, float* f, __nv_fp8_e4m3) {
+  const __nv_fp8x2_storage_t* e = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float2 p = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(e[j], __NV_E4M3)));
+    f[2 * j] = p.x;
+    f[2 * j + 1] = p.y;
+  }
+}
+
+// The kPer elements of x that meet weight vector v, as floats (16-byte loads of x's type).
+template <typename T, int kPer>
+__device__ __forceinline__ void load_x(const T* __restrict__ x, int v, float* f) {
+  constexpr int kLoads = kPer * static_cast<int>(sizeof(T)) / 16;
+  const uint4* xv = reinterpret_cast<const uint4*>(x) + static_cast<int64_t>(v) * kLoads;
+#pragma unroll
+  for (int l = 0; l < kLoads; ++l) widen(__ldg(xv + l), f + l * (16 / sizeof(T)), T());
+}
+
+template <typename W, int kPer>
+__device__ __forceinline__ float dot(uint4 w, const float* xf) {
+  float wf[kPer];
+  widen(w, wf, W());
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) s += wf[j] * xf[j];
   return s;
 }
 
-// Partial dot of weight row `w` (nvec 16-byte vectors of `per` elements) with x, this lane's share.
-template <typename W>
-__device__ __forceinline__ float row_dot(const uint4* __restrict__ w, int nvec, const float* x,
-                                         int lane) {
-  constexpr int per = 16 / sizeof(W);
-  float acc = 0.f;
-  int i = lane;
-  for (; i + 32 * (kUnroll - 1) < nvec; i += 32 * kUnroll) {
-    uint4 v[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) v[u] = __ldg(w + i + 32 * u);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) acc += dot_vec(v[u], x + (i + 32 * u) * per, W());
-  }
-  for (; i < nvec; i += 32) acc += dot_vec(__ldg(w + i), x + i * per, W());
-  return warp_reduce(acc, SumOp());
-}
-
-// T: activation / output type; W: weight type (T, or __nv_fp8_e4m3 with per-row scales).
-template <typename T, typename W, bool kGate>
+// T: activation / output type; W: weight type (T, or __nv_fp8_e4m3 with per-row scales);
+// R rows per block; G = 2 for SwiGLU (gate row r and up row n + r), else 1.
+template <typename T, typename W, int R, int G>
 __global__ void __launch_bounds__(kGemvThreads)
     gemv_kernel(const T* __restrict__ x, const W* __restrict__ w, const float* __restrict__ wscale,
                 const T* __restrict__ bias, T* __restrict__ out, int n, int k) {
-  extern __shared__ __align__(16) float xs[];
-  for (int i = threadIdx.x; i < k; i += blockDim.x) xs[i] = to_f(x[i]);
-  __syncthreads();
-  constexpr int per = 16 / sizeof(W);
-  const int nvec = k / per;
-  const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
-  for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
-    const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row) * k);
-    float v = row_dot<W>(wr, nvec, xs, lane);
-    if (wscale) v *= wscale[row];
-    if (kGate) {
-      const uint4* ur = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(n + row) * k);
-      float up = row_dot<W>(ur, nvec, xs, lane);
-      if (wscale) up *= wscale[n + row];
-      v = silu(v) * up;
-    } else if (bias) {
-      v += to_f(bias[row]);
+  constexpr int kPer = WeightVec<W>::kPer;
+  constexpr int kUnroll = kLoadsInFlight / (R * G) > 1 ? kLoadsInFlight / (R * G) : 1;
+  const int nvec = k / kPer;
+  const int row0 = blockIdx.x * R;
+  const uint4* rows[R][G];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const int row =
+          (row0 + r < n ? row0 + r : n - 1) + g * n;  // a past-the-end row re-reads the last
+      rows[r][g] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row) * k);
     }
-    if (lane == 0) out[row] = from_f<T>(v);
+  float acc[R][G] = {};
+  for (int v0 = threadIdx.x; v0 < nvec; v0 += kGemvThreads * kUnroll) {
+    uint4 wv[kUnroll][R][G];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = v0 + u * kGemvThreads;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int g = 0; g < G; ++g) wv[u][r][g] = v < nvec ? __ldg(rows[r][g] + v) : uint4{};
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = v0 + u * kGemvThreads;
+      if (v >= nvec) break;
+      float xf[kPer];
+      load_x<T, kPer>(x, v, xf);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int g = 0; g < G; ++g) acc[r][g] += dot<W, kPer>(wv[u][r][g], xf);
+    }
+  }
+  // Block sum of each row: warps first, then one thread per row over the warps' partials.
+  constexpr int kWarps = kGemvThreads / 32;
+  __shared__ float part[R * G][kWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float s = warp_reduce(acc[r][g], SumOp());
+      if (lane == 0) part[r * G + g][warp] = s;
+    }
+  __syncthreads();
+  if (threadIdx.x < R && row0 + static_cast<int>(threadIdx.x) < n) {
+    const int r = threadIdx.x, row = row0 + r;
+    float y[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float s = 0.f;
+#pragma unroll
+      for (int i = 0; i < kWarps; ++i) s += part[r * G + g][i];
+      y[g] = wscale ? s * wscale[row + g * n] : s;
+    }
+    float v = y[0];
+    if constexpr (G == 2)
+      v = silu(y[0]) * y[1];
+    else if (bias)
+      v += to_f(bias[row]);
+    out[row] = from_f<T>(v);
   }
 }
 
@@ -103,33 +149,56 @@ int sm_count() {
   return n;
 }
 
+template <typename T, typename W, int R, int G>
+void launch_rows(const void* x, const void* w, const float* wscale, const void* bias, void* out,
+                 int n, int k, cudaStream_t s) {
+  const unsigned grid = static_cast<unsigned>((n + R - 1) / R);
+  gemv_kernel<T, W, R, G>
+      <<<grid, kGemvThreads, 0, s>>>(static_cast<const T*>(x), static_cast<const W*>(w), wscale,
+                                     static_cast<const T*>(bias), static_cast<T*>(out), n, k);
+}
+
+// Rows per block: the most (8 weight rows: 8 rows, or 4 gate|up pairs) that still leaves >= 4
+// blocks per SM, so wide matrices read several rows per thread at once and narrow ones still
+// spread over every SM.
+template <typename T, typename W, int G>
+const char* launch_gemv_rows(const void* x, const void* w, const float* wscale, const void* bias,
+                             void* out, int64_t n, int64_t k, cudaStream_t s) {
+  const int64_t want = int64_t{sm_count()} * 4;
+  const int nn = static_cast<int>(n), kk = static_cast<int>(k);
+  int rows = 1;
+  while (rows * G < 8 && n / (rows * 2) >= want) rows *= 2;
+  switch (rows) {
+    case 8:
+      if constexpr (G == 1) launch_rows<T, W, 8, G>(x, w, wscale, bias, out, nn, kk, s);
+      break;
+    case 4:
+      launch_rows<T, W, 4, G>(x, w, wscale, bias, out, nn, kk, s);
+      break;
+    case 2:
+      launch_rows<T, W, 2, G>(x, w, wscale, bias, out, nn, kk, s);
+      break;
+    default:
+      launch_rows<T, W, 1, G>(x, w, wscale, bias, out, nn, kk, s);
+  }
+  return last_error();
+}
+
 template <typename T, typename W>
 const char* launch_gemv(const void* x, const void* w, const float* wscale, const void* bias,
                         void* out, int64_t n, int64_t k, bool silu_gate, cudaStream_t s) {
-  const int warps = kGemvThreads / 32;
-  const int64_t want = (n + warps - 1) / warps;
-  const int grid = static_cast<int>(std::min<int64_t>(want, int64_t{sm_count()} * 8));
-  const size_t smem = static_cast<size_t>(k) * sizeof(float);
-  const T* xt = static_cast<const T*>(x);
-  const W* wt = static_cast<const W*>(w);
-  const T* bt = static_cast<const T*>(bias);
-  T* ot = static_cast<T*>(out);
-  if (silu_gate)
-    gemv_kernel<T, W, true><<<grid, kGemvThreads, smem, s>>>(
-        xt, wt, wscale, bt, ot, static_cast<int>(n), static_cast<int>(k));
-  else
-    gemv_kernel<T, W, false><<<grid, kGemvThreads, smem, s>>>(
-        xt, wt, wscale, bt, ot, static_cast<int>(n), static_cast<int>(k));
-  return last_error();
+  return silu_gate ? launch_gemv_rows<T, W, 2>(x, w, wscale, bias, out, n, k, s)
+                   : launch_gemv_rows<T, W, 1>(x, w, wscale, bias, out, n, k, s);
 }
 
 }  // namespace
 
 const char* gemv(const void* x, const void* w, bool w_fp8, const float* wscale, const void* bias,
                  void* out, int64_t n, int64_t k, bool silu_gate, DType dt, void* stream) {
-  if (k % 16 != 0 || k * static_cast<int64_t>(sizeof(float)) > 48 * 1024 || n < 1)
-    return "gemv: K must be a multiple of 16 and at most 12288, N >= 1";
-  if (reinterpret_cast<uintptr_t>(w) % 16 != 0) return "gemv: weights must be 16-byte aligned";
+  if (k % 16 != 0 || k > (int64_t{1} << 30) || n < 1 || n > (int64_t{1} << 30))
+    return "gemv: K must be a multiple of 16, N >= 1";
+  if (reinterpret_cast<uintptr_t>(w) % 16 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0)
+    return "gemv: x and the weights must be 16-byte aligned";
   auto s = static_cast<cudaStream_t>(stream);
   if (w_fp8) {
     if (!wscale) return "gemv: e4m3 weights need their scales";

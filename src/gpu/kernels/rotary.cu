@@ -1,4 +1,5 @@
-// In-place rotary embedding on q and k inside the QKV buffer (kernels.h).
+// In-place rotary embedding on q and k inside the QKV buffer, and the decode step's variant that
+// also appends the new key / value row to the KV cache (kernels.h).
 #include "gpu/kernels/common.cuh"
 
 namespace vla::gpu::kernels {
@@ -53,7 +54,61 @@ __global__ void rotary_bf16_vec8(__nv_bfloat16* x, int64_t x_stride, const float
   *p2 = b;
 }
 
+// Rotary on the nq + nkv rotated heads of row r, the rotated key heads and the value heads
+// appended to the caches at row *row0 + r. One block per row (a decode step has one).
+template <typename T>
+__global__ void rotary_append_kv_kernel(T* x, int64_t x_stride, const float* __restrict__ cos,
+                                        const float* __restrict__ sin, int nq, int nkv,
+                                        int head_dim, T* __restrict__ kc, T* __restrict__ vc,
+                                        const int64_t* __restrict__ row0) {
+  const int64_t r = blockIdx.x;
+  const int half = head_dim / 2;
+  T* xr = x + r * x_stride;
+  const float* c = cos + r * head_dim;
+  const float* s = sin + r * head_dim;
+  const int64_t dst = (*row0 + r) * nkv * head_dim;
+  const int pairs = (nq + nkv) * half;
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int h = p / half;
+    const int i = p - h * half;
+    T* xh = xr + static_cast<int64_t>(h) * head_dim;
+    const float x1 = to_f(xh[i]);
+    const float x2 = to_f(xh[i + half]);
+    const T y1 = from_f<T>(x1 * c[i] - x2 * s[i]);
+    const T y2 = from_f<T>(x2 * c[i + half] + x1 * s[i + half]);
+    xh[i] = y1;
+    xh[i + half] = y2;
+    if (h >= nq) {
+      T* kh = kc + dst + static_cast<int64_t>(h - nq) * head_dim;
+      kh[i] = y1;
+      kh[i + half] = y2;
+    }
+  }
+  const T* vr = xr + static_cast<int64_t>(nq + nkv) * head_dim;
+  for (int j = threadIdx.x; j < nkv * head_dim; j += blockDim.x) vc[dst + j] = vr[j];
+}
+
 }  // namespace
+
+const char* rotary_append_kv(void* x, int64_t x_stride, const float* cos, const float* sin,
+                             int64_t rows, int nq, int nkv, int head_dim, void* k_cache,
+                             void* v_cache, const int64_t* row0, DType dt, void* stream) {
+  if (rows == 0) return nullptr;
+  if (head_dim % 2 != 0) return "rotary_append_kv: head_dim must be even";
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  int threads = (nq + nkv) * head_dim / 2;
+  threads = threads > 1024 ? 1024 : ((threads + 31) / 32) * 32;
+  if (dt == kBF16) {
+    rotary_append_kv_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), threads, 0, s>>>(
+        static_cast<__nv_bfloat16*>(x), x_stride, cos, sin, nq, nkv, head_dim,
+        static_cast<__nv_bfloat16*>(k_cache), static_cast<__nv_bfloat16*>(v_cache), row0);
+  } else {
+    rotary_append_kv_kernel<float><<<static_cast<unsigned>(rows), threads, 0, s>>>(
+        static_cast<float*>(x), x_stride, cos, sin, nq, nkv, head_dim, static_cast<float*>(k_cache),
+        static_cast<float*>(v_cache), row0);
+  }
+  return last_error();
+}
 
 const char* rotary(void* x, int64_t x_stride, const float* cos, const float* sin, int64_t rows,
                    int nheads, int head_dim, DType dt, void* stream) {
