@@ -116,6 +116,9 @@ struct StageTimes {
 
 struct EngineImpl;
 
+// One Qwen2.5-VL on one device. It keeps state between calls (the prepared plan, the decode
+// state), so it serves one caller at a time: callers on several threads hold a lock (as
+// src/policy/vlm_fast.cpp does).
 class Engine {
  public:
   // Loads and converts the weights of the model `config` describes through `weights` (HF names;

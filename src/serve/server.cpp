@@ -259,7 +259,8 @@ void PolicyServer::run(const std::atomic<bool>& stop) {
     }
     n.sessions.fetch_sub(1);
   };
-  log_info("serve: listening on ", opt_.host, ":", port_, " (websocket; GET /healthz, /metrics)");
+  // The CLI prints its own banner; embedders see this with VLA_LOG=debug.
+  log_debug("serve: listening on ", opt_.host, ":", port_, " (websocket; GET /healthz, /metrics)");
   while (!stop.load()) {
     beast::error_code ec;
     auto io = std::make_shared<net::io_context>(1);  // the connection's own (streaming)

@@ -6,24 +6,40 @@ namespace vla::gpu::kernels {
 namespace {
 
 // ------------------------------------------------------------------ rotary
+// Rotary on the first nq + nk heads of row r (query heads, then key heads). With caches
+// (kc != nullptr) the rotated key heads and the nk value heads after them are also written to row
+// *row0 + r of kc / vc [capacity, nk, head_dim]: the decode step's append.
 template <typename T>
 __global__ void rotary_kernel(T* x, int64_t x_stride, const float* __restrict__ cos,
-                              const float* __restrict__ sin, int nheads, int head_dim) {
+                              const float* __restrict__ sin, int nq, int nk, int head_dim,
+                              T* __restrict__ kc, T* __restrict__ vc,
+                              const int64_t* __restrict__ row0) {
   const int64_t r = blockIdx.x;
   const int half = head_dim / 2;
   T* xr = x + r * x_stride;
   const float* c = cos + r * head_dim;
   const float* s = sin + r * head_dim;
-  const int pairs = nheads * half;
+  const int64_t dst = kc ? (*row0 + r) * nk * head_dim : 0;
+  const int pairs = (nq + nk) * half;
   for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
     const int h = p / half;
     const int i = p - h * half;
     T* xh = xr + static_cast<int64_t>(h) * head_dim;
     const float x1 = to_f(xh[i]);
     const float x2 = to_f(xh[i + half]);
-    xh[i] = from_f<T>(x1 * c[i] - x2 * s[i]);
-    xh[i + half] = from_f<T>(x2 * c[i + half] + x1 * s[i + half]);
+    const T y1 = from_f<T>(x1 * c[i] - x2 * s[i]);
+    const T y2 = from_f<T>(x2 * c[i + half] + x1 * s[i + half]);
+    xh[i] = y1;
+    xh[i + half] = y2;
+    if (kc && h >= nq) {
+      T* kh = kc + dst + static_cast<int64_t>(h - nq) * head_dim;
+      kh[i] = y1;
+      kh[i + half] = y2;
+    }
   }
+  if (!kc) return;
+  const T* vr = xr + static_cast<int64_t>(nq + nk) * head_dim;
+  for (int j = threadIdx.x; j < nk * head_dim; j += blockDim.x) vc[dst + j] = vr[j];
 }
 
 // bf16, half % 8 == 0, 16-byte aligned rows: one thread per 8 (x1, x2) pairs.
@@ -54,38 +70,22 @@ __global__ void rotary_bf16_vec8(__nv_bfloat16* x, int64_t x_stride, const float
   *p2 = b;
 }
 
-// Rotary on the nq + nkv rotated heads of row r, the rotated key heads and the value heads
-// appended to the caches at row *row0 + r. One block per row (a decode step has one).
-template <typename T>
-__global__ void rotary_append_kv_kernel(T* x, int64_t x_stride, const float* __restrict__ cos,
-                                        const float* __restrict__ sin, int nq, int nkv,
-                                        int head_dim, T* __restrict__ kc, T* __restrict__ vc,
-                                        const int64_t* __restrict__ row0) {
-  const int64_t r = blockIdx.x;
-  const int half = head_dim / 2;
-  T* xr = x + r * x_stride;
-  const float* c = cos + r * head_dim;
-  const float* s = sin + r * head_dim;
-  const int64_t dst = (*row0 + r) * nkv * head_dim;
-  const int pairs = (nq + nkv) * half;
-  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
-    const int h = p / half;
-    const int i = p - h * half;
-    T* xh = xr + static_cast<int64_t>(h) * head_dim;
-    const float x1 = to_f(xh[i]);
-    const float x2 = to_f(xh[i + half]);
-    const T y1 = from_f<T>(x1 * c[i] - x2 * s[i]);
-    const T y2 = from_f<T>(x2 * c[i + half] + x1 * s[i + half]);
-    xh[i] = y1;
-    xh[i + half] = y2;
-    if (h >= nq) {
-      T* kh = kc + dst + static_cast<int64_t>(h - nq) * head_dim;
-      kh[i] = y1;
-      kh[i + half] = y2;
-    }
+// rotary_kernel, one block per row (nk = 0 and no caches: plain rotary on nq heads).
+const char* launch_rotary(void* x, int64_t x_stride, const float* cos, const float* sin,
+                          int64_t rows, int nq, int nk, int head_dim, void* kc, void* vc,
+                          const int64_t* row0, DType dt, cudaStream_t s) {
+  int threads = (nq + nk) * head_dim / 2;
+  threads = threads > 1024 ? 1024 : ((threads + 31) / 32) * 32;
+  if (dt == kBF16) {
+    rotary_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), threads, 0, s>>>(
+        static_cast<__nv_bfloat16*>(x), x_stride, cos, sin, nq, nk, head_dim,
+        static_cast<__nv_bfloat16*>(kc), static_cast<__nv_bfloat16*>(vc), row0);
+  } else {
+    rotary_kernel<float><<<static_cast<unsigned>(rows), threads, 0, s>>>(
+        static_cast<float*>(x), x_stride, cos, sin, nq, nk, head_dim, static_cast<float*>(kc),
+        static_cast<float*>(vc), row0);
   }
-  const T* vr = xr + static_cast<int64_t>(nq + nkv) * head_dim;
-  for (int j = threadIdx.x; j < nkv * head_dim; j += blockDim.x) vc[dst + j] = vr[j];
+  return last_error();
 }
 
 }  // namespace
@@ -95,19 +95,8 @@ const char* rotary_append_kv(void* x, int64_t x_stride, const float* cos, const 
                              void* v_cache, const int64_t* row0, DType dt, void* stream) {
   if (rows == 0) return nullptr;
   if (head_dim % 2 != 0) return "rotary_append_kv: head_dim must be even";
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  int threads = (nq + nkv) * head_dim / 2;
-  threads = threads > 1024 ? 1024 : ((threads + 31) / 32) * 32;
-  if (dt == kBF16) {
-    rotary_append_kv_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), threads, 0, s>>>(
-        static_cast<__nv_bfloat16*>(x), x_stride, cos, sin, nq, nkv, head_dim,
-        static_cast<__nv_bfloat16*>(k_cache), static_cast<__nv_bfloat16*>(v_cache), row0);
-  } else {
-    rotary_append_kv_kernel<float><<<static_cast<unsigned>(rows), threads, 0, s>>>(
-        static_cast<float*>(x), x_stride, cos, sin, nq, nkv, head_dim, static_cast<float*>(k_cache),
-        static_cast<float*>(v_cache), row0);
-  }
-  return last_error();
+  return launch_rotary(x, x_stride, cos, sin, rows, nq, nkv, head_dim, k_cache, v_cache, row0, dt,
+                       static_cast<cudaStream_t>(stream));
 }
 
 const char* rotary(void* x, int64_t x_stride, const float* cos, const float* sin, int64_t rows,
@@ -124,17 +113,8 @@ const char* rotary(void* x, int64_t x_stride, const float* cos, const float* sin
         static_cast<__nv_bfloat16*>(x), x_stride, cos, sin, nheads, head_dim);
     return last_error();
   }
-  int threads = nheads * head_dim / 2;
-  threads = ((threads + 31) / 32) * 32;
-  if (threads > 512) threads = 512;
-  if (dt == kBF16) {
-    rotary_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), threads, 0, s>>>(
-        static_cast<__nv_bfloat16*>(x), x_stride, cos, sin, nheads, head_dim);
-  } else {
-    rotary_kernel<float><<<static_cast<unsigned>(rows), threads, 0, s>>>(
-        static_cast<float*>(x), x_stride, cos, sin, nheads, head_dim);
-  }
-  return last_error();
+  return launch_rotary(x, x_stride, cos, sin, rows, nheads, 0, head_dim, nullptr, nullptr, nullptr,
+                       dt, s);
 }
 
 }  // namespace vla::gpu::kernels
