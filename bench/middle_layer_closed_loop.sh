@@ -46,11 +46,17 @@ lane() {  # $1 = K
       --all-episodes --steps "${S1_STEPS:-4000}" --batch 256 --warmup 100 --lr-sensor 1e-3 \
       --lr-action 1e-3 --device "$DEVICE" --out "$d/policy" --json "$d/train.json"
   step "K=$k: closed loop, $EPISODES episodes from seed $SEED in $PROCS processes"
-  local per=$(((EPISODES + PROCS - 1) / PROCS)) p
+  # The cores shared out: every evaluation process (lanes x PROCS of them) gets its share for
+  # torch (VLA_THREADS) and for the renderer (llvmpipe: LP_NUM_THREADS). Left at their defaults
+  # (all cores each), 10 processes on a 16-core machine ran ~10x slower per episode than one
+  # alone (oversubscription, most likely).
+  local lanes share per=$(((EPISODES + PROCS - 1) / PROCS)) p
+  lanes=$(echo $LAYERS | wc -w)
+  share=$((JOBS / (lanes * PROCS) > 0 ? JOBS / (lanes * PROCS) : 1))
   for p in $(seq 0 $((PROCS - 1))); do
     local n=$((EPISODES - p * per < per ? EPISODES - p * per : per))
     [ "$n" -gt 0 ] || continue
-    $VLA eval closed-loop --policy "$d/policy" --mode sync --episodes "$n" --seed $((SEED + p * per)) \
+    VLA_THREADS=$share LP_NUM_THREADS=$share $VLA eval closed-loop --policy "$d/policy" --mode sync --episodes "$n" --seed $((SEED + p * per)) \
       --device "$DEVICE" --json "$d/closed_loop_$p.json" > "$d/closed_loop_$p.log" 2>&1 &
   done
   wait
