@@ -5,14 +5,10 @@
 # Usage: cli_client_test.sh VLA
 set -euo pipefail
 VLA=$1
-LOG=$(mktemp)
 JSON=$(mktemp --suffix=.json)
-"$VLA" serve --port 0 --host 127.0.0.1 > "$LOG" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -f "$LOG" "$JSON"' EXIT
-for _ in $(seq 1 300); do grep -q "on ws://" "$LOG" && break; sleep 0.1; done
-PORT=$(sed -n 's/.*on ws:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$LOG")
-[ -n "$PORT" ] || { cat "$LOG"; echo "server did not start"; exit 1; }
+EXTRA_FILES=$JSON
+source "$(dirname "$0")/serve_process.sh"
+start_server "$VLA"
 OUT=$("$VLA" client --port "$PORT" --load 2 --requests 40 --json "$JSON")
 echo "$OUT"
 echo "$OUT" | grep -q "^2 clients x 40 requests in .*: 0 errors; server RSS" ||
@@ -25,6 +21,4 @@ SUM=$(echo "$FLAT" | sed -n 's/.*"statuses":{\([^}]*\)}.*/\1/p' | tr ',' '\n' | 
   paste -sd+)
 TOTAL=$((${SUM:-0}))
 [ "$TOTAL" = 80 ] || { cat "$JSON"; echo "statuses add up to $TOTAL, expected 80"; exit 1; }
-kill -INT $PID
-wait $PID
-grep -q "vla serve: stopped" "$LOG"
+stop_server

@@ -9,13 +9,8 @@ VLA=$1 PY=$2
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 "$PY" -c "import websockets, msgpack, numpy" 2>/dev/null ||
   { echo "SKIP: python3-websockets / python3-msgpack / python3-numpy not installed"; exit 0; }
-LOG=$(mktemp)
-"$VLA" serve --port 0 --host 127.0.0.1 > "$LOG" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
-for _ in $(seq 1 300); do grep -q "on ws://" "$LOG" && break; sleep 0.1; done
-PORT=$(sed -n 's/.*on ws:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$LOG")
-[ -n "$PORT" ] || { cat "$LOG"; echo "server did not start"; exit 1; }
+source "$(dirname "$0")/serve_process.sh"
+start_server "$VLA"
 OUT=$("$PY" "$ROOT/clients/python/dualrate_client.py" --port "$PORT" --requests 20 --hz 20)
 echo "$OUT"
 echo "$OUT" | grep -q "'act': " || { echo "no request was answered with actions"; exit 1; }
@@ -24,6 +19,4 @@ echo "$OUT" | grep -q "health ok; metrics: [1-9][0-9]* VLM calls" || { echo "hea
 OUT=$("$PY" "$ROOT/clients/python/dualrate_client.py" --port "$PORT" --requests 30 --hz 20 --stream)
 echo "$OUT"
 echo "$OUT" | grep -q "30 pushed replies: status {.*'act': " || { echo "streaming never acted"; exit 1; }
-kill -INT $PID
-wait $PID
-grep -q "vla serve: stopped" "$LOG"
+stop_server
