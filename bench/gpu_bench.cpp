@@ -465,8 +465,9 @@ int main(int argc, char** argv) {
         rec["tokens"] = static_cast<int>(toks.size()) - 1;
         rec["decode_ms"] = ms;
         rec["tokens_per_s"] = (toks.size() - 1) / (ms / 1e3);
-        rec["products"] = e.decode_report();
-        std::printf("decode %-6s products: %s\n", what, e.decode_report().c_str());
+        const std::string products = e.decode_report();
+        rec["products"] = products;
+        std::printf("decode %-6s products: %s\n", what, products.c_str());
         std::printf("decode %-6s %d tokens in %.1f ms -> %.1f tokens/s (greedy, 1 view)\n", what,
                     rec["tokens"].get<int>(), ms, rec["tokens_per_s"].get<double>());
       } catch (const std::exception& ex) {

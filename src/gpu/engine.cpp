@@ -369,9 +369,8 @@ struct EngineImpl {
   // What the captured decode step reads and advances in place; kept across generate_greedy calls
   // (re-made only when a call needs more cache rows), so later calls replay without a capture.
   struct DecodeState {
-    int64_t capacity = 0;
     bool graphed = false;
-    StaticKvCache cache;
+    StaticKvCache cache;       // cache.capacity: the rows kept
     at::Tensor cos, sin;       // rotary rows of text positions 0 .. capacity - 1, i.e. (p, p, p)
     at::Tensor tok, row, pos;  // [1] int64 on the device: next input token, its cache row, position
     ops::Varlen qv, kv;  // one query row; keys [0, row + 1) (kv.cu_dev[1] moves on the device)
@@ -380,18 +379,18 @@ struct EngineImpl {
   };
   std::unique_ptr<DecodeState> decode;
   DecodeState& decode_state(int64_t rows, bool graphed) {
-    if (decode && decode->capacity >= rows && decode->graphed == graphed) return *decode;
+    if (decode && decode->cache.capacity >= rows && decode->graphed == graphed) return *decode;
     decode.reset();  // frees the old cache and graph first
     auto st = std::make_unique<DecodeState>();
     const Qwen25VLTextConfig& t = d.text;
-    st->capacity = std::max<int64_t>(1024, (rows + 255) / 256 * 256);
+    const int64_t cap = std::max<int64_t>(1024, (rows + 255) / 256 * 256);
     st->graphed = graphed;
-    st->cache.capacity = st->capacity;
+    st->cache.capacity = cap;
     for (int i = 0; i < t.num_hidden_layers; ++i) {
-      st->cache.k.push_back(at::zeros({st->capacity, t.num_key_value_heads, t.head_dim()}, wopt()));
-      st->cache.v.push_back(at::zeros({st->capacity, t.num_key_value_heads, t.head_dim()}, wopt()));
+      st->cache.k.push_back(at::zeros({cap, t.num_key_value_heads, t.head_dim()}, wopt()));
+      st->cache.v.push_back(at::zeros({cap, t.num_key_value_heads, t.head_dim()}, wopt()));
     }
-    auto pos = at::arange(st->capacity, at::kLong);
+    auto pos = at::arange(cap, at::kLong);
     auto [c, s] = text_rope_tables(pos.unsqueeze(0).expand({3, -1}).contiguous(), t);
     st->cos = c.to(o.device);
     st->sin = s.to(o.device);

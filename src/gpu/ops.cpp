@@ -529,11 +529,10 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const Fp8Rows& w8, con
   };
   if (use_kernels(x, fused) && K % 16 == 0 && wt.is_contiguous() && aligned(wt) &&
       x.is_contiguous() && aligned(x) && (!b.defined() || b.scalar_type() == x.scalar_type())) {
-    const at::Tensor& xc = x;
     auto out = at::empty({1, N}, x.options());
     const at::Tensor bc = b.defined() ? b.contiguous() : at::Tensor();
     const at::Tensor sc = w8.defined() ? w8.scale.to(at::kFloat).contiguous() : at::Tensor();
-    check_launch(kernels::gemv(xc.data_ptr(), wt.data_ptr(), w8.defined(),
+    check_launch(kernels::gemv(x.data_ptr(), wt.data_ptr(), w8.defined(),
                                w8.defined() ? sc.data_ptr<float>() : nullptr,
                                bc.defined() ? bc.data_ptr() : nullptr, out.data_ptr(), N, K,
                                silu_gate, kdtype(x), current_stream(x)),
