@@ -488,15 +488,19 @@ struct EngineImpl {
       const VLayer& L = vl[i];
       mark("v.qkv");
       at::Tensor qkv = proj(n, L.qkv_w, L.qkv_q, L.qkv_b);  // [N, 3*hidden]
-      mark("v.rotary");
-      ops::rotary_(qkv, 2 * H, D, cos, sin, fused());
-      auto q = qkv.narrow(1, 0, v.hidden_size).view({N, H, D});
-      auto k = qkv.narrow(1, v.hidden_size, v.hidden_size).view({N, H, D});
-      auto val = qkv.narrow(1, 2 * v.hidden_size, v.hidden_size).view({N, H, D});
-      const ops::Varlen& cu = L.full ? cu_full : cu_window;
-      mark(L.full ? "v.attn_full" : "v.attn_window");
-      at::Tensor a = attend(q, k, val, cu, /*causal=*/false, scale,
-                            L.full ? vfull_backend : ops::AttnBackend::kFlashVarlen);
+      at::Tensor a;
+      if (L.full) {
+        mark("v.rotary");
+        ops::rotary_(qkv, 2 * H, D, cos, sin, fused());
+        auto q = qkv.narrow(1, 0, v.hidden_size).view({N, H, D});
+        auto k = qkv.narrow(1, v.hidden_size, v.hidden_size).view({N, H, D});
+        auto val = qkv.narrow(1, 2 * v.hidden_size, v.hidden_size).view({N, H, D});
+        mark("v.attn_full");
+        a = attend(q, k, val, cu_full, /*causal=*/false, scale, vfull_backend);
+      } else {
+        mark("v.rotary_attn_window");  // rotary inside the window kernel (ops::window_attention)
+        a = ops::window_attention(qkv, H, D, cos, sin, cu_window, scale, fused(), flash);
+      }
       mark("v.proj");
       at::Tensor o_ = ops::linear(a.view({N, v.hidden_size}), L.proj_w, L.proj_b);
       mark("v.add_norm");

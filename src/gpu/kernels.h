@@ -45,6 +45,18 @@ const char* rotary_append_kv(void* x, int64_t x_stride, const float* cos, const 
                              int64_t rows, int nq, int nkv, int head_dim, void* k_cache,
                              void* v_cache, const int64_t* row0, DType dt, void* stream);
 
+// Rotary + attention within windows (the vision tower's window blocks): for each window w (rows
+// cu[w] .. cu[w + 1] - 1 of qkv, cu int32 [windows + 1] on the device) and head h, q and k heads h
+// of those rows rotated as `rotary` does (cos / sin float [rows, head_dim], rounded to bf16), then
+// out[rows, h * head_dim ..] = softmax(q k^T * scale) v. qkv rows (row stride qkv_stride, 16-byte
+// aligned): heads query heads, then heads key heads, then heads value heads; qkv is not written.
+// bf16 only; needs window_attention_fits(head_dim, max_window) (every window <= 64 rows).
+bool window_attention_fits(int head_dim, int64_t max_window);
+const char* window_attention(const void* qkv, int64_t qkv_stride, const float* cos,
+                             const float* sin, const int32_t* cu, int64_t windows,
+                             int64_t max_window, int heads, int head_dim, float scale, void* out,
+                             int64_t out_stride, void* stream);
+
 // out[r, i] = silu(x[r, i]) * x[r, inter + i] for x [rows, 2*inter] (row stride x_stride).
 const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, int64_t inter,
                      DType dt, void* stream);

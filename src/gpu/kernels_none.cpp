@@ -29,6 +29,11 @@ const char* rotary_append_kv(void*, int64_t, const float*, const float*, int64_t
                              void*, void*, const int64_t*, DType, void*) {
   return kNoCuda;
 }
+bool window_attention_fits(int, int64_t) { return false; }
+const char* window_attention(const void*, int64_t, const float*, const float*, const int32_t*,
+                             int64_t, int64_t, int, int, float, void*, int64_t, void*) {
+  return kNoCuda;
+}
 const char* silu_mul(const void*, int64_t, void*, int64_t, int64_t, DType, void*) {
   return kNoCuda;
 }

@@ -63,6 +63,22 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     in.k = to_dev(at::zeros({rows + 3, nkv, hd}, f32), c.dtype);
     in.v = to_dev(at::zeros({rows + 3, nkv, hd}, f32), c.dtype);
     in.row0 = at::full({1}, 2, at::kLong).to(dev);
+  } else if (op == "window_attention") {
+    need(c, 4);  // tokens, heads, head_dim, window (the last window takes what is left)
+    const int64_t T = c.dims[0], H = c.dims[1], hd = c.dims[2], win = c.dims[3];
+    VLA_CHECK(hd % 2 == 0 && win > 0,
+              "op table: window_attention needs an even head_dim and a "
+              "window > 0 (",
+              c.label(), ")");
+    in.x = to_dev(at::randn({T, 3 * H * hd}, f32), c.dtype);
+    const at::Tensor ang = at::randn({T, hd / 2}, f32) * 3;
+    const at::Tensor emb = at::cat({ang, ang}, 1);
+    in.cos = to_dev(emb.cos(), at::kFloat);
+    in.sin = to_dev(emb.sin(), at::kFloat);
+    std::vector<int64_t> cu{0};
+    while (cu.back() < T) cu.push_back(std::min(cu.back() + win, T));
+    in.seq = Varlen::make(cu, dev);
+    in.scale = 1.0 / std::sqrt(static_cast<double>(hd));
   } else if (op == "silu_mul" || op == "silu_mul_fp8") {
     need(c, 2);
     in.x = to_dev(at::randn({c.dims[0], 2 * c.dims[1]}, f32) * 2, c.dtype);
@@ -122,6 +138,12 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
   if (op == "gemv" || op == "gemv_fp8") return gemv(in.x, in.w, in.w8, in.b, false, fused);
   if (op == "gemv_silu_mul" || op == "gemv_silu_mul_fp8")
     return gemv(in.x, in.w, in.w8, {}, true, fused);
+  if (op == "window_attention") {
+    at::Tensor x = timing ? in.x : in.x.clone();
+    const int H = static_cast<int>(c.dims[1]), hd = static_cast<int>(c.dims[2]);
+    const bool flash = fused && flash_available(x.view({x.size(0), 3 * H, hd}));
+    return window_attention(x, H, hd, in.cos, in.sin, in.seq, in.scale, fused, flash);
+  }
   if (op == "attention") {
     const bool flash = fused && flash_available(in.q);
     return attention(in.q, in.k, in.v, in.seq, in.seq, c.dims[4] != 0, in.scale, flash);
@@ -172,21 +194,31 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     if (in.b.defined()) y = y + d(in.b);
     return op.compare(0, 13, "gemv_silu_mul") == 0 ? swiglu(y, c.dims[0]) : y;
   }
-  if (op == "attention") {
-    const int64_t T = c.dims[0], H = c.dims[1], Hk = c.dims[2], S = c.dims[5], L = T / S;
-    at::Tensor q = d(in.q), k = d(in.k).repeat_interleave(H / Hk, 1),
-               v = d(in.v).repeat_interleave(H / Hk, 1);
+  // softmax(q k^T * scale) v within each sequence of in.seq; q [T, H, D], k / v [T, H, D].
+  auto attend = [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
     std::vector<at::Tensor> outs;
-    for (int64_t s = 0; s < S; ++s) {
-      auto qs = q.narrow(0, s * L, L).transpose(0, 1), ks = k.narrow(0, s * L, L).transpose(0, 1),
-           vs = v.narrow(0, s * L, L).transpose(0, 1);  // [H, L, D]
+    for (size_t s = 0; s + 1 < in.seq.cu.size(); ++s) {
+      const int64_t r0 = in.seq.cu[s], L = in.seq.cu[s + 1] - r0;
+      auto qs = q.narrow(0, r0, L).transpose(0, 1), ks = k.narrow(0, r0, L).transpose(0, 1),
+           vs = v.narrow(0, r0, L).transpose(0, 1);  // [H, L, D]
       at::Tensor logits = at::matmul(qs, ks.transpose(1, 2)) * in.scale;
-      if (c.dims[4] != 0)
+      if (causal)
         logits = logits.masked_fill(at::ones({L, L}, at::kBool).triu(1),
                                     -std::numeric_limits<double>::infinity());
       outs.push_back(at::matmul(at::softmax(logits, -1), vs).transpose(0, 1));
     }
     return at::cat(outs, 0);
+  };
+  if (op == "attention") {
+    const int64_t H = c.dims[1], Hk = c.dims[2];
+    return attend(d(in.q), d(in.k).repeat_interleave(H / Hk, 1),
+                  d(in.v).repeat_interleave(H / Hk, 1), c.dims[4] != 0);
+  }
+  if (op == "window_attention") {  // q and k stored rotated (as the rotary kernel rounds them)
+    const int64_t T = c.dims[0], H = c.dims[1], hd = c.dims[2];
+    const at::Tensor x = rotate(2 * H, hd).to(c.dtype).to(at::kDouble);
+    auto head = [&](int64_t i) { return x.narrow(1, i * H * hd, H * hd).view({T, H, hd}); };
+    return attend(head(0), head(1), head(2), false).reshape({T, H * hd});
   }
   throw Error(str_cat("op table: unknown op '", op, "'"));
 }
@@ -227,6 +259,13 @@ std::vector<OpCase> unit_cases() {
         cases.push_back({op, nk, dt});
     cases.push_back({"attention", {100, 4, 4, 80, 0, 4}, dt});
     cases.push_back({"attention", {60, 8, 2, 128, 1, 2}, dt});
+    // Windows of 64 with a short last one; head_dims of each kernel instance; a 100-row window
+    // (over the kernel's 64: the rotary + attention fallback).
+    cases.push_back({"window_attention", {150, 4, 80, 64}, dt});
+    cases.push_back({"window_attention", {37, 2, 16, 16}, dt});
+    cases.push_back({"window_attention", {70, 3, 128, 50}, dt});
+    cases.push_back({"window_attention", {9, 2, 64, 64}, dt});
+    cases.push_back({"window_attention", {130, 2, 32, 100}, dt});
   }
   return cases;
 }
@@ -253,6 +292,7 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
       {"attention",
        {patches / window * window, v.num_heads, v.num_heads, v.head_dim(), 0, patches / window},
        bf});
+  c.push_back({"window_attention", {patches, v.num_heads, v.head_dim(), window}, bf});
   c.push_back({"attention", {patches, v.num_heads, v.num_heads, v.head_dim(), 0, views}, bf});
   // Decoder layer over the prefill.
   c.push_back({"add_rms_norm", {tokens, t.hidden_size}, bf});
@@ -281,14 +321,14 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
 }
 
 double tolerance_vs_reference(const OpCase& c) {
-  if (c.op == "attention") return c.dtype == at::kFloat ? 1e-4 : 1e-2;
+  if (c.op == "attention" || c.op == "window_attention") return c.dtype == at::kFloat ? 1e-4 : 1e-2;
   if (c.fp8()) return 1e-2;  // the same e4m3 value may round either way at a tie
   return c.dtype == at::kFloat ? 1e-5 : 1e-2;
 }
 
 double tolerance_vs_f64(const OpCase& c) {
   if (c.fp8() || c.op == "quantize_fp8") return 5e-2;  // e4m3: 3 mantissa bits
-  if (c.op == "attention") return c.dtype == at::kFloat ? 1e-4 : 2e-2;
+  if (c.op == "attention" || c.op == "window_attention") return c.dtype == at::kFloat ? 1e-4 : 2e-2;
   return c.dtype == at::kFloat ? 1e-5 : 1e-2;
 }
 

@@ -332,6 +332,38 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return attention_math(q, k, v, qv, kv, causal, scale);
 }
 
+at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
+                            const at::Tensor& sin, const Varlen& windows, double scale, bool fused,
+                            bool use_flash) {
+  check_rows(qkv, "window_attention");
+  const int64_t T = qkv.size(0), width = static_cast<int64_t>(heads) * head_dim;
+  VLA_CHECK(qkv.size(1) == 3 * width, "window_attention: qkv rows are ", qkv.size(1),
+            " wide, expected 3 * ", heads, " * ", head_dim);
+  VLA_CHECK(windows.total() == T, "window_attention: windows cover ", windows.total(),
+            " rows, qkv has ", T);
+  VLA_CHECK(cos.size(0) == T && cos.size(1) == head_dim && sin.sizes() == cos.sizes(),
+            "window_attention: cos / sin tables must be [", T, ", ", head_dim, "]");
+  if (use_kernels(qkv, fused) && qkv.scalar_type() == at::kBFloat16 &&
+      kernels::window_attention_fits(head_dim, windows.max_len) && qkv.stride(0) % 8 == 0 &&
+      reinterpret_cast<uintptr_t>(qkv.data_ptr()) % 16 == 0) {
+    auto out = at::empty({T, width}, qkv.options());
+    auto c = cos.to(at::kFloat).contiguous();
+    auto s = sin.to(at::kFloat).contiguous();
+    check_launch(kernels::window_attention(
+                     qkv.data_ptr(), qkv.stride(0), c.data_ptr<float>(), s.data_ptr<float>(),
+                     windows.cu_dev.data_ptr<int32_t>(),
+                     static_cast<int64_t>(windows.cu.size()) - 1, windows.max_len, heads, head_dim,
+                     static_cast<float>(scale), out.data_ptr(), out.stride(0), current_stream(qkv)),
+                 "window_attention");
+    return out;
+  }
+  rotary_(qkv, 2 * heads, head_dim, cos, sin, fused);
+  auto q = qkv.narrow(1, 0, width).view({T, heads, head_dim});
+  auto k = qkv.narrow(1, width, width).view({T, heads, head_dim});
+  auto v = qkv.narrow(1, 2 * width, width).view({T, heads, head_dim});
+  return attention(q, k, v, windows, windows, /*causal=*/false, scale, use_flash).view({T, width});
+}
+
 // ------------------------------------------------------------------ FP8
 bool fp8_compiled() {
 #ifdef VLA_HAVE_FP8

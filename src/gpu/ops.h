@@ -113,4 +113,16 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      const Varlen& qv, const Varlen& kv, bool causal, double scale, bool use_flash,
                      int64_t k_max_override = 0);
 
+// The vision tower's window blocks: rotary_ on the q and k heads of qkv [T, 3 * heads * head_dim]
+// (q heads, k heads, v heads; last dim contiguous), then attention within each window (non-causal).
+// cos / sin: float [T, head_dim]; windows: packed sequences covering all T rows. Returns
+// [T, heads * head_dim] contiguous. The CUDA kernel (kernels/window_attention.cu: rotary applied
+// while loading, qkv left as it is) runs when fused, bf16, 16-byte aligned rows and
+// kernels::window_attention_fits(head_dim, windows.max_len) (every window <= 64 rows); otherwise
+// qkv is rotated in place and attention() runs (flash when use_flash). Source: transformers'
+// Qwen2_5_VLVisionAttention (apply_rotary_pos_emb_vision, then attention per cu_window_seqlens).
+at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
+                            const at::Tensor& sin, const Varlen& windows, double scale, bool fused,
+                            bool use_flash);
+
 }  // namespace vla::gpu::ops

@@ -1,0 +1,276 @@
+// Rotary + attention inside windows of at most 64 rows: the Qwen2.5-VL vision tower's window
+// blocks (transformers' Qwen2_5_VLVisionAttention with cu_window_seqlens). Written for this op: no
+// library here offers windowed attention with the rotary embedding applied on load, and at 64 keys
+// a general flash kernel (128-row tiles, a separate rotary pass over q and k) spends most of its
+// time moving data. The pattern is FlashAttention-2 (Dao, 2023, arXiv:2307.08691) with one key
+// tile, so no online rescaling: one CTA per (window, head) copies q, k, v into shared memory at
+// once (cp.async), rotates q and k there (in float, rounded to bf16 as the standalone rotary kernel
+// rounds), then each warp computes S = q k^T for 16 query rows and O = softmax(S) v on tensor cores
+// (mma.sync m16n8k16, bf16 in, fp32 accumulation; v's fragments through ldmatrix.trans), with P
+// rounded to bf16 for the second product as flash attention does.
+#include "gpu/kernels/common.cuh"
+
+namespace vla::gpu::kernels {
+namespace {
+
+constexpr int kWin = 64;           // rows per window, at most
+constexpr int kWarps = kWin / 16;  // one warp per 16 query rows
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low 16 bits
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t ld32(const __nv_bfloat16* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+// d += a (16x16, row-major fragment) * b (16x8, column fragment); PTX ISA "mma.m16n8k16".
+__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// 16-byte asynchronous copy global -> shared (PTX "cp.async"); valid = false writes zeros.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+// Four 8x8 bf16 matrices from shared memory, transposed (PTX "ldmatrix ... .trans"): lanes 8i ..
+// 8i + 7 give the row addresses of matrix i, r[i] is this lane's fragment of it.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+template <int D>
+constexpr int smem_bytes() {
+  return 3 * kWin * (D + 8) * 2;
+}
+
+// grid (windows, heads), kWarps * 32 threads. qkv rows: [q heads | k heads | v heads], each head D
+// wide. Rows r0 .. r0 + len - 1 of window w = blockIdx.x (r0 = cu[w], len = cu[w + 1] - r0 <= 64).
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32, 4)
+    window_attention_kernel(const __nv_bfloat16* __restrict__ qkv, int64_t stride,
+                            const float* __restrict__ cos, const float* __restrict__ sin,
+                            const int32_t* __restrict__ cu, int heads, float scale_log2,
+                            __nv_bfloat16* __restrict__ out, int64_t out_stride) {
+  constexpr int kQ = D + 8;  // padded rows: the fragment loads below hit distinct banks
+  constexpr int kHalf = D / 2;
+  constexpr int kChunks = D / 8;  // 16-byte chunks per head row
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kWin][kQ]
+  __nv_bfloat16* ks = qs + kWin * kQ;                              // [kWin][kQ]
+  __nv_bfloat16* vs = ks + kWin * kQ;                              // [kWin][kQ]
+  const int h = blockIdx.y;
+  const int64_t r0 = cu[blockIdx.x];
+  const int len = cu[blockIdx.x + 1] - static_cast<int>(r0);
+  const int tid = threadIdx.x;
+
+  // q, k, v of the window's rows, all copies in flight at once; rows past the window are zero.
+  for (int i = tid; i < 3 * kWin * kChunks; i += blockDim.x) {
+    const int which = i / (kWin * kChunks);  // 0: q, 1: k, 2: v
+    const int rem = i - which * kWin * kChunks;
+    const int row = rem / kChunks;
+    const int c8 = (rem - row * kChunks) * 8;
+    const bool valid = row < len;
+    const __nv_bfloat16* src =
+        qkv + (r0 + (valid ? row : 0)) * stride + static_cast<int64_t>(which * heads + h) * D + c8;
+    cp_async16(qs + (which * kWin + row) * kQ + c8, src, valid);
+  }
+  asm volatile("cp.async.wait_all;\n" ::);
+  __syncthreads();
+  // Rotary on q and k in place (each thread one 8-wide chunk of both halves of a row: the cos /
+  // sin values it loads serve q and k).
+  for (int i = tid; i < kWin * (kHalf / 8); i += blockDim.x) {
+    const int row = i / (kHalf / 8);
+    const int c8 = (i - row * (kHalf / 8)) * 8;
+    if (row >= len) continue;
+    const float4* c4 = reinterpret_cast<const float4*>(cos + (r0 + row) * D + c8);
+    const float4* s4 = reinterpret_cast<const float4*>(sin + (r0 + row) * D + c8);
+    float c1[8], s1[8], c2[8], s2[8];
+    *reinterpret_cast<float4*>(c1) = __ldg(c4);
+    *reinterpret_cast<float4*>(c1 + 4) = __ldg(c4 + 1);
+    *reinterpret_cast<float4*>(s1) = __ldg(s4);
+    *reinterpret_cast<float4*>(s1 + 4) = __ldg(s4 + 1);
+    *reinterpret_cast<float4*>(c2) = __ldg(c4 + kHalf / 4);
+    *reinterpret_cast<float4*>(c2 + 4) = __ldg(c4 + kHalf / 4 + 1);
+    *reinterpret_cast<float4*>(s2) = __ldg(s4 + kHalf / 4);
+    *reinterpret_cast<float4*>(s2 + 4) = __ldg(s4 + kHalf / 4 + 1);
+#pragma unroll
+    for (int which = 0; which < 2; ++which) {
+      __nv_bfloat16* base = (which ? ks : qs) + row * kQ + c8;
+      uint4* p1 = reinterpret_cast<uint4*>(base);
+      uint4* p2 = reinterpret_cast<uint4*>(base + kHalf);
+      uint4 a = *p1, b = *p2;
+      __nv_bfloat16* ae = reinterpret_cast<__nv_bfloat16*>(&a);
+      __nv_bfloat16* be = reinterpret_cast<__nv_bfloat16*>(&b);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float x1 = __bfloat162float(ae[j]);
+        const float x2 = __bfloat162float(be[j]);
+        ae[j] = __float2bfloat16(x1 * c1[j] - x2 * s1[j]);
+        be[j] = __float2bfloat16(x2 * c2[j] + x1 * s2[j]);
+      }
+      *p1 = a;
+      *p2 = b;
+    }
+  }
+  __syncthreads();
+
+  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int m0 = warp * 16;
+  if (m0 >= len) return;
+
+  // S = q k^T for rows m0 + g and m0 + g + 8; n-tile j holds keys j*8 + 2*t4 + {0, 1}.
+  float s[kWin / 8][4];
+#pragma unroll
+  for (int j = 0; j < kWin / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const __nv_bfloat16* qa = qs + (m0 + g) * kQ + kk * 16 + t4 * 2;
+    const uint32_t a0 = ld32(qa), a1 = ld32(qa + 8 * kQ), a2 = ld32(qa + 8),
+                   a3 = ld32(qa + 8 * kQ + 8);
+#pragma unroll
+    for (int j = 0; j < kWin / 8; ++j) {
+      const __nv_bfloat16* kb = ks + (j * 8 + g) * kQ + kk * 16 + t4 * 2;
+      if (j * 8 < len) mma_bf16(s[j], a0, a1, a2, a3, ld32(kb), ld32(kb + 8));
+    }
+  }
+  // Softmax over the window's keys (a row's 64 values are spread over the 4 threads of a quad).
+  float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kWin / 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (j * 8 + t4 * 2 + e >= len) s[j][e] = s[j][2 + e] = -INFINITY;
+      mx0 = fmaxf(mx0, s[j][e]);
+      mx1 = fmaxf(mx1, s[j][2 + e]);
+    }
+  }
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
+  }
+  const float b0 = mx0 * scale_log2, b1 = mx1 * scale_log2;
+  float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+  for (int j = 0; j < kWin / 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      s[j][e] = exp2f(s[j][e] * scale_log2 - b0);
+      s[j][2 + e] = exp2f(s[j][2 + e] * scale_log2 - b1);
+      sum0 += s[j][e];
+      sum1 += s[j][2 + e];
+    }
+  }
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {
+    sum0 += __shfl_xor_sync(0xffffffffu, sum0, o);
+    sum1 += __shfl_xor_sync(0xffffffffu, sum1, o);
+  }
+  // O = P v: the S accumulators of n-tiles 2kk and 2kk + 1 are the A fragment of key step kk.
+  float acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kWin / 16; ++kk) {
+    if (kk * 16 >= len) continue;  // warp-uniform: those keys' P are all zero
+    const uint32_t a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+    const uint32_t a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+    const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    // B fragments of two n-tiles per ldmatrix: v rows (keys) kk*16 + 0..15, dims n*8 .. n*8 + 15.
+    const __nv_bfloat16* vrow =
+        vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kQ + (lane >> 4) * 8;
+#pragma unroll
+    for (int n = 0; n < D / 8; n += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, vrow + n * 8);
+      mma_bf16(acc[n], a0, a1, a2, a3, b[0], b[1]);
+      mma_bf16(acc[n + 1], a0, a1, a2, a3, b[2], b[3]);
+    }
+  }
+  const float inv0 = 1.f / sum0, inv1 = 1.f / sum1;
+  const int ra = m0 + g, rb = m0 + g + 8;
+  __nv_bfloat16* oa = out + (r0 + ra) * out_stride + static_cast<int64_t>(h) * D + t4 * 2;
+  __nv_bfloat16* ob = out + (r0 + rb) * out_stride + static_cast<int64_t>(h) * D + t4 * 2;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    if (ra < len)
+      *reinterpret_cast<__nv_bfloat162*>(oa + n * 8) =
+          __floats2bfloat162_rn(acc[n][0] * inv0, acc[n][1] * inv0);
+    if (rb < len)
+      *reinterpret_cast<__nv_bfloat162*>(ob + n * 8) =
+          __floats2bfloat162_rn(acc[n][2] * inv1, acc[n][3] * inv1);
+  }
+}
+
+template <int D>
+const char* launch(const void* qkv, int64_t stride, const float* cos, const float* sin,
+                   const int32_t* cu, int64_t windows, int heads, float scale, void* out,
+                   int64_t out_stride, cudaStream_t s) {
+  constexpr int bytes = smem_bytes<D>();
+  if (bytes > 48 * 1024) {
+    static const cudaError_t set = cudaFuncSetAttribute(
+        window_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (set != cudaSuccess) return cudaGetErrorString(set);
+  }
+  const dim3 grid(static_cast<unsigned>(windows), static_cast<unsigned>(heads));
+  window_attention_kernel<D><<<grid, kWarps * 32, bytes, s>>>(
+      static_cast<const __nv_bfloat16*>(qkv), stride, cos, sin, cu, heads, scale * kLog2e,
+      static_cast<__nv_bfloat16*>(out), out_stride);
+  return last_error();
+}
+
+}  // namespace
+
+bool window_attention_fits(int head_dim, int64_t max_window) {
+  if (max_window < 1 || max_window > kWin) return false;
+  switch (head_dim) {
+    case 16:
+    case 32:
+    case 64:
+    case 80:
+    case 128:
+      return true;
+    default:
+      return false;
+  }
+}
+
+const char* window_attention(const void* qkv, int64_t qkv_stride, const float* cos,
+                             const float* sin, const int32_t* cu, int64_t windows,
+                             int64_t max_window, int heads, int head_dim, float scale, void* out,
+                             int64_t out_stride, void* stream) {
+  if (windows == 0) return nullptr;
+  if (!window_attention_fits(head_dim, max_window))
+    return "window_attention: head_dim or window length not supported (window_attention_fits)";
+  if (qkv_stride % 8 != 0 || reinterpret_cast<uintptr_t>(qkv) % 16 != 0 || out_stride % 2 != 0 ||
+      reinterpret_cast<uintptr_t>(out) % 4 != 0)
+    return "window_attention: qkv needs 16-byte aligned rows, out 4-byte aligned rows";
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (head_dim) {
+    case 16:
+      return launch<16>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out, out_stride, s);
+    case 32:
+      return launch<32>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out, out_stride, s);
+    case 64:
+      return launch<64>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out, out_stride, s);
+    case 80:
+      return launch<80>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out, out_stride, s);
+    default:
+      return launch<128>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out, out_stride, s);
+  }
+}
+
+}  // namespace vla::gpu::kernels
