@@ -151,11 +151,19 @@ double time_ms(const std::function<void()>& fn) {
   return sw.elapsed_ms() / n;
 }
 
-// cuBLAS rates for the shapes the engine runs: bf16, and FP8 with row-wise scales (plain and
-// fast accumulation) through the engine's own quantise + _scaled_mm path.
+// a [M, K] quantised as the engine's calibrated activations are: one static scale (here the
+// tensor's own amax), so that linear_fp8 runs tensor-wise against quantize_fp8_tensor weights.
+ops::Fp8Rows static_fp8(const at::Tensor& a) {
+  return ops::quantize_fp8(a, true, (a.abs().amax().to(at::kFloat) / 448.0).reshape({1}));
+}
+
+// cuBLAS rates for the shapes the engine runs: bf16, and FP8 through the engine's own quantise +
+// _scaled_mm path with row-wise scales (plain and fast accumulation) and with tensor-wise scales
+// (fast accumulation: calibrated static scales, Engine::calibrate_fp8).
 nlohmann::json gemm_rates(bool fp8) {
   nlohmann::json rec;
-  Table g({"GEMM M x K -> N", "bf16 ms", "TFLOP/s", "fp8 ms", "TFLOP/s", "fp8 fast ms", "TFLOP/s"});
+  Table g({"GEMM M x K -> N", "bf16 ms", "TFLOP/s", "fp8 ms", "TFLOP/s", "fp8 fast ms", "TFLOP/s",
+           "fp8 tensor-wise ms", "TFLOP/s"});
   const std::vector<std::array<int64_t, 3>> shapes = {
       {5980, 1176, 1280}, {5980, 1280, 3840},  {5980, 1280, 1280},  {5980, 1280, 6912},
       {5980, 3456, 1280}, {5980, 3420, 1280},  {1495, 5120, 5120},  {1525, 2048, 2560},
@@ -188,8 +196,20 @@ nlohmann::json gemm_rates(bool fp8) {
           rec[name]["fp8_error"] = e.what();
         }
       }
+      try {
+        auto as = static_fp8(a);
+        auto bs = ops::quantize_fp8_tensor(b);
+        const double m8 = time_ms([&]() { ops::linear_fp8(as, bs, {}, at::kBFloat16, true); });
+        row.push_back(fmt_double(m8, 3));
+        row.push_back(fmt_double(tf(m8), 0));
+        rec[name]["fp8_tensorwise_tflops"] = tf(m8);
+      } catch (const std::exception& e) {
+        row.push_back("error");
+        row.push_back("-");
+        rec[name]["fp8_tensorwise_error"] = e.what();
+      }
     } else {
-      for (int i = 0; i < 4; ++i) row.push_back("-");
+      for (int i = 0; i < 6; ++i) row.push_back("-");
     }
     g.add_row(row);
   }
@@ -207,15 +227,16 @@ double gemm_floor_ms(const std::vector<PlanGemm>& gemms) {
   double total = 0;
   for (const PlanGemm& g : gemms) {
     const std::string key = std::to_string(g.m) + "x" + std::to_string(g.k) + "x" +
-                            std::to_string(g.n) + (g.fp8 ? "/fp8" : "/bf16");
+                            std::to_string(g.n) +
+                            (g.fp8 ? (g.tensorwise ? "/fp8-tensor" : "/fp8") : "/bf16");
     auto it = memo.find(key);
     if (it == memo.end()) {
       auto a = at::randn({g.m, g.k}, o);
       auto b = at::randn({g.n, g.k}, o);
       double ms = 0;
       if (g.fp8) {
-        auto aq = ops::quantize_fp8(a, true);
-        auto bq = ops::quantize_fp8(b, true);
+        auto aq = g.tensorwise ? static_fp8(a) : ops::quantize_fp8(a, true);
+        auto bq = g.tensorwise ? ops::quantize_fp8_tensor(b) : ops::quantize_fp8(b, true);
         ms = time_ms([&]() { ops::linear_fp8(aq, bq, {}, at::kBFloat16, true); });
       } else {
         ms = time_ms([&]() { at::mm(a, b.t()); });
@@ -339,6 +360,8 @@ int main(int argc, char** argv) {
       bool fast_accum;
       int64_t min_rows;
       int text_layers = 0;  // PlanSpec::text_layers (0 = all)
+      // FP8: static activation scales calibrated on other frames (Engine::calibrate_fp8).
+      bool calibrated = false;
     };
     std::map<std::string, at::Tensor> bf16_features, fp32_features;
     // Times `cases` on `e` into out[section]; with `reference` the features are compared.
@@ -359,6 +382,18 @@ int main(int argc, char** argv) {
           e.set_fp8_min_rows(c.min_rows);
         }
         try {
+          if (c.calibrated) {
+            e.clear_fp8_calibration();
+            e.prepare(spec);
+            at::manual_seed(2);  // not the frames time_plan measures on
+            for (int v = 0; v < c.views; ++v) {
+              auto r = at::randint(0, 256, {height, width, 3}, at::kByte);
+              std::memcpy(e.frame_buffer(v), r.data_ptr<uint8_t>(), static_cast<size_t>(r.numel()));
+            }
+            Stopwatch cal;
+            e.calibrate_fp8();
+            rec["calibrate_s"] = cal.elapsed_s();
+          }
           at::Tensor f;
           Timing t = time_plan(e, spec, iters, rec, &f);
           rec["floor_ms"] = rec["flops"].get<double>() / (peak_tflops * 1e12) * 1e3;
@@ -392,6 +427,7 @@ int main(int argc, char** argv) {
           rec["error"] = ex.what();
           std::printf("%-22s FAILED: %s\n", (section + "/" + c.key).c_str(), ex.what());
         }
+        if (c.calibrated) e.clear_fp8_calibration();
         e.set_cuda_graphs(true);
         out[section][c.key] = rec;
         std::fflush(stdout);
@@ -492,7 +528,9 @@ int main(int argc, char** argv) {
             {"1view", 1, ViewLayout::kOneSequence, true, true, 0},
             {"1view_min_rows_1024", 1, ViewLayout::kOneSequence, true, true, 1024},
             {"5view", 5, ViewLayout::kOneSequence, true, true, 0},
-            {"5view_exact_accum", 5, ViewLayout::kOneSequence, true, false, 0}};
+            {"5view_exact_accum", 5, ViewLayout::kOneSequence, true, false, 0},
+            {"1view_static", 1, ViewLayout::kOneSequence, true, true, 0, 0, true},
+            {"5view_static", 5, ViewLayout::kOneSequence, true, true, 0, 0, true}};
         if (vlm_layers > 0)
           c8.push_back({mid_key, 5, ViewLayout::kOneSequence, true, true, 0, vlm_layers});
         run_cases(*e8, c8, "fp8", false, true);
@@ -572,6 +610,14 @@ int main(int argc, char** argv) {
                 std::to_string(dims.text.num_hidden_layers),
             num(c16, mid_key, wall), num(c8, mid_key, wall), 0, floor_of(mid_key, "floor_ms"),
             mid_key);
+      for (const std::string v : {"1view", "5view"}) {
+        const double pre = pm("sdpa/" + v + "/full_prefill", "preprocess_ms");
+        const double full = pm("sdpa/" + v + "/full_prefill", "median_ms");
+        row(v + " end-to-end, fp8 static scales", 0, num(c8, v + "_static", wall),
+            full > 0 ? full + pre : 0, floor_of(v, "floor_ms"), "", v + "_static");
+        row(v + " vision tower, fp8 static scales", 0, num(c8, v + "_static", vis),
+            pm("sdpa/" + v + "/vision_only", "median_ms"), floor_of(v, "vision_floor_ms"));
+      }
       row("5view end-to-end, fp8 without fast accum", 0, num(c8, "5view_exact_accum", wall),
           full5 > 0 ? full5 + pre5 : 0, floor_of("5view", "floor_ms"));
       row("5view vision tower, fp8 without fast accum", 0, num(c8, "5view_exact_accum", vis),
@@ -603,7 +649,8 @@ int main(int argc, char** argv) {
                       k.c_str(), c16[k]["rel_err_vs_fp32"].get<double>());
         }
       }
-      for (const std::string k : {"1view", "1view_min_rows_1024", "5view", "5view_exact_accum"}) {
+      for (const std::string k : {"1view", "1view_min_rows_1024", "5view", "5view_exact_accum",
+                                  "1view_static", "5view_static"}) {
         if (c8.contains(k) && c8[k].contains("rel_err_vs_bf16")) {
           std::printf(
               "fp8 %-20s features (last hidden states) rel. err vs bf16: %.4f, vs fp32: %.4f\n",

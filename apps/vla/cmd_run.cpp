@@ -132,6 +132,7 @@ void add_run(CLI::App& app) {
                 {"device", a->vlm.device},
                 {"backend", a->vlm.backend},
                 {"fp8", a->vlm.fp8},
+                {"fp8_static", a->vlm.fp8_static},
                 {"expert_trained", a->vlm_config.empty()}};
     j["frames"] = frames_from;
     j["interrupted"] = vla::cli::StopSignals::flag().load();

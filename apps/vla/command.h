@@ -70,6 +70,9 @@ inline void add_vlm_options(CLI::App* c, vla::policy::VlmOptions* o) {
       ->capture_default_str();
   c->add_flag("--fp8", o->fp8,
               "fast backend: FP8 (e4m3) GEMMs (GPUs of compute capability >= 8.9)");
+  c->add_flag("--fp8-static", o->fp8_static,
+              "with --fp8: one static scale per activation, calibrated on the first frames the\n"
+              "VLM encodes (faster tensor-wise GEMMs; docs/gpu.md)");
 }
 
 // --vlm-layers K: features from the first K decoder layers of the VLM's LLM (0 = all; one

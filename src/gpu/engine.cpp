@@ -411,10 +411,15 @@ struct EngineImpl {
   // output projections stay bf16: their input comes from attention, not from a fused norm / SwiGLU
   // kernel, so it would need a quantisation pass of its own, and at these sizes (N = hidden) fp8 is
   // no faster (docs/gpu.md).
-  void quantize_weights() {
+  // per_tensor (after calibrate_fp8): one scale per matrix, so that the GEMMs with static
+  // activation scales run tensor-wise.
+  void quantize_weights(bool per_tensor = false) {
     if (!o.fp8) return;
     at::NoGradGuard ng;
-    auto q = [&](const at::Tensor& w) { return ops::quantize_fp8(w, fused()); };
+    decode.reset();  // its captured decode graph reads the old weights
+    auto q = [&](const at::Tensor& w) {
+      return per_tensor ? ops::quantize_fp8_tensor(w) : ops::quantize_fp8(w, fused());
+    };
     for (VLayer& L : vl) {
       L.qkv_q = q(L.qkv_w);
       L.gu_q = q(L.gu_w);
@@ -429,26 +434,54 @@ struct EngineImpl {
   at::Tensor lin8(const ops::Fp8Rows& x, const ops::Fp8Rows& w, const at::Tensor& b = {}) const {
     return ops::linear_fp8(x, w, b, o.dtype, o.fp8_fast_accum);
   }
-  // Normalised activations of a block: bf16 (x) or per-token e4m3 (q), per EngineOptions::fp8.
+  // ---- static activation scales (Engine::calibrate_fp8). Each quantised activation is a site:
+  // the inputs of qkv (0), gate|up (1) and down (2) of vision block i (3 i + k) and decoder layer
+  // i (3 (vision depth + i) + k).
+  at::Tensor site_amax;  // float [sites] on the device: running max while calibrating
+  // float [sites, 4]: amax / 448 once calibrated (else undefined), repeated so that each site's
+  // scale starts 16 bytes after the last (cuBLASLt refuses tensor-wise scales at odd addresses).
+  at::Tensor site_scale;
+  std::vector<char> site_static;  // per site: calibrated (seen with amax > 0)
+  bool calibrating = false;
+  int64_t sites() const { return 3 * static_cast<int64_t>(vl.size() + tl.size()); }
+  static int vsite(size_t layer, int k) { return static_cast<int>(3 * layer) + k; }
+  int tsite(size_t layer, int k) const { return static_cast<int>(3 * (vl.size() + layer)) + k; }
+  // The static scale of a site (float [1]), or undefined: quantise per token.
+  at::Tensor fixed_scale(int site) const {
+    if (!site_scale.defined() || !site_static[static_cast<size_t>(site)]) return {};
+    return site_scale[site].narrow(0, 0, 1);
+  }
+  // While calibrating: the site's running amax takes in this activation's (row scales * 448).
+  void record(int site, const ops::Fp8Rows& q) const {
+    if (!calibrating) return;
+    at::Tensor slot = site_amax.narrow(0, site, 1);
+    slot.copy_(at::maximum(slot, q.scale.amax().mul(448.0).reshape({1})));
+  }
+  // Normalised activations of a block: bf16 (x) or e4m3 (q), per EngineOptions::fp8; quantised
+  // with the site's static scale once calibrated, else per token.
   struct Act {
     at::Tensor x;
     ops::Fp8Rows q;
   };
-  Act norm(at::Tensor& h, const at::Tensor& w, double eps, bool quant) const {
+  Act norm(at::Tensor& h, const at::Tensor& w, double eps, bool quant, int site) const {
     Act a;
-    if (quant)
-      a.q = ops::rms_norm_fp8(h, w, eps, fused());
-    else
+    if (quant) {
+      a.q = ops::rms_norm_fp8(h, w, eps, fused(), fixed_scale(site));
+      record(site, a.q);
+    } else {
       a.x = ops::rms_norm(h, w, eps, fused());
+    }
     return a;
   }
-  Act add_norm(const at::Tensor& x, at::Tensor& h, const at::Tensor& w, double eps,
-               bool quant) const {
+  Act add_norm(const at::Tensor& x, at::Tensor& h, const at::Tensor& w, double eps, bool quant,
+               int site) const {
     Act a;
-    if (quant)
-      a.q = ops::add_rms_norm_fp8(x, h, w, eps, fused());
-    else
+    if (quant) {
+      a.q = ops::add_rms_norm_fp8(x, h, w, eps, fused(), fixed_scale(site));
+      record(site, a.q);
+    } else {
       a.x = ops::add_rms_norm(x, h, w, eps, fused());
+    }
     return a;
   }
   // Projection of normalised activations: fp8 when they are quantised.
@@ -459,9 +492,10 @@ struct EngineImpl {
   // SwiGLU then the down projection.
   at::Tensor mlp_down(const at::Tensor& gu, int64_t inter, const at::Tensor& w,
                       const ops::Fp8Rows& wq, const at::Tensor& b, const char* down_mark,
-                      bool quant) const {
+                      bool quant, int site) const {
     if (quant) {
-      ops::Fp8Rows act = ops::silu_mul_fp8(gu, inter, fused());
+      ops::Fp8Rows act = ops::silu_mul_fp8(gu, inter, fused(), fixed_scale(site));
+      record(site, act);
       mark(down_mark);
       return lin8(act, wq, b);
     }
@@ -483,7 +517,7 @@ struct EngineImpl {
     at::Tensor h = ops::linear(patches, patch_w);  // residual stream
     mark("v.norm");
     const bool q8 = o.fp8 && N >= o.fp8_min_rows;
-    Act n = norm(h, vl[0].n1, kVisionRmsNormEps, q8);
+    Act n = norm(h, vl[0].n1, kVisionRmsNormEps, q8, vsite(0, 0));
     for (size_t i = 0; i < vl.size(); ++i) {
       const VLayer& L = vl[i];
       mark("v.qkv");
@@ -504,14 +538,15 @@ struct EngineImpl {
       mark("v.proj");
       at::Tensor o_ = ops::linear(a.view({N, v.hidden_size}), L.proj_w, L.proj_b);
       mark("v.add_norm");
-      n = add_norm(o_, h, L.n2, kVisionRmsNormEps, q8);
+      n = add_norm(o_, h, L.n2, kVisionRmsNormEps, q8, vsite(i, 1));
       mark("v.gate_up");
       at::Tensor gu = proj(n, L.gu_w, L.gu_q, L.gu_b);
       mark("v.silu_mul");
-      at::Tensor dn = mlp_down(gu, vi_pad, L.down_w, L.down_q, L.down_b, "v.down", q8);
+      at::Tensor dn = mlp_down(gu, vi_pad, L.down_w, L.down_q, L.down_b, "v.down", q8, vsite(i, 2));
       mark("v.add_norm");
       const bool last = i + 1 == vl.size();
-      n = add_norm(dn, h, last ? m_ln : vl[i + 1].n1, kVisionRmsNormEps, q8 && !last);
+      n = add_norm(dn, h, last ? m_ln : vl[i + 1].n1, kVisionRmsNormEps, q8 && !last,
+                   vsite(i + 1, 0));
     }
     mark("v.merger");
     const int mu = v.spatial_merge_size * v.spatial_merge_size;
@@ -539,7 +574,7 @@ struct EngineImpl {
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
     mark("t.norm");
     const bool q8 = o.fp8 && T >= o.fp8_min_rows;
-    Act n = norm(h, tl[0].in_n, t.rms_norm_eps, q8);
+    Act n = norm(h, tl[0].in_n, t.rms_norm_eps, q8, tsite(0, 0));
     for (size_t i = 0; i < run; ++i) {
       const TLayer& L = tl[i];
       mark("t.qkv");
@@ -558,18 +593,30 @@ struct EngineImpl {
       mark("t.o_proj");
       at::Tensor o_ = ops::linear(a.view({T, H * D}), L.o_w);
       mark("t.add_norm");
-      n = add_norm(o_, h, L.post_n, t.rms_norm_eps, q8);
+      n = add_norm(o_, h, L.post_n, t.rms_norm_eps, q8, tsite(i, 1));
       mark("t.gate_up");
       at::Tensor gu = proj(n, L.gu_w, L.gu_q);
       mark("t.silu_mul");
-      at::Tensor dn = mlp_down(gu, ti_pad, L.down_w, L.down_q, {}, "t.down", q8);
+      at::Tensor dn = mlp_down(gu, ti_pad, L.down_w, L.down_q, {}, "t.down", q8, tsite(i, 2));
       mark("t.add_norm");
       const bool last = i + 1 == run;
-      n = add_norm(dn, h, last ? final_norm : tl[i + 1].in_n, t.rms_norm_eps, q8 && !last);
+      n = add_norm(dn, h, last ? final_norm : tl[i + 1].in_n, t.rms_norm_eps, q8 && !last,
+                   tsite(i + 1, 0));
     }
     mark("end");
     if (cache) cache->length = T;
     return n.x;
+  }
+
+  // One eager pass of a plan (on the current stream), marking the profiler's op kinds.
+  void eager_pass(const Plan& p) const {
+    mark("upload");
+    p.dev_frames.copy_(p.host_frames, /*non_blocking=*/true);
+    mark("preprocess");
+    const at::Tensor patches = preprocess_plan(p);
+    const at::Tensor vis = vision_core(patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
+    mark("t.embed");
+    llm_plan(p, vis);
   }
 
   at::Tensor preprocess_plan(const Plan& p) const {
@@ -1133,6 +1180,7 @@ void Engine::prepare(const PlanSpec& spec) {
     G.push_back({T, t.num_attention_heads * D, th, run, false, "decoder o_proj"});
     G.push_back({T, th, 2 * E.ti_pad, run, t8, "decoder gate|up"});
     G.push_back({T, E.ti_pad, th, run, t8, "decoder down"});
+    for (PlanGemm& pg : G) pg.tensorwise = pg.fp8 && E.site_scale.defined();
     double f = 0, g = 0;
     for (size_t i = 0; i < G.size(); ++i)
       (i < vision_gemms ? f : g) += matmul_flops(G[i].m, G[i].k, G[i].n) * G[i].count;
@@ -1304,13 +1352,7 @@ std::vector<std::pair<std::string, double>> Engine::profile_run() {
   Profiler prof{E.o.device, {}, {}};
   E.prof = &prof;
   try {
-    prof.mark("upload");
-    p.dev_frames.copy_(p.host_frames, /*non_blocking=*/true);
-    prof.mark("preprocess");
-    auto patches = E.preprocess_plan(p);
-    auto vis = E.vision_core(patches, p.cu_window, p.cu_full, p.vcos, p.vsin);
-    prof.mark("t.embed");
-    E.llm_plan(p, vis);
+    E.eager_pass(p);
   } catch (...) {
     E.prof = nullptr;
     throw;
@@ -1318,6 +1360,57 @@ std::vector<std::pair<std::string, double>> Engine::profile_run() {
   E.prof = nullptr;
   return prof.totals();
 }
+
+void Engine::calibrate_fp8() {
+  EngineImpl& E = *impl_;
+  VLA_CHECK(E.o.fp8, "calibrate_fp8: this engine does not use fp8 (EngineOptions::fp8)");
+  VLA_CHECK(E.plan, "calibrate_fp8: prepare() a plan and put sample frames in its buffers first");
+  at::NoGradGuard ng;
+  Plan& p = *E.plan;
+  if (!E.site_amax.defined())
+    E.site_amax = at::zeros({E.sites()}, at::TensorOptions().dtype(at::kFloat).device(E.o.device));
+  E.site_scale = at::Tensor();  // measure with per-token scales (a later call widens the maxima)
+  E.calibrating = true;
+  try {
+    if (p.stream) {
+      device::StreamScope scope(*p.stream);
+      E.eager_pass(p);
+      p.stream->synchronize();
+    } else {
+      E.eager_pass(p);
+    }
+  } catch (...) {
+    E.calibrating = false;
+    throw;
+  }
+  E.calibrating = false;
+  const at::Tensor amax = E.site_amax.cpu();
+  E.site_static.assign(static_cast<size_t>(E.sites()), 0);
+  int64_t seen = 0;
+  for (int64_t i = 0; i < E.sites(); ++i) {
+    const float a = amax[i].item<float>();
+    VLA_CHECK(std::isfinite(a), "calibrate_fp8: activation ", i, " has a non-finite amax");
+    if (a > 0) E.site_static[static_cast<size_t>(i)] = 1, ++seen;
+  }
+  VLA_CHECK(seen > 0, "calibrate_fp8: the plan quantised no activation (fp8_min_rows ",
+            E.o.fp8_min_rows, " above its row counts?)");
+  E.site_scale =
+      (E.site_amax / 448.0).clamp_min(1e-12).reshape({-1, 1}).expand({-1, 4}).contiguous();
+  E.quantize_weights(/*per_tensor=*/true);
+  prepare(PlanSpec(p.spec));  // recapture with the static scales
+}
+
+void Engine::clear_fp8_calibration() {
+  EngineImpl& E = *impl_;
+  if (!E.site_scale.defined()) return;
+  E.site_amax = at::Tensor();
+  E.site_scale = at::Tensor();
+  E.site_static.clear();
+  E.quantize_weights(/*per_tensor=*/false);
+  if (E.plan) prepare(PlanSpec(E.plan->spec));
+}
+
+bool Engine::fp8_calibrated() const { return impl_->site_scale.defined(); }
 
 void Engine::run_vision_only() {
   EngineImpl& E = *impl_;

@@ -2,12 +2,13 @@
 //
 // An inference engine specialised for fixed shapes (a robot's views x resolution x prompt do not
 // change): host uint8 HxWx3 frames -> pinned upload -> GPU preprocessing (PIL-exact bicubic resize,
-// rescale, normalise, patchify straight into the vision tower's window order) -> vision tower with
-// packed variable-length window attention (one flash-attention call per layer for all windows of
-// all views) and fused RMSNorm / rotary / SwiGLU kernels -> patch merger scattered straight into
-// the token embeddings -> Qwen2.5 decoder (GQA, M-RoPE) -> last hidden states. The fixed-shape
-// path is captured into CUDA graphs. Weights are the Hugging Face tensors (same names as the
-// reference model in src/models), converted once to bf16 with fused QKV / gate-up matrices.
+// rescale, normalise, patchify straight into the vision tower's window order) -> vision tower (its
+// window blocks: rotary + attention over all windows of all views in one kernel; its full-attention
+// blocks: flash / cuDNN attention) with fused RMSNorm / rotary / SwiGLU kernels -> patch merger
+// scattered straight into the token embeddings -> Qwen2.5 decoder (GQA, M-RoPE) -> last hidden
+// states. The fixed-shape path is captured into CUDA graphs. Weights are the Hugging Face tensors
+// (same names as the reference model in src/models), converted once to bf16 with fused QKV /
+// gate-up matrices.
 //
 // The same code runs on the CPU in float32 with reference (pure ATen) versions of the fused ops, so
 // the layout logic (window permutation, position ids, fused weights) is tested in CI without a
@@ -106,7 +107,8 @@ struct PlanGemm {
   int64_t m = 0, k = 0, n = 0;
   int64_t count = 0;
   bool fp8 = false;
-  std::string what;  // e.g. "vision qkv"
+  std::string what;         // e.g. "vision qkv"
+  bool tensorwise = false;  // fp8 with static scales (Engine::calibrate_fp8): tensor-wise GEMM
 };
 
 // Per-stage device times of the last run (ms, CUDA events; 0 on CPU).
@@ -171,6 +173,21 @@ class Engine {
   double plan_vision_flops() const;
   // Whether the plan runs as captured CUDA graphs.
   bool plan_uses_graphs() const;
+  // ---- FP8 static scales (fp8 engines)
+  // Calibrates one static scale per quantised activation (the inputs of the qkv, gate|up and down
+  // products of every vision block and decoder layer) on the frames now in the plan's buffers:
+  // one eager pass with per-token scales records each activation's amax (a later call keeps the
+  // larger of both), then every such activation is quantised with scale = amax / 448 (larger
+  // values saturate at +-448) and the weights with one scale per matrix, so that every FP8 GEMM
+  // runs with tensor-wise scales (cuBLASLt's faster kernels; no amax reduction in the norm /
+  // SwiGLU kernels). Applies to every later call (plans, forward, generate_greedy). Re-prepares
+  // the plan (its frame buffers are cleared). Throws vla::Error when the engine is not fp8, no
+  // plan is prepared, or an amax is not finite. Follows the static ("per-tensor, calibrated")
+  // FP8 recipe of TensorRT-LLM / vLLM; docs/gpu.md has the measured speed and error.
+  void calibrate_fp8();
+  // Back to per-token activation scales and per-channel weight scales (re-prepares the plan).
+  void clear_fp8_calibration();
+  bool fp8_calibrated() const;
   // Runs only the vision stage of the plan (preprocessing done by the last run()); for timing.
   void run_vision_only();
   // One eager pass of the plan with CUDA events between ops: device ms per op kind (CUDA only).

@@ -18,14 +18,17 @@ const char* rmsnorm(const void* x, int64_t x_stride, void* residual, int64_t res
 
 // FP8 (e4m3fn) outputs: q is [rows, dim] bytes (row stride dim), scale float [rows] with
 // scale = max(amax(row), 1e-12) / 448 and q = saturate(v * (448 / max(amax, 1e-12))), computed from
-// the float values (no rounding to the storage type first).
+// the float values (no rounding to the storage type first). With fixed_scale != nullptr (one
+// float on the device: a calibrated per-tensor scale) q = saturate(v / *fixed_scale) instead and
+// scale is not written (may be nullptr).
 // rmsnorm (+ residual add, as rmsnorm above) with the normalised row quantised instead of stored.
 const char* rmsnorm_fp8(const void* x, int64_t x_stride, void* residual, int64_t res_stride,
-                        const void* w, void* q, float* scale, int64_t rows, int64_t dim, float eps,
-                        DType dt, void* stream);
-// silu(x[r, i]) * x[r, inter + i] quantised per row.
-const char* silu_mul_fp8(const void* x, int64_t x_stride, void* q, float* scale, int64_t rows,
-                         int64_t inter, DType dt, void* stream);
+                        const void* w, void* q, float* scale, const float* fixed_scale,
+                        int64_t rows, int64_t dim, float eps, DType dt, void* stream);
+// silu(x[r, i]) * x[r, inter + i] quantised per row (or with fixed_scale).
+const char* silu_mul_fp8(const void* x, int64_t x_stride, void* q, float* scale,
+                         const float* fixed_scale, int64_t rows, int64_t inter, DType dt,
+                         void* stream);
 // Rows of x quantised per row.
 const char* quantize_fp8(const void* x, int64_t x_stride, void* q, float* scale, int64_t rows,
                          int64_t dim, DType dt, void* stream);

@@ -12,11 +12,12 @@ const char* rmsnorm(const void*, int64_t, void*, int64_t, const void*, void*, in
                     int64_t, float, DType, void*) {
   return kNoCuda;
 }
-const char* rmsnorm_fp8(const void*, int64_t, void*, int64_t, const void*, void*, float*, int64_t,
-                        int64_t, float, DType, void*) {
+const char* rmsnorm_fp8(const void*, int64_t, void*, int64_t, const void*, void*, float*,
+                        const float*, int64_t, int64_t, float, DType, void*) {
   return kNoCuda;
 }
-const char* silu_mul_fp8(const void*, int64_t, void*, float*, int64_t, int64_t, DType, void*) {
+const char* silu_mul_fp8(const void*, int64_t, void*, float*, const float*, int64_t, int64_t, DType,
+                         void*) {
   return kNoCuda;
 }
 const char* quantize_fp8(const void*, int64_t, void*, float*, int64_t, int64_t, DType, void*) {

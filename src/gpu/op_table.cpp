@@ -16,8 +16,9 @@ const char* dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bf16" : 
 // Seeded random inputs of a case (generated on the CPU so every device sees the same numbers).
 struct Inputs {
   at::Tensor x, w, residual, cos, sin, q, k, v, b;
-  at::Tensor row0;  // rotary_append_kv: the first cache row written
-  Fp8Rows w8;       // the gemv_*_fp8 ops: w quantised per row (as the engine stores weights)
+  at::Tensor row0;   // rotary_append_kv: the first cache row written
+  Fp8Rows w8;        // the gemv_*_fp8 ops: w quantised per row (as the engine stores weights)
+  at::Tensor fixed;  // the *_static_fp8 ops: the static scale (float [1], 1.25 x the row maximum)
   Varlen seq;
   double scale = 1.0;
 };
@@ -36,12 +37,16 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
   Inputs in;
   const std::string& op = c.op;
   if (op == "rms_norm" || op == "add_rms_norm" || op == "rms_norm_fp8" ||
-      op == "add_rms_norm_fp8" || op == "quantize_fp8") {
+      op == "add_rms_norm_fp8" || op == "add_rms_norm_static_fp8" || op == "quantize_fp8") {
     need(c, 2);
     const int64_t rows = c.dims[0], dim = c.dims[1];
     in.x = to_dev(at::randn({rows, dim}, f32) * 3, c.dtype);
     in.w = to_dev(1 + 0.1 * at::randn({dim}, f32), c.dtype);
     in.residual = to_dev(at::randn({rows, dim}, f32), c.dtype);
+    if (op == "add_rms_norm_static_fp8") {
+      at::Tensor r = in.residual.clone();
+      in.fixed = (add_rms_norm_fp8(in.x, r, in.w, kEps, false).scale.amax() * 1.25).reshape({1});
+    }
   } else if (op == "rotary") {
     need(c, 3);
     const int64_t rows = c.dims[0], heads = c.dims[1], hd = c.dims[2];
@@ -79,9 +84,11 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     while (cu.back() < T) cu.push_back(std::min(cu.back() + win, T));
     in.seq = Varlen::make(cu, dev);
     in.scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  } else if (op == "silu_mul" || op == "silu_mul_fp8") {
+  } else if (op == "silu_mul" || op == "silu_mul_fp8" || op == "silu_mul_static_fp8") {
     need(c, 2);
     in.x = to_dev(at::randn({c.dims[0], 2 * c.dims[1]}, f32) * 2, c.dtype);
+    if (op == "silu_mul_static_fp8")
+      in.fixed = (silu_mul_fp8(in.x, c.dims[1], false).scale.amax() * 1.25).reshape({1});
   } else if (op == "gemv" || op == "gemv_fp8" || op == "gemv_silu_mul" ||
              op == "gemv_silu_mul_fp8") {
     need(c, 2);
@@ -120,6 +127,8 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
   if (op == "add_rms_norm") return add_rms_norm(in.x, residual, in.w, kEps, fused);
   if (op == "rms_norm_fp8") return fp8(rms_norm_fp8(in.x, in.w, kEps, fused));
   if (op == "add_rms_norm_fp8") return fp8(add_rms_norm_fp8(in.x, residual, in.w, kEps, fused));
+  if (op == "add_rms_norm_static_fp8")
+    return fp8(add_rms_norm_fp8(in.x, residual, in.w, kEps, fused, in.fixed));
   if (op == "quantize_fp8") return fp8(quantize_fp8(in.x, fused));
   if (op == "rotary") {
     at::Tensor x = timing ? in.x : in.x.clone();
@@ -135,6 +144,7 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
   }
   if (op == "silu_mul") return silu_mul(in.x, c.dims[1], fused);
   if (op == "silu_mul_fp8") return fp8(silu_mul_fp8(in.x, c.dims[1], fused));
+  if (op == "silu_mul_static_fp8") return fp8(silu_mul_fp8(in.x, c.dims[1], fused, in.fixed));
   if (op == "gemv" || op == "gemv_fp8") return gemv(in.x, in.w, in.w8, in.b, false, fused);
   if (op == "gemv_silu_mul" || op == "gemv_silu_mul_fp8")
     return gemv(in.x, in.w, in.w8, {}, true, fused);
@@ -159,7 +169,8 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
   };
   const std::string& op = c.op;
   if (op == "rms_norm" || op == "rms_norm_fp8") return rms(d(in.x));
-  if (op == "add_rms_norm" || op == "add_rms_norm_fp8")  // the new residual is stored rounded
+  if (op == "add_rms_norm" || op == "add_rms_norm_fp8" ||
+      op == "add_rms_norm_static_fp8")  // the new residual is stored rounded
     return rms(d((in.x.to(at::kFloat) + in.residual.to(at::kFloat)).to(c.dtype)));
   if (op == "quantize_fp8") return d(in.x);
   // x*cos + rotate_half(x)*sin on the first `heads` heads of each row; the rest as stored.
@@ -186,7 +197,8 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     const at::Tensor g = x.narrow(1, 0, inter), u = x.narrow(1, inter, inter);
     return g * at::sigmoid(g) * u;
   };
-  if (op == "silu_mul" || op == "silu_mul_fp8") return swiglu(d(in.x), c.dims[1]);
+  if (op == "silu_mul" || op == "silu_mul_fp8" || op == "silu_mul_static_fp8")
+    return swiglu(d(in.x), c.dims[1]);
   if (op.compare(0, 4, "gemv") == 0) {
     // The weights as stored: e4m3 for the _fp8 variants (quantised once at load, not by the op).
     const at::Tensor w = in.w8.defined() ? d(dequantize_fp8(in.w8)) : d(in.w);
@@ -242,8 +254,8 @@ std::vector<OpCase> unit_cases() {
   std::vector<OpCase> cases;
   for (auto dt : {at::kFloat, at::kBFloat16}) {
     for (int64_t dim : {32, 100, 1280, 2048})
-      for (const char* op :
-           {"rms_norm", "add_rms_norm", "rms_norm_fp8", "add_rms_norm_fp8", "quantize_fp8"})
+      for (const char* op : {"rms_norm", "add_rms_norm", "rms_norm_fp8", "add_rms_norm_fp8",
+                             "add_rms_norm_static_fp8", "quantize_fp8"})
         cases.push_back({op, {37, dim}, dt});
     for (int64_t hd : {16, 80, 128}) cases.push_back({"rotary", {23, 5, hd}, dt});
     cases.push_back({"rotary_append_kv", {1, 16, 2, 128}, dt});
@@ -251,6 +263,7 @@ std::vector<OpCase> unit_cases() {
     for (int64_t inter : {7, 64, 3420, 11008}) {
       cases.push_back({"silu_mul", {19, inter}, dt});
       cases.push_back({"silu_mul_fp8", {19, inter}, dt});
+      cases.push_back({"silu_mul_static_fp8", {19, inter}, dt});
     }
     // K = 100: not a multiple of 16 (the reference path); the rest run the kernel.
     for (const std::vector<int64_t>& nk :
@@ -284,9 +297,11 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   // Vision block (5 views at 640x360: 5980 patches x 1280).
   c.push_back({"add_rms_norm", {patches, v.hidden_size}, bf});
   c.push_back({"add_rms_norm_fp8", {patches, v.hidden_size}, bf});
+  c.push_back({"add_rms_norm_static_fp8", {patches, v.hidden_size}, bf});
   c.push_back({"rotary", {patches, 2 * v.num_heads, v.head_dim()}, bf});
   c.push_back({"silu_mul", {patches, mlp_width(v.intermediate_size)}, bf});
   c.push_back({"silu_mul_fp8", {patches, mlp_width(v.intermediate_size)}, bf});
+  c.push_back({"silu_mul_static_fp8", {patches, mlp_width(v.intermediate_size)}, bf});
   c.push_back({"quantize_fp8", {patches, v.hidden_size}, bf});
   c.push_back(
       {"attention",
@@ -301,6 +316,7 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
       {"rotary", {tokens, t.num_attention_heads + t.num_key_value_heads, t.head_dim()}, bf});
   c.push_back({"silu_mul", {tokens, mlp_width(t.intermediate_size)}, bf});
   c.push_back({"silu_mul_fp8", {tokens, mlp_width(t.intermediate_size)}, bf});
+  c.push_back({"silu_mul_static_fp8", {tokens, mlp_width(t.intermediate_size)}, bf});
   c.push_back({"attention",
                {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1, 1},
                bf});

@@ -18,6 +18,8 @@ namespace vla::gpu::ops {
 
 // Ops in the table, and the meaning of OpCase::dims for each:
 //   rms_norm, add_rms_norm, rms_norm_fp8, add_rms_norm_fp8, quantize_fp8: {rows, dim}
+//   add_rms_norm_static_fp8, silu_mul_static_fp8: as without _static, quantised with one static
+//     scale (1.25 x the largest row scale) instead of per row
 //   rotary: {rows, heads, head_dim} (two more heads follow in each row and stay untouched)
 //   silu_mul, silu_mul_fp8: {rows, inter}
 //   attention: {tokens, heads, kv_heads, head_dim, causal (0/1), sequences (equal length)}

@@ -381,8 +381,19 @@ const c10::OperatorHandle* scaled_mm_op() {
 }
 
 #ifdef VLA_HAVE_FP8
-// Reference quantisation of float rows (same arithmetic as kernels/common.cuh's quantize_row).
-Fp8Rows quantize_ref(const at::Tensor& xf) {
+// Reference quantisation of float rows (same arithmetic as kernels/common.cuh's quantize_row):
+// per row, or with one static scale `fixed` (float [1]).
+Fp8Rows quantize_ref(const at::Tensor& xf, const at::Tensor& fixed = {}) {
+  if (fixed.defined()) {
+    Fp8Rows r;
+    r.q = (xf / fixed.to(xf.device()))
+              .clamp_min(-448.0)
+              .clamp_max(448.0)
+              .to(at::kFloat8_e4m3fn)
+              .contiguous();
+    r.scale = fixed;
+    return r;
+  }
   auto amax = xf.abs().amax({1}, /*keepdim=*/true).clamp_min(1e-12);
   Fp8Rows r;
   r.q =
@@ -391,11 +402,21 @@ Fp8Rows quantize_ref(const at::Tensor& xf) {
   return r;
 }
 
-Fp8Rows alloc_fp8(int64_t rows, int64_t dim, const at::Device& dev) {
+Fp8Rows alloc_fp8(int64_t rows, int64_t dim, const at::Device& dev, const at::Tensor& fixed) {
   Fp8Rows r;
   r.q = at::empty({rows, dim}, at::TensorOptions().dtype(at::kFloat8_e4m3fn).device(dev));
-  r.scale = at::empty({rows, 1}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  r.scale = fixed.defined()
+                ? fixed
+                : at::empty({rows, 1}, at::TensorOptions().dtype(at::kFloat).device(dev));
   return r;
+}
+// The kernels' fixed_scale argument: nullptr, or the static scale (checked: one float on x's
+// device).
+const float* fixed_ptr(const at::Tensor& fixed, const at::Tensor& x) {
+  if (!fixed.defined()) return nullptr;
+  VLA_CHECK(fixed.numel() == 1 && fixed.scalar_type() == at::kFloat && fixed.device() == x.device(),
+            "fp8: a static scale must be one float32 on ", x.device().str());
+  return fixed.data_ptr<float>();
 }
 bool kernel_row_fits(const at::Tensor& x, int64_t dim, bool fused) {
   return use_kernels(x, fused) && dim * 4 <= 48 * 1024;
@@ -418,11 +439,15 @@ bool fp8_supported(const at::Device& device) {
   return false;
 }
 
-Fp8Rows quantize_fp8(const at::Tensor& x, bool fused) {
+Fp8Rows quantize_fp8(const at::Tensor& x, bool fused, const at::Tensor& fixed_scale) {
   check_rows(x, "quantize_fp8");
 #ifdef VLA_HAVE_FP8
+  if (fixed_scale.defined()) {
+    fixed_ptr(fixed_scale, x);  // checks it
+    return quantize_ref(x.to(at::kFloat), fixed_scale);
+  }
   if (kernel_row_fits(x, x.size(1), fused)) {
-    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device());
+    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device(), {});
     check_launch(
         kernels::quantize_fp8(x.data_ptr(), x.stride(0), r.q.data_ptr(), r.scale.data_ptr<float>(),
                               x.size(0), x.size(1), kdtype(x), current_stream(x)),
@@ -433,73 +458,94 @@ Fp8Rows quantize_fp8(const at::Tensor& x, bool fused) {
   return quantize_ref(x.to(at::kFloat));
 #else
   (void)fused;
+  (void)fixed_scale;
   no_fp8();
 #endif
 }
 
-Fp8Rows rms_norm_fp8(const at::Tensor& x, const at::Tensor& w, double eps, bool fused) {
+Fp8Rows rms_norm_fp8(const at::Tensor& x, const at::Tensor& w, double eps, bool fused,
+                     const at::Tensor& fixed_scale) {
   check_rows(x, "rms_norm_fp8");
 #ifdef VLA_HAVE_FP8
   if (kernel_row_fits(x, x.size(1), fused)) {
-    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device());
+    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device(), fixed_scale);
     auto wc = w.contiguous();
     check_launch(
         kernels::rmsnorm_fp8(x.data_ptr(), x.stride(0), nullptr, 0, wc.data_ptr(), r.q.data_ptr(),
-                             r.scale.data_ptr<float>(), x.size(0), x.size(1),
-                             static_cast<float>(eps), kdtype(x), current_stream(x)),
+                             r.scale.data_ptr<float>(), fixed_ptr(fixed_scale, x), x.size(0),
+                             x.size(1), static_cast<float>(eps), kdtype(x), current_stream(x)),
         "rmsnorm_fp8");
     return r;
   }
   (void)fused;
   auto xf = x.to(at::kFloat);
   auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
-  return quantize_ref(xf * at::rsqrt(var + eps) * w.to(at::kFloat));
+  return quantize_ref(xf * at::rsqrt(var + eps) * w.to(at::kFloat), fixed_scale);
 #else
   (void)w;
   (void)eps;
   (void)fused;
+  (void)fixed_scale;
   no_fp8();
 #endif
 }
 
 Fp8Rows add_rms_norm_fp8(const at::Tensor& x, at::Tensor& residual, const at::Tensor& w, double eps,
-                         bool fused) {
+                         bool fused, const at::Tensor& fixed_scale) {
   check_rows(x, "add_rms_norm_fp8");
   check_rows(residual, "add_rms_norm_fp8 residual");
 #ifdef VLA_HAVE_FP8
   if (kernel_row_fits(x, x.size(1), fused)) {
-    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device());
+    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device(), fixed_scale);
     auto wc = w.contiguous();
     check_launch(
         kernels::rmsnorm_fp8(x.data_ptr(), x.stride(0), residual.data_ptr(), residual.stride(0),
-                             wc.data_ptr(), r.q.data_ptr(), r.scale.data_ptr<float>(), x.size(0),
-                             x.size(1), static_cast<float>(eps), kdtype(x), current_stream(x)),
+                             wc.data_ptr(), r.q.data_ptr(), r.scale.data_ptr<float>(),
+                             fixed_ptr(fixed_scale, x), x.size(0), x.size(1),
+                             static_cast<float>(eps), kdtype(x), current_stream(x)),
         "add_rmsnorm_fp8");
     return r;
   }
 #endif
   (void)fused;
   residual.add_(x);
-  return rms_norm_fp8(residual, w, eps, false);
+  return rms_norm_fp8(residual, w, eps, false, fixed_scale);
 }
 
-Fp8Rows silu_mul_fp8(const at::Tensor& x, int64_t inter, bool fused) {
+Fp8Rows silu_mul_fp8(const at::Tensor& x, int64_t inter, bool fused,
+                     const at::Tensor& fixed_scale) {
   check_rows(x, "silu_mul_fp8");
   VLA_CHECK(x.size(1) >= 2 * inter, "silu_mul_fp8: row too short");
 #ifdef VLA_HAVE_FP8
   if (kernel_row_fits(x, inter, fused)) {
-    Fp8Rows r = alloc_fp8(x.size(0), inter, x.device());
-    check_launch(
-        kernels::silu_mul_fp8(x.data_ptr(), x.stride(0), r.q.data_ptr(), r.scale.data_ptr<float>(),
-                              x.size(0), inter, kdtype(x), current_stream(x)),
-        "silu_mul_fp8");
+    Fp8Rows r = alloc_fp8(x.size(0), inter, x.device(), fixed_scale);
+    check_launch(kernels::silu_mul_fp8(x.data_ptr(), x.stride(0), r.q.data_ptr(),
+                                       r.scale.data_ptr<float>(), fixed_ptr(fixed_scale, x),
+                                       x.size(0), inter, kdtype(x), current_stream(x)),
+                 "silu_mul_fp8");
     return r;
   }
   (void)fused;
-  return quantize_ref(at::silu(x.narrow(1, 0, inter).to(at::kFloat)) *
-                      x.narrow(1, inter, inter).to(at::kFloat));
+  return quantize_ref(
+      at::silu(x.narrow(1, 0, inter).to(at::kFloat)) * x.narrow(1, inter, inter).to(at::kFloat),
+      fixed_scale);
 #else
   (void)fused;
+  (void)fixed_scale;
+  no_fp8();
+#endif
+}
+
+Fp8Rows quantize_fp8_tensor(const at::Tensor& w) {
+  check_rows(w, "quantize_fp8_tensor");
+#ifdef VLA_HAVE_FP8
+  const at::Tensor wf = w.to(at::kFloat);
+  const at::Tensor scale = (wf.abs().amax().clamp_min(1e-12) / 448.0).reshape({1});
+  Fp8Rows r = quantize_ref(wf, scale);
+  r.scale = scale.reshape({1, 1}).expand({w.size(0), 1}).contiguous();
+  r.tensorwise = true;
+  return r;
+#else
   no_fp8();
 #endif
 }
@@ -517,28 +563,52 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
   (void)N;
   if (x.q.is_cuda() && out_dtype == at::kBFloat16 && K % 16 == 0 && N % 16 == 0 &&
       scaled_mm_op() != nullptr) {
-    // cuBLASLt may refuse a bias epilogue with row-wise scales: then the bias is added after.
-    static bool bias_in_gemm = true;
-    auto call = [&](bool with_bias) {
+    // cuBLASLt may refuse a bias epilogue with row-wise scales: then the bias is added after; and
+    // should it refuse tensor-wise scales, row-wise ones (the same values repeated) are used.
+    static bool bias_in_gemm = true, tensorwise_ok = true;
+    const bool tensorwise = x.scale.numel() == 1 && (w.tensorwise || w.scale.numel() == 1);
+    auto call = [&](bool with_bias, bool by_tensor) {
       std::vector<std::pair<std::string, c10::IValue>> named = {
           {"bias", with_bias ? c10::IValue(b) : c10::IValue()},
           {"scale_result", c10::IValue()},
           {"out_dtype", c10::IValue(out_dtype)},
           {"use_fast_accum", c10::IValue(fast_accum)}};
-      return call_by_name(scaled_mm_op(), "aten::_scaled_mm", named,
-                          {x.q, w.q.t(), x.scale, w.scale.view({1, N})});
+      if (by_tensor)
+        return call_by_name(scaled_mm_op(), "aten::_scaled_mm", named,
+                            {x.q, w.q.t(), x.scale.reshape({}), w.scale.flatten()[0]});
+      const at::Tensor xs = x.scale.numel() == 1 && x.q.size(0) != 1
+                                ? x.scale.reshape({1, 1}).expand({x.q.size(0), 1}).contiguous()
+                                : x.scale;
+      const at::Tensor ws = w.scale.numel() == 1
+                                ? w.scale.reshape({1, 1}).expand({1, N}).contiguous()
+                                : w.scale.view({1, N});
+      return call_by_name(scaled_mm_op(), "aten::_scaled_mm", named, {x.q, w.q.t(), xs, ws});
+    };
+    auto product = [&](bool with_bias) {
+      if (tensorwise && tensorwise_ok) {
+        try {
+          return call(with_bias, true);
+        } catch (const std::exception& e) {
+          if (with_bias) throw;  // first retried without the bias epilogue
+          tensorwise_ok = false;
+          device::clear_error();
+          log_warn("gpu: _scaled_mm with tensor-wise scales failed (", e.what(),
+                   "); using row-wise scales");
+        }
+      }
+      return call(with_bias, false);
     };
     const bool has_bias = b.defined();
     if (has_bias && bias_in_gemm) {
       try {
-        return call(true);
+        return product(true);
       } catch (const std::exception& e) {
         bias_in_gemm = false;
         device::clear_error();
         log_warn("gpu: _scaled_mm with bias failed (", e.what(), "); adding the bias separately");
       }
     }
-    at::Tensor out = call(false);
+    at::Tensor out = product(false);
     if (has_bias) out.add_(b);
     return out;
   }

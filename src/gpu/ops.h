@@ -44,11 +44,15 @@ inline int64_t mlp_width(int64_t intermediate) { return (intermediate + 63) / 64
 // x @ w^T (+ b).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
-// ---- FP8 (e4m3fn) with per-row scales: activations per token, weights per output channel.
+// ---- FP8 (e4m3fn): activations per token or with one static (calibrated) scale, weights per
+// output channel or per tensor.
 // Rows quantised to e4m3: q [rows, K] float8_e4m3fn (contiguous), scale float [rows, 1] with
-// scale = max(amax(row), 1e-12) / 448 and q = saturate(row * 448 / max(amax, 1e-12)).
+// scale = max(amax(row), 1e-12) / 448 and q = saturate(row * 448 / max(amax, 1e-12)); or, with a
+// static scale s (float [1] on the device), scale = s and q = saturate(row / s).
 struct Fp8Rows {
   at::Tensor q, scale;
+  // Weights quantised per tensor (quantize_fp8_tensor): scale is [rows, 1] with one value repeated.
+  bool tensorwise = false;
   bool defined() const { return q.defined(); }
 };
 // Whether this build has float8 types (torch >= 2.1).
@@ -56,20 +60,28 @@ bool fp8_compiled();
 // Whether linear_fp8 can run on `device`: CPU (emulated by dequantising) or a CUDA device with
 // compute capability >= 8.9 and aten::_scaled_mm.
 bool fp8_supported(const at::Device& device);
-// x [rows, K] (row stride free) -> per-row e4m3.
-Fp8Rows quantize_fp8(const at::Tensor& x, bool fused);
-// rmsnorm(x) * w (computed in float), quantised per row.
-Fp8Rows rms_norm_fp8(const at::Tensor& x, const at::Tensor& w, double eps, bool fused);
-// residual += x (rounded to its dtype); returns rmsnorm(residual) * w quantised per row.
+// x [rows, K] (row stride free) -> per-row e4m3, or with one static scale fixed_scale (ATen only:
+// the engine's static scales are applied by the norm / SwiGLU kernels that produce activations).
+Fp8Rows quantize_fp8(const at::Tensor& x, bool fused, const at::Tensor& fixed_scale = {});
+// w [N, K] -> e4m3 with one scale for the whole tensor (amax / 448), tensorwise = true.
+Fp8Rows quantize_fp8_tensor(const at::Tensor& w);
+// The producers of quantised activations below quantise per row, or with fixed_scale (one float32
+// on x's device, e.g. a calibrated static scale; throws vla::Error otherwise) when it is defined.
+// rmsnorm(x) * w (computed in float), quantised.
+Fp8Rows rms_norm_fp8(const at::Tensor& x, const at::Tensor& w, double eps, bool fused,
+                     const at::Tensor& fixed_scale = {});
+// residual += x (rounded to its dtype); returns rmsnorm(residual) * w quantised.
 Fp8Rows add_rms_norm_fp8(const at::Tensor& x, at::Tensor& residual, const at::Tensor& w, double eps,
-                         bool fused);
-// silu(x[:, :inter]) * x[:, inter:2*inter] (computed in float), quantised per row.
-Fp8Rows silu_mul_fp8(const at::Tensor& x, int64_t inter, bool fused);
+                         bool fused, const at::Tensor& fixed_scale = {});
+// silu(x[:, :inter]) * x[:, inter:2*inter] (computed in float), quantised.
+Fp8Rows silu_mul_fp8(const at::Tensor& x, int64_t inter, bool fused,
+                     const at::Tensor& fixed_scale = {});
 // Float32 values of quantised rows (q * scale).
 at::Tensor dequantize_fp8(const Fp8Rows& x);
 // (x.q * x.scale) @ (w.q * w.scale)^T (+ b), fp32 accumulation, result in out_dtype. On CUDA
-// through aten::_scaled_mm (row-wise scales; needs K and N multiples of 16, out bf16), else (CPU,
-// other shapes) by dequantising to float32.
+// through aten::_scaled_mm (needs K and N multiples of 16, out bf16): tensor-wise scales when x
+// has one static scale and w is per tensor, else row-wise; otherwise (CPU, other shapes) by
+// dequantising to float32.
 at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
                       at::ScalarType out_dtype, bool fast_accum);
 

@@ -260,6 +260,9 @@ struct VlmOptions {
   std::string backend = "reference";
   // fast backend: FP8 (e4m3) GEMMs (gpu::EngineOptions::fp8; compute capability >= 8.9).
   bool fp8 = false;
+  // with fp8: static activation scales calibrated on the first frames encoded (one extra eager
+  // pass then; gpu::Engine::calibrate_fp8), so every FP8 GEMM runs tensor-wise. Needs fp8.
+  bool fp8_static = false;
   void validate() const;  // throws vla::Error naming the bad field
 };
 // The backends --vlm-backend accepts.

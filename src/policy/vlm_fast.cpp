@@ -2,6 +2,7 @@
 // as the reference encoder (vlm_qwen.cpp), run as a fixed-shape plan (fused weights; CUDA graphs
 // and bf16 on CUDA, float32 on the CPU). Inference only: training goes through the reference
 // encoder.
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 
@@ -19,11 +20,12 @@ namespace {
 class FastVlm : public VlmEncoder {
  public:
   FastVlm(std::unique_ptr<gpu::Engine> engine, std::shared_ptr<PromptCodec> codec, PolicyConfig cfg,
-          std::string fingerprint)
+          std::string fingerprint, bool fp8_static)
       : engine_(std::move(engine)),
         codec_(std::move(codec)),
         cfg_(std::move(cfg)),
-        fingerprint_(std::move(fingerprint)) {}
+        fingerprint_(std::move(fingerprint)),
+        fp8_static_(fp8_static) {}
 
   torch::Tensor encode(const std::vector<Image>& views,
                        const std::string& instruction) const override {
@@ -47,6 +49,15 @@ class FastVlm : public VlmEncoder {
     ensure_plan(static_cast<int>(used.size()), used[0]->height, used[0]->width, instruction);
     std::vector<const uint8_t*> ptrs;
     for (const Image* im : used) ptrs.push_back(im->pixels.data());
+    if (fp8_static_ && !engine_->fp8_calibrated()) {
+      // VlmOptions::fp8_static: these first frames calibrate the static scales (kept by the
+      // engine for every later plan).
+      const size_t bytes = static_cast<size_t>(used[0]->height) * used[0]->width * 3;
+      for (size_t i = 0; i < ptrs.size(); ++i)
+        std::memcpy(engine_->frame_buffer(static_cast<int>(i)), ptrs[i], bytes);
+      engine_->calibrate_fp8();
+      log_info("VLM: fp8 static scales calibrated on the first ", ptrs.size(), " view(s)");
+    }
     const at::Tensor hidden = engine_->encode(ptrs);  // [S, H], the plan's static output
     return pool_features(hidden.unsqueeze(0), plan_ids_, torch::ones_like(plan_ids_), cfg_,
                          engine_->config().image_token_id)
@@ -137,7 +148,8 @@ class FastVlm : public VlmEncoder {
   std::shared_ptr<PromptCodec> codec_;
   PolicyConfig cfg_;
   std::string fingerprint_;
-  mutable std::mutex mu_;  // one plan, one caller at a time; guards the members below
+  bool fp8_static_ = false;  // VlmOptions::fp8_static: calibrate on the first encode
+  mutable std::mutex mu_;    // one plan, one caller at a time; guards the members below
   mutable std::map<std::string, std::vector<int64_t>> prompts_;  // "views|instruction" -> ids
   mutable torch::Tensor plan_ids_;                               // [1, S] of the plan
 };
@@ -162,7 +174,7 @@ std::shared_ptr<VlmEncoder> load_fast_vlm(const std::string& dir, const PolicyCo
     const std::string dump = config.to_json().dump();
     return std::make_shared<FastVlm>(
         gpu::Engine::random(config, image, eo, 0), codec, cfg,
-        "qwen25vl-random-" + std::to_string(std::hash<std::string>()(dump)));
+        "qwen25vl-random-" + std::to_string(std::hash<std::string>()(dump)), options.fp8_static);
   }
   const WeightStore store = WeightStore::open(dir);
   // The names the executor reads, as the reference model calls them: the fingerprint is the
@@ -181,7 +193,7 @@ std::shared_ptr<VlmEncoder> load_fast_vlm(const std::string& dir, const PolicyCo
   for (const auto& kv : read) names.push_back(kv.first);
   const std::string fp = vlm_fingerprint(
       names, [&](const std::string& n) { return store.get(read.at(n), {}, torch::kFloat32); }, cfg);
-  return std::make_shared<FastVlm>(std::move(engine), codec, cfg, fp);
+  return std::make_shared<FastVlm>(std::move(engine), codec, cfg, fp, options.fp8_static);
 }
 
 }  // namespace vla::policy

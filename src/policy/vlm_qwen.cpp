@@ -320,6 +320,7 @@ void VlmOptions::validate() const {
   VLA_CHECK(std::find(b.begin(), b.end(), backend) != b.end(), "unknown VLM backend '", backend,
             "' (expected reference | fast)");
   VLA_CHECK(!fp8 || backend == "fast", "fp8 needs the fast VLM backend (--vlm-backend fast)");
+  VLA_CHECK(!fp8_static || fp8, "fp8 static scales need fp8 (--fp8 --fp8-static)");
 }
 
 std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg,

@@ -299,6 +299,68 @@ void check_plan_matches_forward(const EngineOptions& opts, double tol) {
   EXPECT_GT(e.plan_flops(), e.plan_vision_flops());
 }
 
+// Engine::calibrate_fp8 on one set of frames, measured on another: the plan's features stay near
+// the per-token FP8 ones and the unquantised engine's, its FP8 GEMMs run tensor-wise, the eager
+// path uses the same static scales, and clearing the calibration gives the per-token features back.
+void check_static_fp8(const EngineOptions& base, double tol) {
+  Fixture f = load_fixture("tiny_b");
+  f.image.min_pixels = 3136;
+  f.image.max_pixels = 31360;
+  EngineOptions q = base;
+  q.fp8 = true;
+  Engine e(f.config, f.image, f.fn(), q);
+  Engine plain(f.config, f.image, f.fn(), base);
+  const int H = 90, W = 120;
+  auto frames = [&](uint64_t seed) {
+    at::manual_seed(seed);
+    std::vector<std::vector<uint8_t>> fr(2);
+    for (auto& v : fr) {
+      auto r = at::randint(0, 256, {H, W, 3}, at::kByte);
+      v.assign(r.data_ptr<uint8_t>(), r.data_ptr<uint8_t>() + r.numel());
+    }
+    return fr;
+  };
+  const auto measure = frames(7), calibration = frames(8);
+  const std::vector<const uint8_t*> mp = {measure[0].data(), measure[1].data()};
+  const int64_t img = f.config.image_token_id, vs = f.config.vision_start_token_id,
+                ve = f.config.vision_end_token_id;
+  PlanSpec spec;
+  spec.views = 2;
+  spec.height = H;
+  spec.width = W;
+  spec.prompt_ids = {1, 2, vs, img, ve, vs, img, ve, 5, 6, 7};
+  plain.prepare(spec);
+  const at::Tensor want = plain.encode(mp).clone();
+  e.prepare(spec);
+  const at::Tensor per_token = e.encode(mp).clone();
+  EXPECT_FALSE(e.fp8_calibrated());
+  for (int v = 0; v < 2; ++v)
+    std::memcpy(e.frame_buffer(v), calibration[static_cast<size_t>(v)].data(),
+                calibration[static_cast<size_t>(v)].size());
+  e.calibrate_fp8();
+  ASSERT_TRUE(e.fp8_calibrated());
+  int tensorwise = 0;
+  for (const PlanGemm& g : e.plan_gemms()) {
+    EXPECT_EQ(g.tensorwise, g.fp8) << g.what;
+    tensorwise += g.tensorwise ? 1 : 0;
+  }
+  EXPECT_GT(tensorwise, 0);
+  const at::Tensor fixed = e.encode(mp).clone();
+  const double vs_plain = rel_err(fixed, want), vs_per_token = rel_err(fixed, per_token);
+  std::printf(
+      "[fp8 static %s] features rel err vs unquantised %.4f (per-token fp8: %.4f), vs "
+      "per-token fp8 %.4f\n",
+      base.device.str().c_str(), vs_plain, rel_err(per_token, want), vs_per_token);
+  EXPECT_LE(vs_plain, tol);
+  EXPECT_LE(vs_per_token, tol);
+  EXPECT_GT(vs_per_token, 0.0);  // the scales changed something
+  auto [pv, grid] = e.preprocess(mp, H, W);
+  EXPECT_LE(rel_err(e.forward(e.plan_token_ids(), pv, grid), fixed), 5e-2);
+  e.clear_fp8_calibration();
+  EXPECT_FALSE(e.fp8_calibrated());
+  EXPECT_LE(rel_err(e.encode(mp), per_token), 1e-2);
+}
+
 // Features from a middle layer (Engine::forward's text_layers) are the reference model's with
 // ForwardOptions::num_layers (which src/models checks against the truncated model), and stopping
 // earlier really changes them.
@@ -373,6 +435,24 @@ TEST(GpuFp8, CpuEmulationStaysCloseToFloat32) {
   if (!fp8_available(at::Device(at::kCPU))) GTEST_SKIP() << "torch has no float8 types";
   check_fp8_parity("tiny_a", EngineOptions{}, 0.1, 0.1);
   check_fp8_parity("tiny_b", EngineOptions{}, 0.1, 0.1);
+}
+
+TEST(GpuFp8, StaticScalesCalibrateOnCpu) {
+  if (!fp8_available(at::Device(at::kCPU))) GTEST_SKIP() << "torch has no float8 types";
+  check_static_fp8(EngineOptions{}, 0.1);
+}
+
+TEST(GpuFp8, CalibrationNeedsAnFp8EngineWithAPlan) {
+  Fixture f = load_fixture("tiny_b");
+  Engine e(f.config, f.image, f.fn(), EngineOptions{});
+  try {
+    e.calibrate_fp8();
+    FAIL() << "no throw";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("EngineOptions::fp8"), std::string::npos) << err.what();
+  }
+  EXPECT_FALSE(e.fp8_calibrated());
+  e.clear_fp8_calibration();  // nothing to clear: no-op
 }
 
 TEST(GpuFp8, UnavailableFp8GivesAClearError) {
@@ -582,6 +662,15 @@ TEST(GpuFp8, ScaledMatmulMatchesDequantisedReference) {
         if (bias) ref = ref + b.to(at::kFloat);
         EXPECT_LE(rel_err(out, ref), 1e-2) << "m " << m << " bias " << bias << " fast " << fast;
         EXPECT_LE(rel_err(out, ops::linear(x, w, b)), 8e-2) << "vs bf16, m " << m;
+        // Tensor-wise: one static scale for x (as calibrated), one for w.
+        auto xs = ops::quantize_fp8(x, true, (x.abs().amax().to(at::kFloat) / 448.0).reshape({1}));
+        auto ws = ops::quantize_fp8_tensor(w);
+        ASSERT_TRUE(ws.tensorwise);
+        auto out_s = ops::linear_fp8(xs, ws, b, at::kBFloat16, fast);
+        auto ref_s = at::matmul(ops::dequantize_fp8(xs), ops::dequantize_fp8(ws).t());
+        if (bias) ref_s = ref_s + b.to(at::kFloat);
+        EXPECT_LE(rel_err(out_s, ref_s), 1e-2) << "tensor-wise, m " << m << " bias " << bias;
+        EXPECT_LE(rel_err(out_s, ops::linear(x, w, b)), 8e-2) << "tensor-wise vs bf16, m " << m;
       }
     }
   }
@@ -591,6 +680,11 @@ TEST(GpuFp8, Fp8GpuStaysCloseToFloat32FixturesAndBf16) {
   REQUIRE_FP8_CUDA();
   check_fp8_parity("tiny_a", EngineOptions::best_available(), 0.1, 0.1);
   check_fp8_parity("tiny_b", EngineOptions::best_available(), 0.1, 0.1);
+}
+
+TEST(GpuFp8, StaticScalesCalibrateOnCuda) {
+  REQUIRE_FP8_CUDA();
+  check_static_fp8(EngineOptions::best_available(), 0.1);
 }
 
 TEST(GpuFp8, Fp8GraphPlanMatchesReferencePath) {

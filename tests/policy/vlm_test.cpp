@@ -264,6 +264,10 @@ TEST(FastVlm, MatchesTheReferenceEncoderOnTheShippedVlm) {
   bad.backend = "reference";
   bad.fp8 = true;
   EXPECT_THROW(Policy::load(dir, bad), Error);
+  VlmOptions no_fp8;  // static scales without fp8
+  no_fp8.backend = "fast";
+  no_fp8.fp8_static = true;
+  EXPECT_THROW(no_fp8.validate(), Error);
 }
 
 // PolicyConfig::vlm_layers: features of the first K decoder layers, identical on both backends,

@@ -11,7 +11,7 @@ template <typename T, bool kFp8>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, int64_t x_stride, T* residual,
                                int64_t res_stride, const T* __restrict__ w, T* __restrict__ out,
                                int64_t out_stride, int dim, float eps, uint8_t* __restrict__ q,
-                               float* __restrict__ qscale) {
+                               float* __restrict__ qscale, const float* fixed) {
   extern __shared__ float row_buf[];
   const int64_t r = blockIdx.x;
   const T* xr = x + r * x_stride;
@@ -31,7 +31,7 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, int64_t x_stride, T* res
   const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
   if constexpr (kFp8) {
     for (int i = threadIdx.x; i < dim; i += blockDim.x) row_buf[i] = row_buf[i] * inv * to_f(w[i]);
-    quantize_row(row_buf, dim, q + r * dim, qscale + r);
+    quantize_row(row_buf, dim, q + r * dim, fixed ? nullptr : qscale + r, fixed);
   } else {
     T* orow = out + r * out_stride;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
@@ -46,7 +46,8 @@ __global__ void rmsnorm_bf16_vec8(const __nv_bfloat16* __restrict__ x, int64_t x
                                   __nv_bfloat16* residual, int64_t res_stride,
                                   const __nv_bfloat16* __restrict__ w,
                                   __nv_bfloat16* __restrict__ out, int64_t out_stride, int dim,
-                                  float eps, uint8_t* __restrict__ q, float* __restrict__ qscale) {
+                                  float eps, uint8_t* __restrict__ q, float* __restrict__ qscale,
+                                  const float* fixed) {
   extern __shared__ float row_buf[];
   const int64_t r = blockIdx.x;
   const int nvec = dim / 8;
@@ -88,7 +89,7 @@ __global__ void rmsnorm_bf16_vec8(const __nv_bfloat16* __restrict__ x, int64_t x
         row_buf[i * 8 + j] = row_buf[i * 8 + j] * inv * __bfloat162float(we[j]);
       }
     }
-    quantize_row(row_buf, dim, q + r * dim, qscale + r);
+    quantize_row(row_buf, dim, q + r * dim, fixed ? nullptr : qscale + r, fixed);
   } else {
     uint4* orow = reinterpret_cast<uint4*>(out + r * out_stride);
     for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
@@ -110,7 +111,8 @@ __global__ void rmsnorm_bf16_vec8(const __nv_bfloat16* __restrict__ x, int64_t x
 __global__ void rmsnorm_fp8_bf16_reg(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
                                      __nv_bfloat16* residual, int64_t res_stride,
                                      const __nv_bfloat16* __restrict__ w, uint8_t* __restrict__ q,
-                                     float* __restrict__ qscale, int dim, float eps) {
+                                     float* __restrict__ qscale, const float* fixed, int dim,
+                                     float eps) {
   const int64_t r = blockIdx.x;
   const int i = threadIdx.x;
   const bool active = i < dim / 8;
@@ -148,9 +150,7 @@ __global__ void rmsnorm_fp8_bf16_reg(const __nv_bfloat16* __restrict__ x, int64_
       m = fmaxf(m, fabsf(v[j]));
     }
   }
-  m = fmaxf(block_max(m), 1e-12f);
-  const float qs = 448.f / m;
-  if (threadIdx.x == 0) qscale[r] = m / 448.f;
+  const float qs = row_multiplier(m, fixed, fixed ? nullptr : qscale + r);
   if (active) {
     uint2 pk;
     pk.x = pack_e4m3(make_float4(v[0], v[1], v[2], v[3]), qs);
@@ -162,7 +162,8 @@ __global__ void rmsnorm_fp8_bf16_reg(const __nv_bfloat16* __restrict__ x, int64_
 template <bool kFp8>
 const char* rmsnorm_impl(const void* x, int64_t x_stride, void* residual, int64_t res_stride,
                          const void* w, void* out, int64_t out_stride, int64_t rows, int64_t dim,
-                         float eps, DType dt, void* stream, uint8_t* q, float* qscale) {
+                         float eps, DType dt, void* stream, uint8_t* q, float* qscale,
+                         const float* fixed) {
   if (rows == 0) return nullptr;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const size_t smem = static_cast<size_t>(dim) * sizeof(float);
@@ -174,7 +175,8 @@ const char* rmsnorm_impl(const void* x, int64_t x_stride, void* residual, int64_
     const int threads = static_cast<int>((dim / 8 + 31) / 32 * 32);
     rmsnorm_fp8_bf16_reg<<<static_cast<unsigned>(rows), threads, 0, s>>>(
         static_cast<const __nv_bfloat16*>(x), x_stride, static_cast<__nv_bfloat16*>(residual),
-        res_stride, static_cast<const __nv_bfloat16*>(w), q, qscale, static_cast<int>(dim), eps);
+        res_stride, static_cast<const __nv_bfloat16*>(w), q, qscale, fixed, static_cast<int>(dim),
+        eps);
   } else if (vec8) {
     int threads = static_cast<int>(dim / 8);
     threads = ((threads + 31) / 32) * 32;
@@ -182,17 +184,17 @@ const char* rmsnorm_impl(const void* x, int64_t x_stride, void* residual, int64_
     rmsnorm_bf16_vec8<kFp8><<<static_cast<unsigned>(rows), threads, smem, s>>>(
         static_cast<const __nv_bfloat16*>(x), x_stride, static_cast<__nv_bfloat16*>(residual),
         res_stride, static_cast<const __nv_bfloat16*>(w), static_cast<__nv_bfloat16*>(out),
-        out_stride, static_cast<int>(dim), eps, q, qscale);
+        out_stride, static_cast<int>(dim), eps, q, qscale, fixed);
   } else if (dt == kBF16) {
     rmsnorm_kernel<__nv_bfloat16, kFp8><<<static_cast<unsigned>(rows), 256, smem, s>>>(
         static_cast<const __nv_bfloat16*>(x), x_stride, static_cast<__nv_bfloat16*>(residual),
         res_stride, static_cast<const __nv_bfloat16*>(w), static_cast<__nv_bfloat16*>(out),
-        out_stride, static_cast<int>(dim), eps, q, qscale);
+        out_stride, static_cast<int>(dim), eps, q, qscale, fixed);
   } else {
     rmsnorm_kernel<float, kFp8><<<static_cast<unsigned>(rows), 256, smem, s>>>(
         static_cast<const float*>(x), x_stride, static_cast<float*>(residual), res_stride,
         static_cast<const float*>(w), static_cast<float*>(out), out_stride, static_cast<int>(dim),
-        eps, q, qscale);
+        eps, q, qscale, fixed);
   }
   return last_error();
 }
@@ -203,14 +205,14 @@ const char* rmsnorm(const void* x, int64_t x_stride, void* residual, int64_t res
                     const void* w, void* out, int64_t out_stride, int64_t rows, int64_t dim,
                     float eps, DType dt, void* stream) {
   return rmsnorm_impl<false>(x, x_stride, residual, res_stride, w, out, out_stride, rows, dim, eps,
-                             dt, stream, nullptr, nullptr);
+                             dt, stream, nullptr, nullptr, nullptr);
 }
 
 const char* rmsnorm_fp8(const void* x, int64_t x_stride, void* residual, int64_t res_stride,
-                        const void* w, void* q, float* scale, int64_t rows, int64_t dim, float eps,
-                        DType dt, void* stream) {
+                        const void* w, void* q, float* scale, const float* fixed_scale,
+                        int64_t rows, int64_t dim, float eps, DType dt, void* stream) {
   return rmsnorm_impl<true>(x, x_stride, residual, res_stride, w, nullptr, 0, rows, dim, eps, dt,
-                            stream, static_cast<uint8_t*>(q), scale);
+                            stream, static_cast<uint8_t*>(q), scale, fixed_scale);
 }
 
 }  // namespace vla::gpu::kernels

@@ -46,13 +46,13 @@ __global__ void silu_mul_bf16_vec4(const __nv_bfloat16* __restrict__ x, int64_t 
 template <typename T>
 __global__ void silu_mul_fp8_kernel(const T* __restrict__ x, int64_t x_stride,
                                     uint8_t* __restrict__ q, float* __restrict__ qscale,
-                                    int inter) {
+                                    const float* fixed, int inter) {
   extern __shared__ float row_buf[];
   const int64_t r = blockIdx.x;
   const T* g = x + r * x_stride;
   const T* u = g + inter;
   for (int i = threadIdx.x; i < inter; i += blockDim.x) row_buf[i] = silu(to_f(g[i])) * to_f(u[i]);
-  quantize_row(row_buf, inter, q + r * inter, qscale + r);
+  quantize_row(row_buf, inter, q + r * inter, fixed ? nullptr : qscale + r, fixed);
 }
 
 // silu(gate) * up for 8 bf16 lanes of each (one 16-byte load each), in float.
@@ -66,7 +66,7 @@ __device__ __forceinline__ void silu_mul8(uint4 gv, uint4 uv, float* out) {
 // bf16, inter % 8 == 0, 16-byte aligned rows.
 __global__ void silu_mul_fp8_bf16_vec8(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
                                        uint8_t* __restrict__ q, float* __restrict__ qscale,
-                                       int inter) {
+                                       const float* fixed, int inter) {
   extern __shared__ float row_buf[];
   const int64_t r = blockIdx.x;
   const uint4* g = reinterpret_cast<const uint4*>(x + r * x_stride);
@@ -74,14 +74,14 @@ __global__ void silu_mul_fp8_bf16_vec8(const __nv_bfloat16* __restrict__ x, int6
   for (int i = threadIdx.x; i < inter / 8; i += blockDim.x) {
     silu_mul8(g[i], u[i], row_buf + i * 8);
   }
-  quantize_row(row_buf, inter, q + r * inter, qscale + r);
+  quantize_row(row_buf, inter, q + r * inter, fixed ? nullptr : qscale + r, fixed);
 }
 
 // bf16, inter % 8 == 0, 16-byte aligned rows, inter / 8 <= C * blockDim.x: values in registers.
 template <int C>
 __global__ void silu_mul_fp8_bf16_reg(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
                                       uint8_t* __restrict__ q, float* __restrict__ qscale,
-                                      int inter) {
+                                      const float* fixed, int inter) {
   const int64_t r = blockIdx.x;
   const int nvec = inter / 8;
   const uint4* g = reinterpret_cast<const uint4*>(x + r * x_stride);
@@ -97,9 +97,7 @@ __global__ void silu_mul_fp8_bf16_reg(const __nv_bfloat16* __restrict__ x, int64
       for (int j = 0; j < 8; ++j) m = fmaxf(m, fabsf(v[c][j]));
     }
   }
-  m = fmaxf(block_max(m), 1e-12f);
-  const float qs = 448.f / m;
-  if (threadIdx.x == 0) qscale[r] = m / 448.f;
+  const float qs = row_multiplier(m, fixed, fixed ? nullptr : qscale + r);
   uint2* q8 = reinterpret_cast<uint2*>(q + r * inter);
 #pragma unroll
   for (int c = 0; c < C; ++c) {
@@ -117,8 +115,9 @@ __global__ void silu_mul_fp8_bf16_reg(const __nv_bfloat16* __restrict__ x, int64
 
 }  // namespace
 
-const char* silu_mul_fp8(const void* x, int64_t x_stride, void* q, float* scale, int64_t rows,
-                         int64_t inter, DType dt, void* stream) {
+const char* silu_mul_fp8(const void* x, int64_t x_stride, void* q, float* scale,
+                         const float* fixed_scale, int64_t rows, int64_t inter, DType dt,
+                         void* stream) {
   if (rows == 0) return nullptr;
   const size_t smem = static_cast<size_t>(inter) * sizeof(float);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -128,19 +127,22 @@ const char* silu_mul_fp8(const void* x, int64_t x_stride, void* q, float* scale,
   const int64_t nvec = inter / 8;
   if (vec8 && nvec <= 2 * 1024) {
     const int t = static_cast<int>(((nvec + 1) / 2 + 31) / 32 * 32);
-    silu_mul_fp8_bf16_reg<2><<<static_cast<unsigned>(rows), t, 0, s>>>(
-        static_cast<const __nv_bfloat16*>(x), x_stride, qb, scale, static_cast<int>(inter));
+    silu_mul_fp8_bf16_reg<2>
+        <<<static_cast<unsigned>(rows), t, 0, s>>>(static_cast<const __nv_bfloat16*>(x), x_stride,
+                                                   qb, scale, fixed_scale, static_cast<int>(inter));
   } else if (vec8 && smem <= 48 * 1024) {
     silu_mul_fp8_bf16_vec8<<<static_cast<unsigned>(rows), threads, smem, s>>>(
-        static_cast<const __nv_bfloat16*>(x), x_stride, qb, scale, static_cast<int>(inter));
+        static_cast<const __nv_bfloat16*>(x), x_stride, qb, scale, fixed_scale,
+        static_cast<int>(inter));
   } else if (smem > 48 * 1024) {
     return "silu_mul_fp8: row too wide for shared memory";
   } else if (dt == kBF16) {
     silu_mul_fp8_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), threads, smem, s>>>(
-        static_cast<const __nv_bfloat16*>(x), x_stride, qb, scale, static_cast<int>(inter));
+        static_cast<const __nv_bfloat16*>(x), x_stride, qb, scale, fixed_scale,
+        static_cast<int>(inter));
   } else {
     silu_mul_fp8_kernel<float><<<static_cast<unsigned>(rows), threads, smem, s>>>(
-        static_cast<const float*>(x), x_stride, qb, scale, static_cast<int>(inter));
+        static_cast<const float*>(x), x_stride, qb, scale, fixed_scale, static_cast<int>(inter));
   }
   return last_error();
 }
