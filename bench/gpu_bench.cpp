@@ -408,8 +408,11 @@ int main(int argc, char** argv) {
               t.llm_ms, rec["vision_only_wall_ms"].get<double>(), rec["flops"].get<double>() / 1e12,
               rec["floor_ms"].get<double>(), rec["gemm_floor_ms"].get<double>(),
               rec["graphs"].get<bool>() ? 1 : 0);
+          // Features are compared only with those of the same views, layout and depth (the fp32
+          // reference has all layers).
           const std::string base_key =
-              std::to_string(c.views) + "/" + (c.layout == ViewLayout::kBatch ? "batch" : "seq");
+              std::to_string(c.views) + "/" + (c.layout == ViewLayout::kBatch ? "batch" : "seq") +
+              (c.text_layers > 0 ? "/layers" + std::to_string(c.text_layers) : "");
           if (keep) bf16_features[base_key] = f;
           if (compare && bf16_features.count(base_key)) {
             const double err = rel_err(f, bf16_features[base_key]);
