@@ -60,10 +60,11 @@ struct EngineOptions {
   // FP8 (e4m3) matrix products for the qkv, gate|up and down projections of the vision blocks
   // and decoder layers: weights quantised once at load with one scale per output channel,
   // activations per token by the fused add+RMSNorm / SwiGLU kernels, aten::_scaled_mm with bf16
-  // output (or, after Engine::calibrate_fp8, one static scale per activation and per weight). Patch embedding, attention and its output projection, merger, embeddings and the LM
-  // head stay bf16. Needs torch >= 2.1 and, on CUDA, compute capability >= 8.9 (on the CPU it is
-  // emulated by dequantising, for checking). Off by default: it moves the last hidden states by
-  // several percent (docs/gpu.md).
+  // output (or, after Engine::calibrate_fp8, one static scale per activation and per weight). Patch
+  // embedding, attention and its output projection, merger, embeddings and the LM head stay bf16.
+  // Needs torch >= 2.1 and, on CUDA, compute capability >= 8.9 (on the CPU it is emulated by
+  // dequantising, for checking). Off by default: it moves the last hidden states by several percent
+  // (docs/gpu.md).
   bool fp8 = false;
   // _scaled_mm's use_fast_accum (Hopper FP8 accumulation without periodic fp32 promotion): faster,
   // no measurable change of the error here (docs/gpu.md).
