@@ -139,11 +139,14 @@ void add_run(CLI::App& app) {
     if (!a->json.empty()) vla::write_json_atomic(a->json, j);
     const auto& ep0 = eps.front();
     if (!ep0.frames.empty()) {
-      // Contact sheet: up to 8 captures of episode 0 (each a row of all views).
+      // Contact sheet: up to 8 captures of episode 0 in time order (each a row of all views;
+      // a single view's captures are laid out 4 to a row).
       std::vector<vla::Image> pick;
       const size_t n = ep0.frames.size(), k = std::min<size_t>(8, n);
       for (size_t i = 0; i < k; ++i) pick.push_back(ep0.frames[i * n / k]);
-      vla::write_png(a->out + "/contact_sheet.png", vla::tile_images(pick, 1));
+      const bool one_view = pick[0].width <= pick[0].height * 3 / 2;
+      vla::write_png(a->out + "/contact_sheet.png",
+                     vla::tile_images(pick, one_view ? std::min<int>(4, static_cast<int>(k)) : 1));
       vla::make_dirs(a->out + "/frames");
       for (size_t i = 0; i < n; ++i)
         vla::write_png(vla::str_cat(a->out, "/frames/",

@@ -69,7 +69,9 @@ inline void add_vlm_options(CLI::App* c, vla::policy::VlmOptions* o) {
       ->check(CLI::IsMember(vla::policy::vlm_backends()))
       ->capture_default_str();
   c->add_flag("--fp8", o->fp8,
-              "fast backend: FP8 (e4m3) GEMMs (GPUs of compute capability >= 8.9)");
+              "with --vlm-backend fast on a GPU of compute capability >= 8.9: FP8 (e4m3) GEMMs\n"
+              "for the qkv / gate|up / down projections (faster; moves the shipped VLM's\n"
+              "features by ~9 %; docs/gpu.md). Off by default");
   c->add_flag("--fp8-static", o->fp8_static,
               "with --fp8: one static scale per activation, calibrated on the first frames the\n"
               "VLM encodes (faster tensor-wise GEMMs; docs/gpu.md)");

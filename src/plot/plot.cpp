@@ -334,7 +334,10 @@ Image render(const Chart& c) {
         for (size_t i = 0; i < s.x.size(); ++i) {
           if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
           const double x = px(s.x[i]), y = py(s.y[i]);
-          covered += x >= cx && x <= cx + bw && y >= cy && y <= cy + bh;
+          // A segment is covered where any of its span is (not only its start).
+          const double x1 =
+              s.mark == Mark::kSegments && std::isfinite(s.x_end[i]) ? px(s.x_end[i]) : x;
+          covered += std::max(x, x1) >= cx && std::min(x, x1) <= cx + bw && y >= cy && y <= cy + bh;
         }
       if (covered < best) best = covered, bx = cx, by = cy;
     }

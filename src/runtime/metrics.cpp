@@ -168,7 +168,6 @@ Image plot_timeline(const EpisodeResult& ep, double seconds, int width) {
   c.title = "VLM calls and the feature age each action tick used";
   c.x.label = "episode time (s)";
   c.y.label = "milliseconds";
-  c.x.min = 0, c.x.max = seconds;
   c.width = width, c.height = 360;
   plot::Series calls{"VLM call latency (capture to publish)", plot::Mark::kSegments};
   calls.width = 3;
@@ -194,6 +193,13 @@ Image plot_timeline(const EpisodeResult& ep, double seconds, int width) {
     s.x.push_back(r.start);
     s.y.push_back(r.status == TickStatus::kAct ? 1e3 * r.feature_age : 0.0);
   }
+  // Room above the data for the legend, and a margin below 0 s / 0 ms so that the hold and
+  // safe-stop ticks (drawn at 0) do not sit on the axes.
+  double top = 1.0;
+  for (const plot::Series* s : {&calls, &failed, &age})
+    for (double y : s->y) top = std::max(top, y);
+  c.y.min = -0.04 * 1.6 * top, c.y.max = 1.6 * top;
+  c.x.min = -0.02 * seconds, c.x.max = seconds;
   for (plot::Series* s : {&calls, &failed, &age, &hold, &stop})
     if (!s->x.empty()) c.series.push_back(std::move(*s));
   return plot::render(c);
@@ -205,25 +211,30 @@ Image plot_age_histogram(const std::vector<EpisodeResult>& eps, int width, int h
     for (const auto& r : ep.ticks)
       if (r.status == TickStatus::kAct) ages.push_back(r.feature_age * 1e3);
   plot::Chart c;
-  c.title = "Feature age at use";
+  c.title = str_cat("Feature age at use (", ages.size(), " acting ticks)");
   c.x.label = "feature age (ms)";
   c.y.label = "action ticks";
   c.y.integer = true;
   c.width = width, c.height = height;
-  plot::Series bars{str_cat("acting ticks (", ages.size(), ")"), plot::Mark::kBars};
+  plot::Series bars{"", plot::Mark::kBars};  // one series: the title says what it counts
   bars.width = 1.0;
   if (!ages.empty()) {
-    const int bins = 40;
+    // Bins of a "nice" width (at least 1 ms: ages come from a clock, finer bins only show
+    // scheduling noise), about 30 over the data, aligned to multiples of the width.
     const double lo = *std::min_element(ages.begin(), ages.end());
-    const double hi = std::max(lo + 1.0, *std::max_element(ages.begin(), ages.end()));
-    const double w = (hi - lo) / bins;
-    std::vector<double> n(bins, 0.0);
+    const double hi = *std::max_element(ages.begin(), ages.end());
+    const std::vector<double> t = plot::nice_ticks(lo, std::max(hi, lo + 1.0), 30);
+    const double w = std::max(1.0, t.size() > 1 ? t[1] - t[0] : 1.0);
+    const double start = std::floor(lo / w) * w;
+    const int bins = std::max(1, static_cast<int>(std::floor((hi - start) / w)) + 1);
+    std::vector<double> n(static_cast<size_t>(bins), 0.0);
     for (double a : ages)
-      n[static_cast<size_t>(std::min(bins - 1, static_cast<int>((a - lo) / w)))]++;
+      n[static_cast<size_t>(std::clamp(static_cast<int>((a - start) / w), 0, bins - 1))]++;
     for (int i = 0; i < bins; ++i) {
-      bars.x.push_back(lo + (i + 0.5) * w);
+      bars.x.push_back(start + (i + 0.5) * w);
       bars.y.push_back(n[static_cast<size_t>(i)]);
     }
+    c.x.min = start - w, c.x.max = start + (bins + 1) * w;  // a free bin each side
   }
   c.series.push_back(std::move(bars));
   return plot::render(c);

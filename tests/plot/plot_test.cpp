@@ -58,6 +58,24 @@ TEST(Plot, LinesAndLegendUseTheSeriesColours) {
   EXPECT_GT(count_near(im, {255, 255, 255}, 0), 400 * 240 / 2);
 }
 
+// The legend takes the corner with the least data, counting a segment wherever it spans: here a
+// segment across the top (starting top-left) rules out both top corners.
+TEST(Plot, LegendAvoidsTheSpanOfSegments) {
+  Chart c;
+  c.width = 400, c.height = 240;
+  c.x.min = 0, c.x.max = 10, c.y.min = 0, c.y.max = 10;
+  Series seg{"call", Mark::kSegments, {0.2}, {9.5}};
+  seg.x_end = {9.8};
+  seg.width = 3;
+  Series mid{"age", Mark::kPoints, {5, 5.2}, {5, 5.2}};
+  mid.width = 4;
+  c.series = {seg, mid};
+  const Image im = render(c);
+  // The legend (with the "age" swatch, palette 1) sits at the bottom right, not at the top.
+  EXPECT_GT(count_near(im, palette(1), 20, 250, 130, 400, 240), 10);
+  EXPECT_EQ(count_near(im, palette(1), 20, 250, 0, 400, 100), 0);
+}
+
 TEST(Plot, AxisLabelsAndTitleAreDrawn) {
   // Same layout (non-empty labels reserve their room), blank text vs real text.
   Chart plain;
