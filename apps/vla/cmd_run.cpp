@@ -11,7 +11,7 @@ namespace {
 
 struct RunArgs : vla::cli::LoopArgs {
   RunArgs() { episodes = 1; }
-  double vlm_latency = 0.3;
+  std::string vlm_latency = "300ms";
   bool sim_time = false;
   std::string out = "out/run";
   std::string json;
@@ -34,8 +34,8 @@ void add_run(CLI::App& app) {
   vla::cli::add_loop_options(c, *a);
   c->add_flag("--sim-time", a->sim_time,
               "Reproducible sim-time mode instead of wall time (VLM latency = --vlm-latency)");
-  c->add_option("--vlm-latency", a->vlm_latency, "Modelled VLM latency (s), --sim-time only")
-      ->check(CLI::Range(0.0, 1e3))
+  c->add_option("--vlm-latency", a->vlm_latency,
+                "Modelled VLM latency, --sim-time only (e.g. 300ms, 1.5s, 0.3)")
       ->capture_default_str();
   c->add_option("--vlm-threads", a->vlm_threads, "Torch threads of the VLM thread")
       ->check(CLI::Range(1, 1024))
@@ -76,8 +76,9 @@ void add_run(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--json", a->json, "Also write the metrics JSON here");
   c->callback([a] {
+    const double latency_s = vla::cli::parse_seconds(a->vlm_latency);  // checked in both modes
     vla::closed_loop::ClosedLoopOptions o =
-        vla::cli::make_options(*a, a->sim_time ? a->vlm_latency : 0.0);
+        vla::cli::make_options(*a, a->sim_time ? latency_s : 0.0);
     o.wall_time = !a->sim_time;
     o.vlm_override = a->vlm_config;
     o.vlm_work_dir = a->out + "/vlm";

@@ -15,6 +15,28 @@
 
 namespace vla::cli {
 
+// "1.5", "1.5s", "300ms" -> seconds (a duration option: --vlm-latency). Throws vla::Error.
+inline double parse_seconds(const std::string& text) {
+  std::string s = text;
+  double scale = 1.0;
+  if (s.size() > 2 && s.substr(s.size() - 2) == "ms") {
+    scale = 1e-3;
+    s.resize(s.size() - 2);
+  } else if (!s.empty() && s.back() == 's') {
+    s.pop_back();
+  }
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  VLA_CHECK(used == s.size() && !s.empty() && v >= 0, "bad duration '", text,
+            "' (expected e.g. 1.5s, 300ms or 0.3)");
+  return v * scale;
+}
+
 using CommandAdder = std::function<void(CLI::App& app)>;
 
 inline std::vector<std::pair<int, CommandAdder>>& command_adders() {
