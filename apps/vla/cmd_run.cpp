@@ -28,8 +28,8 @@ void add_run(CLI::App& app) {
   auto a = std::make_shared<RunArgs>();
   auto* c = app.add_subcommand(
       "run",
-      "Run a policy closed-loop in the needle simulator with the async runtime: VLM in its own "
-      "thread, 650 Hz physics thread, fixed-rate action loop (wall time). Prints success and the "
+      "Run a policy closed-loop in the needle simulator with the async runtime: VLM in its own\n"
+      "thread, 650 Hz physics thread, fixed-rate action loop (wall time). Prints success and the\n"
       "runtime metrics; writes a contact sheet, timeline and feature-age plots to --out.");
   vla::cli::add_loop_options(c, *a);
   c->add_flag("--sim-time", a->sim_time,

@@ -157,7 +157,7 @@ void print_summary(const Summary& s, const std::string& title) {
              str_cat(fmt_double(s.reuse_mean, 1), " / ", fmt_double(s.reuse_max, 0))});
   t.add_row({"first features after s", fmt_double(s.first_features_s, 3)});
   t.add_row({"hold ticks startup / sensor", str_cat(s.hold_startup, " / ", s.hold_sensor)});
-  t.add_row({"sensor samples rejected (stamp)", std::to_string(s.sensor_rejected)});
+  t.add_row({"sensor samples rejected (stamp not increasing)", std::to_string(s.sensor_rejected)});
   t.add_row({"safe-stop ticks / expert errors", str_cat(s.safe_stop, " / ", s.expert_errors)});
   t.print();
 }
