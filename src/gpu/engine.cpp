@@ -1293,16 +1293,22 @@ double Engine::plan_vision_flops() const {
 }
 bool Engine::plan_uses_graphs() const { return impl_->plan && impl_->plan->graphs; }
 
-at::Tensor Engine::encode(const std::vector<const uint8_t*>& frames) {
-  VLA_CHECK(impl_->plan, "engine: no plan prepared");
+// Copies one frame per view of the plan into its pinned buffers (what encode and calibrate_fp8
+// run on).
+void Engine::load_frames(const std::vector<const uint8_t*>& frames, const char* what) {
+  VLA_CHECK(impl_->plan, what, ": no plan prepared");
   Plan& p = *impl_->plan;
-  VLA_CHECK(static_cast<int>(frames.size()) == p.spec.views, "encode: ", frames.size(),
+  VLA_CHECK(static_cast<int>(frames.size()) == p.spec.views, what, ": ", frames.size(),
             " frames for a plan of ", p.spec.views, " views");
   const size_t bytes = static_cast<size_t>(p.spec.height) * p.spec.width * 3;
   for (int i = 0; i < p.spec.views; ++i) {
-    VLA_CHECK(frames[i] != nullptr, "encode: frame ", i, " is null");
+    VLA_CHECK(frames[i] != nullptr, what, ": frame ", i, " is null");
     std::memcpy(frame_buffer(i), frames[i], bytes);
   }
+}
+
+at::Tensor Engine::encode(const std::vector<const uint8_t*>& frames) {
+  load_frames(frames, "encode");
   return run();
 }
 
@@ -1361,10 +1367,10 @@ std::vector<std::pair<std::string, double>> Engine::profile_run() {
   return prof.totals();
 }
 
-void Engine::calibrate_fp8() {
+void Engine::calibrate_fp8(const std::vector<const uint8_t*>& frames) {
   EngineImpl& E = *impl_;
   VLA_CHECK(E.o.fp8, "calibrate_fp8: this engine does not use fp8 (EngineOptions::fp8)");
-  VLA_CHECK(E.plan, "calibrate_fp8: prepare() a plan and put sample frames in its buffers first");
+  load_frames(frames, "calibrate_fp8");
   at::NoGradGuard ng;
   Plan& p = *E.plan;
   if (!E.site_amax.defined())

@@ -176,16 +176,18 @@ class Engine {
   bool plan_uses_graphs() const;
   // ---- FP8 static scales (fp8 engines)
   // Calibrates one static scale per quantised activation (the inputs of the qkv, gate|up and down
-  // products of every vision block and decoder layer) on the frames now in the plan's buffers:
+  // products of every vision block and decoder layer) on `frames` (one per view of the prepared
+  // plan, as encode() takes them):
   // one eager pass with per-token scales records each activation's amax (a later call keeps the
   // larger of both), then every such activation is quantised with scale = amax / 448 (larger
   // values saturate at +-448) and the weights with one scale per matrix, so that every FP8 GEMM
   // runs with tensor-wise scales (cuBLASLt's faster kernels; no amax reduction in the norm /
   // SwiGLU kernels). Applies to every later call (plans, forward, generate_greedy). Re-prepares
   // the plan (its frame buffers are cleared). Throws vla::Error when the engine is not fp8, no
-  // plan is prepared, or an amax is not finite. Follows the static ("per-tensor, calibrated")
-  // FP8 recipe of TensorRT-LLM / vLLM; docs/gpu.md has the measured speed and error.
-  void calibrate_fp8();
+  // plan is prepared, the frames do not fit it (as encode), or an amax is not finite. Follows the
+  // static ("per-tensor, calibrated") FP8 recipe of TensorRT-LLM / vLLM; docs/gpu.md has the
+  // measured speed and error.
+  void calibrate_fp8(const std::vector<const uint8_t*>& frames);
   // Back to per-token activation scales and per-channel weight scales (re-prepares the plan).
   void clear_fp8_calibration();
   bool fp8_calibrated() const;
@@ -228,6 +230,7 @@ class Engine {
  private:
   Engine(const Qwen25VLConfig& config, const ImagePreprocessConfig& image_config,
          EngineOptions options);
+  void load_frames(const std::vector<const uint8_t*>& frames, const char* what);
   std::unique_ptr<EngineImpl> impl_;
 };
 

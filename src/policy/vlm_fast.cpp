@@ -2,7 +2,6 @@
 // as the reference encoder (vlm_qwen.cpp), run as a fixed-shape plan (fused weights; CUDA graphs
 // and bf16 on CUDA, float32 on the CPU). Inference only: training goes through the reference
 // encoder.
-#include <cstring>
 #include <filesystem>
 #include <mutex>
 
@@ -52,10 +51,7 @@ class FastVlm : public VlmEncoder {
     if (fp8_static_ && !engine_->fp8_calibrated()) {
       // VlmOptions::fp8_static: these first frames calibrate the static scales (kept by the
       // engine for every later plan).
-      const size_t bytes = static_cast<size_t>(used[0]->height) * used[0]->width * 3;
-      for (size_t i = 0; i < ptrs.size(); ++i)
-        std::memcpy(engine_->frame_buffer(static_cast<int>(i)), ptrs[i], bytes);
-      engine_->calibrate_fp8();
+      engine_->calibrate_fp8(ptrs);
       log_info("VLM: fp8 static scales calibrated on the first ", ptrs.size(), " view(s)");
     }
     const at::Tensor hidden = engine_->encode(ptrs);  // [S, H], the plan's static output

@@ -334,10 +334,7 @@ void check_static_fp8(const EngineOptions& base, double tol) {
   e.prepare(spec);
   const at::Tensor per_token = e.encode(mp).clone();
   EXPECT_FALSE(e.fp8_calibrated());
-  for (int v = 0; v < 2; ++v)
-    std::memcpy(e.frame_buffer(v), calibration[static_cast<size_t>(v)].data(),
-                calibration[static_cast<size_t>(v)].size());
-  e.calibrate_fp8();
+  e.calibrate_fp8({calibration[0].data(), calibration[1].data()});
   ASSERT_TRUE(e.fp8_calibrated());
   int tensorwise = 0;
   for (const PlanGemm& g : e.plan_gemms()) {
@@ -445,8 +442,9 @@ TEST(GpuFp8, StaticScalesCalibrateOnCpu) {
 TEST(GpuFp8, CalibrationNeedsAnFp8EngineWithAPlan) {
   Fixture f = load_fixture("tiny_b");
   Engine e(f.config, f.image, f.fn(), EngineOptions{});
+  const std::vector<uint8_t> frame(90 * 120 * 3, 7);
   try {
-    e.calibrate_fp8();
+    e.calibrate_fp8({frame.data()});
     FAIL() << "no throw";
   } catch (const Error& err) {
     EXPECT_NE(std::string(err.what()).find("EngineOptions::fp8"), std::string::npos) << err.what();
