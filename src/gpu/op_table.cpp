@@ -30,6 +30,15 @@ void need(const OpCase& c, size_t n) {
   for (int64_t d : c.dims) VLA_CHECK(d >= 0, "op table: negative dim in ", c.label());
 }
 
+// Rotary tables of random angles: cos / sin float [rows, hd] on dev (both halves alike, as
+// Qwen2.5-VL's tables are).
+void random_rotary_tables(Inputs& in, int64_t rows, int64_t hd, const at::Device& dev) {
+  const at::Tensor ang = at::randn({rows, hd / 2}, at::TensorOptions().dtype(at::kFloat)) * 3;
+  const at::Tensor emb = at::cat({ang, ang}, 1);
+  in.cos = emb.cos().to(dev).contiguous();
+  in.sin = emb.sin().to(dev).contiguous();
+}
+
 Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
   at::manual_seed(seed);
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
@@ -52,19 +61,13 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     const int64_t rows = c.dims[0], heads = c.dims[1], hd = c.dims[2];
     VLA_CHECK(hd % 2 == 0, "op table: rotary head_dim must be even, got ", hd);
     in.x = to_dev(at::randn({rows, (heads + 2) * hd}, f32), c.dtype);
-    const at::Tensor ang = at::randn({rows, hd / 2}, f32) * 3;
-    const at::Tensor emb = at::cat({ang, ang}, 1);
-    in.cos = to_dev(emb.cos(), at::kFloat);
-    in.sin = to_dev(emb.sin(), at::kFloat);
+    random_rotary_tables(in, rows, hd, dev);
   } else if (op == "rotary_append_kv") {
     need(c, 4);  // rows, q heads, kv heads, head_dim; caches of rows + 3 rows, written from row 2
     const int64_t rows = c.dims[0], nq = c.dims[1], nkv = c.dims[2], hd = c.dims[3];
     VLA_CHECK(hd % 2 == 0, "op table: rotary head_dim must be even, got ", hd);
     in.x = to_dev(at::randn({rows, (nq + 2 * nkv) * hd}, f32), c.dtype);
-    const at::Tensor ang = at::randn({rows, hd / 2}, f32) * 3;
-    const at::Tensor emb = at::cat({ang, ang}, 1);
-    in.cos = to_dev(emb.cos(), at::kFloat);
-    in.sin = to_dev(emb.sin(), at::kFloat);
+    random_rotary_tables(in, rows, hd, dev);
     in.k = to_dev(at::zeros({rows + 3, nkv, hd}, f32), c.dtype);
     in.v = to_dev(at::zeros({rows + 3, nkv, hd}, f32), c.dtype);
     in.row0 = at::full({1}, 2, at::kLong).to(dev);
@@ -76,10 +79,7 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
               "window > 0 (",
               c.label(), ")");
     in.x = to_dev(at::randn({T, 3 * H * hd}, f32), c.dtype);
-    const at::Tensor ang = at::randn({T, hd / 2}, f32) * 3;
-    const at::Tensor emb = at::cat({ang, ang}, 1);
-    in.cos = to_dev(emb.cos(), at::kFloat);
-    in.sin = to_dev(emb.sin(), at::kFloat);
+    random_rotary_tables(in, T, hd, dev);
     std::vector<int64_t> cu{0};
     while (cu.back() < T) cu.push_back(std::min(cu.back() + win, T));
     in.seq = Varlen::make(cu, dev);
