@@ -262,6 +262,8 @@ struct EngineImpl {
   at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const ops::Varlen& cu, bool causal, double scale,
                     ops::AttnBackend backend) const {
+    if (backend == ops::AttnBackend::kCausalKernel && causal)
+      return ops::causal_attention(q, k, v, cu, scale, fused());
     if (flash && backend != ops::AttnBackend::kFlashVarlen) {
       const int64_t b = uniform_count(cu);
       if (b > 0) return ops::attention_dense(q, k, v, b, causal, scale, backend);
@@ -1070,14 +1072,23 @@ ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, b
   ops::AttnBackend best = ops::AttnBackend::kFlashVarlen;
   double best_ms = 1e30;
   report += std::string(what) + ":";
-  for (auto cand :
-       {ops::AttnBackend::kFlashVarlen, ops::AttnBackend::kSdpa, ops::AttnBackend::kCudnn}) {
-    if (cand != ops::AttnBackend::kFlashVarlen && b == 0) continue;
+  for (auto cand : {ops::AttnBackend::kFlashVarlen, ops::AttnBackend::kSdpa,
+                    ops::AttnBackend::kCudnn, ops::AttnBackend::kCausalKernel}) {
+    if (cand == ops::AttnBackend::kCausalKernel) {
+      if (!causal || !ops::causal_attention_available(q)) continue;
+    } else if (cand != ops::AttnBackend::kFlashVarlen && b == 0) {
+      continue;
+    }
     try {
       auto run = [&]() {
-        return cand == ops::AttnBackend::kFlashVarlen
-                   ? ops::attention(q, k, v, cu, cu, causal, scale, true)
-                   : ops::attention_dense(q, k, v, b, causal, scale, cand);
+        switch (cand) {
+          case ops::AttnBackend::kFlashVarlen:
+            return ops::attention(q, k, v, cu, cu, causal, scale, true);
+          case ops::AttnBackend::kCausalKernel:
+            return ops::causal_attention(q, k, v, cu, scale, true);
+          default:
+            return ops::attention_dense(q, k, v, b, causal, scale, cand);
+        }
       };
       auto out = run();
       const double err = (out.to(at::kFloat) - ref.to(at::kFloat)).norm().item<double>() /

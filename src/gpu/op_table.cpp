@@ -98,9 +98,11 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     in.w = to_dev(at::randn({rows, K}, f32) / std::sqrt(static_cast<double>(K)) * 2, c.dtype);
     if (!gate) in.b = to_dev(at::randn({rows}, f32) * 0.1, c.dtype);
     if (c.fp8()) in.w8 = quantize_fp8(in.w, false);
-  } else if (op == "attention") {
-    need(c, 6);
-    const int64_t T = c.dims[0], H = c.dims[1], Hk = c.dims[2], D = c.dims[3], S = c.dims[5];
+  } else if (op == "attention" || op == "causal_attention") {
+    const bool causal_op = op == "causal_attention";
+    need(c, causal_op ? 5 : 6);
+    const int64_t T = c.dims[0], H = c.dims[1], Hk = c.dims[2], D = c.dims[3],
+                  S = c.dims[causal_op ? 4 : 5];
     VLA_CHECK(S > 0 && T % S == 0 && Hk > 0 && H % Hk == 0,
               "op table: attention needs tokens % sequences == 0 and heads % kv_heads == 0 (",
               c.label(), ")");
@@ -158,6 +160,7 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
     const bool flash = fused && flash_available(in.q);
     return attention(in.q, in.k, in.v, in.seq, in.seq, c.dims[4] != 0, in.scale, flash);
   }
+  if (op == "causal_attention") return causal_attention(in.q, in.k, in.v, in.seq, in.scale, fused);
   throw Error(str_cat("op table: unknown op '", op, "'"));
 }
 
@@ -221,10 +224,10 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     }
     return at::cat(outs, 0);
   };
-  if (op == "attention") {
+  if (op == "attention" || op == "causal_attention") {
     const int64_t H = c.dims[1], Hk = c.dims[2];
     return attend(d(in.q), d(in.k).repeat_interleave(H / Hk, 1),
-                  d(in.v).repeat_interleave(H / Hk, 1), c.dims[4] != 0);
+                  d(in.v).repeat_interleave(H / Hk, 1), op == "causal_attention" || c.dims[4] != 0);
   }
   if (op == "window_attention") {  // q and k stored rotated (as the rotary kernel rounds them)
     const int64_t T = c.dims[0], H = c.dims[1], hd = c.dims[2];
@@ -272,6 +275,11 @@ std::vector<OpCase> unit_cases() {
         cases.push_back({op, nk, dt});
     cases.push_back({"attention", {100, 4, 4, 80, 0, 4}, dt});
     cases.push_back({"attention", {60, 8, 2, 128, 1, 2}, dt});
+    // Tiles of 64 queries: one short sequence, several tiles with a short last one, 3 sequences.
+    cases.push_back({"causal_attention", {37, 4, 2, 64, 1}, dt});
+    cases.push_back({"causal_attention", {150, 8, 2, 128, 1}, dt});
+    cases.push_back({"causal_attention", {195, 4, 1, 128, 3}, dt});
+    cases.push_back({"causal_attention", {96, 2, 2, 80, 2}, dt});  // head_dim 80: the fallback
     // Windows of 64 with a short last one; head_dims of each kernel instance; a 100-row window
     // (over the kernel's 64: the rotary + attention fallback).
     cases.push_back({"window_attention", {150, 4, 80, 64}, dt});
@@ -320,6 +328,9 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"attention",
                {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1, 1},
                bf});
+  c.push_back({"causal_attention",
+               {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1},
+               bf});
   // One greedy decode step: rotary + KV append, and the products (one row through each matrix).
   c.push_back(
       {"rotary_append_kv", {1, t.num_attention_heads, t.num_key_value_heads, t.head_dim()}, bf});
@@ -337,14 +348,16 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
 }
 
 double tolerance_vs_reference(const OpCase& c) {
-  if (c.op == "attention" || c.op == "window_attention") return c.dtype == at::kFloat ? 1e-4 : 1e-2;
+  if (c.op == "attention" || c.op == "window_attention" || c.op == "causal_attention")
+    return c.dtype == at::kFloat ? 1e-4 : 1e-2;
   if (c.fp8()) return 1e-2;  // the same e4m3 value may round either way at a tie
   return c.dtype == at::kFloat ? 1e-5 : 1e-2;
 }
 
 double tolerance_vs_f64(const OpCase& c) {
   if (c.fp8() || c.op == "quantize_fp8") return 5e-2;  // e4m3: 3 mantissa bits
-  if (c.op == "attention" || c.op == "window_attention") return c.dtype == at::kFloat ? 1e-4 : 2e-2;
+  if (c.op == "attention" || c.op == "window_attention" || c.op == "causal_attention")
+    return c.dtype == at::kFloat ? 1e-4 : 2e-2;
   return c.dtype == at::kFloat ? 1e-5 : 1e-2;
 }
 
@@ -355,7 +368,9 @@ OpParity check_op(const OpCase& c, const at::Device& device, uint64_t seed) {
   const at::Tensor ref = run(c, in, false), fused = run(c, in, true);
   const at::Tensor def = definition(c, in);
   OpParity p;
-  p.fused_ran = c.op == "attention" ? flash_available(in.q) : use_kernels(in.x, true);
+  p.fused_ran = c.op == "attention"          ? flash_available(in.q)
+                : c.op == "causal_attention" ? causal_attention_available(in.q)
+                                             : use_kernels(in.x, true);
   p.fused_vs_reference = rel_err(fused, ref);
   p.reference_vs_f64 = rel_err(ref, def);
   p.fused_vs_f64 = rel_err(fused, def);

@@ -310,6 +310,8 @@ const char* backend_name(AttnBackend b) {
       return "sdpa";
     case AttnBackend::kCudnn:
       return "cudnn";
+    case AttnBackend::kCausalKernel:
+      return "causal-kernel";
   }
   return "?";
 }
@@ -371,6 +373,44 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                         k_max_override > 0 ? k_max_override : kv.max_len, causal, scale);
   }
   return attention_math(q, k, v, qv, kv, causal, scale);
+}
+
+namespace {
+bool heads_rows(const at::Tensor& t) {
+  return t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2) && t.stride(0) % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+}  // namespace
+
+bool causal_attention_available(const at::Tensor& q) {
+  return use_kernels(q, true) && q.scalar_type() == at::kBFloat16 && q.dim() == 3 &&
+         kernels::causal_attention_fits(static_cast<int>(q.size(2)));
+}
+
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const Varlen& seqs, double scale, bool fused) {
+  VLA_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
+            "causal_attention: q/k/v must be [T, H, D]");
+  const int64_t T = q.size(0), H = q.size(1), Hk = k.size(1), D = q.size(2);
+  VLA_CHECK(Hk > 0 && H % Hk == 0 && v.size(1) == Hk && k.size(2) == D && v.size(2) == D &&
+                k.size(0) == T && v.size(0) == T && seqs.total() == T,
+            "causal_attention: shapes q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes(),
+            " do not fit sequences covering ", seqs.total(), " rows");
+  if (fused && causal_attention_available(q) && k.scalar_type() == at::kBFloat16 &&
+      v.scalar_type() == at::kBFloat16 && heads_rows(q) && heads_rows(k) && heads_rows(v)) {
+    int64_t tiles = 0;
+    for (size_t i = 1; i < seqs.cu.size(); ++i) tiles += (seqs.cu[i] - seqs.cu[i - 1] + 63) / 64;
+    auto out = at::empty({T, H, D}, q.options());
+    check_launch(
+        kernels::causal_attention(
+            q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
+            seqs.cu_dev.data_ptr<int32_t>(), static_cast<int>(seqs.cu.size()) - 1, tiles,
+            static_cast<int>(H), static_cast<int>(Hk), static_cast<int>(D),
+            static_cast<float>(scale), out.data_ptr(), H * D, current_stream(q)),
+        "causal_attention");
+    return out;
+  }
+  return attention(q, k, v, seqs, seqs, /*causal=*/true, scale, /*use_flash=*/false);
 }
 
 at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,

@@ -109,7 +109,8 @@ struct Varlen {
   int64_t total() const { return cu.empty() ? 0 : cu.back(); }
 };
 
-enum class AttnBackend { kFlashVarlen, kMath, kSdpa, kCudnn };
+// kCausalKernel: causal_attention's kernel (causal only).
+enum class AttnBackend { kFlashVarlen, kMath, kSdpa, kCudnn, kCausalKernel };
 const char* backend_name(AttnBackend b);
 
 // Attention over B equal-length sequences of S rows each (T = B*S) through
@@ -128,6 +129,15 @@ bool flash_available(const at::Tensor& q);
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const Varlen& qv, const Varlen& kv, bool causal, double scale, bool use_flash,
                      int64_t k_max_override = 0);
+
+// Causal attention over packed sequences (the decoder's prefill): attention(q, k, v, seqs, seqs,
+// causal = true, scale) with q [T, H, D], k / v [T, Hk, D] (heads contiguous within a row, rows
+// strided), returns [T, H, D] contiguous. When fused and causal_attention_available(q) (CUDA
+// build, bf16, D = 64 or 128, 16-byte aligned rows) the kernel kernels/causal_attention.cu
+// (FlashAttention-2 with 64-query tiles, launched longest first); otherwise the math reference.
+bool causal_attention_available(const at::Tensor& q);
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const Varlen& seqs, double scale, bool fused);
 
 // The vision tower's window blocks: rotary_ on the q and k heads of qkv [T, 3 * heads * head_dim]
 // (q heads, k heads, v heads; last dim contiguous), then attention within each window (non-causal).

@@ -520,7 +520,13 @@ TEST(GpuOpTable, EveryCaseMatchesOnCuda) {
   for (const ops::OpCase& c : ops::unit_cases()) {
     if (c.fp8() && !fp8_available(dev)) continue;
     const ops::OpParity p = ops::check_op(c, dev, 7);
-    EXPECT_TRUE(p.fused_ran || c.op == "attention") << c.label() << ": no kernel ran";
+    // attention runs flash where torch has it; causal_attention has a kernel for bf16 and head
+    // dims 64 / 128 only (the other cases check its fallback).
+    const bool kernel_optional =
+        c.op == "attention" || (c.op == "causal_attention" &&
+                                (c.dtype != at::kBFloat16 ||
+                                 !kernels::causal_attention_fits(static_cast<int>(c.dims[3]))));
+    EXPECT_TRUE(p.fused_ran || kernel_optional) << c.label() << ": no kernel ran";
     EXPECT_LE(p.fused_vs_reference, ops::tolerance_vs_reference(c)) << c.label();
     EXPECT_LE(p.fused_vs_f64, ops::tolerance_vs_f64(c)) << c.label();
     EXPECT_LE(p.reference_vs_f64, ops::tolerance_vs_f64(c)) << c.label();

@@ -42,6 +42,47 @@ __global__ void silu_mul_bf16_vec4(const __nv_bfloat16* __restrict__ x, int64_t 
   }
 }
 
+// silu(gate) * up for 8 bf16 lanes of each (one 16-byte load each), in float.
+__device__ __forceinline__ void silu_mul8(uint4 gv, uint4 uv, float* out) {
+  const __nv_bfloat16* ge = reinterpret_cast<const __nv_bfloat16*>(&gv);
+  const __nv_bfloat16* ue = reinterpret_cast<const __nv_bfloat16*>(&uv);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) out[j] = silu(__bfloat162float(ge[j])) * __bfloat162float(ue[j]);
+}
+
+// bf16, inter % 8 == 0, 16-byte aligned rows: one 16-byte vector of gate and of up per thread,
+// threads numbered over all rows (no idle tail per row), so the kernel streams at the memory
+// bandwidth. Out: bf16 rows [rows, inter], or with `fixed` (a static scale) e4m3 rows.
+template <bool kFp8>
+__global__ void silu_mul_bf16_flat(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
+                                   void* __restrict__ out, const float* __restrict__ fixed,
+                                   int nvec, int total) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= total) return;
+  const int r = idx / nvec, i = idx - r * nvec;
+  const uint4* g = reinterpret_cast<const uint4*>(x + r * x_stride);
+  const uint4* u =
+      reinterpret_cast<const uint4*>(x + r * x_stride + static_cast<int64_t>(nvec) * 8);
+  float v[8];
+  silu_mul8(__ldg(g + i), __ldg(u + i), v);
+  if constexpr (kFp8) {
+    const float qs = 1.f / __ldg(fixed);
+    uint2 pk;
+    pk.x = pack_e4m3(make_float4(v[0], v[1], v[2], v[3]), qs);
+    pk.y = pack_e4m3(make_float4(v[4], v[5], v[6], v[7]), qs);
+    reinterpret_cast<uint2*>(out)[idx] = pk;
+  } else {
+    uint4 o;
+    uint32_t* oe = reinterpret_cast<uint32_t*>(&o);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+      oe[j] = *reinterpret_cast<uint32_t*>(&p);
+    }
+    reinterpret_cast<uint4*>(out)[idx] = o;
+  }
+}
+
 // SwiGLU quantised to e4m3: one block per row, silu(gate) * up kept in shared memory as float.
 template <typename T>
 __global__ void silu_mul_fp8_kernel(const T* __restrict__ x, int64_t x_stride,
@@ -53,14 +94,6 @@ __global__ void silu_mul_fp8_kernel(const T* __restrict__ x, int64_t x_stride,
   const T* u = g + inter;
   for (int i = threadIdx.x; i < inter; i += blockDim.x) row_buf[i] = silu(to_f(g[i])) * to_f(u[i]);
   quantize_row(row_buf, inter, q + r * inter, fixed ? nullptr : qscale + r, fixed);
-}
-
-// silu(gate) * up for 8 bf16 lanes of each (one 16-byte load each), in float.
-__device__ __forceinline__ void silu_mul8(uint4 gv, uint4 uv, float* out) {
-  const __nv_bfloat16* ge = reinterpret_cast<const __nv_bfloat16*>(&gv);
-  const __nv_bfloat16* ue = reinterpret_cast<const __nv_bfloat16*>(&uv);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) out[j] = silu(__bfloat162float(ge[j])) * __bfloat162float(ue[j]);
 }
 
 // bf16, inter % 8 == 0, 16-byte aligned rows.
@@ -125,7 +158,14 @@ const char* silu_mul_fp8(const void* x, int64_t x_stride, void* q, float* scale,
   uint8_t* qb = static_cast<uint8_t*>(q);
   const bool vec8 = dt == kBF16 && inter % 8 == 0 && aligned16(x, x_stride);
   const int64_t nvec = inter / 8;
-  if (vec8 && nvec <= 2 * 1024) {
+  if (vec8 && fixed_scale && rows * nvec < (int64_t{1} << 31) &&
+      reinterpret_cast<uintptr_t>(q) % 8 == 0) {
+    const int total = static_cast<int>(rows * nvec);
+    silu_mul_bf16_flat<true>
+        <<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, s>>>(
+            static_cast<const __nv_bfloat16*>(x), x_stride, q, fixed_scale, static_cast<int>(nvec),
+            total);
+  } else if (vec8 && nvec <= 2 * 1024) {
     const int t = static_cast<int>(((nvec + 1) / 2 + 31) / 32 * 32);
     silu_mul_fp8_bf16_reg<2>
         <<<static_cast<unsigned>(rows), t, 0, s>>>(static_cast<const __nv_bfloat16*>(x), x_stride,
@@ -153,8 +193,15 @@ const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, i
   if (rows > 65535) return "silu_mul: too many rows for one launch";
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int threads = 256;
-  if (dt == kBF16 && inter % 4 == 0 && x_stride % 4 == 0 &&
-      reinterpret_cast<uintptr_t>(x) % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0) {
+  if (dt == kBF16 && inter % 8 == 0 && aligned16(x, x_stride) &&
+      reinterpret_cast<uintptr_t>(out) % 16 == 0 && rows * (inter / 8) < (int64_t{1} << 31)) {
+    const int total = static_cast<int>(rows * (inter / 8));
+    silu_mul_bf16_flat<false>
+        <<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, s>>>(
+            static_cast<const __nv_bfloat16*>(x), x_stride, out, nullptr,
+            static_cast<int>(inter / 8), total);
+  } else if (dt == kBF16 && inter % 4 == 0 && x_stride % 4 == 0 &&
+             reinterpret_cast<uintptr_t>(x) % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0) {
     const int64_t nvec = inter / 4;
     dim3 grid(static_cast<unsigned>((nvec + threads - 1) / threads), static_cast<unsigned>(rows));
     silu_mul_bf16_vec4<<<grid, threads, 0, s>>>(static_cast<const __nv_bfloat16*>(x), x_stride,

@@ -9,6 +9,7 @@
 // (mma.sync m16n8k16, bf16 in, fp32 accumulation; v's fragments through ldmatrix.trans), with P
 // rounded to bf16 for the second product as flash attention does.
 #include "gpu/kernels/common.cuh"
+#include "gpu/kernels/mma.cuh"
 
 namespace vla::gpu::kernels {
 namespace {
@@ -17,46 +18,15 @@ constexpr int kWin = 64;           // rows per window, at most
 constexpr int kWarps = kWin / 16;  // one warp per 16 query rows
 constexpr float kLog2e = 1.4426950408889634f;
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low 16 bits
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-__device__ __forceinline__ uint32_t ld32(const __nv_bfloat16* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
-
-// d += a (16x16, row-major fragment) * b (16x8, column fragment); PTX ISA "mma.m16n8k16".
-__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                         uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// 16-byte asynchronous copy global -> shared (PTX "cp.async"); valid = false writes zeros.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(valid ? 16 : 0));
-}
-// Four 8x8 bf16 matrices from shared memory, transposed (PTX "ldmatrix ... .trans"): lanes 8i ..
-// 8i + 7 give the row addresses of matrix i, r[i] is this lane's fragment of it.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-
 template <int D>
 constexpr int smem_bytes() {
   return 3 * kWin * (D + 8) * 2;
 }
 
-// grid (windows, heads), kWarps * 32 threads. qkv rows: [q heads | k heads | v heads], each head D
-// wide. Rows r0 .. r0 + len - 1 of window w = blockIdx.x (r0 = cu[w], len = cu[w + 1] - r0 <= 64).
+// grid (heads, windows), kWarps * 32 threads: the CTAs of one window's heads run side by side, so
+// together they read whole qkv rows (and share the window's cos / sin rows in L2) instead of one
+// head's 2 D bytes of every row at a time. qkv rows: [q heads | k heads | v heads], each head D
+// wide. Rows r0 .. r0 + len - 1 of window w = blockIdx.y (r0 = cu[w], len = cu[w + 1] - r0 <= 64).
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32, 4)
     window_attention_kernel(const __nv_bfloat16* __restrict__ qkv, int64_t stride,
@@ -70,9 +40,9 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
   __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kWin][kQ]
   __nv_bfloat16* ks = qs + kWin * kQ;                              // [kWin][kQ]
   __nv_bfloat16* vs = ks + kWin * kQ;                              // [kWin][kQ]
-  const int h = blockIdx.y;
-  const int64_t r0 = cu[blockIdx.x];
-  const int len = cu[blockIdx.x + 1] - static_cast<int>(r0);
+  const int h = blockIdx.x;
+  const int64_t r0 = cu[blockIdx.y];
+  const int len = cu[blockIdx.y + 1] - static_cast<int>(r0);
   const int tid = threadIdx.x;
 
   // q, k, v of the window's rows, all copies in flight at once; rows past the window are zero.
@@ -137,12 +107,12 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const __nv_bfloat16* qa = qs + (m0 + g) * kQ + kk * 16 + t4 * 2;
-    const uint32_t a0 = ld32(qa), a1 = ld32(qa + 8 * kQ), a2 = ld32(qa + 8),
-                   a3 = ld32(qa + 8 * kQ + 8);
+    const uint32_t a0 = ld_shared32(qa), a1 = ld_shared32(qa + 8 * kQ), a2 = ld_shared32(qa + 8),
+                   a3 = ld_shared32(qa + 8 * kQ + 8);
 #pragma unroll
     for (int j = 0; j < kWin / 8; ++j) {
       const __nv_bfloat16* kb = ks + (j * 8 + g) * kQ + kk * 16 + t4 * 2;
-      if (j * 8 < len) mma_bf16(s[j], a0, a1, a2, a3, ld32(kb), ld32(kb + 8));
+      if (j * 8 < len) mma_bf16(s[j], a0, a1, a2, a3, ld_shared32(kb), ld_shared32(kb + 8));
     }
   }
   // Softmax over the window's keys (a row's 64 values are spread over the 4 threads of a quad).
@@ -225,7 +195,7 @@ const char* launch(const void* qkv, int64_t stride, const float* cos, const floa
         window_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (set != cudaSuccess) return cudaGetErrorString(set);
   }
-  const dim3 grid(static_cast<unsigned>(windows), static_cast<unsigned>(heads));
+  const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(windows));
   window_attention_kernel<D><<<grid, kWarps * 32, bytes, s>>>(
       static_cast<const __nv_bfloat16*>(qkv), stride, cos, sin, cu, heads, scale * kLog2e,
       static_cast<__nv_bfloat16*>(out), out_stride);
@@ -253,6 +223,7 @@ const char* window_attention(const void* qkv, int64_t qkv_stride, const float* c
                              int64_t max_window, int heads, int head_dim, float scale, void* out,
                              int64_t out_stride, void* stream) {
   if (windows == 0) return nullptr;
+  if (windows > 65535) return "window_attention: more than 65535 windows in one launch";
   if (!window_attention_fits(head_dim, max_window))
     return "window_attention: head_dim or window length not supported (window_attention_fits)";
   if (qkv_stride % 8 != 0 || reinterpret_cast<uintptr_t>(qkv) % 16 != 0 || out_stride % 2 != 0 ||
