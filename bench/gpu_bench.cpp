@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/core.h"
+#include "gpu/device.h"
 #include "gpu/gpu.h"
 #include "gpu/op_table.h"
 #include "gpu/ops.h"
@@ -140,15 +141,10 @@ nlohmann::json profile_plan(Engine& engine, const Qwen25VLConfig& dims, int heig
   return prec;
 }
 
-// Mean device-synchronised wall time of fn (3 warm-up calls, 20 timed).
+// GPU milliseconds per call: 20 calls in a CUDA graph, best of 5 replays (device::gpu_time_ms), so
+// small kernels are not timed by how fast the host can launch them.
 double time_ms(const std::function<void()>& fn) {
-  for (int i = 0; i < 3; ++i) fn();
-  torch::cuda::synchronize();
-  Stopwatch sw;
-  const int n = 20;
-  for (int i = 0; i < n; ++i) fn();
-  torch::cuda::synchronize();
-  return sw.elapsed_ms() / n;
+  return gpu::device::gpu_time_ms(fn, at::Device(at::kCUDA, 0), 20, 5);
 }
 
 // a [M, K] quantised as the engine's calibrated activations are: one static scale (here the

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -85,5 +86,13 @@ class Graph {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// GPU milliseconds per call of `fn` (work issued on the current stream): after one warm-up call,
+// `calls` calls captured in one CUDA graph and replayed `replays` times, the fastest replay / calls
+// -- so host-side dispatch does not count, as in the engine's captured plans. Where fn cannot be
+// captured (it syncs with the host) the calls run eagerly between two events instead. Runs on a
+// stream of its own; `device` must be a CUDA device.
+double gpu_time_ms(const std::function<void()>& fn, const at::Device& device, int calls = 10,
+                   int replays = 3);
 
 }  // namespace vla::gpu::device

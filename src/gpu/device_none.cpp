@@ -43,4 +43,8 @@ void Graph::capture_begin() {}
 void Graph::capture_end() {}
 void Graph::replay() {}
 
+double gpu_time_ms(const std::function<void()>&, const at::Device&, int, int) {
+  no_cuda("gpu_time_ms");
+}
+
 }  // namespace vla::gpu::device

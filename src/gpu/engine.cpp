@@ -1057,8 +1057,9 @@ double matmul_flops(int64_t m, int64_t k, int64_t n) { return 2.0 * m * k * n; }
 }  // namespace
 
 namespace {
-// Times the attention backends on the plan's real shapes and returns the fastest one whose output
-// matches flash-varlen (rel. err <= 2e-2); reports every candidate.
+// Times the attention backends on the plan's real shapes (in a CUDA graph, as the plan runs) and
+// returns the fastest one whose output matches flash-varlen (rel. err <= 2e-2); reports every
+// candidate.
 ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool causal,
                       const at::TensorOptions& opt, const char* what, std::string& report) {
   const int64_t T = cu.total();
@@ -1093,14 +1094,8 @@ ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, b
       auto out = run();
       const double err = (out.to(at::kFloat) - ref.to(at::kFloat)).norm().item<double>() /
                          std::max(ref.to(at::kFloat).norm().item<double>(), 1e-30);
-      for (int i = 0; i < 3; ++i) run();
-      device::Event e0, e1;
-      e0.record(q.device());
-      const int n = 10;
-      for (int i = 0; i < n; ++i) run();
-      e1.record(q.device());
-      e1.synchronize();
-      const double ms = e0.elapsed_ms(e1) / n;
+      // GPU time as the plan's graph will run it (host dispatch excluded), best of 5 replays.
+      const double ms = device::gpu_time_ms([&]() { run(); }, q.device(), 10, 5);
       report += str_cat(" ", ops::backend_name(cand), " ", fmt_double(ms, 3), " ms (err ",
                         fmt_double(err, 4), ")");
       if (err <= 2e-2 && ms < best_ms) {

@@ -43,6 +43,15 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
+// Four 8x8 bf16 matrices from shared memory (PTX "ldmatrix"): lanes 8i .. 8i + 7 give the row
+// addresses of matrix i; r[i] is this lane's fragment of it (row lane / 4, columns 2 (lane % 4)
+// and 2 (lane % 4) + 1), the A / B fragment layout of mma.m16n8k16.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
 // Four 8x8 bf16 matrices from shared memory, transposed (PTX "ldmatrix ... .trans"): lanes 8i ..
 // 8i + 7 give the row addresses of matrix i, r[i] is this lane's fragment of it.
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {

@@ -50,36 +50,60 @@ __device__ __forceinline__ void silu_mul8(uint4 gv, uint4 uv, float* out) {
   for (int j = 0; j < 8; ++j) out[j] = silu(__bfloat162float(ge[j])) * __bfloat162float(ue[j]);
 }
 
-// bf16, inter % 8 == 0, 16-byte aligned rows: one 16-byte vector of gate and of up per thread,
-// threads numbered over all rows (no idle tail per row), so the kernel streams at the memory
-// bandwidth. Out: bf16 rows [rows, inter], or with `fixed` (a static scale) e4m3 rows.
-template <bool kFp8>
+// bf16, inter % 8 == 0, 16-byte aligned rows: kVecs consecutive 16-byte vectors of gate and of up
+// per thread (all loads in flight at once; nvec % kVecs == 0, so they share a row), threads
+// numbered over all rows (no idle tail per row), so the kernel streams at the memory bandwidth.
+// Out: bf16 rows [rows, inter], or with `fixed` (a static scale) e4m3 rows.
+template <bool kFp8, int kVecs>
 __global__ void silu_mul_bf16_flat(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
                                    void* __restrict__ out, const float* __restrict__ fixed,
                                    int nvec, int total) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  const int idx = (blockIdx.x * blockDim.x + threadIdx.x) * kVecs;
   if (idx >= total) return;
   const int r = idx / nvec, i = idx - r * nvec;
-  const uint4* g = reinterpret_cast<const uint4*>(x + r * x_stride);
-  const uint4* u =
-      reinterpret_cast<const uint4*>(x + r * x_stride + static_cast<int64_t>(nvec) * 8);
-  float v[8];
-  silu_mul8(__ldg(g + i), __ldg(u + i), v);
-  if constexpr (kFp8) {
-    const float qs = 1.f / __ldg(fixed);
-    uint2 pk;
-    pk.x = pack_e4m3(make_float4(v[0], v[1], v[2], v[3]), qs);
-    pk.y = pack_e4m3(make_float4(v[4], v[5], v[6], v[7]), qs);
-    reinterpret_cast<uint2*>(out)[idx] = pk;
-  } else {
-    uint4 o;
-    uint32_t* oe = reinterpret_cast<uint32_t*>(&o);
+  const uint4* g = reinterpret_cast<const uint4*>(x + r * x_stride) + i;
+  const uint4* u = g + nvec;
+  uint4 gv[kVecs], uv[kVecs];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-      oe[j] = *reinterpret_cast<uint32_t*>(&p);
+  for (int c = 0; c < kVecs; ++c) {
+    gv[c] = __ldg(g + c);
+    uv[c] = __ldg(u + c);
+  }
+#pragma unroll
+  for (int c = 0; c < kVecs; ++c) {
+    float v[8];
+    silu_mul8(gv[c], uv[c], v);
+    if constexpr (kFp8) {
+      const float qs = 1.f / __ldg(fixed);
+      uint2 pk;
+      pk.x = pack_e4m3(make_float4(v[0], v[1], v[2], v[3]), qs);
+      pk.y = pack_e4m3(make_float4(v[4], v[5], v[6], v[7]), qs);
+      reinterpret_cast<uint2*>(out)[idx + c] = pk;
+    } else {
+      uint4 o;
+      uint32_t* oe = reinterpret_cast<uint32_t*>(&o);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+        oe[j] = *reinterpret_cast<uint32_t*>(&p);
+      }
+      reinterpret_cast<uint4*>(out)[idx + c] = o;
     }
-    reinterpret_cast<uint4*>(out)[idx] = o;
+  }
+}
+
+// Launches silu_mul_bf16_flat over rows x nvec vectors (two per thread when nvec is even).
+template <bool kFp8>
+void launch_flat(const void* x, int64_t x_stride, void* out, const float* fixed, int nvec,
+                 int total, cudaStream_t s) {
+  constexpr int kThreads = 256;
+  const auto xb = static_cast<const __nv_bfloat16*>(x);
+  if (nvec % 2 == 0) {
+    const unsigned blocks = static_cast<unsigned>((total / 2 + kThreads - 1) / kThreads);
+    silu_mul_bf16_flat<kFp8, 2><<<blocks, kThreads, 0, s>>>(xb, x_stride, out, fixed, nvec, total);
+  } else {
+    const unsigned blocks = static_cast<unsigned>((total + kThreads - 1) / kThreads);
+    silu_mul_bf16_flat<kFp8, 1><<<blocks, kThreads, 0, s>>>(xb, x_stride, out, fixed, nvec, total);
   }
 }
 
@@ -160,11 +184,8 @@ const char* silu_mul_fp8(const void* x, int64_t x_stride, void* q, float* scale,
   const int64_t nvec = inter / 8;
   if (vec8 && fixed_scale && rows * nvec < (int64_t{1} << 31) &&
       reinterpret_cast<uintptr_t>(q) % 8 == 0) {
-    const int total = static_cast<int>(rows * nvec);
-    silu_mul_bf16_flat<true>
-        <<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, s>>>(
-            static_cast<const __nv_bfloat16*>(x), x_stride, q, fixed_scale, static_cast<int>(nvec),
-            total);
+    launch_flat<true>(x, x_stride, q, fixed_scale, static_cast<int>(nvec),
+                      static_cast<int>(rows * nvec), s);
   } else if (vec8 && nvec <= 2 * 1024) {
     const int t = static_cast<int>(((nvec + 1) / 2 + 31) / 32 * 32);
     silu_mul_fp8_bf16_reg<2>
@@ -195,11 +216,8 @@ const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, i
   const int threads = 256;
   if (dt == kBF16 && inter % 8 == 0 && aligned16(x, x_stride) &&
       reinterpret_cast<uintptr_t>(out) % 16 == 0 && rows * (inter / 8) < (int64_t{1} << 31)) {
-    const int total = static_cast<int>(rows * (inter / 8));
-    silu_mul_bf16_flat<false>
-        <<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, s>>>(
-            static_cast<const __nv_bfloat16*>(x), x_stride, out, nullptr,
-            static_cast<int>(inter / 8), total);
+    launch_flat<false>(x, x_stride, out, nullptr, static_cast<int>(inter / 8),
+                       static_cast<int>(rows * (inter / 8)), s);
   } else if (dt == kBF16 && inter % 4 == 0 && x_stride % 4 == 0 &&
              reinterpret_cast<uintptr_t>(x) % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0) {
     const int64_t nvec = inter / 4;
