@@ -158,9 +158,8 @@ ops::Fp8Rows static_fp8(const at::Tensor& a) {
 // (fast accumulation: calibrated static scales, Engine::calibrate_fp8).
 nlohmann::json gemm_rates(bool fp8) {
   nlohmann::json rec;
-  Table g({"GEMM M x K -> N", "bf16 ms", "TFLOP/s", "bf16 tuned ms", "TFLOP/s", "fp8 ms", "TFLOP/s",
-           "fp8 fast ms", "TFLOP/s", "fp8 tensor-wise ms", "TFLOP/s", "tensor-wise tuned ms",
-           "TFLOP/s"});
+  Table g({"GEMM M x K -> N", "bf16 ms", "TFLOP/s", "fp8 ms", "TFLOP/s", "fp8 fast ms", "TFLOP/s",
+           "fp8 tensor-wise ms", "TFLOP/s"});
   const std::vector<std::array<int64_t, 3>> shapes = {
       {5980, 1176, 1280}, {5980, 1280, 3840},  {5980, 1280, 1280},  {5980, 1280, 6912},
       {5980, 3456, 1280}, {5980, 3420, 1280},  {1495, 5120, 5120},  {1525, 2048, 2560},
@@ -178,26 +177,6 @@ nlohmann::json gemm_rates(bool fp8) {
     const double ms = time_ms([&]() { at::mm(a, b.t()); });
     std::vector<std::string> row = {name, fmt_double(ms, 3), fmt_double(tf(ms), 0)};
     rec[name]["bf16_tflops"] = tf(ms);
-    // The same product through the engine's tuned cuBLASLt path (ops::linear, tuned).
-    auto tuned = [&](const char* key, const std::function<void()>& f) {
-      try {
-        f();  // tunes the shape
-        const double mt = time_ms(f);
-        row.push_back(fmt_double(mt, 3));
-        row.push_back(fmt_double(tf(mt), 0));
-        rec[name][key] = tf(mt);
-      } catch (const std::exception& e) {
-        row.push_back("error");
-        row.push_back("-");
-        rec[name][std::string(key) + "_error"] = e.what();
-      }
-    };
-    if (sh[1] % 16 == 0 && sh[2] % 16 == 0) {
-      tuned("bf16_tuned_tflops", [&]() { ops::linear(a, b, {}, true); });
-    } else {
-      row.push_back("-");
-      row.push_back("-");
-    }
     if (fp8 && sh[1] % 16 == 0 && sh[2] % 16 == 0) {
       auto aq = ops::quantize_fp8(a, true);
       auto bq = ops::quantize_fp8(b, true);
@@ -220,15 +199,13 @@ nlohmann::json gemm_rates(bool fp8) {
         row.push_back(fmt_double(m8, 3));
         row.push_back(fmt_double(tf(m8), 0));
         rec[name]["fp8_tensorwise_tflops"] = tf(m8);
-        tuned("fp8_tensorwise_tuned_tflops",
-              [&]() { ops::linear_fp8(as, bs, {}, at::kBFloat16, true, true); });
       } catch (const std::exception& e) {
         row.push_back("error");
         row.push_back("-");
         rec[name]["fp8_tensorwise_error"] = e.what();
       }
     } else {
-      for (int i = 0; i < 8; ++i) row.push_back("-");
+      for (int i = 0; i < 6; ++i) row.push_back("-");
     }
     g.add_row(row);
   }
@@ -238,17 +215,16 @@ nlohmann::json gemm_rates(bool fp8) {
 
 // The plan's GEMM floor: each of its matrix products (Engine::plan_gemms: shapes, counts, bf16 or
 // e4m3) timed alone through the same cuBLAS calls the engine makes, summed. A plan can only beat
-// this by fusing or skipping GEMMs; wall / floor says how much else it spends. `tuned`: as
-// EngineOptions::tune_gemms (the floor of the GEMMs the case ran). Shapes are timed
+// this by fusing or skipping GEMMs; wall / floor says how much else it spends. Shapes are timed
 // once per process.
-double gemm_floor_ms(const std::vector<PlanGemm>& gemms, bool tuned) {
+double gemm_floor_ms(const std::vector<PlanGemm>& gemms) {
   static std::map<std::string, double> memo;
   auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
   double total = 0;
   for (const PlanGemm& g : gemms) {
-    const std::string key =
-        std::to_string(g.m) + "x" + std::to_string(g.k) + "x" + std::to_string(g.n) +
-        (g.fp8 ? (g.tensorwise ? "/fp8-tensor" : "/fp8") : "/bf16") + (tuned ? "/tuned" : "");
+    const std::string key = std::to_string(g.m) + "x" + std::to_string(g.k) + "x" +
+                            std::to_string(g.n) +
+                            (g.fp8 ? (g.tensorwise ? "/fp8-tensor" : "/fp8") : "/bf16");
     auto it = memo.find(key);
     if (it == memo.end()) {
       auto a = at::randn({g.m, g.k}, o);
@@ -257,9 +233,9 @@ double gemm_floor_ms(const std::vector<PlanGemm>& gemms, bool tuned) {
       if (g.fp8) {
         auto aq = g.tensorwise ? static_fp8(a) : ops::quantize_fp8(a, true);
         auto bq = g.tensorwise ? ops::quantize_fp8_tensor(b) : ops::quantize_fp8(b, true);
-        ms = time_ms([&]() { ops::linear_fp8(aq, bq, {}, at::kBFloat16, true, tuned); });
+        ms = time_ms([&]() { ops::linear_fp8(aq, bq, {}, at::kBFloat16, true); });
       } else {
-        ms = time_ms([&]() { ops::linear(a, b, {}, tuned); });
+        ms = time_ms([&]() { at::mm(a, b.t()); });
       }
       it = memo.emplace(key, ms).first;
     }
@@ -382,8 +358,6 @@ int main(int argc, char** argv) {
       int text_layers = 0;  // PlanSpec::text_layers (0 = all)
       // FP8: static activation scales calibrated on other frames (Engine::calibrate_fp8).
       bool calibrated = false;
-      // EngineOptions::tune_gemms (false: ATen's GEMMs, the comparison rows "*_untuned").
-      bool tuned = true;
     };
     std::map<std::string, at::Tensor> bf16_features, fp32_features;
     // Times `cases` on `e` into out[section]; with `reference` the features are compared.
@@ -399,7 +373,6 @@ int main(int argc, char** argv) {
         spec.prompt_ids = peer_prompt(dims, c.views, c.layout == ViewLayout::kBatch);
         nlohmann::json rec;
         e.set_cuda_graphs(c.graphs);
-        e.set_tune_gemms(c.tuned);
         if (e.options().fp8) {
           e.set_fp8_fast_accum(c.fast_accum);
           e.set_fp8_min_rows(c.min_rows);
@@ -423,7 +396,7 @@ int main(int argc, char** argv) {
           Timing t = time_plan(e, spec, iters, rec, &f);
           rec["floor_ms"] = rec["flops"].get<double>() / (peak_tflops * 1e12) * 1e3;
           rec["vision_floor_ms"] = rec["vision_flops"].get<double>() / (peak_tflops * 1e12) * 1e3;
-          rec["gemm_floor_ms"] = gemm_floor_ms(e.plan_gemms(), c.tuned);
+          rec["gemm_floor_ms"] = gemm_floor_ms(e.plan_gemms());
           rec["text_layers"] = c.text_layers;
           std::printf(
               "%-22s wall %.2f ms (upload %.2f, preprocess %.2f, vision %.2f, llm %.2f) | "
@@ -457,7 +430,6 @@ int main(int argc, char** argv) {
         }
         if (c.calibrated) e.clear_fp8_calibration();
         e.set_cuda_graphs(true);
-        e.set_tune_gemms(true);
         out[section][c.key] = rec;
         std::fflush(stdout);
       }
@@ -491,11 +463,9 @@ int main(int argc, char** argv) {
         std::printf("fp32 reference FAILED: %s\n", e.what());
       }
     }
-    std::vector<Case> cases = {
-        {"1view", 1, ViewLayout::kOneSequence, true, false, 0},
-        {"5view", 5, ViewLayout::kOneSequence, true, false, 0},
-        {"5view_untuned", 5, ViewLayout::kOneSequence, true, false, 0, 0, false, false},
-        {"5view_batched", 5, ViewLayout::kBatch, true, false, 0}};
+    std::vector<Case> cases = {{"1view", 1, ViewLayout::kOneSequence, true, false, 0},
+                               {"5view", 5, ViewLayout::kOneSequence, true, false, 0},
+                               {"5view_batched", 5, ViewLayout::kBatch, true, false, 0}};
     if (eager) cases.push_back({"5view_eager", 5, ViewLayout::kOneSequence, false, false, 0});
     const std::string mid_key = "5view_layers" + std::to_string(vlm_layers);
     if (vlm_layers > 0)
@@ -561,9 +531,7 @@ int main(int argc, char** argv) {
             {"5view", 5, ViewLayout::kOneSequence, true, true, 0},
             {"5view_exact_accum", 5, ViewLayout::kOneSequence, true, false, 0},
             {"1view_static", 1, ViewLayout::kOneSequence, true, true, 0, 0, true},
-            {"1view_static_untuned", 1, ViewLayout::kOneSequence, true, true, 0, 0, true, false},
-            {"5view_static", 5, ViewLayout::kOneSequence, true, true, 0, 0, true},
-            {"5view_static_untuned", 5, ViewLayout::kOneSequence, true, true, 0, 0, true, false}};
+            {"5view_static", 5, ViewLayout::kOneSequence, true, true, 0, 0, true}};
         if (vlm_layers > 0)
           c8.push_back({mid_key, 5, ViewLayout::kOneSequence, true, true, 0, vlm_layers});
         run_cases(*e8, c8, "fp8", false, true);
@@ -651,12 +619,6 @@ int main(int argc, char** argv) {
         row(v + " vision tower, fp8 static scales", 0, num(c8, v + "_static", vis),
             pm("sdpa/" + v + "/vision_only", "median_ms"), floor_of(v, "vision_floor_ms"));
       }
-      row("5view end-to-end, ATen GEMMs (untuned; fp8 static)", num(c16, "5view_untuned", wall),
-          num(c8, "5view_static_untuned", wall), full5 > 0 ? full5 + pre5 : 0,
-          floor_of("5view", "floor_ms"), "5view_untuned", "5view_static_untuned");
-      row("1view end-to-end, ATen GEMMs (untuned; fp8 static)", 0,
-          num(c8, "1view_static_untuned", wall), full1 > 0 ? full1 + pre1 : 0,
-          floor_of("1view", "floor_ms"), "", "1view_static_untuned");
       row("5view end-to-end, fp8 without fast accum", 0, num(c8, "5view_exact_accum", wall),
           full5 > 0 ? full5 + pre5 : 0, floor_of("5view", "floor_ms"));
       row("5view vision tower, fp8 without fast accum", 0, num(c8, "5view_exact_accum", vis),

@@ -273,10 +273,6 @@ struct EngineImpl {
 
   at::TensorOptions wopt() const { return at::TensorOptions().dtype(o.dtype).device(o.device); }
   bool fused() const { return o.fused_kernels; }
-  // x @ w^T (+ b): cuBLASLt with measured algorithms when EngineOptions::tune_gemms.
-  at::Tensor lin(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) const {
-    return ops::linear(x, w, b, o.tune_gemms);
-  }
 
   // ---------------------------------------------------------------- decode
   // How the decode step runs each one-row product (EngineOptions::decode_gemv): cuBLAS on the
@@ -294,7 +290,7 @@ struct EngineImpl {
   at::Tensor decode_product(Product how, const at::Tensor& x, const at::Tensor& w,
                             const ops::Fp8Rows& w8, const at::Tensor& b, bool gate = false) const {
     if (how == Product::kCublas) {
-      at::Tensor y = lin(x, w, b);
+      at::Tensor y = ops::linear(x, w, b);
       return gate ? ops::silu_mul(y, ti_pad, fused()) : y;
     }
     return ops::gemv(x, w, how == Product::kGemvFp8 ? w8 : ops::Fp8Rows{}, b, gate, true);
@@ -438,7 +434,7 @@ struct EngineImpl {
     }
   }
   at::Tensor lin8(const ops::Fp8Rows& x, const ops::Fp8Rows& w, const at::Tensor& b = {}) const {
-    return ops::linear_fp8(x, w, b, o.dtype, o.fp8_fast_accum, o.tune_gemms);
+    return ops::linear_fp8(x, w, b, o.dtype, o.fp8_fast_accum);
   }
   // ---- static activation scales (Engine::calibrate_fp8). Each quantised activation is a site:
   // the inputs of qkv (0), gate|up (1) and down (2) of vision block i (3 i + k) and decoder layer
@@ -493,7 +489,7 @@ struct EngineImpl {
   // Projection of normalised activations: fp8 when they are quantised.
   at::Tensor proj(const Act& a, const at::Tensor& w, const ops::Fp8Rows& wq,
                   const at::Tensor& b = {}) const {
-    return a.q.defined() ? lin8(a.q, wq, b) : lin(a.x, w, b);
+    return a.q.defined() ? lin8(a.q, wq, b) : ops::linear(a.x, w, b);
   }
   // SwiGLU then the down projection.
   at::Tensor mlp_down(const at::Tensor& gu, int64_t inter, const at::Tensor& w,
@@ -507,7 +503,7 @@ struct EngineImpl {
     }
     at::Tensor act = ops::silu_mul(gu, inter, fused());
     mark(down_mark);
-    return lin(act, w, b);
+    return ops::linear(act, w, b);
   }
 
   // ---------------------------------------------------------------- vision
@@ -520,7 +516,7 @@ struct EngineImpl {
     const int64_t N = patches.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
     mark("v.patch_embed");
-    at::Tensor h = lin(patches, patch_w);  // residual stream
+    at::Tensor h = ops::linear(patches, patch_w);  // residual stream
     mark("v.norm");
     const bool q8 = o.fp8 && N >= o.fp8_min_rows;
     Act n = norm(h, vl[0].n1, kVisionRmsNormEps, q8, vsite(0, 0));
@@ -542,7 +538,7 @@ struct EngineImpl {
         a = ops::window_attention(qkv, H, D, cos, sin, cu_window, scale, fused(), flash);
       }
       mark("v.proj");
-      at::Tensor o_ = lin(a.view({N, v.hidden_size}), L.proj_w, L.proj_b);
+      at::Tensor o_ = ops::linear(a.view({N, v.hidden_size}), L.proj_w, L.proj_b);
       mark("v.add_norm");
       n = add_norm(o_, h, L.n2, kVisionRmsNormEps, q8, vsite(i, 1));
       mark("v.gate_up");
@@ -557,8 +553,8 @@ struct EngineImpl {
     mark("v.merger");
     const int mu = v.spatial_merge_size * v.spatial_merge_size;
     at::Tensor x = n.x.view({N / mu, v.hidden_size * mu});
-    x = at::gelu(lin(x, m0_w, m0_b));
-    at::Tensor out = lin(x, m2_w, m2_b);
+    x = at::gelu(ops::linear(x, m0_w, m0_b));
+    at::Tensor out = ops::linear(x, m2_w, m2_b);
     mark("end");
     return out;
   }
@@ -597,7 +593,7 @@ struct EngineImpl {
       mark("t.attn");
       at::Tensor a = attend(q, k, val, seq, /*causal=*/true, scale, llm_backend);
       mark("t.o_proj");
-      at::Tensor o_ = lin(a.view({T, H * D}), L.o_w);
+      at::Tensor o_ = ops::linear(a.view({T, H * D}), L.o_w);
       mark("t.add_norm");
       n = add_norm(o_, h, L.post_n, t.rms_norm_eps, q8, tsite(i, 1));
       mark("t.gate_up");
@@ -843,7 +839,6 @@ const Qwen25VLConfig& Engine::config() const { return impl_->d; }
 const ImagePreprocessConfig& Engine::image_config() const { return impl_->pc; }
 const EngineOptions& Engine::options() const { return impl_->o; }
 void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
-void Engine::set_tune_gemms(bool on) { impl_->o.tune_gemms = on; }
 void Engine::set_fp8_fast_accum(bool on) { impl_->o.fp8_fast_accum = on; }
 void Engine::set_fp8_min_rows(int64_t rows) { impl_->o.fp8_min_rows = rows; }
 std::string Engine::attention_backend() const {
@@ -947,7 +942,7 @@ at::Tensor Engine::forward(const std::vector<int64_t>& input_ids, const at::Tens
 
 at::Tensor Engine::logits(const at::Tensor& hidden) {
   at::NoGradGuard ng;
-  return impl_->lin(hidden.to(impl_->o.dtype), impl_->lm_head).to(at::kFloat);
+  return ops::linear(hidden.to(impl_->o.dtype), impl_->lm_head).to(at::kFloat);
 }
 
 std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_ids,
@@ -983,7 +978,7 @@ std::vector<int64_t> Engine::generate_greedy(const std::vector<int64_t>& input_i
   // row, key length, position), so one captured graph replays every step; the host reads the
   // token back for the stop check only. Text positions after the prompt are (p, p, p): the state's
   // rotary rows are tabulated by position.
-  st.tok.copy_(at::argmax(E.lin(hid.narrow(0, S - 1, 1), E.lm_head), -1).view({1}));
+  st.tok.copy_(at::argmax(ops::linear(hid.narrow(0, S - 1, 1), E.lm_head), -1).view({1}));
   st.row.fill_(S);
   st.pos.fill_(T.next_pos[0]);
   st.kv.cu_dev.narrow(0, 1, 1).fill_(S + 1);

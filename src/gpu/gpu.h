@@ -69,10 +69,6 @@ struct EngineOptions {
   // _scaled_mm's use_fast_accum (Hopper FP8 accumulation without periodic fp32 promotion): faster,
   // no measurable change of the error here (docs/gpu.md).
   bool fp8_fast_accum = true;
-  // GEMMs (bf16, and FP8 with static scales) through cuBLASLt with the algorithm picked by timing
-  // cuBLASLt's candidates at each shape's first use (ops::linear); off: ATen's GEMMs (cuBLAS's
-  // heuristic choice). CUDA only; the CPU ignores it.
-  bool tune_gemms = true;
   // A stage (vision tower / decoder) uses fp8 only when it has at least this many rows (tokens):
   // below that the fp8 GEMMs are not faster than bf16.
   int64_t fp8_min_rows = 0;
@@ -150,8 +146,6 @@ class Engine {
   const EngineOptions& options() const;
   // Whether later prepare() calls capture CUDA graphs.
   void set_cuda_graphs(bool on);
-  // EngineOptions::tune_gemms for later prepare() / forward calls.
-  void set_tune_gemms(bool on);
   // FP8 settings for later prepare() / forward calls (fp8 engines only).
   void set_fp8_fast_accum(bool on);
   void set_fp8_min_rows(int64_t rows);

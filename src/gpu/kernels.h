@@ -84,30 +84,6 @@ const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, i
 const char* gemv(const void* x, const void* w, bool w_fp8, const float* wscale, const void* bias,
                  void* out, int64_t n, int64_t k, bool silu_gate, DType dt, void* stream);
 
-// Prefill GEMM through cuBLASLt (kernels/gemm.cu): row-major out[m, n] = x[m, k] w[n, k]^T
-// (+ bias[n], bf16), fp32 accumulation, out bf16 (row stride n). x and w are bf16, or e4m3 (fp8)
-// with one float scale each (x_scale, w_scale: device pointers, tensor-wise) and optionally fast
-// accumulation. Needs k and n multiples of 16 and `workspace` of kGemmWorkspaceBytes on the device.
-// The algorithm: with `tune`, outside a stream capture, the first call of a shape (types,
-// epilogue, alignment) times cuBLASLt's heuristic candidates (up to 16, each also with 2 / 4 / 8
-// split-K slices where allowed) on these operands and keeps the fastest for every later call;
-// without `tune` (or while capturing an untuned shape) the heuristic's first.
-struct GemmShape {
-  int64_t m = 0, n = 0, k = 0;
-  bool fp8 = false, fast_accum = false, bias = false;
-};
-constexpr int64_t kGemmWorkspaceBytes = int64_t{32} << 20;
-const char* gemm(const GemmShape& s, const void* x, const float* x_scale, const void* w,
-                 const float* w_scale, const void* bias, void* out, void* workspace, bool tune,
-                 void* stream);
-// What tuning found for a shape: candidates timed, the index chosen and the milliseconds of the
-// heuristic's first and of the chosen one (chosen = -1 while the shape has not been tuned).
-struct GemmTuning {
-  int candidates = 0, chosen = -1;
-  float first_ms = -1.f, best_ms = -1.f;
-};
-GemmTuning gemm_tuning(const GemmShape& s);
-
 // Separable uint8 resize (torchvision / Pillow-SIMD antialiased bicubic), pass 1 (horizontal):
 // uint8 HWC3 frames -> uint8 [views, h, out_w, 3]. Integer weights int32 [out_w, ksize] with
 // `precision` fractional bits, bounds int32 [out_w, 2] = (first input column, taps); result =

@@ -48,11 +48,6 @@ const char* gemv(const void*, const void*, bool, const float*, const void*, void
                  bool, DType, void*) {
   return kNoCuda;
 }
-const char* gemm(const GemmShape&, const void*, const float*, const void*, const float*,
-                 const void*, void*, void*, bool, void*) {
-  return kNoCuda;
-}
-GemmTuning gemm_tuning(const GemmShape&) { return {}; }
 const char* resize_h_u8(const uint8_t*, uint8_t*, int, int, int, int, const int32_t*,
                         const int32_t*, int, int, void*) {
   return kNoCuda;

@@ -3,7 +3,6 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <mutex>
 
@@ -148,47 +147,7 @@ at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused) {
   return at::silu(x.narrow(1, 0, inter)) * x.narrow(1, inter, inter);
 }
 
-namespace {
-// kernels::gemm for CUDA bf16 / e4m3 operands, or an undefined tensor when it cannot take them (or
-// failed once: then it warns and every later call takes the ATen path).
-at::Tensor tuned_gemm(const at::Tensor& x, const at::Tensor& x_scale, const at::Tensor& w,
-                      const at::Tensor& w_scale, const at::Tensor& b, bool fp8, bool fast_accum) {
-  static std::atomic<bool> failed{false};
-  if (!device::compiled() || failed || !x.is_cuda() || x.dim() != 2 || w.dim() != 2 ||
-      !x.is_contiguous() || !w.is_contiguous() || x.size(1) != w.size(1) || x.size(1) % 16 != 0 ||
-      w.size(0) % 16 != 0 || w.device() != x.device())
-    return {};
-  if (b.defined() && (b.scalar_type() != at::kBFloat16 || !b.is_contiguous() ||
-                      b.numel() != w.size(0) || b.device() != x.device()))
-    return {};
-  if (!fp8 && (x.scalar_type() != at::kBFloat16 || w.scalar_type() != at::kBFloat16)) return {};
-  kernels::GemmShape s;
-  s.m = x.size(0);
-  s.n = w.size(0);
-  s.k = x.size(1);
-  s.fp8 = fp8;
-  s.fast_accum = fp8 && fast_accum;
-  s.bias = b.defined();
-  auto out = at::empty({s.m, s.n}, x.options().dtype(at::kBFloat16));
-  auto ws = at::empty({kernels::kGemmWorkspaceBytes}, x.options().dtype(at::kByte));
-  const char* err =
-      kernels::gemm(s, x.data_ptr(), fp8 ? x_scale.data_ptr<float>() : nullptr, w.data_ptr(),
-                    fp8 ? w_scale.data_ptr<float>() : nullptr, b.defined() ? b.data_ptr() : nullptr,
-                    out.data_ptr(), ws.data_ptr(), /*tune=*/true, current_stream(x));
-  if (err == nullptr) return out;
-  failed = true;
-  device::clear_error();
-  log_warn("gpu: tuned cuBLASLt GEMM failed (", err, ", ", s.m, " x ", s.k, " -> ", s.n,
-           fp8 ? " e4m3" : " bf16", "); using ATen's GEMMs from now on");
-  return {};
-}
-}  // namespace
-
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, bool tuned) {
-  if (tuned) {
-    at::Tensor out = tuned_gemm(x, {}, w, {}, b, /*fp8=*/false, false);
-    if (out.defined()) return out;
-  }
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   if (b.defined()) return at::addmm(b, x, w.t());
   return at::mm(x, w.t());
 }
@@ -637,21 +596,17 @@ at::Tensor dequantize_fp8(const Fp8Rows& x) {
 }
 
 at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
-                      at::ScalarType out_dtype, bool fast_accum, bool tuned) {
+                      at::ScalarType out_dtype, bool fast_accum) {
   VLA_CHECK(x.defined() && w.defined(), "linear_fp8: empty operand");
   const int64_t K = x.q.size(1), N = w.q.size(0);
   VLA_CHECK(w.q.size(1) == K, "linear_fp8: K mismatch (", K, " vs ", w.q.size(1), ")");
   (void)N;
-  const bool tensorwise = x.scale.numel() == 1 && (w.tensorwise || w.scale.numel() == 1);
-  if (tuned && tensorwise && out_dtype == at::kBFloat16) {
-    at::Tensor out = tuned_gemm(x.q, x.scale, w.q, w.scale, b, /*fp8=*/true, fast_accum);
-    if (out.defined()) return out;
-  }
   if (x.q.is_cuda() && out_dtype == at::kBFloat16 && K % 16 == 0 && N % 16 == 0 &&
       scaled_mm_op() != nullptr) {
     // cuBLASLt may refuse a bias epilogue with row-wise scales: then the bias is added after; and
     // should it refuse tensor-wise scales, row-wise ones (the same values repeated) are used.
     static bool bias_in_gemm = true, tensorwise_ok = true;
+    const bool tensorwise = x.scale.numel() == 1 && (w.tensorwise || w.scale.numel() == 1);
     auto call = [&](bool with_bias, bool by_tensor) {
       std::vector<std::pair<std::string, c10::IValue>> named = {
           {"bias", with_bias ? c10::IValue(b) : c10::IValue()},

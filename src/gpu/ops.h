@@ -41,12 +41,8 @@ at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused);
 // The width the engine stores an MLP intermediate at: a multiple of 64 (16-byte aligned rows for
 // the vectorised kernels; the vision tower's 3420 runs its GEMMs ~3x faster at 3456).
 inline int64_t mlp_width(int64_t intermediate) { return (intermediate + 63) / 64 * 64; }
-// x [M, K] @ w[N, K]^T (+ b [N]). tuned: on CUDA, with bf16 x, w and b (x and w contiguous, K and
-// N multiples of 16), through kernels::gemm, cuBLASLt with the algorithm picked by timing its
-// candidates at the first call of each shape (outside CUDA graph capture); otherwise (and untuned)
-// at::addmm / at::mm.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {},
-                  bool tuned = false);
+// x @ w^T (+ b).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
 // ---- FP8 (e4m3fn): activations per token or with one static (calibrated) scale, weights per
 // output channel or per tensor.
@@ -83,11 +79,11 @@ Fp8Rows silu_mul_fp8(const at::Tensor& x, int64_t inter, bool fused,
 // Float32 values of quantised rows (q * scale).
 at::Tensor dequantize_fp8(const Fp8Rows& x);
 // (x.q * x.scale) @ (w.q * w.scale)^T (+ b), fp32 accumulation, result in out_dtype. On CUDA
-// (needs K and N multiples of 16, out bf16): tensor-wise scales when x has one static scale and w
-// is per tensor (through kernels::gemm when `tuned`, as linear), else row-wise, through
-// aten::_scaled_mm; otherwise (CPU, other shapes) by dequantising to float32.
+// through aten::_scaled_mm (needs K and N multiples of 16, out bf16): tensor-wise scales when x
+// has one static scale and w is per tensor, else row-wise; otherwise (CPU, other shapes) by
+// dequantising to float32.
 at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
-                      at::ScalarType out_dtype, bool fast_accum, bool tuned = false);
+                      at::ScalarType out_dtype, bool fast_accum);
 
 // The decode step's product of ONE row (batch-1 decoding reads every weight once per token, so it
 // is a weight stream, not a GEMM): x [1, K] (contiguous) @ w^T (+ b) -> [1, N] in x's dtype, fp32

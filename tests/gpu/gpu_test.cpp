@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "core/core.h"
-#include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/op_table.h"
 #include "gpu/ops.h"
@@ -644,61 +643,6 @@ TEST(GpuDecode, GemvDecodeMatchesCublasDecode) {
   }
 }
 
-// kernels::gemm through ops::linear(tuned): against float32 and ATen's GEMM at the engine's
-// kinds of shapes (1 row as in decoding, odd row counts, a view's 1196 patches), with and without
-// bias; the shape is tuned (its candidates timed) on first use. Inside a CUDA graph capture an
-// untuned shape takes the heuristic's first choice (nothing can be timed there) and is tuned by the
-// next eager call.
-TEST(GpuOps, TunedGemmMatchesFloatReferenceAndAten) {
-  REQUIRE_CUDA();
-  const int64_t k = 2048, n = 2560;
-  auto w = (at::randn({n, k}, cuda_opts(at::kFloat)) * 0.02).to(at::kBFloat16);
-  for (int64_t m : {1, 37, 321, 1196}) {
-    for (bool bias : {false, true}) {
-      auto x = at::randn({m, k}, cuda_opts(at::kBFloat16));
-      at::Tensor b = bias ? at::randn({n}, cuda_opts(at::kBFloat16)) * 0.1 : at::Tensor();
-      const at::Tensor out = ops::linear(x, w, b, /*tuned=*/true);
-      ASSERT_EQ(out.scalar_type(), at::kBFloat16);
-      ASSERT_EQ(out.sizes(), (std::vector<int64_t>{m, n}));
-      at::Tensor ref = at::matmul(x.to(at::kFloat), w.to(at::kFloat).t());
-      if (bias) ref = ref + b.to(at::kFloat);
-      EXPECT_LE(rel_err(out, ref), 1e-2) << "m " << m << " bias " << bias;
-      EXPECT_LE(rel_err(out, ops::linear(x, w, b)), 1e-2) << "vs ATen, m " << m;
-      kernels::GemmShape s;
-      s.m = m;
-      s.n = n;
-      s.k = k;
-      s.bias = bias;
-      const kernels::GemmTuning t = kernels::gemm_tuning(s);
-      EXPECT_GE(t.candidates, 1) << "m " << m;
-      EXPECT_GE(t.chosen, 0) << "m " << m;
-      EXPECT_LE(t.best_ms, t.first_ms) << "m " << m;
-    }
-  }
-  const int64_t m = 53;  // a shape no call above has seen
-  auto x = at::randn({m, k}, cuda_opts(at::kBFloat16));
-  const at::Tensor expected = ops::linear(x, w);
-  device::Stream stream(x.device());
-  device::Graph graph;
-  at::Tensor captured;
-  {
-    device::StreamScope scope(stream);
-    graph.capture_begin();
-    captured = ops::linear(x, w, {}, true);
-    graph.capture_end();
-  }
-  kernels::GemmShape s;
-  s.m = m;
-  s.n = n;
-  s.k = k;
-  EXPECT_EQ(kernels::gemm_tuning(s).chosen, -1) << "tuned while capturing";
-  graph.replay();
-  stream.synchronize();
-  EXPECT_LE(rel_err(captured, expected), 1e-2);
-  EXPECT_LE(rel_err(ops::linear(x, w, {}, true), expected), 1e-2);
-  EXPECT_GE(kernels::gemm_tuning(s).chosen, 0) << "not tuned by the eager call after the capture";
-}
-
 #define REQUIRE_FP8_CUDA()                      \
   REQUIRE_CUDA();                               \
   if (!fp8_available(at::Device(at::kCUDA, 0))) \
@@ -732,10 +676,6 @@ TEST(GpuFp8, ScaledMatmulMatchesDequantisedReference) {
         if (bias) ref_s = ref_s + b.to(at::kFloat);
         EXPECT_LE(rel_err(out_s, ref_s), 1e-2) << "tensor-wise, m " << m << " bias " << bias;
         EXPECT_LE(rel_err(out_s, ops::linear(x, w, b)), 8e-2) << "tensor-wise vs bf16, m " << m;
-        // The same through the tuned cuBLASLt path (kernels::gemm).
-        auto out_t = ops::linear_fp8(xs, ws, b, at::kBFloat16, fast, /*tuned=*/true);
-        EXPECT_LE(rel_err(out_t, ref_s), 1e-2) << "tuned tensor-wise, m " << m << " bias " << bias;
-        EXPECT_LE(rel_err(out_t, out_s), 1e-2) << "tuned vs _scaled_mm, m " << m;
       }
     }
   }
