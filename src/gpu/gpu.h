@@ -69,6 +69,13 @@ struct EngineOptions {
   // _scaled_mm's use_fast_accum (Hopper FP8 accumulation without periodic fp32 promotion): faster,
   // no measurable change of the error here (docs/gpu.md).
   bool fp8_fast_accum = true;
+  // Attention of the decoder's prefill: kTuned (CUDA) times flash-varlen, sdpa, cudnn and the
+  // causal kernel (kernels/causal_attention.cu, which also applies the rotary as it loads q and k)
+  // on each plan's shapes and keeps the fastest that matches flash (Engine::attention_backend()
+  // says which); the others force one (sdpa / cudnn need sequences of equal length, else flash;
+  // without CUDA every choice runs the math reference).
+  enum class DecoderAttention { kTuned, kFlashVarlen, kSdpa, kCudnn, kCausalKernel };
+  DecoderAttention decoder_attention = DecoderAttention::kTuned;
   // A stage (vision tower / decoder) uses fp8 only when it has at least this many rows (tokens):
   // below that the fp8 GEMMs are not faster than bf16.
   int64_t fp8_min_rows = 0;
@@ -195,7 +202,8 @@ class Engine {
   void run_vision_only();
   // One eager pass of the plan with CUDA events between ops: device ms per op kind (CUDA only).
   std::vector<std::pair<std::string, double>> profile_run();
-  // Attention implementation in use ("flash-varlen" or "math").
+  // Attention implementation in use ("flash-varlen" or "math"), then the last plan's choices: each
+  // timed candidate and the pick, or the decoder backend EngineOptions::decoder_attention forced.
   std::string attention_backend() const;
 
   // ---- reference-shaped entry points (any shapes, eager; used by the parity tests)

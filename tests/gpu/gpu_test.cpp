@@ -385,6 +385,55 @@ TEST(GpuParity, MiddleLayerFeaturesMatchTheReferenceModelOnCpu) {
   EXPECT_THROW(e.forward(in.ids, in.pixel_values, in.grid_thw, 4), Error);
 }
 
+// The decoder's prefill attention forced to the causal kernel (EngineOptions::decoder_attention;
+// the rotary applied as it loads q and k, no rotary pass) against the same plans with
+// flash-varlen after the rotary pass: features of one sequence of two views and of a batch, all
+// layers and the first two, on both fixtures. On the CPU both run the math reference, the causal
+// one with the rotary on copies: the engine's wiring is checked there too.
+void check_causal_kernel_plan(const EngineOptions& base, double tol) {
+  for (const std::string fx : {"tiny_a", "tiny_b"}) {
+    Fixture f = load_fixture(fx);
+    f.image.min_pixels = 3136;
+    f.image.max_pixels = 31360;
+    EngineOptions kernel = base, flash = base;
+    kernel.decoder_attention = EngineOptions::DecoderAttention::kCausalKernel;
+    flash.decoder_attention = EngineOptions::DecoderAttention::kFlashVarlen;
+    Engine ek(f.config, f.image, f.fn(), kernel), ef(f.config, f.image, f.fn(), flash);
+    const int H = 90, W = 120;
+    at::manual_seed(3);
+    std::vector<at::Tensor> frames;
+    std::vector<const uint8_t*> ptrs;
+    for (int v = 0; v < 2; ++v) {
+      frames.push_back(at::randint(0, 256, {H, W, 3}, at::kByte));
+      ptrs.push_back(frames.back().data_ptr<uint8_t>());
+    }
+    const int64_t img = f.config.image_token_id, vs = f.config.vision_start_token_id,
+                  ve = f.config.vision_end_token_id;
+    for (ViewLayout layout : {ViewLayout::kOneSequence, ViewLayout::kBatch})
+      for (int K : {0, 2}) {
+        PlanSpec spec;
+        spec.views = 2;
+        spec.height = H;
+        spec.width = W;
+        spec.layout = layout;
+        spec.text_layers = K;
+        spec.prompt_ids = layout == ViewLayout::kOneSequence
+                              ? std::vector<int64_t>{1, vs, img, ve, vs, img, ve, 5, 6}
+                              : std::vector<int64_t>{1, vs, img, ve, 5, 6};
+        ek.prepare(spec);
+        ef.prepare(spec);
+        EXPECT_NE(ek.attention_backend().find("decoder attention: causal-kernel"),
+                  std::string::npos)
+            << ek.attention_backend();
+        const at::Tensor a = ek.encode(ptrs).clone(), b = ef.encode(ptrs).clone();
+        EXPECT_LE(rel_err(a, b), tol)
+            << fx << (layout == ViewLayout::kBatch ? " batch" : " seq") << ", layers " << K;
+      }
+  }
+}
+
+TEST(GpuPlan, CausalKernelChoiceMatchesOnCpu) { check_causal_kernel_plan(EngineOptions{}, 1e-4); }
+
 TEST(GpuPlan, FixedShapePlanMatchesReferencePathOnCpu) {
   check_plan_matches_forward(EngineOptions{}, 1e-5);
 }
@@ -573,6 +622,11 @@ TEST(GpuParity, Float32GpuKernelsMatchTransformersTightly) {
 TEST(GpuPlan, GraphPlanMatchesReferencePathOnGpu) {
   REQUIRE_CUDA();
   check_plan_matches_forward(EngineOptions::best_available(), 2e-2);
+}
+
+TEST(GpuPlan, CausalKernelPlanMatchesFlashPlan) {
+  REQUIRE_CUDA();
+  check_causal_kernel_plan(EngineOptions::best_available(), 2e-2);
 }
 
 // Greedy decode on CUDA: the step captured as one graph gives the eager step's tokens, and both

@@ -1,5 +1,6 @@
-// Tensor-core and asynchronous-copy helpers (PTX inline assembly, sm_80+) shared by the attention
-// kernels (window_attention.cu, causal_attention.cu). Private to src/gpu/kernels/.
+// Helpers shared by the attention kernels (window_attention.cu, causal_attention.cu): tensor-core
+// and asynchronous-copy PTX (sm_80+) and the rotary embedding of a tile in shared memory. Private
+// to src/gpu/kernels/.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -59,6 +60,52 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
+}
+
+// Rotary embedding, in place, of rows [0, rows) of one or two bf16 tiles in shared memory (row
+// pitch `pitch`, head_dim D, D % 16 == 0; `b` may be nullptr): x = x * cos + rotate_half(x) * sin
+// with row r's float tables at cos + r * D and sin + r * D (global memory), in float, rounded to
+// bf16 as the standalone rotary kernel (rotary.cu) rounds. Each thread takes 8-wide chunks of both
+// halves of a row, so the table values it loads serve both tiles. Every thread of the block calls
+// it; the caller synchronises before (the tiles are loaded) and after.
+template <int D>
+__device__ __forceinline__ void rotate_tiles(__nv_bfloat16* a, __nv_bfloat16* b, int pitch,
+                                             int rows, const float* __restrict__ cos,
+                                             const float* __restrict__ sin) {
+  constexpr int kHalf = D / 2, kChunks = kHalf / 8;
+  for (int i = threadIdx.x; i < rows * kChunks; i += blockDim.x) {
+    const int row = i / kChunks, c8 = (i - row * kChunks) * 8;
+    const float4* c4 = reinterpret_cast<const float4*>(cos + static_cast<int64_t>(row) * D + c8);
+    const float4* s4 = reinterpret_cast<const float4*>(sin + static_cast<int64_t>(row) * D + c8);
+    float c1[8], s1[8], c2[8], s2[8];
+    *reinterpret_cast<float4*>(c1) = __ldg(c4);
+    *reinterpret_cast<float4*>(c1 + 4) = __ldg(c4 + 1);
+    *reinterpret_cast<float4*>(s1) = __ldg(s4);
+    *reinterpret_cast<float4*>(s1 + 4) = __ldg(s4 + 1);
+    *reinterpret_cast<float4*>(c2) = __ldg(c4 + kHalf / 4);
+    *reinterpret_cast<float4*>(c2 + 4) = __ldg(c4 + kHalf / 4 + 1);
+    *reinterpret_cast<float4*>(s2) = __ldg(s4 + kHalf / 4);
+    *reinterpret_cast<float4*>(s2 + 4) = __ldg(s4 + kHalf / 4 + 1);
+#pragma unroll
+    for (int which = 0; which < 2; ++which) {
+      __nv_bfloat16* tile = which ? b : a;
+      if (tile == nullptr) continue;
+      uint4* p1 = reinterpret_cast<uint4*>(tile + row * pitch + c8);
+      uint4* p2 = reinterpret_cast<uint4*>(tile + row * pitch + c8 + kHalf);
+      uint4 x = *p1, y = *p2;
+      __nv_bfloat16* xe = reinterpret_cast<__nv_bfloat16*>(&x);
+      __nv_bfloat16* ye = reinterpret_cast<__nv_bfloat16*>(&y);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float x1 = __bfloat162float(xe[j]);
+        const float x2 = __bfloat162float(ye[j]);
+        xe[j] = __float2bfloat16(x1 * c1[j] - x2 * s1[j]);
+        ye[j] = __float2bfloat16(x2 * c2[j] + x1 * s2[j]);
+      }
+      *p1 = x;
+      *p2 = y;
+    }
+  }
 }
 
 }  // namespace

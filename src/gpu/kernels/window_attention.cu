@@ -33,8 +33,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
                             const float* __restrict__ cos, const float* __restrict__ sin,
                             const int32_t* __restrict__ cu, int heads, float scale_log2,
                             __nv_bfloat16* __restrict__ out, int64_t out_stride) {
-  constexpr int kQ = D + 8;  // padded rows: the fragment loads below hit distinct banks
-  constexpr int kHalf = D / 2;
+  constexpr int kQ = D + 8;       // padded rows: the fragment loads below hit distinct banks
   constexpr int kChunks = D / 8;  // 16-byte chunks per head row
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kWin][kQ]
@@ -58,42 +57,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
   }
   asm volatile("cp.async.wait_all;\n" ::);
   __syncthreads();
-  // Rotary on q and k in place (each thread one 8-wide chunk of both halves of a row: the cos /
-  // sin values it loads serve q and k).
-  for (int i = tid; i < kWin * (kHalf / 8); i += blockDim.x) {
-    const int row = i / (kHalf / 8);
-    const int c8 = (i - row * (kHalf / 8)) * 8;
-    if (row >= len) continue;
-    const float4* c4 = reinterpret_cast<const float4*>(cos + (r0 + row) * D + c8);
-    const float4* s4 = reinterpret_cast<const float4*>(sin + (r0 + row) * D + c8);
-    float c1[8], s1[8], c2[8], s2[8];
-    *reinterpret_cast<float4*>(c1) = __ldg(c4);
-    *reinterpret_cast<float4*>(c1 + 4) = __ldg(c4 + 1);
-    *reinterpret_cast<float4*>(s1) = __ldg(s4);
-    *reinterpret_cast<float4*>(s1 + 4) = __ldg(s4 + 1);
-    *reinterpret_cast<float4*>(c2) = __ldg(c4 + kHalf / 4);
-    *reinterpret_cast<float4*>(c2 + 4) = __ldg(c4 + kHalf / 4 + 1);
-    *reinterpret_cast<float4*>(s2) = __ldg(s4 + kHalf / 4);
-    *reinterpret_cast<float4*>(s2 + 4) = __ldg(s4 + kHalf / 4 + 1);
-#pragma unroll
-    for (int which = 0; which < 2; ++which) {
-      __nv_bfloat16* base = (which ? ks : qs) + row * kQ + c8;
-      uint4* p1 = reinterpret_cast<uint4*>(base);
-      uint4* p2 = reinterpret_cast<uint4*>(base + kHalf);
-      uint4 a = *p1, b = *p2;
-      __nv_bfloat16* ae = reinterpret_cast<__nv_bfloat16*>(&a);
-      __nv_bfloat16* be = reinterpret_cast<__nv_bfloat16*>(&b);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float x1 = __bfloat162float(ae[j]);
-        const float x2 = __bfloat162float(be[j]);
-        ae[j] = __float2bfloat16(x1 * c1[j] - x2 * s1[j]);
-        be[j] = __float2bfloat16(x2 * c2[j] + x1 * s2[j]);
-      }
-      *p1 = a;
-      *p2 = b;
-    }
-  }
+  // Rotary on q and k in place (one load of the window's table rows serves both).
+  rotate_tiles<D>(qs, ks, kQ, len, cos + r0 * D, sin + r0 * D);
   __syncthreads();
 
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
