@@ -1,6 +1,5 @@
 // The fast-path engine: weights, layouts (window order, M-RoPE), stages, plans and CUDA graphs.
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -582,13 +581,8 @@ struct EngineImpl {
       const TLayer& L = tl[i];
       mark("t.qkv");
       at::Tensor qkv = proj(n, L.qkv_w, L.qkv_q, L.qkv_b);  // [T, (H + 2Hk) D]
-      // The causal kernel rotates q and k as it loads them; a KV cache (generate) needs them
-      // rotated in place.
-      const bool rotary_in_attention = llm_backend == ops::AttnBackend::kCausalKernel && !cache;
-      if (!rotary_in_attention) {
-        mark("t.rotary");
-        ops::rotary_(qkv, H + Hk, D, cos, sin, fused());
-      }
+      mark("t.rotary");
+      ops::rotary_(qkv, H + Hk, D, cos, sin, fused());
       auto q = qkv.narrow(1, 0, H * D).view({T, H, D});
       auto k = qkv.narrow(1, H * D, Hk * D).view({T, Hk, D});
       auto val = qkv.narrow(1, (H + Hk) * D, Hk * D).view({T, Hk, D});
@@ -597,9 +591,7 @@ struct EngineImpl {
         cache->v[i].narrow(0, 0, T).copy_(val);
       }
       mark("t.attn");
-      at::Tensor a = rotary_in_attention
-                         ? ops::causal_attention(q, k, val, seq, scale, fused(), cos, sin)
-                         : attend(q, k, val, seq, /*causal=*/true, scale, llm_backend);
+      at::Tensor a = attend(q, k, val, seq, /*causal=*/true, scale, llm_backend);
       mark("t.o_proj");
       at::Tensor o_ = ops::linear(a.view({T, H * D}), L.o_w);
       mark("t.add_norm");
@@ -1064,30 +1056,18 @@ namespace {
 // returns the fastest one whose output matches flash-varlen (rel. err <= 2e-2); reports every
 // candidate.
 ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool causal,
-                      const at::TensorOptions& opt, const char* what, std::string& report,
-                      const at::Tensor& cos = {}, const at::Tensor& sin = {}) {
+                      const at::TensorOptions& opt, const char* what, std::string& report) {
   const int64_t T = cu.total();
   auto buf = at::randn({T, (H + 2 * Hk) * D}, opt);
-  auto views = [&](const at::Tensor& x) {
-    return std::array<at::Tensor, 3>{x.narrow(1, 0, H * D).view({T, H, D}),
-                                     x.narrow(1, H * D, Hk * D).view({T, Hk, D}),
-                                     x.narrow(1, (H + Hk) * D, Hk * D).view({T, Hk, D})};
-  };
-  const std::array<at::Tensor, 3> qkv = views(buf);
-  const at::Tensor &q = qkv[0], &k = qkv[1], &v = qkv[2];
-  // With rotary tables (the decoder): every backend but the causal kernel needs the rotary pass
-  // first (on a scratch copy here), the kernel rotates on load; both are timed with it.
-  const bool rotary = cos.defined();
-  at::Tensor rotated = buf.clone(), scratch = buf.clone();
-  if (rotary) ops::rotary_(rotated, static_cast<int>(H + Hk), static_cast<int>(D), cos, sin, true);
-  const std::array<at::Tensor, 3> qkv_rotated = views(rotated), qkv_scratch = views(scratch);
+  auto q = buf.narrow(1, 0, H * D).view({T, H, D});
+  auto k = buf.narrow(1, H * D, Hk * D).view({T, Hk, D});
+  auto v = buf.narrow(1, (H + Hk) * D, Hk * D).view({T, Hk, D});
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   const int64_t b = EngineImpl::uniform_count(cu);
-  auto ref =
-      ops::attention(qkv_rotated[0], qkv_rotated[1], qkv_rotated[2], cu, cu, causal, scale, true);
+  auto ref = ops::attention(q, k, v, cu, cu, causal, scale, true);
   ops::AttnBackend best = ops::AttnBackend::kFlashVarlen;
   double best_ms = 1e30;
-  report += std::string(what) + (rotary ? " (with its rotary):" : ":");
+  report += std::string(what) + ":";
   for (auto cand : {ops::AttnBackend::kFlashVarlen, ops::AttnBackend::kSdpa,
                     ops::AttnBackend::kCudnn, ops::AttnBackend::kCausalKernel}) {
     if (cand == ops::AttnBackend::kCausalKernel) {
@@ -1096,28 +1076,21 @@ ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, b
       continue;
     }
     try {
-      // One call as the plan makes it: on q, k, v as the projection left them.
       auto run = [&]() {
-        if (cand == ops::AttnBackend::kCausalKernel)
-          return ops::causal_attention(q, k, v, cu, scale, true, cos, sin);
-        if (rotary) {
-          scratch.copy_(buf);
-          ops::rotary_(scratch, static_cast<int>(H + Hk), static_cast<int>(D), cos, sin, true);
+        switch (cand) {
+          case ops::AttnBackend::kFlashVarlen:
+            return ops::attention(q, k, v, cu, cu, causal, scale, true);
+          case ops::AttnBackend::kCausalKernel:
+            return ops::causal_attention(q, k, v, cu, scale, true);
+          default:
+            return ops::attention_dense(q, k, v, b, causal, scale, cand);
         }
-        const std::array<at::Tensor, 3>& in = rotary ? qkv_scratch : qkv;
-        const at::Tensor &q_ = in[0], &k_ = in[1], &v_ = in[2];
-        if (cand == ops::AttnBackend::kFlashVarlen)
-          return ops::attention(q_, k_, v_, cu, cu, causal, scale, true);
-        return ops::attention_dense(q_, k_, v_, b, causal, scale, cand);
       };
       auto out = run();
       const double err = (out.to(at::kFloat) - ref.to(at::kFloat)).norm().item<double>() /
                          std::max(ref.to(at::kFloat).norm().item<double>(), 1e-30);
-      // GPU time as the plan's graph will run it (host dispatch excluded), best of 5 replays. The
-      // scratch copy is not part of a plan: its time is taken off.
-      double ms = device::gpu_time_ms([&]() { run(); }, q.device(), 10, 5);
-      if (rotary && cand != ops::AttnBackend::kCausalKernel)
-        ms -= device::gpu_time_ms([&]() { scratch.copy_(buf); }, q.device(), 10, 5);
+      // GPU time as the plan's graph will run it (host dispatch excluded), best of 5 replays.
+      const double ms = device::gpu_time_ms([&]() { run(); }, q.device(), 10, 5);
       report += str_cat(" ", ops::backend_name(cand), " ", fmt_double(ms, 3), " ms (err ",
                         fmt_double(err, 4), ")");
       if (err <= 2e-2 && ms < best_ms) {
@@ -1272,7 +1245,7 @@ void Engine::prepare(const PlanSpec& spec) {
                            "vision full attention", E.tune_report);
     if (E.o.decoder_attention == DecoderAttention::kTuned)
       E.llm_backend = tune(p.seq, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), true,
-                           E.wopt(), "decoder attention", E.tune_report, p.tcos, p.tsin);
+                           E.wopt(), "decoder attention", E.tune_report);
   }
   // eager warm-up (cuBLAS handles, workspaces, kernel selection)
   for (int i = 0; i < 2; ++i) {

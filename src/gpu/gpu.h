@@ -70,10 +70,9 @@ struct EngineOptions {
   // no measurable change of the error here (docs/gpu.md).
   bool fp8_fast_accum = true;
   // Attention of the decoder's prefill: kTuned (CUDA) times flash-varlen, sdpa, cudnn and the
-  // causal kernel (kernels/causal_attention.cu, which also applies the rotary as it loads q and k)
-  // on each plan's shapes and keeps the fastest that matches flash (Engine::attention_backend()
-  // says which); the others force one (sdpa / cudnn need sequences of equal length, else flash;
-  // without CUDA every choice runs the math reference).
+  // causal kernel (kernels/causal_attention.cu) on each plan's shapes and keeps the fastest that
+  // matches flash (Engine::attention_backend() says which); the others force one (sdpa / cudnn need
+  // sequences of equal length, else flash; without CUDA every choice runs the math reference).
   enum class DecoderAttention { kTuned, kFlashVarlen, kSdpa, kCudnn, kCausalKernel };
   DecoderAttention decoder_attention = DecoderAttention::kTuned;
   // A stage (vision tower / decoder) uses fp8 only when it has at least this many rows (tokens):

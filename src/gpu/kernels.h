@@ -65,15 +65,12 @@ const char* window_attention(const void* qkv, int64_t qkv_stride, const float* c
 // and head h, out[r, h] = softmax(q[r, h] k[j, h / (heads / kv_heads)]^T * scale) v[j, ...] over
 // the rows j <= r of r's sequence. q, k, v, out: bf16 rows (16-byte aligned, the given strides),
 // heads of head_dim contiguous in a row. tiles = the sum over sequences of ceil(len / 64) (the
-// host knows the lengths). With cos / sin (float [rows, head_dim] by packed row, or both nullptr)
-// q and k are first rotated as `rotary` does (rounded to bf16) on their way into shared memory;
-// q, k, v are never written. Needs causal_attention_fits(head_dim) (16, 32, 64 or 128).
+// host knows the lengths). Needs causal_attention_fits(head_dim) (16, 32, 64 or 128).
 bool causal_attention_fits(int head_dim);
 const char* causal_attention(const void* q, int64_t q_stride, const void* k, int64_t k_stride,
                              const void* v, int64_t v_stride, const int32_t* cu, int seqs,
-                             int64_t tiles, int heads, int kv_heads, int head_dim, const float* cos,
-                             const float* sin, float scale, void* out, int64_t out_stride,
-                             void* stream);
+                             int64_t tiles, int heads, int kv_heads, int head_dim, float scale,
+                             void* out, int64_t out_stride, void* stream);
 
 // out[r, i] = silu(x[r, i]) * x[r, inter + i] for x [rows, 2*inter] (row stride x_stride).
 const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, int64_t inter,

@@ -37,8 +37,8 @@ const char* window_attention(const void*, int64_t, const float*, const float*, c
 }
 bool causal_attention_fits(int) { return false; }
 const char* causal_attention(const void*, int64_t, const void*, int64_t, const void*, int64_t,
-                             const int32_t*, int, int64_t, int, int, int, const float*,
-                             const float*, float, void*, int64_t, void*) {
+                             const int32_t*, int, int64_t, int, int, int, float, void*, int64_t,
+                             void*) {
   return kNoCuda;
 }
 const char* silu_mul(const void*, int64_t, void*, int64_t, int64_t, DType, void*) {

@@ -99,8 +99,8 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     if (!gate) in.b = to_dev(at::randn({rows}, f32) * 0.1, c.dtype);
     if (c.fp8()) in.w8 = quantize_fp8(in.w, false);
   } else if (op == "attention" || op == "causal_attention") {
-    need(c, 6);
     const bool causal_op = op == "causal_attention";
+    need(c, causal_op ? 5 : 6);
     const int64_t T = c.dims[0], H = c.dims[1], Hk = c.dims[2], D = c.dims[3],
                   S = c.dims[causal_op ? 4 : 5];
     VLA_CHECK(S > 0 && T % S == 0 && Hk > 0 && H % Hk == 0,
@@ -113,7 +113,6 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     for (int64_t s = 0; s <= S; ++s) cu.push_back(s * (T / S));
     in.seq = Varlen::make(cu, dev);
     in.scale = 1.0 / std::sqrt(static_cast<double>(D));
-    if (causal_op && c.dims[5] != 0) random_rotary_tables(in, T, D, dev);
   } else {
     throw Error(str_cat("op table: unknown op '", op, "'"));
   }
@@ -161,8 +160,7 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
     const bool flash = fused && flash_available(in.q);
     return attention(in.q, in.k, in.v, in.seq, in.seq, c.dims[4] != 0, in.scale, flash);
   }
-  if (op == "causal_attention")
-    return causal_attention(in.q, in.k, in.v, in.seq, in.scale, fused, in.cos, in.sin);
+  if (op == "causal_attention") return causal_attention(in.q, in.k, in.v, in.seq, in.scale, fused);
   throw Error(str_cat("op table: unknown op '", op, "'"));
 }
 
@@ -179,16 +177,12 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     return rms(d((in.x.to(at::kFloat) + in.residual.to(at::kFloat)).to(c.dtype)));
   if (op == "quantize_fp8") return d(in.x);
   // x*cos + rotate_half(x)*sin on the first `heads` heads of each row; the rest as stored.
-  // h [rows, heads, hd] (float64) rotated by the case's tables.
-  auto rotate_heads = [&](const at::Tensor& h, int64_t hd) {
-    at::Tensor x1 = h.narrow(2, 0, hd / 2), x2 = h.narrow(2, hd / 2, hd / 2);
-    const at::Tensor rot = at::cat({-x2, x1}, 2);
-    return h * d(in.cos).unsqueeze(1) + rot * d(in.sin).unsqueeze(1);
-  };
   auto rotate = [&](int64_t heads, int64_t hd) {
     at::Tensor x = d(in.x);
     at::Tensor h = x.narrow(1, 0, heads * hd).view({x.size(0), heads, hd});
-    const at::Tensor out = rotate_heads(h, hd);
+    at::Tensor x1 = h.narrow(2, 0, hd / 2), x2 = h.narrow(2, hd / 2, hd / 2);
+    const at::Tensor rot = at::cat({-x2, x1}, 2);
+    const at::Tensor out = h * d(in.cos).unsqueeze(1) + rot * d(in.sin).unsqueeze(1);
     const int64_t rest = x.size(1) - heads * hd;
     return at::cat({out.reshape({x.size(0), heads * hd}), x.narrow(1, heads * hd, rest)}, 1);
   };
@@ -235,12 +229,9 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     return attend(d(in.q), d(in.k).repeat_interleave(H / Hk, 1),
                   d(in.v).repeat_interleave(H / Hk, 1), c.dims[4] != 0);
   }
-  if (op == "causal_attention") {  // q and k rotated as stored (rounded to the case's dtype)
-    const int64_t H = c.dims[1], Hk = c.dims[2], hd = c.dims[3];
-    auto rot = [&](const at::Tensor& t) {
-      return c.dims[5] ? rotate_heads(d(t), hd).to(c.dtype).to(at::kDouble) : d(t);
-    };
-    return attend(rot(in.q), rot(in.k).repeat_interleave(H / Hk, 1),
+  if (op == "causal_attention") {
+    const int64_t H = c.dims[1], Hk = c.dims[2];
+    return attend(d(in.q), d(in.k).repeat_interleave(H / Hk, 1),
                   d(in.v).repeat_interleave(H / Hk, 1), true);
   }
   if (op == "window_attention") {  // q and k stored rotated (as the rotary kernel rounds them)
@@ -290,14 +281,14 @@ std::vector<OpCase> unit_cases() {
     cases.push_back({"attention", {100, 4, 4, 80, 0, 4}, dt});
     cases.push_back({"attention", {60, 8, 2, 128, 1, 2}, dt});
     // Tiles of 64 queries: one short sequence, several tiles with a short last one, 3 sequences.
-    // With the rotary applied on load (last dim 1) and without.
-    cases.push_back({"causal_attention", {37, 4, 2, 64, 1, 0}, dt});
-    cases.push_back({"causal_attention", {50, 3, 1, 16, 2, 1}, dt});
-    cases.push_back({"causal_attention", {70, 2, 2, 32, 1, 1}, dt});
-    cases.push_back({"causal_attention", {150, 8, 2, 128, 1, 1}, dt});
-    cases.push_back({"causal_attention", {195, 4, 1, 128, 3, 0}, dt});
-    cases.push_back({"causal_attention", {195, 4, 2, 64, 3, 1}, dt});
-    cases.push_back({"causal_attention", {96, 2, 2, 80, 2, 1}, dt});  // head_dim 80: the fallback
+    // Tiles of 64 queries: one short sequence, several tiles with a short last one, several
+    // sequences; head dims 16 .. 128 (80: the fallback).
+    cases.push_back({"causal_attention", {37, 4, 2, 64, 1}, dt});
+    cases.push_back({"causal_attention", {50, 3, 1, 16, 2}, dt});
+    cases.push_back({"causal_attention", {70, 2, 2, 32, 1}, dt});
+    cases.push_back({"causal_attention", {150, 8, 2, 128, 1}, dt});
+    cases.push_back({"causal_attention", {195, 4, 1, 128, 3}, dt});
+    cases.push_back({"causal_attention", {96, 2, 2, 80, 2}, dt});
     // Windows of 64 with a short last one; head_dims of each kernel instance; a 100-row window
     // (over the kernel's 64: the rotary + attention fallback).
     cases.push_back({"window_attention", {150, 4, 80, 64}, dt});
@@ -346,10 +337,9 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"attention",
                {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1, 1},
                bf});
-  for (int64_t rotary : {0, 1})
-    c.push_back({"causal_attention",
-                 {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1, rotary},
-                 bf});
+  c.push_back({"causal_attention",
+               {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1},
+               bf});
   // One greedy decode step: rotary + KV append, and the products (one row through each matrix).
   c.push_back(
       {"rotary_append_kv", {1, t.num_attention_heads, t.num_key_value_heads, t.head_dim()}, bf});

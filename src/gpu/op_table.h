@@ -23,8 +23,7 @@ namespace vla::gpu::ops {
 //   rotary: {rows, heads, head_dim} (two more heads follow in each row and stay untouched)
 //   silu_mul, silu_mul_fp8: {rows, inter}
 //   attention: {tokens, heads, kv_heads, head_dim, causal (0/1), sequences (equal length)}
-//   causal_attention: {tokens, heads, kv_heads, head_dim, sequences (equal length), rotary (0/1:
-//     q and k rotated on load by random tables)}
+//   causal_attention: {tokens, heads, kv_heads, head_dim, sequences (equal length)}
 //   window_attention: {tokens, heads, head_dim, window} (qkv rows; windows of `window` rows, the
 //     last one shorter when tokens % window != 0)
 //   gemv, gemv_fp8: {N, K} (one row x [1, K] times w [N, K]^T + bias; _fp8: e4m3 weights)

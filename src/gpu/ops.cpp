@@ -347,8 +347,7 @@ bool causal_attention_available(const at::Tensor& q) {
 }
 
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const Varlen& seqs, double scale, bool fused, const at::Tensor& cos,
-                            const at::Tensor& sin) {
+                            const Varlen& seqs, double scale, bool fused) {
   VLA_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
             "causal_attention: q/k/v must be [T, H, D]");
   const int64_t T = q.size(0), H = q.size(1), Hk = k.size(1), D = q.size(2);
@@ -356,33 +355,21 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
                 k.size(0) == T && v.size(0) == T && seqs.total() == T,
             "causal_attention: shapes q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes(),
             " do not fit sequences covering ", seqs.total(), " rows");
-  const bool rotary = cos.defined();
-  VLA_CHECK(!rotary || (sin.defined() && cos.dim() == 2 && cos.size(0) == T && cos.size(1) == D &&
-                        sin.sizes() == cos.sizes()),
-            "causal_attention: cos / sin tables must both be [", T, ", ", D, "]");
   if (fused && causal_attention_available(q) && k.scalar_type() == at::kBFloat16 &&
       v.scalar_type() == at::kBFloat16 && heads_rows(q) && heads_rows(k) && heads_rows(v)) {
     int64_t tiles = 0;
     for (size_t i = 1; i < seqs.cu.size(); ++i) tiles += (seqs.cu[i] - seqs.cu[i - 1] + 63) / 64;
     auto out = at::empty({T, H, D}, q.options());
-    const at::Tensor c = rotary ? cos.to(at::kFloat).contiguous() : at::Tensor();
-    const at::Tensor s = rotary ? sin.to(at::kFloat).contiguous() : at::Tensor();
     check_launch(
         kernels::causal_attention(
             q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
             seqs.cu_dev.data_ptr<int32_t>(), static_cast<int>(seqs.cu.size()) - 1, tiles,
             static_cast<int>(H), static_cast<int>(Hk), static_cast<int>(D),
-            rotary ? c.data_ptr<float>() : nullptr, rotary ? s.data_ptr<float>() : nullptr,
             static_cast<float>(scale), out.data_ptr(), H * D, current_stream(q)),
         "causal_attention");
     return out;
   }
-  if (!rotary) return attention(q, k, v, seqs, seqs, /*causal=*/true, scale, /*use_flash=*/false);
-  at::Tensor qr = q.reshape({T, H * D}).clone(), kr = k.reshape({T, Hk * D}).clone();
-  rotary_(qr, static_cast<int>(H), static_cast<int>(D), cos, sin, fused);
-  rotary_(kr, static_cast<int>(Hk), static_cast<int>(D), cos, sin, fused);
-  return attention(qr.view({T, H, D}), kr.view({T, Hk, D}), v, seqs, seqs, /*causal=*/true, scale,
-                   /*use_flash=*/false);
+  return attention(q, k, v, seqs, seqs, /*causal=*/true, scale, /*use_flash=*/false);
 }
 
 at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,

@@ -128,15 +128,12 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 
 // Causal attention over packed sequences (the decoder's prefill): attention(q, k, v, seqs, seqs,
 // causal = true, scale) with q [T, H, D], k / v [T, Hk, D] (heads contiguous within a row, rows
-// strided), returns [T, H, D] contiguous. With cos / sin (float [T, D]) q and k are first rotated
-// as rotary_ does (rounded to q's dtype), without writing q or k. When fused and
-// causal_attention_available(q) (CUDA build, bf16, D = 16, 32, 64 or 128, 16-byte aligned rows) the
-// kernel kernels/causal_attention.cu (FlashAttention-2 with 64-query tiles launched longest first,
-// the rotary applied on load); otherwise rotary_ on copies and the math reference.
+// strided), returns [T, H, D] contiguous. When fused and causal_attention_available(q) (CUDA
+// build, bf16, D = 16, 32, 64 or 128, 16-byte aligned rows) the kernel kernels/causal_attention.cu
+// (FlashAttention-2 with 64-query tiles, launched longest first); otherwise the math reference.
 bool causal_attention_available(const at::Tensor& q);
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const Varlen& seqs, double scale, bool fused,
-                            const at::Tensor& cos = {}, const at::Tensor& sin = {});
+                            const Varlen& seqs, double scale, bool fused);
 
 // The vision tower's window blocks: rotary_ on the q and k heads of qkv [T, 3 * heads * head_dim]
 // (q heads, k heads, v heads; last dim contiguous), then attention within each window (non-causal).

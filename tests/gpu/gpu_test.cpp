@@ -385,11 +385,10 @@ TEST(GpuParity, MiddleLayerFeaturesMatchTheReferenceModelOnCpu) {
   EXPECT_THROW(e.forward(in.ids, in.pixel_values, in.grid_thw, 4), Error);
 }
 
-// The decoder's prefill attention forced to the causal kernel (EngineOptions::decoder_attention;
-// the rotary applied as it loads q and k, no rotary pass) against the same plans with
-// flash-varlen after the rotary pass: features of one sequence of two views and of a batch, all
-// layers and the first two, on both fixtures. On the CPU both run the math reference, the causal
-// one with the rotary on copies: the engine's wiring is checked there too.
+// The decoder's prefill attention forced to the causal kernel (EngineOptions::decoder_attention)
+// against the same plans with flash-varlen: features of one sequence of two views and of a batch,
+// all layers and the first two, on both fixtures. On the CPU both run the math reference (the
+// option's wiring is checked there).
 void check_causal_kernel_plan(const EngineOptions& base, double tol) {
   for (const std::string fx : {"tiny_a", "tiny_b"}) {
     Fixture f = load_fixture(fx);

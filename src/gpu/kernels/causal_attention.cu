@@ -38,15 +38,13 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat1
 
 // grid (heads, tiles): tiles numbered over all sequences (ceil(len / 64) each) and taken in
 // reverse, so the last (longest) tiles start first. q rows: q + row * q_stride + h * D; k / v rows
-// likewise with KV head h / (heads / kv_heads). With cos / sin (float [rows, D] by packed row) q
-// and k are rotated as they arrive in shared memory (q once, each k tile per step).
+// likewise with KV head h / (heads / kv_heads).
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32)
     causal_attention_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride,
                             const __nv_bfloat16* __restrict__ k, int64_t k_stride,
                             const __nv_bfloat16* __restrict__ v, int64_t v_stride,
                             const int32_t* __restrict__ cu, int seqs, int heads, int kv_heads,
-                            const float* __restrict__ cos, const float* __restrict__ sin,
                             float scale_log2, __nv_bfloat16* __restrict__ out, int64_t out_stride) {
   constexpr int kP = D + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -88,16 +86,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int kt = 0; kt < key_tiles; ++kt) {
     cp_async_wait<1>();  // q (first step) and this k tile are in; v may still be in flight
     __syncthreads();
-    if (cos != nullptr) {  // rotary on load (valid rows only: the tables end with the sequence)
-      const int64_t k_row = row0 + kt * kTile;
-      rotate_tiles<D>(ks, nullptr, kP, min(kTile, len - kt * kTile), cos + k_row * D,
-                      sin + k_row * D);
-      if (kt == 0) {
-        const int64_t q_row = row0 + q0;
-        rotate_tiles<D>(qs, nullptr, kP, q_rows, cos + q_row * D, sin + q_row * D);
-      }
-      __syncthreads();
-    }
     // S = q k^T: n-tile j holds keys kt * 64 + j * 8 + 2 t4 + {0, 1}.
     float s[kTile / 8][4];
 #pragma unroll
@@ -216,8 +204,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 template <int D>
 const char* launch(const void* q, int64_t q_stride, const void* k, int64_t k_stride, const void* v,
                    int64_t v_stride, const int32_t* cu, int seqs, int64_t tiles, int heads,
-                   int kv_heads, const float* cos, const float* sin, float scale, void* out,
-                   int64_t out_stride, cudaStream_t s) {
+                   int kv_heads, float scale, void* out, int64_t out_stride, cudaStream_t s) {
   constexpr int bytes = smem_bytes<D>();
   if (bytes > 48 * 1024) {
     static const cudaError_t set = cudaFuncSetAttribute(
@@ -227,7 +214,7 @@ const char* launch(const void* q, int64_t q_stride, const void* k, int64_t k_str
   const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(tiles));
   causal_attention_kernel<D><<<grid, kWarps * 32, bytes, s>>>(
       static_cast<const __nv_bfloat16*>(q), q_stride, static_cast<const __nv_bfloat16*>(k),
-      k_stride, static_cast<const __nv_bfloat16*>(v), v_stride, cu, seqs, heads, kv_heads, cos, sin,
+      k_stride, static_cast<const __nv_bfloat16*>(v), v_stride, cu, seqs, heads, kv_heads,
       scale * kLog2e, static_cast<__nv_bfloat16*>(out), out_stride);
   return last_error();
 }
@@ -240,12 +227,9 @@ bool causal_attention_fits(int head_dim) {
 
 const char* causal_attention(const void* q, int64_t q_stride, const void* k, int64_t k_stride,
                              const void* v, int64_t v_stride, const int32_t* cu, int seqs,
-                             int64_t tiles, int heads, int kv_heads, int head_dim, const float* cos,
-                             const float* sin, float scale, void* out, int64_t out_stride,
-                             void* stream) {
+                             int64_t tiles, int heads, int kv_heads, int head_dim, float scale,
+                             void* out, int64_t out_stride, void* stream) {
   if (seqs == 0 || tiles == 0) return nullptr;
-  if ((cos == nullptr) != (sin == nullptr))
-    return "causal_attention: give both cos and sin or none";
   if (!causal_attention_fits(head_dim))
     return "causal_attention: head_dim must be 16, 32, 64 or 128";
   if (tiles > 65535) return "causal_attention: more than 65535 query tiles in one launch";
@@ -261,16 +245,16 @@ const char* causal_attention(const void* q, int64_t q_stride, const void* k, int
   switch (head_dim) {
     case 16:
       return launch<16>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles, heads, kv_heads,
-                        cos, sin, scale, out, out_stride, s);
+                        scale, out, out_stride, s);
     case 32:
       return launch<32>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles, heads, kv_heads,
-                        cos, sin, scale, out, out_stride, s);
+                        scale, out, out_stride, s);
     case 64:
       return launch<64>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles, heads, kv_heads,
-                        cos, sin, scale, out, out_stride, s);
+                        scale, out, out_stride, s);
     default:
       return launch<128>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles, heads, kv_heads,
-                         cos, sin, scale, out, out_stride, s);
+                         scale, out, out_stride, s);
   }
 }
 
