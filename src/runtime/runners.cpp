@@ -225,7 +225,6 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
   torch::Tensor first_features;  // scene memory: the episode's first encode() output
   Features pending;
   double next_launch = 0.0;
-  int64_t physics_steps = 0;
   // VLM and expert failures are handled where they happen; what reaches the outer catch came from
   // the plant.
   try {
@@ -281,16 +280,13 @@ EpisodeResult run_sim_time(Plant& plant, const PolicyFns& policy, const RuntimeC
         ForceSample s = plant.step_physics();
         s.t -= t_begin;
         ring.push(s);
-        // The outcome is checked at the 80 Hz action rate (cheap enough, and deterministic);
-        // counted in physics steps, not accepted samples (a stalled sensor must not stop the
-        // checks).
-        if (++physics_steps % 8 == 0) {
-          PlantOutcome o = plant.outcome();
-          if (o.done) {
-            ep.outcome = o;
-            done = true;
-            break;
-          }
+        // The outcome is checked after every physics step: a finished plant stops stepping and
+        // re-sends its last sample, which the ring would count as a stale-sensor rejection.
+        PlantOutcome o = plant.outcome();
+        if (o.done) {
+          ep.outcome = o;
+          done = true;
+          break;
         }
       }
       if (done) break;
@@ -470,23 +466,25 @@ EpisodeResult run_wall_time(Plant& plant, const PolicyFns& policy, const Runtime
         ForceSample s;
         Action pr;
         PlantOutcome o;
-        const bool check = n % 8 == 0;
         {
           std::lock_guard<std::mutex> lock(sh->plant_mu);
           if (apply) plant.set_chunk(cmd);
           s = plant.step_physics();
           pr = plant.proprio();
-          if (check) o = plant.outcome();
+          o = plant.outcome();  // every step: a finished plant re-sends its last sample
         }
         // Stamp with the plant's own clock mapped onto the runtime clock (a hardware timestamp).
-        s.t -= plant_t0;
-        sh->ring.push(s);
+        // A finished plant stops stepping and re-sends its last sample: not a new reading.
+        if (!o.done) {
+          s.t -= plant_t0;
+          sh->ring.push(s);
+        }
         {
           std::lock_guard<std::mutex> lock(sh->snap_mu);
           sh->proprio = pr;
-          if (check) sh->outcome = o;
+          sh->outcome = o;
         }
-        if (check && o.done) {
+        if (o.done) {
           sh->done.store(true);
           break;
         }

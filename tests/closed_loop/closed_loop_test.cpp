@@ -31,6 +31,8 @@ TEST(SimPlantClosedLoop, ScriptedDemonstratorDeterministicInSimTime) {
   for (size_t i = 0; i < a.chunks.size(); ++i) ASSERT_EQ(a.chunks[i], b.chunks[i]) << i;
   EXPECT_EQ(a.outcome.reason, b.outcome.reason);
   EXPECT_TRUE(a.outcome.success) << a.outcome.reason;
+  // A healthy simulator's force stream has no stale samples (the finished env is not stepped on).
+  EXPECT_EQ(a.sensor_rejected, 0);
 }
 
 TEST(SimPlantClosedLoop, WallTimeNaNForceHoldsOnRealSim) {
