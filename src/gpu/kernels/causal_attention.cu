@@ -162,21 +162,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       cp_async_wait<0>();
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      const uint32_t a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-      const uint32_t a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-      const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-      const __nv_bfloat16* vrow =
-          vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kP + (lane >> 4) * 8;
-#pragma unroll
-      for (int n = 0; n < D / 8; n += 2) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, vrow + n * 8);
-        mma_bf16(acc[n], a0, a1, a2, a3, b[0], b[1]);
-        mma_bf16(acc[n + 1], a0, a1, a2, a3, b[2], b[3]);
-      }
-    }
+    for (int kk = 0; kk < kTile / 16; ++kk) pv_step<D>(acc, s, kk, vs, kP, lane);
     __syncthreads();  // every warp is done with this v tile
     if (kt + 1 < key_tiles)
       load_tile<D>(vs, v_src(kt + 1), v_stride, min(kTile, len - (kt + 1) * kTile));
@@ -188,17 +174,11 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   const float inv0 = 1.f / sum0, inv1 = 1.f / sum1;
   const int ra = m0 + g, rb = ra + 8;
-  __nv_bfloat16* oa = out + (row0 + q0 + ra) * out_stride + static_cast<int64_t>(h) * D + t4 * 2;
-  __nv_bfloat16* ob = out + (row0 + q0 + rb) * out_stride + static_cast<int64_t>(h) * D + t4 * 2;
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    if (ra < q_rows)
-      *reinterpret_cast<__nv_bfloat162*>(oa + n * 8) =
-          __floats2bfloat162_rn(acc[n][0] * inv0, acc[n][1] * inv0);
-    if (rb < q_rows)
-      *reinterpret_cast<__nv_bfloat162*>(ob + n * 8) =
-          __floats2bfloat162_rn(acc[n][2] * inv1, acc[n][3] * inv1);
-  }
+  auto row_out = [&](int r) {
+    return r < q_rows ? out + (row0 + q0 + r) * out_stride + static_cast<int64_t>(h) * D + t4 * 2
+                      : nullptr;
+  };
+  store_fragment<D>(acc, inv0, inv1, row_out(ra), row_out(rb));
 }
 
 template <int D>

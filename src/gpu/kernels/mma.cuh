@@ -62,6 +62,46 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "r"(a));
 }
 
+// O += P v for one 16-key step kk of a warp's 16 query rows (FlashAttention-2's second product):
+// P's A fragment is the S accumulators of key n-tiles 2 kk and 2 kk + 1 rounded to bf16 (the
+// m16n8 C layout is the m16k16 A layout), v's B fragments come from rows kk * 16 .. kk * 16 + 15
+// of the value tile in shared memory (row pitch `pitch`) through ldmatrix.trans, two d-tiles per
+// instruction. acc is the m16 x D output fragment.
+template <int D, int kKeyTiles>
+__device__ __forceinline__ void pv_step(float (&acc)[D / 8][4], const float (&s)[kKeyTiles][4],
+                                        int kk, const __nv_bfloat16* v, int pitch, int lane) {
+  const uint32_t a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+  const uint32_t a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+  const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+  const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  const __nv_bfloat16* vrow =
+      v + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * pitch + (lane >> 4) * 8;
+#pragma unroll
+  for (int n = 0; n < D / 8; n += 2) {
+    uint32_t b[4];
+    ldmatrix_x4_trans(b, vrow + n * 8);
+    mma_bf16(acc[n], a0, a1, a2, a3, b[0], b[1]);
+    mma_bf16(acc[n + 1], a0, a1, a2, a3, b[2], b[3]);
+  }
+}
+
+// Writes a warp's m16 x D output fragment as bf16: this thread's values of row g (scaled by inv0)
+// to oa and of row g + 8 (by inv1) to ob, each pointing at the row's column 2 (lane % 4); a null
+// pointer skips that row (past the sequence).
+template <int D>
+__device__ __forceinline__ void store_fragment(const float (&acc)[D / 8][4], float inv0, float inv1,
+                                               __nv_bfloat16* oa, __nv_bfloat16* ob) {
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    if (oa)
+      *reinterpret_cast<__nv_bfloat162*>(oa + n * 8) =
+          __floats2bfloat162_rn(acc[n][0] * inv0, acc[n][1] * inv0);
+    if (ob)
+      *reinterpret_cast<__nv_bfloat162*>(ob + n * 8) =
+          __floats2bfloat162_rn(acc[n][2] * inv1, acc[n][3] * inv1);
+  }
+}
+
 // Rotary embedding, in place, of rows [0, rows) of one or two bf16 tiles in shared memory (row
 // pitch `pitch`, head_dim D, D % 16 == 0; `b` may be nullptr): x = x * cos + rotate_half(x) * sin
 // with row r's float tables at cos + r * D and sin + r * D (global memory), in float, rounded to

@@ -118,36 +118,14 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 #pragma unroll
-  for (int kk = 0; kk < kWin / 16; ++kk) {
-    if (kk * 16 >= len) continue;  // warp-uniform: those keys' P are all zero
-    const uint32_t a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-    const uint32_t a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-    const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-    // B fragments of two n-tiles per ldmatrix: v rows (keys) kk*16 + 0..15, dims n*8 .. n*8 + 15.
-    const __nv_bfloat16* vrow =
-        vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kQ + (lane >> 4) * 8;
-#pragma unroll
-    for (int n = 0; n < D / 8; n += 2) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, vrow + n * 8);
-      mma_bf16(acc[n], a0, a1, a2, a3, b[0], b[1]);
-      mma_bf16(acc[n + 1], a0, a1, a2, a3, b[2], b[3]);
-    }
-  }
+  for (int kk = 0; kk < kWin / 16; ++kk)
+    if (kk * 16 < len) pv_step<D>(acc, s, kk, vs, kQ, lane);  // warp-uniform: later keys' P is 0
   const float inv0 = 1.f / sum0, inv1 = 1.f / sum1;
   const int ra = m0 + g, rb = m0 + g + 8;
-  __nv_bfloat16* oa = out + (r0 + ra) * out_stride + static_cast<int64_t>(h) * D + t4 * 2;
-  __nv_bfloat16* ob = out + (r0 + rb) * out_stride + static_cast<int64_t>(h) * D + t4 * 2;
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    if (ra < len)
-      *reinterpret_cast<__nv_bfloat162*>(oa + n * 8) =
-          __floats2bfloat162_rn(acc[n][0] * inv0, acc[n][1] * inv0);
-    if (rb < len)
-      *reinterpret_cast<__nv_bfloat162*>(ob + n * 8) =
-          __floats2bfloat162_rn(acc[n][2] * inv1, acc[n][3] * inv1);
-  }
+  auto row_out = [&](int r) {
+    return r < len ? out + (r0 + r) * out_stride + static_cast<int64_t>(h) * D + t4 * 2 : nullptr;
+  };
+  store_fragment<D>(acc, inv0, inv1, row_out(ra), row_out(rb));
 }
 
 template <int D>
