@@ -178,32 +178,32 @@ nlohmann::json gemm_rates(bool fp8) {
     std::vector<std::string> row = {name, fmt_double(ms, 3), fmt_double(tf(ms), 0)};
     rec[name]["bf16_tflops"] = tf(ms);
     if (fp8 && sh[1] % 16 == 0 && sh[2] % 16 == 0) {
-      auto aq = ops::quantize_fp8(a, true);
-      auto bq = ops::quantize_fp8(b, true);
-      for (bool fast : {false, true}) {
+      // One FP8 product (x, w quantised by `quantise`) timed into the row and rec[name][key];
+      // a failure fills the cells and rec[name][error_key].
+      auto fp8_cells = [&](const char* key, const char* error_key,
+                           const std::function<std::pair<ops::Fp8Rows, ops::Fp8Rows>()>& quantise,
+                           bool fast) {
         try {
-          const double m8 = time_ms([&]() { ops::linear_fp8(aq, bq, {}, at::kBFloat16, fast); });
+          const std::pair<ops::Fp8Rows, ops::Fp8Rows> q = quantise();
+          const double m8 =
+              time_ms([&]() { ops::linear_fp8(q.first, q.second, {}, at::kBFloat16, fast); });
           row.push_back(fmt_double(m8, 3));
           row.push_back(fmt_double(tf(m8), 0));
-          rec[name][fast ? "fp8_fast_tflops" : "fp8_tflops"] = tf(m8);
+          rec[name][key] = tf(m8);
         } catch (const std::exception& e) {
           row.push_back("error");
           row.push_back("-");
-          rec[name]["fp8_error"] = e.what();
+          rec[name][error_key] = e.what();
         }
-      }
-      try {
-        auto as = static_fp8(a);
-        auto bs = ops::quantize_fp8_tensor(b);
-        const double m8 = time_ms([&]() { ops::linear_fp8(as, bs, {}, at::kBFloat16, true); });
-        row.push_back(fmt_double(m8, 3));
-        row.push_back(fmt_double(tf(m8), 0));
-        rec[name]["fp8_tensorwise_tflops"] = tf(m8);
-      } catch (const std::exception& e) {
-        row.push_back("error");
-        row.push_back("-");
-        rec[name]["fp8_tensorwise_error"] = e.what();
-      }
+      };
+      auto row_wise = [&]() {
+        return std::make_pair(ops::quantize_fp8(a, true), ops::quantize_fp8(b, true));
+      };
+      fp8_cells("fp8_tflops", "fp8_error", row_wise, false);
+      fp8_cells("fp8_fast_tflops", "fp8_error", row_wise, true);
+      fp8_cells(
+          "fp8_tensorwise_tflops", "fp8_tensorwise_error",
+          [&]() { return std::make_pair(static_fp8(a), ops::quantize_fp8_tensor(b)); }, true);
     } else {
       for (int i = 0; i < 6; ++i) row.push_back("-");
     }
@@ -590,39 +590,43 @@ int main(int argc, char** argv) {
       auto floor_of = [&](const std::string& k, const char* f) {
         return c16.contains(k) && c16[k].contains(f) ? c16[k][f].get<double>() : 0.0;
       };
+      // transformers' times for a view count: the prefill, end to end (prefill + its own
+      // preprocessing; 0 when the peer has no such case), the vision tower.
+      auto peer_prefill = [&](const std::string& v) {
+        return pm("sdpa/" + v + "/full_prefill", "median_ms");
+      };
+      auto peer_e2e = [&](const std::string& v) {
+        const double full = peer_prefill(v);
+        return full > 0 ? full + pm("sdpa/" + v + "/full_prefill", "preprocess_ms") : 0.0;
+      };
+      auto peer_vision = [&](const std::string& v) {
+        return pm("sdpa/" + v + "/vision_only", "median_ms");
+      };
       for (const std::string v : {"1view", "5view"}) {
-        const double pre = pm("sdpa/" + v + "/full_prefill", "preprocess_ms");
-        const double full = pm("sdpa/" + v + "/full_prefill", "median_ms");
-        row(v + " end-to-end (incl. preprocess)", num(c16, v, wall), num(c8, v, wall),
-            full > 0 ? full + pre : 0, floor_of(v, "floor_ms"), v);
-        row(v + " model only (GPU)", num(c16, v, model_ms), num(c8, v, model_ms), full,
+        row(v + " end-to-end (incl. preprocess)", num(c16, v, wall), num(c8, v, wall), peer_e2e(v),
+            floor_of(v, "floor_ms"), v);
+        row(v + " model only (GPU)", num(c16, v, model_ms), num(c8, v, model_ms), peer_prefill(v),
             floor_of(v, "floor_ms"));
-        row(v + " vision tower", num(c16, v, vis), num(c8, v, vis),
-            pm("sdpa/" + v + "/vision_only", "median_ms"), floor_of(v, "vision_floor_ms"));
+        row(v + " vision tower", num(c16, v, vis), num(c8, v, vis), peer_vision(v),
+            floor_of(v, "vision_floor_ms"));
       }
-      const double pre5 = pm("sdpa/5view/full_prefill", "preprocess_ms");
-      const double full5 = pm("sdpa/5view/full_prefill", "median_ms");
-      const double pre1 = pm("sdpa/1view/full_prefill", "preprocess_ms");
-      const double full1 = pm("sdpa/1view/full_prefill", "median_ms");
       row("1view end-to-end, fp8 only for >= 1024 rows", 0, num(c8, "1view_min_rows_1024", wall),
-          full1 > 0 ? full1 + pre1 : 0, floor_of("1view", "floor_ms"), "", "1view_min_rows_1024");
+          peer_e2e("1view"), floor_of("1view", "floor_ms"), "", "1view_min_rows_1024");
       if (vlm_layers > 0)
         row("5view end-to-end, features of layer " + std::to_string(vlm_layers) + " of " +
                 std::to_string(dims.text.num_hidden_layers),
             num(c16, mid_key, wall), num(c8, mid_key, wall), 0, floor_of(mid_key, "floor_ms"),
             mid_key);
       for (const std::string v : {"1view", "5view"}) {
-        const double pre = pm("sdpa/" + v + "/full_prefill", "preprocess_ms");
-        const double full = pm("sdpa/" + v + "/full_prefill", "median_ms");
-        row(v + " end-to-end, fp8 static scales", 0, num(c8, v + "_static", wall),
-            full > 0 ? full + pre : 0, floor_of(v, "floor_ms"), "", v + "_static");
-        row(v + " vision tower, fp8 static scales", 0, num(c8, v + "_static", vis),
-            pm("sdpa/" + v + "/vision_only", "median_ms"), floor_of(v, "vision_floor_ms"));
+        row(v + " end-to-end, fp8 static scales", 0, num(c8, v + "_static", wall), peer_e2e(v),
+            floor_of(v, "floor_ms"), "", v + "_static");
+        row(v + " vision tower, fp8 static scales", 0, num(c8, v + "_static", vis), peer_vision(v),
+            floor_of(v, "vision_floor_ms"));
       }
       row("5view end-to-end, fp8 without fast accum", 0, num(c8, "5view_exact_accum", wall),
-          full5 > 0 ? full5 + pre5 : 0, floor_of("5view", "floor_ms"));
+          peer_e2e("5view"), floor_of("5view", "floor_ms"));
       row("5view vision tower, fp8 without fast accum", 0, num(c8, "5view_exact_accum", vis),
-          pm("sdpa/5view/vision_only", "median_ms"), floor_of("5view", "vision_floor_ms"));
+          peer_vision("5view"), floor_of("5view", "vision_floor_ms"));
       row("5view as batch (model only)", num(c16, "5view_batched", model_ms), 0,
           pm("sdpa/5view_batched/full_prefill", "median_ms"),
           floor_of("5view_batched", "floor_ms"));
