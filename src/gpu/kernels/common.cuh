@@ -79,26 +79,27 @@ __device__ __forceinline__ uint32_t pack_e4m3(float4 v, float s) {
   return e4m3(v.x * s) | (e4m3(v.y * s) << 8) | (e4m3(v.z * s) << 16) | (e4m3(v.w * s) << 24);
 }
 
-// The e4m3 multiplier of a row, called by every thread of the block with its part's amax. With a
-// static scale (fixed != nullptr, calibrated per tensor) it is 1 / *fixed and nothing is written;
-// else scale = max(amax of the row, 1e-12) / 448 is written to *scale and 1 / scale returned.
-__device__ float row_multiplier(float local_amax, const float* fixed, float* scale) {
+// The e4m3 multiplier of row r, called by every thread of the block with its part's amax. With a
+// static scale (fixed != nullptr, calibrated per tensor) it is 1 / *fixed and nothing is written
+// (scales may be nullptr); else scales[r] = max(amax of the row, 1e-12) / 448 is written and
+// 1 / scales[r] returned.
+__device__ float row_multiplier(float local_amax, const float* fixed, float* scales, int64_t r) {
   if (fixed) return 1.f / __ldg(fixed);
   const float m = fmaxf(block_max(local_amax), 1e-12f);
-  if (threadIdx.x == 0) *scale = m / 448.f;
+  if (threadIdx.x == 0) scales[r] = m / 448.f;
   return 448.f / m;
 }
 
 // Quantises the float row row[0, dim) (shared memory, 16-byte aligned, written by any thread of
 // the block before the call) to e4m3: q = sat(row * row_multiplier(...)). q is this row's output
-// (dim bytes), scale its float scale (unused with a static scale `fixed`).
+// (dim bytes), scales[r] its float scale (not written with a static scale `fixed`).
 __device__ void quantize_row(const float* row, int dim, uint8_t* __restrict__ q,
-                             float* __restrict__ scale, const float* fixed) {
+                             float* __restrict__ scales, int64_t r, const float* fixed) {
   __syncthreads();
   float m = 0.f;
   if (!fixed)
     for (int i = threadIdx.x; i < dim; i += blockDim.x) m = fmaxf(m, fabsf(row[i]));
-  const float qs = row_multiplier(m, fixed, scale);
+  const float qs = row_multiplier(m, fixed, scales, r);
   if (dim % 8 == 0 && reinterpret_cast<uintptr_t>(q) % 8 == 0) {
     const float4* r4 = reinterpret_cast<const float4*>(row);
     uint2* q8 = reinterpret_cast<uint2*>(q);

@@ -10,7 +10,7 @@ __global__ void quantize_fp8_kernel(const T* __restrict__ x, int64_t x_stride,
   extern __shared__ float row_buf[];
   const int64_t r = blockIdx.x;
   load_row(x + r * x_stride, dim, row_buf);
-  quantize_row(row_buf, dim, q + r * dim, qscale + r, nullptr);
+  quantize_row(row_buf, dim, q + r * dim, qscale, r, nullptr);
 }
 
 __global__ void quantize_fp8_bf16_vec8(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
@@ -19,7 +19,7 @@ __global__ void quantize_fp8_bf16_vec8(const __nv_bfloat16* __restrict__ x, int6
   extern __shared__ float row_buf[];
   const int64_t r = blockIdx.x;
   load_row_bf16_vec8(x + r * x_stride, dim, row_buf);
-  quantize_row(row_buf, dim, q + r * dim, qscale + r, nullptr);
+  quantize_row(row_buf, dim, q + r * dim, qscale, r, nullptr);
 }
 
 }  // namespace

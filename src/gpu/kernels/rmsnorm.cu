@@ -31,7 +31,7 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, int64_t x_stride, T* res
   const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
   if constexpr (kFp8) {
     for (int i = threadIdx.x; i < dim; i += blockDim.x) row_buf[i] = row_buf[i] * inv * to_f(w[i]);
-    quantize_row(row_buf, dim, q + r * dim, fixed ? nullptr : qscale + r, fixed);
+    quantize_row(row_buf, dim, q + r * dim, qscale, r, fixed);
   } else {
     T* orow = out + r * out_stride;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
@@ -89,7 +89,7 @@ __global__ void rmsnorm_bf16_vec8(const __nv_bfloat16* __restrict__ x, int64_t x
         row_buf[i * 8 + j] = row_buf[i * 8 + j] * inv * __bfloat162float(we[j]);
       }
     }
-    quantize_row(row_buf, dim, q + r * dim, fixed ? nullptr : qscale + r, fixed);
+    quantize_row(row_buf, dim, q + r * dim, qscale, r, fixed);
   } else {
     uint4* orow = reinterpret_cast<uint4*>(out + r * out_stride);
     for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
@@ -150,7 +150,7 @@ __global__ void rmsnorm_fp8_bf16_reg(const __nv_bfloat16* __restrict__ x, int64_
       m = fmaxf(m, fabsf(v[j]));
     }
   }
-  const float qs = row_multiplier(m, fixed, fixed ? nullptr : qscale + r);
+  const float qs = row_multiplier(m, fixed, qscale, r);
   if (active) {
     uint2 pk;
     pk.x = pack_e4m3(make_float4(v[0], v[1], v[2], v[3]), qs);

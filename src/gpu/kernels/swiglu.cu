@@ -117,7 +117,7 @@ __global__ void silu_mul_fp8_kernel(const T* __restrict__ x, int64_t x_stride,
   const T* g = x + r * x_stride;
   const T* u = g + inter;
   for (int i = threadIdx.x; i < inter; i += blockDim.x) row_buf[i] = silu(to_f(g[i])) * to_f(u[i]);
-  quantize_row(row_buf, inter, q + r * inter, fixed ? nullptr : qscale + r, fixed);
+  quantize_row(row_buf, inter, q + r * inter, qscale, r, fixed);
 }
 
 // bf16, inter % 8 == 0, 16-byte aligned rows.
@@ -131,7 +131,7 @@ __global__ void silu_mul_fp8_bf16_vec8(const __nv_bfloat16* __restrict__ x, int6
   for (int i = threadIdx.x; i < inter / 8; i += blockDim.x) {
     silu_mul8(g[i], u[i], row_buf + i * 8);
   }
-  quantize_row(row_buf, inter, q + r * inter, fixed ? nullptr : qscale + r, fixed);
+  quantize_row(row_buf, inter, q + r * inter, qscale, r, fixed);
 }
 
 // bf16, inter % 8 == 0, 16-byte aligned rows, inter / 8 <= C * blockDim.x: values in registers.
@@ -154,7 +154,7 @@ __global__ void silu_mul_fp8_bf16_reg(const __nv_bfloat16* __restrict__ x, int64
       for (int j = 0; j < 8; ++j) m = fmaxf(m, fabsf(v[c][j]));
     }
   }
-  const float qs = row_multiplier(m, fixed, fixed ? nullptr : qscale + r);
+  const float qs = row_multiplier(m, fixed, qscale, r);
   uint2* q8 = reinterpret_cast<uint2*>(q + r * inter);
 #pragma unroll
   for (int c = 0; c < C; ++c) {
