@@ -34,11 +34,13 @@ EngineOptions EngineOptions::best_available() {
 struct VLayer {
   at::Tensor n1, n2, qkv_w, qkv_b, proj_w, proj_b, gu_w, gu_b, down_w, down_b;
   ops::Fp8Rows qkv_q, gu_q, down_q;  // EngineOptions::fp8: per-output-channel e4m3
+  ops::Fp8Rows proj_q;                // after calibrate_fp8 only (per tensor)
   bool full = false;
 };
 struct TLayer {
   at::Tensor in_n, post_n, qkv_w, qkv_b, o_w, gu_w, down_w;
   ops::Fp8Rows qkv_q, gu_q, down_q;
+  ops::Fp8Rows o_q;  // after calibrate_fp8 only (per tensor)
 };
 
 // The vision tokens of a list of images (all with t = 1) in window order: the index math is the
@@ -409,12 +411,11 @@ struct EngineImpl {
 
   // ---------------------------------------------------------------- fp8
   // Quantises the qkv, gate|up and down weights (one e4m3 scale per output channel); bf16 copies
-  // are kept for the decode loop of generate_greedy and stages under fp8_min_rows. The attention
-  // output projections stay bf16: their input comes from attention, not from a fused norm / SwiGLU
-  // kernel, so it would need a quantisation pass of its own, and at these sizes (N = hidden) fp8 is
-  // no faster (docs/gpu.md).
+  // are kept for the decode loop of generate_greedy and stages under fp8_min_rows.
   // per_tensor (after calibrate_fp8): one scale per matrix, so that the GEMMs with static
-  // activation scales run tensor-wise.
+  // activation scales run tensor-wise, and the attention output projections too: with a static
+  // scale their input is quantised in the attention kernels' store (per token it would need a
+  // pass of its own, which costs what the FP8 GEMM saves).
   void quantize_weights(bool per_tensor = false) {
     if (!o.fp8) return;
     at::NoGradGuard ng;
@@ -426,28 +427,30 @@ struct EngineImpl {
       L.qkv_q = q(L.qkv_w);
       L.gu_q = q(L.gu_w);
       L.down_q = q(L.down_w);
+      L.proj_q = per_tensor && o.fp8_output_projections ? q(L.proj_w) : ops::Fp8Rows{};
     }
     for (TLayer& L : tl) {
       L.qkv_q = q(L.qkv_w);
       L.gu_q = q(L.gu_w);
       L.down_q = q(L.down_w);
+      L.o_q = per_tensor && o.fp8_output_projections ? q(L.o_w) : ops::Fp8Rows{};
     }
   }
   at::Tensor lin8(const ops::Fp8Rows& x, const ops::Fp8Rows& w, const at::Tensor& b = {}) const {
     return ops::linear_fp8(x, w, b, o.dtype, o.fp8_fast_accum);
   }
   // ---- static activation scales (Engine::calibrate_fp8). Each quantised activation is a site:
-  // the inputs of qkv (0), gate|up (1) and down (2) of vision block i (3 i + k) and decoder layer
-  // i (3 (vision depth + i) + k).
+  // the inputs of qkv (0), gate|up (1), down (2) and the attention output projection (3) of vision
+  // block i (4 i + k) and decoder layer i (4 (vision depth + i) + k).
   at::Tensor site_amax;  // float [sites] on the device: running max while calibrating
   // float [sites, 4]: amax / 448 once calibrated (else undefined), repeated so that each site's
   // scale starts 16 bytes after the last (cuBLASLt refuses tensor-wise scales at odd addresses).
   at::Tensor site_scale;
   std::vector<char> site_static;  // per site: calibrated (seen with amax > 0)
   bool calibrating = false;
-  int64_t sites() const { return 3 * static_cast<int64_t>(vl.size() + tl.size()); }
-  static int vsite(size_t layer, int k) { return static_cast<int>(3 * layer) + k; }
-  int tsite(size_t layer, int k) const { return static_cast<int>(3 * (vl.size() + layer)) + k; }
+  int64_t sites() const { return 4 * static_cast<int64_t>(vl.size() + tl.size()); }
+  static int vsite(size_t layer, int k) { return static_cast<int>(4 * layer) + k; }
+  int tsite(size_t layer, int k) const { return static_cast<int>(4 * (vl.size() + layer)) + k; }
   // The static scale of a site (float [1]), or undefined: quantise per token.
   at::Tensor fixed_scale(int site) const {
     if (!site_scale.defined() || !site_static[static_cast<size_t>(site)]) return {};
@@ -464,9 +467,28 @@ struct EngineImpl {
   struct Act {
     at::Tensor x;
     ops::Fp8Rows q;
+    int site = 0;  // the static-scale site of q
   };
+  // Attention output [rows, heads * head_dim] for the output projection: bf16, or e4m3 with the
+  // site's static scale (made by `quantised`, which quantises in the attention kernel's store);
+  // while calibrating, the bf16 output's amax is recorded.
+  Act attention_out(int site, bool quant, const std::function<at::Tensor()>& bf16,
+                    const std::function<ops::Fp8Rows(const at::Tensor&)>& quantised) const {
+    Act a;
+    a.site = site;
+    quant = quant && o.fp8_output_projections;
+    const at::Tensor s = quant ? fixed_scale(site) : at::Tensor();
+    if (s.defined()) {
+      a.q = quantised(s);
+      return a;
+    }
+    a.x = bf16();
+    if (quant && calibrating) record(site, ops::quantize_fp8(a.x, fused()));
+    return a;
+  }
   Act norm(at::Tensor& h, const at::Tensor& w, double eps, bool quant, int site) const {
     Act a;
+    a.site = site;
     if (quant) {
       a.q = ops::rms_norm_fp8(h, w, eps, fused(), fixed_scale(site));
       record(site, a.q);
@@ -478,6 +500,7 @@ struct EngineImpl {
   Act add_norm(const at::Tensor& x, at::Tensor& h, const at::Tensor& w, double eps, bool quant,
                int site) const {
     Act a;
+    a.site = site;
     if (quant) {
       a.q = ops::add_rms_norm_fp8(x, h, w, eps, fused(), fixed_scale(site));
       record(site, a.q);
@@ -524,7 +547,7 @@ struct EngineImpl {
       const VLayer& L = vl[i];
       mark("v.qkv");
       at::Tensor qkv = proj(n, L.qkv_w, L.qkv_q, L.qkv_b);  // [N, 3*hidden]
-      at::Tensor a;
+      Act a;
       if (L.full) {
         mark("v.rotary");
         ops::rotary_(qkv, 2 * H, D, cos, sin, fused());
@@ -532,13 +555,26 @@ struct EngineImpl {
         auto k = qkv.narrow(1, v.hidden_size, v.hidden_size).view({N, H, D});
         auto val = qkv.narrow(1, 2 * v.hidden_size, v.hidden_size).view({N, H, D});
         mark("v.attn_full");
-        a = attend(q, k, val, cu_full, /*causal=*/false, scale, vfull_backend);
+        auto out = [&]() {
+          return attend(q, k, val, cu_full, /*causal=*/false, scale, vfull_backend)
+              .view({N, v.hidden_size});
+        };
+        a = attention_out(vsite(i, 3), q8, out, [&](const at::Tensor& s) {
+          return ops::quantize_fp8(out(), fused(), s);
+        });
       } else {
         mark("v.rotary_attn_window");  // rotary inside the window kernel (ops::window_attention)
-        a = ops::window_attention(qkv, H, D, cos, sin, cu_window, scale, fused(), flash);
+        a = attention_out(
+            vsite(i, 3), q8,
+            [&]() { return ops::window_attention(qkv, H, D, cos, sin, cu_window, scale, fused(),
+                                                 flash); },
+            [&](const at::Tensor& s) {
+              return ops::window_attention_fp8(qkv, H, D, cos, sin, cu_window, scale, fused(),
+                                               flash, s);
+            });
       }
       mark("v.proj");
-      at::Tensor o_ = ops::linear(a.view({N, v.hidden_size}), L.proj_w, L.proj_b);
+      at::Tensor o_ = proj(a, L.proj_w, L.proj_q, L.proj_b);
       mark("v.add_norm");
       n = add_norm(o_, h, L.n2, kVisionRmsNormEps, q8, vsite(i, 1));
       mark("v.gate_up");
@@ -591,9 +627,16 @@ struct EngineImpl {
         cache->v[i].narrow(0, 0, T).copy_(val);
       }
       mark("t.attn");
-      at::Tensor a = attend(q, k, val, seq, /*causal=*/true, scale, llm_backend);
+      auto out = [&]() {
+        return attend(q, k, val, seq, /*causal=*/true, scale, llm_backend).view({T, H * D});
+      };
+      const Act a = attention_out(tsite(i, 3), q8, out, [&](const at::Tensor& s) {
+        return llm_backend == ops::AttnBackend::kCausalKernel
+                   ? ops::causal_attention_fp8(q, k, val, seq, scale, fused(), s)
+                   : ops::quantize_fp8(out(), fused(), s);
+      });
       mark("t.o_proj");
-      at::Tensor o_ = ops::linear(a.view({T, H * D}), L.o_w);
+      at::Tensor o_ = proj(a, L.o_w, L.o_q);
       mark("t.add_norm");
       n = add_norm(o_, h, L.post_n, t.rms_norm_eps, q8, tsite(i, 1));
       mark("t.gate_up");
@@ -1175,7 +1218,9 @@ void Engine::prepare(const PlanSpec& spec) {
     auto& G = P->gemms;
     G.push_back({N, patch_dim(v), vh, 1, false, "vision patch embed"});
     G.push_back({N, vh, 3 * vh, v.depth, v8, "vision qkv"});
-    G.push_back({N, vh, vh, v.depth, false, "vision proj"});
+    // The attention output projections run in FP8 with static scales only (quantize_weights).
+    const bool st = E.site_scale.defined() && E.o.fp8_output_projections;
+    G.push_back({N, vh, vh, v.depth, v8 && st, "vision proj"});
     G.push_back({N, vh, 2 * E.vi_pad, v.depth, v8, "vision gate|up"});
     G.push_back({N, E.vi_pad, vh, v.depth, v8, "vision down"});
     G.push_back({N / merge, mh, mh, 1, false, "merger fc1"});
@@ -1183,7 +1228,7 @@ void Engine::prepare(const PlanSpec& spec) {
     const size_t vision_gemms = G.size();
     G.push_back(
         {T, th, (t.num_attention_heads + 2 * t.num_key_value_heads) * D, run, t8, "decoder qkv"});
-    G.push_back({T, t.num_attention_heads * D, th, run, false, "decoder o_proj"});
+    G.push_back({T, t.num_attention_heads * D, th, run, t8 && st, "decoder o_proj"});
     G.push_back({T, th, 2 * E.ti_pad, run, t8, "decoder gate|up"});
     G.push_back({T, E.ti_pad, th, run, t8, "decoder down"});
     for (PlanGemm& pg : G) pg.tensorwise = pg.fp8 && E.site_scale.defined();

@@ -60,8 +60,9 @@ struct EngineOptions {
   // FP8 (e4m3) matrix products for the qkv, gate|up and down projections of the vision blocks
   // and decoder layers: weights quantised once at load with one scale per output channel,
   // activations per token by the fused add+RMSNorm / SwiGLU kernels, aten::_scaled_mm with bf16
-  // output (or, after Engine::calibrate_fp8, one static scale per activation and per weight). Patch
-  // embedding, attention and its output projection, merger, embeddings and the LM head stay bf16.
+  // output (or, after Engine::calibrate_fp8, one static scale per activation and per weight, and
+  // the attention output projections in FP8 too, their input quantised in the attention kernels'
+  // store). Patch embedding, attention, merger, embeddings and the LM head stay bf16.
   // Needs torch >= 2.1 and, on CUDA, compute capability >= 8.9 (on the CPU it is emulated by
   // dequantising, for checking). Off by default: it moves the last hidden states by several percent
   // (docs/gpu.md).
@@ -69,6 +70,10 @@ struct EngineOptions {
   // _scaled_mm's use_fast_accum (Hopper FP8 accumulation without periodic fp32 promotion): faster,
   // no measurable change of the error here (docs/gpu.md).
   bool fp8_fast_accum = true;
+  // After Engine::calibrate_fp8: the attention output projections (vision proj, decoder o_proj) in
+  // FP8 too, their input quantised in the attention kernels' store with a calibrated scale; false
+  // keeps them bf16 (docs/gpu.md: speed and closed-loop success both ways).
+  bool fp8_output_projections = true;
   // Attention of the decoder's prefill: kTuned (CUDA) times flash-varlen, sdpa, cudnn and the
   // causal kernel (kernels/causal_attention.cu) on each plan's shapes and keeps the fastest that
   // matches flash (Engine::attention_backend() says which); the others force one (sdpa / cudnn need

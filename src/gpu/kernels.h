@@ -29,9 +29,10 @@ const char* rmsnorm_fp8(const void* x, int64_t x_stride, void* residual, int64_t
 const char* silu_mul_fp8(const void* x, int64_t x_stride, void* q, float* scale,
                          const float* fixed_scale, int64_t rows, int64_t inter, DType dt,
                          void* stream);
-// Rows of x quantised per row.
-const char* quantize_fp8(const void* x, int64_t x_stride, void* q, float* scale, int64_t rows,
-                         int64_t dim, DType dt, void* stream);
+// Rows of x quantised per row (or with fixed_scale).
+const char* quantize_fp8(const void* x, int64_t x_stride, void* q, float* scale,
+                         const float* fixed_scale, int64_t rows, int64_t dim, DType dt,
+                         void* stream);
 
 // In-place rotary embedding on the first `nheads` heads (each `head_dim` wide, contiguous) of every
 // row of x (row stride `x_stride` elements): x = x*cos + rotate_half(x)*sin, cos/sin float [rows,
@@ -54,23 +55,27 @@ const char* rotary_append_kv(void* x, int64_t x_stride, const float* cos, const 
 // out[rows, h * head_dim ..] = softmax(q k^T * scale) v. qkv rows (row stride qkv_stride, 16-byte
 // aligned): heads query heads, then heads key heads, then heads value heads; qkv is not written.
 // bf16 only; needs window_attention_fits(head_dim, max_window) (every window <= 64 rows).
+// out: bf16 rows, or with out_scale != nullptr (one float on the device, a static scale as for
+// the _fp8 ops above) e4m3 rows q = saturate(out / *out_scale) (row stride out_stride bytes).
 bool window_attention_fits(int head_dim, int64_t max_window);
 const char* window_attention(const void* qkv, int64_t qkv_stride, const float* cos,
                              const float* sin, const int32_t* cu, int64_t windows,
                              int64_t max_window, int heads, int head_dim, float scale, void* out,
-                             int64_t out_stride, void* stream);
+                             int64_t out_stride, const float* out_scale, void* stream);
 
 // Causal attention over packed sequences (the decoder's prefill; kernels/causal_attention.cu):
 // sequence i is rows cu[i] .. cu[i + 1] - 1 (cu int32 [seqs + 1] on the device); for each row r
 // and head h, out[r, h] = softmax(q[r, h] k[j, h / (heads / kv_heads)]^T * scale) v[j, ...] over
 // the rows j <= r of r's sequence. q, k, v, out: bf16 rows (16-byte aligned, the given strides),
 // heads of head_dim contiguous in a row. tiles = the sum over sequences of ceil(len / 64) (the
-// host knows the lengths). Needs causal_attention_fits(head_dim) (16, 32, 64 or 128).
+// host knows the lengths). Needs causal_attention_fits(head_dim) (16, 32, 64 or 128). out_scale:
+// as for window_attention (e4m3 output when set).
 bool causal_attention_fits(int head_dim);
 const char* causal_attention(const void* q, int64_t q_stride, const void* k, int64_t k_stride,
                              const void* v, int64_t v_stride, const int32_t* cu, int seqs,
                              int64_t tiles, int heads, int kv_heads, int head_dim, float scale,
-                             void* out, int64_t out_stride, void* stream);
+                             void* out, int64_t out_stride, const float* out_scale,
+                             void* stream);
 
 // out[r, i] = silu(x[r, i]) * x[r, inter + i] for x [rows, 2*inter] (row stride x_stride).
 const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, int64_t inter,

@@ -20,7 +20,8 @@ const char* silu_mul_fp8(const void*, int64_t, void*, float*, const float*, int6
                          void*) {
   return kNoCuda;
 }
-const char* quantize_fp8(const void*, int64_t, void*, float*, int64_t, int64_t, DType, void*) {
+const char* quantize_fp8(const void*, int64_t, void*, float*, const float*, int64_t, int64_t, DType,
+                         void*) {
   return kNoCuda;
 }
 const char* rotary(void*, int64_t, const float*, const float*, int64_t, int, int, DType, void*) {
@@ -32,13 +33,14 @@ const char* rotary_append_kv(void*, int64_t, const float*, const float*, int64_t
 }
 bool window_attention_fits(int, int64_t) { return false; }
 const char* window_attention(const void*, int64_t, const float*, const float*, const int32_t*,
-                             int64_t, int64_t, int, int, float, void*, int64_t, void*) {
+                             int64_t, int64_t, int, int, float, void*, int64_t, const float*,
+                             void*) {
   return kNoCuda;
 }
 bool causal_attention_fits(int) { return false; }
 const char* causal_attention(const void*, int64_t, const void*, int64_t, const void*, int64_t,
                              const int32_t*, int, int64_t, int, int, int, float, void*, int64_t,
-                             void*) {
+                             const float*, void*) {
   return kNoCuda;
 }
 const char* silu_mul(const void*, int64_t, void*, int64_t, int64_t, DType, void*) {

@@ -26,6 +26,8 @@ namespace vla::gpu::ops {
 //   causal_attention: {tokens, heads, kv_heads, head_dim, sequences (equal length)}
 //   window_attention: {tokens, heads, head_dim, window} (qkv rows; windows of `window` rows, the
 //     last one shorter when tokens % window != 0)
+//   causal_attention_static_fp8, window_attention_static_fp8: as without, the output quantised to
+//     e4m3 with one static scale (max |v| / 448)
 //   gemv, gemv_fp8: {N, K} (one row x [1, K] times w [N, K]^T + bias; _fp8: e4m3 weights)
 //   gemv_silu_mul, gemv_silu_mul_fp8: {inter, K} (fused gate|up weights [2 * inter, K], SwiGLU)
 struct OpCase {

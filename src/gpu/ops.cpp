@@ -346,8 +346,9 @@ bool causal_attention_available(const at::Tensor& q) {
          kernels::causal_attention_fits(static_cast<int>(q.size(2)));
 }
 
-at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const Varlen& seqs, double scale, bool fused) {
+namespace {
+void check_causal_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const Varlen& seqs) {
   VLA_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
             "causal_attention: q/k/v must be [T, H, D]");
   const int64_t T = q.size(0), H = q.size(1), Hk = k.size(1), D = q.size(2);
@@ -355,26 +356,49 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
                 k.size(0) == T && v.size(0) == T && seqs.total() == T,
             "causal_attention: shapes q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes(),
             " do not fit sequences covering ", seqs.total(), " rows");
-  if (fused && causal_attention_available(q) && k.scalar_type() == at::kBFloat16 &&
-      v.scalar_type() == at::kBFloat16 && heads_rows(q) && heads_rows(k) && heads_rows(v)) {
-    int64_t tiles = 0;
-    for (size_t i = 1; i < seqs.cu.size(); ++i) tiles += (seqs.cu[i] - seqs.cu[i - 1] + 63) / 64;
-    auto out = at::empty({T, H, D}, q.options());
-    check_launch(
-        kernels::causal_attention(
-            q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
-            seqs.cu_dev.data_ptr<int32_t>(), static_cast<int>(seqs.cu.size()) - 1, tiles,
-            static_cast<int>(H), static_cast<int>(Hk), static_cast<int>(D),
-            static_cast<float>(scale), out.data_ptr(), H * D, current_stream(q)),
-        "causal_attention");
-    return out;
-  }
-  return attention(q, k, v, seqs, seqs, /*causal=*/true, scale, /*use_flash=*/false);
 }
-
-at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
-                            const at::Tensor& sin, const Varlen& windows, double scale, bool fused,
-                            bool use_flash) {
+// Runs kernels/causal_attention.cu into out ([T, H * D] rows: bf16, or e4m3 with out_scale) when
+// it can; false otherwise.
+bool causal_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const Varlen& seqs, double scale, bool fused, const at::Tensor& out,
+                   const float* out_scale) {
+  if (!fused || !causal_attention_available(q) || k.scalar_type() != at::kBFloat16 ||
+      v.scalar_type() != at::kBFloat16 || !heads_rows(q) || !heads_rows(k) || !heads_rows(v))
+    return false;
+  const int64_t H = q.size(1), Hk = k.size(1), D = q.size(2);
+  int64_t tiles = 0;
+  for (size_t i = 1; i < seqs.cu.size(); ++i) tiles += (seqs.cu[i] - seqs.cu[i - 1] + 63) / 64;
+  check_launch(kernels::causal_attention(
+                   q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(),
+                   v.stride(0), seqs.cu_dev.data_ptr<int32_t>(),
+                   static_cast<int>(seqs.cu.size()) - 1, tiles, static_cast<int>(H),
+                   static_cast<int>(Hk), static_cast<int>(D), static_cast<float>(scale),
+                   out.data_ptr(), H * D, out_scale, current_stream(q)),
+               "causal_attention");
+  return true;
+}
+// Runs kernels/window_attention.cu into out ([T, heads * head_dim] rows: bf16, or e4m3 with
+// out_scale) when it can; false otherwise.
+bool window_kernel(const at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
+                   const at::Tensor& sin, const Varlen& windows, double scale, bool fused,
+                   const at::Tensor& out, const float* out_scale) {
+  if (!use_kernels(qkv, fused) || qkv.scalar_type() != at::kBFloat16 ||
+      !kernels::window_attention_fits(head_dim, windows.max_len) || qkv.stride(0) % 8 != 0 ||
+      reinterpret_cast<uintptr_t>(qkv.data_ptr()) % 16 != 0)
+    return false;
+  auto c = cos.to(at::kFloat).contiguous();
+  auto s = sin.to(at::kFloat).contiguous();
+  check_launch(kernels::window_attention(qkv.data_ptr(), qkv.stride(0), c.data_ptr<float>(),
+                                         s.data_ptr<float>(), windows.cu_dev.data_ptr<int32_t>(),
+                                         static_cast<int64_t>(windows.cu.size()) - 1,
+                                         windows.max_len, heads, head_dim,
+                                         static_cast<float>(scale), out.data_ptr(), out.stride(0),
+                                         out_scale, current_stream(qkv)),
+               "window_attention");
+  return true;
+}
+void check_window_shapes(const at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
+                         const at::Tensor& sin, const Varlen& windows) {
   check_rows(qkv, "window_attention");
   const int64_t T = qkv.size(0), width = static_cast<int64_t>(heads) * head_dim;
   VLA_CHECK(qkv.size(1) == 3 * width, "window_attention: qkv rows are ", qkv.size(1),
@@ -383,20 +407,25 @@ at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::
             " rows, qkv has ", T);
   VLA_CHECK(cos.size(0) == T && cos.size(1) == head_dim && sin.sizes() == cos.sizes(),
             "window_attention: cos / sin tables must be [", T, ", ", head_dim, "]");
-  if (use_kernels(qkv, fused) && qkv.scalar_type() == at::kBFloat16 &&
-      kernels::window_attention_fits(head_dim, windows.max_len) && qkv.stride(0) % 8 == 0 &&
-      reinterpret_cast<uintptr_t>(qkv.data_ptr()) % 16 == 0) {
-    auto out = at::empty({T, width}, qkv.options());
-    auto c = cos.to(at::kFloat).contiguous();
-    auto s = sin.to(at::kFloat).contiguous();
-    check_launch(kernels::window_attention(
-                     qkv.data_ptr(), qkv.stride(0), c.data_ptr<float>(), s.data_ptr<float>(),
-                     windows.cu_dev.data_ptr<int32_t>(),
-                     static_cast<int64_t>(windows.cu.size()) - 1, windows.max_len, heads, head_dim,
-                     static_cast<float>(scale), out.data_ptr(), out.stride(0), current_stream(qkv)),
-                 "window_attention");
+}
+}  // namespace
+
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const Varlen& seqs, double scale, bool fused) {
+  check_causal_shapes(q, k, v, seqs);
+  auto out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  if (causal_kernel(q, k, v, seqs, scale, fused, out, nullptr)) return out;
+  return attention(q, k, v, seqs, seqs, /*causal=*/true, scale, /*use_flash=*/false);
+}
+
+at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
+                            const at::Tensor& sin, const Varlen& windows, double scale, bool fused,
+                            bool use_flash) {
+  check_window_shapes(qkv, heads, head_dim, cos, sin, windows);
+  const int64_t T = qkv.size(0), width = static_cast<int64_t>(heads) * head_dim;
+  auto out = at::empty({T, width}, qkv.options());
+  if (window_kernel(qkv, heads, head_dim, cos, sin, windows, scale, fused, out, nullptr))
     return out;
-  }
   rotary_(qkv, 2 * heads, head_dim, cos, sin, fused);
   auto q = qkv.narrow(1, 0, width).view({T, heads, head_dim});
   auto k = qkv.narrow(1, width, width).view({T, heads, head_dim});
@@ -482,20 +511,17 @@ bool fp8_supported(const at::Device& device) {
 Fp8Rows quantize_fp8(const at::Tensor& x, bool fused, const at::Tensor& fixed_scale) {
   check_rows(x, "quantize_fp8");
 #ifdef VLA_HAVE_FP8
-  if (fixed_scale.defined()) {
-    fixed_ptr(fixed_scale, x);  // checks it
-    return quantize_ref(x.to(at::kFloat), fixed_scale);
-  }
+  const float* fixed = fixed_ptr(fixed_scale, x);  // checks it
   if (kernel_row_fits(x, x.size(1), fused)) {
-    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device(), {});
-    check_launch(
-        kernels::quantize_fp8(x.data_ptr(), x.stride(0), r.q.data_ptr(), r.scale.data_ptr<float>(),
-                              x.size(0), x.size(1), kdtype(x), current_stream(x)),
-        "quantize_fp8");
+    Fp8Rows r = alloc_fp8(x.size(0), x.size(1), x.device(), fixed_scale);
+    check_launch(kernels::quantize_fp8(x.data_ptr(), x.stride(0), r.q.data_ptr(),
+                                       fixed ? nullptr : r.scale.data_ptr<float>(), fixed,
+                                       x.size(0), x.size(1), kdtype(x), current_stream(x)),
+                 "quantize_fp8");
     return r;
   }
   (void)fused;
-  return quantize_ref(x.to(at::kFloat));
+  return quantize_ref(x.to(at::kFloat), fixed_scale);
 #else
   (void)fused;
   (void)fixed_scale;
@@ -586,6 +612,47 @@ Fp8Rows quantize_fp8_tensor(const at::Tensor& w) {
   r.tensorwise = true;
   return r;
 #else
+  no_fp8();
+#endif
+}
+
+Fp8Rows causal_attention_fp8(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const Varlen& seqs, double scale, bool fused,
+                             const at::Tensor& fixed_scale) {
+  check_causal_shapes(q, k, v, seqs);
+#ifdef VLA_HAVE_FP8
+  VLA_CHECK(fixed_scale.defined(), "causal_attention_fp8: needs a static scale");
+  const float* fixed = fixed_ptr(fixed_scale, q);
+  Fp8Rows r = alloc_fp8(q.size(0), q.size(1) * q.size(2), q.device(), fixed_scale);
+  if (causal_kernel(q, k, v, seqs, scale, fused, r.q, fixed)) return r;
+  const at::Tensor out = causal_attention(q, k, v, seqs, scale, fused);
+  return quantize_fp8(out.view({q.size(0), -1}), fused, fixed_scale);
+#else
+  (void)scale;
+  (void)fused;
+  (void)fixed_scale;
+  no_fp8();
+#endif
+}
+
+Fp8Rows window_attention_fp8(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
+                             const at::Tensor& sin, const Varlen& windows, double scale,
+                             bool fused, bool use_flash, const at::Tensor& fixed_scale) {
+  check_window_shapes(qkv, heads, head_dim, cos, sin, windows);
+#ifdef VLA_HAVE_FP8
+  VLA_CHECK(fixed_scale.defined(), "window_attention_fp8: needs a static scale");
+  const float* fixed = fixed_ptr(fixed_scale, qkv);
+  Fp8Rows r = alloc_fp8(qkv.size(0), static_cast<int64_t>(heads) * head_dim, qkv.device(),
+                        fixed_scale);
+  if (window_kernel(qkv, heads, head_dim, cos, sin, windows, scale, fused, r.q, fixed)) return r;
+  return quantize_fp8(
+      window_attention(qkv, heads, head_dim, cos, sin, windows, scale, fused, use_flash), fused,
+      fixed_scale);
+#else
+  (void)scale;
+  (void)fused;
+  (void)use_flash;
+  (void)fixed_scale;
   no_fp8();
 #endif
 }

@@ -60,8 +60,7 @@ bool fp8_compiled();
 // Whether linear_fp8 can run on `device`: CPU (emulated by dequantising) or a CUDA device with
 // compute capability >= 8.9 and aten::_scaled_mm.
 bool fp8_supported(const at::Device& device);
-// x [rows, K] (row stride free) -> per-row e4m3, or with one static scale fixed_scale (ATen only:
-// the engine's static scales are applied by the norm / SwiGLU kernels that produce activations).
+// x [rows, K] (row stride free) -> per-row e4m3, or with one static scale fixed_scale.
 Fp8Rows quantize_fp8(const at::Tensor& x, bool fused, const at::Tensor& fixed_scale = {});
 // w [N, K] -> e4m3 with one scale for the whole tensor (amax / 448), tensorwise = true.
 Fp8Rows quantize_fp8_tensor(const at::Tensor& w);
@@ -146,5 +145,17 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
                             const at::Tensor& sin, const Varlen& windows, double scale, bool fused,
                             bool use_flash);
+
+// causal_attention / window_attention with the output quantised to e4m3 with one static scale
+// (fixed_scale: one float32 on the inputs' device; Fp8Rows::scale is it): the input of an FP8
+// output projection (Engine::calibrate_fp8). The kernels quantise in their store; where they do not
+// run, the bf16 result is quantised after. Throws vla::Error without float8 support or without a
+// static scale.
+Fp8Rows causal_attention_fp8(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const Varlen& seqs, double scale, bool fused,
+                             const at::Tensor& fixed_scale);
+Fp8Rows window_attention_fp8(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
+                             const at::Tensor& sin, const Varlen& windows, double scale,
+                             bool fused, bool use_flash, const at::Tensor& fixed_scale);
 
 }  // namespace vla::gpu::ops

@@ -301,8 +301,10 @@ void check_plan_matches_forward(const EngineOptions& opts, double tol) {
 }
 
 // Engine::calibrate_fp8 on one set of frames, measured on another: the plan's features stay near
-// the per-token FP8 ones and the unquantised engine's, its FP8 GEMMs run tensor-wise, the eager
-// path uses the same static scales, and clearing the calibration gives the per-token features back.
+// the per-token FP8 ones and the unquantised engine's, its FP8 GEMMs run tensor-wise (the
+// attention output projections included, unless EngineOptions::fp8_output_projections is off), the
+// eager path uses the same static scales, and clearing the calibration gives the per-token
+// features back.
 void check_static_fp8(const EngineOptions& base, double tol) {
   Fixture f = load_fixture("tiny_b");
   f.image.min_pixels = 3136;
@@ -343,6 +345,13 @@ void check_static_fp8(const EngineOptions& base, double tol) {
     tensorwise += g.tensorwise ? 1 : 0;
   }
   EXPECT_GT(tensorwise, 0);
+  auto output_projections_fp8 = [](const Engine& eng) {
+    int n = 0;
+    for (const PlanGemm& g : eng.plan_gemms())
+      if (g.what == "vision proj" || g.what == "decoder o_proj") n += g.fp8 ? 1 : 0;
+    return n;
+  };
+  EXPECT_EQ(output_projections_fp8(e), 2);
   const at::Tensor fixed = e.encode(mp).clone();
   const double vs_plain = rel_err(fixed, want), vs_per_token = rel_err(fixed, per_token);
   std::printf(
@@ -354,6 +363,20 @@ void check_static_fp8(const EngineOptions& base, double tol) {
   EXPECT_GT(vs_per_token, 0.0);  // the scales changed something
   auto [pv, grid] = e.preprocess(mp, H, W);
   EXPECT_LE(rel_err(e.forward(e.plan_token_ids(), pv, grid), fixed), 5e-2);
+  {
+    // EngineOptions::fp8_output_projections = false: the same scales, output projections bf16.
+    EngineOptions b = q;
+    b.fp8_output_projections = false;
+    Engine eb(f.config, f.image, f.fn(), b);
+    eb.prepare(spec);
+    eb.calibrate_fp8({calibration[0].data(), calibration[1].data()});
+    EXPECT_EQ(output_projections_fp8(eb), 0);
+    const at::Tensor bf16_proj = eb.encode(mp);
+    std::printf("[fp8 static %s] output projections bf16: rel err vs unquantised %.4f (fp8: %.4f)\n",
+                base.device.str().c_str(), rel_err(bf16_proj, want), vs_plain);
+    EXPECT_LE(rel_err(bf16_proj, want), tol);
+    EXPECT_GT(rel_err(bf16_proj, fixed), 0.0);  // the option changed something
+  }
   e.clear_fp8_calibration();
   EXPECT_FALSE(e.fp8_calibrated());
   EXPECT_LE(rel_err(e.encode(mp), per_token), 1e-2);
@@ -567,12 +590,13 @@ TEST(GpuOpTable, EveryCaseMatchesOnCuda) {
   for (const ops::OpCase& c : ops::unit_cases()) {
     if (c.fp8() && !fp8_available(dev)) continue;
     const ops::OpParity p = ops::check_op(c, dev, 7);
-    // attention runs flash where torch has it; causal_attention has a kernel for bf16 and head
-    // dims 64 / 128 only (the other cases check its fallback).
+    // attention runs flash where torch has it; causal_attention (and its _static_fp8 variant) has
+    // a kernel for bf16 and head dims 16 .. 128 only (the other cases check its fallback).
+    const bool causal = c.op.compare(0, 16, "causal_attention") == 0;
     const bool kernel_optional =
-        c.op == "attention" || (c.op == "causal_attention" &&
-                                (c.dtype != at::kBFloat16 ||
-                                 !kernels::causal_attention_fits(static_cast<int>(c.dims[3]))));
+        c.op == "attention" ||
+        (causal && (c.dtype != at::kBFloat16 ||
+                    !kernels::causal_attention_fits(static_cast<int>(c.dims[3]))));
     EXPECT_TRUE(p.fused_ran || kernel_optional) << c.label() << ": no kernel ran";
     EXPECT_LE(p.fused_vs_reference, ops::tolerance_vs_reference(c)) << c.label();
     EXPECT_LE(p.fused_vs_f64, ops::tolerance_vs_f64(c)) << c.label();

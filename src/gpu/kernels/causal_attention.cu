@@ -7,8 +7,11 @@
 // while the next S is computed. Written for this engine (no library here has it for C++ callers:
 // torch's flash kernel uses 128-query tiles, so a 1525-token prompt with 16 heads gives 192 CTAs
 // for 132 SMs); the tiles are launched longest first so the diagonal's short tiles fill the tail.
+// The output is bf16, or e4m3 with a static scale (the FP8 output projection's input).
 #include "gpu/kernels/common.cuh"
 #include "gpu/kernels/mma.cuh"
+
+#include <type_traits>
 
 namespace vla::gpu::kernels {
 namespace {
@@ -38,14 +41,16 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat1
 
 // grid (heads, tiles): tiles numbered over all sequences (ceil(len / 64) each) and taken in
 // reverse, so the last (longest) tiles start first. q rows: q + row * q_stride + h * D; k / v rows
-// likewise with KV head h / (heads / kv_heads).
-template <int D>
+// likewise with KV head h / (heads / kv_heads). Out: __nv_bfloat16, or uint8_t (e4m3, divided by
+// *out_scale).
+template <int D, typename Out>
 __global__ void __launch_bounds__(kWarps * 32)
     causal_attention_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride,
                             const __nv_bfloat16* __restrict__ k, int64_t k_stride,
                             const __nv_bfloat16* __restrict__ v, int64_t v_stride,
                             const int32_t* __restrict__ cu, int seqs, int heads, int kv_heads,
-                            float scale_log2, __nv_bfloat16* __restrict__ out, int64_t out_stride) {
+                            float scale_log2, Out* __restrict__ out, int64_t out_stride,
+                            const float* __restrict__ out_scale) {
   constexpr int kP = D + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -172,7 +177,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     sum0 += __shfl_xor_sync(0xffffffffu, sum0, o);
     sum1 += __shfl_xor_sync(0xffffffffu, sum1, o);
   }
-  const float inv0 = 1.f / sum0, inv1 = 1.f / sum1;
+  const float to_out = out_scale ? 1.f / __ldg(out_scale) : 1.f;
+  const float inv0 = to_out / sum0, inv1 = to_out / sum1;
   const int ra = m0 + g, rb = ra + 8;
   auto row_out = [&](int r) {
     return r < q_rows ? out + (row0 + q0 + r) * out_stride + static_cast<int64_t>(h) * D + t4 * 2
@@ -181,21 +187,22 @@ __global__ void __launch_bounds__(kWarps * 32)
   store_fragment<D>(acc, inv0, inv1, row_out(ra), row_out(rb));
 }
 
-template <int D>
+template <int D, typename Out>
 const char* launch(const void* q, int64_t q_stride, const void* k, int64_t k_stride, const void* v,
                    int64_t v_stride, const int32_t* cu, int seqs, int64_t tiles, int heads,
-                   int kv_heads, float scale, void* out, int64_t out_stride, cudaStream_t s) {
+                   int kv_heads, float scale, void* out, int64_t out_stride, const float* out_scale,
+                   cudaStream_t s) {
   constexpr int bytes = smem_bytes<D>();
   if (bytes > 48 * 1024) {
     static const cudaError_t set = cudaFuncSetAttribute(
-        causal_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+        causal_attention_kernel<D, Out>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (set != cudaSuccess) return cudaGetErrorString(set);
   }
   const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(tiles));
-  causal_attention_kernel<D><<<grid, kWarps * 32, bytes, s>>>(
+  causal_attention_kernel<D, Out><<<grid, kWarps * 32, bytes, s>>>(
       static_cast<const __nv_bfloat16*>(q), q_stride, static_cast<const __nv_bfloat16*>(k),
       k_stride, static_cast<const __nv_bfloat16*>(v), v_stride, cu, seqs, heads, kv_heads,
-      scale * kLog2e, static_cast<__nv_bfloat16*>(out), out_stride);
+      scale * kLog2e, static_cast<Out*>(out), out_stride, out_scale);
   return last_error();
 }
 
@@ -208,7 +215,8 @@ bool causal_attention_fits(int head_dim) {
 const char* causal_attention(const void* q, int64_t q_stride, const void* k, int64_t k_stride,
                              const void* v, int64_t v_stride, const int32_t* cu, int seqs,
                              int64_t tiles, int heads, int kv_heads, int head_dim, float scale,
-                             void* out, int64_t out_stride, void* stream) {
+                             void* out, int64_t out_stride, const float* out_scale,
+                             void* stream) {
   if (seqs == 0 || tiles == 0) return nullptr;
   if (!causal_attention_fits(head_dim))
     return "causal_attention: head_dim must be 16, 32, 64 or 128";
@@ -222,19 +230,23 @@ const char* causal_attention(const void* q, int64_t q_stride, const void* k, int
   if (reinterpret_cast<uintptr_t>(out) % 4 != 0 || out_stride % 2 != 0)
     return "causal_attention: out needs 4-byte aligned rows";
   auto s = static_cast<cudaStream_t>(stream);
+  auto run = [&](auto d) {
+    constexpr int kD = decltype(d)::value;
+    return out_scale ? launch<kD, uint8_t>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles,
+                                           heads, kv_heads, scale, out, out_stride, out_scale, s)
+                     : launch<kD, __nv_bfloat16>(q, q_stride, k, k_stride, v, v_stride, cu, seqs,
+                                                 tiles, heads, kv_heads, scale, out, out_stride,
+                                                 nullptr, s);
+  };
   switch (head_dim) {
     case 16:
-      return launch<16>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles, heads, kv_heads,
-                        scale, out, out_stride, s);
+      return run(std::integral_constant<int, 16>{});
     case 32:
-      return launch<32>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles, heads, kv_heads,
-                        scale, out, out_stride, s);
+      return run(std::integral_constant<int, 32>{});
     case 64:
-      return launch<64>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles, heads, kv_heads,
-                        scale, out, out_stride, s);
+      return run(std::integral_constant<int, 64>{});
     default:
-      return launch<128>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles, heads, kv_heads,
-                         scale, out, out_stride, s);
+      return run(std::integral_constant<int, 128>{});
   }
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
@@ -99,6 +100,22 @@ __device__ __forceinline__ void store_fragment(const float (&acc)[D / 8][4], flo
     if (ob)
       *reinterpret_cast<__nv_bfloat162*>(ob + n * 8) =
           __floats2bfloat162_rn(acc[n][2] * inv1, acc[n][3] * inv1);
+  }
+}
+
+// The same as e4m3 (FP8 outputs with a static scale): inv0 / inv1 include 1 / scale, values
+// saturate at +-448; oa / ob point at the row's byte 2 (lane % 4).
+template <int D>
+__device__ __forceinline__ void store_fragment(const float (&acc)[D / 8][4], float inv0, float inv1,
+                                               uint8_t* oa, uint8_t* ob) {
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    if (oa)
+      *reinterpret_cast<__nv_fp8x2_storage_t*>(oa + n * 8) = __nv_cvt_float2_to_fp8x2(
+          make_float2(acc[n][0] * inv0, acc[n][1] * inv0), __NV_SATFINITE, __NV_E4M3);
+    if (ob)
+      *reinterpret_cast<__nv_fp8x2_storage_t*>(ob + n * 8) = __nv_cvt_float2_to_fp8x2(
+          make_float2(acc[n][2] * inv1, acc[n][3] * inv1), __NV_SATFINITE, __NV_E4M3);
   }
 }
 

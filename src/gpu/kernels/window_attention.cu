@@ -7,9 +7,12 @@
 // once (cp.async), rotates q and k there (in float, rounded to bf16 as the standalone rotary kernel
 // rounds), then each warp computes S = q k^T for 16 query rows and O = softmax(S) v on tensor cores
 // (mma.sync m16n8k16, bf16 in, fp32 accumulation; v's fragments through ldmatrix.trans), with P
-// rounded to bf16 for the second product as flash attention does.
+// rounded to bf16 for the second product as flash attention does. The output is bf16, or e4m3 with
+// a static scale (the input of the FP8 output projection, quantised in the store).
 #include "gpu/kernels/common.cuh"
 #include "gpu/kernels/mma.cuh"
+
+#include <type_traits>
 
 namespace vla::gpu::kernels {
 namespace {
@@ -27,12 +30,14 @@ constexpr int smem_bytes() {
 // together they read whole qkv rows (and share the window's cos / sin rows in L2) instead of one
 // head's 2 D bytes of every row at a time. qkv rows: [q heads | k heads | v heads], each head D
 // wide. Rows r0 .. r0 + len - 1 of window w = blockIdx.y (r0 = cu[w], len = cu[w + 1] - r0 <= 64).
-template <int D>
+// Out: __nv_bfloat16, or uint8_t (e4m3, divided by *out_scale).
+template <int D, typename Out>
 __global__ void __launch_bounds__(kWarps * 32, 4)
     window_attention_kernel(const __nv_bfloat16* __restrict__ qkv, int64_t stride,
                             const float* __restrict__ cos, const float* __restrict__ sin,
                             const int32_t* __restrict__ cu, int heads, float scale_log2,
-                            __nv_bfloat16* __restrict__ out, int64_t out_stride) {
+                            Out* __restrict__ out, int64_t out_stride,
+                            const float* __restrict__ out_scale) {
   constexpr int kQ = D + 8;       // padded rows: the fragment loads below hit distinct banks
   constexpr int kChunks = D / 8;  // 16-byte chunks per head row
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -120,7 +125,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
 #pragma unroll
   for (int kk = 0; kk < kWin / 16; ++kk)
     if (kk * 16 < len) pv_step<D>(acc, s, kk, vs, kQ, lane);  // warp-uniform: later keys' P is 0
-  const float inv0 = 1.f / sum0, inv1 = 1.f / sum1;
+  const float to_out = out_scale ? 1.f / __ldg(out_scale) : 1.f;
+  const float inv0 = to_out / sum0, inv1 = to_out / sum1;
   const int ra = m0 + g, rb = m0 + g + 8;
   auto row_out = [&](int r) {
     return r < len ? out + (r0 + r) * out_stride + static_cast<int64_t>(h) * D + t4 * 2 : nullptr;
@@ -128,21 +134,30 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
   store_fragment<D>(acc, inv0, inv1, row_out(ra), row_out(rb));
 }
 
-template <int D>
+template <int D, typename Out>
 const char* launch(const void* qkv, int64_t stride, const float* cos, const float* sin,
                    const int32_t* cu, int64_t windows, int heads, float scale, void* out,
-                   int64_t out_stride, cudaStream_t s) {
+                   int64_t out_stride, const float* out_scale, cudaStream_t s) {
   constexpr int bytes = smem_bytes<D>();
   if (bytes > 48 * 1024) {
     static const cudaError_t set = cudaFuncSetAttribute(
-        window_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+        window_attention_kernel<D, Out>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (set != cudaSuccess) return cudaGetErrorString(set);
   }
   const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(windows));
-  window_attention_kernel<D><<<grid, kWarps * 32, bytes, s>>>(
+  window_attention_kernel<D, Out><<<grid, kWarps * 32, bytes, s>>>(
       static_cast<const __nv_bfloat16*>(qkv), stride, cos, sin, cu, heads, scale * kLog2e,
-      static_cast<__nv_bfloat16*>(out), out_stride);
+      static_cast<Out*>(out), out_stride, out_scale);
   return last_error();
+}
+template <int D>
+const char* launch(const void* qkv, int64_t stride, const float* cos, const float* sin,
+                   const int32_t* cu, int64_t windows, int heads, float scale, void* out,
+                   int64_t out_stride, const float* out_scale, cudaStream_t s) {
+  return out_scale ? launch<D, uint8_t>(qkv, stride, cos, sin, cu, windows, heads, scale, out,
+                                        out_stride, out_scale, s)
+                   : launch<D, __nv_bfloat16>(qkv, stride, cos, sin, cu, windows, heads, scale,
+                                              out, out_stride, nullptr, s);
 }
 
 }  // namespace
@@ -164,7 +179,7 @@ bool window_attention_fits(int head_dim, int64_t max_window) {
 const char* window_attention(const void* qkv, int64_t qkv_stride, const float* cos,
                              const float* sin, const int32_t* cu, int64_t windows,
                              int64_t max_window, int heads, int head_dim, float scale, void* out,
-                             int64_t out_stride, void* stream) {
+                             int64_t out_stride, const float* out_scale, void* stream) {
   if (windows == 0) return nullptr;
   if (windows > 65535) return "window_attention: more than 65535 windows in one launch";
   if (!window_attention_fits(head_dim, max_window))
@@ -173,17 +188,21 @@ const char* window_attention(const void* qkv, int64_t qkv_stride, const float* c
       reinterpret_cast<uintptr_t>(out) % 4 != 0)
     return "window_attention: qkv needs 16-byte aligned rows, out 4-byte aligned rows";
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  auto run = [&](auto d) {
+    return launch<decltype(d)::value>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out,
+                                      out_stride, out_scale, s);
+  };
   switch (head_dim) {
     case 16:
-      return launch<16>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out, out_stride, s);
+      return run(std::integral_constant<int, 16>{});
     case 32:
-      return launch<32>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out, out_stride, s);
+      return run(std::integral_constant<int, 32>{});
     case 64:
-      return launch<64>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out, out_stride, s);
+      return run(std::integral_constant<int, 64>{});
     case 80:
-      return launch<80>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out, out_stride, s);
+      return run(std::integral_constant<int, 80>{});
     default:
-      return launch<128>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out, out_stride, s);
+      return run(std::integral_constant<int, 128>{});
   }
 }
 
