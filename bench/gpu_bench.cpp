@@ -358,6 +358,7 @@ int main(int argc, char** argv) {
       int text_layers = 0;  // PlanSpec::text_layers (0 = all)
       // FP8: static activation scales calibrated on other frames (Engine::calibrate_fp8).
       bool calibrated = false;
+      bool out_proj = false;  // with calibrated: EngineOptions::fp8_output_projections
     };
     std::map<std::string, at::Tensor> bf16_features, fp32_features;
     // Times `cases` on `e` into out[section]; with `reference` the features are compared.
@@ -376,6 +377,7 @@ int main(int argc, char** argv) {
         if (e.options().fp8) {
           e.set_fp8_fast_accum(c.fast_accum);
           e.set_fp8_min_rows(c.min_rows);
+          e.set_fp8_output_projections(c.out_proj);
         }
         try {
           if (c.calibrated) {
@@ -531,7 +533,9 @@ int main(int argc, char** argv) {
             {"5view", 5, ViewLayout::kOneSequence, true, true, 0},
             {"5view_exact_accum", 5, ViewLayout::kOneSequence, true, false, 0},
             {"1view_static", 1, ViewLayout::kOneSequence, true, true, 0, 0, true},
-            {"5view_static", 5, ViewLayout::kOneSequence, true, true, 0, 0, true}};
+            {"5view_static", 5, ViewLayout::kOneSequence, true, true, 0, 0, true},
+            {"1view_static_out_proj", 1, ViewLayout::kOneSequence, true, true, 0, 0, true, true},
+            {"5view_static_out_proj", 5, ViewLayout::kOneSequence, true, true, 0, 0, true, true}};
         if (vlm_layers > 0)
           c8.push_back({mid_key, 5, ViewLayout::kOneSequence, true, true, 0, vlm_layers});
         run_cases(*e8, c8, "fp8", false, true);
@@ -622,6 +626,9 @@ int main(int argc, char** argv) {
             floor_of(v, "floor_ms"), "", v + "_static");
         row(v + " vision tower, fp8 static scales", 0, num(c8, v + "_static", vis), peer_vision(v),
             floor_of(v, "vision_floor_ms"));
+        row(v + " end-to-end, fp8 static + output projections", 0,
+            num(c8, v + "_static_out_proj", wall), peer_e2e(v), floor_of(v, "floor_ms"), "",
+            v + "_static_out_proj");
       }
       row("5view end-to-end, fp8 without fast accum", 0, num(c8, "5view_exact_accum", wall),
           peer_e2e("5view"), floor_of("5view", "floor_ms"));
@@ -654,8 +661,9 @@ int main(int argc, char** argv) {
                       k.c_str(), c16[k]["rel_err_vs_fp32"].get<double>());
         }
       }
-      for (const std::string k : {"1view", "1view_min_rows_1024", "5view", "5view_exact_accum",
-                                  "1view_static", "5view_static"}) {
+      for (const std::string k :
+           {"1view", "1view_min_rows_1024", "5view", "5view_exact_accum", "1view_static",
+            "5view_static", "1view_static_out_proj", "5view_static_out_proj"}) {
         if (c8.contains(k) && c8[k].contains("rel_err_vs_bf16")) {
           std::printf(
               "fp8 %-20s features (last hidden states) rel. err vs bf16: %.4f, vs fp32: %.4f\n",

@@ -134,7 +134,7 @@ void add_run(CLI::App& app) {
                 {"backend", a->vlm.backend},
                 {"fp8", a->vlm.fp8},
                 {"fp8_static", a->vlm.fp8_static},
-                {"fp8_bf16_output_projections", a->vlm.fp8_bf16_output_projections},
+                {"fp8_output_projections", a->vlm.fp8_output_projections},
                 {"expert_trained", a->vlm_config.empty()}};
     j["frames"] = frames_from;
     j["interrupted"] = vla::cli::StopSignals::flag().load();

@@ -34,7 +34,7 @@ EngineOptions EngineOptions::best_available() {
 struct VLayer {
   at::Tensor n1, n2, qkv_w, qkv_b, proj_w, proj_b, gu_w, gu_b, down_w, down_b;
   ops::Fp8Rows qkv_q, gu_q, down_q;  // EngineOptions::fp8: per-output-channel e4m3
-  ops::Fp8Rows proj_q;                // after calibrate_fp8 only (per tensor)
+  ops::Fp8Rows proj_q;               // after calibrate_fp8 only (per tensor)
   bool full = false;
 };
 struct TLayer {
@@ -566,8 +566,9 @@ struct EngineImpl {
         mark("v.rotary_attn_window");  // rotary inside the window kernel (ops::window_attention)
         a = attention_out(
             vsite(i, 3), q8,
-            [&]() { return ops::window_attention(qkv, H, D, cos, sin, cu_window, scale, fused(),
-                                                 flash); },
+            [&]() {
+              return ops::window_attention(qkv, H, D, cos, sin, cu_window, scale, fused(), flash);
+            },
             [&](const at::Tensor& s) {
               return ops::window_attention_fp8(qkv, H, D, cos, sin, cu_window, scale, fused(),
                                                flash, s);
@@ -883,6 +884,7 @@ const ImagePreprocessConfig& Engine::image_config() const { return impl_->pc; }
 const EngineOptions& Engine::options() const { return impl_->o; }
 void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
 void Engine::set_fp8_fast_accum(bool on) { impl_->o.fp8_fast_accum = on; }
+void Engine::set_fp8_output_projections(bool on) { impl_->o.fp8_output_projections = on; }
 void Engine::set_fp8_min_rows(int64_t rows) { impl_->o.fp8_min_rows = rows; }
 std::string Engine::attention_backend() const {
   std::string s = impl_->flash ? "flash-varlen" : "math";

@@ -74,8 +74,7 @@ bool causal_attention_fits(int head_dim);
 const char* causal_attention(const void* q, int64_t q_stride, const void* k, int64_t k_stride,
                              const void* v, int64_t v_stride, const int32_t* cu, int seqs,
                              int64_t tiles, int heads, int kv_heads, int head_dim, float scale,
-                             void* out, int64_t out_stride, const float* out_scale,
-                             void* stream);
+                             void* out, int64_t out_stride, const float* out_scale, void* stream);
 
 // out[r, i] = silu(x[r, i]) * x[r, inter + i] for x [rows, 2*inter] (row stride x_stride).
 const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, int64_t inter,

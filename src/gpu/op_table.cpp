@@ -86,8 +86,8 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     in.scale = 1.0 / std::sqrt(static_cast<double>(hd));
     // Outputs are convex combinations of v rows: |out| <= max |v|.
     if (op == "window_attention_static_fp8")
-      in.fixed = (in.x.narrow(1, 2 * H * hd, H * hd).abs().amax().to(at::kFloat) / 448.0)
-                     .reshape({1});
+      in.fixed =
+          (in.x.narrow(1, 2 * H * hd, H * hd).abs().amax().to(at::kFloat) / 448.0).reshape({1});
   } else if (op == "silu_mul" || op == "silu_mul_fp8" || op == "silu_mul_static_fp8") {
     need(c, 2);
     in.x = to_dev(at::randn({c.dims[0], 2 * c.dims[1]}, f32) * 2, c.dtype);
@@ -102,8 +102,7 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     in.w = to_dev(at::randn({rows, K}, f32) / std::sqrt(static_cast<double>(K)) * 2, c.dtype);
     if (!gate) in.b = to_dev(at::randn({rows}, f32) * 0.1, c.dtype);
     if (c.fp8()) in.w8 = quantize_fp8(in.w, false);
-  } else if (op == "attention" || op == "causal_attention" ||
-             op == "causal_attention_static_fp8") {
+  } else if (op == "attention" || op == "causal_attention" || op == "causal_attention_static_fp8") {
     const bool causal_op = op != "attention";
     need(c, causal_op ? 5 : 6);
     const int64_t T = c.dims[0], H = c.dims[1], Hk = c.dims[2], D = c.dims[3],
@@ -409,9 +408,9 @@ OpParity check_op(const OpCase& c, const at::Device& device, uint64_t seed) {
   const at::Tensor ref = run(c, in, false), fused = run(c, in, true);
   const at::Tensor def = definition(c, in);
   OpParity p;
-  p.fused_ran = c.op == "attention"          ? flash_available(in.q)
+  p.fused_ran = c.op == "attention"                            ? flash_available(in.q)
                 : c.op.compare(0, 16, "causal_attention") == 0 ? causal_attention_available(in.q)
-                                             : use_kernels(in.x, true);
+                                                               : use_kernels(in.x, true);
   p.fused_vs_reference = rel_err(fused, ref);
   p.reference_vs_f64 = rel_err(ref, def);
   p.fused_vs_f64 = rel_err(fused, def);

@@ -369,11 +369,10 @@ bool causal_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   int64_t tiles = 0;
   for (size_t i = 1; i < seqs.cu.size(); ++i) tiles += (seqs.cu[i] - seqs.cu[i - 1] + 63) / 64;
   check_launch(kernels::causal_attention(
-                   q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(),
-                   v.stride(0), seqs.cu_dev.data_ptr<int32_t>(),
-                   static_cast<int>(seqs.cu.size()) - 1, tiles, static_cast<int>(H),
-                   static_cast<int>(Hk), static_cast<int>(D), static_cast<float>(scale),
-                   out.data_ptr(), H * D, out_scale, current_stream(q)),
+                   q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
+                   seqs.cu_dev.data_ptr<int32_t>(), static_cast<int>(seqs.cu.size()) - 1, tiles,
+                   static_cast<int>(H), static_cast<int>(Hk), static_cast<int>(D),
+                   static_cast<float>(scale), out.data_ptr(), H * D, out_scale, current_stream(q)),
                "causal_attention");
   return true;
 }
@@ -388,12 +387,11 @@ bool window_kernel(const at::Tensor& qkv, int heads, int head_dim, const at::Ten
     return false;
   auto c = cos.to(at::kFloat).contiguous();
   auto s = sin.to(at::kFloat).contiguous();
-  check_launch(kernels::window_attention(qkv.data_ptr(), qkv.stride(0), c.data_ptr<float>(),
-                                         s.data_ptr<float>(), windows.cu_dev.data_ptr<int32_t>(),
-                                         static_cast<int64_t>(windows.cu.size()) - 1,
-                                         windows.max_len, heads, head_dim,
-                                         static_cast<float>(scale), out.data_ptr(), out.stride(0),
-                                         out_scale, current_stream(qkv)),
+  check_launch(kernels::window_attention(
+                   qkv.data_ptr(), qkv.stride(0), c.data_ptr<float>(), s.data_ptr<float>(),
+                   windows.cu_dev.data_ptr<int32_t>(), static_cast<int64_t>(windows.cu.size()) - 1,
+                   windows.max_len, heads, head_dim, static_cast<float>(scale), out.data_ptr(),
+                   out.stride(0), out_scale, current_stream(qkv)),
                "window_attention");
   return true;
 }
@@ -636,14 +634,14 @@ Fp8Rows causal_attention_fp8(const at::Tensor& q, const at::Tensor& k, const at:
 }
 
 Fp8Rows window_attention_fp8(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
-                             const at::Tensor& sin, const Varlen& windows, double scale,
-                             bool fused, bool use_flash, const at::Tensor& fixed_scale) {
+                             const at::Tensor& sin, const Varlen& windows, double scale, bool fused,
+                             bool use_flash, const at::Tensor& fixed_scale) {
   check_window_shapes(qkv, heads, head_dim, cos, sin, windows);
 #ifdef VLA_HAVE_FP8
   VLA_CHECK(fixed_scale.defined(), "window_attention_fp8: needs a static scale");
   const float* fixed = fixed_ptr(fixed_scale, qkv);
-  Fp8Rows r = alloc_fp8(qkv.size(0), static_cast<int64_t>(heads) * head_dim, qkv.device(),
-                        fixed_scale);
+  Fp8Rows r =
+      alloc_fp8(qkv.size(0), static_cast<int64_t>(heads) * head_dim, qkv.device(), fixed_scale);
   if (window_kernel(qkv, heads, head_dim, cos, sin, windows, scale, fused, r.q, fixed)) return r;
   return quantize_fp8(
       window_attention(qkv, heads, head_dim, cos, sin, windows, scale, fused, use_flash), fused,

@@ -155,7 +155,7 @@ Fp8Rows causal_attention_fp8(const at::Tensor& q, const at::Tensor& k, const at:
                              const Varlen& seqs, double scale, bool fused,
                              const at::Tensor& fixed_scale);
 Fp8Rows window_attention_fp8(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
-                             const at::Tensor& sin, const Varlen& windows, double scale,
-                             bool fused, bool use_flash, const at::Tensor& fixed_scale);
+                             const at::Tensor& sin, const Varlen& windows, double scale, bool fused,
+                             bool use_flash, const at::Tensor& fixed_scale);
 
 }  // namespace vla::gpu::ops

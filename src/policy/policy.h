@@ -263,9 +263,9 @@ struct VlmOptions {
   // with fp8: static activation scales calibrated on the first frames encoded (one extra eager
   // pass then; gpu::Engine::calibrate_fp8), so every FP8 GEMM runs tensor-wise. Needs fp8.
   bool fp8_static = false;
-  // with fp8_static: keep the attention output projections bf16
-  // (gpu::EngineOptions::fp8_output_projections = false).
-  bool fp8_bf16_output_projections = false;
+  // with fp8_static: the attention output projections in FP8 too
+  // (gpu::EngineOptions::fp8_output_projections; faster, less accurate: docs/gpu.md).
+  bool fp8_output_projections = false;
   void validate() const;  // throws vla::Error naming the bad field
 };
 // The backends --vlm-backend accepts.

@@ -158,7 +158,7 @@ std::shared_ptr<VlmEncoder> load_fast_vlm(const std::string& dir, const PolicyCo
   eo.device = parse_device(options.device);
   eo.dtype = eo.device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
   eo.fp8 = options.fp8;
-  eo.fp8_output_projections = !options.fp8_bf16_output_projections;
+  eo.fp8_output_projections = options.fp8_output_projections;
   const Qwen25VLConfig config = Qwen25VLConfig::load(dir);
   check_vlm_layers(cfg, config, dir);
   const ImagePreprocessConfig image = ImagePreprocessConfig::from_folder(dir);

@@ -321,9 +321,8 @@ void VlmOptions::validate() const {
             "' (expected reference | fast)");
   VLA_CHECK(!fp8 || backend == "fast", "fp8 needs the fast VLM backend (--vlm-backend fast)");
   VLA_CHECK(!fp8_static || fp8, "fp8 static scales need fp8 (--fp8 --fp8-static)");
-  VLA_CHECK(!fp8_bf16_output_projections || fp8_static,
-            "bf16 output projections are an option of fp8 static scales (--fp8 --fp8-static "
-            "--fp8-bf16-out-proj)");
+  VLA_CHECK(!fp8_output_projections || fp8_static,
+            "FP8 output projections need fp8 static scales (--fp8 --fp8-static --fp8-out-proj)");
 }
 
 std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg,

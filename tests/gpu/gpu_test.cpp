@@ -302,9 +302,8 @@ void check_plan_matches_forward(const EngineOptions& opts, double tol) {
 
 // Engine::calibrate_fp8 on one set of frames, measured on another: the plan's features stay near
 // the per-token FP8 ones and the unquantised engine's, its FP8 GEMMs run tensor-wise (the
-// attention output projections included, unless EngineOptions::fp8_output_projections is off), the
-// eager path uses the same static scales, and clearing the calibration gives the per-token
-// features back.
+// attention output projections too with EngineOptions::fp8_output_projections), the eager path
+// uses the same static scales, and clearing the calibration gives the per-token features back.
 void check_static_fp8(const EngineOptions& base, double tol) {
   Fixture f = load_fixture("tiny_b");
   f.image.min_pixels = 3136;
@@ -351,7 +350,7 @@ void check_static_fp8(const EngineOptions& base, double tol) {
       if (g.what == "vision proj" || g.what == "decoder o_proj") n += g.fp8 ? 1 : 0;
     return n;
   };
-  EXPECT_EQ(output_projections_fp8(e), 2);
+  EXPECT_EQ(output_projections_fp8(e), 0);  // EngineOptions::fp8_output_projections is off
   const at::Tensor fixed = e.encode(mp).clone();
   const double vs_plain = rel_err(fixed, want), vs_per_token = rel_err(fixed, per_token);
   std::printf(
@@ -364,18 +363,19 @@ void check_static_fp8(const EngineOptions& base, double tol) {
   auto [pv, grid] = e.preprocess(mp, H, W);
   EXPECT_LE(rel_err(e.forward(e.plan_token_ids(), pv, grid), fixed), 5e-2);
   {
-    // EngineOptions::fp8_output_projections = false: the same scales, output projections bf16.
+    // EngineOptions::fp8_output_projections: the same scales, output projections in FP8 too.
     EngineOptions b = q;
-    b.fp8_output_projections = false;
+    b.fp8_output_projections = true;
     Engine eb(f.config, f.image, f.fn(), b);
     eb.prepare(spec);
     eb.calibrate_fp8({calibration[0].data(), calibration[1].data()});
-    EXPECT_EQ(output_projections_fp8(eb), 0);
-    const at::Tensor bf16_proj = eb.encode(mp);
-    std::printf("[fp8 static %s] output projections bf16: rel err vs unquantised %.4f (fp8: %.4f)\n",
-                base.device.str().c_str(), rel_err(bf16_proj, want), vs_plain);
-    EXPECT_LE(rel_err(bf16_proj, want), tol);
-    EXPECT_GT(rel_err(bf16_proj, fixed), 0.0);  // the option changed something
+    EXPECT_EQ(output_projections_fp8(eb), 2);
+    const at::Tensor fp8_proj = eb.encode(mp);
+    std::printf(
+        "[fp8 static %s] output projections fp8: rel err vs unquantised %.4f (bf16: %.4f)\n",
+        base.device.str().c_str(), rel_err(fp8_proj, want), vs_plain);
+    EXPECT_LE(rel_err(fp8_proj, want), tol);
+    EXPECT_GT(rel_err(fp8_proj, fixed), 0.0);  // the option changed something
   }
   e.clear_fp8_calibration();
   EXPECT_FALSE(e.fp8_calibrated());

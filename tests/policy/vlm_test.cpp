@@ -268,10 +268,10 @@ TEST(FastVlm, MatchesTheReferenceEncoderOnTheShippedVlm) {
   no_fp8.backend = "fast";
   no_fp8.fp8_static = true;
   EXPECT_THROW(no_fp8.validate(), Error);
-  VlmOptions no_static;  // bf16 output projections are an option of static scales
+  VlmOptions no_static;  // FP8 output projections are an option of static scales
   no_static.backend = "fast";
   no_static.fp8 = true;
-  no_static.fp8_bf16_output_projections = true;
+  no_static.fp8_output_projections = true;
   EXPECT_THROW(no_static.validate(), Error);
   no_static.fp8_static = true;
   EXPECT_NO_THROW(no_static.validate());

@@ -8,10 +8,10 @@
 // torch's flash kernel uses 128-query tiles, so a 1525-token prompt with 16 heads gives 192 CTAs
 // for 132 SMs); the tiles are launched longest first so the diagonal's short tiles fill the tail.
 // The output is bf16, or e4m3 with a static scale (the FP8 output projection's input).
+#include <type_traits>
+
 #include "gpu/kernels/common.cuh"
 #include "gpu/kernels/mma.cuh"
-
-#include <type_traits>
 
 namespace vla::gpu::kernels {
 namespace {
@@ -215,8 +215,7 @@ bool causal_attention_fits(int head_dim) {
 const char* causal_attention(const void* q, int64_t q_stride, const void* k, int64_t k_stride,
                              const void* v, int64_t v_stride, const int32_t* cu, int seqs,
                              int64_t tiles, int heads, int kv_heads, int head_dim, float scale,
-                             void* out, int64_t out_stride, const float* out_scale,
-                             void* stream) {
+                             void* out, int64_t out_stride, const float* out_scale, void* stream) {
   if (seqs == 0 || tiles == 0) return nullptr;
   if (!causal_attention_fits(head_dim))
     return "causal_attention: head_dim must be 16, 32, 64 or 128";
@@ -232,11 +231,11 @@ const char* causal_attention(const void* q, int64_t q_stride, const void* k, int
   auto s = static_cast<cudaStream_t>(stream);
   auto run = [&](auto d) {
     constexpr int kD = decltype(d)::value;
-    return out_scale ? launch<kD, uint8_t>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles,
-                                           heads, kv_heads, scale, out, out_stride, out_scale, s)
-                     : launch<kD, __nv_bfloat16>(q, q_stride, k, k_stride, v, v_stride, cu, seqs,
-                                                 tiles, heads, kv_heads, scale, out, out_stride,
-                                                 nullptr, s);
+    return out_scale
+               ? launch<kD, uint8_t>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles, heads,
+                                     kv_heads, scale, out, out_stride, out_scale, s)
+               : launch<kD, __nv_bfloat16>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles,
+                                           heads, kv_heads, scale, out, out_stride, nullptr, s);
   };
   switch (head_dim) {
     case 16:

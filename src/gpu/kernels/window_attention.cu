@@ -9,10 +9,10 @@
 // (mma.sync m16n8k16, bf16 in, fp32 accumulation; v's fragments through ldmatrix.trans), with P
 // rounded to bf16 for the second product as flash attention does. The output is bf16, or e4m3 with
 // a static scale (the input of the FP8 output projection, quantised in the store).
+#include <type_traits>
+
 #include "gpu/kernels/common.cuh"
 #include "gpu/kernels/mma.cuh"
-
-#include <type_traits>
 
 namespace vla::gpu::kernels {
 namespace {
@@ -156,8 +156,8 @@ const char* launch(const void* qkv, int64_t stride, const float* cos, const floa
                    int64_t out_stride, const float* out_scale, cudaStream_t s) {
   return out_scale ? launch<D, uint8_t>(qkv, stride, cos, sin, cu, windows, heads, scale, out,
                                         out_stride, out_scale, s)
-                   : launch<D, __nv_bfloat16>(qkv, stride, cos, sin, cu, windows, heads, scale,
-                                              out, out_stride, nullptr, s);
+                   : launch<D, __nv_bfloat16>(qkv, stride, cos, sin, cu, windows, heads, scale, out,
+                                              out_stride, nullptr, s);
 }
 
 }  // namespace
