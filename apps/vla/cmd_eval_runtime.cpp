@@ -63,6 +63,7 @@ void add_eval_runtime(CLI::App& app) {
       j["blend"] = a->blend;
       j["seed"] = a->seed;
       j["clock"] = "sim";
+      j["vlm"] = vla::cli::vlm_options_json(a->vlm);
       vla::write_json_atomic(*json, j);
     }
   });

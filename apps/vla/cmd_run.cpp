@@ -129,13 +129,9 @@ void add_run(CLI::App& app) {
     j["action_hz_target"] = a->action_hz;
     j["blend"] = a->blend;
     j["seed"] = a->seed;
-    j["vlm"] = {{"override", a->vlm_config},
-                {"device", a->vlm.device},
-                {"backend", a->vlm.backend},
-                {"fp8", a->vlm.fp8},
-                {"fp8_static", a->vlm.fp8_static},
-                {"fp8_output_projections", a->vlm.fp8_output_projections},
-                {"expert_trained", a->vlm_config.empty()}};
+    j["vlm"] = vla::cli::vlm_options_json(a->vlm);
+    j["vlm"]["override"] = a->vlm_config;
+    j["vlm"]["expert_trained"] = a->vlm_config.empty();
     j["frames"] = frames_from;
     j["interrupted"] = vla::cli::StopSignals::flag().load();
     if (!a->sim_time) j["realtime"] = eps.front().realtime.to_json();

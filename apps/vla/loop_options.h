@@ -2,12 +2,22 @@
 #pragma once
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "closed_loop/closed_loop.h"
 #include "command.h"
 
 namespace vla::cli {
+
+// How a run's VLM ran, for its JSON report.
+inline nlohmann::json vlm_options_json(const vla::policy::VlmOptions& v) {
+  return {{"device", v.device},
+          {"backend", v.backend},
+          {"fp8", v.fp8},
+          {"fp8_static", v.fp8_static},
+          {"fp8_output_projections", v.fp8_output_projections}};
+}
 
 // What `vla run`, `vla eval closed-loop` and `vla eval staleness` share; defaults from the
 // runtime's and the closed-loop runner's own (one source).
