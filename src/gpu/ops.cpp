@@ -357,14 +357,15 @@ void check_causal_shapes(const at::Tensor& q, const at::Tensor& k, const at::Ten
             "causal_attention: shapes q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes(),
             " do not fit sequences covering ", seqs.total(), " rows");
 }
-// Runs kernels/causal_attention.cu into out ([T, H * D] rows: bf16, or e4m3 with out_scale) when
-// it can; false otherwise.
-bool causal_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const Varlen& seqs, double scale, bool fused, const at::Tensor& out,
+// Whether kernels/causal_attention.cu takes these operands.
+bool causal_kernel_runs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool fused) {
+  return fused && causal_attention_available(q) && k.scalar_type() == at::kBFloat16 &&
+         v.scalar_type() == at::kBFloat16 && heads_rows(q) && heads_rows(k) && heads_rows(v);
+}
+// Runs it into out ([T, H * D] rows: bf16, or e4m3 with out_scale).
+void causal_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const Varlen& seqs, double scale, const at::Tensor& out,
                    const float* out_scale) {
-  if (!fused || !causal_attention_available(q) || k.scalar_type() != at::kBFloat16 ||
-      v.scalar_type() != at::kBFloat16 || !heads_rows(q) || !heads_rows(k) || !heads_rows(v))
-    return false;
   const int64_t H = q.size(1), Hk = k.size(1), D = q.size(2);
   int64_t tiles = 0;
   for (size_t i = 1; i < seqs.cu.size(); ++i) tiles += (seqs.cu[i] - seqs.cu[i - 1] + 63) / 64;
@@ -374,17 +375,17 @@ bool causal_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                    static_cast<int>(H), static_cast<int>(Hk), static_cast<int>(D),
                    static_cast<float>(scale), out.data_ptr(), H * D, out_scale, current_stream(q)),
                "causal_attention");
-  return true;
 }
-// Runs kernels/window_attention.cu into out ([T, heads * head_dim] rows: bf16, or e4m3 with
-// out_scale) when it can; false otherwise.
-bool window_kernel(const at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
-                   const at::Tensor& sin, const Varlen& windows, double scale, bool fused,
+// Whether kernels/window_attention.cu takes these operands.
+bool window_kernel_runs(const at::Tensor& qkv, int head_dim, const Varlen& windows, bool fused) {
+  return use_kernels(qkv, fused) && qkv.scalar_type() == at::kBFloat16 &&
+         kernels::window_attention_fits(head_dim, windows.max_len) && qkv.stride(0) % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(qkv.data_ptr()) % 16 == 0;
+}
+// Runs it into out ([T, heads * head_dim] rows: bf16, or e4m3 with out_scale).
+void window_kernel(const at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
+                   const at::Tensor& sin, const Varlen& windows, double scale,
                    const at::Tensor& out, const float* out_scale) {
-  if (!use_kernels(qkv, fused) || qkv.scalar_type() != at::kBFloat16 ||
-      !kernels::window_attention_fits(head_dim, windows.max_len) || qkv.stride(0) % 8 != 0 ||
-      reinterpret_cast<uintptr_t>(qkv.data_ptr()) % 16 != 0)
-    return false;
   auto c = cos.to(at::kFloat).contiguous();
   auto s = sin.to(at::kFloat).contiguous();
   check_launch(kernels::window_attention(
@@ -393,7 +394,6 @@ bool window_kernel(const at::Tensor& qkv, int heads, int head_dim, const at::Ten
                    windows.max_len, heads, head_dim, static_cast<float>(scale), out.data_ptr(),
                    out.stride(0), out_scale, current_stream(qkv)),
                "window_attention");
-  return true;
 }
 void check_window_shapes(const at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
                          const at::Tensor& sin, const Varlen& windows) {
@@ -411,8 +411,11 @@ void check_window_shapes(const at::Tensor& qkv, int heads, int head_dim, const a
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const Varlen& seqs, double scale, bool fused) {
   check_causal_shapes(q, k, v, seqs);
-  auto out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
-  if (causal_kernel(q, k, v, seqs, scale, fused, out, nullptr)) return out;
+  if (causal_kernel_runs(q, k, v, fused)) {
+    auto out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+    causal_kernel(q, k, v, seqs, scale, out, nullptr);
+    return out;
+  }
   return attention(q, k, v, seqs, seqs, /*causal=*/true, scale, /*use_flash=*/false);
 }
 
@@ -421,9 +424,11 @@ at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::
                             bool use_flash) {
   check_window_shapes(qkv, heads, head_dim, cos, sin, windows);
   const int64_t T = qkv.size(0), width = static_cast<int64_t>(heads) * head_dim;
-  auto out = at::empty({T, width}, qkv.options());
-  if (window_kernel(qkv, heads, head_dim, cos, sin, windows, scale, fused, out, nullptr))
+  if (window_kernel_runs(qkv, head_dim, windows, fused)) {
+    auto out = at::empty({T, width}, qkv.options());
+    window_kernel(qkv, heads, head_dim, cos, sin, windows, scale, out, nullptr);
     return out;
+  }
   rotary_(qkv, 2 * heads, head_dim, cos, sin, fused);
   auto q = qkv.narrow(1, 0, width).view({T, heads, head_dim});
   auto k = qkv.narrow(1, width, width).view({T, heads, head_dim});
@@ -621,8 +626,11 @@ Fp8Rows causal_attention_fp8(const at::Tensor& q, const at::Tensor& k, const at:
 #ifdef VLA_HAVE_FP8
   VLA_CHECK(fixed_scale.defined(), "causal_attention_fp8: needs a static scale");
   const float* fixed = fixed_ptr(fixed_scale, q);
-  Fp8Rows r = alloc_fp8(q.size(0), q.size(1) * q.size(2), q.device(), fixed_scale);
-  if (causal_kernel(q, k, v, seqs, scale, fused, r.q, fixed)) return r;
+  if (causal_kernel_runs(q, k, v, fused)) {
+    Fp8Rows r = alloc_fp8(q.size(0), q.size(1) * q.size(2), q.device(), fixed_scale);
+    causal_kernel(q, k, v, seqs, scale, r.q, fixed);
+    return r;
+  }
   const at::Tensor out = causal_attention(q, k, v, seqs, scale, fused);
   return quantize_fp8(out.view({q.size(0), -1}), fused, fixed_scale);
 #else
@@ -640,9 +648,12 @@ Fp8Rows window_attention_fp8(at::Tensor& qkv, int heads, int head_dim, const at:
 #ifdef VLA_HAVE_FP8
   VLA_CHECK(fixed_scale.defined(), "window_attention_fp8: needs a static scale");
   const float* fixed = fixed_ptr(fixed_scale, qkv);
-  Fp8Rows r =
-      alloc_fp8(qkv.size(0), static_cast<int64_t>(heads) * head_dim, qkv.device(), fixed_scale);
-  if (window_kernel(qkv, heads, head_dim, cos, sin, windows, scale, fused, r.q, fixed)) return r;
+  if (window_kernel_runs(qkv, head_dim, windows, fused)) {
+    Fp8Rows r =
+        alloc_fp8(qkv.size(0), static_cast<int64_t>(heads) * head_dim, qkv.device(), fixed_scale);
+    window_kernel(qkv, heads, head_dim, cos, sin, windows, scale, r.q, fixed);
+    return r;
+  }
   return quantize_fp8(
       window_attention(qkv, heads, head_dim, cos, sin, windows, scale, fused, use_flash), fused,
       fixed_scale);
