@@ -86,36 +86,26 @@ __device__ __forceinline__ void pv_step(float (&acc)[D / 8][4], const float (&s)
   }
 }
 
-// Writes a warp's m16 x D output fragment as bf16: this thread's values of row g (scaled by inv0)
-// to oa and of row g + 8 (by inv1) to ob, each pointing at the row's column 2 (lane % 4); a null
-// pointer skips that row (past the sequence).
-template <int D>
-__device__ __forceinline__ void store_fragment(const float (&acc)[D / 8][4], float inv0, float inv1,
-                                               __nv_bfloat16* oa, __nv_bfloat16* ob) {
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    if (oa)
-      *reinterpret_cast<__nv_bfloat162*>(oa + n * 8) =
-          __floats2bfloat162_rn(acc[n][0] * inv0, acc[n][1] * inv0);
-    if (ob)
-      *reinterpret_cast<__nv_bfloat162*>(ob + n * 8) =
-          __floats2bfloat162_rn(acc[n][2] * inv1, acc[n][3] * inv1);
-  }
+// Two adjacent output values: as bf16, or as e4m3 (saturating at +-448).
+__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+__device__ __forceinline__ void store_pair(uint8_t* p, float a, float b) {
+  *reinterpret_cast<__nv_fp8x2_storage_t*>(p) =
+      __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
 }
 
-// The same as e4m3 (FP8 outputs with a static scale): inv0 / inv1 include 1 / scale, values
-// saturate at +-448; oa / ob point at the row's byte 2 (lane % 4).
-template <int D>
+// Writes a warp's m16 x D output fragment (Out: __nv_bfloat16, or uint8_t for e4m3 with inv0 /
+// inv1 including 1 / scale): this thread's values of row g (scaled by inv0) to oa and of row g + 8
+// (by inv1) to ob, each pointing at the row's column 2 (lane % 4); a null pointer skips that row
+// (past the sequence).
+template <int D, typename Out>
 __device__ __forceinline__ void store_fragment(const float (&acc)[D / 8][4], float inv0, float inv1,
-                                               uint8_t* oa, uint8_t* ob) {
+                                               Out* oa, Out* ob) {
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
-    if (oa)
-      *reinterpret_cast<__nv_fp8x2_storage_t*>(oa + n * 8) = __nv_cvt_float2_to_fp8x2(
-          make_float2(acc[n][0] * inv0, acc[n][1] * inv0), __NV_SATFINITE, __NV_E4M3);
-    if (ob)
-      *reinterpret_cast<__nv_fp8x2_storage_t*>(ob + n * 8) = __nv_cvt_float2_to_fp8x2(
-          make_float2(acc[n][2] * inv1, acc[n][3] * inv1), __NV_SATFINITE, __NV_E4M3);
+    if (oa) store_pair(oa + n * 8, acc[n][0] * inv0, acc[n][1] * inv0);
+    if (ob) store_pair(ob + n * 8, acc[n][2] * inv1, acc[n][3] * inv1);
   }
 }
 
