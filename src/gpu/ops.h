@@ -147,11 +147,11 @@ at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::
                             bool use_flash);
 
 // causal_attention / window_attention with the output quantised to e4m3 with one static scale
-// (fixed_scale: one float32 on the inputs' device; Fp8Rows::scale is it): q is [T, heads * head_dim]
-// e4m3 = saturate(attention / scale), the input of an FP8 output projection (Engine::calibrate_fp8,
-// EngineOptions::fp8_output_projections). The kernels quantise in their store; where they do not
-// run, the bf16 result is quantised after. Throws vla::Error without float8 support or without a
-// static scale.
+// (fixed_scale: one float32 on the inputs' device; Fp8Rows::scale is it): q is [T, heads *
+// head_dim] e4m3 = saturate(attention / scale), the input of an FP8 output projection
+// (Engine::calibrate_fp8, EngineOptions::fp8_output_projections). The kernels quantise in their
+// store; where they do not run, the bf16 result is quantised after. Throws vla::Error without
+// float8 support or without a static scale.
 Fp8Rows causal_attention_fp8(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const Varlen& seqs, double scale, bool fused,
                              const at::Tensor& fixed_scale);
