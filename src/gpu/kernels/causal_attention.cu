@@ -237,16 +237,7 @@ const char* causal_attention(const void* q, int64_t q_stride, const void* k, int
                : launch<kD, __nv_bfloat16>(q, q_stride, k, k_stride, v, v_stride, cu, seqs, tiles,
                                            heads, kv_heads, scale, out, out_stride, nullptr, s);
   };
-  switch (head_dim) {
-    case 16:
-      return run(std::integral_constant<int, 16>{});
-    case 32:
-      return run(std::integral_constant<int, 32>{});
-    case 64:
-      return run(std::integral_constant<int, 64>{});
-    default:
-      return run(std::integral_constant<int, 128>{});
-  }
+  return dispatch_head_dim<16, 32, 64, 128>(head_dim, run);
 }
 
 }  // namespace vla::gpu::kernels

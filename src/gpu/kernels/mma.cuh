@@ -7,6 +7,7 @@
 #include <cuda_fp8.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace vla::gpu::kernels {
 namespace {
@@ -106,6 +107,18 @@ __device__ __forceinline__ void store_fragment(const float (&acc)[D / 8][4], flo
   for (int n = 0; n < D / 8; ++n) {
     if (oa) store_pair(oa + n * 8, acc[n][0] * inv0, acc[n][1] * inv0);
     if (ob) store_pair(ob + n * 8, acc[n][2] * inv1, acc[n][3] * inv1);
+  }
+}
+
+// Host side: f(std::integral_constant<int, D>{}) for the first D of Dims equal to head_dim, the
+// last one otherwise (the kernels' head-dim instantiations; callers check head_dim first).
+template <int D, int... Rest, typename F>
+auto dispatch_head_dim(int head_dim, F&& f) {
+  if constexpr (sizeof...(Rest) == 0) {
+    return f(std::integral_constant<int, D>{});
+  } else {
+    return head_dim == D ? f(std::integral_constant<int, D>{})
+                         : dispatch_head_dim<Rest...>(head_dim, f);
   }
 }
 

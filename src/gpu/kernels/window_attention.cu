@@ -192,18 +192,7 @@ const char* window_attention(const void* qkv, int64_t qkv_stride, const float* c
     return launch<decltype(d)::value>(qkv, qkv_stride, cos, sin, cu, windows, heads, scale, out,
                                       out_stride, out_scale, s);
   };
-  switch (head_dim) {
-    case 16:
-      return run(std::integral_constant<int, 16>{});
-    case 32:
-      return run(std::integral_constant<int, 32>{});
-    case 64:
-      return run(std::integral_constant<int, 64>{});
-    case 80:
-      return run(std::integral_constant<int, 80>{});
-    default:
-      return run(std::integral_constant<int, 128>{});
-  }
+  return dispatch_head_dim<16, 32, 64, 80, 128>(head_dim, run);
 }
 
 }  // namespace vla::gpu::kernels
