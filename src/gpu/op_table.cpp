@@ -156,22 +156,18 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
   if (op == "gemv" || op == "gemv_fp8") return gemv(in.x, in.w, in.w8, in.b, false, fused);
   if (op == "gemv_silu_mul" || op == "gemv_silu_mul_fp8")
     return gemv(in.x, in.w, in.w8, {}, true, fused);
-  if (op == "window_attention") {
+  if (op == "window_attention" || op == "window_attention_static_fp8") {
     at::Tensor x = timing ? in.x : in.x.clone();
     const int H = static_cast<int>(c.dims[1]), hd = static_cast<int>(c.dims[2]);
     const bool flash = fused && flash_available(x.view({x.size(0), 3 * H, hd}));
-    return window_attention(x, H, hd, in.cos, in.sin, in.seq, in.scale, fused, flash);
+    if (op == "window_attention")
+      return window_attention(x, H, hd, in.cos, in.sin, in.seq, in.scale, fused, flash);
+    return fp8(
+        window_attention_fp8(x, H, hd, in.cos, in.sin, in.seq, in.scale, fused, flash, in.fixed));
   }
   if (op == "attention") {
     const bool flash = fused && flash_available(in.q);
     return attention(in.q, in.k, in.v, in.seq, in.seq, c.dims[4] != 0, in.scale, flash);
-  }
-  if (op == "window_attention_static_fp8") {
-    at::Tensor x = timing ? in.x : in.x.clone();
-    const int H = static_cast<int>(c.dims[1]), hd = static_cast<int>(c.dims[2]);
-    const bool flash = fused && flash_available(x.view({x.size(0), 3 * H, hd}));
-    return fp8(
-        window_attention_fp8(x, H, hd, in.cos, in.sin, in.seq, in.scale, fused, flash, in.fixed));
   }
   if (op == "causal_attention") return causal_attention(in.q, in.k, in.v, in.seq, in.scale, fused);
   if (op == "causal_attention_static_fp8")
@@ -240,15 +236,10 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     }
     return at::cat(outs, 0);
   };
-  if (op == "attention") {
+  if (op == "attention" || op == "causal_attention" || op == "causal_attention_static_fp8") {
     const int64_t H = c.dims[1], Hk = c.dims[2];
     return attend(d(in.q), d(in.k).repeat_interleave(H / Hk, 1),
-                  d(in.v).repeat_interleave(H / Hk, 1), c.dims[4] != 0);
-  }
-  if (op == "causal_attention" || op == "causal_attention_static_fp8") {
-    const int64_t H = c.dims[1], Hk = c.dims[2];
-    return attend(d(in.q), d(in.k).repeat_interleave(H / Hk, 1),
-                  d(in.v).repeat_interleave(H / Hk, 1), true);
+                  d(in.v).repeat_interleave(H / Hk, 1), op != "attention" || c.dims[4] != 0);
   }
   // q and k stored rotated (as the rotary kernel rounds them)
   if (op == "window_attention" || op == "window_attention_static_fp8") {
@@ -297,7 +288,6 @@ std::vector<OpCase> unit_cases() {
         cases.push_back({op, nk, dt});
     cases.push_back({"attention", {100, 4, 4, 80, 0, 4}, dt});
     cases.push_back({"attention", {60, 8, 2, 128, 1, 2}, dt});
-    // Tiles of 64 queries: one short sequence, several tiles with a short last one, 3 sequences.
     // Tiles of 64 queries: one short sequence, several tiles with a short last one, several
     // sequences; head dims 16 .. 128 (80: the fallback).
     cases.push_back({"causal_attention", {37, 4, 2, 64, 1}, dt});

@@ -8,8 +8,6 @@
 // torch's flash kernel uses 128-query tiles, so a 1525-token prompt with 16 heads gives 192 CTAs
 // for 132 SMs); the tiles are launched longest first so the diagonal's short tiles fill the tail.
 // The output is bf16, or e4m3 with a static scale (the FP8 output projection's input).
-#include <type_traits>
-
 #include "gpu/kernels/common.cuh"
 #include "gpu/kernels/mma.cuh"
 

@@ -9,8 +9,6 @@
 // (mma.sync m16n8k16, bf16 in, fp32 accumulation; v's fragments through ldmatrix.trans), with P
 // rounded to bf16 for the second product as flash attention does. The output is bf16, or e4m3 with
 // a static scale (the input of the FP8 output projection, quantised in the store).
-#include <type_traits>
-
 #include "gpu/kernels/common.cuh"
 #include "gpu/kernels/mma.cuh"
 
