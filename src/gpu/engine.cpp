@@ -250,6 +250,10 @@ struct EngineImpl {
   // blocks when all their sequences have the same length.
   ops::AttnBackend llm_backend = ops::AttnBackend::kFlashVarlen;
   ops::AttnBackend vfull_backend = ops::AttnBackend::kFlashVarlen;
+  // Chosen per plan by timing (CUDA, static FP8 scales): the compiled tile configuration of the
+  // fused gate|up + SwiGLU GEMM (ops::linear_swiglu_fp8) for the vision tower and the decoder, or
+  // -1: cuBLAS + the SwiGLU kernel.
+  int vswiglu = -1, tswiglu = -1;
   std::string tune_report;
   std::unique_ptr<Plan> plan;
 
@@ -514,19 +518,34 @@ struct EngineImpl {
                   const at::Tensor& b = {}) const {
     return a.q.defined() ? lin8(a.q, wq, b) : ops::linear(a.x, w, b);
   }
-  // SwiGLU then the down projection.
-  at::Tensor mlp_down(const at::Tensor& gu, int64_t inter, const at::Tensor& w,
-                      const ops::Fp8Rows& wq, const at::Tensor& b, const char* down_mark,
-                      bool quant, int site) const {
-    if (quant) {
-      ops::Fp8Rows act = ops::silu_mul_fp8(gu, inter, fused(), fixed_scale(site));
-      record(site, act);
-      mark(down_mark);
-      return lin8(act, wq, b);
+  // The MLP after its norm: gate|up, SwiGLU, down. With static FP8 scales and a chosen compiled
+  // variant (>= 0: vswiglu / tswiglu) gate|up and SwiGLU run as one kernel.
+  struct MlpMarks {
+    const char *gate_up, *silu_mul, *down;
+  };
+  at::Tensor mlp(const Act& n, const at::Tensor& gu_w, const ops::Fp8Rows& gu_q,
+                 const at::Tensor& gu_b, int64_t inter, const at::Tensor& down_w,
+                 const ops::Fp8Rows& down_q, const at::Tensor& down_b, const MlpMarks& m,
+                 bool quant, int site, int variant) const {
+    const at::Tensor out_scale = quant ? fixed_scale(site) : at::Tensor();
+    mark(m.gate_up);
+    if (variant >= 0 && out_scale.defined() && n.q.defined() && n.q.scale.numel() == 1 &&
+        gu_q.tensorwise) {
+      const ops::Fp8Rows act = ops::linear_swiglu_fp8(n.q, gu_q, gu_b, inter, out_scale, variant);
+      mark(m.down);
+      return lin8(act, down_q, down_b);
     }
-    at::Tensor act = ops::silu_mul(gu, inter, fused());
-    mark(down_mark);
-    return ops::linear(act, w, b);
+    const at::Tensor gu = proj(n, gu_w, gu_q, gu_b);
+    mark(m.silu_mul);
+    if (quant) {
+      const ops::Fp8Rows act = ops::silu_mul_fp8(gu, inter, fused(), out_scale);
+      record(site, act);
+      mark(m.down);
+      return lin8(act, down_q, down_b);
+    }
+    const at::Tensor act = ops::silu_mul(gu, inter, fused());
+    mark(m.down);
+    return ops::linear(act, down_w, down_b);
   }
 
   // ---------------------------------------------------------------- vision
@@ -578,10 +597,8 @@ struct EngineImpl {
       at::Tensor o_ = proj(a, L.proj_w, L.proj_q, L.proj_b);
       mark("v.add_norm");
       n = add_norm(o_, h, L.n2, kVisionRmsNormEps, q8, vsite(i, 1));
-      mark("v.gate_up");
-      at::Tensor gu = proj(n, L.gu_w, L.gu_q, L.gu_b);
-      mark("v.silu_mul");
-      at::Tensor dn = mlp_down(gu, vi_pad, L.down_w, L.down_q, L.down_b, "v.down", q8, vsite(i, 2));
+      at::Tensor dn = mlp(n, L.gu_w, L.gu_q, L.gu_b, vi_pad, L.down_w, L.down_q, L.down_b,
+                          {"v.gate_up", "v.silu_mul", "v.down"}, q8, vsite(i, 2), vswiglu);
       mark("v.add_norm");
       const bool last = i + 1 == vl.size();
       n = add_norm(dn, h, last ? m_ln : vl[i + 1].n1, kVisionRmsNormEps, q8 && !last,
@@ -640,10 +657,8 @@ struct EngineImpl {
       at::Tensor o_ = proj(a, L.o_w, L.o_q);
       mark("t.add_norm");
       n = add_norm(o_, h, L.post_n, t.rms_norm_eps, q8, tsite(i, 1));
-      mark("t.gate_up");
-      at::Tensor gu = proj(n, L.gu_w, L.gu_q);
-      mark("t.silu_mul");
-      at::Tensor dn = mlp_down(gu, ti_pad, L.down_w, L.down_q, {}, "t.down", q8, tsite(i, 2));
+      at::Tensor dn = mlp(n, L.gu_w, L.gu_q, {}, ti_pad, L.down_w, L.down_q, {},
+                          {"t.gate_up", "t.silu_mul", "t.down"}, q8, tsite(i, 2), tswiglu);
       mark("t.add_norm");
       const bool last = i + 1 == run;
       n = add_norm(dn, h, last ? final_norm : tl[i + 1].in_n, t.rms_norm_eps, q8 && !last,
@@ -1150,6 +1165,56 @@ ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, b
   report += str_cat(" -> ", ops::backend_name(best), "; ");
   return best;
 }
+
+// Times the ways to run an FP8 MLP's gate|up GEMM + SwiGLU at a plan's row count (random
+// activations, the stage's first gate|up weights gu_q / gu_b, in a CUDA graph as the plan runs):
+// cuBLAS + the SwiGLU kernel (-1) and every compiled variant of the fused kernel
+// (ops::linear_swiglu_fp8) whose output matches it (rel. err <= 2e-2). Returns the fastest and
+// reports every candidate.
+int tune_swiglu(int64_t rows, const ops::Fp8Rows& gu_q, const at::Tensor& gu_b, int64_t inter,
+                at::ScalarType dtype, bool fast_accum, bool fused, const char* what,
+                std::string& report) {
+  const int64_t K = gu_q.q.size(1);
+  const at::Device dev = gu_q.q.device();
+  const at::Tensor x = at::randn({rows, K}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  const ops::Fp8Rows x8 = ops::quantize_fp8(x, fused, (x.abs().amax() / 448.0).reshape({1}));
+  const at::Tensor y = ops::linear_fp8(x8, gu_q, gu_b, at::kFloat, fast_accum);
+  const at::Tensor out_scale =
+      ((at::silu(y.narrow(1, 0, inter)) * y.narrow(1, inter, inter)).abs().amax() / 448.0)
+          .clamp_min(1e-12)
+          .reshape({1});
+  auto unfused = [&]() {
+    return ops::silu_mul_fp8(ops::linear_fp8(x8, gu_q, gu_b, dtype, fast_accum), inter, fused,
+                             out_scale);
+  };
+  const at::Tensor ref = ops::dequantize_fp8(unfused());
+  int best = -1;
+  double best_ms = device::gpu_time_ms([&]() { unfused(); }, dev, 10, 5);
+  report += str_cat(what, ": cuBLAS + SwiGLU kernel ", fmt_double(best_ms, 4), " ms");
+  for (int v = 0; v < ops::linear_swiglu_fp8_variants(x8.q); ++v) {
+    try {
+      auto run = [&]() { return ops::linear_swiglu_fp8(x8, gu_q, gu_b, inter, out_scale, v); };
+      const at::Tensor out = ops::dequantize_fp8(run());
+      const double err =
+          (out - ref).norm().item<double>() / std::max(ref.norm().item<double>(), 1e-30);
+      const double ms = device::gpu_time_ms([&]() { run(); }, dev, 10, 5);
+      report += str_cat(", ", kernels::gemm_swiglu_fp8_variant_name(v), " ", fmt_double(ms, 4),
+                        " ms (err ", fmt_double(err, 4), ")");
+      if (err <= 2e-2 && ms < best_ms) {
+        best_ms = ms;
+        best = v;
+      }
+    } catch (const std::exception& e) {
+      report += str_cat(", ", kernels::gemm_swiglu_fp8_variant_name(v), " failed (", e.what(), ")");
+      device::clear_error();
+    }
+  }
+  report += str_cat(" -> ",
+                    best < 0 ? std::string("cuBLAS + SwiGLU kernel")
+                             : std::string("fused ") + kernels::gemm_swiglu_fp8_variant_name(best),
+                    "; ");
+  return best;
+}
 }  // namespace
 
 void Engine::prepare(const PlanSpec& spec) {
@@ -1258,6 +1323,7 @@ void Engine::prepare(const PlanSpec& spec) {
   // device), else both timed below on CUDA.
   E.llm_backend = ops::AttnBackend::kFlashVarlen;
   E.vfull_backend = ops::AttnBackend::kFlashVarlen;
+  E.vswiglu = E.tswiglu = -1;
   E.tune_report.clear();
   switch (E.o.decoder_attention) {
     case EngineOptions::DecoderAttention::kTuned:
@@ -1293,6 +1359,18 @@ void Engine::prepare(const PlanSpec& spec) {
     if (E.o.decoder_attention == DecoderAttention::kTuned)
       E.llm_backend = tune(p.seq, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), true,
                            E.wopt(), "decoder attention", E.tune_report);
+  }
+  // The fused FP8 gate|up + SwiGLU kernel where it beats cuBLAS + the SwiGLU kernel at this plan's
+  // rows (it needs the static scales: Engine::calibrate_fp8).
+  if (E.o.fp8 && E.site_scale.defined() && ops::linear_swiglu_fp8_variants(E.embed) > 0) {
+    const int64_t N = p.vis.patches, T = static_cast<int64_t>(p.tok.ids.size());
+    if (N >= E.o.fp8_min_rows && E.vl[0].gu_q.tensorwise)
+      E.vswiglu =
+          tune_swiglu(N, E.vl[0].gu_q, E.vl[0].gu_b, E.vi_pad, E.o.dtype, E.o.fp8_fast_accum,
+                      E.fused(), "vision gate|up+SwiGLU", E.tune_report);
+    if (T >= E.o.fp8_min_rows && E.tl[0].gu_q.tensorwise)
+      E.tswiglu = tune_swiglu(T, E.tl[0].gu_q, {}, E.ti_pad, E.o.dtype, E.o.fp8_fast_accum,
+                              E.fused(), "decoder gate|up+SwiGLU", E.tune_report);
   }
   // eager warm-up (cuBLAS handles, workspaces, kernel selection)
   for (int i = 0; i < 2; ++i) {

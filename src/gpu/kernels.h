@@ -80,6 +80,25 @@ const char* causal_attention(const void* q, int64_t q_stride, const void* k, int
 const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, int64_t inter,
                      DType dt, void* stream);
 
+// FP8 gate|up GEMM with SwiGLU and static quantisation in its epilogue (kernels/gemm_swiglu_fp8.py,
+// a Triton kernel compiled ahead of time into cubins by kernels/triton_aot.py when the build
+// machine had Triton; launched through the CUDA driver API by kernels/triton_kernels.cpp):
+//   out[m, n] = saturate(silu(g) * u / *out_scale, +-448) (e4m3, [M, N], row stride N) with
+//   g, u = (a w^T)[m, n], [m, N + n] * *a_scale * *w_scale (+ bias[n], bias[N + n])
+// for a [M, K] e4m3 (row stride K), w [2N, K] e4m3 (gate rows, then up rows), bias bf16 [2N] or
+// nullptr; scales are one float each on the device. `variant` picks one of the compiled tile
+// configurations: 0 .. gemm_swiglu_fp8_variants() - 1. Needs N and K multiples of the variant's
+// tiles (64 / 128; the engine's padded MLP widths and hidden sizes are) and 16-byte aligned
+// pointers; otherwise returns an error.
+// Variants usable on the current device: 0 when the build had no Triton or the device is not the
+// architecture the cubins were compiled for (sm_90).
+int gemm_swiglu_fp8_variants();
+// "BM128 BN128 BK128 w8 s3": the variant's tile (rows x columns x depth), warps and stages.
+const char* gemm_swiglu_fp8_variant_name(int variant);
+const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const void* bias, void* out,
+                            int64_t M, int64_t N, int64_t K, const float* a_scale,
+                            const float* w_scale, const float* out_scale, void* stream);
+
 // Decode GEMV (one activation row): out[r] = (sum_k x[k] * w[r, k]) * wscale[r] (+ bias[r]) for
 // r < n, fp32 accumulation, x / bias / out in `dt`. w is [n, k] in `dt`, or e4m3 rows (w_fp8) with
 // float scales wscale [n] (weight-only FP8; x is not quantised; wscale = nullptr for dt weights).

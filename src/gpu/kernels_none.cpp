@@ -46,6 +46,12 @@ const char* causal_attention(const void*, int64_t, const void*, int64_t, const v
 const char* silu_mul(const void*, int64_t, void*, int64_t, int64_t, DType, void*) {
   return kNoCuda;
 }
+int gemm_swiglu_fp8_variants() { return 0; }
+const char* gemm_swiglu_fp8_variant_name(int) { return "none"; }
+const char* gemm_swiglu_fp8(int, const void*, const void*, const void*, void*, int64_t, int64_t,
+                            int64_t, const float*, const float*, const float*, void*) {
+  return kNoCuda;
+}
 const char* gemv(const void*, const void*, bool, const float*, const void*, void*, int64_t, int64_t,
                  bool, DType, void*) {
   return kNoCuda;

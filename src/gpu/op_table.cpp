@@ -17,7 +17,9 @@ const char* dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bf16" : 
 struct Inputs {
   at::Tensor x, w, residual, cos, sin, q, k, v, b;
   at::Tensor row0;   // rotary_append_kv: the first cache row written
-  Fp8Rows w8;        // the gemv_*_fp8 ops: w quantised per row (as the engine stores weights)
+  Fp8Rows w8;        // the gemv_*_fp8 ops: w quantised per row (as the engine stores weights);
+                     // linear_swiglu_static_fp8: per tensor
+  Fp8Rows x8;        // linear_swiglu_static_fp8: x quantised with one static scale
   at::Tensor fixed;  // the *_static_fp8 ops: the static scale (float [1], 1.25 x the row maximum)
   Varlen seq;
   double scale = 1.0;
@@ -102,6 +104,18 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     in.w = to_dev(at::randn({rows, K}, f32) / std::sqrt(static_cast<double>(K)) * 2, c.dtype);
     if (!gate) in.b = to_dev(at::randn({rows}, f32) * 0.1, c.dtype);
     if (c.fp8()) in.w8 = quantize_fp8(in.w, false);
+  } else if (op == "linear_swiglu_static_fp8") {
+    need(c, 4);  // rows, inter, K, bias (0 / 1)
+    const int64_t rows = c.dims[0], inter = c.dims[1], K = c.dims[2];
+    const at::Tensor x = at::randn({rows, K}, f32).to(dev);
+    in.x8 = quantize_fp8(x, false, (x.abs().amax() / 448.0).reshape({1}));
+    in.x = in.x8.q;
+    in.w8 = quantize_fp8_tensor(
+        to_dev(at::randn({2 * inter, K}, f32) / std::sqrt(static_cast<double>(K)) * 2, c.dtype));
+    if (c.dims[3] != 0) in.b = to_dev(at::randn({2 * inter}, f32) * 0.5, c.dtype);
+    const Fp8Rows ref = linear_swiglu_fp8(in.x8, in.w8, in.b, inter, at::ones({1}, f32.device(dev)),
+                                          /*variant=*/-1);
+    in.fixed = (dequantize_fp8(ref).abs().amax() * 1.25 / 448.0).reshape({1});
   } else if (op == "attention" || op == "causal_attention" || op == "causal_attention_static_fp8") {
     const bool causal_op = op != "attention";
     need(c, causal_op ? 5 : 6);
@@ -154,6 +168,11 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
   if (op == "silu_mul_fp8") return fp8(silu_mul_fp8(in.x, c.dims[1], fused));
   if (op == "silu_mul_static_fp8") return fp8(silu_mul_fp8(in.x, c.dims[1], fused, in.fixed));
   if (op == "gemv" || op == "gemv_fp8") return gemv(in.x, in.w, in.w8, in.b, false, fused);
+  if (op == "linear_swiglu_static_fp8") {
+    // fused: the first compiled variant (ops::linear_swiglu_fp8); tests/gpu runs every variant.
+    const int variant = fused && linear_swiglu_fp8_variants(in.x) > 0 ? 0 : -1;
+    return fp8(linear_swiglu_fp8(in.x8, in.w8, in.b, c.dims[1], in.fixed, variant));
+  }
   if (op == "gemv_silu_mul" || op == "gemv_silu_mul_fp8")
     return gemv(in.x, in.w, in.w8, {}, true, fused);
   if (op == "window_attention" || op == "window_attention_static_fp8") {
@@ -221,6 +240,11 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     if (in.b.defined()) y = y + d(in.b);
     return op.compare(0, 13, "gemv_silu_mul") == 0 ? swiglu(y, c.dims[0]) : y;
   }
+  if (op == "linear_swiglu_static_fp8") {
+    at::Tensor y = at::matmul(d(dequantize_fp8(in.x8)), d(dequantize_fp8(in.w8)).t());
+    if (in.b.defined()) y = y + d(in.b);
+    return swiglu(y, c.dims[1]);
+  }
   // softmax(q k^T * scale) v within each sequence of in.seq; q [T, H, D], k / v [T, H, D].
   auto attend = [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
     std::vector<at::Tensor> outs;
@@ -286,6 +310,10 @@ std::vector<OpCase> unit_cases() {
          std::vector<std::vector<int64_t>>{{37, 64}, {300, 2048}, {5, 100}, {130, 11008}})
       for (const char* op : {"gemv", "gemv_fp8", "gemv_silu_mul", "gemv_silu_mul_fp8"})
         cases.push_back({op, nk, dt});
+    // FP8 gate|up GEMM + SwiGLU (tiles of 64 / 128: widths and depths their multiples), with
+    // and without bias, rows not a multiple of any tile.
+    cases.push_back({"linear_swiglu_static_fp8", {37, 128, 256, 0}, dt});
+    cases.push_back({"linear_swiglu_static_fp8", {130, 256, 384, 1}, dt});
     cases.push_back({"attention", {100, 4, 4, 80, 0, 4}, dt});
     cases.push_back({"attention", {60, 8, 2, 128, 1, 2}, dt});
     // Tiles of 64 queries: one short sequence, several tiles with a short last one, several
@@ -333,6 +361,9 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"silu_mul_fp8", {patches, mlp_width(v.intermediate_size)}, bf});
   c.push_back({"silu_mul_static_fp8", {patches, mlp_width(v.intermediate_size)}, bf});
   c.push_back({"quantize_fp8", {patches, v.hidden_size}, bf});
+  c.push_back({"linear_swiglu_static_fp8",
+               {patches, mlp_width(v.intermediate_size), v.hidden_size, 1},
+               bf});
   c.push_back(
       {"attention",
        {patches / window * window, v.num_heads, v.num_heads, v.head_dim(), 0, patches / window},
@@ -348,6 +379,8 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"silu_mul", {tokens, mlp_width(t.intermediate_size)}, bf});
   c.push_back({"silu_mul_fp8", {tokens, mlp_width(t.intermediate_size)}, bf});
   c.push_back({"silu_mul_static_fp8", {tokens, mlp_width(t.intermediate_size)}, bf});
+  c.push_back(
+      {"linear_swiglu_static_fp8", {tokens, mlp_width(t.intermediate_size), t.hidden_size, 0}, bf});
   c.push_back({"attention",
                {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1, 1},
                bf});
@@ -400,7 +433,8 @@ OpParity check_op(const OpCase& c, const at::Device& device, uint64_t seed) {
   OpParity p;
   p.fused_ran = c.op == "attention"                            ? flash_available(in.q)
                 : c.op.compare(0, 16, "causal_attention") == 0 ? causal_attention_available(in.q)
-                                                               : use_kernels(in.x, true);
+                : c.op == "linear_swiglu_static_fp8" ? linear_swiglu_fp8_variants(in.x) > 0
+                                                     : use_kernels(in.x, true);
   p.fused_vs_reference = rel_err(fused, ref);
   p.reference_vs_f64 = rel_err(ref, def);
   p.fused_vs_f64 = rel_err(fused, def);

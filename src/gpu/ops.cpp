@@ -734,6 +734,49 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
   return out.to(out_dtype);
 }
 
+int linear_swiglu_fp8_variants(const at::Tensor& x) {
+#ifdef VLA_HAVE_FP8
+  if (x.is_cuda()) return kernels::gemm_swiglu_fp8_variants();
+#endif
+  (void)x;
+  return 0;
+}
+
+Fp8Rows linear_swiglu_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b, int64_t inter,
+                          const at::Tensor& out_scale, int variant) {
+  VLA_CHECK(x.defined() && w.defined(), "linear_swiglu_fp8: empty operand");
+  const int64_t K = x.q.size(1);
+  VLA_CHECK(w.q.dim() == 2 && w.q.size(0) == 2 * inter && w.q.size(1) == K,
+            "linear_swiglu_fp8: weights ", w.q.sizes(), " are not [2 * ", inter, ", ", K, "]");
+  VLA_CHECK(x.scale.numel() == 1, "linear_swiglu_fp8: x needs one static scale");
+  VLA_CHECK(w.tensorwise, "linear_swiglu_fp8: weights need one scale (quantize_fp8_tensor)");
+  VLA_CHECK(!b.defined() || b.numel() == 2 * inter, "linear_swiglu_fp8: bias of ", b.numel(),
+            " values for 2 * ", inter, " outputs");
+  if (variant < 0) {
+    const at::Tensor y = linear_fp8(x, w, b, at::kFloat, /*fast_accum=*/false);
+    return quantize_fp8(at::silu(y.narrow(1, 0, inter)) * y.narrow(1, inter, inter),
+                        /*fused=*/false, out_scale);
+  }
+#ifdef VLA_HAVE_FP8
+  VLA_CHECK(variant < linear_swiglu_fp8_variants(x.q), "linear_swiglu_fp8: variant ", variant,
+            " is not compiled for ", x.q.device().str());
+  VLA_CHECK(x.q.is_contiguous() && w.q.is_contiguous(),
+            "linear_swiglu_fp8: x and w must be contiguous");
+  const at::Tensor bias = b.defined() ? b.to(at::kBFloat16).contiguous() : at::Tensor();
+  const int64_t rows = x.q.size(0);
+  Fp8Rows r = alloc_fp8(rows, inter, x.q.device(), out_scale);
+  check_launch(
+      kernels::gemm_swiglu_fp8(variant, x.q.data_ptr(), w.q.data_ptr(),
+                               bias.defined() ? bias.data_ptr() : nullptr, r.q.data_ptr(), rows,
+                               inter, K, fixed_ptr(x.scale, x.q), w.scale.data_ptr<float>(),
+                               fixed_ptr(out_scale, x.q), current_stream(x.q)),
+      "gemm_swiglu_fp8");
+  return r;
+#else
+  no_fp8();
+#endif
+}
+
 at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const Fp8Rows& w8, const at::Tensor& b,
                 bool silu_gate, bool fused) {
   const at::Tensor& wt = w8.defined() ? w8.q : w;

@@ -84,6 +84,20 @@ at::Tensor dequantize_fp8(const Fp8Rows& x);
 at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
                       at::ScalarType out_dtype, bool fast_accum);
 
+// The MLP's gate|up projection and SwiGLU as one FP8 GEMM whose epilogue applies SwiGLU and the
+// static output quantisation (kernels.h gemm_swiglu_fp8: a Triton kernel, present when the build
+// had Triton): silu_mul_fp8(linear_fp8(x, w, b, float), inter, .., out_scale) without the
+// [rows, 2 * inter] product in memory. x: quantised with one static scale (x.scale one float);
+// w: the fused gate|up weights [2 * inter, K] quantised per tensor (quantize_fp8_tensor);
+// b: [2 * inter] or undefined; out_scale: one float32 on x's device. Returns q [rows, inter]
+// e4m3, scale = out_scale. variant: 0 .. linear_swiglu_fp8_variants(x.q) - 1 runs that compiled
+// tile configuration (CUDA); -1 the float32 reference (dequantise, product, SwiGLU, quantise; any
+// device). Source: transformers' Qwen2MLP / Qwen2_5_VLMLP, act_fn(gate_proj(x)) * up_proj(x).
+// Throws vla::Error on mismatched shapes, missing scales or a variant the device lacks.
+int linear_swiglu_fp8_variants(const at::Tensor& x);
+Fp8Rows linear_swiglu_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b, int64_t inter,
+                          const at::Tensor& out_scale, int variant);
+
 // The decode step's product of ONE row (batch-1 decoding reads every weight once per token, so it
 // is a weight stream, not a GEMM): x [1, K] (contiguous) @ w^T (+ b) -> [1, N] in x's dtype, fp32
 // accumulation. w [N, K] is in x's dtype, or, when w8 is defined, w8 holds the weights as e4m3

@@ -593,8 +593,10 @@ TEST(GpuOpTable, EveryCaseMatchesOnCuda) {
     // attention runs flash where torch has it; causal_attention (and its _static_fp8 variant) has
     // a kernel for bf16 and head dims 16 .. 128 only (the other cases check its fallback).
     const bool causal = c.op.compare(0, 16, "causal_attention") == 0;
+    // linear_swiglu_static_fp8's kernel exists when the build had Triton (GpuTriton checks it).
     const bool kernel_optional =
         c.op == "attention" ||
+        (c.op == "linear_swiglu_static_fp8" && kernels::gemm_swiglu_fp8_variants() == 0) ||
         (causal && (c.dtype != at::kBFloat16 ||
                     !kernels::causal_attention_fits(static_cast<int>(c.dims[3]))));
     EXPECT_TRUE(p.fused_ran || kernel_optional) << c.label() << ": no kernel ran";
@@ -756,6 +758,51 @@ TEST(GpuFp8, ScaledMatmulMatchesDequantisedReference) {
       }
     }
   }
+}
+
+// Every compiled tile configuration of the Triton gate|up GEMM + SwiGLU kernel against the float32
+// reference (dequantise, product, SwiGLU, quantise) at a unit shape and at the 3B decoder's and
+// vision tower's 5-view shapes; a width that fits no tile is refused.
+TEST(GpuTriton, EveryLinearSwigluVariantMatchesTheReference) {
+  REQUIRE_FP8_CUDA();
+  const int variants = kernels::gemm_swiglu_fp8_variants();
+  if (variants == 0) GTEST_SKIP() << "this build has no Triton kernels (no Triton at build time)";
+  struct Shape {
+    int64_t rows, inter, k;
+    bool bias;
+  };
+  for (const Shape& sh : {Shape{37, 128, 256, false}, Shape{1525, 11008, 2048, false},
+                          Shape{5980, 3456, 1280, true}}) {
+    const at::Tensor x = at::randn({sh.rows, sh.k}, cuda_opts(at::kFloat));
+    const ops::Fp8Rows x8 =
+        ops::quantize_fp8(x, true, (x.abs().amax() / 448.0).reshape({1}).contiguous());
+    const ops::Fp8Rows w8 = ops::quantize_fp8_tensor(
+        (at::randn({2 * sh.inter, sh.k}, cuda_opts(at::kFloat)) * 2 / std::sqrt(double(sh.k)))
+            .to(at::kBFloat16));
+    const at::Tensor b =
+        sh.bias ? (at::randn({2 * sh.inter}, cuda_opts(at::kFloat)) * 0.5).to(at::kBFloat16)
+                : at::Tensor();
+    const at::Tensor unit = at::ones({1}, cuda_opts(at::kFloat));
+    const at::Tensor out_scale =
+        (ops::dequantize_fp8(ops::linear_swiglu_fp8(x8, w8, b, sh.inter, unit, -1)).abs().amax() /
+         448.0)
+            .reshape({1})
+            .contiguous();
+    const ops::Fp8Rows ref = ops::linear_swiglu_fp8(x8, w8, b, sh.inter, out_scale, -1);
+    for (int v = 0; v < variants; ++v) {
+      const ops::Fp8Rows got = ops::linear_swiglu_fp8(x8, w8, b, sh.inter, out_scale, v);
+      ASSERT_EQ(got.q.size(0), sh.rows);
+      ASSERT_EQ(got.q.size(1), sh.inter);
+      EXPECT_LE(rel_err(ops::dequantize_fp8(got), ops::dequantize_fp8(ref)), 1e-2)
+          << kernels::gemm_swiglu_fp8_variant_name(v) << " rows " << sh.rows << " inter "
+          << sh.inter;
+    }
+  }
+  const at::Tensor x = at::randn({8, 256}, cuda_opts(at::kFloat));
+  const ops::Fp8Rows x8 = ops::quantize_fp8(x, true, at::ones({1}, cuda_opts(at::kFloat)));
+  const ops::Fp8Rows w8 = ops::quantize_fp8_tensor(at::randn({200, 256}, cuda_opts(at::kFloat)));
+  EXPECT_THROW(ops::linear_swiglu_fp8(x8, w8, {}, 100, at::ones({1}, cuda_opts(at::kFloat)), 0),
+               Error);
 }
 
 TEST(GpuFp8, Fp8GpuStaysCloseToFloat32FixturesAndBf16) {
