@@ -31,10 +31,10 @@ HERE = Path(__file__).resolve().parent
 SWIGLU_SIG = ["*fp8e4nv:16", "*fp8e4nv:16", "*bf16:16", "*fp8e4nv:16", "*fp32:16", "*fp32:16",
               "*fp32:16", "i32", "i32:16", "i32:16"]
 TILES = [  # BM, BN, BK, G, warps, stages
-    (128, 128, 128, 8, 8, 3),
+    (128, 128, 128, 8, 8, 3),  # 5 views (decoder and vision tower)
     (128, 128, 64, 8, 8, 4),
-    (128, 64, 128, 8, 4, 4),
-    (64, 128, 128, 8, 4, 4),
+    (64, 128, 128, 8, 4, 3),  # 1 view, vision tower
+    (64, 256, 128, 8, 8, 3),  # 1 view, decoder
 ]
 VARIANTS = []
 for has_bias in (0, 1):
