@@ -1192,6 +1192,7 @@ int tune_swiglu(int64_t rows, const ops::Fp8Rows& gu_q, const at::Tensor& gu_b, 
   double best_ms = device::gpu_time_ms([&]() { unfused(); }, dev, 10, 5);
   report += str_cat(what, ": cuBLAS + SwiGLU kernel ", fmt_double(best_ms, 4), " ms");
   for (int v = 0; v < ops::linear_swiglu_fp8_variants(x8.q); ++v) {
+    if (!kernels::gemm_swiglu_fp8_fits(v, inter, K)) continue;  // its tiles do not divide the shape
     try {
       auto run = [&]() { return ops::linear_swiglu_fp8(x8, gu_q, gu_b, inter, out_scale, v); };
       const at::Tensor out = ops::dequantize_fp8(run());

@@ -95,6 +95,8 @@ const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, i
 int gemm_swiglu_fp8_variants();
 // "BM128 BN128 BK128 w8 s3": the variant's tile (rows x columns x depth), warps and stages.
 const char* gemm_swiglu_fp8_variant_name(int variant);
+// Whether the variant's tiles divide N and K (else gemm_swiglu_fp8 refuses the shape).
+bool gemm_swiglu_fp8_fits(int variant, int64_t N, int64_t K);
 const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const void* bias, void* out,
                             int64_t M, int64_t N, int64_t K, const float* a_scale,
                             const float* w_scale, const float* out_scale, void* stream);

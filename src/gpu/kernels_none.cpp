@@ -48,6 +48,7 @@ const char* silu_mul(const void*, int64_t, void*, int64_t, int64_t, DType, void*
 }
 int gemm_swiglu_fp8_variants() { return 0; }
 const char* gemm_swiglu_fp8_variant_name(int) { return "none"; }
+bool gemm_swiglu_fp8_fits(int, int64_t, int64_t) { return false; }
 const char* gemm_swiglu_fp8(int, const void*, const void*, const void*, void*, int64_t, int64_t,
                             int64_t, const float*, const float*, const float*, void*) {
   return kNoCuda;

@@ -93,6 +93,13 @@ const char* gemm_swiglu_fp8_variant_name(int variant) {
   return kVariants[v[static_cast<size_t>(variant)]].name;
 }
 
+bool gemm_swiglu_fp8_fits(int variant, int64_t N, int64_t K) {
+  const std::vector<int> v = variants_of("gemm_swiglu_fp8", 0);
+  if (variant < 0 || variant >= static_cast<int>(v.size())) return false;
+  const Variant& x = kVariants[v[static_cast<size_t>(variant)]];
+  return N > 0 && K > 0 && N % x.bn == 0 && K % x.bk == 0;
+}
+
 const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const void* bias, void* out,
                             int64_t M, int64_t N, int64_t K, const float* a_scale,
                             const float* w_scale, const float* out_scale, void* stream) {
