@@ -358,7 +358,8 @@ int main(int argc, char** argv) {
       int text_layers = 0;  // PlanSpec::text_layers (0 = all)
       // FP8: static activation scales calibrated on other frames (Engine::calibrate_fp8).
       bool calibrated = false;
-      bool out_proj = false;  // with calibrated: EngineOptions::fp8_output_projections
+      bool out_proj = false;         // with calibrated: EngineOptions::fp8_output_projections
+      bool residual_in_gemm = true;  // EngineOptions::residual_in_gemm
     };
     std::map<std::string, at::Tensor> bf16_features, fp32_features;
     // Times `cases` on `e` into out[section]; with `reference` the features are compared.
@@ -374,6 +375,7 @@ int main(int argc, char** argv) {
         spec.prompt_ids = peer_prompt(dims, c.views, c.layout == ViewLayout::kBatch);
         nlohmann::json rec;
         e.set_cuda_graphs(c.graphs);
+        e.set_residual_in_gemm(c.residual_in_gemm);
         if (e.options().fp8) {
           e.set_fp8_fast_accum(c.fast_accum);
           e.set_fp8_min_rows(c.min_rows);
@@ -465,7 +467,10 @@ int main(int argc, char** argv) {
         std::printf("fp32 reference FAILED: %s\n", e.what());
       }
     }
+    // (the residual-add comparison first: the last case of a shape keeps its features)
     std::vector<Case> cases = {{"1view", 1, ViewLayout::kOneSequence, true, false, 0},
+                               {"5view_residual_add_kernel", 5, ViewLayout::kOneSequence, true,
+                                false, 0, 0, false, false, false},
                                {"5view", 5, ViewLayout::kOneSequence, true, false, 0},
                                {"5view_batched", 5, ViewLayout::kBatch, true, false, 0}};
     if (eager) cases.push_back({"5view_eager", 5, ViewLayout::kOneSequence, false, false, 0});
@@ -535,7 +540,9 @@ int main(int argc, char** argv) {
             {"1view_static", 1, ViewLayout::kOneSequence, true, true, 0, 0, true},
             {"5view_static", 5, ViewLayout::kOneSequence, true, true, 0, 0, true},
             {"1view_static_out_proj", 1, ViewLayout::kOneSequence, true, true, 0, 0, true, true},
-            {"5view_static_out_proj", 5, ViewLayout::kOneSequence, true, true, 0, 0, true, true}};
+            {"5view_static_out_proj", 5, ViewLayout::kOneSequence, true, true, 0, 0, true, true},
+            {"5view_static_residual_add_kernel", 5, ViewLayout::kOneSequence, true, true, 0, 0,
+             true, false, false}};
         if (vlm_layers > 0)
           c8.push_back({mid_key, 5, ViewLayout::kOneSequence, true, true, 0, vlm_layers});
         run_cases(*e8, c8, "fp8", false, true);
@@ -630,6 +637,10 @@ int main(int argc, char** argv) {
             num(c8, v + "_static_out_proj", wall), peer_e2e(v), floor_of(v, "floor_ms"), "",
             v + "_static_out_proj");
       }
+      row("5view end-to-end, residual add in the norm kernel (not the GEMM)",
+          num(c16, "5view_residual_add_kernel", wall),
+          num(c8, "5view_static_residual_add_kernel", wall), peer_e2e("5view"),
+          floor_of("5view", "floor_ms"));
       row("5view end-to-end, fp8 without fast accum", 0, num(c8, "5view_exact_accum", wall),
           peer_e2e("5view"), floor_of("5view", "floor_ms"));
       row("5view vision tower, fp8 without fast accum", 0, num(c8, "5view_exact_accum", vis),

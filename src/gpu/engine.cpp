@@ -518,34 +518,56 @@ struct EngineImpl {
                   const at::Tensor& b = {}) const {
     return a.q.defined() ? lin8(a.q, wq, b) : ops::linear(a.x, w, b);
   }
-  // The MLP after its norm: gate|up, SwiGLU, down. With static FP8 scales and a chosen compiled
-  // variant (>= 0: vswiglu / tswiglu) gate|up and SwiGLU run as one kernel.
-  struct MlpMarks {
-    const char *gate_up, *silu_mul, *down;
+  // A block's output projection (attention proj / o_proj, MLP down) and the residual add, then
+  // the next norm: h += a @ w^T (+ b) in the GEMM's epilogue and the norm of h
+  // (EngineOptions::residual_in_gemm), or the product and the fused add + norm.
+  Act project_add_norm(const Act& a, const at::Tensor& w, const ops::Fp8Rows& wq,
+                       const at::Tensor& b, at::Tensor& h, const at::Tensor& norm_w, double eps,
+                       bool quant, int site, const char* norm_mark) const {
+    if (o.residual_in_gemm) {
+      if (a.q.defined())
+        ops::linear_fp8_accumulate_(h, a.q, wq, b, fused(), o.fp8_fast_accum);
+      else
+        ops::linear_accumulate_(h, a.x, w, b, fused());
+      mark(norm_mark);
+      return norm(h, norm_w, eps, quant, site);
+    }
+    const at::Tensor y = proj(a, w, wq, b);
+    mark(norm_mark);
+    return add_norm(y, h, norm_w, eps, quant, site);
+  }
+  // The MLP after its norm n (gate|up, SwiGLU, down into the residual stream h), then the next
+  // norm (norm_w, quantised when next_quant, at next_site). With static FP8 scales and a chosen
+  // compiled variant (>= 0: vswiglu / tswiglu) gate|up and SwiGLU run as one kernel.
+  struct MlpStage {
+    const at::Tensor &gu_w, &gu_b, &down_w, &down_b;
+    const ops::Fp8Rows &gu_q, &down_q;
+    int64_t inter;
+    int variant;
+    const char *gate_up, *silu_mul, *down, *norm;  // profiler marks
   };
-  at::Tensor mlp(const Act& n, const at::Tensor& gu_w, const ops::Fp8Rows& gu_q,
-                 const at::Tensor& gu_b, int64_t inter, const at::Tensor& down_w,
-                 const ops::Fp8Rows& down_q, const at::Tensor& down_b, const MlpMarks& m,
-                 bool quant, int site, int variant) const {
+  Act mlp(const Act& n, const MlpStage& m, bool quant, int site, at::Tensor& h,
+          const at::Tensor& norm_w, double eps, bool next_quant, int next_site) const {
     const at::Tensor out_scale = quant ? fixed_scale(site) : at::Tensor();
+    Act act;
+    act.site = site;
     mark(m.gate_up);
-    if (variant >= 0 && out_scale.defined() && n.q.defined() && n.q.scale.numel() == 1 &&
-        gu_q.tensorwise) {
-      const ops::Fp8Rows act = ops::linear_swiglu_fp8(n.q, gu_q, gu_b, inter, out_scale, variant);
-      mark(m.down);
-      return lin8(act, down_q, down_b);
+    if (m.variant >= 0 && out_scale.defined() && n.q.defined() && n.q.scale.numel() == 1 &&
+        m.gu_q.tensorwise) {
+      act.q = ops::linear_swiglu_fp8(n.q, m.gu_q, m.gu_b, m.inter, out_scale, m.variant);
+    } else {
+      const at::Tensor gu = proj(n, m.gu_w, m.gu_q, m.gu_b);
+      mark(m.silu_mul);
+      if (quant) {
+        act.q = ops::silu_mul_fp8(gu, m.inter, fused(), out_scale);
+        record(site, act.q);
+      } else {
+        act.x = ops::silu_mul(gu, m.inter, fused());
+      }
     }
-    const at::Tensor gu = proj(n, gu_w, gu_q, gu_b);
-    mark(m.silu_mul);
-    if (quant) {
-      const ops::Fp8Rows act = ops::silu_mul_fp8(gu, inter, fused(), out_scale);
-      record(site, act);
-      mark(m.down);
-      return lin8(act, down_q, down_b);
-    }
-    const at::Tensor act = ops::silu_mul(gu, inter, fused());
     mark(m.down);
-    return ops::linear(act, down_w, down_b);
+    return project_add_norm(act, m.down_w, m.down_q, m.down_b, h, norm_w, eps, next_quant,
+                            next_site, m.norm);
   }
 
   // ---------------------------------------------------------------- vision
@@ -594,15 +616,13 @@ struct EngineImpl {
             });
       }
       mark("v.proj");
-      at::Tensor o_ = proj(a, L.proj_w, L.proj_q, L.proj_b);
-      mark("v.add_norm");
-      n = add_norm(o_, h, L.n2, kVisionRmsNormEps, q8, vsite(i, 1));
-      at::Tensor dn = mlp(n, L.gu_w, L.gu_q, L.gu_b, vi_pad, L.down_w, L.down_q, L.down_b,
-                          {"v.gate_up", "v.silu_mul", "v.down"}, q8, vsite(i, 2), vswiglu);
-      mark("v.add_norm");
+      n = project_add_norm(a, L.proj_w, L.proj_q, L.proj_b, h, L.n2, kVisionRmsNormEps, q8,
+                           vsite(i, 1), "v.add_norm");
       const bool last = i + 1 == vl.size();
-      n = add_norm(dn, h, last ? m_ln : vl[i + 1].n1, kVisionRmsNormEps, q8 && !last,
-                   vsite(i + 1, 0));
+      const MlpStage m{L.gu_w, L.gu_b,  L.down_w,    L.down_b,     L.gu_q,   L.down_q,
+                       vi_pad, vswiglu, "v.gate_up", "v.silu_mul", "v.down", "v.add_norm"};
+      n = mlp(n, m, q8, vsite(i, 2), h, last ? m_ln : vl[i + 1].n1, kVisionRmsNormEps, q8 && !last,
+              vsite(i + 1, 0));
     }
     mark("v.merger");
     const int mu = v.spatial_merge_size * v.spatial_merge_size;
@@ -654,15 +674,14 @@ struct EngineImpl {
                    : ops::quantize_fp8(out(), fused(), s);
       });
       mark("t.o_proj");
-      at::Tensor o_ = proj(a, L.o_w, L.o_q);
-      mark("t.add_norm");
-      n = add_norm(o_, h, L.post_n, t.rms_norm_eps, q8, tsite(i, 1));
-      at::Tensor dn = mlp(n, L.gu_w, L.gu_q, {}, ti_pad, L.down_w, L.down_q, {},
-                          {"t.gate_up", "t.silu_mul", "t.down"}, q8, tsite(i, 2), tswiglu);
-      mark("t.add_norm");
+      n = project_add_norm(a, L.o_w, L.o_q, {}, h, L.post_n, t.rms_norm_eps, q8, tsite(i, 1),
+                           "t.add_norm");
       const bool last = i + 1 == run;
-      n = add_norm(dn, h, last ? final_norm : tl[i + 1].in_n, t.rms_norm_eps, q8 && !last,
-                   tsite(i + 1, 0));
+      const at::Tensor none;
+      const MlpStage m{L.gu_w, none,    L.down_w,    none,         L.gu_q,   L.down_q,
+                       ti_pad, tswiglu, "t.gate_up", "t.silu_mul", "t.down", "t.add_norm"};
+      n = mlp(n, m, q8, tsite(i, 2), h, last ? final_norm : tl[i + 1].in_n, t.rms_norm_eps,
+              q8 && !last, tsite(i + 1, 0));
     }
     mark("end");
     if (cache) cache->length = T;
@@ -898,6 +917,7 @@ const Qwen25VLConfig& Engine::config() const { return impl_->d; }
 const ImagePreprocessConfig& Engine::image_config() const { return impl_->pc; }
 const EngineOptions& Engine::options() const { return impl_->o; }
 void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
+void Engine::set_residual_in_gemm(bool on) { impl_->o.residual_in_gemm = on; }
 void Engine::set_fp8_fast_accum(bool on) { impl_->o.fp8_fast_accum = on; }
 void Engine::set_fp8_output_projections(bool on) { impl_->o.fp8_output_projections = on; }
 void Engine::set_fp8_min_rows(int64_t rows) { impl_->o.fp8_min_rows = rows; }

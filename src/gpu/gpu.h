@@ -75,6 +75,11 @@ struct EngineOptions {
   // default: 0.1 ms faster at 1 view on an H200, but the shipped policy's closed-loop success fell
   // from 97.5 % to 91 % over 200 episodes with it (docs/gpu.md).
   bool fp8_output_projections = false;
+  // The residual adds of each block's output projections (attention proj / o_proj, MLP down) in
+  // the GEMM's epilogue (cuBLASLt with the residual stream as C = D, beta = 1; ops.h
+  // linear_accumulate_), so the next norm reads one tensor instead of adding two. Off: the
+  // product is written and the fused add + RMSNorm kernel adds it (for comparison; CUDA only).
+  bool residual_in_gemm = true;
   // Attention of the decoder's prefill: kTuned (CUDA) times flash-varlen, sdpa, cudnn and the
   // causal kernel (kernels/causal_attention.cu) on each plan's shapes and keeps the fastest that
   // matches flash (Engine::attention_backend() says which); the others force one (sdpa / cudnn need
@@ -158,6 +163,8 @@ class Engine {
   const EngineOptions& options() const;
   // Whether later prepare() calls capture CUDA graphs.
   void set_cuda_graphs(bool on);
+  // EngineOptions::residual_in_gemm for later prepare() / forward calls.
+  void set_residual_in_gemm(bool on);
   // FP8 settings for later prepare() / forward calls (fp8 engines only).
   void set_fp8_fast_accum(bool on);
   // EngineOptions::fp8_output_projections; takes effect at the next calibrate_fp8.

@@ -104,6 +104,18 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
     in.w = to_dev(at::randn({rows, K}, f32) / std::sqrt(static_cast<double>(K)) * 2, c.dtype);
     if (!gate) in.b = to_dev(at::randn({rows}, f32) * 0.1, c.dtype);
     if (c.fp8()) in.w8 = quantize_fp8(in.w, false);
+  } else if (op == "linear_accumulate" || op == "linear_accumulate_static_fp8") {
+    need(c, 4);  // rows, N, K, bias (0 / 1)
+    const int64_t rows = c.dims[0], N = c.dims[1], K = c.dims[2];
+    in.x = to_dev(at::randn({rows, K}, f32), c.dtype);
+    in.w = to_dev(at::randn({N, K}, f32) / std::sqrt(static_cast<double>(K)), c.dtype);
+    in.residual = to_dev(at::randn({rows, N}, f32) * 2, c.dtype);
+    if (c.dims[3] != 0) in.b = to_dev(at::randn({N}, f32) * 0.5, c.dtype);
+    if (c.fp8()) {
+      in.x8 = quantize_fp8(in.x, false,
+                           (in.x.abs().amax().to(at::kFloat) / 448.0).reshape({1}).contiguous());
+      in.w8 = quantize_fp8_tensor(in.w);
+    }
   } else if (op == "linear_swiglu_static_fp8") {
     need(c, 4);  // rows, inter, K, bias (0 / 1)
     const int64_t rows = c.dims[0], inter = c.dims[1], K = c.dims[2];
@@ -168,6 +180,14 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
   if (op == "silu_mul_fp8") return fp8(silu_mul_fp8(in.x, c.dims[1], fused));
   if (op == "silu_mul_static_fp8") return fp8(silu_mul_fp8(in.x, c.dims[1], fused, in.fixed));
   if (op == "gemv" || op == "gemv_fp8") return gemv(in.x, in.w, in.w8, in.b, false, fused);
+  if (op == "linear_accumulate") {
+    linear_accumulate_(residual, in.x, in.w, in.b, fused);
+    return residual;
+  }
+  if (op == "linear_accumulate_static_fp8") {
+    linear_fp8_accumulate_(residual, in.x8, in.w8, in.b, fused, /*fast_accum=*/true);
+    return residual;
+  }
   if (op == "linear_swiglu_static_fp8") {
     // fused: the first compiled variant (ops::linear_swiglu_fp8); tests/gpu runs every variant.
     const int variant = fused && linear_swiglu_fp8_variants(in.x) > 0 ? 0 : -1;
@@ -239,6 +259,12 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     at::Tensor y = at::matmul(d(in.x), w.t());
     if (in.b.defined()) y = y + d(in.b);
     return op.compare(0, 13, "gemv_silu_mul") == 0 ? swiglu(y, c.dims[0]) : y;
+  }
+  if (op == "linear_accumulate" || op == "linear_accumulate_static_fp8") {
+    const at::Tensor x = c.fp8() ? d(dequantize_fp8(in.x8)) : d(in.x);
+    const at::Tensor w = c.fp8() ? d(dequantize_fp8(in.w8)) : d(in.w);
+    at::Tensor y = d(in.residual) + at::matmul(x, w.t());
+    return in.b.defined() ? y + d(in.b) : y;
   }
   if (op == "linear_swiglu_static_fp8") {
     at::Tensor y = at::matmul(d(dequantize_fp8(in.x8)), d(dequantize_fp8(in.w8)).t());
@@ -313,6 +339,13 @@ std::vector<OpCase> unit_cases() {
     // FP8 gate|up GEMM + SwiGLU (tiles of 64 / 128: widths and depths their multiples), with
     // and without bias, rows not a multiple of any tile.
     cases.push_back({"linear_swiglu_static_fp8", {37, 128, 256, 0}, dt});
+    // Output projection + residual add in the GEMM's epilogue, with and without bias; widths that
+    // are not multiples of 16 take the reference path.
+    for (const char* op : {"linear_accumulate", "linear_accumulate_static_fp8"}) {
+      cases.push_back({op, {37, 64, 128, 1}, dt});
+      cases.push_back({op, {130, 256, 96, 0}, dt});
+      cases.push_back({op, {19, 40, 24, 1}, dt});
+    }
     cases.push_back({"linear_swiglu_static_fp8", {130, 256, 384, 1}, dt});
     cases.push_back({"attention", {100, 4, 4, 80, 0, 4}, dt});
     cases.push_back({"attention", {60, 8, 2, 128, 1, 2}, dt});
@@ -364,6 +397,12 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"linear_swiglu_static_fp8",
                {patches, mlp_width(v.intermediate_size), v.hidden_size, 1},
                bf});
+  c.push_back({"linear_accumulate", {patches, v.hidden_size, v.hidden_size, 1}, bf});
+  c.push_back(
+      {"linear_accumulate", {patches, v.hidden_size, mlp_width(v.intermediate_size), 1}, bf});
+  c.push_back({"linear_accumulate_static_fp8",
+               {patches, v.hidden_size, mlp_width(v.intermediate_size), 1},
+               bf});
   c.push_back(
       {"attention",
        {patches / window * window, v.num_heads, v.num_heads, v.head_dim(), 0, patches / window},
@@ -381,6 +420,10 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"silu_mul_static_fp8", {tokens, mlp_width(t.intermediate_size)}, bf});
   c.push_back(
       {"linear_swiglu_static_fp8", {tokens, mlp_width(t.intermediate_size), t.hidden_size, 0}, bf});
+  c.push_back({"linear_accumulate", {tokens, t.hidden_size, t.hidden_size, 0}, bf});
+  c.push_back({"linear_accumulate_static_fp8",
+               {tokens, t.hidden_size, mlp_width(t.intermediate_size), 0},
+               bf});
   c.push_back({"attention",
                {tokens, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), 1, 1},
                bf});
@@ -434,7 +477,9 @@ OpParity check_op(const OpCase& c, const at::Device& device, uint64_t seed) {
   p.fused_ran = c.op == "attention"                            ? flash_available(in.q)
                 : c.op.compare(0, 16, "causal_attention") == 0 ? causal_attention_available(in.q)
                 : c.op == "linear_swiglu_static_fp8" ? linear_swiglu_fp8_variants(in.x) > 0
-                                                     : use_kernels(in.x, true);
+                : c.op.compare(0, 17, "linear_accumulate") == 0
+                    ? use_kernels(in.residual, true) && in.residual.scalar_type() == at::kBFloat16
+                    : use_kernels(in.x, true);
   p.fused_vs_reference = rel_err(fused, ref);
   p.reference_vs_f64 = rel_err(ref, def);
   p.fused_vs_f64 = rel_err(fused, def);

@@ -30,6 +30,8 @@ namespace vla::gpu::ops {
 //     e4m3 with one static scale (max |v| / 448)
 //   gemv, gemv_fp8: {N, K} (one row x [1, K] times w [N, K]^T + bias; _fp8: e4m3 weights)
 //   gemv_silu_mul, gemv_silu_mul_fp8: {inter, K} (fused gate|up weights [2 * inter, K], SwiGLU)
+//   linear_accumulate, linear_accumulate_static_fp8: {rows, N, K, bias (0/1)}: residual [rows, N]
+//     += x [rows, K] w [N, K]^T (+ b); _static_fp8: x and w quantised (one static scale each)
 //   linear_swiglu_static_fp8: {rows, inter, K, bias (0/1)}: x [rows, K] e4m3 (static scale) times
 //     e4m3 gate|up weights [2 * inter, K] (per tensor), SwiGLU, quantised with a static scale
 struct OpCase {

@@ -152,6 +152,34 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   return at::mm(x, w.t());
 }
 
+namespace {
+// Whether gemm_accumulate can add x @ w^T (+ b) into residual (both operand kinds).
+bool accumulate_fits(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                     const at::Tensor& b, bool fused) {
+  const int64_t K = x.size(1), N = w.size(0);
+  return fused && device::compiled() && residual.is_cuda() &&
+         residual.scalar_type() == at::kBFloat16 && residual.is_contiguous() && x.is_contiguous() &&
+         w.is_contiguous() && residual.size(0) == x.size(0) && residual.size(1) == N &&
+         K % 16 == 0 && N % 16 == 0 &&
+         (!b.defined() || (b.scalar_type() == at::kBFloat16 && b.is_contiguous()));
+}
+}  // namespace
+
+void linear_accumulate_(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                        const at::Tensor& b, bool fused) {
+  VLA_CHECK(x.dim() == 2 && w.dim() == 2 && w.size(1) == x.size(1), "linear_accumulate_: x ",
+            x.sizes(), " and w ", w.sizes(), " do not multiply");
+  if (x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 &&
+      accumulate_fits(residual, x, w, b, fused)) {
+    check_launch(kernels::gemm_accumulate(x.data_ptr(), w.data_ptr(), false, nullptr, nullptr,
+                                          b.defined() ? b.data_ptr() : nullptr, residual.data_ptr(),
+                                          x.size(0), w.size(0), x.size(1), current_stream(x)),
+                 "gemm_accumulate");
+    return;
+  }
+  residual.add_(linear(x, w, b));
+}
+
 Varlen Varlen::make(const std::vector<int64_t>& cu, const at::Device& device) {
   Varlen v;
   v.cu = cu;
@@ -732,6 +760,24 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
   at::Tensor out = at::matmul(dequantize_fp8(x), dequantize_fp8(w).t());
   if (b.defined()) out.add_(b.to(at::kFloat));
   return out.to(out_dtype);
+}
+
+void linear_fp8_accumulate_(at::Tensor& residual, const Fp8Rows& x, const Fp8Rows& w,
+                            const at::Tensor& b, bool fused, bool fast_accum) {
+  VLA_CHECK(x.defined() && w.defined(), "linear_fp8_accumulate_: empty operand");
+  VLA_CHECK(w.q.size(1) == x.q.size(1), "linear_fp8_accumulate_: K mismatch (", x.q.size(1), " vs ",
+            w.q.size(1), ")");
+  if (fast_accum && x.scale.numel() == 1 && w.tensorwise &&
+      accumulate_fits(residual, x.q, w.q, b, fused)) {
+    check_launch(
+        kernels::gemm_accumulate(x.q.data_ptr(), w.q.data_ptr(), true, x.scale.data_ptr<float>(),
+                                 w.scale.data_ptr<float>(), b.defined() ? b.data_ptr() : nullptr,
+                                 residual.data_ptr(), x.q.size(0), w.q.size(0), x.q.size(1),
+                                 current_stream(residual)),
+        "gemm_accumulate");
+    return;
+  }
+  residual.add_(linear_fp8(x, w, b, residual.scalar_type(), fast_accum));
 }
 
 int linear_swiglu_fp8_variants(const at::Tensor& x) {

@@ -44,6 +44,13 @@ inline int64_t mlp_width(int64_t intermediate) { return (intermediate + 63) / 64
 // x @ w^T (+ b).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
+// residual += x @ w^T (+ b): a block's output projection with the residual add in the GEMM's
+// epilogue (kernels.h gemm_accumulate, one cuBLASLt matmul, rounded to bf16 once) when fused, on
+// CUDA, bf16 and K, N multiples of 16; otherwise residual.add_(linear(x, w, b)) (the product
+// rounded to residual's dtype first). residual [rows, N] contiguous, x [rows, K], w [N, K].
+void linear_accumulate_(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                        const at::Tensor& b, bool fused);
+
 // ---- FP8 (e4m3fn): activations per token or with one static (calibrated) scale, weights per
 // output channel or per tensor.
 // Rows quantised to e4m3: q [rows, K] float8_e4m3fn (contiguous), scale float [rows, 1] with
@@ -84,6 +91,11 @@ at::Tensor dequantize_fp8(const Fp8Rows& x);
 at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
                       at::ScalarType out_dtype, bool fast_accum);
 
+// linear_accumulate_ for quantised operands: residual += dequant(x) @ dequant(w)^T (+ b). The
+// cuBLASLt path needs x with one static scale and w per tensor (calibrated FP8) and fast_accum;
+// otherwise residual.add_(linear_fp8(x, w, b, residual's dtype, fast_accum)).
+void linear_fp8_accumulate_(at::Tensor& residual, const Fp8Rows& x, const Fp8Rows& w,
+                            const at::Tensor& b, bool fused, bool fast_accum);
 // The MLP's gate|up projection and SwiGLU as one FP8 GEMM whose epilogue applies SwiGLU and the
 // static output quantisation (kernels.h gemm_swiglu_fp8: a Triton kernel, present when the build
 // had Triton): silu_mul_fp8(linear_fp8(x, w, b, float), inter, .., out_scale) without the
