@@ -520,11 +520,16 @@ struct EngineImpl {
   }
   // A block's output projection (attention proj / o_proj, MLP down) and the residual add, then
   // the next norm: h += a @ w^T (+ b) in the GEMM's epilogue and the norm of h
-  // (EngineOptions::residual_in_gemm), or the product and the fused add + norm.
+  // (EngineOptions::residual_in_gemm, where that GEMM runs: bf16 or static FP8 on CUDA), else the
+  // product and the fused add + norm.
   Act project_add_norm(const Act& a, const at::Tensor& w, const ops::Fp8Rows& wq,
                        const at::Tensor& b, at::Tensor& h, const at::Tensor& norm_w, double eps,
                        bool quant, int site, const char* norm_mark) const {
-    if (o.residual_in_gemm) {
+    const bool in_gemm =
+        o.residual_in_gemm &&
+        (a.q.defined() ? ops::linear_fp8_accumulate_fused(h, a.q, wq, b, fused(), o.fp8_fast_accum)
+                       : ops::linear_accumulate_fused(h, a.x, w, b, fused()));
+    if (in_gemm) {
       if (a.q.defined())
         ops::linear_fp8_accumulate_(h, a.q, wq, b, fused(), o.fp8_fast_accum);
       else

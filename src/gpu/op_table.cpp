@@ -477,8 +477,10 @@ OpParity check_op(const OpCase& c, const at::Device& device, uint64_t seed) {
   p.fused_ran = c.op == "attention"                            ? flash_available(in.q)
                 : c.op.compare(0, 16, "causal_attention") == 0 ? causal_attention_available(in.q)
                 : c.op == "linear_swiglu_static_fp8" ? linear_swiglu_fp8_variants(in.x) > 0
-                : c.op.compare(0, 17, "linear_accumulate") == 0
-                    ? use_kernels(in.residual, true) && in.residual.scalar_type() == at::kBFloat16
+                : c.op == "linear_accumulate"
+                    ? linear_accumulate_fused(in.residual, in.x, in.w, in.b, true)
+                : c.op == "linear_accumulate_static_fp8"
+                    ? linear_fp8_accumulate_fused(in.residual, in.x8, in.w8, in.b, true, true)
                     : use_kernels(in.x, true);
   p.fused_vs_reference = rel_err(fused, ref);
   p.reference_vs_f64 = rel_err(ref, def);

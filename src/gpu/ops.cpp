@@ -165,12 +165,17 @@ bool accumulate_fits(const at::Tensor& residual, const at::Tensor& x, const at::
 }
 }  // namespace
 
+bool linear_accumulate_fused(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                             const at::Tensor& b, bool fused) {
+  return x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 &&
+         accumulate_fits(residual, x, w, b, fused);
+}
+
 void linear_accumulate_(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
                         const at::Tensor& b, bool fused) {
   VLA_CHECK(x.dim() == 2 && w.dim() == 2 && w.size(1) == x.size(1), "linear_accumulate_: x ",
             x.sizes(), " and w ", w.sizes(), " do not multiply");
-  if (x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 &&
-      accumulate_fits(residual, x, w, b, fused)) {
+  if (linear_accumulate_fused(residual, x, w, b, fused)) {
     check_launch(kernels::gemm_accumulate(x.data_ptr(), w.data_ptr(), false, nullptr, nullptr,
                                           b.defined() ? b.data_ptr() : nullptr, residual.data_ptr(),
                                           x.size(0), w.size(0), x.size(1), current_stream(x)),
@@ -762,13 +767,18 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
   return out.to(out_dtype);
 }
 
+bool linear_fp8_accumulate_fused(const at::Tensor& residual, const Fp8Rows& x, const Fp8Rows& w,
+                                 const at::Tensor& b, bool fused, bool fast_accum) {
+  return fast_accum && x.defined() && w.defined() && x.scale.numel() == 1 && w.tensorwise &&
+         accumulate_fits(residual, x.q, w.q, b, fused);
+}
+
 void linear_fp8_accumulate_(at::Tensor& residual, const Fp8Rows& x, const Fp8Rows& w,
                             const at::Tensor& b, bool fused, bool fast_accum) {
   VLA_CHECK(x.defined() && w.defined(), "linear_fp8_accumulate_: empty operand");
   VLA_CHECK(w.q.size(1) == x.q.size(1), "linear_fp8_accumulate_: K mismatch (", x.q.size(1), " vs ",
             w.q.size(1), ")");
-  if (fast_accum && x.scale.numel() == 1 && w.tensorwise &&
-      accumulate_fits(residual, x.q, w.q, b, fused)) {
+  if (linear_fp8_accumulate_fused(residual, x, w, b, fused, fast_accum)) {
     check_launch(
         kernels::gemm_accumulate(x.q.data_ptr(), w.q.data_ptr(), true, x.scale.data_ptr<float>(),
                                  w.scale.data_ptr<float>(), b.defined() ? b.data_ptr() : nullptr,

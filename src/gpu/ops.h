@@ -50,6 +50,10 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b 
 // rounded to residual's dtype first). residual [rows, N] contiguous, x [rows, K], w [N, K].
 void linear_accumulate_(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
                         const at::Tensor& b, bool fused);
+// Whether linear_accumulate_ runs as one GEMM for these operands (else it adds the product after:
+// callers that can fuse the add elsewhere, e.g. into add + RMSNorm, should do that instead).
+bool linear_accumulate_fused(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                             const at::Tensor& b, bool fused);
 
 // ---- FP8 (e4m3fn): activations per token or with one static (calibrated) scale, weights per
 // output channel or per tensor.
@@ -96,6 +100,8 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
 // otherwise residual.add_(linear_fp8(x, w, b, residual's dtype, fast_accum)).
 void linear_fp8_accumulate_(at::Tensor& residual, const Fp8Rows& x, const Fp8Rows& w,
                             const at::Tensor& b, bool fused, bool fast_accum);
+bool linear_fp8_accumulate_fused(const at::Tensor& residual, const Fp8Rows& x, const Fp8Rows& w,
+                                 const at::Tensor& b, bool fused, bool fast_accum);
 // The MLP's gate|up projection and SwiGLU as one FP8 GEMM whose epilogue applies SwiGLU and the
 // static output quantisation (kernels.h gemm_swiglu_fp8: a Triton kernel, present when the build
 // had Triton): silu_mul_fp8(linear_fp8(x, w, b, float), inter, .., out_scale) without the
