@@ -1,94 +1,75 @@
 #!/usr/bin/env python3
-"""Feasibility probe for issue 14's last lever: an FP8 gate|up GEMM with SwiGLU and the static
-e4m3 quantisation in its epilogue (Triton, Hopper), against what the engine runs today:
-cuBLASLt's tensor-wise FP8 GEMM (torch._scaled_mm, bf16 out, fast accumulation) followed by the
-engine's static-FP8 SwiGLU kernel (op table: 0.0258 ms at [1519, 11008], 0.0306 ms at [5980, 3456]
-on an H200). Shapes: the 3B model's decoder (1525 x 2048 -> 2 x 11008) and vision tower at five
-640x360 views (5980 x 1280 -> 2 x 3456). Prints both times and the fused kernel's error against
-the dequantised reference. Needs torch + triton on a CUDA GPU with FP8 (sm_89+); not part of the
-build. Usage: python3 bench/triton_swiglu_gemm.py
+"""Tile sweep of the engine's FP8 gate|up GEMM + SwiGLU kernel (src/gpu/kernels/gemm_swiglu_fp8.py,
+the same source the build compiles ahead of time) against what it replaces: cuBLASLt's tensor-wise
+FP8 GEMM (torch._scaled_mm, bf16 out, fast accumulation; add the engine's static SwiGLU kernel from
+bench_gpu's op table, e.g. 0.0258 ms at [1519, 11008] and 0.0306 ms at [5980, 3456] on an H200).
+Shapes: the 3B model's decoder and vision tower at 5 and 1 views of 640x360. Prints, per shape,
+cuBLAS' time and the fastest tile configurations with their error against the dequantised
+reference; pick the tiles to list in src/gpu/kernels/triton_aot.py from it. Needs torch + triton on
+a CUDA GPU with FP8 (sm_89+); not part of the build. Usage: python3 bench/triton_swiglu_gemm.py
 """
+import sys
+from pathlib import Path
+
 import torch
 import triton
-import triton.language as tl
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src" / "gpu" / "kernels"))
+from gemm_swiglu_fp8 import gemm_swiglu_fp8  # noqa: E402
 
-@triton.autotune(
-    configs=[
-        triton.Config({"BM": 128, "BN": 128, "BK": 128, "G": 8}, num_warps=8, num_stages=3),
-        triton.Config({"BM": 128, "BN": 64, "BK": 128, "G": 8}, num_warps=4, num_stages=4),
-        triton.Config({"BM": 128, "BN": 128, "BK": 64, "G": 8}, num_warps=8, num_stages=4),
-        triton.Config({"BM": 64, "BN": 128, "BK": 128, "G": 8}, num_warps=4, num_stages=4),
-    ],
-    key=["M", "N", "K"],
-)
-@triton.jit
-def gemm_swiglu_fp8(a_ptr, w_ptr, o_ptr, M, N, K, scale_ab, inv_out,
-                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, G: tl.constexpr):
-    # a [M, K] e4m3; w [2N, K] e4m3 (gate rows, then up rows); o [M, N] e4m3 =
-    # sat(silu(gate) * up / out_scale) with gate, up = (a w^T) * scale_a * scale_w.
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    num_n = N // BN
-    group = G * num_n
-    first_m = (pid // group) * G
-    size_m = min(num_m - first_m, G)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
-    a_ptrs = a_ptr + rm[:, None] * K + rk[None, :]
-    g_ptrs = w_ptr + rn[None, :] * K + rk[:, None]
-    u_ptrs = w_ptr + (rn[None, :] + N) * K + rk[:, None]
-    acc_g = tl.zeros((BM, BN), dtype=tl.float32)
-    acc_u = tl.zeros((BM, BN), dtype=tl.float32)
-    for _ in range(0, K // BK):
-        a = tl.load(a_ptrs, mask=rm[:, None] < M, other=0.0)
-        acc_g = tl.dot(a, tl.load(g_ptrs), acc_g)
-        acc_u = tl.dot(a, tl.load(u_ptrs), acc_u)
-        a_ptrs += BK
-        g_ptrs += BK
-        u_ptrs += BK
-    gate = acc_g * scale_ab
-    up = acc_u * scale_ab
-    y = gate * tl.sigmoid(gate) * up * inv_out
-    y = tl.minimum(tl.maximum(y, -448.0), 448.0)
-    tl.store(o_ptr + rm[:, None] * N + rn[None, :], y.to(tl.float8e4nv), mask=rm[:, None] < M)
+SHAPES = [  # name, rows, K, inter, bias
+    ("decoder, 5 views", 1525, 2048, 11008, False),
+    ("vision, 5 views", 5980, 1280, 3456, True),
+    ("decoder, 1 view", 321, 2048, 11008, False),
+    ("vision, 1 view", 1196, 1280, 3456, True),
+]
+TILES = [  # BM, BN, BK, warps, stages
+    (128, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 64, 8, 4), (128, 128, 64, 8, 5),
+    (128, 128, 128, 4, 3), (128, 64, 128, 4, 4), (128, 64, 128, 8, 4), (128, 64, 64, 4, 5),
+    (64, 128, 128, 4, 4), (64, 128, 128, 4, 3), (64, 128, 64, 4, 5), (64, 256, 128, 8, 3),
+    (64, 256, 64, 8, 4), (64, 64, 128, 4, 4),
+]
 
 
 def main():
-    dev = "cuda"
-    f8 = torch.float8_e4m3fn
+    dev, f8 = "cuda", torch.float8_e4m3fn
+    bench = lambda fn: triton.testing.do_bench_cudagraph(fn, rep=50)  # noqa: E731
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
-    print("shape (M x K -> 2 x N) | cuBLAS FP8 GEMM ms | + engine SwiGLU ms (op table) | "
-          "Triton fused ms | fused TFLOP/s | fused rel. err vs reference")
-    for M, K, N, swiglu_ms in [(1525, 2048, 11008, 0.0258), (5980, 1280, 3456, 0.0306),
-                               (321, 2048, 11008, None)]:
+    for name, M, K, N, bias in SHAPES:
         torch.manual_seed(0)
         a = torch.randn(M, K, device=dev)
         w = torch.randn(2 * N, K, device=dev) / K ** 0.5
-        sa = (a.abs().max() / 448).float()
-        sw = (w.abs().max() / 448).float()
+        b = (torch.randn(2 * N, device=dev) * 0.1).to(torch.bfloat16)
+        sa = (a.abs().max() / 448).float().reshape(1)
+        sw = (w.abs().max() / 448).float().reshape(1)
         aq = (a / sa).clamp(-448, 448).to(f8)
         wq = (w / sw).clamp(-448, 448).to(f8)
         ref = torch.matmul(aq.float() * sa, (wq.float() * sw).t())
+        if bias:
+            ref = ref + b.float()
         ref = torch.nn.functional.silu(ref[:, :N]) * ref[:, N:]
-        so = (ref.abs().max() / 448).float()
+        so = (ref.abs().max() / 448).float().reshape(1)
         out = torch.empty(M, N, device=dev, dtype=f8)
-        grid = lambda meta: (triton.cdiv(M, meta["BM"]) * (N // meta["BN"]),)
-        scale_ab, inv_out = float(sa * sw), float(1 / so)  # host floats: no sync inside a capture
-        run = lambda: gemm_swiglu_fp8[grid](aq, wq, out, M, N, K, scale_ab, inv_out)
-        run()
-        err = ((out.float() * so - ref).norm() / ref.norm()).item()
-        fused = triton.testing.do_bench_cudagraph(run)
-        gemm = lambda: torch._scaled_mm(aq, wq.t(), scale_a=sa.reshape(()), scale_b=sw.reshape(()),
-                                        out_dtype=torch.bfloat16, use_fast_accum=True)
-        cublas = triton.testing.do_bench_cudagraph(gemm)
-        flop = 2.0 * M * K * 2 * N
-        base = f"{cublas + swiglu_ms:.4f}" if swiglu_ms else "-"
-        print(f"{M} x {K} -> 2 x {N} | {cublas:.4f} | {base} | {fused:.4f} | "
-              f"{flop / fused / 1e9:.0f} | {err:.4f}  (config {gemm_swiglu_fp8.best_config})")
+        cublas = bench(lambda: torch._scaled_mm(aq, wq.t(), scale_a=sa.reshape(()),
+                                                scale_b=sw.reshape(()), bias=b if bias else None,
+                                                out_dtype=torch.bfloat16, use_fast_accum=True))
+        rows = []
+        for bm, bn, bk, warps, stages in TILES:
+            if N % bn or K % bk:
+                continue
+            grid = (triton.cdiv(M, bm) * (N // bn),)
+            run = lambda: gemm_swiglu_fp8[grid](  # noqa: E731
+                aq, wq, b, out, sa, sw, so, M, N, K, HAS_BIAS=int(bias), BM=bm, BN=bn, BK=bk, G=8,
+                num_warps=warps, num_stages=stages)
+            run()
+            err = ((out.float() * so - ref).norm() / ref.norm()).item()
+            rows.append((bench(run), (bm, bn, bk, warps, stages), err))
+        rows.sort()
+        print(f"{name}: {M} x {K} -> 2 x {N} | cuBLAS FP8 GEMM alone {cublas:.4f} ms")
+        for ms, tile, err in rows[:5]:
+            flop = 2.0 * M * K * 2 * N
+            print(f"   BM{tile[0]} BN{tile[1]} BK{tile[2]} w{tile[3]} s{tile[4]}: {ms:.4f} ms "
+                  f"({flop / ms / 1e9:.0f} TFLOP/s), rel. err {err:.4f}")
 
 
 if __name__ == "__main__":

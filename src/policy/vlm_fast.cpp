@@ -118,6 +118,9 @@ class FastVlm : public VlmEncoder {
     spec.prompt_ids = prompt;
     spec.text_layers = cfg_.vlm_layers;
     engine_->prepare(spec);
+    // Which attention and MLP kernels the plan's timing chose (VLA_LOG=debug shows it).
+    log_debug("VLM (fast backend): plan of ", n, " view(s) ", w, "x", h, ": ",
+              engine_->attention_backend());
     plan_ids_ = torch::tensor(engine_->plan_token_ids(), torch::kInt64).view({1, -1});
   }
 
