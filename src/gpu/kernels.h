@@ -4,6 +4,7 @@
 // (cudaGetErrorString).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace vla::gpu::kernels {
@@ -105,10 +106,11 @@ const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const voi
 // cuBLASLt matmul (kernels/gemm_accumulate.cpp): the residual add of a block's output projection
 // happens in the GEMM's epilogue (C = D = out, beta = 1), rounded to bf16 once. a / w: bf16, or
 // e4m3 (fp8 = true) with one float scale each on the device (tensor-wise; fast accumulation);
-// bias: bf16 [N] or nullptr. Needs K and N multiples of 16 and 16-byte aligned pointers.
+// bias: bf16 [N] or nullptr; workspace: device memory for cuBLASLt (the caller's, kept until the
+// work on `stream` is done). Needs K and N multiples of 16 and 16-byte aligned pointers.
 const char* gemm_accumulate(const void* a, const void* w, bool fp8, const float* a_scale,
                             const float* w_scale, const void* bias, void* out, int64_t M, int64_t N,
-                            int64_t K, void* stream);
+                            int64_t K, void* workspace, size_t workspace_bytes, void* stream);
 
 // Decode GEMV (one activation row): out[r] = (sum_k x[k] * w[r, k]) * wscale[r] (+ bias[r]) for
 // r < n, fp32 accumulation, x / bias / out in `dt`. w is [n, k] in `dt`, or e4m3 rows (w_fp8) with

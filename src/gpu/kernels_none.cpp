@@ -54,7 +54,7 @@ const char* gemm_swiglu_fp8(int, const void*, const void*, const void*, void*, i
   return kNoCuda;
 }
 const char* gemm_accumulate(const void*, const void*, bool, const float*, const float*, const void*,
-                            void*, int64_t, int64_t, int64_t, void*) {
+                            void*, int64_t, int64_t, int64_t, void*, size_t, void*) {
   return kNoCuda;
 }
 const char* gemv(const void*, const void*, bool, const float*, const void*, void*, int64_t, int64_t,

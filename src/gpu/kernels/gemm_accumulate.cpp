@@ -2,8 +2,9 @@
 // epilogue (cuBLASLt, C = D = out, beta = 1), so the block's following norm reads one tensor
 // instead of adding two (it replaces add + RMSNorm by RMSNorm). cuBLASLt is the library here
 // (aten::_scaled_mm, which the other FP8 GEMMs use, has no C operand); per device one handle and
-// one workspace, per shape the heuristic's first algorithm, both made on first use (the engine's
-// eager warm-up, before any CUDA graph capture).
+// per shape the heuristic's first algorithm, made on first use (the engine's eager warm-up, before
+// any CUDA graph capture); the workspace comes from the caller (ops.cpp: torch's caching
+// allocator, which keeps it stream-ordered and capture-safe).
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
@@ -16,13 +17,6 @@
 
 namespace vla::gpu::kernels {
 namespace {
-
-constexpr size_t kWorkspace = 32u << 20;  // cuBLAS' own default for Hopper
-
-struct DeviceState {
-  cublasLtHandle_t handle = nullptr;
-  void* workspace = nullptr;
-};
 
 const char* lt_error(cublasStatus_t s) {
   return s == CUBLAS_STATUS_SUCCESS ? nullptr : cublasLtGetStatusString(s);
@@ -44,7 +38,7 @@ struct Descriptors {
 
 const char* gemm_accumulate(const void* a, const void* w, bool fp8, const float* a_scale,
                             const float* w_scale, const void* bias, void* out, int64_t M, int64_t N,
-                            int64_t K, void* stream) {
+                            int64_t K, void* workspace, size_t workspace_bytes, void* stream) {
   if (M < 1 || N < 1 || K < 1) return "gemm_accumulate: empty shape";
   if (K % 16 != 0 || N % 16 != 0) return "gemm_accumulate: K and N must be multiples of 16";
   if (fp8 && (a_scale == nullptr || w_scale == nullptr))
@@ -59,19 +53,14 @@ const char* gemm_accumulate(const void* a, const void* w, bool fp8, const float*
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return "gemm_accumulate: no CUDA device";
   static std::mutex mu;
-  static std::map<int, DeviceState> devices;
+  static std::map<int, cublasLtHandle_t> handles;
   // The heuristic's algorithm per (device, M, N, K, fp8, bias).
   using Key = std::tuple<int, int64_t, int64_t, int64_t, bool, bool>;
   static std::map<Key, cublasLtMatmulAlgo_t> algos;
   std::lock_guard<std::mutex> lock(mu);
-  DeviceState& st = devices[dev];
-  if (st.handle == nullptr) {
-    if (const char* e = lt_error(cublasLtCreate(&st.handle))) return e;
-    if (cudaMalloc(&st.workspace, kWorkspace) != cudaSuccess) {
-      cudaGetLastError();
-      return "gemm_accumulate: could not allocate the cuBLASLt workspace";
-    }
-  }
+  cublasLtHandle_t& handle = handles[dev];
+  if (handle == nullptr)
+    if (const char* e = lt_error(cublasLtCreate(&handle))) return e;
 
   // Row-major out[M, N] += a[M, K] w[N, K]^T is column-major out^T[N, M] += w^T a^T: cuBLASLt's
   // A = w (transposed), B = a, C = D = out (ld N).
@@ -107,21 +96,21 @@ const char* gemm_accumulate(const void* a, const void* w, bool fp8, const float*
   if (it == algos.end()) {
     cublasLtMatmulPreference_t pref = nullptr;
     if (const char* e = lt_error(cublasLtMatmulPreferenceCreate(&pref))) return e;
-    const size_t ws = kWorkspace;
+    const size_t ws = workspace_bytes;
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                          sizeof(ws));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(st.handle, d.op, d.a, d.b, d.c, d.c,
-                                                            pref, 1, &result, &found);
+    const cublasStatus_t s =
+        cublasLtMatmulAlgoGetHeuristic(handle, d.op, d.a, d.b, d.c, d.c, pref, 1, &result, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (s != CUBLAS_STATUS_SUCCESS) return lt_error(s);
     if (found == 0) return "gemm_accumulate: cuBLASLt has no algorithm for this shape";
     it = algos.emplace(key, result.algo).first;
   }
   const float alpha = 1.f, beta = 1.f;
-  return lt_error(cublasLtMatmul(st.handle, d.op, &alpha, w, d.a, a, d.b, &beta, out, d.c, out, d.c,
-                                 &it->second, st.workspace, kWorkspace,
+  return lt_error(cublasLtMatmul(handle, d.op, &alpha, w, d.a, a, d.b, &beta, out, d.c, out, d.c,
+                                 &it->second, workspace, workspace_bytes,
                                  static_cast<cudaStream_t>(stream)));
 }
 
