@@ -43,7 +43,7 @@ std::vector<int> variants_of(const char* kernel, int has_bias) {
   return v;
 }
 
-// A driver error as a static string ("triton kernels: <name>").
+// A driver error as a static string (its name, e.g. "CUDA_ERROR_INVALID_IMAGE").
 const char* driver_error(CUresult r) {
   const char* s = nullptr;
   if (cuGetErrorName(r, &s) != CUDA_SUCCESS || s == nullptr) return "triton kernels: CUDA error";
