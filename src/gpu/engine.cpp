@@ -471,7 +471,6 @@ struct EngineImpl {
   struct Act {
     at::Tensor x;
     ops::Fp8Rows q;
-    int site = 0;  // the static-scale site of q
   };
   // Attention output [rows, heads * head_dim] for the output projection: bf16, or e4m3 with the
   // site's static scale (made by `quantised`, which quantises in the attention kernel's store);
@@ -479,7 +478,6 @@ struct EngineImpl {
   Act attention_out(int site, bool quant, const std::function<at::Tensor()>& bf16,
                     const std::function<ops::Fp8Rows(const at::Tensor&)>& quantised) const {
     Act a;
-    a.site = site;
     quant = quant && o.fp8_output_projections;
     const at::Tensor s = quant ? fixed_scale(site) : at::Tensor();
     if (s.defined()) {
@@ -492,7 +490,6 @@ struct EngineImpl {
   }
   Act norm(at::Tensor& h, const at::Tensor& w, double eps, bool quant, int site) const {
     Act a;
-    a.site = site;
     if (quant) {
       a.q = ops::rms_norm_fp8(h, w, eps, fused(), fixed_scale(site));
       record(site, a.q);
@@ -504,7 +501,6 @@ struct EngineImpl {
   Act add_norm(const at::Tensor& x, at::Tensor& h, const at::Tensor& w, double eps, bool quant,
                int site) const {
     Act a;
-    a.site = site;
     if (quant) {
       a.q = ops::add_rms_norm_fp8(x, h, w, eps, fused(), fixed_scale(site));
       record(site, a.q);
@@ -555,7 +551,6 @@ struct EngineImpl {
           const at::Tensor& norm_w, double eps, bool next_quant, int next_site) const {
     const at::Tensor out_scale = quant ? fixed_scale(site) : at::Tensor();
     Act act;
-    act.site = site;
     mark(m.gate_up);
     if (m.variant >= 0 && out_scale.defined() && n.q.defined() && n.q.scale.numel() == 1 &&
         m.gu_q.tensorwise) {
