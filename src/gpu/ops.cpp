@@ -159,6 +159,18 @@ namespace {
 at::Tensor lt_workspace(const at::Tensor& like) {
   return at::empty({32 << 20}, at::TensorOptions().dtype(at::kByte).device(like.device()));
 }
+// residual += x @ w^T (+ b) through kernels::gemm_accumulate (the callers checked that it fits):
+// bf16 operands, or e4m3 ones with their scales.
+void launch_accumulate(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
+                       const float* x_scale, const float* w_scale, const at::Tensor& b) {
+  const at::Tensor ws = lt_workspace(residual);
+  check_launch(
+      kernels::gemm_accumulate(x.data_ptr(), w.data_ptr(), x_scale != nullptr, x_scale, w_scale,
+                               b.defined() ? b.data_ptr() : nullptr, residual.data_ptr(), x.size(0),
+                               w.size(0), x.size(1), ws.data_ptr(), static_cast<size_t>(ws.numel()),
+                               current_stream(residual)),
+      "gemm_accumulate");
+}
 // Whether gemm_accumulate can add x @ w^T (+ b) into residual (both operand kinds).
 bool accumulate_fits(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
                      const at::Tensor& b, bool fused) {
@@ -182,12 +194,7 @@ void linear_accumulate_(at::Tensor& residual, const at::Tensor& x, const at::Ten
   VLA_CHECK(x.dim() == 2 && w.dim() == 2 && w.size(1) == x.size(1), "linear_accumulate_: x ",
             x.sizes(), " and w ", w.sizes(), " do not multiply");
   if (linear_accumulate_fused(residual, x, w, b, fused)) {
-    const at::Tensor ws = lt_workspace(residual);
-    check_launch(kernels::gemm_accumulate(x.data_ptr(), w.data_ptr(), false, nullptr, nullptr,
-                                          b.defined() ? b.data_ptr() : nullptr, residual.data_ptr(),
-                                          x.size(0), w.size(0), x.size(1), ws.data_ptr(),
-                                          ws.numel(), current_stream(x)),
-                 "gemm_accumulate");
+    launch_accumulate(residual, x, w, nullptr, nullptr, b);
     return;
   }
   residual.add_(linear(x, w, b));
@@ -787,13 +794,7 @@ void linear_fp8_accumulate_(at::Tensor& residual, const Fp8Rows& x, const Fp8Row
   VLA_CHECK(w.q.size(1) == x.q.size(1), "linear_fp8_accumulate_: K mismatch (", x.q.size(1), " vs ",
             w.q.size(1), ")");
   if (linear_fp8_accumulate_fused(residual, x, w, b, fused, fast_accum)) {
-    const at::Tensor ws = lt_workspace(residual);
-    check_launch(
-        kernels::gemm_accumulate(x.q.data_ptr(), w.q.data_ptr(), true, x.scale.data_ptr<float>(),
-                                 w.scale.data_ptr<float>(), b.defined() ? b.data_ptr() : nullptr,
-                                 residual.data_ptr(), x.q.size(0), w.q.size(0), x.q.size(1),
-                                 ws.data_ptr(), ws.numel(), current_stream(residual)),
-        "gemm_accumulate");
+    launch_accumulate(residual, x.q, w.q, x.scale.data_ptr<float>(), w.scale.data_ptr<float>(), b);
     return;
   }
   residual.add_(linear_fp8(x, w, b, residual.scalar_type(), fast_accum));
