@@ -18,8 +18,8 @@ struct Inputs {
   at::Tensor x, w, residual, cos, sin, q, k, v, b;
   at::Tensor row0;   // rotary_append_kv: the first cache row written
   Fp8Rows w8;        // the gemv_*_fp8 ops: w quantised per row (as the engine stores weights);
-                     // linear_swiglu_static_fp8: per tensor
-  Fp8Rows x8;        // linear_swiglu_static_fp8: x quantised with one static scale
+                     // linear_swiglu / linear_accumulate _static_fp8: per tensor
+  Fp8Rows x8;        // linear_swiglu / linear_accumulate _static_fp8: x with one static scale
   at::Tensor fixed;  // the *_static_fp8 ops: the static scale (float [1], 1.25 x the row maximum)
   Varlen seq;
   double scale = 1.0;

@@ -58,7 +58,7 @@ def compile_variant(v, target):
     if len(runtime) != len(v["sig"]):
         raise SystemExit(f"{v['kernel']}: {len(runtime)} runtime parameters, {len(v['sig'])} types")
     signature, attrs = {}, {}
-    for i, n in enumerate(names):
+    for n in names:
         if n in v["const"]:
             signature[n] = "constexpr"
     for n, t in zip(runtime, v["sig"]):
