@@ -249,6 +249,7 @@ struct EngineImpl {
   // Chosen per plan by timing (CUDA): attention of the decoder and of the vision full-attention
   // blocks when all their sequences have the same length.
   ops::AttnBackend llm_backend = ops::AttnBackend::kFlashVarlen;
+  int llm_variant = -1;  // kCausalTriton: the compiled variant
   ops::AttnBackend vfull_backend = ops::AttnBackend::kFlashVarlen;
   // Chosen per plan by timing (CUDA, static FP8 scales): the compiled tile configuration of the
   // fused gate|up + SwiGLU GEMM (ops::linear_swiglu_fp8) for the vision tower and the decoder, or
@@ -270,6 +271,8 @@ struct EngineImpl {
                     ops::AttnBackend backend) const {
     if (backend == ops::AttnBackend::kCausalKernel && causal)
       return ops::causal_attention(q, k, v, cu, scale, fused());
+    if (backend == ops::AttnBackend::kCausalTriton && causal)
+      return ops::causal_attention(q, k, v, cu, scale, fused(), llm_variant);
     if (flash && backend != ops::AttnBackend::kFlashVarlen) {
       const int64_t b = uniform_count(cu);
       if (b > 0) return ops::attention_dense(q, k, v, b, causal, scale, backend);
@@ -669,9 +672,13 @@ struct EngineImpl {
         return attend(q, k, val, seq, /*causal=*/true, scale, llm_backend).view({T, H * D});
       };
       const Act a = attention_out(tsite(i, 3), q8, out, [&](const at::Tensor& s) {
-        return llm_backend == ops::AttnBackend::kCausalKernel
-                   ? ops::causal_attention_fp8(q, k, val, seq, scale, fused(), s)
-                   : ops::quantize_fp8(out(), fused(), s);
+        const bool kernel = llm_backend == ops::AttnBackend::kCausalKernel ||
+                            llm_backend == ops::AttnBackend::kCausalTriton;
+        return kernel ? ops::causal_attention_fp8(q, k, val, seq, scale, fused(), s,
+                                                  llm_backend == ops::AttnBackend::kCausalTriton
+                                                      ? llm_variant
+                                                      : -1)
+                      : ops::quantize_fp8(out(), fused(), s);
       });
       mark("t.o_proj");
       n = project_add_norm(a, L.o_w, L.o_q, {}, h, L.post_n, t.rms_norm_eps, q8, tsite(i, 1),
@@ -1132,11 +1139,17 @@ double matmul_flops(int64_t m, int64_t k, int64_t n) { return 2.0 * m * k * n; }
 }  // namespace
 
 namespace {
+// An attention backend and, for kCausalTriton, the compiled variant of the Triton kernel.
+struct AttnChoice {
+  ops::AttnBackend backend = ops::AttnBackend::kFlashVarlen;
+  int variant = -1;
+};
+
 // Times the attention backends on the plan's real shapes (in a CUDA graph, as the plan runs) and
 // returns the fastest one whose output matches flash-varlen (rel. err <= 2e-2); reports every
-// candidate.
-ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool causal,
-                      const at::TensorOptions& opt, const char* what, std::string& report) {
+// candidate. Causal: the CUDA kernel and every compiled variant of the Triton kernel compete too.
+AttnChoice tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool causal,
+                const at::TensorOptions& opt, const char* what, std::string& report) {
   const int64_t T = cu.total();
   auto buf = at::randn({T, (H + 2 * Hk) * D}, opt);
   auto q = buf.narrow(1, 0, H * D).view({T, H, D});
@@ -1145,25 +1158,28 @@ ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, b
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   const int64_t b = EngineImpl::uniform_count(cu);
   auto ref = ops::attention(q, k, v, cu, cu, causal, scale, true);
-  ops::AttnBackend best = ops::AttnBackend::kFlashVarlen;
+  std::vector<AttnChoice> cands = {{ops::AttnBackend::kFlashVarlen}};
+  if (b > 0) cands.insert(cands.end(), {{ops::AttnBackend::kSdpa}, {ops::AttnBackend::kCudnn}});
+  if (causal && ops::causal_attention_available(q)) cands.push_back({ops::AttnBackend::kCausalKernel});
+  for (int i = 0; causal && i < ops::causal_attention_triton_variants(q); ++i)
+    cands.push_back({ops::AttnBackend::kCausalTriton, i});
+  AttnChoice best;
   double best_ms = 1e30;
   report += std::string(what) + ":";
-  for (auto cand : {ops::AttnBackend::kFlashVarlen, ops::AttnBackend::kSdpa,
-                    ops::AttnBackend::kCudnn, ops::AttnBackend::kCausalKernel}) {
-    if (cand == ops::AttnBackend::kCausalKernel) {
-      if (!causal || !ops::causal_attention_available(q)) continue;
-    } else if (cand != ops::AttnBackend::kFlashVarlen && b == 0) {
-      continue;
-    }
+  for (const AttnChoice& cand : cands) {
+    std::string name = ops::backend_name(cand.backend);
+    if (cand.variant >= 0)
+      name += str_cat(" (", kernels::causal_attention_triton_variant_name(cand.variant), ")");
     try {
       auto run = [&]() {
-        switch (cand) {
+        switch (cand.backend) {
           case ops::AttnBackend::kFlashVarlen:
             return ops::attention(q, k, v, cu, cu, causal, scale, true);
           case ops::AttnBackend::kCausalKernel:
-            return ops::causal_attention(q, k, v, cu, scale, true);
+          case ops::AttnBackend::kCausalTriton:
+            return ops::causal_attention(q, k, v, cu, scale, true, cand.variant);
           default:
-            return ops::attention_dense(q, k, v, b, causal, scale, cand);
+            return ops::attention_dense(q, k, v, b, causal, scale, cand.backend);
         }
       };
       auto out = run();
@@ -1171,18 +1187,20 @@ ops::AttnBackend tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, b
                          std::max(ref.to(at::kFloat).norm().item<double>(), 1e-30);
       // GPU time as the plan's graph will run it (host dispatch excluded), best of 5 replays.
       const double ms = device::gpu_time_ms([&]() { run(); }, q.device(), 10, 5);
-      report += str_cat(" ", ops::backend_name(cand), " ", fmt_double(ms, 3), " ms (err ",
-                        fmt_double(err, 4), ")");
+      report += str_cat(" ", name, " ", fmt_double(ms, 3), " ms (err ", fmt_double(err, 4), ")");
       if (err <= 2e-2 && ms < best_ms) {
         best_ms = ms;
         best = cand;
       }
     } catch (const std::exception& e) {
-      report += str_cat(" ", ops::backend_name(cand), " unavailable");
+      report += str_cat(" ", name, " unavailable");
       device::clear_error();
     }
   }
-  report += str_cat(" -> ", ops::backend_name(best), "; ");
+  report += str_cat(" -> ", ops::backend_name(best.backend));
+  if (best.variant >= 0)
+    report += str_cat(" (", kernels::causal_attention_triton_variant_name(best.variant), ")");
+  report += "; ";
   return best;
 }
 
@@ -1343,6 +1361,7 @@ void Engine::prepare(const PlanSpec& spec) {
   // Attention backends: the decoder's as EngineOptions::decoder_attention forces it (every
   // device), else both timed below on CUDA.
   E.llm_backend = ops::AttnBackend::kFlashVarlen;
+  E.llm_variant = -1;
   E.vfull_backend = ops::AttnBackend::kFlashVarlen;
   E.vswiglu = E.tswiglu = -1;
   E.tune_report.clear();
@@ -1376,10 +1395,14 @@ void Engine::prepare(const PlanSpec& spec) {
   using DecoderAttention = EngineOptions::DecoderAttention;
   if (E.flash) {
     E.vfull_backend = tune(p.cu_full, v.num_heads, v.num_heads, v.head_dim(), false, E.wopt(),
-                           "vision full attention", E.tune_report);
-    if (E.o.decoder_attention == DecoderAttention::kTuned)
-      E.llm_backend = tune(p.seq, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), true,
-                           E.wopt(), "decoder attention", E.tune_report);
+                           "vision full attention", E.tune_report)
+                          .backend;
+    if (E.o.decoder_attention == DecoderAttention::kTuned) {
+      const AttnChoice c = tune(p.seq, t.num_attention_heads, t.num_key_value_heads, t.head_dim(),
+                                true, E.wopt(), "decoder attention", E.tune_report);
+      E.llm_backend = c.backend;
+      E.llm_variant = c.variant;
+    }
   }
   // The fused FP8 gate|up + SwiGLU kernel where it beats cuBLAS + the SwiGLU kernel at this plan's
   // rows (it needs the static scales: Engine::calibrate_fp8).
@@ -1421,6 +1444,7 @@ void Engine::prepare(const PlanSpec& spec) {
         device::clear_error();
         // a tuned attention backend may not be capturable: retry with flash varlen only
         E.llm_backend = ops::AttnBackend::kFlashVarlen;
+        E.llm_variant = -1;
         E.vfull_backend = ops::AttnBackend::kFlashVarlen;
         E.tune_report += "(capture retry with flash-varlen) ";
         stage_pre();

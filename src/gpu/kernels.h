@@ -77,6 +77,23 @@ const char* causal_attention(const void* q, int64_t q_stride, const void* k, int
                              int64_t tiles, int heads, int kv_heads, int head_dim, float scale,
                              void* out, int64_t out_stride, const float* out_scale, void* stream);
 
+// The same causal attention by the Triton kernel kernels/causal_attention.py (compiled ahead of
+// time like gemm_swiglu_fp8 below; on sm_90 its products run as warpgroup MMA, which the CUDA
+// kernel above does not use): `variant` 0 .. causal_attention_triton_variants() - 1 picks a
+// compiled tile configuration, and tiles = the sum over sequences of ceil(len /
+// causal_attention_triton_tile_rows(variant)). Needs head_dim 128 (every Qwen2 / Qwen2.5-VL
+// decoder), row strides that are multiples of 16 elements and 16-byte aligned pointers; returns an
+// error otherwise. Variants: 0 when the build had no Triton or the device is not sm_90.
+int causal_attention_triton_variants();
+// "BM64 BN64 D128 w4 s2": query rows per program, keys per step, head dim, warps, stages.
+const char* causal_attention_triton_variant_name(int variant);
+int causal_attention_triton_tile_rows(int variant);  // BM; 0 for no such variant
+const char* causal_attention_triton(int variant, const void* q, int64_t q_stride, const void* k,
+                                    int64_t k_stride, const void* v, int64_t v_stride,
+                                    const int32_t* cu, int seqs, int64_t tiles, int heads,
+                                    int kv_heads, int head_dim, float scale, void* out,
+                                    int64_t out_stride, const float* out_scale, void* stream);
+
 // out[r, i] = silu(x[r, i]) * x[r, inter + i] for x [rows, 2*inter] (row stride x_stride).
 const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, int64_t inter,
                      DType dt, void* stream);

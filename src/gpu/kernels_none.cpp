@@ -43,6 +43,14 @@ const char* causal_attention(const void*, int64_t, const void*, int64_t, const v
                              const float*, void*) {
   return kNoCuda;
 }
+int causal_attention_triton_variants() { return 0; }
+const char* causal_attention_triton_variant_name(int) { return "none"; }
+int causal_attention_triton_tile_rows(int) { return 0; }
+const char* causal_attention_triton(int, const void*, int64_t, const void*, int64_t, const void*,
+                                    int64_t, const int32_t*, int, int64_t, int, int, int, float,
+                                    void*, int64_t, const float*, void*) {
+  return kNoCuda;
+}
 const char* silu_mul(const void*, int64_t, void*, int64_t, int64_t, DType, void*) {
   return kNoCuda;
 }

@@ -319,6 +319,8 @@ const char* backend_name(AttnBackend b) {
       return "cudnn";
     case AttnBackend::kCausalKernel:
       return "causal-kernel";
+    case AttnBackend::kCausalTriton:
+      return "causal-triton";
   }
   return "?";
 }
@@ -405,24 +407,48 @@ void check_causal_shapes(const at::Tensor& q, const at::Tensor& k, const at::Ten
             "causal_attention: shapes q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes(),
             " do not fit sequences covering ", seqs.total(), " rows");
 }
-// Whether kernels/causal_attention.cu takes these operands.
-bool causal_kernel_runs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool fused) {
+// Whether kernels/causal_attention.cu (triton_variant -1) or the Triton kernel's variant takes
+// these operands.
+bool causal_kernel_runs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool fused,
+                        int triton_variant) {
+  if (triton_variant >= 0) {
+    VLA_CHECK(triton_variant < causal_attention_triton_variants(q) && heads_rows(k) &&
+                  heads_rows(v) && heads_rows(q) && k.scalar_type() == at::kBFloat16 &&
+                  v.scalar_type() == at::kBFloat16,
+              "causal_attention: Triton variant ", triton_variant,
+              " cannot run here (compiled variants for these operands: ",
+              causal_attention_triton_variants(q), "; needs bf16, head_dim 128, aligned rows)");
+    return true;
+  }
   return fused && causal_attention_available(q) && k.scalar_type() == at::kBFloat16 &&
          v.scalar_type() == at::kBFloat16 && heads_rows(q) && heads_rows(k) && heads_rows(v);
 }
 // Runs it into out ([T, H * D] rows: bf16, or e4m3 with out_scale).
 void causal_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const Varlen& seqs, double scale, const at::Tensor& out,
-                   const float* out_scale) {
+                   const Varlen& seqs, double scale, const at::Tensor& out, const float* out_scale,
+                   int triton_variant) {
   const int64_t H = q.size(1), Hk = k.size(1), D = q.size(2);
+  const int64_t rows = triton_variant >= 0
+                           ? kernels::causal_attention_triton_tile_rows(triton_variant)
+                           : 64;  // causal_attention.cu's query tile
   int64_t tiles = 0;
-  for (size_t i = 1; i < seqs.cu.size(); ++i) tiles += (seqs.cu[i] - seqs.cu[i - 1] + 63) / 64;
-  check_launch(kernels::causal_attention(
-                   q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
-                   seqs.cu_dev.data_ptr<int32_t>(), static_cast<int>(seqs.cu.size()) - 1, tiles,
-                   static_cast<int>(H), static_cast<int>(Hk), static_cast<int>(D),
-                   static_cast<float>(scale), out.data_ptr(), H * D, out_scale, current_stream(q)),
-               "causal_attention");
+  for (size_t i = 1; i < seqs.cu.size(); ++i)
+    tiles += (seqs.cu[i] - seqs.cu[i - 1] + rows - 1) / rows;
+  const int n = static_cast<int>(seqs.cu.size()) - 1;
+  const int32_t* cu = seqs.cu_dev.data_ptr<int32_t>();
+  const float s = static_cast<float>(scale);
+  const char* e =
+      triton_variant >= 0
+          ? kernels::causal_attention_triton(triton_variant, q.data_ptr(), q.stride(0),
+                                             k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
+                                             cu, n, tiles, static_cast<int>(H),
+                                             static_cast<int>(Hk), static_cast<int>(D), s,
+                                             out.data_ptr(), H * D, out_scale, current_stream(q))
+          : kernels::causal_attention(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0),
+                                      v.data_ptr(), v.stride(0), cu, n, tiles, static_cast<int>(H),
+                                      static_cast<int>(Hk), static_cast<int>(D), s, out.data_ptr(),
+                                      H * D, out_scale, current_stream(q));
+  check_launch(e, "causal_attention");
 }
 // Whether kernels/window_attention.cu takes these operands.
 bool window_kernel_runs(const at::Tensor& qkv, int head_dim, const Varlen& windows, bool fused) {
@@ -456,12 +482,19 @@ void check_window_shapes(const at::Tensor& qkv, int heads, int head_dim, const a
 }
 }  // namespace
 
+int causal_attention_triton_variants(const at::Tensor& q) {
+  return use_kernels(q, true) && q.scalar_type() == at::kBFloat16 && q.dim() == 3 &&
+                 q.size(2) == 128
+             ? kernels::causal_attention_triton_variants()
+             : 0;
+}
+
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const Varlen& seqs, double scale, bool fused) {
+                            const Varlen& seqs, double scale, bool fused, int triton_variant) {
   check_causal_shapes(q, k, v, seqs);
-  if (causal_kernel_runs(q, k, v, fused)) {
+  if (causal_kernel_runs(q, k, v, fused, triton_variant)) {
     auto out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
-    causal_kernel(q, k, v, seqs, scale, out, nullptr);
+    causal_kernel(q, k, v, seqs, scale, out, nullptr, triton_variant);
     return out;
   }
   return attention(q, k, v, seqs, seqs, /*causal=*/true, scale, /*use_flash=*/false);
@@ -669,14 +702,14 @@ Fp8Rows quantize_fp8_tensor(const at::Tensor& w) {
 
 Fp8Rows causal_attention_fp8(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const Varlen& seqs, double scale, bool fused,
-                             const at::Tensor& fixed_scale) {
+                             const at::Tensor& fixed_scale, int triton_variant) {
   check_causal_shapes(q, k, v, seqs);
 #ifdef VLA_HAVE_FP8
   VLA_CHECK(fixed_scale.defined(), "causal_attention_fp8: needs a static scale");
   const float* fixed = fixed_ptr(fixed_scale, q);
-  if (causal_kernel_runs(q, k, v, fused)) {
+  if (causal_kernel_runs(q, k, v, fused, triton_variant)) {
     Fp8Rows r = alloc_fp8(q.size(0), q.size(1) * q.size(2), q.device(), fixed_scale);
-    causal_kernel(q, k, v, seqs, scale, r.q, fixed);
+    causal_kernel(q, k, v, seqs, scale, r.q, fixed, triton_variant);
     return r;
   }
   const at::Tensor out = causal_attention(q, k, v, seqs, scale, fused);
@@ -685,6 +718,7 @@ Fp8Rows causal_attention_fp8(const at::Tensor& q, const at::Tensor& k, const at:
   (void)scale;
   (void)fused;
   (void)fixed_scale;
+  (void)triton_variant;
   no_fp8();
 #endif
 }

@@ -136,8 +136,8 @@ struct Varlen {
   int64_t total() const { return cu.empty() ? 0 : cu.back(); }
 };
 
-// kCausalKernel: causal_attention's kernel (causal only).
-enum class AttnBackend { kFlashVarlen, kMath, kSdpa, kCudnn, kCausalKernel };
+// kCausalKernel: causal_attention's CUDA kernel; kCausalTriton: its Triton kernel (causal only).
+enum class AttnBackend { kFlashVarlen, kMath, kSdpa, kCudnn, kCausalKernel, kCausalTriton };
 const char* backend_name(AttnBackend b);
 
 // Attention over B equal-length sequences of S rows each (T = B*S) through
@@ -159,12 +159,16 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 
 // Causal attention over packed sequences (the decoder's prefill): attention(q, k, v, seqs, seqs,
 // causal = true, scale) with q [T, H, D], k / v [T, Hk, D] (heads contiguous within a row, rows
-// strided), returns [T, H, D] contiguous. When fused and causal_attention_available(q) (CUDA
-// build, bf16, D = 16, 32, 64 or 128, 16-byte aligned rows) the kernel kernels/causal_attention.cu
-// (FlashAttention-2 with 64-query tiles, launched longest first); otherwise the math reference.
+// strided), returns [T, H, D] contiguous. triton_variant -1: when fused and
+// causal_attention_available(q) (CUDA build, bf16, D = 16, 32, 64 or 128, 16-byte aligned rows)
+// the kernel kernels/causal_attention.cu (FlashAttention-2 with 64-query tiles, launched longest
+// first), otherwise the math reference. triton_variant 0 .. causal_attention_triton_variants(q) - 1:
+// that compiled tile configuration of the Triton kernel kernels/causal_attention.py (WGMMA on
+// sm_90; D = 128, row strides multiples of 16 elements), or vla::Error when it cannot run.
 bool causal_attention_available(const at::Tensor& q);
+int causal_attention_triton_variants(const at::Tensor& q);
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const Varlen& seqs, double scale, bool fused);
+                            const Varlen& seqs, double scale, bool fused, int triton_variant = -1);
 
 // The vision tower's window blocks: rotary_ on the q and k heads of qkv [T, 3 * heads * head_dim]
 // (q heads, k heads, v heads; last dim contiguous), then attention within each window (non-causal).
@@ -186,7 +190,7 @@ at::Tensor window_attention(at::Tensor& qkv, int heads, int head_dim, const at::
 // float8 support or without a static scale.
 Fp8Rows causal_attention_fp8(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const Varlen& seqs, double scale, bool fused,
-                             const at::Tensor& fixed_scale);
+                             const at::Tensor& fixed_scale, int triton_variant = -1);
 Fp8Rows window_attention_fp8(at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
                              const at::Tensor& sin, const Varlen& windows, double scale, bool fused,
                              bool use_flash, const at::Tensor& fixed_scale);

@@ -812,6 +812,48 @@ TEST(GpuTriton, EveryLinearSwigluVariantMatchesTheReference) {
                Error);
 }
 
+// Every compiled tile configuration of the Triton causal attention kernel, bf16 and static-FP8
+// output, against the float32 math reference: the 3B decoder's heads (16 query, 2 KV, head_dim
+// 128) at one 5-view sequence, five packed 1-view sequences and ragged lengths (1 row, shorter
+// than a tile, tile + 1), rows strided inside a qkv buffer as the engine has them; head_dim 64 is
+// refused.
+TEST(GpuTriton, EveryCausalAttentionVariantMatchesTheReference) {
+  REQUIRE_CUDA();
+  const at::Tensor probe = at::zeros({1, 1, 128}, cuda_opts(at::kBFloat16));
+  const int variants = ops::causal_attention_triton_variants(probe);
+  if (variants == 0) GTEST_SKIP() << "this build has no Triton kernels (no Triton at build time)";
+  const int64_t H = 16, Hk = 2, D = 128;
+  for (const std::vector<int64_t>& lens :
+       {std::vector<int64_t>{1525}, std::vector<int64_t>(5, 321), std::vector<int64_t>{1, 37, 65}}) {
+    std::vector<int64_t> cu = {0};
+    for (int64_t l : lens) cu.push_back(cu.back() + l);
+    const ops::Varlen seqs = ops::Varlen::make(cu, at::Device(at::kCUDA));
+    const int64_t T = cu.back();
+    const at::Tensor qkv = at::randn({T, (H + 2 * Hk) * D}, cuda_opts(at::kBFloat16));
+    const at::Tensor q = qkv.narrow(1, 0, H * D).view({T, H, D});
+    const at::Tensor k = qkv.narrow(1, H * D, Hk * D).view({T, Hk, D});
+    const at::Tensor v = qkv.narrow(1, (H + Hk) * D, Hk * D).view({T, Hk, D});
+    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    const at::Tensor ref = ops::causal_attention(q, k, v, seqs, scale, /*fused=*/false);
+    const at::Tensor out_scale = (ref.abs().amax().to(at::kFloat) / 448.0).reshape({1});
+    for (int var = 0; var < variants; ++var) {
+      const char* name = kernels::causal_attention_triton_variant_name(var);
+      const at::Tensor got = ops::causal_attention(q, k, v, seqs, scale, true, var);
+      ASSERT_EQ(got.sizes(), ref.sizes()) << name;
+      EXPECT_LE(rel_err(got, ref), 1e-2) << name << ", " << lens.size() << " sequences, " << T
+                                         << " rows";
+      if (!fp8_available(q.device())) continue;
+      const ops::Fp8Rows got8 =
+          ops::causal_attention_fp8(q, k, v, seqs, scale, true, out_scale, var);
+      EXPECT_LE(rel_err(ops::dequantize_fp8(got8).view({T, H, D}), ref), 5e-2)
+          << name << " (e4m3 output), " << T << " rows";
+    }
+  }
+  const at::Tensor q64 = at::randn({8, 2, 64}, cuda_opts(at::kBFloat16));
+  const ops::Varlen one = ops::Varlen::make({0, 8}, at::Device(at::kCUDA));
+  EXPECT_THROW(ops::causal_attention(q64, q64, q64, one, 0.125, true, 0), Error);
+}
+
 TEST(GpuFp8, Fp8GpuStaysCloseToFloat32FixturesAndBf16) {
   REQUIRE_FP8_CUDA();
   check_fp8_parity("tiny_a", EngineOptions::best_available(), 0.1, 0.1);

@@ -4,7 +4,8 @@
 Run by CMake (src/gpu/CMakeLists.txt) when the build has CUDA and `import triton` works; the
 output is linked into vla_gpu_kernels and launched through the CUDA driver API by
 triton_kernels.cpp, so nothing at run time needs Python or Triton. Without Triton the engine
-keeps its cuBLAS + CUDA-kernel path (kernels.h: gemm_swiglu_fp8_variants() returns 0).
+keeps its cuBLAS + CUDA-kernel path (kernels.h: gemm_swiglu_fp8_variants() and
+causal_attention_triton_variants() return 0).
 
 Each variant is one kernel specialised to one tile configuration (its constexprs); the engine
 times the variants on its plan's shapes and keeps the fastest (engine.cpp). The generated file
@@ -25,9 +26,10 @@ from triton.backends.compiler import GPUTarget
 
 HERE = Path(__file__).resolve().parent
 
-# (kernel file, kernel name, runtime parameter types in order, {constexpr: value}, warps, stages).
-# Tile configurations: the ones measured fastest on an H200 for the 3B model's 1- and 5-view shapes
-# (docs/benchmarks.md, "Triton kernels"); the engine picks among them per shape.
+# (kernel file, kernel name, runtime parameter types in order, {constexpr: value}, warps, stages,
+# and the table's facts: tile rows / columns / depth and the kernel's flag). Tile configurations:
+# the ones measured fastest on an H200 for the 3B model's 1- and 5-view shapes (docs/benchmarks.md,
+# "Triton kernels"); the engine picks among them per shape.
 SWIGLU_SIG = ["*fp8e4nv:16", "*fp8e4nv:16", "*bf16:16", "*fp8e4nv:16", "*fp32:16", "*fp32:16",
               "*fp32:16", "i32", "i32:16", "i32:16"]
 TILES = [  # BM, BN, BK, G, warps, stages
@@ -41,7 +43,28 @@ for has_bias in (0, 1):
     for bm, bn, bk, g, warps, stages in TILES:
         VARIANTS.append(dict(file="gemm_swiglu_fp8.py", kernel="gemm_swiglu_fp8", sig=SWIGLU_SIG,
                              const=dict(HAS_BIAS=has_bias, BM=bm, BN=bn, BK=bk, G=g),
-                             warps=warps, stages=stages))
+                             warps=warps, stages=stages, bm=bm, bn=bn, bk=bk, flag=has_bias))
+
+
+# causal_attention: q, k, v, cu, out, out_scale, q / k / v / out strides (elements), seqs, tiles,
+# group, scale_log2. Head dim 128 (every Qwen2 / Qwen2.5-VL decoder); BN must divide BM.
+def attention_sig(out_fp8):
+    return ["*bf16:16", "*bf16:16", "*bf16:16", "*i32:16", "*fp8e4nv:16" if out_fp8 else "*bf16:16",
+            "*fp32", "i32:16", "i32:16", "i32:16", "i32:16", "i32", "i32", "i32", "fp32"]
+
+
+ATTENTION_TILES = [  # BM, BN, warps, stages
+    (64, 64, 4, 2),  # both view counts
+    (64, 32, 4, 3),  # 1 view
+    (128, 64, 8, 3),  # 5 views
+]
+for out_fp8 in (0, 1):
+    for bm, bn, warps, stages in ATTENTION_TILES:
+        assert bm % bn == 0, "causal_attention: BN must divide BM"
+        VARIANTS.append(dict(file="causal_attention.py", kernel="causal_attention",
+                             sig=attention_sig(out_fp8),
+                             const=dict(D=128, BM=bm, BN=bn, OUT_FP8=out_fp8), warps=warps,
+                             stages=stages, bm=bm, bn=bn, bk=128, flag=out_fp8))
 
 
 def load_kernel(file, name):
@@ -105,11 +128,12 @@ def main():
         data = ", ".join(str(b) for b in c["cubin"])
         lines.append(f"const unsigned char kCubin{i}[] = {{{data}}};")
         const = v["const"]
+        depth = "D" if v["kernel"] == "causal_attention" else "BK"
         table.append(
             f'  {{"{v["kernel"]}", kCubin{i}, sizeof(kCubin{i}), "{c["symbol"]}", {c["shared"]}, '
-            f'{c["warps"]}, {c["nparams"]}, {c["nargs"]}, {const["BM"]}, {const["BN"]}, '
-            f'{const["BK"]}, {const["HAS_BIAS"]}, "BM{const["BM"]} BN{const["BN"]} '
-            f'BK{const["BK"]} w{v["warps"]} s{v["stages"]}"}},')
+            f'{c["warps"]}, {c["nparams"]}, {c["nargs"]}, {v["bm"]}, {v["bn"]}, {v["bk"]}, '
+            f'{v["flag"]}, "BM{v["bm"]} BN{v["bn"]} {depth}{v["bk"]} w{v["warps"]} '
+            f's{v["stages"]}"}},')
         print(f"triton_aot: {v['kernel']} {const} warps {v['warps']} stages {v['stages']}: "
               f"{len(c['cubin'])} B cubin, {c['shared']} B shared, {c['nparams']} params",
               file=sys.stderr)

@@ -1,4 +1,5 @@
-// Launchers of the ahead-of-time compiled Triton kernels (kernels.h: gemm_swiglu_fp8). The cubins
+// Launchers of the ahead-of-time compiled Triton kernels (kernels.h: gemm_swiglu_fp8,
+// causal_attention_triton). The cubins
 // and their launch facts come from the file kernels/triton_aot.py generates at build time
 // (or, when the build found no Triton, the empty table of triton_variants_none.cpp: no variants).
 // Modules are loaded through the CUDA driver API once per CUDA context (one per device: torch
@@ -34,13 +35,20 @@ bool arch_matches() {
   return major * 10 + minor == triton_aot::kArch;
 }
 
-// The compiled variants of one kernel and bias specialisation, in table order.
-std::vector<int> variants_of(const char* kernel, int has_bias) {
+// The compiled variants of one kernel and flag specialisation (Variant::flag), in table order.
+std::vector<int> variants_of(const char* kernel, int flag) {
   std::vector<int> v;
   for (int i = 0; i < kVariantCount; ++i)
-    if (std::string(kVariants[i].kernel) == kernel && kVariants[i].has_bias == has_bias)
-      v.push_back(i);
+    if (std::string(kVariants[i].kernel) == kernel && kVariants[i].flag == flag) v.push_back(i);
   return v;
+}
+
+// Table index of `kernel`'s variant `variant` (flag 0 numbering; the flag-1 list is in the same
+// tile order), or -1.
+int table_index(const char* kernel, int variant, int flag) {
+  const std::vector<int> v = variants_of(kernel, flag);
+  return variant >= 0 && variant < static_cast<int>(v.size()) ? v[static_cast<size_t>(variant)]
+                                                              : -1;
 }
 
 // A driver error as a static string (its name, e.g. "CUDA_ERROR_INVALID_IMAGE").
@@ -81,6 +89,26 @@ const char* functions(std::vector<CUfunction>** out) {
   return nullptr;
 }
 
+// Launches table entry `index` on `grid` with the kernel's own parameters (pointers to each
+// argument, in order) followed by null scratch pointers.
+const char* launch(int index, std::vector<void*> params, unsigned grid_x, unsigned grid_y,
+                   void* stream) {
+  const Variant& v = kVariants[index];
+  if (static_cast<int>(params.size()) != v.args)
+    return "triton kernels: compiled kernel has an unexpected signature";
+  std::vector<CUfunction>* fns = nullptr;
+  if (const char* e = functions(&fns)) return e;
+  std::vector<CUdeviceptr> scratch(static_cast<size_t>(v.params - v.args), 0);
+  for (CUdeviceptr& p : scratch) params.push_back(&p);
+  const CUresult r =
+      cuLaunchKernel((*fns)[static_cast<size_t>(index)], grid_x, grid_y, 1,
+                     static_cast<unsigned>(32 * v.warps), 1, 1, static_cast<unsigned>(v.shared),
+                     static_cast<CUstream>(stream), params.data(), nullptr);
+  return r == CUDA_SUCCESS ? nullptr : driver_error(r);
+}
+
+bool aligned16(const void* p) { return p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 }  // namespace
 
 int gemm_swiglu_fp8_variants() {
@@ -88,63 +116,102 @@ int gemm_swiglu_fp8_variants() {
 }
 
 const char* gemm_swiglu_fp8_variant_name(int variant) {
-  const std::vector<int> v = variants_of("gemm_swiglu_fp8", 0);
-  if (variant < 0 || variant >= static_cast<int>(v.size())) return "none";
-  return kVariants[v[static_cast<size_t>(variant)]].name;
+  const int index = table_index("gemm_swiglu_fp8", variant, 0);
+  return index < 0 ? "none" : kVariants[index].name;
 }
 
 bool gemm_swiglu_fp8_fits(int variant, int64_t N, int64_t K) {
-  const std::vector<int> v = variants_of("gemm_swiglu_fp8", 0);
-  if (variant < 0 || variant >= static_cast<int>(v.size())) return false;
-  const Variant& x = kVariants[v[static_cast<size_t>(variant)]];
+  const int index = table_index("gemm_swiglu_fp8", variant, 0);
+  if (index < 0) return false;
+  const Variant& x = kVariants[index];
   return N > 0 && K > 0 && N % x.bn == 0 && K % x.bk == 0;
 }
 
 const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const void* bias, void* out,
                             int64_t M, int64_t N, int64_t K, const float* a_scale,
                             const float* w_scale, const float* out_scale, void* stream) {
-  static const std::vector<int> plain = variants_of("gemm_swiglu_fp8", 0);
-  static const std::vector<int> biased = variants_of("gemm_swiglu_fp8", 1);
-  const std::vector<int>& table = bias != nullptr ? biased : plain;
-  if (variant < 0 || variant >= gemm_swiglu_fp8_variants() ||
-      variant >= static_cast<int>(table.size()))
+  const int index = variant < gemm_swiglu_fp8_variants()
+                        ? table_index("gemm_swiglu_fp8", variant, bias != nullptr ? 1 : 0)
+                        : -1;
+  if (index < 0)
     return kVariantCount == 0
                ? "gemm_swiglu_fp8: this build has no Triton kernels (Triton was not found at "
                  "build time)"
                : "gemm_swiglu_fp8: no such compiled variant for this device";
-  const int index = table[static_cast<size_t>(variant)];
   const Variant& v = kVariants[index];
   if (M < 1 || M > INT32_MAX || N < 1 || N > INT32_MAX || K < 1 || K > INT32_MAX || N % v.bn != 0 ||
       K % v.bk != 0 || N % 16 != 0 || K % 16 != 0)
     return "gemm_swiglu_fp8: shape outside the variant's tiles (N % BN, K % BK)";
   for (const void* p : {a, w, static_cast<const void*>(out), static_cast<const void*>(a_scale),
                         static_cast<const void*>(w_scale), static_cast<const void*>(out_scale)})
-    if (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 != 0)
-      return "gemm_swiglu_fp8: null or not 16-byte aligned pointer";
-  if (bias != nullptr && reinterpret_cast<uintptr_t>(bias) % 16 != 0)
-    return "gemm_swiglu_fp8: bias not 16-byte aligned";
-  std::vector<CUfunction>* fns = nullptr;
-  if (const char* e = functions(&fns)) return e;
-  // Parameters in the kernel's order; Triton's trailing scratch pointers are null.
+    if (!aligned16(p)) return "gemm_swiglu_fp8: null or not 16-byte aligned pointer";
+  if (bias != nullptr && !aligned16(bias)) return "gemm_swiglu_fp8: bias not 16-byte aligned";
+  const int64_t tiles = (M + v.bm - 1) / v.bm * (N / v.bn);
+  if (tiles > INT32_MAX) return "gemm_swiglu_fp8: grid too large";
+  // Parameters in the kernel's order.
   CUdeviceptr ptrs[7] = {
       reinterpret_cast<CUdeviceptr>(a),        reinterpret_cast<CUdeviceptr>(w),
       reinterpret_cast<CUdeviceptr>(bias),     reinterpret_cast<CUdeviceptr>(out),
       reinterpret_cast<CUdeviceptr>(a_scale),  reinterpret_cast<CUdeviceptr>(w_scale),
       reinterpret_cast<CUdeviceptr>(out_scale)};
   int32_t dims[3] = {static_cast<int32_t>(M), static_cast<int32_t>(N), static_cast<int32_t>(K)};
-  if (v.args != 10) return "gemm_swiglu_fp8: compiled kernel has an unexpected signature";
-  std::vector<CUdeviceptr> scratch(static_cast<size_t>(v.params - v.args), 0);
   std::vector<void*> params;
   for (CUdeviceptr& p : ptrs) params.push_back(&p);
   for (int32_t& d : dims) params.push_back(&d);
-  for (CUdeviceptr& s : scratch) params.push_back(&s);
-  const int64_t tiles = (M + v.bm - 1) / v.bm * (N / v.bn);
-  if (tiles > INT32_MAX) return "gemm_swiglu_fp8: grid too large";
-  const CUresult r =
-      cuLaunchKernel((*fns)[static_cast<size_t>(index)], static_cast<unsigned>(tiles), 1, 1,
-                     static_cast<unsigned>(32 * v.warps), 1, 1, static_cast<unsigned>(v.shared),
-                     static_cast<CUstream>(stream), params.data(), nullptr);
-  return r == CUDA_SUCCESS ? nullptr : driver_error(r);
+  return launch(index, std::move(params), static_cast<unsigned>(tiles), 1, stream);
+}
+
+int causal_attention_triton_variants() {
+  return arch_matches() ? static_cast<int>(variants_of("causal_attention", 0).size()) : 0;
+}
+
+const char* causal_attention_triton_variant_name(int variant) {
+  const int index = table_index("causal_attention", variant, 0);
+  return index < 0 ? "none" : kVariants[index].name;
+}
+
+int causal_attention_triton_tile_rows(int variant) {
+  const int index = table_index("causal_attention", variant, 0);
+  return index < 0 ? 0 : kVariants[index].bm;
+}
+
+const char* causal_attention_triton(int variant, const void* q, int64_t q_stride, const void* k,
+                                    int64_t k_stride, const void* v, int64_t v_stride,
+                                    const int32_t* cu, int seqs, int64_t tiles, int heads,
+                                    int kv_heads, int head_dim, float scale, void* out,
+                                    int64_t out_stride, const float* out_scale, void* stream) {
+  const int index = variant < causal_attention_triton_variants()
+                        ? table_index("causal_attention", variant, out_scale != nullptr ? 1 : 0)
+                        : -1;
+  if (index < 0)
+    return kVariantCount == 0
+               ? "causal_attention_triton: this build has no Triton kernels (Triton was not found "
+                 "at build time)"
+               : "causal_attention_triton: no such compiled variant for this device";
+  if (seqs == 0 || tiles == 0) return nullptr;
+  const Variant& var = kVariants[index];
+  if (head_dim != var.bk) return "causal_attention_triton: head_dim must be 128";
+  if (kv_heads < 1 || heads % kv_heads != 0)
+    return "causal_attention_triton: heads must be a multiple of kv_heads";
+  if (tiles > 65535 || heads > 65535) return "causal_attention_triton: grid too large";
+  for (int64_t stride : {q_stride, k_stride, v_stride, out_stride})
+    if (stride % 16 != 0 || stride < 1 || stride > INT32_MAX)
+      return "causal_attention_triton: row strides must be positive multiples of 16 elements";
+  for (const void* p : {q, k, v, static_cast<const void*>(cu), static_cast<const void*>(out)})
+    if (!aligned16(p)) return "causal_attention_triton: null or not 16-byte aligned pointer";
+  CUdeviceptr ptrs[6] = {reinterpret_cast<CUdeviceptr>(q),  reinterpret_cast<CUdeviceptr>(k),
+                         reinterpret_cast<CUdeviceptr>(v),  reinterpret_cast<CUdeviceptr>(cu),
+                         reinterpret_cast<CUdeviceptr>(out), reinterpret_cast<CUdeviceptr>(out_scale)};
+  int32_t ints[7] = {static_cast<int32_t>(q_stride), static_cast<int32_t>(k_stride),
+                     static_cast<int32_t>(v_stride), static_cast<int32_t>(out_stride), seqs,
+                     static_cast<int32_t>(tiles),   heads / kv_heads};
+  float scale_log2 = scale * 1.4426950408889634f;
+  std::vector<void*> params;
+  for (CUdeviceptr& p : ptrs) params.push_back(&p);
+  for (int32_t& i : ints) params.push_back(&i);
+  params.push_back(&scale_log2);
+  return launch(index, std::move(params), static_cast<unsigned>(heads),
+                static_cast<unsigned>(tiles), stream);
 }
 
 }  // namespace vla::gpu::kernels

@@ -15,8 +15,8 @@ struct Variant {
   int warps;                   // block = warps * 32 threads
   int params;                  // entry parameters; those past `args` are Triton's scratch pointers
   int args;                    // the kernel's own runtime parameters
-  int bm, bn, bk;              // output tile rows x columns, reduction depth
-  int has_bias;                // the HAS_BIAS specialisation
+  int bm, bn, bk;              // tile rows x columns, reduction depth (attention: BM, BN, D)
+  int flag;                    // gemm_swiglu_fp8: HAS_BIAS; causal_attention: OUT_FP8
   const char* name;            // "BM128 BN128 BK128 w8 s3"
 };
 

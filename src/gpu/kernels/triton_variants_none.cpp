@@ -1,5 +1,5 @@
 // The Triton kernel table of a CUDA build that found no Triton (kernels/triton_aot.py could not
-// run): no variants, so kernels.h's gemm_swiglu_fp8_variants() is 0 and the engine keeps cuBLAS +
+// run): no variants, so kernels.h's *_variants() are 0 and the engine keeps cuBLAS +
 // its CUDA kernels.
 #include "gpu/kernels/triton_variants.h"
 
