@@ -672,13 +672,11 @@ struct EngineImpl {
         return attend(q, k, val, seq, /*causal=*/true, scale, llm_backend).view({T, H * D});
       };
       const Act a = attention_out(tsite(i, 3), q8, out, [&](const at::Tensor& s) {
-        const bool kernel = llm_backend == ops::AttnBackend::kCausalKernel ||
-                            llm_backend == ops::AttnBackend::kCausalTriton;
-        return kernel ? ops::causal_attention_fp8(q, k, val, seq, scale, fused(), s,
-                                                  llm_backend == ops::AttnBackend::kCausalTriton
-                                                      ? llm_variant
-                                                      : -1)
-                      : ops::quantize_fp8(out(), fused(), s);
+        const bool triton = llm_backend == ops::AttnBackend::kCausalTriton;
+        if (triton || llm_backend == ops::AttnBackend::kCausalKernel)
+          return ops::causal_attention_fp8(q, k, val, seq, scale, fused(), s,
+                                           triton ? llm_variant : -1);
+        return ops::quantize_fp8(out(), fused(), s);
       });
       mark("t.o_proj");
       n = project_add_norm(a, L.o_w, L.o_q, {}, h, L.post_n, t.rms_norm_eps, q8, tsite(i, 1),
@@ -1160,7 +1158,8 @@ AttnChoice tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool ca
   auto ref = ops::attention(q, k, v, cu, cu, causal, scale, true);
   std::vector<AttnChoice> cands = {{ops::AttnBackend::kFlashVarlen}};
   if (b > 0) cands.insert(cands.end(), {{ops::AttnBackend::kSdpa}, {ops::AttnBackend::kCudnn}});
-  if (causal && ops::causal_attention_available(q)) cands.push_back({ops::AttnBackend::kCausalKernel});
+  if (causal && ops::causal_attention_available(q))
+    cands.push_back({ops::AttnBackend::kCausalKernel});
   for (int i = 0; causal && i < ops::causal_attention_triton_variants(q); ++i)
     cands.push_back({ops::AttnBackend::kCausalTriton, i});
   AttnChoice best;
@@ -1324,9 +1323,14 @@ void Engine::prepare(const PlanSpec& spec) {
     auto& G = P->gemms;
     G.push_back({N, patch_dim(v), vh, 1, false, "vision patch embed"});
     G.push_back({N, vh, 3 * vh, v.depth, v8, "vision qkv"});
-    // The attention output projections run in FP8 with static scales only (quantize_weights).
-    const bool st = E.site_scale.defined() && E.o.fp8_output_projections;
-    G.push_back({N, vh, vh, v.depth, v8 && st, "vision proj"});
+    // The attention output projections run in FP8 only with the option on and static scales
+    // calibrated with it on (attention_out: a site-3 scale exists), as the forward decides.
+    auto out_proj_fp8 = [&E](int site) {
+      return E.o.fp8_output_projections && E.fixed_scale(site).defined();
+    };
+    const bool vst = !E.vl.empty() && out_proj_fp8(EngineImpl::vsite(0, 3));
+    const bool tst = !E.tl.empty() && out_proj_fp8(E.tsite(0, 3));
+    G.push_back({N, vh, vh, v.depth, v8 && vst, "vision proj"});
     G.push_back({N, vh, 2 * E.vi_pad, v.depth, v8, "vision gate|up"});
     G.push_back({N, E.vi_pad, vh, v.depth, v8, "vision down"});
     G.push_back({N / merge, mh, mh, 1, false, "merger fc1"});
@@ -1334,7 +1338,7 @@ void Engine::prepare(const PlanSpec& spec) {
     const size_t vision_gemms = G.size();
     G.push_back(
         {T, th, (t.num_attention_heads + 2 * t.num_key_value_heads) * D, run, t8, "decoder qkv"});
-    G.push_back({T, t.num_attention_heads * D, th, run, t8 && st, "decoder o_proj"});
+    G.push_back({T, t.num_attention_heads * D, th, run, t8 && tst, "decoder o_proj"});
     G.push_back({T, th, 2 * E.ti_pad, run, t8, "decoder gate|up"});
     G.push_back({T, E.ti_pad, th, run, t8, "decoder down"});
     for (PlanGemm& pg : G) pg.tensorwise = pg.fp8 && E.site_scale.defined();

@@ -439,11 +439,10 @@ void causal_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   const float s = static_cast<float>(scale);
   const char* e =
       triton_variant >= 0
-          ? kernels::causal_attention_triton(triton_variant, q.data_ptr(), q.stride(0),
-                                             k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
-                                             cu, n, tiles, static_cast<int>(H),
-                                             static_cast<int>(Hk), static_cast<int>(D), s,
-                                             out.data_ptr(), H * D, out_scale, current_stream(q))
+          ? kernels::causal_attention_triton(
+                triton_variant, q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(),
+                v.stride(0), cu, n, tiles, static_cast<int>(H), static_cast<int>(Hk),
+                static_cast<int>(D), s, out.data_ptr(), H * D, out_scale, current_stream(q))
           : kernels::causal_attention(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0),
                                       v.data_ptr(), v.stride(0), cu, n, tiles, static_cast<int>(H),
                                       static_cast<int>(Hk), static_cast<int>(D), s, out.data_ptr(),

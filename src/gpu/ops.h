@@ -162,8 +162,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 // strided), returns [T, H, D] contiguous. triton_variant -1: when fused and
 // causal_attention_available(q) (CUDA build, bf16, D = 16, 32, 64 or 128, 16-byte aligned rows)
 // the kernel kernels/causal_attention.cu (FlashAttention-2 with 64-query tiles, launched longest
-// first), otherwise the math reference. triton_variant 0 .. causal_attention_triton_variants(q) - 1:
-// that compiled tile configuration of the Triton kernel kernels/causal_attention.py (WGMMA on
+// first), otherwise the math reference. triton_variant 0 .. causal_attention_triton_variants(q) -
+// 1: that compiled tile configuration of the Triton kernel kernels/causal_attention.py (WGMMA on
 // sm_90; D = 128, row strides multiples of 16 elements), or vla::Error when it cannot run.
 bool causal_attention_available(const at::Tensor& q);
 int causal_attention_triton_variants(const at::Tensor& q);

@@ -93,23 +93,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     float s[kTile / 8][4];
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-    // Fragments through ldmatrix: q's A fragment (rows m0 .. m0 + 15) and the B fragments of two
-    // key n-tiles per instruction (matrices: keys j*8.., j*8+8.. x dims kk*16.., kk*16+8..).
-    const __nv_bfloat16* q_lane =
-        qs + (m0 + (lane & 7) + ((lane >> 3) & 1) * 8) * kP + (lane >> 4) * 8;
-    const __nv_bfloat16* k_lane = ks + ((lane & 7) + (lane >> 4) * 8) * kP + ((lane >> 3) & 1) * 8;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4(a, q_lane + kk * 16);
-#pragma unroll
-      for (int j = 0; j < kTile / 8; j += 2) {
-        uint32_t b[4];
-        ldmatrix_x4(b, k_lane + j * 8 * kP + kk * 16);
-        mma_bf16(s[j], a[0], a[1], a[2], a[3], b[0], b[1]);
-        mma_bf16(s[j + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
-      }
-    }
+    qk_tile<D, kTile / 8>(s, qs, ks, kP, m0, lane, kTile);
     __syncthreads();  // every warp is done with this k tile
     if (kt + 1 < key_tiles)
       load_tile<D>(ks, k_src(kt + 1), k_stride, min(kTile, len - (kt + 1) * kTile));

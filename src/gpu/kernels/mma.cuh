@@ -17,10 +17,6 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
-// Two adjacent bf16 values from shared memory.
-__device__ __forceinline__ uint32_t ld_shared32(const __nv_bfloat16* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
 
 // d += a (16x16, row-major fragment) * b (16x8, column fragment); PTX ISA "mma.m16n8k16".
 __device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -122,22 +118,18 @@ auto dispatch_head_dim(int head_dim, F&& f) {
   }
 }
 
-// Rotary embedding, in place, of rows [0, rows) of one or two bf16 tiles in shared memory (row
-// pitch `pitch`, head_dim D, D % 16 == 0; `b` may be nullptr): x = x * cos + rotate_half(x) * sin
-// with row r's float tables at cos + r * D and sin + r * D (global memory), in float, rounded to
-// bf16 as the standalone rotary kernel (rotary.cu) rounds. Each thread takes 8-wide chunks of both
-// halves of a row, so the table values it loads serve both tiles. Every thread of the block calls
-// it; the caller synchronises before (the tiles are loaded) and after.
+// The table values of one rotary work item: the 8-wide chunk c8 of both halves of one row (row r's
+// float tables at cos + r * D and sin + r * D, global memory). Loaded apart from apply() so that a
+// kernel can fetch its first item while its tiles are still being copied in.
 template <int D>
-__device__ __forceinline__ void rotate_tiles(__nv_bfloat16* a, __nv_bfloat16* b, int pitch,
-                                             int rows, const float* __restrict__ cos,
-                                             const float* __restrict__ sin) {
-  constexpr int kHalf = D / 2, kChunks = kHalf / 8;
-  for (int i = threadIdx.x; i < rows * kChunks; i += blockDim.x) {
-    const int row = i / kChunks, c8 = (i - row * kChunks) * 8;
+struct RotaryChunk {
+  static constexpr int kHalf = D / 2, kChunks = kHalf / 8;  // items per row
+  float c1[8], s1[8], c2[8], s2[8];
+
+  __device__ __forceinline__ void load(const float* __restrict__ cos, const float* __restrict__ sin,
+                                       int row, int c8) {
     const float4* c4 = reinterpret_cast<const float4*>(cos + static_cast<int64_t>(row) * D + c8);
     const float4* s4 = reinterpret_cast<const float4*>(sin + static_cast<int64_t>(row) * D + c8);
-    float c1[8], s1[8], c2[8], s2[8];
     *reinterpret_cast<float4*>(c1) = __ldg(c4);
     *reinterpret_cast<float4*>(c1 + 4) = __ldg(c4 + 1);
     *reinterpret_cast<float4*>(s1) = __ldg(s4);
@@ -146,6 +138,15 @@ __device__ __forceinline__ void rotate_tiles(__nv_bfloat16* a, __nv_bfloat16* b,
     *reinterpret_cast<float4*>(c2 + 4) = __ldg(c4 + kHalf / 4 + 1);
     *reinterpret_cast<float4*>(s2) = __ldg(s4 + kHalf / 4);
     *reinterpret_cast<float4*>(s2 + 4) = __ldg(s4 + kHalf / 4 + 1);
+  }
+  // Item i of a tile: its row and chunk.
+  __device__ __forceinline__ static void item(int i, int& row, int& c8) {
+    row = i / kChunks;
+    c8 = (i - row * kChunks) * 8;
+  }
+  // Rotates the chunk in place in one or two tiles (b may be nullptr).
+  __device__ __forceinline__ void apply(__nv_bfloat16* a, __nv_bfloat16* b, int pitch, int row,
+                                        int c8) const {
 #pragma unroll
     for (int which = 0; which < 2; ++which) {
       __nv_bfloat16* tile = which ? b : a;
@@ -164,6 +165,52 @@ __device__ __forceinline__ void rotate_tiles(__nv_bfloat16* a, __nv_bfloat16* b,
       }
       *p1 = x;
       *p2 = y;
+    }
+  }
+};
+
+// Rotary embedding, in place, of rows [0, rows) of one or two bf16 tiles in shared memory (row
+// pitch `pitch`, head_dim D, D % 16 == 0; `b` may be nullptr): x = x * cos + rotate_half(x) * sin
+// with row r's float tables at cos + r * D and sin + r * D (global memory), in float, rounded to
+// bf16 as the standalone rotary kernel (rotary.cu) rounds. Thread t takes items t, t + blockDim.x,
+// ... (8-wide chunks of both halves of a row, so the table values it loads serve both tiles);
+// `first` holds item t's values already (RotaryChunk::load, when t < rows * kChunks). Every thread
+// of the block calls it; the caller synchronises before (the tiles are loaded) and after.
+template <int D>
+__device__ __forceinline__ void rotate_tiles(__nv_bfloat16* a, __nv_bfloat16* b, int pitch,
+                                             int rows, const float* __restrict__ cos,
+                                             const float* __restrict__ sin, RotaryChunk<D>& first) {
+  for (int i = threadIdx.x; i < rows * RotaryChunk<D>::kChunks; i += blockDim.x) {
+    int row, c8;
+    RotaryChunk<D>::item(i, row, c8);
+    if (i != static_cast<int>(threadIdx.x)) first.load(cos, sin, row, c8);
+    first.apply(a, b, pitch, row, c8);
+  }
+}
+
+// S = q k^T for one warp's 16 query rows (m0 ..) against kKeyTiles * 8 keys, on tensor cores:
+// q / k tiles in shared memory (row pitch `pitch`, D dims), fragments through ldmatrix (q's A
+// fragment, and the B fragments of two key n-tiles per instruction). s[j] holds keys j * 8 +
+// 2 (lane % 4) + {0, 1} of rows m0 + lane / 4 ({0, 1}) and + 8 ({2, 3}); key tile pairs starting
+// at or past key_limit are skipped (left as they are).
+template <int D, int kKeyTiles>
+__device__ __forceinline__ void qk_tile(float (&s)[kKeyTiles][4], const __nv_bfloat16* qs,
+                                        const __nv_bfloat16* ks, int pitch, int m0, int lane,
+                                        int key_limit) {
+  const __nv_bfloat16* q_lane =
+      qs + (m0 + (lane & 7) + ((lane >> 3) & 1) * 8) * pitch + (lane >> 4) * 8;
+  const __nv_bfloat16* k_lane = ks + ((lane & 7) + (lane >> 4) * 8) * pitch + ((lane >> 3) & 1) * 8;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, q_lane + kk * 16);
+#pragma unroll
+    for (int j = 0; j < kKeyTiles; j += 2) {
+      if (j * 8 >= key_limit) continue;
+      uint32_t b[4];
+      ldmatrix_x4(b, k_lane + j * 8 * pitch + kk * 16);
+      mma_bf16(s[j], a[0], a[1], a[2], a[3], b[0], b[1]);
+      mma_bf16(s[j + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
     }
   }
 }

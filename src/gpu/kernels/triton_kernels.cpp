@@ -100,10 +100,9 @@ const char* launch(int index, std::vector<void*> params, unsigned grid_x, unsign
   if (const char* e = functions(&fns)) return e;
   std::vector<CUdeviceptr> scratch(static_cast<size_t>(v.params - v.args), 0);
   for (CUdeviceptr& p : scratch) params.push_back(&p);
-  const CUresult r =
-      cuLaunchKernel((*fns)[static_cast<size_t>(index)], grid_x, grid_y, 1,
-                     static_cast<unsigned>(32 * v.warps), 1, 1, static_cast<unsigned>(v.shared),
-                     static_cast<CUstream>(stream), params.data(), nullptr);
+  const CUresult r = cuLaunchKernel(
+      (*fns)[static_cast<size_t>(index)], grid_x, grid_y, 1, static_cast<unsigned>(32 * v.warps), 1,
+      1, static_cast<unsigned>(v.shared), static_cast<CUstream>(stream), params.data(), nullptr);
   return r == CUDA_SUCCESS ? nullptr : driver_error(r);
 }
 
@@ -199,12 +198,17 @@ const char* causal_attention_triton(int variant, const void* q, int64_t q_stride
       return "causal_attention_triton: row strides must be positive multiples of 16 elements";
   for (const void* p : {q, k, v, static_cast<const void*>(cu), static_cast<const void*>(out)})
     if (!aligned16(p)) return "causal_attention_triton: null or not 16-byte aligned pointer";
-  CUdeviceptr ptrs[6] = {reinterpret_cast<CUdeviceptr>(q),  reinterpret_cast<CUdeviceptr>(k),
-                         reinterpret_cast<CUdeviceptr>(v),  reinterpret_cast<CUdeviceptr>(cu),
-                         reinterpret_cast<CUdeviceptr>(out), reinterpret_cast<CUdeviceptr>(out_scale)};
-  int32_t ints[7] = {static_cast<int32_t>(q_stride), static_cast<int32_t>(k_stride),
-                     static_cast<int32_t>(v_stride), static_cast<int32_t>(out_stride), seqs,
-                     static_cast<int32_t>(tiles),   heads / kv_heads};
+  CUdeviceptr ptrs[6] = {
+      reinterpret_cast<CUdeviceptr>(q),   reinterpret_cast<CUdeviceptr>(k),
+      reinterpret_cast<CUdeviceptr>(v),   reinterpret_cast<CUdeviceptr>(cu),
+      reinterpret_cast<CUdeviceptr>(out), reinterpret_cast<CUdeviceptr>(out_scale)};
+  int32_t ints[7] = {static_cast<int32_t>(q_stride),
+                     static_cast<int32_t>(k_stride),
+                     static_cast<int32_t>(v_stride),
+                     static_cast<int32_t>(out_stride),
+                     seqs,
+                     static_cast<int32_t>(tiles),
+                     heads / kv_heads};
   float scale_log2 = scale * 1.4426950408889634f;
   std::vector<void*> params;
   for (CUdeviceptr& p : ptrs) params.push_back(&p);

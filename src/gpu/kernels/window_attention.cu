@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
                             const float* __restrict__ cos, const float* __restrict__ sin,
                             const int32_t* __restrict__ cu, int heads, float scale_log2,
                             Out* __restrict__ out, int64_t out_stride,
-                            const float* __restrict__ out_scale) {
+                            const float* __restrict__ out_scale, bool whole_chunks) {
   constexpr int kQ = D + 8;       // padded rows: the fragment loads below hit distinct banks
   constexpr int kChunks = D / 8;  // 16-byte chunks per head row
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -58,10 +58,17 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
         qkv + (r0 + (valid ? row : 0)) * stride + static_cast<int64_t>(which * heads + h) * D + c8;
     cp_async16(qs + (which * kWin + row) * kQ + c8, src, valid);
   }
+  // Rotary on q and k in place (one load of the window's table rows serves both); this thread's
+  // first table values are fetched while the copies are in flight.
+  RotaryChunk<D> rot;
+  if (tid < len * RotaryChunk<D>::kChunks) {
+    int row, c8;
+    RotaryChunk<D>::item(tid, row, c8);
+    rot.load(cos + r0 * D, sin + r0 * D, row, c8);
+  }
   asm volatile("cp.async.wait_all;\n" ::);
   __syncthreads();
-  // Rotary on q and k in place (one load of the window's table rows serves both).
-  rotate_tiles<D>(qs, ks, kQ, len, cos + r0 * D, sin + r0 * D);
+  rotate_tiles<D>(qs, ks, kQ, len, cos + r0 * D, sin + r0 * D, rot);
   __syncthreads();
 
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
@@ -72,17 +79,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
   float s[kWin / 8][4];
 #pragma unroll
   for (int j = 0; j < kWin / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    const __nv_bfloat16* qa = qs + (m0 + g) * kQ + kk * 16 + t4 * 2;
-    const uint32_t a0 = ld_shared32(qa), a1 = ld_shared32(qa + 8 * kQ), a2 = ld_shared32(qa + 8),
-                   a3 = ld_shared32(qa + 8 * kQ + 8);
-#pragma unroll
-    for (int j = 0; j < kWin / 8; ++j) {
-      const __nv_bfloat16* kb = ks + (j * 8 + g) * kQ + kk * 16 + t4 * 2;
-      if (j * 8 < len) mma_bf16(s[j], a0, a1, a2, a3, ld_shared32(kb), ld_shared32(kb + 8));
-    }
-  }
+  qk_tile<D, kWin / 8>(s, qs, ks, kQ, m0, lane, len);
   // Softmax over the window's keys (a row's 64 values are spread over the 4 threads of a quad).
   float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -125,6 +122,24 @@ __global__ void __launch_bounds__(kWarps * 32, 4)
     if (kk * 16 < len) pv_step<D>(acc, s, kk, vs, kQ, lane);  // warp-uniform: later keys' P is 0
   const float to_out = out_scale ? 1.f / __ldg(out_scale) : 1.f;
   const float inv0 = to_out / sum0, inv1 = to_out / sum1;
+  if (whole_chunks) {
+    // The warp's 16 output rows are staged in its own q rows (no other warp reads them) and
+    // written as whole 16-byte chunks; the fragment layout alone stores 4 bytes per thread.
+    constexpr int kPitch = kQ * 2 / static_cast<int>(sizeof(Out));  // staged row, Out elements
+    constexpr int kChunksOut = D * static_cast<int>(sizeof(Out)) / 16;
+    Out* stage = reinterpret_cast<Out*>(qs + m0 * kQ);
+    __syncwarp();
+    store_fragment<D>(acc, inv0, inv1, stage + g * kPitch + t4 * 2,
+                      stage + (g + 8) * kPitch + t4 * 2);
+    __syncwarp();
+    for (int i = lane; i < 16 * kChunksOut; i += 32) {
+      const int r = i / kChunksOut, c = i - r * kChunksOut;
+      if (m0 + r >= len) continue;
+      Out* dst = out + (r0 + m0 + r) * out_stride + static_cast<int64_t>(h) * D;
+      reinterpret_cast<uint4*>(dst)[c] = reinterpret_cast<const uint4*>(stage + r * kPitch)[c];
+    }
+    return;
+  }
   const int ra = m0 + g, rb = m0 + g + 8;
   auto row_out = [&](int r) {
     return r < len ? out + (r0 + r) * out_stride + static_cast<int64_t>(h) * D + t4 * 2 : nullptr;
@@ -143,9 +158,12 @@ const char* launch(const void* qkv, int64_t stride, const float* cos, const floa
     if (set != cudaSuccess) return cudaGetErrorString(set);
   }
   const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(windows));
+  // Output rows of whole 16-byte chunks (every head's D * sizeof(Out) is a multiple of 16).
+  const bool whole_chunks = reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
+                            (out_stride * static_cast<int64_t>(sizeof(Out))) % 16 == 0;
   window_attention_kernel<D, Out><<<grid, kWarps * 32, bytes, s>>>(
       static_cast<const __nv_bfloat16*>(qkv), stride, cos, sin, cu, heads, scale * kLog2e,
-      static_cast<Out*>(out), out_stride, out_scale);
+      static_cast<Out*>(out), out_stride, out_scale, whole_chunks);
   return last_error();
 }
 template <int D>
