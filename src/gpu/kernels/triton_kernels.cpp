@@ -89,6 +89,16 @@ const char* functions(std::vector<CUfunction>** out) {
   return nullptr;
 }
 
+// The table index of `kernel`'s variant `variant` with `flag` when it can launch here (`usable`:
+// the kernel's *_variants(), 0 off the cubins' architecture), else the error to report.
+const char* launchable(const char* kernel, int usable, int variant, int flag, int& index) {
+  index = variant < usable ? table_index(kernel, variant, flag) : -1;
+  if (index >= 0) return nullptr;
+  return kVariantCount == 0
+             ? "triton kernels: this build has none (Triton was not found at build time)"
+             : "triton kernels: no such compiled variant for this device";
+}
+
 // Launches table entry `index` on `grid` with the kernel's own parameters (pointers to each
 // argument, in order) followed by null scratch pointers.
 const char* launch(int index, std::vector<void*> params, unsigned grid_x, unsigned grid_y,
@@ -129,14 +139,10 @@ bool gemm_swiglu_fp8_fits(int variant, int64_t N, int64_t K) {
 const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const void* bias, void* out,
                             int64_t M, int64_t N, int64_t K, const float* a_scale,
                             const float* w_scale, const float* out_scale, void* stream) {
-  const int index = variant < gemm_swiglu_fp8_variants()
-                        ? table_index("gemm_swiglu_fp8", variant, bias != nullptr ? 1 : 0)
-                        : -1;
-  if (index < 0)
-    return kVariantCount == 0
-               ? "gemm_swiglu_fp8: this build has no Triton kernels (Triton was not found at "
-                 "build time)"
-               : "gemm_swiglu_fp8: no such compiled variant for this device";
+  int index = -1;
+  if (const char* e = launchable("gemm_swiglu_fp8", gemm_swiglu_fp8_variants(), variant,
+                                 bias != nullptr ? 1 : 0, index))
+    return e;
   const Variant& v = kVariants[index];
   if (M < 1 || M > INT32_MAX || N < 1 || N > INT32_MAX || K < 1 || K > INT32_MAX || N % v.bn != 0 ||
       K % v.bk != 0 || N % 16 != 0 || K % 16 != 0)
@@ -179,14 +185,10 @@ const char* causal_attention_triton(int variant, const void* q, int64_t q_stride
                                     const int32_t* cu, int seqs, int64_t tiles, int heads,
                                     int kv_heads, int head_dim, float scale, void* out,
                                     int64_t out_stride, const float* out_scale, void* stream) {
-  const int index = variant < causal_attention_triton_variants()
-                        ? table_index("causal_attention", variant, out_scale != nullptr ? 1 : 0)
-                        : -1;
-  if (index < 0)
-    return kVariantCount == 0
-               ? "causal_attention_triton: this build has no Triton kernels (Triton was not found "
-                 "at build time)"
-               : "causal_attention_triton: no such compiled variant for this device";
+  int index = -1;
+  if (const char* e = launchable("causal_attention", causal_attention_triton_variants(), variant,
+                                 out_scale != nullptr ? 1 : 0, index))
+    return e;
   if (seqs == 0 || tiles == 0) return nullptr;
   const Variant& var = kVariants[index];
   if (head_dim != var.bk) return "causal_attention_triton: head_dim must be 128";
