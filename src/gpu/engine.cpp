@@ -231,6 +231,19 @@ struct Profiler {
   }
 };
 
+// An attention backend and, for kCausalTriton, the compiled variant of the Triton kernel.
+struct AttnChoice {
+  ops::AttnBackend backend = ops::AttnBackend::kFlashVarlen;
+  int variant = -1;
+  // "causal-triton (BM64 BN64 D128 w4 s2)", "cudnn", ...
+  std::string name() const {
+    std::string n = ops::backend_name(backend);
+    if (variant >= 0)
+      n += str_cat(" (", kernels::causal_attention_triton_variant_name(variant), ")");
+    return n;
+  }
+};
+
 struct EngineImpl {
   Qwen25VLConfig d;
   ImagePreprocessConfig pc;
@@ -248,8 +261,7 @@ struct EngineImpl {
   bool flash = false;
   // Chosen per plan by timing (CUDA): attention of the decoder and of the vision full-attention
   // blocks when all their sequences have the same length.
-  ops::AttnBackend llm_backend = ops::AttnBackend::kFlashVarlen;
-  int llm_variant = -1;  // kCausalTriton: the compiled variant
+  AttnChoice llm;
   ops::AttnBackend vfull_backend = ops::AttnBackend::kFlashVarlen;
   // Chosen per plan by timing (CUDA, static FP8 scales): the compiled tile configuration of the
   // fused gate|up + SwiGLU GEMM (ops::linear_swiglu_fp8) for the vision tower and the decoder, or
@@ -272,7 +284,7 @@ struct EngineImpl {
     if (backend == ops::AttnBackend::kCausalKernel && causal)
       return ops::causal_attention(q, k, v, cu, scale, fused());
     if (backend == ops::AttnBackend::kCausalTriton && causal)
-      return ops::causal_attention(q, k, v, cu, scale, fused(), llm_variant);
+      return ops::causal_attention(q, k, v, cu, scale, fused(), llm.variant);
     if (flash && backend != ops::AttnBackend::kFlashVarlen) {
       const int64_t b = uniform_count(cu);
       if (b > 0) return ops::attention_dense(q, k, v, b, causal, scale, backend);
@@ -669,13 +681,12 @@ struct EngineImpl {
       }
       mark("t.attn");
       auto out = [&]() {
-        return attend(q, k, val, seq, /*causal=*/true, scale, llm_backend).view({T, H * D});
+        return attend(q, k, val, seq, /*causal=*/true, scale, llm.backend).view({T, H * D});
       };
       const Act a = attention_out(tsite(i, 3), q8, out, [&](const at::Tensor& s) {
-        const bool triton = llm_backend == ops::AttnBackend::kCausalTriton;
-        if (triton || llm_backend == ops::AttnBackend::kCausalKernel)
-          return ops::causal_attention_fp8(q, k, val, seq, scale, fused(), s,
-                                           triton ? llm_variant : -1);
+        if (llm.backend == ops::AttnBackend::kCausalTriton ||
+            llm.backend == ops::AttnBackend::kCausalKernel)
+          return ops::causal_attention_fp8(q, k, val, seq, scale, fused(), s, llm.variant);
         return ops::quantize_fp8(out(), fused(), s);
       });
       mark("t.o_proj");
@@ -1137,11 +1148,12 @@ double matmul_flops(int64_t m, int64_t k, int64_t n) { return 2.0 * m * k * n; }
 }  // namespace
 
 namespace {
-// An attention backend and, for kCausalTriton, the compiled variant of the Triton kernel.
-struct AttnChoice {
-  ops::AttnBackend backend = ops::AttnBackend::kFlashVarlen;
-  int variant = -1;
-};
+// |a - b| / |b| in float32 on the tensors' device (|b| floored at 1e-30): the tuners' check that
+// a candidate computes what the reference does.
+double rel_err_f32(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.to(at::kFloat), y = b.to(at::kFloat);
+  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
+}
 
 // Times the attention backends on the plan's real shapes (in a CUDA graph, as the plan runs) and
 // returns the fastest one whose output matches flash-varlen (rel. err <= 2e-2); reports every
@@ -1166,9 +1178,7 @@ AttnChoice tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool ca
   double best_ms = 1e30;
   report += std::string(what) + ":";
   for (const AttnChoice& cand : cands) {
-    std::string name = ops::backend_name(cand.backend);
-    if (cand.variant >= 0)
-      name += str_cat(" (", kernels::causal_attention_triton_variant_name(cand.variant), ")");
+    const std::string name = cand.name();
     try {
       auto run = [&]() {
         switch (cand.backend) {
@@ -1181,9 +1191,7 @@ AttnChoice tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool ca
             return ops::attention_dense(q, k, v, b, causal, scale, cand.backend);
         }
       };
-      auto out = run();
-      const double err = (out.to(at::kFloat) - ref.to(at::kFloat)).norm().item<double>() /
-                         std::max(ref.to(at::kFloat).norm().item<double>(), 1e-30);
+      const double err = rel_err_f32(run(), ref);
       // GPU time as the plan's graph will run it (host dispatch excluded), best of 5 replays.
       const double ms = device::gpu_time_ms([&]() { run(); }, q.device(), 10, 5);
       report += str_cat(" ", name, " ", fmt_double(ms, 3), " ms (err ", fmt_double(err, 4), ")");
@@ -1196,10 +1204,7 @@ AttnChoice tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool ca
       device::clear_error();
     }
   }
-  report += str_cat(" -> ", ops::backend_name(best.backend));
-  if (best.variant >= 0)
-    report += str_cat(" (", kernels::causal_attention_triton_variant_name(best.variant), ")");
-  report += "; ";
+  report += str_cat(" -> ", best.name(), "; ");
   return best;
 }
 
@@ -1232,9 +1237,7 @@ int tune_swiglu(int64_t rows, const ops::Fp8Rows& gu_q, const at::Tensor& gu_b, 
     if (!kernels::gemm_swiglu_fp8_fits(v, inter, K)) continue;  // its tiles do not divide the shape
     try {
       auto run = [&]() { return ops::linear_swiglu_fp8(x8, gu_q, gu_b, inter, out_scale, v); };
-      const at::Tensor out = ops::dequantize_fp8(run());
-      const double err =
-          (out - ref).norm().item<double>() / std::max(ref.norm().item<double>(), 1e-30);
+      const double err = rel_err_f32(ops::dequantize_fp8(run()), ref);
       const double ms = device::gpu_time_ms([&]() { run(); }, dev, 10, 5);
       report += str_cat(", ", kernels::gemm_swiglu_fp8_variant_name(v), " ", fmt_double(ms, 4),
                         " ms (err ", fmt_double(err, 4), ")");
@@ -1364,8 +1367,7 @@ void Engine::prepare(const PlanSpec& spec) {
 
   // Attention backends: the decoder's as EngineOptions::decoder_attention forces it (every
   // device), else both timed below on CUDA.
-  E.llm_backend = ops::AttnBackend::kFlashVarlen;
-  E.llm_variant = -1;
+  E.llm = AttnChoice{};
   E.vfull_backend = ops::AttnBackend::kFlashVarlen;
   E.vswiglu = E.tswiglu = -1;
   E.tune_report.clear();
@@ -1374,18 +1376,18 @@ void Engine::prepare(const PlanSpec& spec) {
     case EngineOptions::DecoderAttention::kFlashVarlen:
       break;
     case EngineOptions::DecoderAttention::kSdpa:
-      E.llm_backend = ops::AttnBackend::kSdpa;
+      E.llm.backend = ops::AttnBackend::kSdpa;
       break;
     case EngineOptions::DecoderAttention::kCudnn:
-      E.llm_backend = ops::AttnBackend::kCudnn;
+      E.llm.backend = ops::AttnBackend::kCudnn;
       break;
     case EngineOptions::DecoderAttention::kCausalKernel:
-      E.llm_backend = ops::AttnBackend::kCausalKernel;
+      E.llm.backend = ops::AttnBackend::kCausalKernel;
       break;
   }
   if (E.o.decoder_attention != EngineOptions::DecoderAttention::kTuned)
-    E.tune_report = str_cat("decoder attention: ", ops::backend_name(E.llm_backend),
-                            " (EngineOptions::decoder_attention); ");
+    E.tune_report =
+        str_cat("decoder attention: ", E.llm.name(), " (EngineOptions::decoder_attention); ");
 
   if (!dev.is_cuda()) return;
   auto stage_pre = [&E, &p]() { p.patches = E.preprocess_plan(p); };
@@ -1402,10 +1404,8 @@ void Engine::prepare(const PlanSpec& spec) {
                            "vision full attention", E.tune_report)
                           .backend;
     if (E.o.decoder_attention == DecoderAttention::kTuned) {
-      const AttnChoice c = tune(p.seq, t.num_attention_heads, t.num_key_value_heads, t.head_dim(),
-                                true, E.wopt(), "decoder attention", E.tune_report);
-      E.llm_backend = c.backend;
-      E.llm_variant = c.variant;
+      E.llm = tune(p.seq, t.num_attention_heads, t.num_key_value_heads, t.head_dim(), true,
+                   E.wopt(), "decoder attention", E.tune_report);
     }
   }
   // The fused FP8 gate|up + SwiGLU kernel where it beats cuBLAS + the SwiGLU kernel at this plan's
@@ -1447,8 +1447,7 @@ void Engine::prepare(const PlanSpec& spec) {
         p.g_llm.reset();
         device::clear_error();
         // a tuned attention backend may not be capturable: retry with flash varlen only
-        E.llm_backend = ops::AttnBackend::kFlashVarlen;
-        E.llm_variant = -1;
+        E.llm = AttnChoice{};
         E.vfull_backend = ops::AttnBackend::kFlashVarlen;
         E.tune_report += "(capture retry with flash-varlen) ";
         stage_pre();

@@ -80,8 +80,9 @@ struct EngineOptions {
   // linear_accumulate_), so the next norm reads one tensor instead of adding two. Off: the
   // product is written and the fused add + RMSNorm kernel adds it (for comparison; CUDA only).
   bool residual_in_gemm = true;
-  // Attention of the decoder's prefill: kTuned (CUDA) times flash-varlen, sdpa, cudnn and the
-  // causal kernel (kernels/causal_attention.cu) on each plan's shapes and keeps the fastest that
+  // Attention of the decoder's prefill: kTuned (CUDA) times flash-varlen, sdpa, cudnn, the causal
+  // kernel (kernels/causal_attention.cu) and each compiled variant of its Triton twin
+  // (kernels/causal_attention.py, head dim 128) on each plan's shapes and keeps the fastest that
   // matches flash (Engine::attention_backend() says which); the others force one (sdpa / cudnn need
   // sequences of equal length, else flash; without CUDA every choice runs the math reference).
   enum class DecoderAttention { kTuned, kFlashVarlen, kSdpa, kCudnn, kCausalKernel };
