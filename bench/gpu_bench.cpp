@@ -683,6 +683,11 @@ int main(int argc, char** argv) {
         }
       }
     }
+    // How each GEMM problem ran (ops::linear / linear_fp8 / the accumulating GEMMs time ATen and
+    // cuBLASLt's candidate algorithms once per problem).
+    const std::string choices = ops::gemm_choices();
+    out["gemm_choices"] = choices;
+    std::printf("\nGEMM ways chosen (timed once per problem):\n%s", choices.c_str());
     if (!json_out.empty()) write_json_atomic(json_out, out);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

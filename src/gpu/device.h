@@ -27,6 +27,9 @@ void manual_seed_all(uint64_t seed);
 void clear_error();
 // Compute capability major * 10 + minor of a CUDA device (0 without CUDA).
 int compute_capability(const at::Device& device);
+// Whether the device's current stream is capturing a CUDA graph (false without CUDA): work that
+// must run eagerly (timing, synchronising) cannot happen now.
+bool capturing(const at::Device& device);
 
 // A stream from torch's pool on one CUDA device.
 class Stream {

@@ -34,6 +34,13 @@ int compute_capability(const at::Device& device) {
   return prop.major * 10 + prop.minor;
 }
 
+bool capturing(const at::Device& device) {
+  if (!device.is_cuda()) return false;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaStream_t s = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  return cudaStreamIsCapturing(s, &status) != cudaSuccess || status != cudaStreamCaptureStatusNone;
+}
+
 void* current_stream(const at::Device& device) {
   if (!device.is_cuda()) return nullptr;
   return static_cast<void*>(c10::cuda::getCurrentCUDAStream(device.index()).stream());

@@ -15,6 +15,7 @@ bool available() { return false; }
 std::string name(const at::Device& device) { return device.str(); }
 int compute_capability(const at::Device&) { return 0; }
 void* current_stream(const at::Device&) { return nullptr; }
+bool capturing(const at::Device&) { return false; }
 void manual_seed_all(uint64_t) {}
 void clear_error() {}
 

@@ -119,15 +119,23 @@ const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const voi
                             int64_t M, int64_t N, int64_t K, const float* a_scale,
                             const float* w_scale, const float* out_scale, void* stream);
 
-// out[M, N] (bf16, row stride N) += a[M, K] w[N, K]^T (* *a_scale * *w_scale) (+ bias[N]) in one
-// cuBLASLt matmul (kernels/gemm_accumulate.cpp): the residual add of a block's output projection
-// happens in the GEMM's epilogue (C = D = out, beta = 1), rounded to bf16 once. a / w: bf16, or
-// e4m3 (fp8 = true) with one float scale each on the device (tensor-wise; fast accumulation);
-// bias: bf16 [N] or nullptr; workspace: device memory for cuBLASLt (the caller's, kept until the
-// work on `stream` is done). Needs K and N multiples of 16 and 16-byte aligned pointers.
-const char* gemm_accumulate(const void* a, const void* w, bool fp8, const float* a_scale,
-                            const float* w_scale, const void* bias, void* out, int64_t M, int64_t N,
-                            int64_t K, void* workspace, size_t workspace_bytes, void* stream);
+// out[M, N] (bf16, row stride N) = a[M, K] w[N, K]^T (* *a_scale * *w_scale) (+ bias[N]), or with
+// `accumulate` out += that (the residual add of a block's output projection in the GEMM's
+// epilogue: C = D = out, beta = 1, rounded to bf16 once), in one cuBLASLt matmul
+// (kernels/gemm_lt.cpp). a / w: bf16, or e4m3 (fp8 = true) with one float scale each on the device
+// (tensor-wise; fast accumulation); bias: bf16 [N] or nullptr; workspace: device memory for
+// cuBLASLt (the caller's, kept until the work on `stream` is done). `algo` picks one of the
+// problem's candidates (0 = the heuristic's first, as aten::mm runs it; gemm_lt_candidates says
+// how many: the caller times them). Needs K and N multiples of 16 and 16-byte aligned pointers.
+constexpr int kGemmLtMaxCandidates = 16;
+const char* gemm_lt(const void* a, const void* w, bool fp8, const float* a_scale,
+                    const float* w_scale, const void* bias, void* out, bool accumulate, int64_t M,
+                    int64_t N, int64_t K, int algo, void* workspace, size_t workspace_bytes,
+                    void* stream);
+// How many algorithms (at most kGemmLtMaxCandidates) cuBLASLt's heuristic offers for gemm_lt's
+// problem (bias: with a bias epilogue); 0 and *error (if given) when it offers none.
+int gemm_lt_candidates(bool fp8, bool bias, bool accumulate, int64_t M, int64_t N, int64_t K,
+                       size_t workspace_bytes, const char** error);
 
 // Decode GEMV (one activation row): out[r] = (sum_k x[k] * w[r, k]) * wscale[r] (+ bias[r]) for
 // r < n, fp32 accumulation, x / bias / out in `dt`. w is [n, k] in `dt`, or e4m3 rows (w_fp8) with

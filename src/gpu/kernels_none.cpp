@@ -61,9 +61,13 @@ const char* gemm_swiglu_fp8(int, const void*, const void*, const void*, void*, i
                             int64_t, const float*, const float*, const float*, void*) {
   return kNoCuda;
 }
-const char* gemm_accumulate(const void*, const void*, bool, const float*, const float*, const void*,
-                            void*, int64_t, int64_t, int64_t, void*, size_t, void*) {
+const char* gemm_lt(const void*, const void*, bool, const float*, const float*, const void*, void*,
+                    bool, int64_t, int64_t, int64_t, int, void*, size_t, void*) {
   return kNoCuda;
+}
+int gemm_lt_candidates(bool, bool, bool, int64_t, int64_t, int64_t, size_t, const char** error) {
+  if (error) *error = kNoCuda;
+  return 0;
 }
 const char* gemv(const void*, const void*, bool, const float*, const void*, void*, int64_t, int64_t,
                  bool, DType, void*) {

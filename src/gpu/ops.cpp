@@ -4,7 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
 #include <mutex>
+#include <tuple>
 
 #include "core/core.h"
 #include "gpu/device.h"
@@ -147,41 +151,153 @@ at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused) {
   return at::silu(x.narrow(1, 0, inter)) * x.narrow(1, inter, inter);
 }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (b.defined()) return at::addmm(b, x, w.t());
-  return at::mm(x, w.t());
+namespace {
+// cuBLASLt's workspace for gemm_lt (cuBLAS' size on Hopper), from torch's caching allocator on the
+// current stream: reused between calls, and inside a CUDA graph capture taken from the graph's
+// pool.
+constexpr int64_t kLtWorkspace = 32 << 20;
+at::Tensor lt_workspace(const at::Tensor& like) {
+  return at::empty({kLtWorkspace}, at::TensorOptions().dtype(at::kByte).device(like.device()));
+}
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+// Whether kernels::gemm_lt can compute x @ w^T (+ b) (x [M, K], w [N, K]) into a bf16 [M, N]
+// row-major output: CUDA, contiguous 16-byte aligned operands, K and N multiples of 16, a bf16 [N]
+// bias or none. The operand type is the caller's to check.
+bool lt_fits(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (!device::compiled() || !x.is_cuda() || x.dim() != 2 || w.dim() != 2) return false;
+  const int64_t K = x.size(1), N = w.size(0);
+  return w.size(1) == K && K % 16 == 0 && N % 16 == 0 && x.is_contiguous() && w.is_contiguous() &&
+         aligned16(x) && aligned16(w) &&
+         (!b.defined() || (b.scalar_type() == at::kBFloat16 && b.is_contiguous() && b.dim() == 1 &&
+                           b.size(0) == N && aligned16(b)));
+}
+// out (+)= x @ w^T (+ b) with gemm_lt's candidate `algo` (lt_fits holds): bf16 operands, or e4m3
+// ones with their scales.
+void launch_lt(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const float* x_scale,
+               const float* w_scale, const at::Tensor& b, bool accumulate, int algo) {
+  const at::Tensor ws = lt_workspace(out);
+  check_launch(kernels::gemm_lt(x.data_ptr(), w.data_ptr(), x_scale != nullptr, x_scale, w_scale,
+                                b.defined() ? b.data_ptr() : nullptr, out.data_ptr(), accumulate,
+                                x.size(0), w.size(0), x.size(1), algo, ws.data_ptr(),
+                                static_cast<size_t>(ws.numel()), current_stream(out)),
+               "gemm_lt");
 }
 
-namespace {
-// cuBLASLt's workspace for gemm_accumulate (cuBLAS' size on Hopper), from torch's caching
-// allocator on the current stream: reused between calls, and inside a CUDA graph capture taken
-// from the graph's pool.
-at::Tensor lt_workspace(const at::Tensor& like) {
-  return at::empty({32 << 20}, at::TensorOptions().dtype(at::kByte).device(like.device()));
+// One GEMM problem as the choice below keys it.
+struct LtProblem {
+  int device;
+  int64_t M, N, K;
+  bool fp8, bias, accumulate;
+  bool operator<(const LtProblem& o) const {
+    return std::tie(device, M, N, K, fp8, bias, accumulate) <
+           std::tie(o.device, o.M, o.N, o.K, o.fp8, o.bias, o.accumulate);
+  }
+};
+LtProblem lt_problem(const at::Tensor& x, const at::Tensor& w, bool fp8, const at::Tensor& b,
+                     bool accumulate) {
+  return {x.device().index(), x.size(0), w.size(0), x.size(1), fp8, b.defined(), accumulate};
 }
-// residual += x @ w^T (+ b) through kernels::gemm_accumulate (the callers checked that it fits):
-// bf16 operands, or e4m3 ones with their scales.
+constexpr int kAten = -1;  // the product as ATen computes it (aten::mm / addmm / _scaled_mm)
+
+// The fastest way to run problem `p`: one of gemm_lt's candidates (cuBLASLt's heuristic list), or
+// with `aten_too` ATen's own call (kAten). Each is timed once per problem and device, on scratch
+// output like `out_like` (device::gpu_time_ms: captured in a CUDA graph and replayed), the first
+// time the problem comes up outside a graph capture, and the choice is kept for the process
+// (the heuristic's first alone is up to 13 % slower at the 3B model's shapes on an H200:
+// docs/gpu.md). A problem first met inside a capture runs untimed: ATen's call where offered, else
+// the heuristic's first.
+// run(way, out) runs one way into out (kAten: ATen's product, its own output discarded).
+struct LtChoices {
+  std::mutex mu;
+  std::map<LtProblem, int> chosen;
+  std::map<LtProblem, std::string> report;  // the times behind each choice
+};
+LtChoices& lt_choices() {
+  static LtChoices c;
+  return c;
+}
+int lt_choice(const LtProblem& p, const at::Tensor& out_like, bool aten_too,
+              const std::function<void(int, at::Tensor&)>& run) {
+  LtChoices& c = lt_choices();
+  std::lock_guard<std::mutex> lock(c.mu);
+  auto it = c.chosen.find(p);
+  if (it != c.chosen.end()) return it->second;
+  const at::Device dev = out_like.device();
+  if (device::capturing(dev)) return aten_too ? kAten : 0;
+  const char* err = nullptr;
+  const int n =
+      kernels::gemm_lt_candidates(p.fp8, p.bias, p.accumulate, p.M, p.N, p.K, kLtWorkspace, &err);
+  VLA_CHECK(n > 0 || aten_too, "gpu: cuBLASLt offers no algorithm for a ", p.M, " x ", p.K, " -> ",
+            p.N, " product: ", err ? err : "?");
+  at::Tensor scratch = at::zeros_like(out_like);
+  int best = n > 0 ? 0 : kAten;
+  double best_ms = std::numeric_limits<double>::infinity(), first_ms = 0, aten_ms = 0;
+  for (int way = aten_too ? kAten : 0; way < n; ++way) {
+    try {
+      const double ms = device::gpu_time_ms([&]() { run(way, scratch); }, dev, 3, 3);
+      if (way == kAten) aten_ms = ms;
+      if (way == 0) first_ms = ms;
+      if (ms < best_ms) {
+        best_ms = ms;
+        best = way;
+      }
+    } catch (const std::exception&) {
+      device::clear_error();  // a candidate that does not run is not chosen
+    }
+  }
+  c.chosen.emplace(p, best);
+  c.report.emplace(
+      p, str_cat(
+             p.M, "x", p.K, "->", p.N, p.fp8 ? " e4m3" : " bf16", p.bias ? " +bias" : "",
+             p.accumulate ? " +=" : "", ": ",
+             best == kAten ? std::string("ATen") : str_cat("cuBLASLt #", best, "/", n), " ",
+             fmt_double(best_ms * 1e3, 1), " us (heuristic's first ", fmt_double(first_ms * 1e3, 1),
+             aten_too ? str_cat(", ATen ", fmt_double(aten_ms * 1e3, 1)) : std::string(), " us)"));
+  return best;
+}
+
+// residual += x @ w^T (+ b) through gemm_lt's fastest candidate (the callers checked that it
+// fits): bf16 operands, or e4m3 ones with their scales.
 void launch_accumulate(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
                        const float* x_scale, const float* w_scale, const at::Tensor& b) {
-  const at::Tensor ws = lt_workspace(residual);
-  check_launch(
-      kernels::gemm_accumulate(x.data_ptr(), w.data_ptr(), x_scale != nullptr, x_scale, w_scale,
-                               b.defined() ? b.data_ptr() : nullptr, residual.data_ptr(), x.size(0),
-                               w.size(0), x.size(1), ws.data_ptr(), static_cast<size_t>(ws.numel()),
-                               current_stream(residual)),
-      "gemm_accumulate");
+  const int algo = lt_choice(
+      lt_problem(x, w, x_scale != nullptr, b, true), residual, false,
+      [&](int way, at::Tensor& out) { launch_lt(out, x, w, x_scale, w_scale, b, true, way); });
+  launch_lt(residual, x, w, x_scale, w_scale, b, true, algo);
 }
-// Whether gemm_accumulate can add x @ w^T (+ b) into residual (both operand kinds).
+// Whether gemm_lt can add x @ w^T (+ b) into residual (both operand kinds).
 bool accumulate_fits(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
                      const at::Tensor& b, bool fused) {
-  const int64_t K = x.size(1), N = w.size(0);
-  return fused && device::compiled() && residual.is_cuda() &&
-         residual.scalar_type() == at::kBFloat16 && residual.is_contiguous() && x.is_contiguous() &&
-         w.is_contiguous() && residual.size(0) == x.size(0) && residual.size(1) == N &&
-         K % 16 == 0 && N % 16 == 0 &&
-         (!b.defined() || (b.scalar_type() == at::kBFloat16 && b.is_contiguous()));
+  return fused && lt_fits(x, w, b) && residual.scalar_type() == at::kBFloat16 &&
+         residual.is_contiguous() && aligned16(residual) && residual.device() == x.device() &&
+         residual.size(0) == x.size(0) && residual.size(1) == w.size(0);
 }
 }  // namespace
+
+std::string gemm_choices() {
+  LtChoices& c = lt_choices();
+  std::lock_guard<std::mutex> lock(c.mu);
+  std::string out;
+  for (const auto& [p, line] : c.report) out += line + "\n";
+  return out;
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  auto aten = [&]() { return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t()); };
+  if (!(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 && lt_fits(x, w, b)))
+    return aten();
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  const int way =
+      lt_choice(lt_problem(x, w, false, b, false), out, true, [&](int v, at::Tensor& o) {
+        if (v == kAten)
+          (void)aten();
+        else
+          launch_lt(o, x, w, nullptr, nullptr, b, false, v);
+      });
+  if (way == kAten) return aten();
+  launch_lt(out, x, w, nullptr, nullptr, b, false, way);
+  return out;
+}
 
 bool linear_accumulate_fused(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
                              const at::Tensor& b, bool fused) {
@@ -796,17 +912,35 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
       return call(with_bias, false);
     };
     const bool has_bias = b.defined();
-    if (has_bias && bias_in_gemm) {
-      try {
-        return product(true);
-      } catch (const std::exception& e) {
-        bias_in_gemm = false;
-        device::clear_error();
-        log_warn("gpu: _scaled_mm with bias failed (", e.what(), "); adding the bias separately");
+    auto aten = [&]() {
+      if (has_bias && bias_in_gemm) {
+        try {
+          return product(true);
+        } catch (const std::exception& e) {
+          bias_in_gemm = false;
+          device::clear_error();
+          log_warn("gpu: _scaled_mm with bias failed (", e.what(), "); adding the bias separately");
+        }
       }
-    }
-    at::Tensor out = product(false);
-    if (has_bias) out.add_(b);
+      at::Tensor out = product(false);
+      if (has_bias) out.add_(b);
+      return out;
+    };
+    // Tensor-wise scales with fast accumulation: _scaled_mm or the fastest of cuBLASLt's other
+    // candidates (lt_choice), the same cuBLASLt arithmetic.
+    if (!(tensorwise && fast_accum && lt_fits(x.q, w.q, b))) return aten();
+    const float* xs = x.scale.data_ptr<float>();
+    const float* ws = w.scale.data_ptr<float>();
+    at::Tensor out = at::empty({x.q.size(0), N}, x.q.options().dtype(at::kBFloat16));
+    const int way =
+        lt_choice(lt_problem(x.q, w.q, true, b, false), out, true, [&](int v, at::Tensor& o) {
+          if (v == kAten)
+            (void)aten();
+          else
+            launch_lt(o, x.q, w.q, xs, ws, b, false, v);
+        });
+    if (way == kAten) return aten();
+    launch_lt(out, x.q, w.q, xs, ws, b, false, way);
     return out;
   }
   (void)fast_accum;

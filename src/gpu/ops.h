@@ -41,11 +41,16 @@ at::Tensor silu_mul(const at::Tensor& x, int64_t inter, bool fused);
 // The width the engine stores an MLP intermediate at: a multiple of 64 (16-byte aligned rows for
 // the vectorised kernels; the vision tower's 3420 runs its GEMMs ~3x faster at 3456).
 inline int64_t mlp_width(int64_t intermediate) { return (intermediate + 63) / 64 * 64; }
-// x @ w^T (+ b).
+// x @ w^T (+ b). On CUDA, with bf16 operands that kernels::gemm_lt takes (contiguous, K and N
+// multiples of 16): the fastest of aten::mm / addmm and cuBLASLt's candidate algorithms for the
+// problem, timed once per problem shape and kept for the process (ops.cpp lt_choice).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+// One line per GEMM problem timed so far in this process ("M x K -> N, operand type: the way
+// chosen, its time, the heuristic's first and ATen's"), for reports and benchmarks.
+std::string gemm_choices();
 
 // residual += x @ w^T (+ b): a block's output projection with the residual add in the GEMM's
-// epilogue (kernels.h gemm_accumulate, one cuBLASLt matmul, rounded to bf16 once) when fused, on
+// epilogue (kernels.h gemm_lt, one cuBLASLt matmul, rounded to bf16 once) when fused, on
 // CUDA, bf16 and K, N multiples of 16; otherwise residual.add_(linear(x, w, b)) (the product
 // rounded to residual's dtype first). residual [rows, N] contiguous, x [rows, K], w [N, K].
 void linear_accumulate_(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
@@ -90,7 +95,8 @@ Fp8Rows silu_mul_fp8(const at::Tensor& x, int64_t inter, bool fused,
 at::Tensor dequantize_fp8(const Fp8Rows& x);
 // (x.q * x.scale) @ (w.q * w.scale)^T (+ b), fp32 accumulation, result in out_dtype. On CUDA
 // through aten::_scaled_mm (needs K and N multiples of 16, out bf16): tensor-wise scales when x
-// has one static scale and w is per tensor, else row-wise; otherwise (CPU, other shapes) by
+// has one static scale and w is per tensor (then, with fast_accum, the fastest of _scaled_mm and
+// cuBLASLt's candidate algorithms, as for linear), else row-wise; otherwise (CPU, other shapes) by
 // dequantising to float32.
 at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
                       at::ScalarType out_dtype, bool fast_accum);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/core.h"
+#include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/op_table.h"
 #include "gpu/ops.h"
@@ -773,6 +774,75 @@ TEST(GpuFp8, ScaledMatmulMatchesDequantisedReference) {
 // Every compiled tile configuration of the Triton gate|up GEMM + SwiGLU kernel against the float32
 // reference (dequantise, product, SwiGLU, quantise) at a unit shape and at the 3B decoder's and
 // vision tower's 5-view shapes; a width that fits no tile is refused.
+// Every algorithm cuBLASLt's heuristic offers for kernels::gemm_lt's problems (bf16 and, where the
+// GPU has it, tensor-wise e4m3 operands; with and without bias; written and accumulated into a
+// residual), against the float32 product of the same (dequantised) operands; then ops::linear and
+// ops::linear_fp8, which run whichever way timed fastest, against the same reference.
+TEST(GpuGemm, EveryCublasLtCandidateMatchesTheReference) {
+  REQUIRE_CUDA();
+  const at::Device dev(at::kCUDA, 0);
+  const at::Tensor ws = at::empty({32 << 20}, cuda_opts(at::kByte));
+  struct Shape {
+    int64_t m, k, n;
+  };
+  int checked = 0;
+  for (const Shape& sh : {Shape{37, 64, 48}, Shape{300, 2048, 2560}, Shape{1525, 2048, 2048}})
+    for (bool fp8 : {false, true}) {
+      if (fp8 && !fp8_available(dev)) continue;
+      const at::Tensor x = at::randn({sh.m, sh.k}, cuda_opts(at::kFloat));
+      const at::Tensor w =
+          (at::randn({sh.n, sh.k}, cuda_opts(at::kFloat)) / std::sqrt(double(sh.k)))
+              .to(at::kBFloat16);
+      ops::Fp8Rows x8, w8;
+      at::Tensor xa = x.to(at::kBFloat16), wa = w, xf = xa.to(at::kFloat), wf = w.to(at::kFloat);
+      if (fp8) {
+        x8 = ops::quantize_fp8(x, true, (x.abs().amax() / 448.0).reshape({1}).contiguous());
+        w8 = ops::quantize_fp8_tensor(w);
+        xa = x8.q;
+        wa = w8.q;
+        xf = ops::dequantize_fp8(x8);
+        wf = ops::dequantize_fp8(w8);
+      }
+      const float* xs = fp8 ? x8.scale.data_ptr<float>() : nullptr;
+      const float* wsc = fp8 ? w8.scale.data_ptr<float>() : nullptr;
+      for (bool bias : {false, true})
+        for (bool acc : {false, true}) {
+          const at::Tensor b = bias ? at::randn({sh.n}, cuda_opts(at::kBFloat16)) : at::Tensor();
+          const at::Tensor residual = at::randn({sh.m, sh.n}, cuda_opts(at::kBFloat16));
+          at::Tensor ref = at::matmul(xf, wf.t());
+          if (bias) ref += b.to(at::kFloat);
+          if (acc) ref += residual.to(at::kFloat);
+          const char* err = nullptr;
+          const int n = kernels::gemm_lt_candidates(fp8, bias, acc, sh.m, sh.n, sh.k,
+                                                    static_cast<size_t>(ws.numel()), &err);
+          ASSERT_GT(n, 0) << (err ? err : "");
+          for (int algo = 0; algo < n; ++algo) {
+            at::Tensor out = acc ? residual.clone() : at::empty({sh.m, sh.n}, residual.options());
+            const char* e = kernels::gemm_lt(
+                xa.data_ptr(), wa.data_ptr(), fp8, xs, wsc, bias ? b.data_ptr() : nullptr,
+                out.data_ptr(), acc, sh.m, sh.n, sh.k, algo, ws.data_ptr(),
+                static_cast<size_t>(ws.numel()), device::current_stream(dev));
+            ASSERT_EQ(e, nullptr) << e;
+            EXPECT_LE(rel_err(out, ref), 1e-2)
+                << sh.m << "x" << sh.k << "->" << sh.n << " fp8 " << fp8 << " bias " << bias
+                << " accumulate " << acc << " algorithm " << algo << " of " << n;
+            ++checked;
+          }
+          if (!acc) {
+            const at::Tensor got =
+                fp8 ? ops::linear_fp8(x8, w8, b, at::kBFloat16, true) : ops::linear(xa, wa, b);
+            EXPECT_LE(rel_err(got, ref), 1e-2) << "ops::linear" << (fp8 ? "_fp8 " : " ") << sh.m;
+          }
+        }
+    }
+  EXPECT_GE(checked, 12);
+  // An index past the problem's candidates is refused, not run.
+  EXPECT_NE(kernels::gemm_lt(ws.data_ptr(), ws.data_ptr(), false, nullptr, nullptr, nullptr,
+                             ws.data_ptr(), false, 16, 16, 16, kernels::kGemmLtMaxCandidates,
+                             ws.data_ptr(), 1 << 20, device::current_stream(dev)),
+            nullptr);
+}
+
 TEST(GpuTriton, EveryLinearSwigluVariantMatchesTheReference) {
   REQUIRE_FP8_CUDA();
   const int variants = kernels::gemm_swiglu_fp8_variants();
