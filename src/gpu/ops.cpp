@@ -199,37 +199,38 @@ LtProblem lt_problem(const at::Tensor& x, const at::Tensor& w, bool fp8, const a
 }
 constexpr int kAten = -1;  // the product as ATen computes it (aten::mm / addmm / _scaled_mm)
 
-// The fastest way to run problem `p`: one of gemm_lt's candidates (cuBLASLt's heuristic list), or
-// with `aten_too` ATen's own call (kAten). Each is timed once per problem and device, on scratch
-// output like `out_like` (device::gpu_time_ms: captured in a CUDA graph and replayed), the first
-// time the problem comes up outside a graph capture, and the choice is kept for the process
-// (the heuristic's first alone is up to 13 % slower at the 3B model's shapes on an H200:
-// docs/gpu.md). A problem first met inside a capture runs untimed: ATen's call where offered, else
-// the heuristic's first.
-// run(way, out) runs one way into out (kAten: ATen's product, its own output discarded).
+// The ways chosen so far, per problem, and the times behind each choice.
 struct LtChoices {
   std::mutex mu;
   std::map<LtProblem, int> chosen;
-  std::map<LtProblem, std::string> report;  // the times behind each choice
+  std::map<LtProblem, std::string> report;
 };
 LtChoices& lt_choices() {
   static LtChoices c;
   return c;
 }
-int lt_choice(const LtProblem& p, const at::Tensor& out_like, bool aten_too,
+
+// The fastest way to run problem `p` on `dev`: one of gemm_lt's candidates (cuBLASLt's heuristic
+// list), or with `aten_too` ATen's own call (kAten). Each is timed once per problem and device, on
+// scratch output (device::gpu_time_ms: captured in a CUDA graph and replayed), the first time the
+// problem comes up outside a graph capture, and the choice is kept for the process (the
+// heuristic's first alone was 18 % slower than the best for the 3B decoder's FP8 gate|up on an
+// H200: docs/gpu.md). A problem first met inside a capture runs untimed: ATen's call where
+// offered, else the heuristic's first. run(way, out) runs one way into out (kAten: ATen's
+// product, its own output discarded).
+int lt_choice(const LtProblem& p, const at::Device& dev, bool aten_too,
               const std::function<void(int, at::Tensor&)>& run) {
   LtChoices& c = lt_choices();
   std::lock_guard<std::mutex> lock(c.mu);
   auto it = c.chosen.find(p);
   if (it != c.chosen.end()) return it->second;
-  const at::Device dev = out_like.device();
   if (device::capturing(dev)) return aten_too ? kAten : 0;
   const char* err = nullptr;
   const int n =
       kernels::gemm_lt_candidates(p.fp8, p.bias, p.accumulate, p.M, p.N, p.K, kLtWorkspace, &err);
   VLA_CHECK(n > 0 || aten_too, "gpu: cuBLASLt offers no algorithm for a ", p.M, " x ", p.K, " -> ",
             p.N, " product: ", err ? err : "?");
-  at::Tensor scratch = at::zeros_like(out_like);
+  at::Tensor scratch = at::zeros({p.M, p.N}, at::TensorOptions().dtype(at::kBFloat16).device(dev));
   int best = n > 0 ? 0 : kAten;
   double best_ms = std::numeric_limits<double>::infinity(), first_ms = 0, aten_ms = 0;
   for (int way = aten_too ? kAten : 0; way < n; ++way) {
@@ -261,9 +262,26 @@ int lt_choice(const LtProblem& p, const at::Tensor& out_like, bool aten_too,
 void launch_accumulate(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
                        const float* x_scale, const float* w_scale, const at::Tensor& b) {
   const int algo = lt_choice(
-      lt_problem(x, w, x_scale != nullptr, b, true), residual, false,
+      lt_problem(x, w, x_scale != nullptr, b, true), x.device(), false,
       [&](int way, at::Tensor& out) { launch_lt(out, x, w, x_scale, w_scale, b, true, way); });
   launch_lt(residual, x, w, x_scale, w_scale, b, true, algo);
+}
+// x @ w^T (+ b) into a new bf16 [M, N] tensor by the fastest of `aten` and gemm_lt's candidates
+// (lt_fits holds): bf16 operands, or e4m3 ones with their scales.
+at::Tensor lt_product(const at::Tensor& x, const at::Tensor& w, const float* x_scale,
+                      const float* w_scale, const at::Tensor& b,
+                      const std::function<at::Tensor()>& aten) {
+  const int way = lt_choice(lt_problem(x, w, x_scale != nullptr, b, false), x.device(), true,
+                            [&](int v, at::Tensor& out) {
+                              if (v == kAten)
+                                (void)aten();
+                              else
+                                launch_lt(out, x, w, x_scale, w_scale, b, false, v);
+                            });
+  if (way == kAten) return aten();
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kBFloat16));
+  launch_lt(out, x, w, x_scale, w_scale, b, false, way);
+  return out;
 }
 // Whether gemm_lt can add x @ w^T (+ b) into residual (both operand kinds).
 bool accumulate_fits(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
@@ -286,17 +304,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   auto aten = [&]() { return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t()); };
   if (!(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 && lt_fits(x, w, b)))
     return aten();
-  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
-  const int way =
-      lt_choice(lt_problem(x, w, false, b, false), out, true, [&](int v, at::Tensor& o) {
-        if (v == kAten)
-          (void)aten();
-        else
-          launch_lt(o, x, w, nullptr, nullptr, b, false, v);
-      });
-  if (way == kAten) return aten();
-  launch_lt(out, x, w, nullptr, nullptr, b, false, way);
-  return out;
+  return lt_product(x, w, nullptr, nullptr, b, aten);
 }
 
 bool linear_accumulate_fused(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
@@ -929,19 +937,7 @@ at::Tensor linear_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b,
     // Tensor-wise scales with fast accumulation: _scaled_mm or the fastest of cuBLASLt's other
     // candidates (lt_choice), the same cuBLASLt arithmetic.
     if (!(tensorwise && fast_accum && lt_fits(x.q, w.q, b))) return aten();
-    const float* xs = x.scale.data_ptr<float>();
-    const float* ws = w.scale.data_ptr<float>();
-    at::Tensor out = at::empty({x.q.size(0), N}, x.q.options().dtype(at::kBFloat16));
-    const int way =
-        lt_choice(lt_problem(x.q, w.q, true, b, false), out, true, [&](int v, at::Tensor& o) {
-          if (v == kAten)
-            (void)aten();
-          else
-            launch_lt(o, x.q, w.q, xs, ws, b, false, v);
-        });
-    if (way == kAten) return aten();
-    launch_lt(out, x.q, w.q, xs, ws, b, false, way);
-    return out;
+    return lt_product(x.q, w.q, x.scale.data_ptr<float>(), w.scale.data_ptr<float>(), b, aten);
   }
   (void)fast_accum;
   at::Tensor out = at::matmul(dequantize_fp8(x), dequantize_fp8(w).t());
