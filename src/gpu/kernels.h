@@ -125,7 +125,7 @@ const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const voi
 // (kernels/gemm_lt.cpp). a / w: bf16, or e4m3 (fp8 = true) with one float scale each on the device
 // (tensor-wise; fast accumulation); bias: bf16 [N] or nullptr; workspace: device memory for
 // cuBLASLt (the caller's, kept until the work on `stream` is done). `algo` picks one of the
-// problem's candidates (0 = the heuristic's first, as aten::mm runs it; gemm_lt_candidates says
+// problem's candidates on the current device (0 = the heuristic's first; gemm_lt_candidates says
 // how many: the caller times them). Needs K and N multiples of 16 and 16-byte aligned pointers.
 constexpr int kGemmLtMaxCandidates = 16;
 const char* gemm_lt(const void* a, const void* w, bool fp8, const float* a_scale,
