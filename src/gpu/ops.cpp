@@ -24,6 +24,8 @@ kernels::DType kdtype(const at::Tensor& t) {
 void check_launch(const char* err, const char* what) {
   VLA_CHECK(err == nullptr, "gpu kernel ", what, " failed: ", err);
 }
+// Whether t's data starts on a 16-byte boundary (the kernels' vector loads need it).
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 // Rows of a 2-D tensor whose last dim is contiguous (rows may be strided).
 void check_rows(const at::Tensor& t, const char* what) {
@@ -159,7 +161,6 @@ constexpr int64_t kLtWorkspace = 32 << 20;
 at::Tensor lt_workspace(const at::Tensor& like) {
   return at::empty({kLtWorkspace}, at::TensorOptions().dtype(at::kByte).device(like.device()));
 }
-bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 // Whether kernels::gemm_lt can compute x @ w^T (+ b) (x [M, K], w [N, K]) into a bf16 [M, N]
 // row-major output: CUDA, contiguous 16-byte aligned operands, K and N multiples of 16, a bf16 [N]
 // bias or none. The operand type is the caller's to check.
@@ -511,7 +512,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 namespace {
 bool heads_rows(const at::Tensor& t) {
   return t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2) && t.stride(0) % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+         aligned16(t);
 }
 }  // namespace
 
@@ -577,7 +578,7 @@ void causal_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 bool window_kernel_runs(const at::Tensor& qkv, int head_dim, const Varlen& windows, bool fused) {
   return use_kernels(qkv, fused) && qkv.scalar_type() == at::kBFloat16 &&
          kernels::window_attention_fits(head_dim, windows.max_len) && qkv.stride(0) % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(qkv.data_ptr()) % 16 == 0;
+         aligned16(qkv);
 }
 // Runs it into out ([T, heads * head_dim] rows: bf16, or e4m3 with out_scale).
 void window_kernel(const at::Tensor& qkv, int heads, int head_dim, const at::Tensor& cos,
@@ -1014,11 +1015,8 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const Fp8Rows& w8, con
             " do not match x ", x.sizes());
   VLA_CHECK(!silu_gate || wt.size(0) % 2 == 0, "gemv: gate|up weights need an even row count");
   const int64_t K = x.size(1), N = silu_gate ? wt.size(0) / 2 : wt.size(0);
-  auto aligned = [](const at::Tensor& t) {
-    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  };
-  if (use_kernels(x, fused) && K % 16 == 0 && wt.is_contiguous() && aligned(wt) &&
-      x.is_contiguous() && aligned(x) && (!b.defined() || b.scalar_type() == x.scalar_type())) {
+  if (use_kernels(x, fused) && K % 16 == 0 && wt.is_contiguous() && aligned16(wt) &&
+      x.is_contiguous() && aligned16(x) && (!b.defined() || b.scalar_type() == x.scalar_type())) {
     auto out = at::empty({1, N}, x.options());
     const at::Tensor bc = b.defined() ? b.contiguous() : at::Tensor();
     const at::Tensor sc = w8.defined() ? w8.scale.to(at::kFloat).contiguous() : at::Tensor();
