@@ -51,6 +51,12 @@ int table_index(const char* kernel, int variant, int flag) {
                                                               : -1;
 }
 
+// The tile name of `kernel`'s variant `variant` ("BM128 BN128 BK128 w8 s3"), or "none".
+const char* variant_name(const char* kernel, int variant) {
+  const int index = table_index(kernel, variant, 0);
+  return index < 0 ? "none" : kVariants[index].name;
+}
+
 // A driver error as a static string (its name, e.g. "CUDA_ERROR_INVALID_IMAGE").
 const char* driver_error(CUresult r) {
   const char* s = nullptr;
@@ -125,8 +131,7 @@ int gemm_swiglu_fp8_variants() {
 }
 
 const char* gemm_swiglu_fp8_variant_name(int variant) {
-  const int index = table_index("gemm_swiglu_fp8", variant, 0);
-  return index < 0 ? "none" : kVariants[index].name;
+  return variant_name("gemm_swiglu_fp8", variant);
 }
 
 bool gemm_swiglu_fp8_fits(int variant, int64_t N, int64_t K) {
@@ -171,8 +176,7 @@ int causal_attention_triton_variants() {
 }
 
 const char* causal_attention_triton_variant_name(int variant) {
-  const int index = table_index("causal_attention", variant, 0);
-  return index < 0 ? "none" : kVariants[index].name;
+  return variant_name("causal_attention", variant);
 }
 
 int causal_attention_triton_tile_rows(int variant) {
