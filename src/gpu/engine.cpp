@@ -1299,6 +1299,11 @@ void Engine::prepare(const PlanSpec& spec) {
   P->cu_window = ops::Varlen::make(P->vis.cu_window, dev);
   P->cu_full = ops::Varlen::make(P->vis.cu_full, dev);
   P->seq = ops::Varlen::make(P->tok.cu, dev);
+  // The window kernel reads the first half of each vision rotary row (kernels::window_attention).
+  const int64_t half = P->vis.cos.size(1) / 2;
+  for (const at::Tensor& tab : {P->vis.cos, P->vis.sin})
+    VLA_CHECK(at::equal(tab.narrow(1, 0, half), tab.narrow(1, half, half)),
+              "prepare: the vision rotary table's halves differ");
   P->vcos = P->vis.cos.to(dev);
   P->vsin = P->vis.sin.to(dev);
   auto [tc, ts] = text_rope_tables(P->tok.pos3, t);

@@ -52,7 +52,9 @@ const char* rotary_append_kv(void* x, int64_t x_stride, const float* cos, const 
 
 // Rotary + attention within windows (the vision tower's window blocks): for each window w (rows
 // cu[w] .. cu[w + 1] - 1 of qkv, cu int32 [windows + 1] on the device) and head h, q and k heads h
-// of those rows rotated as `rotary` does (cos / sin float [rows, head_dim], rounded to bf16), then
+// of those rows rotated as `rotary` does (cos / sin float [rows, head_dim] whose two halves are
+// equal, as transformers' emb = cat(freqs, freqs) makes every Qwen2.5-VL table: the kernel reads
+// the first half; rounded to bf16), then
 // out[rows, h * head_dim ..] = softmax(q k^T * scale) v. qkv rows (row stride qkv_stride, 16-byte
 // aligned): heads query heads, then heads key heads, then heads value heads; qkv is not written.
 // bf16 only; needs window_attention_fits(head_dim, max_window) (every window <= 64 rows).

@@ -178,7 +178,8 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 // The vision tower's window blocks: rotary_ on the q and k heads of qkv [T, 3 * heads * head_dim]
 // (q heads, k heads, v heads; last dim contiguous), then attention within each window (non-causal).
-// cos / sin: float [T, head_dim]; windows: packed sequences covering all T rows. Returns
+// cos / sin: float [T, head_dim] with equal halves (as vision_rotary builds them: the kernel reads
+// the first half); windows: packed sequences covering all T rows. Returns
 // [T, heads * head_dim] contiguous. The CUDA kernel (kernels/window_attention.cu: rotary applied
 // while loading, qkv left as it is) runs when fused, bf16, 16-byte aligned rows and
 // kernels::window_attention_fits(head_dim, windows.max_len) (every window <= 64 rows); otherwise

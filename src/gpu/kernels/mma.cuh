@@ -118,39 +118,32 @@ auto dispatch_head_dim(int head_dim, F&& f) {
   }
 }
 
-// The table values of one rotary work item: the 8-wide chunk c8 of both halves of one row (row r's
-// float tables at cos + r * D and sin + r * D, global memory). Loaded apart from apply() so that a
-// kernel can fetch its first item while its tiles are still being copied in.
-template <int D>
-struct RotaryChunk {
-  static constexpr int kHalf = D / 2, kChunks = kHalf / 8;  // items per row
-  float c1[8], s1[8], c2[8], s2[8];
-
-  __device__ __forceinline__ void load(const float* __restrict__ cos, const float* __restrict__ sin,
-                                       int row, int c8) {
-    const float4* c4 = reinterpret_cast<const float4*>(cos + static_cast<int64_t>(row) * D + c8);
-    const float4* s4 = reinterpret_cast<const float4*>(sin + static_cast<int64_t>(row) * D + c8);
-    *reinterpret_cast<float4*>(c1) = __ldg(c4);
-    *reinterpret_cast<float4*>(c1 + 4) = __ldg(c4 + 1);
-    *reinterpret_cast<float4*>(s1) = __ldg(s4);
-    *reinterpret_cast<float4*>(s1 + 4) = __ldg(s4 + 1);
-    *reinterpret_cast<float4*>(c2) = __ldg(c4 + kHalf / 4);
-    *reinterpret_cast<float4*>(c2 + 4) = __ldg(c4 + kHalf / 4 + 1);
-    *reinterpret_cast<float4*>(s2) = __ldg(s4 + kHalf / 4);
-    *reinterpret_cast<float4*>(s2 + 4) = __ldg(s4 + kHalf / 4 + 1);
-  }
-  // Item i of a tile: its row and chunk.
-  __device__ __forceinline__ static void item(int i, int& row, int& c8) {
-    row = i / kChunks;
-    c8 = (i - row * kChunks) * 8;
-  }
-  // Rotates the chunk in place in one or two tiles (b may be nullptr).
-  __device__ __forceinline__ void apply(__nv_bfloat16* a, __nv_bfloat16* b, int pitch, int row,
-                                        int c8) const {
+// Rotary embedding, in place, of rows [0, rows) of two bf16 tiles in shared memory (row pitch
+// `pitch`, head_dim D, D % 16 == 0): x = x * cos + rotate_half(x) * sin, in float, rounded to bf16
+// as the standalone rotary kernel (rotary.cu) rounds. cos_half / sin_half: float [rows][D / 2] in
+// shared memory, the first half of each table row (the halves of a Qwen2.5-VL table are equal:
+// transformers' emb = cat(freqs, freqs)). kThreads threads (the whole block) call it, each taking
+// one 8-wide chunk of the first half and its partner in the second half, of every kThreads / (D /
+// 16)-th row; the caller synchronises before (tiles and tables loaded) and after.
+template <int D, int kThreads>
+__device__ __forceinline__ void rotate_tiles(__nv_bfloat16* a, __nv_bfloat16* b, int pitch,
+                                             int rows, const float* cos_half,
+                                             const float* sin_half) {
+  constexpr int kHalf = D / 2, kChunks = kHalf / 8, kRowStep = kThreads / kChunks;
+  const int tid = threadIdx.x;
+  if (tid >= kRowStep * kChunks) return;
+  const int c8 = (tid % kChunks) * 8;
+  for (int row = tid / kChunks; row < rows; row += kRowStep) {
+    float c[8], s[8];
+    const float4* c4 = reinterpret_cast<const float4*>(cos_half + row * kHalf + c8);
+    const float4* s4 = reinterpret_cast<const float4*>(sin_half + row * kHalf + c8);
+    *reinterpret_cast<float4*>(c) = c4[0];
+    *reinterpret_cast<float4*>(c + 4) = c4[1];
+    *reinterpret_cast<float4*>(s) = s4[0];
+    *reinterpret_cast<float4*>(s + 4) = s4[1];
 #pragma unroll
     for (int which = 0; which < 2; ++which) {
       __nv_bfloat16* tile = which ? b : a;
-      if (tile == nullptr) continue;
       uint4* p1 = reinterpret_cast<uint4*>(tile + row * pitch + c8);
       uint4* p2 = reinterpret_cast<uint4*>(tile + row * pitch + c8 + kHalf);
       uint4 x = *p1, y = *p2;
@@ -160,31 +153,12 @@ struct RotaryChunk {
       for (int j = 0; j < 8; ++j) {
         const float x1 = __bfloat162float(xe[j]);
         const float x2 = __bfloat162float(ye[j]);
-        xe[j] = __float2bfloat16(x1 * c1[j] - x2 * s1[j]);
-        ye[j] = __float2bfloat16(x2 * c2[j] + x1 * s2[j]);
+        xe[j] = __float2bfloat16(x1 * c[j] - x2 * s[j]);
+        ye[j] = __float2bfloat16(x2 * c[j] + x1 * s[j]);
       }
       *p1 = x;
       *p2 = y;
     }
-  }
-};
-
-// Rotary embedding, in place, of rows [0, rows) of one or two bf16 tiles in shared memory (row
-// pitch `pitch`, head_dim D, D % 16 == 0; `b` may be nullptr): x = x * cos + rotate_half(x) * sin
-// with row r's float tables at cos + r * D and sin + r * D (global memory), in float, rounded to
-// bf16 as the standalone rotary kernel (rotary.cu) rounds. Thread t takes items t, t + blockDim.x,
-// ... (8-wide chunks of both halves of a row, so the table values it loads serve both tiles);
-// `first` holds item t's values already (RotaryChunk::load, when t < rows * kChunks). Every thread
-// of the block calls it; the caller synchronises before (the tiles are loaded) and after.
-template <int D>
-__device__ __forceinline__ void rotate_tiles(__nv_bfloat16* a, __nv_bfloat16* b, int pitch,
-                                             int rows, const float* __restrict__ cos,
-                                             const float* __restrict__ sin, RotaryChunk<D>& first) {
-  for (int i = threadIdx.x; i < rows * RotaryChunk<D>::kChunks; i += blockDim.x) {
-    int row, c8;
-    RotaryChunk<D>::item(i, row, c8);
-    if (i != static_cast<int>(threadIdx.x)) first.load(cos, sin, row, c8);
-    first.apply(a, b, pitch, row, c8);
   }
 }
 

@@ -3,12 +3,15 @@
 // library here offers windowed attention with the rotary embedding applied on load, and at 64 keys
 // a general flash kernel (128-row tiles, a separate rotary pass over q and k) spends most of its
 // time moving data. The pattern is FlashAttention-2 (Dao, 2023, arXiv:2307.08691) with one key
-// tile, so no online rescaling: one CTA per (window, head) copies q, k, v into shared memory at
-// once (cp.async), rotates q and k there (in float, rounded to bf16 as the standalone rotary kernel
-// rounds), then each warp computes S = q k^T for 16 query rows and O = softmax(S) v on tensor cores
-// (mma.sync m16n8k16, bf16 in, fp32 accumulation; v's fragments through ldmatrix.trans), with P
-// rounded to bf16 for the second product as flash attention does. The output is bf16, or e4m3 with
-// a static scale (the input of the FP8 output projection, quantised in the store).
+// tile, so no online rescaling: one CTA per (window, head) copies q, k, v and the first half of
+// the window's rotary table rows into shared memory at once (cp.async), rotates q and k there (in
+// float, rounded to bf16 as the standalone rotary kernel rounds), then each warp computes S = q k^T
+// for 16 query rows and O = softmax(S) v on tensor cores (mma.sync m16n8k16, bf16 in, fp32
+// accumulation; v's fragments through ldmatrix.trans), with P rounded to bf16 for the second
+// product as flash attention does. The output is bf16, or e4m3 with a static scale (the input of
+// the FP8 output projection, quantised in the store). The kernel is bound by instruction issue
+// (Nsight Compute: ~1,500 instructions per warp, few HMMA), so its copy and rotary loops step
+// through rows with compile-time strides instead of dividing a flat index.
 #include "gpu/kernels/common.cuh"
 #include "gpu/kernels/mma.cuh"
 
@@ -17,58 +20,72 @@ namespace {
 
 constexpr int kWin = 64;           // rows per window, at most
 constexpr int kWarps = kWin / 16;  // one warp per 16 query rows
+constexpr int kThreads = kWarps * 32;
 constexpr float kLog2e = 1.4426950408889634f;
 
+// q, k, v tiles [kWin][D + 8] bf16, then the tables' first halves [kWin][D / 2] float (cos, sin).
 template <int D>
 constexpr int smem_bytes() {
-  return 3 * kWin * (D + 8) * 2;
+  return 3 * kWin * (D + 8) * 2 + 2 * kWin * (D / 2) * 4;
 }
 
-// grid (heads, windows), kWarps * 32 threads: the CTAs of one window's heads run side by side, so
+// grid (heads, windows), kThreads threads: the CTAs of one window's heads run side by side, so
 // together they read whole qkv rows (and share the window's cos / sin rows in L2) instead of one
 // head's 2 D bytes of every row at a time. qkv rows: [q heads | k heads | v heads], each head D
 // wide. Rows r0 .. r0 + len - 1 of window w = blockIdx.y (r0 = cu[w], len = cu[w + 1] - r0 <= 64).
-// Out: __nv_bfloat16, or uint8_t (e4m3, divided by *out_scale).
+// cos / sin: float [rows, D] with equal halves (only the first is read). Out: __nv_bfloat16, or
+// uint8_t (e4m3, divided by *out_scale).
 template <int D, typename Out>
-__global__ void __launch_bounds__(kWarps * 32, 4)
+__global__ void __launch_bounds__(kThreads, 4)
     window_attention_kernel(const __nv_bfloat16* __restrict__ qkv, int64_t stride,
                             const float* __restrict__ cos, const float* __restrict__ sin,
                             const int32_t* __restrict__ cu, int heads, float scale_log2,
                             Out* __restrict__ out, int64_t out_stride,
                             const float* __restrict__ out_scale, bool whole_chunks) {
   constexpr int kQ = D + 8;       // padded rows: the fragment loads below hit distinct banks
-  constexpr int kChunks = D / 8;  // 16-byte chunks per head row
+  constexpr int kChunks = D / 8;  // 16-byte chunks per head row (bf16) and per half table row
+  constexpr int kHalf = D / 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kWin][kQ]
   __nv_bfloat16* ks = qs + kWin * kQ;                              // [kWin][kQ]
   __nv_bfloat16* vs = ks + kWin * kQ;                              // [kWin][kQ]
+  float* cos_half = reinterpret_cast<float*>(vs + kWin * kQ);      // [kWin][kHalf]
+  float* sin_half = cos_half + kWin * kHalf;                       // [kWin][kHalf]
   const int h = blockIdx.x;
   const int64_t r0 = cu[blockIdx.y];
   const int len = cu[blockIdx.y + 1] - static_cast<int>(r0);
   const int tid = threadIdx.x;
 
-  // q, k, v of the window's rows, all copies in flight at once; rows past the window are zero.
-  for (int i = tid; i < 3 * kWin * kChunks; i += blockDim.x) {
-    const int which = i / (kWin * kChunks);  // 0: q, 1: k, 2: v
-    const int rem = i - which * kWin * kChunks;
-    const int row = rem / kChunks;
-    const int c8 = (rem - row * kChunks) * 8;
-    const bool valid = row < len;
-    const __nv_bfloat16* src =
-        qkv + (r0 + (valid ? row : 0)) * stride + static_cast<int64_t>(which * heads + h) * D + c8;
-    cp_async16(qs + (which * kWin + row) * kQ + c8, src, valid);
-  }
-  // Rotary on q and k in place (one load of the window's table rows serves both); this thread's
-  // first table values are fetched while the copies are in flight.
-  RotaryChunk<D> rot;
-  if (tid < len * RotaryChunk<D>::kChunks) {
-    int row, c8;
-    RotaryChunk<D>::item(tid, row, c8);
-    rot.load(cos + r0 * D, sin + r0 * D, row, c8);
+  // Every 16-byte chunk of the window's q, k, v head rows and half table rows in flight at once:
+  // thread t copies chunk t % kChunks of rows t / kChunks, + kRowStep, ...; q, k, v rows past the
+  // window are zero.
+  constexpr int kRowStep = kThreads / kChunks;
+  if (tid < kRowStep * kChunks) {
+    const int c = tid % kChunks;
+    int row = tid / kChunks;
+    const int64_t width = static_cast<int64_t>(heads) * D;
+    const __nv_bfloat16* src = qkv + (r0 + row) * stride + static_cast<int64_t>(h) * D + c * 8;
+    const float* ct = cos + (r0 + row) * D + c * 4;
+    const float* st = sin + (r0 + row) * D + c * 4;
+#pragma unroll 2
+    for (; row < kWin; row += kRowStep) {
+      const bool valid = row < len;
+      const int at = row * kQ + c * 8;
+      cp_async16(qs + at, valid ? src : qkv, valid);
+      cp_async16(ks + at, valid ? src + width : qkv, valid);
+      cp_async16(vs + at, valid ? src + 2 * width : qkv, valid);
+      if (valid) {
+        cp_async16(cos_half + row * kHalf + c * 4, ct, true);
+        cp_async16(sin_half + row * kHalf + c * 4, st, true);
+      }
+      src += kRowStep * stride;
+      ct += kRowStep * D;
+      st += kRowStep * D;
+    }
   }
   asm volatile("cp.async.wait_all;\n" ::);
   __syncthreads();
-  rotate_tiles<D>(qs, ks, kQ, len, cos + r0 * D, sin + r0 * D, rot);
+  rotate_tiles<D, kThreads>(qs, ks, kQ, len, cos_half, sin_half);
   __syncthreads();
 
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
@@ -161,7 +178,7 @@ const char* launch(const void* qkv, int64_t stride, const float* cos, const floa
   // Output rows of whole 16-byte chunks (every head's D * sizeof(Out) is a multiple of 16).
   const bool whole_chunks = reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
                             (out_stride * static_cast<int64_t>(sizeof(Out))) % 16 == 0;
-  window_attention_kernel<D, Out><<<grid, kWarps * 32, bytes, s>>>(
+  window_attention_kernel<D, Out><<<grid, kThreads, bytes, s>>>(
       static_cast<const __nv_bfloat16*>(qkv), stride, cos, sin, cu, heads, scale * kLog2e,
       static_cast<Out*>(out), out_stride, out_scale, whole_chunks);
   return last_error();
