@@ -243,6 +243,22 @@ TEST(Forward, PlaceholdersWithoutTheirMediaAreAnError) {
       f.model->forward(torch::tensor({{c.vision_start_token_id, int64_t{7}}}), {}, {}, {}));
 }
 
+// The GPU window kernel reads only the first half of each vision rotary row (kernels.h
+// window_attention): the tables must repeat their halves, as transformers' cat((emb, emb)) does.
+TEST(Rotary, VisionTableHalvesAreEqual) {
+  vla::Qwen25VLVisionConfig cfg;
+  cfg.hidden_size = 1280;  // Qwen2.5-VL-3B: head_dim 80
+  const auto grid = torch::tensor({int64_t{1}, int64_t{26}, int64_t{46}}).reshape({1, 3});
+  const vla::VisionLayout layout = vla::vision_layout(grid, cfg);
+  const auto [cos, sin] = vla::vision_rotary(layout, cfg);
+  ASSERT_EQ(cos.size(0), 26 * 46);
+  ASSERT_EQ(cos.size(1), 80);
+  for (const torch::Tensor& t : {cos, sin}) {
+    EXPECT_TRUE(torch::equal(t.narrow(1, 0, 40), t.narrow(1, 40, 40)));
+    EXPECT_FALSE(torch::equal(t.narrow(1, 0, 20), t.narrow(1, 20, 20)));  // rows vs columns differ
+  }
+}
+
 TEST(Lora, MergedEqualsUnmergedAndStartsAtBase) {
   vla::seed_everything(3);
   auto m = vla::Qwen25VLImpl::from_pretrained(kFix + "/tiny_b");
