@@ -486,8 +486,8 @@ int main(int argc, char** argv) {
                                 false, 0, 0, false, false, false},
                                {"5view", 5, ViewLayout::kOneSequence, true, false, 0},
                                {"5view_batched", 5, ViewLayout::kBatch, true, false, 0},
-                               {"5view_zero_frames", 5, ViewLayout::kOneSequence, true, false, 0,
-                                0, false, false, true, true}};
+                               {"5view_zero_frames", 5, ViewLayout::kOneSequence, true, false, 0, 0,
+                                false, false, true, true}};
     if (eager) cases.push_back({"5view_eager", 5, ViewLayout::kOneSequence, false, false, 0});
     const std::string mid_key = "5view_layers" + std::to_string(vlm_layers);
     if (vlm_layers > 0)
@@ -558,8 +558,8 @@ int main(int argc, char** argv) {
             {"5view_static_out_proj", 5, ViewLayout::kOneSequence, true, true, 0, 0, true, true},
             {"5view_static_residual_add_kernel", 5, ViewLayout::kOneSequence, true, true, 0, 0,
              true, false, false},
-            {"5view_static_zero_frames", 5, ViewLayout::kOneSequence, true, true, 0, 0, true,
-             false, true, true}};
+            {"5view_static_zero_frames", 5, ViewLayout::kOneSequence, true, true, 0, 0, true, false,
+             true, true}};
         if (vlm_layers > 0)
           c8.push_back({mid_key, 5, ViewLayout::kOneSequence, true, true, 0, vlm_layers});
         run_cases(*e8, c8, "fp8", false, true);

@@ -93,8 +93,8 @@ template <bool kFp8>
 void launch_flat(const void* x, int64_t x_stride, void* out, const float* fixed, int nvec,
                  int total, cudaStream_t s) {
   const unsigned blocks = static_cast<unsigned>((total + kSiluThreads - 1) / kSiluThreads);
-  silu_mul_bf16_flat<kFp8><<<blocks, kSiluThreads, 0, s>>>(
-      static_cast<const __nv_bfloat16*>(x), x_stride, out, fixed, nvec, total);
+  silu_mul_bf16_flat<kFp8><<<blocks, kSiluThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(x),
+                                                           x_stride, out, fixed, nvec, total);
 }
 
 // SwiGLU quantised to e4m3: one block per row, silu(gate) * up kept in shared memory as float.
