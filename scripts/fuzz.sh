@@ -23,13 +23,17 @@ if [ ! -f "$BUILD/CMakeCache.txt" ]; then
     { tail -30 "$BUILD.configure.log"; exit 1; }
 fi
 TESTS="test_core test_weights test_jinja test_text test_dataset"
+echo "fuzz.sh: building the fuzzers and the parser tests with clang + ASan + UBSan in $BUILD" \
+  "(compiler output shown only for errors and warnings)"
 cmake --build "$BUILD" -j"$JOBS" --target fuzzers $TESTS 2>&1 | grep -E "error|warning:" -A3 || true
 for t in $NAMES; do [ -x "$BUILD/fuzz/${t}_fuzz" ] || { echo "fuzz.sh: ${t}_fuzz was not built"; exit 1; }; done
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   for t in $TESTS; do
     bin=$(find "$BUILD/tests" -name "$t" -type f | head -1)
-    echo "== $t (ASan + UBSan)"
+    note=""
+    [ "$t" = test_jinja ] && note=", ~2 minutes under the sanitizers"
+    echo "== $t (ASan + UBSan$note)"
     "$bin" --gtest_brief=1 2>&1 | tail -3
   done
 fi
