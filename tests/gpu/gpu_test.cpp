@@ -771,9 +771,6 @@ TEST(GpuFp8, ScaledMatmulMatchesDequantisedReference) {
   }
 }
 
-// Every compiled tile configuration of the Triton gate|up GEMM + SwiGLU kernel against the float32
-// reference (dequantise, product, SwiGLU, quantise) at a unit shape and at the 3B decoder's and
-// vision tower's 5-view shapes; a width that fits no tile is refused.
 // Every algorithm cuBLASLt's heuristic offers for kernels::gemm_lt's problems (bf16 and, where the
 // GPU has it, tensor-wise e4m3 operands; with and without bias; written and accumulated into a
 // residual), against the float32 product of the same (dequantised) operands; then ops::linear and
@@ -843,6 +840,9 @@ TEST(GpuGemm, EveryCublasLtCandidateMatchesTheReference) {
             nullptr);
 }
 
+// Every compiled tile configuration of the Triton gate|up GEMM + SwiGLU kernel against the float32
+// reference (dequantise, product, SwiGLU, quantise) at a unit shape and at the 3B decoder's and
+// vision tower's 5-view shapes; a width that fits no tile is refused.
 TEST(GpuTriton, EveryLinearSwigluVariantMatchesTheReference) {
   REQUIRE_FP8_CUDA();
   const int variants = kernels::gemm_swiglu_fp8_variants();
