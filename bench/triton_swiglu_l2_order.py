@@ -8,9 +8,10 @@ graph, best of 7 replays of 10 calls) at the Qwen2.5-VL-3B vision (5980 rows, 12
 and decoder (1525 rows, 2048 -> 2 x 11008) MLP shapes, forward and reverse block order. Needs
 torch + triton on a CUDA GPU; not part of the build. Usage: python3 bench/triton_swiglu_l2_order.py
 
-H200, 1 Dec 2026 (BLOCK 1024): vision chain minus the two GEMMs 26.8 us forward, 21.8 us reverse
-(alone 31.1 / 31.0); decoder 11.6 / 11.3 (alone 25.7 / 25.8). The engine's SwiGLU kernel runs its
-blocks in reverse since (docs/benchmarks.md, "tenth run").
+H200, 1 Dec 2026, two runs on two machines (BLOCK 1024; chain minus the two GEMMs, forward ->
+reverse): vision 26.8 -> 21.8 us and 25.6 -> 23.3 us (alone ~31 us either way), decoder 11.6 ->
+11.3 us and 18.7 -> 11.1 us (alone ~26 us). The engine's SwiGLU kernel runs its blocks in reverse
+since (docs/benchmarks.md, "tenth run").
 """
 import torch
 import triton
