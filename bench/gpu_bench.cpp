@@ -368,9 +368,11 @@ int main(int argc, char** argv) {
       int text_layers = 0;  // PlanSpec::text_layers (0 = all)
       // FP8: static activation scales calibrated on other frames (Engine::calibrate_fp8).
       bool calibrated = false;
-      bool out_proj = false;         // with calibrated: EngineOptions::fp8_output_projections
+      // with calibrated: EngineOptions::fp8_output_projections
+      EngineOptions::Fp8OutputProjections out_proj = EngineOptions::Fp8OutputProjections::kNone;
       bool residual_in_gemm = true;  // EngineOptions::residual_in_gemm
       bool zero_frames = false;      // time on all-zero frames (fill_frames)
+      bool heuristic_gemm = false;   // EngineOptions::gemm_search = kHeuristic (else kWide)
     };
     std::map<std::string, at::Tensor> bf16_features, fp32_features;
     // Times `cases` on `e` into out[section]; with `reference` the features are compared.
@@ -387,6 +389,8 @@ int main(int argc, char** argv) {
         nlohmann::json rec;
         e.set_cuda_graphs(c.graphs);
         e.set_residual_in_gemm(c.residual_in_gemm);
+        e.set_gemm_search(c.heuristic_gemm ? EngineOptions::GemmSearch::kHeuristic
+                                           : EngineOptions::GemmSearch::kWide);
         if (e.options().fp8) {
           e.set_fp8_fast_accum(c.fast_accum);
           e.set_fp8_min_rows(c.min_rows);
@@ -480,14 +484,23 @@ int main(int argc, char** argv) {
         std::printf("fp32 reference FAILED: %s\n", e.what());
       }
     }
-    // (the residual-add comparison first: the last case of a shape keeps its features)
-    std::vector<Case> cases = {{"1view", 1, ViewLayout::kOneSequence, true, false, 0},
-                               {"5view_residual_add_kernel", 5, ViewLayout::kOneSequence, true,
-                                false, 0, 0, false, false, false},
-                               {"5view", 5, ViewLayout::kOneSequence, true, false, 0},
-                               {"5view_batched", 5, ViewLayout::kBatch, true, false, 0},
-                               {"5view_zero_frames", 5, ViewLayout::kOneSequence, true, false, 0, 0,
-                                false, false, true, true}};
+    // A case like `base` under another key, changed by `change`.
+    auto variant = [](Case base, const std::string& key, const std::function<void(Case&)>& change) {
+      base.key = key;
+      change(base);
+      return base;
+    };
+    const Case one_view{"1view", 1, ViewLayout::kOneSequence, true, false, 0};
+    const Case five_views{"5view", 5, ViewLayout::kOneSequence, true, false, 0};
+    // (the comparisons first: the last case of a shape keeps its features)
+    std::vector<Case> cases = {
+        one_view,
+        variant(five_views, "5view_residual_add_kernel",
+                [](Case& c) { c.residual_in_gemm = false; }),
+        variant(five_views, "5view_heuristic_gemm", [](Case& c) { c.heuristic_gemm = true; }),
+        five_views,
+        variant(five_views, "5view_batched", [](Case& c) { c.layout = ViewLayout::kBatch; }),
+        variant(five_views, "5view_zero_frames", [](Case& c) { c.zero_frames = true; })};
     if (eager) cases.push_back({"5view_eager", 5, ViewLayout::kOneSequence, false, false, 0});
     const std::string mid_key = "5view_layers" + std::to_string(vlm_layers);
     if (vlm_layers > 0)
@@ -547,19 +560,33 @@ int main(int argc, char** argv) {
       try {
         e8 = make_engine(o8);
         out["fp8_load_s"] = load8.elapsed_s();
+        using OutProj = EngineOptions::Fp8OutputProjections;
+        const Case one8{"1view", 1, ViewLayout::kOneSequence, true, true, 0};
+        const Case five8{"5view", 5, ViewLayout::kOneSequence, true, true, 0};
+        auto calibrated = [&](const Case& base, const std::string& key, OutProj out_proj) {
+          return variant(base, key, [&](Case& c) {
+            c.calibrated = true;
+            c.out_proj = out_proj;
+          });
+        };
+        const Case five_static = calibrated(five8, "5view_static", OutProj::kNone);
         std::vector<Case> c8 = {
-            {"1view", 1, ViewLayout::kOneSequence, true, true, 0},
-            {"1view_min_rows_1024", 1, ViewLayout::kOneSequence, true, true, 1024},
-            {"5view", 5, ViewLayout::kOneSequence, true, true, 0},
-            {"5view_exact_accum", 5, ViewLayout::kOneSequence, true, false, 0},
-            {"1view_static", 1, ViewLayout::kOneSequence, true, true, 0, 0, true},
-            {"5view_static", 5, ViewLayout::kOneSequence, true, true, 0, 0, true},
-            {"1view_static_out_proj", 1, ViewLayout::kOneSequence, true, true, 0, 0, true, true},
-            {"5view_static_out_proj", 5, ViewLayout::kOneSequence, true, true, 0, 0, true, true},
-            {"5view_static_residual_add_kernel", 5, ViewLayout::kOneSequence, true, true, 0, 0,
-             true, false, false},
-            {"5view_static_zero_frames", 5, ViewLayout::kOneSequence, true, true, 0, 0, true, false,
-             true, true}};
+            one8,
+            variant(one8, "1view_min_rows_1024", [](Case& c) { c.min_rows = 1024; }),
+            five8,
+            variant(five8, "5view_exact_accum", [](Case& c) { c.fast_accum = false; }),
+            calibrated(one8, "1view_static", OutProj::kNone),
+            five_static,
+            calibrated(one8, "1view_static_out_proj", OutProj::kAll),
+            calibrated(five8, "5view_static_out_proj", OutProj::kAll),
+            calibrated(five8, "5view_static_out_proj_vision", OutProj::kVision),
+            calibrated(five8, "5view_static_out_proj_decoder", OutProj::kDecoder),
+            variant(five_static, "5view_static_residual_add_kernel",
+                    [](Case& c) { c.residual_in_gemm = false; }),
+            variant(five_static, "5view_static_heuristic_gemm",
+                    [](Case& c) { c.heuristic_gemm = true; }),
+            variant(five_static, "5view_static_zero_frames",
+                    [](Case& c) { c.zero_frames = true; })};
         if (vlm_layers > 0)
           c8.push_back({mid_key, 5, ViewLayout::kOneSequence, true, true, 0, vlm_layers});
         run_cases(*e8, c8, "fp8", false, true);

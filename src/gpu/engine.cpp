@@ -294,6 +294,13 @@ struct EngineImpl {
 
   at::TensorOptions wopt() const { return at::TensorOptions().dtype(o.dtype).device(o.device); }
   bool fused() const { return o.fused_kernels; }
+  bool wide_gemm_search() const { return o.gemm_search == EngineOptions::GemmSearch::kWide; }
+  // Whether EngineOptions::fp8_output_projections names the vision tower's (else the decoder's).
+  bool fp8_out_proj(bool vision) const {
+    using W = EngineOptions::Fp8OutputProjections;
+    const W w = o.fp8_output_projections;
+    return w == W::kAll || w == (vision ? W::kVision : W::kDecoder);
+  }
 
   // ---------------------------------------------------------------- decode
   // How the decode step runs each one-row product (EngineOptions::decode_gemv): cuBLAS on the
@@ -446,13 +453,13 @@ struct EngineImpl {
       L.qkv_q = q(L.qkv_w);
       L.gu_q = q(L.gu_w);
       L.down_q = q(L.down_w);
-      L.proj_q = per_tensor && o.fp8_output_projections ? q(L.proj_w) : ops::Fp8Rows{};
+      L.proj_q = per_tensor && fp8_out_proj(true) ? q(L.proj_w) : ops::Fp8Rows{};
     }
     for (TLayer& L : tl) {
       L.qkv_q = q(L.qkv_w);
       L.gu_q = q(L.gu_w);
       L.down_q = q(L.down_w);
-      L.o_q = per_tensor && o.fp8_output_projections ? q(L.o_w) : ops::Fp8Rows{};
+      L.o_q = per_tensor && fp8_out_proj(false) ? q(L.o_w) : ops::Fp8Rows{};
     }
   }
   at::Tensor lin8(const ops::Fp8Rows& x, const ops::Fp8Rows& w, const at::Tensor& b = {}) const {
@@ -493,7 +500,7 @@ struct EngineImpl {
   Act attention_out(int site, bool quant, const std::function<at::Tensor()>& bf16,
                     const std::function<ops::Fp8Rows(const at::Tensor&)>& quantised) const {
     Act a;
-    quant = quant && o.fp8_output_projections;
+    quant = quant && fp8_out_proj(site < 4 * static_cast<int>(vl.size()));
     const at::Tensor s = quant ? fixed_scale(site) : at::Tensor();
     if (s.defined()) {
       a.q = quantised(s);
@@ -594,6 +601,7 @@ struct EngineImpl {
     const int H = v.num_heads, D = v.head_dim();
     const int64_t N = patches.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    const ops::GemmSearchScope gemm_search(wide_gemm_search());
     mark("v.patch_embed");
     at::Tensor h = ops::linear(patches, patch_w);  // residual stream
     mark("v.norm");
@@ -663,6 +671,7 @@ struct EngineImpl {
     const int H = t.num_attention_heads, Hk = t.num_key_value_heads, D = t.head_dim();
     const int64_t T = h.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    const ops::GemmSearchScope gemm_search(wide_gemm_search());
     mark("t.norm");
     const bool q8 = o.fp8 && T >= o.fp8_min_rows;
     Act n = norm(h, tl[0].in_n, t.rms_norm_eps, q8, tsite(0, 0));
@@ -934,8 +943,11 @@ const ImagePreprocessConfig& Engine::image_config() const { return impl_->pc; }
 const EngineOptions& Engine::options() const { return impl_->o; }
 void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
 void Engine::set_residual_in_gemm(bool on) { impl_->o.residual_in_gemm = on; }
+void Engine::set_gemm_search(EngineOptions::GemmSearch search) { impl_->o.gemm_search = search; }
 void Engine::set_fp8_fast_accum(bool on) { impl_->o.fp8_fast_accum = on; }
-void Engine::set_fp8_output_projections(bool on) { impl_->o.fp8_output_projections = on; }
+void Engine::set_fp8_output_projections(EngineOptions::Fp8OutputProjections which) {
+  impl_->o.fp8_output_projections = which;
+}
 void Engine::set_fp8_min_rows(int64_t rows) { impl_->o.fp8_min_rows = rows; }
 std::string Engine::attention_backend() const {
   std::string s = impl_->flash ? "flash-varlen" : "math";
@@ -1261,6 +1273,7 @@ int tune_swiglu(int64_t rows, const ops::Fp8Rows& gu_q, const at::Tensor& gu_b, 
 void Engine::prepare(const PlanSpec& spec) {
   EngineImpl& E = *impl_;
   at::NoGradGuard ng;
+  const ops::GemmSearchScope gemm_search(E.wide_gemm_search());  // and the tuning below
   const Qwen25VLVisionConfig& v = E.d.vision;
   const Qwen25VLTextConfig& t = E.d.text;
   VLA_CHECK(spec.views >= 1, "prepare: views must be >= 1");
@@ -1333,11 +1346,11 @@ void Engine::prepare(const PlanSpec& spec) {
     G.push_back({N, vh, 3 * vh, v.depth, v8, "vision qkv"});
     // The attention output projections run in FP8 only with the option on and static scales
     // calibrated with it on (attention_out: a site-3 scale exists), as the forward decides.
-    auto out_proj_fp8 = [&E](int site) {
-      return E.o.fp8_output_projections && E.fixed_scale(site).defined();
+    auto out_proj_fp8 = [&E](bool vision, int site) {
+      return E.fp8_out_proj(vision) && E.fixed_scale(site).defined();
     };
-    const bool vst = !E.vl.empty() && out_proj_fp8(EngineImpl::vsite(0, 3));
-    const bool tst = !E.tl.empty() && out_proj_fp8(E.tsite(0, 3));
+    const bool vst = !E.vl.empty() && out_proj_fp8(true, EngineImpl::vsite(0, 3));
+    const bool tst = !E.tl.empty() && out_proj_fp8(false, E.tsite(0, 3));
     G.push_back({N, vh, vh, v.depth, v8 && vst, "vision proj"});
     G.push_back({N, vh, 2 * E.vi_pad, v.depth, v8, "vision gate|up"});
     G.push_back({N, E.vi_pad, vh, v.depth, v8, "vision down"});

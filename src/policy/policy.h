@@ -263,13 +263,17 @@ struct VlmOptions {
   // with fp8: static activation scales calibrated on the first frames encoded (one extra eager
   // pass then; gpu::Engine::calibrate_fp8), so every FP8 GEMM runs tensor-wise. Needs fp8.
   bool fp8_static = false;
-  // with fp8_static: the attention output projections in FP8 too
-  // (gpu::EngineOptions::fp8_output_projections; faster, less accurate: docs/gpu.md).
-  bool fp8_output_projections = false;
+  // with fp8_static: which attention output projections run in FP8 too, one of
+  // fp8_output_projection_choices(): none | vision (the vision tower's proj) | decoder (the
+  // decoder's o_proj) | all (gpu::EngineOptions::fp8_output_projections; faster, and with both
+  // the shipped policy succeeds less often: docs/gpu.md).
+  std::string fp8_output_projections = "none";
   void validate() const;  // throws vla::Error naming the bad field
 };
 // The backends --vlm-backend accepts.
 const std::vector<std::string>& vlm_backends();
+// The values VlmOptions::fp8_output_projections (--fp8-out-proj) accepts.
+const std::vector<std::string>& fp8_output_projection_choices();
 
 // Loads `dir` (a Qwen2.5-VL checkpoint folder; a folder with only config.json gives random
 // weights, seeded by the caller) as `options` say. Only the views listed in cfg.use_views are

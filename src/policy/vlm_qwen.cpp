@@ -314,6 +314,11 @@ const std::vector<std::string>& vlm_backends() {
   return names;
 }
 
+const std::vector<std::string>& fp8_output_projection_choices() {
+  static const std::vector<std::string> names = {"none", "vision", "decoder", "all"};
+  return names;
+}
+
 void VlmOptions::validate() const {
   (void)parse_device(device);
   const auto& b = vlm_backends();
@@ -321,8 +326,13 @@ void VlmOptions::validate() const {
             "' (expected reference | fast)");
   VLA_CHECK(!fp8 || backend == "fast", "fp8 needs the fast VLM backend (--vlm-backend fast)");
   VLA_CHECK(!fp8_static || fp8, "fp8 static scales need fp8 (--fp8 --fp8-static)");
-  VLA_CHECK(!fp8_output_projections || fp8_static,
-            "FP8 output projections need fp8 static scales (--fp8 --fp8-static --fp8-out-proj)");
+  const auto& p = fp8_output_projection_choices();
+  VLA_CHECK(std::find(p.begin(), p.end(), fp8_output_projections) != p.end(),
+            "unknown FP8 output projections '", fp8_output_projections,
+            "' (expected none | vision | decoder | all)");
+  VLA_CHECK(fp8_output_projections == "none" || fp8_static,
+            "FP8 output projections need fp8 static scales (--fp8 --fp8-static --fp8-out-proj ",
+            fp8_output_projections, ")");
 }
 
 std::shared_ptr<VlmEncoder> load_vlm(const std::string& dir, const PolicyConfig& cfg,

@@ -354,10 +354,11 @@ void check_static_fp8(const EngineOptions& base, double tol) {
   EXPECT_EQ(output_projections_fp8(e), 0);  // EngineOptions::fp8_output_projections is off
   // Turned on after a calibration without it: no site-3 scales, so the projections (and the plan's
   // account of them) stay bf16 until the next calibrate_fp8.
-  e.set_fp8_output_projections(true);
+  using OutProj = EngineOptions::Fp8OutputProjections;
+  e.set_fp8_output_projections(OutProj::kAll);
   e.prepare(spec);
   EXPECT_EQ(output_projections_fp8(e), 0);
-  e.set_fp8_output_projections(false);
+  e.set_fp8_output_projections(OutProj::kNone);
   e.prepare(spec);
   const at::Tensor fixed = e.encode(mp).clone();
   const double vs_plain = rel_err(fixed, want), vs_per_token = rel_err(fixed, per_token);
@@ -370,21 +371,42 @@ void check_static_fp8(const EngineOptions& base, double tol) {
   EXPECT_GT(vs_per_token, 0.0);  // the scales changed something
   auto [pv, grid] = e.preprocess(mp, H, W);
   EXPECT_LE(rel_err(e.forward(e.plan_token_ids(), pv, grid), fixed), 5e-2);
-  {
-    // EngineOptions::fp8_output_projections: the same scales, output projections in FP8 too.
+  // EngineOptions::fp8_output_projections: the same scales, the named towers' output projections
+  // in FP8 too (and only those).
+  struct Which {
+    OutProj which;
+    const char* name;
+    bool vision, decoder;
+  };
+  std::map<std::string, at::Tensor> by_which;
+  for (const Which& w : {Which{OutProj::kVision, "vision", true, false},
+                         Which{OutProj::kDecoder, "decoder", false, true},
+                         Which{OutProj::kAll, "all", true, true}}) {
     EngineOptions b = q;
-    b.fp8_output_projections = true;
+    b.fp8_output_projections = w.which;
     Engine eb(f.config, f.image, f.fn(), b);
     eb.prepare(spec);
     eb.calibrate_fp8({calibration[0].data(), calibration[1].data()});
-    EXPECT_EQ(output_projections_fp8(eb), 2);
-    const at::Tensor fp8_proj = eb.encode(mp);
+    for (const PlanGemm& g : eb.plan_gemms()) {
+      if (g.what == "vision proj") {
+        EXPECT_EQ(g.fp8, w.vision) << w.name;
+      }
+      if (g.what == "decoder o_proj") {
+        EXPECT_EQ(g.fp8, w.decoder) << w.name;
+      }
+    }
+    const at::Tensor fp8_proj = eb.encode(mp).clone();
     std::printf(
-        "[fp8 static %s] output projections fp8: rel err vs unquantised %.4f (bf16: %.4f)\n",
-        base.device.str().c_str(), rel_err(fp8_proj, want), vs_plain);
-    EXPECT_LE(rel_err(fp8_proj, want), tol);
-    EXPECT_GT(rel_err(fp8_proj, fixed), 0.0);  // the option changed something
+        "[fp8 static %s] output projections fp8 (%s): rel err vs unquantised %.4f (bf16: %.4f)\n",
+        base.device.str().c_str(), w.name, rel_err(fp8_proj, want), vs_plain);
+    EXPECT_LE(rel_err(fp8_proj, want), tol) << w.name;
+    EXPECT_GT(rel_err(fp8_proj, fixed), 0.0) << w.name;  // the option changed something
+    by_which[w.name] = fp8_proj;
   }
+  // Each tower's choice moves the features its own way; both together differ from either.
+  EXPECT_GT(rel_err(by_which["vision"], by_which["decoder"]), 0.0);
+  EXPECT_GT(rel_err(by_which["all"], by_which["vision"]), 0.0);
+  EXPECT_GT(rel_err(by_which["all"], by_which["decoder"]), 0.0);
   e.clear_fp8_calibration();
   EXPECT_FALSE(e.fp8_calibrated());
   EXPECT_LE(rel_err(e.encode(mp), per_token), 1e-2);
@@ -771,10 +793,11 @@ TEST(GpuFp8, ScaledMatmulMatchesDequantisedReference) {
   }
 }
 
-// Every algorithm cuBLASLt's heuristic offers for kernels::gemm_lt's problems (bf16 and, where the
-// GPU has it, tensor-wise e4m3 operands; with and without bias; written and accumulated into a
-// residual), against the float32 product of the same (dequantised) operands; then ops::linear and
-// ops::linear_fp8, which run whichever way timed fastest, against the same reference.
+// Every candidate of kernels::gemm_lt's problems, the heuristic's list and the wide one (bf16 and,
+// where the GPU has it, tensor-wise e4m3 operands; with and without bias; written and accumulated
+// into a residual), against the float32 product of the same (dequantised) operands; then
+// ops::linear and ops::linear_fp8, which run whichever way timed fastest, against the same
+// reference.
 TEST(GpuGemm, EveryCublasLtCandidateMatchesTheReference) {
   REQUIRE_CUDA();
   const at::Device dev(at::kCUDA, 0);
@@ -782,7 +805,7 @@ TEST(GpuGemm, EveryCublasLtCandidateMatchesTheReference) {
   struct Shape {
     int64_t m, k, n;
   };
-  int checked = 0;
+  int checked = 0, wide_checked = 0;
   for (const Shape& sh : {Shape{37, 64, 48}, Shape{300, 2048, 2560}, Shape{1525, 2048, 2048}})
     for (bool fp8 : {false, true}) {
       if (fp8 && !fp8_available(dev)) continue;
@@ -809,21 +832,30 @@ TEST(GpuGemm, EveryCublasLtCandidateMatchesTheReference) {
           at::Tensor ref = at::matmul(xf, wf.t());
           if (bias) ref += b.to(at::kFloat);
           if (acc) ref += residual.to(at::kFloat);
-          const char* err = nullptr;
-          const int n = kernels::gemm_lt_candidates(fp8, bias, acc, sh.m, sh.n, sh.k,
-                                                    static_cast<size_t>(ws.numel()), &err);
-          ASSERT_GT(n, 0) << (err ? err : "");
-          for (int algo = 0; algo < n; ++algo) {
-            at::Tensor out = acc ? residual.clone() : at::empty({sh.m, sh.n}, residual.options());
-            const char* e = kernels::gemm_lt(
-                xa.data_ptr(), wa.data_ptr(), fp8, xs, wsc, bias ? b.data_ptr() : nullptr,
-                out.data_ptr(), acc, sh.m, sh.n, sh.k, algo, ws.data_ptr(),
-                static_cast<size_t>(ws.numel()), device::current_stream(dev));
-            ASSERT_EQ(e, nullptr) << e;
-            EXPECT_LE(rel_err(out, ref), 1e-2)
-                << sh.m << "x" << sh.k << "->" << sh.n << " fp8 " << fp8 << " bias " << bias
-                << " accumulate " << acc << " algorithm " << algo << " of " << n;
-            ++checked;
+          for (bool wide : {false, true}) {
+            const char* err = nullptr;
+            const int n = kernels::gemm_lt_candidates(fp8, bias, acc, sh.m, sh.n, sh.k, wide,
+                                                      static_cast<size_t>(ws.numel()), &err);
+            ASSERT_GT(n, 0) << (err ? err : "");
+            const int heuristic = kernels::gemm_lt_candidates(
+                fp8, bias, acc, sh.m, sh.n, sh.k, false, static_cast<size_t>(ws.numel()), &err);
+            if (wide) {
+              EXPECT_GE(n, heuristic);  // the heuristic's list comes first
+            }
+            for (int algo = 0; algo < n; ++algo) {
+              at::Tensor out = acc ? residual.clone() : at::empty({sh.m, sh.n}, residual.options());
+              const char* e = kernels::gemm_lt(
+                  xa.data_ptr(), wa.data_ptr(), fp8, xs, wsc, bias ? b.data_ptr() : nullptr,
+                  out.data_ptr(), acc, sh.m, sh.n, sh.k, wide, algo, ws.data_ptr(),
+                  static_cast<size_t>(ws.numel()), device::current_stream(dev));
+              ASSERT_EQ(e, nullptr) << e;
+              EXPECT_LE(rel_err(out, ref), 1e-2)
+                  << sh.m << "x" << sh.k << "->" << sh.n << " fp8 " << fp8 << " bias " << bias
+                  << " accumulate " << acc << " wide " << wide << " algorithm " << algo << " of "
+                  << n;
+              ++checked;
+              if (wide && algo >= heuristic) ++wide_checked;
+            }
           }
           if (!acc) {
             const at::Tensor got =
@@ -833,9 +865,10 @@ TEST(GpuGemm, EveryCublasLtCandidateMatchesTheReference) {
         }
     }
   EXPECT_GE(checked, 12);
+  EXPECT_GT(wide_checked, 0);  // the wide list adds configurations on this GPU
   // An index past the problem's candidates is refused, not run.
   EXPECT_NE(kernels::gemm_lt(ws.data_ptr(), ws.data_ptr(), false, nullptr, nullptr, nullptr,
-                             ws.data_ptr(), false, 16, 16, 16, kernels::kGemmLtMaxCandidates,
+                             ws.data_ptr(), false, 16, 16, 16, false, kernels::kGemmLtMaxCandidates,
                              ws.data_ptr(), 1 << 20, device::current_stream(dev)),
             nullptr);
 }

@@ -271,10 +271,22 @@ TEST(FastVlm, MatchesTheReferenceEncoderOnTheShippedVlm) {
   VlmOptions no_static;  // FP8 output projections are an option of static scales
   no_static.backend = "fast";
   no_static.fp8 = true;
-  no_static.fp8_output_projections = true;
+  no_static.fp8_output_projections = "all";
   EXPECT_THROW(no_static.validate(), Error);
   no_static.fp8_static = true;
   EXPECT_NO_THROW(no_static.validate());
+  for (const char* which : {"vision", "decoder", "none"}) {
+    no_static.fp8_output_projections = which;
+    EXPECT_NO_THROW(no_static.validate()) << which;
+  }
+  no_static.fp8_output_projections = "both";  // not a choice: the error names the choices
+  try {
+    no_static.validate();
+    ADD_FAILURE() << "'both' was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("none | vision | decoder | all"), std::string::npos)
+        << e.what();
+  }
 }
 
 // PolicyConfig::vlm_layers: features of the first K decoder layers, identical on both backends,
