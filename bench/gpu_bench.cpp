@@ -369,10 +369,9 @@ int main(int argc, char** argv) {
       // FP8: static activation scales calibrated on other frames (Engine::calibrate_fp8).
       bool calibrated = false;
       // with calibrated: EngineOptions::fp8_output_projections
-      EngineOptions::Fp8OutputProjections out_proj = EngineOptions::Fp8OutputProjections::kNone;
+      EngineOptions::Fp8OutputProjections out_proj = EngineOptions{}.fp8_output_projections;
       bool residual_in_gemm = true;  // EngineOptions::residual_in_gemm
       bool zero_frames = false;      // time on all-zero frames (fill_frames)
-      bool heuristic_gemm = false;   // EngineOptions::gemm_search = kHeuristic (else kWide)
     };
     std::map<std::string, at::Tensor> bf16_features, fp32_features;
     // Times `cases` on `e` into out[section]; with `reference` the features are compared.
@@ -389,8 +388,6 @@ int main(int argc, char** argv) {
         nlohmann::json rec;
         e.set_cuda_graphs(c.graphs);
         e.set_residual_in_gemm(c.residual_in_gemm);
-        e.set_gemm_search(c.heuristic_gemm ? EngineOptions::GemmSearch::kHeuristic
-                                           : EngineOptions::GemmSearch::kWide);
         if (e.options().fp8) {
           e.set_fp8_fast_accum(c.fast_accum);
           e.set_fp8_min_rows(c.min_rows);
@@ -497,7 +494,6 @@ int main(int argc, char** argv) {
         one_view,
         variant(five_views, "5view_residual_add_kernel",
                 [](Case& c) { c.residual_in_gemm = false; }),
-        variant(five_views, "5view_heuristic_gemm", [](Case& c) { c.heuristic_gemm = true; }),
         five_views,
         variant(five_views, "5view_batched", [](Case& c) { c.layout = ViewLayout::kBatch; }),
         variant(five_views, "5view_zero_frames", [](Case& c) { c.zero_frames = true; })};
@@ -569,22 +565,22 @@ int main(int argc, char** argv) {
             c.out_proj = out_proj;
           });
         };
-        const Case five_static = calibrated(five8, "5view_static", OutProj::kNone);
+        const OutProj product = EngineOptions{}.fp8_output_projections;
+        const Case five_static = calibrated(five8, "5view_static", product);
         std::vector<Case> c8 = {
             one8,
             variant(one8, "1view_min_rows_1024", [](Case& c) { c.min_rows = 1024; }),
             five8,
             variant(five8, "5view_exact_accum", [](Case& c) { c.fast_accum = false; }),
-            calibrated(one8, "1view_static", OutProj::kNone),
+            calibrated(one8, "1view_static", product),
             five_static,
             calibrated(one8, "1view_static_out_proj", OutProj::kAll),
             calibrated(five8, "5view_static_out_proj", OutProj::kAll),
-            calibrated(five8, "5view_static_out_proj_vision", OutProj::kVision),
+            calibrated(one8, "1view_static_out_proj_none", OutProj::kNone),
+            calibrated(five8, "5view_static_out_proj_none", OutProj::kNone),
             calibrated(five8, "5view_static_out_proj_decoder", OutProj::kDecoder),
             variant(five_static, "5view_static_residual_add_kernel",
                     [](Case& c) { c.residual_in_gemm = false; }),
-            variant(five_static, "5view_static_heuristic_gemm",
-                    [](Case& c) { c.heuristic_gemm = true; }),
             variant(five_static, "5view_static_zero_frames",
                     [](Case& c) { c.zero_frames = true; })};
         if (vlm_layers > 0)
@@ -673,13 +669,17 @@ int main(int argc, char** argv) {
             num(c16, mid_key, wall), num(c8, mid_key, wall), 0, floor_of(mid_key, "floor_ms"),
             mid_key);
       for (const std::string v : {"1view", "5view"}) {
-        row(v + " end-to-end, fp8 static scales", 0, num(c8, v + "_static", wall), peer_e2e(v),
-            floor_of(v, "floor_ms"), "", v + "_static");
+        row(v + " end-to-end, fp8 static scales (vision out-proj fp8)", 0,
+            num(c8, v + "_static", wall), peer_e2e(v), floor_of(v, "floor_ms"), "", v + "_static");
         row(v + " vision tower, fp8 static scales", 0, num(c8, v + "_static", vis), peer_vision(v),
             floor_of(v, "vision_floor_ms"));
-        row(v + " end-to-end, fp8 static + output projections", 0,
-            num(c8, v + "_static_out_proj", wall), peer_e2e(v), floor_of(v, "floor_ms"), "",
-            v + "_static_out_proj");
+        for (const auto& [suffix, what] :
+             {std::pair<std::string, std::string>{"_static_out_proj_none", "no out-proj"},
+              {"_static_out_proj_decoder", "decoder out-proj"},
+              {"_static_out_proj", "all out-proj"}})
+          if (c8.contains(v + suffix))
+            row(v + " end-to-end, fp8 static + " + what + " fp8", 0, num(c8, v + suffix, wall),
+                peer_e2e(v), floor_of(v, "floor_ms"), "", v + suffix);
       }
       row("5view end-to-end, residual add in the norm kernel (not the GEMM)",
           num(c16, "5view_residual_add_kernel", wall),
@@ -718,7 +718,8 @@ int main(int argc, char** argv) {
       }
       for (const std::string k :
            {"1view", "1view_min_rows_1024", "5view", "5view_exact_accum", "1view_static",
-            "5view_static", "1view_static_out_proj", "5view_static_out_proj"}) {
+            "5view_static", "1view_static_out_proj_none", "5view_static_out_proj_none",
+            "5view_static_out_proj_decoder", "1view_static_out_proj", "5view_static_out_proj"}) {
         if (c8.contains(k) && c8[k].contains("rel_err_vs_bf16")) {
           std::printf(
               "fp8 %-20s features (last hidden states) rel. err vs bf16: %.4f, vs fp32: %.4f\n",

@@ -99,9 +99,9 @@ inline void add_vlm_options(CLI::App* c, vla::policy::VlmOptions* o) {
               "VLM encodes (faster tensor-wise GEMMs; docs/gpu.md)");
   c->add_option("--fp8-out-proj", o->fp8_output_projections,
                 "with --fp8-static: which attention output projections run in FP8 too: none,\n"
-                "vision (the vision tower's), decoder (the LLM's) or all (faster: 0.7 ms at 5\n"
-                "views on an H200 with all; the shipped policy then succeeds less often:\n"
-                "docs/gpu.md)")
+                "vision (the vision tower's: 0.5 ms faster at 5 views on an H200, no measurable\n"
+                "loss of task success), decoder (the LLM's: the shipped policy then succeeds\n"
+                "less often) or all (docs/gpu.md)")
       ->check(CLI::IsMember(vla::policy::fp8_output_projection_choices()))
       ->capture_default_str();
 }

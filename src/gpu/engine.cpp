@@ -294,7 +294,6 @@ struct EngineImpl {
 
   at::TensorOptions wopt() const { return at::TensorOptions().dtype(o.dtype).device(o.device); }
   bool fused() const { return o.fused_kernels; }
-  bool wide_gemm_search() const { return o.gemm_search == EngineOptions::GemmSearch::kWide; }
   // Whether EngineOptions::fp8_output_projections names the vision tower's (else the decoder's).
   bool fp8_out_proj(bool vision) const {
     using W = EngineOptions::Fp8OutputProjections;
@@ -601,7 +600,6 @@ struct EngineImpl {
     const int H = v.num_heads, D = v.head_dim();
     const int64_t N = patches.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-    const ops::GemmSearchScope gemm_search(wide_gemm_search());
     mark("v.patch_embed");
     at::Tensor h = ops::linear(patches, patch_w);  // residual stream
     mark("v.norm");
@@ -671,7 +669,6 @@ struct EngineImpl {
     const int H = t.num_attention_heads, Hk = t.num_key_value_heads, D = t.head_dim();
     const int64_t T = h.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-    const ops::GemmSearchScope gemm_search(wide_gemm_search());
     mark("t.norm");
     const bool q8 = o.fp8 && T >= o.fp8_min_rows;
     Act n = norm(h, tl[0].in_n, t.rms_norm_eps, q8, tsite(0, 0));
@@ -943,7 +940,6 @@ const ImagePreprocessConfig& Engine::image_config() const { return impl_->pc; }
 const EngineOptions& Engine::options() const { return impl_->o; }
 void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
 void Engine::set_residual_in_gemm(bool on) { impl_->o.residual_in_gemm = on; }
-void Engine::set_gemm_search(EngineOptions::GemmSearch search) { impl_->o.gemm_search = search; }
 void Engine::set_fp8_fast_accum(bool on) { impl_->o.fp8_fast_accum = on; }
 void Engine::set_fp8_output_projections(EngineOptions::Fp8OutputProjections which) {
   impl_->o.fp8_output_projections = which;
@@ -1273,7 +1269,6 @@ int tune_swiglu(int64_t rows, const ops::Fp8Rows& gu_q, const at::Tensor& gu_b, 
 void Engine::prepare(const PlanSpec& spec) {
   EngineImpl& E = *impl_;
   at::NoGradGuard ng;
-  const ops::GemmSearchScope gemm_search(E.wide_gemm_search());  // and the tuning below
   const Qwen25VLVisionConfig& v = E.d.vision;
   const Qwen25VLTextConfig& t = E.d.text;
   VLA_CHECK(spec.views >= 1, "prepare: views must be >= 1");

@@ -72,11 +72,12 @@ struct EngineOptions {
   bool fp8_fast_accum = true;
   // After Engine::calibrate_fp8: which attention output projections (the vision tower's proj, the
   // decoder's o_proj, or both) run in FP8 too, their input quantised in the attention kernels'
-  // store with a calibrated scale. kNone by default: both in FP8 are 0.1 ms faster at 1 view on an
-  // H200, but the shipped policy's closed-loop success fell from 98 % to 91 % over 200 episodes
-  // with them (docs/gpu.md, which also has each tower alone).
+  // store with a calibrated scale. Chosen by task success (the shipped policy, 200 episodes, FP8
+  // static on an H200; docs/gpu.md): none 196, vision 194, decoder 184, all 181 successes, so the
+  // default is the vision tower's (0.5 ms faster at 5 views of 640x360 with the 3B model) and the
+  // decoder's stay bf16. Per-token FP8 (no calibration) keeps both in bf16.
   enum class Fp8OutputProjections { kNone, kVision, kDecoder, kAll };
-  Fp8OutputProjections fp8_output_projections = Fp8OutputProjections::kNone;
+  Fp8OutputProjections fp8_output_projections = Fp8OutputProjections::kVision;
   // The residual adds of each block's output projections (attention proj / o_proj, MLP down) in
   // the GEMM's epilogue (cuBLASLt with the residual stream as C = D, beta = 1; ops.h
   // linear_accumulate_), so the next norm reads one tensor instead of adding two. Off: the
@@ -98,14 +99,6 @@ struct EngineOptions {
   // (Engine::decode_report() says which); kOff / kOn force one (the CPU always uses ATen).
   enum class DecodeGemv { kMeasure, kOff, kOn };
   DecodeGemv decode_gemv = DecodeGemv::kMeasure;
-  // How the cuBLASLt algorithm of each GEMM problem of at least 1e10 floating-point operations is
-  // chosen, once per process (CUDA): kWide times cuBLASLt's heuristic candidates and their
-  // configurations with other tile shapes, custom options and cluster shapes (up to a few hundred,
-  // screened, the fastest 8 timed in full: 5-16 % faster GEMMs for the 3B vision tower at 5 views
-  // on an H200, ~1 s more in the first prepare; docs/gpu.md), kHeuristic the heuristic's list
-  // alone (smaller problems always use that).
-  enum class GemmSearch { kWide, kHeuristic };
-  GemmSearch gemm_search = GemmSearch::kWide;
   // Default options for this machine: cuda:0 + bf16 when available, else cpu + f32.
   static EngineOptions best_available();
 };
@@ -176,8 +169,6 @@ class Engine {
   void set_cuda_graphs(bool on);
   // EngineOptions::residual_in_gemm for later prepare() / forward calls.
   void set_residual_in_gemm(bool on);
-  // EngineOptions::gemm_search for later prepare() / forward calls.
-  void set_gemm_search(EngineOptions::GemmSearch search);
   // FP8 settings for later prepare() / forward calls (fp8 engines only).
   void set_fp8_fast_accum(bool on);
   // EngineOptions::fp8_output_projections; takes effect at the next calibrate_fp8.

@@ -128,23 +128,16 @@ const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const voi
 // (tensor-wise; fast accumulation); bias: bf16 [N] or nullptr; workspace: device memory for
 // cuBLASLt (the caller's, kept until the work on `stream` is done). `algo` picks one of the
 // problem's candidates on the current device (0 = the heuristic's first; gemm_lt_candidates says
-// how many: the caller times them). `wide` selects the wide candidate list (below) instead of the
-// heuristic's alone. Needs K and N multiples of 16 and 16-byte aligned pointers.
+// how many: the caller times them). Needs K and N multiples of 16 and 16-byte aligned pointers.
 constexpr int kGemmLtMaxCandidates = 16;
 const char* gemm_lt(const void* a, const void* w, bool fp8, const float* a_scale,
                     const float* w_scale, const void* bias, void* out, bool accumulate, int64_t M,
-                    int64_t N, int64_t K, bool wide, int algo, void* workspace,
-                    size_t workspace_bytes, void* stream);
-// How many candidates gemm_lt has for a problem (bias: with a bias epilogue); 0 and *error (if
-// given) when cuBLASLt offers none. Without `wide`: the algorithms of cuBLASLt's heuristic (at most
-// kGemmLtMaxCandidates). With `wide`: those first, then each heuristic configuration with its tile
-// shape, custom option and thread-block cluster shape set to the alternatives below
-// (cublasLtMatmulAlgoConfigSetAttribute), kept where cublasLtMatmulAlgoCheck accepts it for this
-// problem within workspace_bytes (typically 50-150 more on an H200; the heuristic ranks by a model
-// of the GPU, and for the 3B vision tower's 5-view GEMMs other tiles ran 5-16 % faster:
-// docs/benchmarks.md, "eleventh run").
+                    int64_t N, int64_t K, int algo, void* workspace, size_t workspace_bytes,
+                    void* stream);
+// How many algorithms (at most kGemmLtMaxCandidates) cuBLASLt's heuristic offers for gemm_lt's
+// problem (bias: with a bias epilogue); 0 and *error (if given) when it offers none.
 int gemm_lt_candidates(bool fp8, bool bias, bool accumulate, int64_t M, int64_t N, int64_t K,
-                       bool wide, size_t workspace_bytes, const char** error);
+                       size_t workspace_bytes, const char** error);
 
 // Decode GEMV (one activation row): out[r] = (sum_k x[k] * w[r, k]) * wscale[r] (+ bias[r]) for
 // r < n, fp32 accumulation, x / bias / out in `dt`. w is [n, k] in `dt`, or e4m3 rows (w_fp8) with

@@ -62,11 +62,10 @@ const char* gemm_swiglu_fp8(int, const void*, const void*, const void*, void*, i
   return kNoCuda;
 }
 const char* gemm_lt(const void*, const void*, bool, const float*, const float*, const void*, void*,
-                    bool, int64_t, int64_t, int64_t, bool, int, void*, size_t, void*) {
+                    bool, int64_t, int64_t, int64_t, int, void*, size_t, void*) {
   return kNoCuda;
 }
-int gemm_lt_candidates(bool, bool, bool, int64_t, int64_t, int64_t, bool, size_t,
-                       const char** error) {
+int gemm_lt_candidates(bool, bool, bool, int64_t, int64_t, int64_t, size_t, const char** error) {
   if (error) *error = kNoCuda;
   return 0;
 }

@@ -172,39 +172,31 @@ bool lt_fits(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
          (!b.defined() || (b.scalar_type() == at::kBFloat16 && b.is_contiguous() && b.dim() == 1 &&
                            b.size(0) == N && aligned16(b)));
 }
-// out (+)= x @ w^T (+ b) with candidate `algo` of gemm_lt's list (the wide one with `wide`;
-// lt_fits holds): bf16 operands, or e4m3 ones with their scales.
+// out (+)= x @ w^T (+ b) with gemm_lt's candidate `algo` (lt_fits holds): bf16 operands, or e4m3
+// ones with their scales.
 void launch_lt(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const float* x_scale,
-               const float* w_scale, const at::Tensor& b, bool accumulate, bool wide, int algo) {
+               const float* w_scale, const at::Tensor& b, bool accumulate, int algo) {
   const at::Tensor ws = lt_workspace(out);
   check_launch(kernels::gemm_lt(x.data_ptr(), w.data_ptr(), x_scale != nullptr, x_scale, w_scale,
                                 b.defined() ? b.data_ptr() : nullptr, out.data_ptr(), accumulate,
-                                x.size(0), w.size(0), x.size(1), wide, algo, ws.data_ptr(),
+                                x.size(0), w.size(0), x.size(1), algo, ws.data_ptr(),
                                 static_cast<size_t>(ws.numel()), current_stream(out)),
                "gemm_lt");
 }
 
-// The GEMM search of this thread (GemmSearchScope).
-thread_local bool t_wide_gemm_search = true;
-// Problems below this many floating-point operations (2 M N K; ~10 us of bf16 work on an H200)
-// take the heuristic's list even in a wide search: their choice is worth less than its timing.
-constexpr double kWideSearchMinFlop = 1e10;
-
-// One GEMM problem as the choice below keys it; wide: gemm_lt's wide candidate list.
+// One GEMM problem as the choice below keys it.
 struct LtProblem {
   int device;
   int64_t M, N, K;
-  bool fp8, bias, accumulate, wide;
+  bool fp8, bias, accumulate;
   bool operator<(const LtProblem& o) const {
-    return std::tie(device, M, N, K, fp8, bias, accumulate, wide) <
-           std::tie(o.device, o.M, o.N, o.K, o.fp8, o.bias, o.accumulate, o.wide);
+    return std::tie(device, M, N, K, fp8, bias, accumulate) <
+           std::tie(o.device, o.M, o.N, o.K, o.fp8, o.bias, o.accumulate);
   }
 };
 LtProblem lt_problem(const at::Tensor& x, const at::Tensor& w, bool fp8, const at::Tensor& b,
                      bool accumulate) {
-  const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
-  const bool wide = t_wide_gemm_search && 2.0 * M * N * K >= kWideSearchMinFlop;
-  return {x.device().index(), M, N, K, fp8, b.defined(), accumulate, wide};
+  return {x.device().index(), x.size(0), w.size(0), x.size(1), fp8, b.defined(), accumulate};
 }
 constexpr int kAten = -1;  // the product as ATen computes it (aten::mm / addmm / _scaled_mm)
 
@@ -220,80 +212,49 @@ LtChoices& lt_choices() {
 }
 
 // The fastest way to run problem `p` on `dev`: one of gemm_lt's candidates (cuBLASLt's heuristic
-// list, or with p.wide the wide list), or with `aten_too` ATen's own call (kAten). Each is timed
-// once per problem and device, on scratch output (device::gpu_time_ms: captured in a CUDA graph and
-// replayed), the first time the problem comes up outside a graph capture, and the choice is kept
-// for the process (the heuristic's first alone was 18 % slower than the best for the 3B decoder's
-// FP8 gate|up on an H200: docs/gpu.md). A list longer than kGemmLtMaxCandidates is screened first
-// (each candidate timed once, two calls) and its kFinalists fastest timed in rounds (below). A
-// problem first met inside a capture runs untimed: ATen's call where offered, else the heuristic's
-// first. run(way, out) runs one way into out (kAten: ATen's product, its own output discarded).
+// list), or with `aten_too` ATen's own call (kAten). Each is timed once per problem and device, on
+// scratch output (device::gpu_time_ms: captured in a CUDA graph and replayed), the first time the
+// problem comes up outside a graph capture, and the choice is kept for the process (the
+// heuristic's first alone was 18 % slower than the best for the 3B decoder's FP8 gate|up on an
+// H200: docs/gpu.md). A problem first met inside a capture runs untimed: ATen's call where
+// offered, else the heuristic's first. run(way, out) runs one way into out (kAten: ATen's
+// product, its own output discarded).
 int lt_choice(const LtProblem& p, const at::Device& dev, bool aten_too,
               const std::function<void(int, at::Tensor&)>& run) {
-  constexpr int kFinalists = 12;
   LtChoices& c = lt_choices();
   std::lock_guard<std::mutex> lock(c.mu);
   auto it = c.chosen.find(p);
   if (it != c.chosen.end()) return it->second;
   if (device::capturing(dev)) return aten_too ? kAten : 0;
   const char* err = nullptr;
-  const int n = kernels::gemm_lt_candidates(p.fp8, p.bias, p.accumulate, p.M, p.N, p.K, p.wide,
-                                            kLtWorkspace, &err);
+  const int n =
+      kernels::gemm_lt_candidates(p.fp8, p.bias, p.accumulate, p.M, p.N, p.K, kLtWorkspace, &err);
   VLA_CHECK(n > 0 || aten_too, "gpu: cuBLASLt offers no algorithm for a ", p.M, " x ", p.K, " -> ",
             p.N, " product: ", err ? err : "?");
   at::Tensor scratch = at::zeros({p.M, p.N}, at::TensorOptions().dtype(at::kBFloat16).device(dev));
-  // ms per call of `way`, or infinity when it does not run (a candidate that fails is not chosen).
-  auto time_way = [&](int way, int calls, int replays) {
-    try {
-      return device::gpu_time_ms([&]() { run(way, scratch); }, dev, calls, replays);
-    } catch (const std::exception&) {
-      device::clear_error();
-      return std::numeric_limits<double>::infinity();
-    }
-  };
-  std::vector<int> ways;  // the candidates timed in full
-  if (n > kernels::kGemmLtMaxCandidates) {
-    std::vector<std::pair<double, int>> screen;
-    for (int way = 0; way < n; ++way) screen.emplace_back(time_way(way, 2, 1), way);
-    std::sort(screen.begin(), screen.end());
-    for (int i = 0; i < std::min<int>(kFinalists, n); ++i) ways.push_back(screen[i].second);
-    if (std::find(ways.begin(), ways.end(), 0) == ways.end()) ways.push_back(0);
-  } else {
-    for (int way = 0; way < n; ++way) ways.push_back(way);
-  }
-  if (aten_too) ways.insert(ways.begin(), kAten);
-  // A wide list's finalists are timed in rounds, each round through all of them with 10 calls
-  // per replay, and ranked by their median: the GPU stays loaded for the whole comparison (as in a
-  // forward pass, where the GEMMs run at the power limit) and drift spreads over all of them.
-  const int rounds = p.wide ? 3 : 1, calls = p.wide ? 10 : 3, replays = p.wide ? 2 : 3;
-  std::vector<std::vector<double>> times(ways.size());
-  for (int r = 0; r < rounds; ++r)
-    for (size_t i = 0; i < ways.size(); ++i) times[i].push_back(time_way(ways[i], calls, replays));
   int best = n > 0 ? 0 : kAten;
   double best_ms = std::numeric_limits<double>::infinity(), first_ms = 0, aten_ms = 0;
-  for (size_t i = 0; i < ways.size(); ++i) {
-    std::vector<double>& t = times[i];
-    std::sort(t.begin(), t.end());
-    const double ms = t[t.size() / 2];
-    const int way = ways[i];
-    if (way == kAten) aten_ms = ms;
-    if (way == 0) first_ms = ms;
-    if (ms < best_ms) {
-      best_ms = ms;
-      best = way;
+  for (int way = aten_too ? kAten : 0; way < n; ++way) {
+    try {
+      const double ms = device::gpu_time_ms([&]() { run(way, scratch); }, dev, 3, 3);
+      if (way == kAten) aten_ms = ms;
+      if (way == 0) first_ms = ms;
+      if (ms < best_ms) {
+        best_ms = ms;
+        best = way;
+      }
+    } catch (const std::exception&) {
+      device::clear_error();  // a candidate that does not run is not chosen
     }
   }
   c.chosen.emplace(p, best);
   c.report.emplace(
-      p, str_cat(p.M, "x", p.K, "->", p.N, p.fp8 ? " e4m3" : " bf16", p.bias ? " +bias" : "",
-                 p.accumulate ? " +=" : "", ": ",
-                 best == kAten ? std::string("ATen") : str_cat("cuBLASLt #", best, "/", n), " ",
-                 fmt_double(best_ms * 1e3, 1), " us (heuristic's first ",
-                 fmt_double(first_ms * 1e3, 1),
-                 aten_too ? str_cat(", ATen ", fmt_double(aten_ms * 1e3, 1)) : std::string(), " us",
-                 p.wide ? str_cat("; wide search, ", ways.size(), " of ", n, " timed in full")
-                        : std::string(),
-                 ")"));
+      p, str_cat(
+             p.M, "x", p.K, "->", p.N, p.fp8 ? " e4m3" : " bf16", p.bias ? " +bias" : "",
+             p.accumulate ? " +=" : "", ": ",
+             best == kAten ? std::string("ATen") : str_cat("cuBLASLt #", best, "/", n), " ",
+             fmt_double(best_ms * 1e3, 1), " us (heuristic's first ", fmt_double(first_ms * 1e3, 1),
+             aten_too ? str_cat(", ATen ", fmt_double(aten_ms * 1e3, 1)) : std::string(), " us)"));
   return best;
 }
 
@@ -301,27 +262,26 @@ int lt_choice(const LtProblem& p, const at::Device& dev, bool aten_too,
 // fits): bf16 operands, or e4m3 ones with their scales.
 void launch_accumulate(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
                        const float* x_scale, const float* w_scale, const at::Tensor& b) {
-  const LtProblem p = lt_problem(x, w, x_scale != nullptr, b, true);
-  const int algo = lt_choice(p, x.device(), false, [&](int way, at::Tensor& out) {
-    launch_lt(out, x, w, x_scale, w_scale, b, true, p.wide, way);
-  });
-  launch_lt(residual, x, w, x_scale, w_scale, b, true, p.wide, algo);
+  const int algo = lt_choice(
+      lt_problem(x, w, x_scale != nullptr, b, true), x.device(), false,
+      [&](int way, at::Tensor& out) { launch_lt(out, x, w, x_scale, w_scale, b, true, way); });
+  launch_lt(residual, x, w, x_scale, w_scale, b, true, algo);
 }
 // x @ w^T (+ b) into a new bf16 [M, N] tensor by the fastest of `aten` and gemm_lt's candidates
 // (lt_fits holds): bf16 operands, or e4m3 ones with their scales.
 at::Tensor lt_product(const at::Tensor& x, const at::Tensor& w, const float* x_scale,
                       const float* w_scale, const at::Tensor& b,
                       const std::function<at::Tensor()>& aten) {
-  const LtProblem p = lt_problem(x, w, x_scale != nullptr, b, false);
-  const int way = lt_choice(p, x.device(), true, [&](int v, at::Tensor& out) {
-    if (v == kAten)
-      (void)aten();
-    else
-      launch_lt(out, x, w, x_scale, w_scale, b, false, p.wide, v);
-  });
+  const int way = lt_choice(lt_problem(x, w, x_scale != nullptr, b, false), x.device(), true,
+                            [&](int v, at::Tensor& out) {
+                              if (v == kAten)
+                                (void)aten();
+                              else
+                                launch_lt(out, x, w, x_scale, w_scale, b, false, v);
+                            });
   if (way == kAten) return aten();
   at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kBFloat16));
-  launch_lt(out, x, w, x_scale, w_scale, b, false, p.wide, way);
+  launch_lt(out, x, w, x_scale, w_scale, b, false, way);
   return out;
 }
 // Whether gemm_lt can add x @ w^T (+ b) into residual (both operand kinds).
@@ -332,11 +292,6 @@ bool accumulate_fits(const at::Tensor& residual, const at::Tensor& x, const at::
          residual.size(0) == x.size(0) && residual.size(1) == w.size(0);
 }
 }  // namespace
-
-GemmSearchScope::GemmSearchScope(bool wide) : previous_(t_wide_gemm_search) {
-  t_wide_gemm_search = wide;
-}
-GemmSearchScope::~GemmSearchScope() { t_wide_gemm_search = previous_; }
 
 std::string gemm_choices() {
   LtChoices& c = lt_choices();

@@ -45,21 +45,6 @@ inline int64_t mlp_width(int64_t intermediate) { return (intermediate + 63) / 64
 // multiples of 16): the fastest of aten::mm / addmm and cuBLASLt's candidate algorithms for the
 // problem, timed once per problem shape and kept for the process (ops.cpp lt_choice).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
-// Which candidates the GEMM choice above times for problems first met on this thread while the
-// scope lives: wide (the default; kernels.h gemm_lt_candidates: cuBLASLt's heuristic list plus its
-// configurations with other tiles, custom options and cluster shapes, for problems of at least
-// 1e10 floating-point operations) or the heuristic's list alone. The engine sets it from
-// EngineOptions::gemm_search around its forward passes; a problem's choice is kept per setting.
-class GemmSearchScope {
- public:
-  explicit GemmSearchScope(bool wide);
-  ~GemmSearchScope();
-  GemmSearchScope(const GemmSearchScope&) = delete;
-  GemmSearchScope& operator=(const GemmSearchScope&) = delete;
-
- private:
-  bool previous_;
-};
 // One line per GEMM problem timed so far in this process ("M x K -> N, operand type: the way
 // chosen, its time, the heuristic's first and ATen's"), for reports and benchmarks.
 std::string gemm_choices();

@@ -264,10 +264,11 @@ struct VlmOptions {
   // pass then; gpu::Engine::calibrate_fp8), so every FP8 GEMM runs tensor-wise. Needs fp8.
   bool fp8_static = false;
   // with fp8_static: which attention output projections run in FP8 too, one of
-  // fp8_output_projection_choices(): none | vision (the vision tower's proj) | decoder (the
-  // decoder's o_proj) | all (gpu::EngineOptions::fp8_output_projections; faster, and with both
-  // the shipped policy succeeds less often: docs/gpu.md).
-  std::string fp8_output_projections = "none";
+  // fp8_output_projection_choices(): none | vision (the vision tower's proj; the default, as
+  // gpu::EngineOptions::fp8_output_projections) | decoder (the decoder's o_proj) | all (faster;
+  // with the decoder's the shipped policy succeeds less often: docs/gpu.md). A choice other than
+  // the default or none needs fp8_static.
+  std::string fp8_output_projections = "vision";
   void validate() const;  // throws vla::Error naming the bad field
 };
 // The backends --vlm-backend accepts.

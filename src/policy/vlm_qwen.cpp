@@ -330,7 +330,8 @@ void VlmOptions::validate() const {
   VLA_CHECK(std::find(p.begin(), p.end(), fp8_output_projections) != p.end(),
             "unknown FP8 output projections '", fp8_output_projections,
             "' (expected none | vision | decoder | all)");
-  VLA_CHECK(fp8_output_projections == "none" || fp8_static,
+  VLA_CHECK(fp8_static || fp8_output_projections == "none" ||
+                fp8_output_projections == VlmOptions{}.fp8_output_projections,
             "FP8 output projections need fp8 static scales (--fp8 --fp8-static --fp8-out-proj ",
             fp8_output_projections, ")");
 }

@@ -271,11 +271,13 @@ TEST(FastVlm, MatchesTheReferenceEncoderOnTheShippedVlm) {
   VlmOptions no_static;  // FP8 output projections are an option of static scales
   no_static.backend = "fast";
   no_static.fp8 = true;
-  no_static.fp8_output_projections = "all";
-  EXPECT_THROW(no_static.validate(), Error);
+  EXPECT_NO_THROW(no_static.validate());  // the default choice applies once static, if ever
+  for (const char* which : {"all", "decoder"}) {
+    no_static.fp8_output_projections = which;
+    EXPECT_THROW(no_static.validate(), Error) << which;
+  }
   no_static.fp8_static = true;
-  EXPECT_NO_THROW(no_static.validate());
-  for (const char* which : {"vision", "decoder", "none"}) {
+  for (const char* which : {"vision", "decoder", "none", "all"}) {
     no_static.fp8_output_projections = which;
     EXPECT_NO_THROW(no_static.validate()) << which;
   }

@@ -1,20 +1,16 @@
 // kernels.h gemm_lt: out (+)= a w^T (+ bias) as one cuBLASLt matmul, bf16 or tensor-wise e4m3
-// operands, with the algorithm chosen by the caller among cuBLASLt's heuristic candidates (and, in
-// the wide list, their configurations with other tiles, custom options and cluster shapes).
-// cuBLASLt is the library here (aten::mm and aten::_scaled_mm run its heuristic's first algorithm,
-// and _scaled_mm has no C operand for the residual add). Per device one handle and per problem the
-// candidate list, made on first use (the engine's eager warm-up, before any CUDA graph capture);
-// the workspace comes from the caller (ops.cpp: torch's caching allocator, which keeps it
+// operands, with the algorithm chosen by the caller among cuBLASLt's heuristic candidates. cuBLASLt
+// is the library here (aten::mm and aten::_scaled_mm run its heuristic's first algorithm, and
+// _scaled_mm has no C operand for the residual add). Per device one handle and per problem the
+// heuristic's candidate list, made on first use (the engine's eager warm-up, before any CUDA graph
+// capture); the workspace comes from the caller (ops.cpp: torch's caching allocator, which keeps it
 // stream-ordered and capture-safe).
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
-#include <array>
 #include <cstdint>
 #include <map>
 #include <mutex>
-#include <set>
 #include <tuple>
 #include <vector>
 
@@ -67,45 +63,11 @@ const char* describe(Descriptors& d, bool fp8, bool bias, int64_t M, int64_t N, 
   return lt_error(cublasLtMatrixLayoutCreate(&d.c, CUDA_R_16BF, N, M, N));
 }
 
-// The configuration of an algorithm as cublasLtMatmulAlgoConfigGetAttribute reads it: id, tile,
-// stages, split-K, reduction scheme, CTA swizzling, custom option, cluster shape.
-using Config = std::array<uint32_t, 8>;
-Config config_of(const cublasLtMatmulAlgo_t& a) {
-  Config c{};
-  const cublasLtMatmulAlgoConfigAttributes_t attrs[] = {CUBLASLT_ALGO_CONFIG_ID,
-                                                        CUBLASLT_ALGO_CONFIG_TILE_ID,
-                                                        CUBLASLT_ALGO_CONFIG_STAGES_ID,
-                                                        CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
-                                                        CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-                                                        CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING,
-                                                        CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION,
-                                                        CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID};
-  for (size_t i = 0; i < c.size(); ++i) {
-    size_t written = 0;
-    cublasLtMatmulAlgoConfigGetAttribute(&a, attrs[i], &c[i], sizeof(c[i]), &written);
-  }
-  return c;
-}
-
-// The wide list's alternatives: tile shapes of the Hopper kernels cuBLASLt itself picks among for
-// large problems (rows x columns of its column-major output: ours transposed), cluster shapes of 1,
-// 2 (either way) and 4 CTAs, and the custom options (up to the algorithm's maximum). The set that
-// found every faster configuration of the 3B model's 5-view GEMMs in an exhaustive search over all
-// tile ids (docs/benchmarks.md, "eleventh run").
-constexpr uint32_t kWideTiles[] = {CUBLASLT_MATMUL_TILE_64x256,  CUBLASLT_MATMUL_TILE_128x128,
-                                   CUBLASLT_MATMUL_TILE_128x256, CUBLASLT_MATMUL_TILE_256x128,
-                                   CUBLASLT_MATMUL_TILE_96x128,  CUBLASLT_MATMUL_TILE_128x160,
-                                   CUBLASLT_MATMUL_TILE_160x128, CUBLASLT_MATMUL_TILE_192x128,
-                                   CUBLASLT_MATMUL_TILE_128x192, CUBLASLT_MATMUL_TILE_128x96};
-constexpr uint16_t kWideClusters[] = {CUBLASLT_CLUSTER_SHAPE_1x1x1, CUBLASLT_CLUSTER_SHAPE_2x1x1,
-                                      CUBLASLT_CLUSTER_SHAPE_1x2x1, CUBLASLT_CLUSTER_SHAPE_2x2x1};
-constexpr uint32_t kWideCustomOptions = 8;
-
 struct State {
   std::mutex mu;
   std::map<int, cublasLtHandle_t> handles;
-  // The candidates per (device, M, N, K, fp8, bias, accumulate, wide, workspace bytes).
-  using Key = std::tuple<int, int64_t, int64_t, int64_t, bool, bool, bool, bool, size_t>;
+  // The heuristic's candidates per (device, M, N, K, fp8, bias, accumulate, workspace bytes).
+  using Key = std::tuple<int, int64_t, int64_t, int64_t, bool, bool, bool, size_t>;
   std::map<Key, std::vector<cublasLtMatmulAlgo_t>> algos;
 };
 State& state() {
@@ -117,7 +79,7 @@ State& state() {
 // with the state's lock held.
 const std::vector<cublasLtMatmulAlgo_t>* candidates(cublasLtHandle_t& handle, bool fp8, bool bias,
                                                     bool accumulate, int64_t M, int64_t N,
-                                                    int64_t K, bool wide, size_t workspace_bytes,
+                                                    int64_t K, size_t workspace_bytes,
                                                     const char** error) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
@@ -130,7 +92,7 @@ const std::vector<cublasLtMatmulAlgo_t>* candidates(cublasLtHandle_t& handle, bo
     if ((*error = lt_error(cublasLtCreate(&handle)))) return nullptr;
     s.handles[dev] = handle;
   }
-  const State::Key key{dev, M, N, K, fp8, bias, accumulate, wide, workspace_bytes};
+  const State::Key key{dev, M, N, K, fp8, bias, accumulate, workspace_bytes};
   auto it = s.algos.find(key);
   if (it != s.algos.end()) return &it->second;
   Descriptors d;
@@ -152,59 +114,25 @@ const std::vector<cublasLtMatmulAlgo_t>* candidates(cublasLtHandle_t& handle, bo
   std::vector<cublasLtMatmulAlgo_t> list;
   for (int i = 0; i < found; ++i)
     if (results[i].state == CUBLAS_STATUS_SUCCESS) list.push_back(results[i].algo);
-  if (wide) {
-    std::set<Config> seen;
-    for (const auto& a : list) seen.insert(config_of(a));
-    const size_t seeds = list.size();
-    for (size_t i = 0; i < seeds; ++i) {
-      int32_t custom_max = 0;
-      size_t written = 0;
-      cublasLtMatmulAlgoCapGetAttribute(&list[i], CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &custom_max,
-                                        sizeof(custom_max), &written);
-      const uint32_t customs = std::min<uint32_t>(
-          kWideCustomOptions, static_cast<uint32_t>(std::max(custom_max, 0)) + 1);
-      for (uint32_t tile : kWideTiles)
-        for (uint32_t custom = 0; custom < customs; ++custom)
-          for (uint16_t cluster : kWideClusters) {
-            cublasLtMatmulAlgo_t c = list[i];
-            if (cublasLtMatmulAlgoConfigSetAttribute(&c, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile,
-                                                     sizeof(tile)) != CUBLAS_STATUS_SUCCESS ||
-                cublasLtMatmulAlgoConfigSetAttribute(&c, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION,
-                                                     &custom,
-                                                     sizeof(custom)) != CUBLAS_STATUS_SUCCESS ||
-                cublasLtMatmulAlgoConfigSetAttribute(&c, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
-                                                     &cluster,
-                                                     sizeof(cluster)) != CUBLAS_STATUS_SUCCESS)
-              continue;
-            if (!seen.insert(config_of(c)).second) continue;
-            cublasLtMatmulHeuristicResult_t check{};
-            if (cublasLtMatmulAlgoCheck(handle, d.op, d.a, d.b, d.c, d.c, &c, &check) ==
-                    CUBLAS_STATUS_SUCCESS &&
-                check.workspaceSize <= workspace_bytes)
-              list.push_back(c);
-          }
-    }
-  }
   return &s.algos.emplace(key, std::move(list)).first->second;
 }
 
 }  // namespace
 
 int gemm_lt_candidates(bool fp8, bool bias, bool accumulate, int64_t M, int64_t N, int64_t K,
-                       bool wide, size_t workspace_bytes, const char** error) {
+                       size_t workspace_bytes, const char** error) {
   const char* err = nullptr;
   std::lock_guard<std::mutex> lock(state().mu);
   cublasLtHandle_t handle = nullptr;
-  const auto* list =
-      candidates(handle, fp8, bias, accumulate, M, N, K, wide, workspace_bytes, &err);
+  const auto* list = candidates(handle, fp8, bias, accumulate, M, N, K, workspace_bytes, &err);
   if (error) *error = err;
   return list ? static_cast<int>(list->size()) : 0;
 }
 
 const char* gemm_lt(const void* a, const void* w, bool fp8, const float* a_scale,
                     const float* w_scale, const void* bias, void* out, bool accumulate, int64_t M,
-                    int64_t N, int64_t K, bool wide, int algo, void* workspace,
-                    size_t workspace_bytes, void* stream) {
+                    int64_t N, int64_t K, int algo, void* workspace, size_t workspace_bytes,
+                    void* stream) {
   if (M < 1 || N < 1 || K < 1) return "gemm_lt: empty shape";
   if (K % 16 != 0 || N % 16 != 0) return "gemm_lt: K and N must be multiples of 16";
   if (fp8 && (a_scale == nullptr || w_scale == nullptr))
@@ -220,7 +148,7 @@ const char* gemm_lt(const void* a, const void* w, bool fp8, const float* a_scale
   cublasLtHandle_t handle = nullptr;
   const char* err = nullptr;
   const auto* list =
-      candidates(handle, fp8, bias != nullptr, accumulate, M, N, K, wide, workspace_bytes, &err);
+      candidates(handle, fp8, bias != nullptr, accumulate, M, N, K, workspace_bytes, &err);
   if (list == nullptr) return err;
   if (algo < 0 || algo >= static_cast<int>(list->size()))
     return "gemm_lt: algorithm index outside the problem's candidates (gemm_lt_candidates)";
