@@ -200,11 +200,15 @@ LtProblem lt_problem(const at::Tensor& x, const at::Tensor& w, bool fp8, const a
 }
 constexpr int kAten = -1;  // the product as ATen computes it (aten::mm / addmm / _scaled_mm)
 
-// The ways chosen so far, per problem, and the times behind each choice.
+// The way chosen for a problem, and the report line of the times behind it.
+struct LtChoice {
+  int way;
+  std::string line;
+};
+// The choices so far, per problem.
 struct LtChoices {
   std::mutex mu;
-  std::map<LtProblem, int> chosen;
-  std::map<LtProblem, std::string> report;
+  std::map<LtProblem, LtChoice> chosen;
 };
 LtChoices& lt_choices() {
   static LtChoices c;
@@ -224,7 +228,7 @@ int lt_choice(const LtProblem& p, const at::Device& dev, bool aten_too,
   LtChoices& c = lt_choices();
   std::lock_guard<std::mutex> lock(c.mu);
   auto it = c.chosen.find(p);
-  if (it != c.chosen.end()) return it->second;
+  if (it != c.chosen.end()) return it->second.way;
   if (device::capturing(dev)) return aten_too ? kAten : 0;
   const char* err = nullptr;
   const int n =
@@ -247,14 +251,16 @@ int lt_choice(const LtProblem& p, const at::Device& dev, bool aten_too,
       device::clear_error();  // a candidate that does not run is not chosen
     }
   }
-  c.chosen.emplace(p, best);
-  c.report.emplace(
-      p, str_cat(
-             p.M, "x", p.K, "->", p.N, p.fp8 ? " e4m3" : " bf16", p.bias ? " +bias" : "",
-             p.accumulate ? " +=" : "", ": ",
-             best == kAten ? std::string("ATen") : str_cat("cuBLASLt #", best, "/", n), " ",
-             fmt_double(best_ms * 1e3, 1), " us (heuristic's first ", fmt_double(first_ms * 1e3, 1),
-             aten_too ? str_cat(", ATen ", fmt_double(aten_ms * 1e3, 1)) : std::string(), " us)"));
+  c.chosen.emplace(
+      p,
+      LtChoice{best,
+               str_cat(p.M, "x", p.K, "->", p.N, p.fp8 ? " e4m3" : " bf16", p.bias ? " +bias" : "",
+                       p.accumulate ? " +=" : "", ": ",
+                       best == kAten ? std::string("ATen") : str_cat("cuBLASLt #", best, "/", n),
+                       " ", fmt_double(best_ms * 1e3, 1), " us (heuristic's first ",
+                       fmt_double(first_ms * 1e3, 1),
+                       aten_too ? str_cat(", ATen ", fmt_double(aten_ms * 1e3, 1)) : std::string(),
+                       " us)")});
   return best;
 }
 
@@ -297,7 +303,7 @@ std::string gemm_choices() {
   LtChoices& c = lt_choices();
   std::lock_guard<std::mutex> lock(c.mu);
   std::string out;
-  for (const auto& [p, line] : c.report) out += line + "\n";
+  for (const auto& [p, choice] : c.chosen) out += choice.line + "\n";
   return out;
 }
 
