@@ -94,15 +94,19 @@ inline void add_vlm_options(CLI::App* c, vla::policy::VlmOptions* o) {
               "with --vlm-backend fast on a GPU of compute capability >= 8.9: FP8 (e4m3) GEMMs\n"
               "for the qkv / gate|up / down projections (faster; moves the shipped VLM's\n"
               "features by ~9 %; docs/gpu.md). Off by default");
-  c->add_flag("--fp8-static", o->fp8_static,
-              "with --fp8: one static scale per activation, calibrated on the first frames the\n"
-              "VLM encodes (faster tensor-wise GEMMs; docs/gpu.md)");
+  CLI::Option* fp8_static = c->add_flag(
+      "--fp8-static", o->fp8_static,
+      "with --fp8: one static scale per activation, calibrated on the first frames the\n"
+      "VLM encodes (faster tensor-wise GEMMs; docs/gpu.md)");
+  // Given explicitly, the choice needs static scales (VlmOptions::validate cannot tell an explicit
+  // `vision` from the default).
   c->add_option("--fp8-out-proj", o->fp8_output_projections,
                 "with --fp8-static: which attention output projections run in FP8 too: none,\n"
                 "vision (the vision tower's: 0.5 ms faster at 5 views on an H200, no measurable\n"
                 "loss of task success), decoder (the LLM's: the shipped policy then succeeds\n"
                 "less often) or all (docs/gpu.md)")
       ->check(CLI::IsMember(vla::policy::fp8_output_projection_choices()))
+      ->needs(fp8_static)
       ->capture_default_str();
 }
 
