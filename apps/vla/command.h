@@ -105,7 +105,7 @@ inline void add_vlm_options(CLI::App* c, vla::policy::VlmOptions* o) {
                 "vision (the vision tower's: 0.5 ms faster at 5 views on an H200, no measurable\n"
                 "loss of task success), decoder (the LLM's: the shipped policy then succeeds\n"
                 "less often) or all (docs/gpu.md)")
-      ->check(CLI::IsMember(vla::policy::fp8_output_projection_choices()))
+      ->check(CLI::IsMember(vla::gpu::fp8_output_projection_names()))
       ->needs(fp8_static)
       ->capture_default_str();
 }

@@ -21,6 +21,23 @@ bool fp8_available(const at::Device& device) { return ops::fp8_supported(device)
 bool cuda_available() { return device::available(); }
 std::string device_name(const at::Device& device) { return device::name(device); }
 
+const std::vector<std::string>& fp8_output_projection_names() {
+  static const std::vector<std::string> names = {"none", "vision", "decoder", "all"};
+  return names;
+}
+std::string to_string(EngineOptions::Fp8OutputProjections which) {
+  return fp8_output_projection_names().at(static_cast<size_t>(which));
+}
+EngineOptions::Fp8OutputProjections parse_fp8_output_projections(const std::string& name) {
+  const auto& names = fp8_output_projection_names();
+  const auto it = std::find(names.begin(), names.end(), name);
+  std::string choices;
+  for (const std::string& n : names) choices += (choices.empty() ? "" : " | ") + n;
+  VLA_CHECK(it != names.end(), "unknown FP8 output projections '", name, "' (expected ", choices,
+            ")");
+  return static_cast<EngineOptions::Fp8OutputProjections>(it - names.begin());
+}
+
 EngineOptions EngineOptions::best_available() {
   EngineOptions o;
   if (cuda_available()) {

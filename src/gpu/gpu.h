@@ -103,6 +103,13 @@ struct EngineOptions {
   static EngineOptions best_available();
 };
 
+// The names of EngineOptions::Fp8OutputProjections, in the enum's order: none, vision, decoder,
+// all (what --fp8-out-proj and policy::VlmOptions::fp8_output_projections take).
+const std::vector<std::string>& fp8_output_projection_names();
+std::string to_string(EngineOptions::Fp8OutputProjections which);
+// The choice named `name`; throws vla::Error naming the choices for any other name.
+EngineOptions::Fp8OutputProjections parse_fp8_output_projections(const std::string& name);
+
 enum class ViewLayout {
   kOneSequence,  // all views in one prompt: <vision_start><image_pad>*n<vision_end> per view
   kBatch,        // one sequence per view (same prompt), run as a packed batch

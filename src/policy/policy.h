@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/core.h"
+#include "gpu/gpu.h"
 
 namespace vla::policy {
 
@@ -264,17 +265,15 @@ struct VlmOptions {
   // pass then; gpu::Engine::calibrate_fp8), so every FP8 GEMM runs tensor-wise. Needs fp8.
   bool fp8_static = false;
   // with fp8_static: which attention output projections run in FP8 too, one of
-  // fp8_output_projection_choices(): none | vision (the vision tower's proj; the default, as
-  // gpu::EngineOptions::fp8_output_projections) | decoder (the decoder's o_proj) | all (faster;
-  // with the decoder's the shipped policy succeeds less often: docs/gpu.md). A choice other than
-  // the default or none needs fp8_static.
-  std::string fp8_output_projections = "vision";
+  // gpu::fp8_output_projection_names(): none | vision (the vision tower's proj) | decoder (the
+  // decoder's o_proj) | all (faster; with the decoder's the shipped policy succeeds less often:
+  // docs/gpu.md). The default is gpu::EngineOptions'. A choice other than the default or none
+  // needs fp8_static.
+  std::string fp8_output_projections = gpu::to_string(gpu::EngineOptions{}.fp8_output_projections);
   void validate() const;  // throws vla::Error naming the bad field
 };
 // The backends --vlm-backend accepts.
 const std::vector<std::string>& vlm_backends();
-// The values VlmOptions::fp8_output_projections (--fp8-out-proj) accepts.
-const std::vector<std::string>& fp8_output_projection_choices();
 
 // Loads `dir` (a Qwen2.5-VL checkpoint folder; a folder with only config.json gives random
 // weights, seeded by the caller) as `options` say. Only the views listed in cfg.use_views are

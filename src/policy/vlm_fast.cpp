@@ -161,12 +161,7 @@ std::shared_ptr<VlmEncoder> load_fast_vlm(const std::string& dir, const PolicyCo
   eo.device = parse_device(options.device);
   eo.dtype = eo.device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
   eo.fp8 = options.fp8;
-  using OutProj = gpu::EngineOptions::Fp8OutputProjections;
-  const std::string& out_proj = options.fp8_output_projections;
-  eo.fp8_output_projections = out_proj == "all"       ? OutProj::kAll
-                              : out_proj == "vision"  ? OutProj::kVision
-                              : out_proj == "decoder" ? OutProj::kDecoder
-                                                      : OutProj::kNone;
+  eo.fp8_output_projections = gpu::parse_fp8_output_projections(options.fp8_output_projections);
   const Qwen25VLConfig config = Qwen25VLConfig::load(dir);
   check_vlm_layers(cfg, config, dir);
   const ImagePreprocessConfig image = ImagePreprocessConfig::from_folder(dir);

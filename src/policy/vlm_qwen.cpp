@@ -314,11 +314,6 @@ const std::vector<std::string>& vlm_backends() {
   return names;
 }
 
-const std::vector<std::string>& fp8_output_projection_choices() {
-  static const std::vector<std::string> names = {"none", "vision", "decoder", "all"};
-  return names;
-}
-
 void VlmOptions::validate() const {
   (void)parse_device(device);
   const auto& b = vlm_backends();
@@ -326,10 +321,7 @@ void VlmOptions::validate() const {
             "' (expected reference | fast)");
   VLA_CHECK(!fp8 || backend == "fast", "fp8 needs the fast VLM backend (--vlm-backend fast)");
   VLA_CHECK(!fp8_static || fp8, "fp8 static scales need fp8 (--fp8 --fp8-static)");
-  const auto& p = fp8_output_projection_choices();
-  VLA_CHECK(std::find(p.begin(), p.end(), fp8_output_projections) != p.end(),
-            "unknown FP8 output projections '", fp8_output_projections,
-            "' (expected none | vision | decoder | all)");
+  (void)gpu::parse_fp8_output_projections(fp8_output_projections);
   VLA_CHECK(fp8_static || fp8_output_projections == "none" ||
                 fp8_output_projections == VlmOptions{}.fp8_output_projections,
             "FP8 output projections need fp8 static scales (--fp8 --fp8-static --fp8-out-proj ",
