@@ -372,7 +372,6 @@ int main(int argc, char** argv) {
       EngineOptions::Fp8OutputProjections out_proj = EngineOptions{}.fp8_output_projections;
       bool residual_in_gemm = true;  // EngineOptions::residual_in_gemm
       bool zero_frames = false;      // time on all-zero frames (fill_frames)
-      EngineOptions::GemmChoice gemm_choice = EngineOptions{}.gemm_choice;
     };
     std::map<std::string, at::Tensor> bf16_features, fp32_features;
     // Times `cases` on `e` into out[section]; with `reference` the features are compared.
@@ -389,7 +388,6 @@ int main(int argc, char** argv) {
         nlohmann::json rec;
         e.set_cuda_graphs(c.graphs);
         e.set_residual_in_gemm(c.residual_in_gemm);
-        e.set_gemm_choice(c.gemm_choice);
         if (e.options().fp8) {
           e.set_fp8_fast_accum(c.fast_accum);
           e.set_fp8_min_rows(c.min_rows);
@@ -489,8 +487,6 @@ int main(int argc, char** argv) {
       change(base);
       return base;
     };
-    // GEMM ways chosen by timing each product alone at first use (EngineOptions::gemm_choice)
-    auto first_use_gemm = [](Case& c) { c.gemm_choice = EngineOptions::GemmChoice::kFirstUse; };
     const Case one_view{"1view", 1, ViewLayout::kOneSequence, true, false, 0};
     const Case five_views{"5view", 5, ViewLayout::kOneSequence, true, false, 0};
     // (the comparisons first: the last case of a shape keeps its features)
@@ -499,7 +495,6 @@ int main(int argc, char** argv) {
         variant(five_views, "5view_residual_add_kernel",
                 [](Case& c) { c.residual_in_gemm = false; }),
         five_views,
-        variant(five_views, "5view_first_use_gemm", first_use_gemm),
         variant(five_views, "5view_batched", [](Case& c) { c.layout = ViewLayout::kBatch; }),
         variant(five_views, "5view_zero_frames", [](Case& c) { c.zero_frames = true; })};
     if (eager) cases.push_back({"5view_eager", 5, ViewLayout::kOneSequence, false, false, 0});
@@ -579,7 +574,6 @@ int main(int argc, char** argv) {
             variant(five8, "5view_exact_accum", [](Case& c) { c.fast_accum = false; }),
             calibrated(one8, "1view_static", product),
             five_static,
-            variant(five_static, "5view_static_first_use_gemm", first_use_gemm),
             calibrated(one8, "1view_static_out_proj", OutProj::kAll),
             calibrated(five8, "5view_static_out_proj", OutProj::kAll),
             calibrated(one8, "1view_static_out_proj_none", OutProj::kNone),

@@ -1,6 +1,4 @@
 // The fast-path engine: weights, layouts (window order, M-RoPE), stages, plans and CUDA graphs.
-#include <ATen/CPUGeneratorImpl.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -17,14 +15,6 @@
 #include "models/models.h"
 
 namespace vla::gpu {
-
-namespace {
-// EngineOptions::GemmChoice::kInPass: eager forward passes that time the GEMM ways at prepare
-// (each problem of a vision block or decoder layer comes up once per layer and pass, so its ~9
-// ways get ~20 timed calls each), and the seed of their random frames.
-constexpr int kGemmTuningPasses = 6;
-constexpr uint64_t kGemmTuningSeed = 0x9e3779b9;
-}  // namespace
 
 bool kernels_compiled() { return device::compiled(); }
 bool fp8_available(const at::Device& device) { return ops::fp8_supported(device); }
@@ -627,7 +617,6 @@ struct EngineImpl {
     const int H = v.num_heads, D = v.head_dim();
     const int64_t N = patches.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-    const ops::UsePassChoices gemm_choice(o.gemm_choice == EngineOptions::GemmChoice::kInPass);
     mark("v.patch_embed");
     at::Tensor h = ops::linear(patches, patch_w);  // residual stream
     mark("v.norm");
@@ -697,7 +686,6 @@ struct EngineImpl {
     const int H = t.num_attention_heads, Hk = t.num_key_value_heads, D = t.head_dim();
     const int64_t T = h.size(0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-    const ops::UsePassChoices gemm_choice(o.gemm_choice == EngineOptions::GemmChoice::kInPass);
     mark("t.norm");
     const bool q8 = o.fp8 && T >= o.fp8_min_rows;
     Act n = norm(h, tl[0].in_n, t.rms_norm_eps, q8, tsite(0, 0));
@@ -969,7 +957,6 @@ const ImagePreprocessConfig& Engine::image_config() const { return impl_->pc; }
 const EngineOptions& Engine::options() const { return impl_->o; }
 void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
 void Engine::set_residual_in_gemm(bool on) { impl_->o.residual_in_gemm = on; }
-void Engine::set_gemm_choice(EngineOptions::GemmChoice choice) { impl_->o.gemm_choice = choice; }
 void Engine::set_fp8_fast_accum(bool on) { impl_->o.fp8_fast_accum = on; }
 void Engine::set_fp8_output_projections(EngineOptions::Fp8OutputProjections which) {
   impl_->o.fp8_output_projections = which;
@@ -1468,21 +1455,6 @@ void Engine::prepare(const PlanSpec& spec) {
     stage_pre();
     stage_vis();
     stage_llm();
-  }
-  if (E.o.gemm_choice == EngineOptions::GemmChoice::kInPass) {
-    // The GEMM ways timed in forward passes (ops::GemmPassTuning), on random frames: on all-zero
-    // ones (the buffers' content now) the GEMMs run below the power limit, ~10 % faster.
-    p.dev_frames.copy_(at::randint(0, 256, p.dev_frames.sizes(),
-                                   at::detail::createCPUGenerator(kGemmTuningSeed),
-                                   at::TensorOptions().dtype(at::kByte)));
-    ops::GemmPassTuning tuning(dev, kGemmTuningPasses);
-    for (int i = 0; i < kGemmTuningPasses; ++i) {
-      stage_pre();
-      stage_vis();
-      stage_llm();
-      if (tuning.timed_calls() == 0) break;  // every problem of the plan has its in-pass choice
-    }
-    tuning.finish();
   }
   p.stream->synchronize();
   if (E.o.cuda_graphs) {

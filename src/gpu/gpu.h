@@ -83,12 +83,6 @@ struct EngineOptions {
   // linear_accumulate_), so the next norm reads one tensor instead of adding two. Off: the
   // product is written and the fused add + RMSNorm kernel adds it (for comparison; CUDA only).
   bool residual_in_gemm = true;
-  // How each GEMM problem picks its way among cuBLASLt's candidates and ATen's call (ops.h):
-  // kInPass (CUDA) times the ways inside eager forward passes of each prepared plan on random
-  // frames (kGemmTuningPasses at prepare, the first time a problem comes up) and uses the fastest
-  // there; kFirstUse keeps the choice timed with each product alone at first use (for comparison).
-  enum class GemmChoice { kInPass, kFirstUse };
-  GemmChoice gemm_choice = GemmChoice::kInPass;
   // Attention of the decoder's prefill: kTuned (CUDA) times flash-varlen, sdpa, cudnn, the causal
   // kernel (kernels/causal_attention.cu) and each compiled variant of its Triton twin
   // (kernels/causal_attention.py, head dim 128) on each plan's shapes and keeps the fastest that
@@ -182,8 +176,6 @@ class Engine {
   void set_cuda_graphs(bool on);
   // EngineOptions::residual_in_gemm for later prepare() / forward calls.
   void set_residual_in_gemm(bool on);
-  // EngineOptions::gemm_choice for later prepare() / forward calls.
-  void set_gemm_choice(EngineOptions::GemmChoice choice);
   // FP8 settings for later prepare() / forward calls (fp8 engines only).
   void set_fp8_fast_accum(bool on);
   // EngineOptions::fp8_output_projections; takes effect at the next calibrate_fp8.

@@ -198,23 +198,12 @@ LtProblem lt_problem(const at::Tensor& x, const at::Tensor& w, bool fp8, const a
                      bool accumulate) {
   return {x.device().index(), x.size(0), w.size(0), x.size(1), fp8, b.defined(), accumulate};
 }
-constexpr int kAten = -1;   // the product as ATen computes it (aten::mm / addmm / _scaled_mm)
-constexpr int kNoWay = -2;  // no choice made (yet)
-// An in-pass choice needs at least this many timed calls of each way of its problem.
-constexpr int kPassSamplesPerWay = 3;
-
-std::string way_name(int way, int candidates) {
-  return way == kAten ? std::string("ATen") : str_cat("cuBLASLt #", way, "/", candidates);
-}
+constexpr int kAten = -1;  // the product as ATen computes it (aten::mm / addmm / _scaled_mm)
 
 // The way chosen for a problem, and the report line of the times behind it.
 struct LtChoice {
-  int way = kNoWay;  // chosen at first use, timing each way alone
+  int way;
   std::string line;
-  int candidates = 0;     // cuBLASLt's candidates for the problem
-  std::vector<int> ways;  // the ways that ran at first use, in the order GemmPassTuning cycles
-  int pass_way = kNoWay;  // chosen by GemmPassTuning, timing each way inside forward passes
-  std::string pass_line;
 };
 // The choices so far, per problem.
 struct LtChoices {
@@ -225,58 +214,22 @@ LtChoices& lt_choices() {
   static LtChoices c;
   return c;
 }
-// Whether products on this thread use the in-pass choices (UsePassChoices).
-thread_local bool t_use_pass_choices = false;
 
-}  // namespace
-
-// One timed call of a problem's way during GemmPassTuning.
-struct GemmPassTuning::Impl {
-  struct Sample {
-    LtProblem problem;
-    int way;
-    std::unique_ptr<device::Event> start, end;
-  };
-  at::Device device;
-  int passes;
-  std::map<LtProblem, int> calls;  // calls so far per problem being tuned (the next way's index)
-  std::vector<Sample> samples;
-};
-
-namespace {
-// The tuning in progress on this thread (GemmPassTuning), or null.
-thread_local GemmPassTuning::Impl* t_tuning = nullptr;
-
-// A problem's way for one call, and whether that call is to be timed (GemmPassTuning).
-struct LtWay {
-  int way;
-  bool timed;
-};
-
-// The way to run problem `p` on `dev`: one of gemm_lt's candidates (cuBLASLt's heuristic list),
-// or with `aten_too` ATen's own call (kAten). At first use (outside a graph capture) each way is
-// timed alone on scratch output (device::gpu_time_ms: captured in a CUDA graph and replayed) and
-// the fastest kept for the process (the heuristic's first alone was 18 % slower than the best for
-// the 3B decoder's FP8 gate|up on an H200: docs/gpu.md). A problem first met inside a capture runs
-// untimed: ATen's call where offered, else the heuristic's first. While a GemmPassTuning is alive
-// on this thread, a problem without an in-pass choice runs its ways in turn (timed); under
-// UsePassChoices the in-pass choice, where made, replaces the first-use one. run(way, out) runs
-// one way into out (kAten: ATen's product, its own output discarded).
-LtWay lt_choice(const LtProblem& p, const at::Device& dev, bool aten_too,
-                const std::function<void(int, at::Tensor&)>& run) {
+// The fastest way to run problem `p` on `dev`: one of gemm_lt's candidates (cuBLASLt's heuristic
+// list), or with `aten_too` ATen's own call (kAten). Each is timed once per problem and device, on
+// scratch output (device::gpu_time_ms: captured in a CUDA graph and replayed), the first time the
+// problem comes up outside a graph capture, and the choice is kept for the process (the
+// heuristic's first alone was 18 % slower than the best for the 3B decoder's FP8 gate|up on an
+// H200: docs/gpu.md). A problem first met inside a capture runs untimed: ATen's call where
+// offered, else the heuristic's first. run(way, out) runs one way into out (kAten: ATen's
+// product, its own output discarded).
+int lt_choice(const LtProblem& p, const at::Device& dev, bool aten_too,
+              const std::function<void(int, at::Tensor&)>& run) {
   LtChoices& c = lt_choices();
   std::lock_guard<std::mutex> lock(c.mu);
   auto it = c.chosen.find(p);
-  if (it != c.chosen.end()) {
-    const LtChoice& ch = it->second;
-    GemmPassTuning::Impl* t = t_tuning;
-    if (t != nullptr && ch.pass_way == kNoWay && !device::capturing(dev)) {
-      const int call = t->calls[p]++;
-      return {ch.ways[static_cast<size_t>(call) % ch.ways.size()], true};
-    }
-    return {t_use_pass_choices && ch.pass_way != kNoWay ? ch.pass_way : ch.way, false};
-  }
-  if (device::capturing(dev)) return {aten_too ? kAten : 0, false};
+  if (it != c.chosen.end()) return it->second.way;
+  if (device::capturing(dev)) return aten_too ? kAten : 0;
   const char* err = nullptr;
   const int n =
       kernels::gemm_lt_candidates(p.fp8, p.bias, p.accumulate, p.M, p.N, p.K, kLtWorkspace, &err);
@@ -285,11 +238,9 @@ LtWay lt_choice(const LtProblem& p, const at::Device& dev, bool aten_too,
   at::Tensor scratch = at::zeros({p.M, p.N}, at::TensorOptions().dtype(at::kBFloat16).device(dev));
   int best = n > 0 ? 0 : kAten;
   double best_ms = std::numeric_limits<double>::infinity(), first_ms = 0, aten_ms = 0;
-  std::vector<int> ran;
   for (int way = aten_too ? kAten : 0; way < n; ++way) {
     try {
       const double ms = device::gpu_time_ms([&]() { run(way, scratch); }, dev, 3, 3);
-      ran.push_back(way);
       if (way == kAten) aten_ms = ms;
       if (way == 0) first_ms = ms;
       if (ms < best_ms) {
@@ -300,68 +251,43 @@ LtWay lt_choice(const LtProblem& p, const at::Device& dev, bool aten_too,
       device::clear_error();  // a candidate that does not run is not chosen
     }
   }
-  LtChoice ch;
-  ch.way = best;
-  ch.line =
-      str_cat(p.M, "x", p.K, "->", p.N, p.fp8 ? " e4m3" : " bf16", p.bias ? " +bias" : "",
-              p.accumulate ? " +=" : "", ": ", way_name(best, n), " ", fmt_double(best_ms * 1e3, 1),
-              " us (heuristic's first ", fmt_double(first_ms * 1e3, 1),
-              aten_too ? str_cat(", ATen ", fmt_double(aten_ms * 1e3, 1)) : std::string(), " us)");
-  ch.candidates = n;
-  ch.ways = ran.empty() ? std::vector<int>{best} : ran;
-  c.chosen.emplace(p, std::move(ch));
-  return {best, false};
-}
-
-// Runs `issue` (which issues problem p's product the way `w` says), between two events of the
-// thread's GemmPassTuning when w.timed.
-void run_way(const LtProblem& p, const LtWay& w, const at::Device& dev,
-             const std::function<void()>& issue) {
-  GemmPassTuning::Impl* t = t_tuning;
-  if (!w.timed || t == nullptr) {
-    issue();
-    return;
-  }
-  GemmPassTuning::Impl::Sample s{p, w.way, std::make_unique<device::Event>(),
-                                 std::make_unique<device::Event>()};
-  s.start->record(dev);
-  issue();
-  s.end->record(dev);
-  t->samples.push_back(std::move(s));
+  c.chosen.emplace(
+      p,
+      LtChoice{best,
+               str_cat(p.M, "x", p.K, "->", p.N, p.fp8 ? " e4m3" : " bf16", p.bias ? " +bias" : "",
+                       p.accumulate ? " +=" : "", ": ",
+                       best == kAten ? std::string("ATen") : str_cat("cuBLASLt #", best, "/", n),
+                       " ", fmt_double(best_ms * 1e3, 1), " us (heuristic's first ",
+                       fmt_double(first_ms * 1e3, 1),
+                       aten_too ? str_cat(", ATen ", fmt_double(aten_ms * 1e3, 1)) : std::string(),
+                       " us)")});
+  return best;
 }
 
 // residual += x @ w^T (+ b) through gemm_lt's fastest candidate (the callers checked that it
 // fits): bf16 operands, or e4m3 ones with their scales.
 void launch_accumulate(at::Tensor& residual, const at::Tensor& x, const at::Tensor& w,
                        const float* x_scale, const float* w_scale, const at::Tensor& b) {
-  const LtProblem p = lt_problem(x, w, x_scale != nullptr, b, true);
-  const LtWay way = lt_choice(p, x.device(), false, [&](int v, at::Tensor& out) {
-    launch_lt(out, x, w, x_scale, w_scale, b, true, v);
-  });
-  run_way(p, way, x.device(),
-          [&]() { launch_lt(residual, x, w, x_scale, w_scale, b, true, way.way); });
+  const int algo = lt_choice(
+      lt_problem(x, w, x_scale != nullptr, b, true), x.device(), false,
+      [&](int way, at::Tensor& out) { launch_lt(out, x, w, x_scale, w_scale, b, true, way); });
+  launch_lt(residual, x, w, x_scale, w_scale, b, true, algo);
 }
 // x @ w^T (+ b) into a new bf16 [M, N] tensor by the fastest of `aten` and gemm_lt's candidates
 // (lt_fits holds): bf16 operands, or e4m3 ones with their scales.
 at::Tensor lt_product(const at::Tensor& x, const at::Tensor& w, const float* x_scale,
                       const float* w_scale, const at::Tensor& b,
                       const std::function<at::Tensor()>& aten) {
-  const LtProblem p = lt_problem(x, w, x_scale != nullptr, b, false);
-  const LtWay way = lt_choice(p, x.device(), true, [&](int v, at::Tensor& out) {
-    if (v == kAten)
-      (void)aten();
-    else
-      launch_lt(out, x, w, x_scale, w_scale, b, false, v);
-  });
-  at::Tensor out;
-  run_way(p, way, x.device(), [&]() {
-    if (way.way == kAten) {
-      out = aten();
-      return;
-    }
-    out = at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kBFloat16));
-    launch_lt(out, x, w, x_scale, w_scale, b, false, way.way);
-  });
+  const int way = lt_choice(lt_problem(x, w, x_scale != nullptr, b, false), x.device(), true,
+                            [&](int v, at::Tensor& out) {
+                              if (v == kAten)
+                                (void)aten();
+                              else
+                                launch_lt(out, x, w, x_scale, w_scale, b, false, v);
+                            });
+  if (way == kAten) return aten();
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kBFloat16));
+  launch_lt(out, x, w, x_scale, w_scale, b, false, way);
   return out;
 }
 // Whether gemm_lt can add x @ w^T (+ b) into residual (both operand kinds).
@@ -377,59 +303,9 @@ std::string gemm_choices() {
   LtChoices& c = lt_choices();
   std::lock_guard<std::mutex> lock(c.mu);
   std::string out;
-  for (const auto& [p, choice] : c.chosen) out += choice.line + choice.pass_line + "\n";
+  for (const auto& [p, choice] : c.chosen) out += choice.line + "\n";
   return out;
 }
-
-GemmPassTuning::GemmPassTuning(const at::Device& device, int passes)
-    : impl_(std::make_unique<Impl>(Impl{device, passes, {}, {}})) {
-  VLA_CHECK(t_tuning == nullptr, "GemmPassTuning: a tuning is already running on this thread");
-  t_tuning = impl_.get();
-}
-
-GemmPassTuning::~GemmPassTuning() {
-  if (t_tuning == impl_.get()) t_tuning = nullptr;
-}
-
-size_t GemmPassTuning::timed_calls() const { return impl_->samples.size(); }
-
-void GemmPassTuning::finish() {
-  VLA_CHECK(t_tuning == impl_.get(), "GemmPassTuning::finish: called twice");
-  t_tuning = nullptr;
-  if (impl_->samples.empty()) return;
-  impl_->samples.back().end->synchronize();
-  std::map<LtProblem, std::map<int, std::vector<double>>> ms;
-  for (const auto& s : impl_->samples) ms[s.problem][s.way].push_back(s.start->elapsed_ms(*s.end));
-  auto median = [](std::vector<double> v) {
-    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-    return v[v.size() / 2];
-  };
-  LtChoices& c = lt_choices();
-  std::lock_guard<std::mutex> lock(c.mu);
-  for (auto& [p, per_way] : ms) {
-    LtChoice& ch = c.chosen.at(p);
-    const std::vector<int>& ways = ch.ways;
-    size_t fewest = std::numeric_limits<size_t>::max();
-    for (int w : ways) fewest = std::min(fewest, per_way[w].size());
-    if (fewest < static_cast<size_t>(kPassSamplesPerWay)) continue;  // too few calls per pass
-    int best = ways[0];
-    for (int w : ways)
-      if (median(per_way[w]) < median(per_way[best])) best = w;
-    ch.pass_way = best;
-    ch.pass_line = str_cat(" | in ", impl_->passes, " forward passes (", fewest,
-                           "+ calls per way, median): ", way_name(best, ch.candidates), " ",
-                           fmt_double(median(per_way[best]) * 1e3, 1), " us (first-use choice ",
-                           fmt_double(median(per_way[ch.way]) * 1e3, 1));
-    if (per_way.count(0))
-      ch.pass_line += str_cat(", heuristic's first ", fmt_double(median(per_way[0]) * 1e3, 1));
-    if (per_way.count(kAten))
-      ch.pass_line += str_cat(", ATen ", fmt_double(median(per_way[kAten]) * 1e3, 1));
-    ch.pass_line += " us)";
-  }
-}
-
-UsePassChoices::UsePassChoices(bool on) : previous_(t_use_pass_choices) { t_use_pass_choices = on; }
-UsePassChoices::~UsePassChoices() { t_use_pass_choices = previous_; }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   auto aten = [&]() { return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t()); };

@@ -6,7 +6,6 @@
 #include <torch/version.h>
 
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 // Float8 tensor types exist from torch 2.1 (the CI's Debian libtorch 1.13 has none: the FP8 path is
@@ -49,43 +48,6 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b 
 // One line per GEMM problem timed so far in this process ("M x K -> N, operand type: the way
 // chosen, its time, the heuristic's first and ATen's"), for reports and benchmarks.
 std::string gemm_choices();
-
-// Chooses each GEMM problem's way (one of cuBLASLt's candidates or ATen's call) by timing the ways
-// inside real forward passes. While the object is alive on this thread, every product of linear /
-// linear_accumulate_ / linear_fp8 / linear_fp8_accumulate_ that goes through that choice and whose
-// problem has no in-pass choice yet runs the problem's ways in turn, each call between two CUDA
-// events (every way computes the same product, so the passes' outputs stay valid). finish()
-// synchronises and keeps, for each problem timed at least 3 times per way, the way with the
-// lowest median time; products use it under UsePassChoices (gemm_choices() reports both). Why: a
-// forward pass runs its GEMMs at the GPU's power limit, and timings of one product alone (the
-// choice at first use) do not rank the ways as the pass does (docs/gpu.md). `passes`: how many
-// passes the caller runs (for the report).
-class GemmPassTuning {
- public:
-  GemmPassTuning(const at::Device& device, int passes);
-  ~GemmPassTuning();  // without finish(): nothing is chosen
-  GemmPassTuning(const GemmPassTuning&) = delete;
-  GemmPassTuning& operator=(const GemmPassTuning&) = delete;
-  void finish();
-  // Products timed so far (0 after a pass: every problem met has its in-pass choice).
-  size_t timed_calls() const;
-  struct Impl;
-
- private:
-  std::unique_ptr<Impl> impl_;
-};
-// For its scope on this thread: whether products use the in-pass choices of GemmPassTuning where
-// made (else the choice timed at first use).
-class UsePassChoices {
- public:
-  explicit UsePassChoices(bool on);
-  ~UsePassChoices();
-  UsePassChoices(const UsePassChoices&) = delete;
-  UsePassChoices& operator=(const UsePassChoices&) = delete;
-
- private:
-  bool previous_;
-};
 
 // residual += x @ w^T (+ b): a block's output projection with the residual add in the GEMM's
 // epilogue (kernels.h gemm_lt, one cuBLASLt matmul, rounded to bf16 once) when fused, on

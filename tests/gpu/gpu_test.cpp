@@ -864,56 +864,6 @@ TEST(GpuGemm, EveryCublasLtCandidateMatchesTheReference) {
             nullptr);
 }
 
-// GEMM ways chosen inside passes (ops::GemmPassTuning), for a plain and an accumulating product:
-// while tuning, each call runs its problem's next way, timed, and every product stays right; after
-// finish() the problem reports its in-pass choice and products under UsePassChoices still match;
-// a later tuning times nothing for a problem already chosen.
-TEST(GpuGemm, PassTuningTimesTheWaysAndKeepsProductsRight) {
-  REQUIRE_CUDA();
-  const at::Device dev(at::kCUDA, 0);
-  at::manual_seed(5);
-  const int64_t M = 777, K = 320, N = 464;  // a problem no other test meets
-  const at::Tensor x = at::randn({M, K}, cuda_opts(at::kBFloat16));
-  const at::Tensor w =
-      (at::randn({N, K}, cuda_opts(at::kFloat)) / std::sqrt(double(K))).to(at::kBFloat16);
-  const at::Tensor b = at::randn({N}, cuda_opts(at::kBFloat16));
-  const at::Tensor residual = at::randn({M, N}, cuda_opts(at::kBFloat16));
-  const at::Tensor ref = at::matmul(x.to(at::kFloat), w.to(at::kFloat).t()) + b.to(at::kFloat);
-  auto line = [](const std::string& prefix) {
-    const std::string all = ops::gemm_choices();
-    const size_t at = all.find(prefix);
-    return at == std::string::npos ? std::string() : all.substr(at, all.find('\n', at) - at);
-  };
-  const std::string plain = "777x320->464 bf16 +bias:", acc = "777x320->464 bf16 +bias +=:";
-  auto check = [&](const std::string& when) {
-    EXPECT_LE(rel_err(ops::linear(x, w, b), ref), 1e-2) << when;
-    at::Tensor r = residual.clone();
-    ops::linear_accumulate_(r, x, w, b, true);
-    EXPECT_LE(rel_err(r, ref + residual.to(at::kFloat)), 1e-2) << when;
-  };
-  check("first use");  // each way timed alone
-  ASSERT_NE(line(plain), "");
-  ASSERT_NE(line(acc), "");
-  EXPECT_EQ(line(plain).find("forward passes"), std::string::npos) << line(plain);
-  {
-    ops::GemmPassTuning tuning(dev, 1);
-    const int calls = 3 * (kernels::kGemmLtMaxCandidates + 1);  // >= 3 per way
-    for (int i = 0; i < calls; ++i) check("tuning call " + std::to_string(i));
-    EXPECT_EQ(tuning.timed_calls(), static_cast<size_t>(2 * calls));
-    tuning.finish();
-  }
-  for (const std::string& p : {plain, acc})
-    EXPECT_NE(line(p).find(" | in 1 forward passes"), std::string::npos) << line(p);
-  {
-    const ops::UsePassChoices use(true);
-    check("in-pass choice");
-    ops::GemmPassTuning again(dev, 1);
-    check("second tuning");
-    EXPECT_EQ(again.timed_calls(), 0u);
-    again.finish();
-  }
-}
-
 // Every compiled tile configuration of the Triton gate|up GEMM + SwiGLU kernel against the float32
 // reference (dequantise, product, SwiGLU, quantise) at a unit shape and at the 3B decoder's and
 // vision tower's 5-view shapes; a width that fits no tile is refused.
