@@ -372,6 +372,7 @@ int main(int argc, char** argv) {
       EngineOptions::Fp8OutputProjections out_proj = EngineOptions{}.fp8_output_projections;
       bool residual_in_gemm = true;  // EngineOptions::residual_in_gemm
       bool zero_frames = false;      // time on all-zero frames (fill_frames)
+      bool swiglu_in_gemm = true;    // EngineOptions::swiglu_in_gemm
     };
     std::map<std::string, at::Tensor> bf16_features, fp32_features;
     // Times `cases` on `e` into out[section]; with `reference` the features are compared.
@@ -388,6 +389,7 @@ int main(int argc, char** argv) {
         nlohmann::json rec;
         e.set_cuda_graphs(c.graphs);
         e.set_residual_in_gemm(c.residual_in_gemm);
+        e.set_swiglu_in_gemm(c.swiglu_in_gemm);
         if (e.options().fp8) {
           e.set_fp8_fast_accum(c.fast_accum);
           e.set_fp8_min_rows(c.min_rows);
@@ -491,9 +493,11 @@ int main(int argc, char** argv) {
     const Case five_views{"5view", 5, ViewLayout::kOneSequence, true, false, 0};
     // (the comparisons first: the last case of a shape keeps its features)
     std::vector<Case> cases = {
+        variant(one_view, "1view_swiglu_kernel", [](Case& c) { c.swiglu_in_gemm = false; }),
         one_view,
         variant(five_views, "5view_residual_add_kernel",
                 [](Case& c) { c.residual_in_gemm = false; }),
+        variant(five_views, "5view_swiglu_kernel", [](Case& c) { c.swiglu_in_gemm = false; }),
         five_views,
         variant(five_views, "5view_batched", [](Case& c) { c.layout = ViewLayout::kBatch; }),
         variant(five_views, "5view_zero_frames", [](Case& c) { c.zero_frames = true; })};
@@ -572,7 +576,11 @@ int main(int argc, char** argv) {
             variant(one8, "1view_min_rows_1024", [](Case& c) { c.min_rows = 1024; }),
             five8,
             variant(five8, "5view_exact_accum", [](Case& c) { c.fast_accum = false; }),
+            variant(calibrated(one8, "1view_static_swiglu_kernel", product),
+                    "1view_static_swiglu_kernel", [](Case& c) { c.swiglu_in_gemm = false; }),
             calibrated(one8, "1view_static", product),
+            variant(five_static, "5view_static_swiglu_kernel",
+                    [](Case& c) { c.swiglu_in_gemm = false; }),
             five_static,
             calibrated(one8, "1view_static_out_proj", OutProj::kAll),
             calibrated(five8, "5view_static_out_proj", OutProj::kAll),
@@ -685,6 +693,10 @@ int main(int argc, char** argv) {
           num(c16, "5view_residual_add_kernel", wall),
           num(c8, "5view_static_residual_add_kernel", wall), peer_e2e("5view"),
           floor_of("5view", "floor_ms"));
+      for (const std::string v : {"1view", "5view"})
+        row(v + " end-to-end, SwiGLU as its own kernel (not the GEMM's epilogue)",
+            num(c16, v + "_swiglu_kernel", wall), num(c8, v + "_static_swiglu_kernel", wall),
+            peer_e2e(v), floor_of(v, "floor_ms"));
       row("5view end-to-end, fp8 without fast accum", 0, num(c8, "5view_exact_accum", wall),
           peer_e2e("5view"), floor_of("5view", "floor_ms"));
       row("5view vision tower, fp8 without fast accum", 0, num(c8, "5view_exact_accum", vis),

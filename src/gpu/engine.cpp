@@ -280,9 +280,9 @@ struct EngineImpl {
   // blocks when all their sequences have the same length.
   AttnChoice llm;
   ops::AttnBackend vfull_backend = ops::AttnBackend::kFlashVarlen;
-  // Chosen per plan by timing (CUDA, static FP8 scales): the compiled tile configuration of the
-  // fused gate|up + SwiGLU GEMM (ops::linear_swiglu_fp8) for the vision tower and the decoder, or
-  // -1: cuBLAS + the SwiGLU kernel.
+  // Chosen per plan by timing (CUDA; bf16 or static FP8 scales): the compiled tile configuration
+  // of the fused gate|up + SwiGLU GEMM (ops::linear_swiglu / linear_swiglu_fp8) for the vision
+  // tower and the decoder, or -1: the product + the SwiGLU kernel.
   int vswiglu = -1, tswiglu = -1;
   std::string tune_report;
   std::unique_ptr<Plan> plan;
@@ -576,8 +576,9 @@ struct EngineImpl {
     return add_norm(y, h, norm_w, eps, quant, site);
   }
   // The MLP after its norm n (gate|up, SwiGLU, down into the residual stream h), then the next
-  // norm (norm_w, quantised when next_quant, at next_site). With static FP8 scales and a chosen
-  // compiled variant (>= 0: vswiglu / tswiglu) gate|up and SwiGLU run as one kernel.
+  // norm (norm_w, quantised when next_quant, at next_site). With a chosen compiled variant (>= 0:
+  // vswiglu / tswiglu, for the stage's precision: bf16 or static FP8) gate|up and SwiGLU run as
+  // one kernel.
   struct MlpStage {
     const at::Tensor &gu_w, &gu_b, &down_w, &down_b;
     const ops::Fp8Rows &gu_q, &down_q;
@@ -593,6 +594,8 @@ struct EngineImpl {
     if (m.variant >= 0 && out_scale.defined() && n.q.defined() && n.q.scale.numel() == 1 &&
         m.gu_q.tensorwise) {
       act.q = ops::linear_swiglu_fp8(n.q, m.gu_q, m.gu_b, m.inter, out_scale, m.variant);
+    } else if (m.variant >= 0 && !quant && !n.q.defined() && n.x.scalar_type() == at::kBFloat16) {
+      act.x = ops::linear_swiglu(n.x, m.gu_w, m.gu_b, m.inter, m.variant);
     } else {
       const at::Tensor gu = proj(n, m.gu_w, m.gu_q, m.gu_b);
       mark(m.silu_mul);
@@ -957,6 +960,7 @@ const ImagePreprocessConfig& Engine::image_config() const { return impl_->pc; }
 const EngineOptions& Engine::options() const { return impl_->o; }
 void Engine::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
 void Engine::set_residual_in_gemm(bool on) { impl_->o.residual_in_gemm = on; }
+void Engine::set_swiglu_in_gemm(bool on) { impl_->o.swiglu_in_gemm = on; }
 void Engine::set_fp8_fast_accum(bool on) { impl_->o.fp8_fast_accum = on; }
 void Engine::set_fp8_output_projections(EngineOptions::Fp8OutputProjections which) {
   impl_->o.fp8_output_projections = which;
@@ -1233,51 +1237,65 @@ AttnChoice tune(const ops::Varlen& cu, int64_t H, int64_t Hk, int64_t D, bool ca
   return best;
 }
 
-// Times the ways to run an FP8 MLP's gate|up GEMM + SwiGLU at a plan's row count (random
-// activations, the stage's first gate|up weights gu_q / gu_b, in a CUDA graph as the plan runs):
-// cuBLAS + the SwiGLU kernel (-1) and every compiled variant of the fused kernel
-// (ops::linear_swiglu_fp8) whose output matches it (rel. err <= 2e-2). Returns the fastest and
-// reports every candidate.
-int tune_swiglu(int64_t rows, const ops::Fp8Rows& gu_q, const at::Tensor& gu_b, int64_t inter,
-                at::ScalarType dtype, bool fast_accum, bool fused, const char* what,
-                std::string& report) {
-  const int64_t K = gu_q.q.size(1);
-  const at::Device dev = gu_q.q.device();
+// Times the ways to run an MLP's gate|up GEMM + SwiGLU at a plan's row count (random activations,
+// the stage's first gate|up weights and bias, in a CUDA graph as the plan runs): the product + the
+// SwiGLU kernel (-1) and every compiled variant of the fused kernel (ops::linear_swiglu, or with
+// gu_q defined ops::linear_swiglu_fp8 on static scales) whose output matches it (rel. err <=
+// 2e-2). Returns the fastest and reports every candidate.
+int tune_swiglu(int64_t rows, const at::Tensor& gu_w, const ops::Fp8Rows& gu_q,
+                const at::Tensor& gu_b, int64_t inter, at::ScalarType dtype, bool fast_accum,
+                bool fused, const char* what, std::string& report) {
+  const bool fp8 = gu_q.defined();
+  const int64_t K = gu_w.size(1);
+  const at::Device dev = gu_w.device();
   const at::Tensor x = at::randn({rows, K}, at::TensorOptions().dtype(at::kFloat).device(dev));
-  const ops::Fp8Rows x8 = ops::quantize_fp8(x, fused, (x.abs().amax() / 448.0).reshape({1}));
-  const at::Tensor y = ops::linear_fp8(x8, gu_q, gu_b, at::kFloat, fast_accum);
-  const at::Tensor out_scale =
-      ((at::silu(y.narrow(1, 0, inter)) * y.narrow(1, inter, inter)).abs().amax() / 448.0)
-          .clamp_min(1e-12)
-          .reshape({1});
+  const at::Tensor xb = x.to(dtype);
+  ops::Fp8Rows x8;
+  at::Tensor out_scale;
+  if (fp8) {
+    x8 = ops::quantize_fp8(x, fused, (x.abs().amax() / 448.0).reshape({1}));
+    const at::Tensor y = ops::linear_fp8(x8, gu_q, gu_b, at::kFloat, fast_accum);
+    out_scale = ((at::silu(y.narrow(1, 0, inter)) * y.narrow(1, inter, inter)).abs().amax() / 448.0)
+                    .clamp_min(1e-12)
+                    .reshape({1});
+  }
+  // Each way as the plan runs it (timed), and its output as float (compared).
   auto unfused = [&]() {
-    return ops::silu_mul_fp8(ops::linear_fp8(x8, gu_q, gu_b, dtype, fast_accum), inter, fused,
-                             out_scale);
+    return fp8 ? ops::silu_mul_fp8(ops::linear_fp8(x8, gu_q, gu_b, dtype, fast_accum), inter, fused,
+                                   out_scale)
+                     .q
+               : ops::silu_mul(ops::linear(xb, gu_w, gu_b), inter, fused);
   };
-  const at::Tensor ref = ops::dequantize_fp8(unfused());
+  auto fused_run = [&](int v) {
+    return fp8 ? ops::linear_swiglu_fp8(x8, gu_q, gu_b, inter, out_scale, v).q
+               : ops::linear_swiglu(xb, gu_w, gu_b, inter, v);
+  };
+  auto as_float = [&](const at::Tensor& y) {
+    return fp8 ? ops::dequantize_fp8(ops::Fp8Rows{y, out_scale}) : y;
+  };
+  const at::Tensor ref = as_float(unfused());
   int best = -1;
   double best_ms = device::gpu_time_ms([&]() { unfused(); }, dev, 10, 5);
   report += str_cat(what, ": cuBLAS + SwiGLU kernel ", fmt_double(best_ms, 4), " ms");
-  for (int v = 0; v < ops::linear_swiglu_fp8_variants(x8.q); ++v) {
-    if (!kernels::gemm_swiglu_fp8_fits(v, inter, K)) continue;  // its tiles do not divide the shape
+  for (int v = 0; v < ops::linear_swiglu_variants(gu_w, fp8); ++v) {
+    if (!kernels::gemm_swiglu_fits(fp8, v, inter, K)) continue;  // its tiles do not divide it
+    const char* name = kernels::gemm_swiglu_variant_name(fp8, v);
     try {
-      auto run = [&]() { return ops::linear_swiglu_fp8(x8, gu_q, gu_b, inter, out_scale, v); };
-      const double err = rel_err_f32(ops::dequantize_fp8(run()), ref);
-      const double ms = device::gpu_time_ms([&]() { run(); }, dev, 10, 5);
-      report += str_cat(", ", kernels::gemm_swiglu_fp8_variant_name(v), " ", fmt_double(ms, 4),
-                        " ms (err ", fmt_double(err, 4), ")");
+      const double err = rel_err_f32(as_float(fused_run(v)), ref);
+      const double ms = device::gpu_time_ms([&]() { fused_run(v); }, dev, 10, 5);
+      report += str_cat(", ", name, " ", fmt_double(ms, 4), " ms (err ", fmt_double(err, 4), ")");
       if (err <= 2e-2 && ms < best_ms) {
         best_ms = ms;
         best = v;
       }
     } catch (const std::exception& e) {
-      report += str_cat(", ", kernels::gemm_swiglu_fp8_variant_name(v), " failed (", e.what(), ")");
+      report += str_cat(", ", name, " failed (", e.what(), ")");
       device::clear_error();
     }
   }
   report += str_cat(" -> ",
                     best < 0 ? std::string("cuBLAS + SwiGLU kernel")
-                             : std::string("fused ") + kernels::gemm_swiglu_fp8_variant_name(best),
+                             : std::string("fused ") + kernels::gemm_swiglu_variant_name(fp8, best),
                     "; ");
   return best;
 }
@@ -1438,17 +1456,22 @@ void Engine::prepare(const PlanSpec& spec) {
                    E.wopt(), "decoder attention", E.tune_report);
     }
   }
-  // The fused FP8 gate|up + SwiGLU kernel where it beats cuBLAS + the SwiGLU kernel at this plan's
-  // rows (it needs the static scales: Engine::calibrate_fp8).
-  if (E.o.fp8 && E.site_scale.defined() && ops::linear_swiglu_fp8_variants(E.embed) > 0) {
-    const int64_t N = p.vis.patches, T = static_cast<int64_t>(p.tok.ids.size());
-    if (N >= E.o.fp8_min_rows && E.vl[0].gu_q.tensorwise)
-      E.vswiglu =
-          tune_swiglu(N, E.vl[0].gu_q, E.vl[0].gu_b, E.vi_pad, E.o.dtype, E.o.fp8_fast_accum,
-                      E.fused(), "vision gate|up+SwiGLU", E.tune_report);
-    if (T >= E.o.fp8_min_rows && E.tl[0].gu_q.tensorwise)
-      E.tswiglu = tune_swiglu(T, E.tl[0].gu_q, {}, E.ti_pad, E.o.dtype, E.o.fp8_fast_accum,
-                              E.fused(), "decoder gate|up+SwiGLU", E.tune_report);
+  // The fused gate|up + SwiGLU kernel where it beats the product + the SwiGLU kernel at this plan's
+  // rows, in the precision the stage runs: bf16, or FP8 with the static scales of
+  // Engine::calibrate_fp8 (a stage in per-token FP8 keeps the two kernels).
+  auto choose_swiglu = [&](int64_t rows, const at::Tensor& gu_w, const ops::Fp8Rows& gu_q,
+                           const at::Tensor& gu_b, int64_t inter, const char* what) {
+    const bool q8 = E.o.fp8 && rows >= E.o.fp8_min_rows;
+    if (q8 ? !(E.site_scale.defined() && gu_q.tensorwise) : E.o.dtype != at::kBFloat16) return -1;
+    if (ops::linear_swiglu_variants(gu_w, q8) == 0) return -1;
+    return tune_swiglu(rows, gu_w, q8 ? gu_q : ops::Fp8Rows{}, gu_b, inter, E.o.dtype,
+                       E.o.fp8_fast_accum, E.fused(), what, E.tune_report);
+  };
+  if (E.fused() && E.o.swiglu_in_gemm) {
+    E.vswiglu = choose_swiglu(p.vis.patches, E.vl[0].gu_w, E.vl[0].gu_q, E.vl[0].gu_b, E.vi_pad,
+                              "vision gate|up+SwiGLU");
+    E.tswiglu = choose_swiglu(static_cast<int64_t>(p.tok.ids.size()), E.tl[0].gu_w, E.tl[0].gu_q,
+                              {}, E.ti_pad, "decoder gate|up+SwiGLU");
   }
   // eager warm-up (cuBLAS handles, workspaces, kernel selection)
   for (int i = 0; i < 2; ++i) {

@@ -83,6 +83,11 @@ struct EngineOptions {
   // linear_accumulate_), so the next norm reads one tensor instead of adding two. Off: the
   // product is written and the fused add + RMSNorm kernel adds it (for comparison; CUDA only).
   bool residual_in_gemm = true;
+  // The MLP's SwiGLU in the gate|up GEMM's epilogue (ops.h linear_swiglu / linear_swiglu_fp8: a
+  // Triton kernel, CUDA builds with Triton) where it is faster at a plan's rows than the GEMM +
+  // the SwiGLU kernel (timed at prepare; bf16, or FP8 with static scales). Off: always the two
+  // kernels (for comparison).
+  bool swiglu_in_gemm = true;
   // Attention of the decoder's prefill: kTuned (CUDA) times flash-varlen, sdpa, cudnn, the causal
   // kernel (kernels/causal_attention.cu) and each compiled variant of its Triton twin
   // (kernels/causal_attention.py, head dim 128) on each plan's shapes and keeps the fastest that
@@ -176,6 +181,8 @@ class Engine {
   void set_cuda_graphs(bool on);
   // EngineOptions::residual_in_gemm for later prepare() / forward calls.
   void set_residual_in_gemm(bool on);
+  // EngineOptions::swiglu_in_gemm for later prepare() calls.
+  void set_swiglu_in_gemm(bool on);
   // FP8 settings for later prepare() / forward calls (fp8 engines only).
   void set_fp8_fast_accum(bool on);
   // EngineOptions::fp8_output_projections; takes effect at the next calibrate_fp8.

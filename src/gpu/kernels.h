@@ -80,7 +80,7 @@ const char* causal_attention(const void* q, int64_t q_stride, const void* k, int
                              void* out, int64_t out_stride, const float* out_scale, void* stream);
 
 // The same causal attention by the Triton kernel kernels/causal_attention.py (compiled ahead of
-// time like gemm_swiglu_fp8 below; on sm_90 its products run as warpgroup MMA, which the CUDA
+// time like gemm_swiglu below; on sm_90 its products run as warpgroup MMA, which the CUDA
 // kernel above does not use): `variant` 0 .. causal_attention_triton_variants() - 1 picks a
 // compiled tile configuration, and tiles = the sum over sequences of ceil(len /
 // causal_attention_triton_tile_rows(variant)). Needs head_dim 128 (every Qwen2 / Qwen2.5-VL
@@ -100,26 +100,31 @@ const char* causal_attention_triton(int variant, const void* q, int64_t q_stride
 const char* silu_mul(const void* x, int64_t x_stride, void* out, int64_t rows, int64_t inter,
                      DType dt, void* stream);
 
-// FP8 gate|up GEMM with SwiGLU and static quantisation in its epilogue (kernels/gemm_swiglu_fp8.py,
-// a Triton kernel compiled ahead of time into cubins by kernels/triton_aot.py when the build
-// machine had Triton; launched through the CUDA driver API by kernels/triton_kernels.cpp):
-//   out[m, n] = saturate(silu(g) * u / *out_scale, +-448) (e4m3, [M, N], row stride N) with
-//   g, u = (a w^T)[m, n], [m, N + n] * *a_scale * *w_scale (+ bias[n], bias[N + n])
-// for a [M, K] e4m3 (row stride K), w [2N, K] e4m3 (gate rows, then up rows), bias bf16 [2N] or
-// nullptr; scales are one float each on the device. `variant` picks one of the compiled tile
-// configurations: 0 .. gemm_swiglu_fp8_variants() - 1. Needs N and K multiples of the variant's
-// tiles (64 / 128; the engine's padded MLP widths and hidden sizes are) and 16-byte aligned
-// pointers; otherwise returns an error.
+// gate|up GEMM with SwiGLU in its epilogue (kernels/gemm_swiglu.py, a Triton kernel compiled ahead
+// of time into cubins by kernels/triton_aot.py when the build machine had Triton; launched through
+// the CUDA driver API by kernels/triton_kernels.cpp), with bf16 operands or (fp8) e4m3 ones:
+//   out[m, n] = silu(g) * u (bf16), or saturate(silu(g) * u / *out_scale, +-448) (e4m3), with
+//   g, u = (a w^T)[m, n], [m, N + n] (fp8: * *a_scale * *w_scale) (+ bias[n], bias[N + n])
+// for a [M, K] (row stride K), w [2N, K] (gate rows, then up rows), out [M, N] (row stride N),
+// bias bf16 [2N] or nullptr; the fp8 scales are one float each on the device (bf16: unused, may
+// be null). `scratch`: device memory of gemm_swiglu_scratch_bytes(...) bytes, 256-byte aligned,
+// kept until the work on `stream` is done (the kernel builds its TMA descriptors there). `variant`
+// picks one of the compiled tile configurations: 0 .. gemm_swiglu_variants(fp8) - 1. Needs N and K
+// multiples of the variant's tiles (128 / 64 or 128; the engine's padded MLP widths and hidden
+// sizes are) and 16-byte aligned pointers; otherwise returns an error.
 // Variants usable on the current device: 0 when the build had no Triton or the device is not the
 // architecture the cubins were compiled for (sm_90).
-int gemm_swiglu_fp8_variants();
-// "BM128 BN128 BK128 w8 s3": the variant's tile (rows x columns x depth), warps and stages.
-const char* gemm_swiglu_fp8_variant_name(int variant);
-// Whether the variant's tiles divide N and K (else gemm_swiglu_fp8 refuses the shape).
-bool gemm_swiglu_fp8_fits(int variant, int64_t N, int64_t K);
-const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const void* bias, void* out,
-                            int64_t M, int64_t N, int64_t K, const float* a_scale,
-                            const float* w_scale, const float* out_scale, void* stream);
+int gemm_swiglu_variants(bool fp8);
+// "BM128 BN128 BK128 w8 s3": the variant's tile (rows x half the product's columns x depth),
+// warps and stages.
+const char* gemm_swiglu_variant_name(bool fp8, int variant);
+// Whether the variant's tiles divide N and K (else gemm_swiglu refuses the shape).
+bool gemm_swiglu_fits(bool fp8, int variant, int64_t N, int64_t K);
+// Bytes of global scratch gemm_swiglu needs for this shape on the current device (0 if none).
+size_t gemm_swiglu_scratch_bytes(bool fp8, int variant, int64_t M, int64_t N);
+const char* gemm_swiglu(bool fp8, int variant, const void* a, const void* w, const void* bias,
+                        void* out, int64_t M, int64_t N, int64_t K, const float* a_scale,
+                        const float* w_scale, const float* out_scale, void* scratch, void* stream);
 
 // out[M, N] (bf16, row stride N) = a[M, K] w[N, K]^T (* *a_scale * *w_scale) (+ bias[N]), or with
 // `accumulate` out += that (the residual add of a block's output projection in the GEMM's

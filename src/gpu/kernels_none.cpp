@@ -54,11 +54,12 @@ const char* causal_attention_triton(int, const void*, int64_t, const void*, int6
 const char* silu_mul(const void*, int64_t, void*, int64_t, int64_t, DType, void*) {
   return kNoCuda;
 }
-int gemm_swiglu_fp8_variants() { return 0; }
-const char* gemm_swiglu_fp8_variant_name(int) { return "none"; }
-bool gemm_swiglu_fp8_fits(int, int64_t, int64_t) { return false; }
-const char* gemm_swiglu_fp8(int, const void*, const void*, const void*, void*, int64_t, int64_t,
-                            int64_t, const float*, const float*, const float*, void*) {
+int gemm_swiglu_variants(bool) { return 0; }
+const char* gemm_swiglu_variant_name(bool, int) { return "none"; }
+bool gemm_swiglu_fits(bool, int, int64_t, int64_t) { return false; }
+size_t gemm_swiglu_scratch_bytes(bool, int, int64_t, int64_t) { return 0; }
+const char* gemm_swiglu(bool, int, const void*, const void*, const void*, void*, int64_t, int64_t,
+                        int64_t, const float*, const float*, const float*, void*, void*) {
   return kNoCuda;
 }
 const char* gemm_lt(const void*, const void*, bool, const float*, const float*, const void*, void*,

@@ -116,6 +116,12 @@ Inputs make_inputs(const OpCase& c, const at::Device& dev, uint64_t seed) {
                            (in.x.abs().amax().to(at::kFloat) / 448.0).reshape({1}).contiguous());
       in.w8 = quantize_fp8_tensor(in.w);
     }
+  } else if (op == "linear_swiglu") {
+    need(c, 4);  // rows, inter, K, bias (0 / 1)
+    const int64_t rows = c.dims[0], inter = c.dims[1], K = c.dims[2];
+    in.x = to_dev(at::randn({rows, K}, f32), c.dtype);
+    in.w = to_dev(at::randn({2 * inter, K}, f32) / std::sqrt(static_cast<double>(K)) * 2, c.dtype);
+    if (c.dims[3] != 0) in.b = to_dev(at::randn({2 * inter}, f32) * 0.5, c.dtype);
   } else if (op == "linear_swiglu_static_fp8") {
     need(c, 4);  // rows, inter, K, bias (0 / 1)
     const int64_t rows = c.dims[0], inter = c.dims[1], K = c.dims[2];
@@ -190,8 +196,14 @@ at::Tensor run(const OpCase& c, Inputs& in, bool fused, bool timing = false) {
   }
   if (op == "linear_swiglu_static_fp8") {
     // fused: the first compiled variant (ops::linear_swiglu_fp8); tests/gpu runs every variant.
-    const int variant = fused && linear_swiglu_fp8_variants(in.x) > 0 ? 0 : -1;
+    const int variant = fused && linear_swiglu_variants(in.x, true) > 0 ? 0 : -1;
     return fp8(linear_swiglu_fp8(in.x8, in.w8, in.b, c.dims[1], in.fixed, variant));
+  }
+  if (op == "linear_swiglu") {
+    // fused (bf16): the first compiled variant (ops::linear_swiglu); reference: float32.
+    const bool kernel =
+        fused && in.x.scalar_type() == at::kBFloat16 && linear_swiglu_variants(in.x, false) > 0;
+    return linear_swiglu(in.x, in.w, in.b, c.dims[1], kernel ? 0 : -1);
   }
   if (op == "gemv_silu_mul" || op == "gemv_silu_mul_fp8")
     return gemv(in.x, in.w, in.w8, {}, true, fused);
@@ -266,6 +278,11 @@ at::Tensor definition(const OpCase& c, const Inputs& in) {
     at::Tensor y = d(in.residual) + at::matmul(x, w.t());
     return in.b.defined() ? y + d(in.b) : y;
   }
+  if (op == "linear_swiglu") {
+    at::Tensor y = at::matmul(d(in.x), d(in.w).t());
+    if (in.b.defined()) y = y + d(in.b);
+    return swiglu(y, c.dims[1]);
+  }
   if (op == "linear_swiglu_static_fp8") {
     at::Tensor y = at::matmul(d(dequantize_fp8(in.x8)), d(dequantize_fp8(in.w8)).t());
     if (in.b.defined()) y = y + d(in.b);
@@ -339,6 +356,8 @@ std::vector<OpCase> unit_cases() {
     // FP8 gate|up GEMM + SwiGLU (tiles of 64 / 128: widths and depths their multiples), with
     // and without bias, rows not a multiple of any tile.
     cases.push_back({"linear_swiglu_static_fp8", {37, 128, 256, 0}, dt});
+    cases.push_back({"linear_swiglu", {37, 128, 256, 0}, dt});
+    cases.push_back({"linear_swiglu", {130, 256, 384, 1}, dt});
     // Output projection + residual add in the GEMM's epilogue, with and without bias; widths that
     // are not multiples of 16 take the reference path.
     for (const char* op : {"linear_accumulate", "linear_accumulate_static_fp8"}) {
@@ -397,6 +416,7 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"linear_swiglu_static_fp8",
                {patches, mlp_width(v.intermediate_size), v.hidden_size, 1},
                bf});
+  c.push_back({"linear_swiglu", {patches, mlp_width(v.intermediate_size), v.hidden_size, 1}, bf});
   c.push_back({"linear_accumulate", {patches, v.hidden_size, v.hidden_size, 1}, bf});
   c.push_back(
       {"linear_accumulate", {patches, v.hidden_size, mlp_width(v.intermediate_size), 1}, bf});
@@ -420,6 +440,7 @@ std::vector<OpCase> model_cases(const Qwen25VLConfig& cfg, int views, int height
   c.push_back({"silu_mul_static_fp8", {tokens, mlp_width(t.intermediate_size)}, bf});
   c.push_back(
       {"linear_swiglu_static_fp8", {tokens, mlp_width(t.intermediate_size), t.hidden_size, 0}, bf});
+  c.push_back({"linear_swiglu", {tokens, mlp_width(t.intermediate_size), t.hidden_size, 0}, bf});
   c.push_back({"linear_accumulate", {tokens, t.hidden_size, t.hidden_size, 0}, bf});
   c.push_back({"linear_accumulate_static_fp8",
                {tokens, t.hidden_size, mlp_width(t.intermediate_size), 0},
@@ -476,7 +497,9 @@ OpParity check_op(const OpCase& c, const at::Device& device, uint64_t seed) {
   OpParity p;
   p.fused_ran = c.op == "attention"                            ? flash_available(in.q)
                 : c.op.compare(0, 16, "causal_attention") == 0 ? causal_attention_available(in.q)
-                : c.op == "linear_swiglu_static_fp8" ? linear_swiglu_fp8_variants(in.x) > 0
+                : c.op == "linear_swiglu_static_fp8" ? linear_swiglu_variants(in.x, true) > 0
+                : c.op == "linear_swiglu"
+                    ? in.x.scalar_type() == at::kBFloat16 && linear_swiglu_variants(in.x, false) > 0
                 : c.op == "linear_accumulate"
                     ? linear_accumulate_fused(in.residual, in.x, in.w, in.b, true)
                 : c.op == "linear_accumulate_static_fp8"

@@ -970,12 +970,51 @@ void linear_fp8_accumulate_(at::Tensor& residual, const Fp8Rows& x, const Fp8Row
   residual.add_(linear_fp8(x, w, b, residual.scalar_type(), fast_accum));
 }
 
-int linear_swiglu_fp8_variants(const at::Tensor& x) {
-#ifdef VLA_HAVE_FP8
-  if (x.is_cuda()) return kernels::gemm_swiglu_fp8_variants();
+int linear_swiglu_variants(const at::Tensor& x, bool fp8) {
+#ifndef VLA_HAVE_FP8
+  if (fp8) return 0;
 #endif
-  (void)x;
-  return 0;
+  return x.is_cuda() ? kernels::gemm_swiglu_variants(fp8) : 0;
+}
+
+namespace {
+// Launches kernels::gemm_swiglu (the callers checked shapes and types) with its scratch memory
+// from torch's allocator on the current stream (inside a CUDA graph capture: the graph's pool).
+void launch_swiglu(bool fp8, int variant, const at::Tensor& x, const at::Tensor& w,
+                   const at::Tensor& b, at::Tensor& out, const float* x_scale, const float* w_scale,
+                   const float* out_scale) {
+  VLA_CHECK(variant < linear_swiglu_variants(x, fp8), "linear_swiglu: variant ", variant,
+            " is not compiled for ", x.device().str());
+  VLA_CHECK(x.is_contiguous() && w.is_contiguous(), "linear_swiglu: x and w must be contiguous");
+  const int64_t rows = x.size(0), inter = out.size(1), K = x.size(1);
+  const at::Tensor bias = b.defined() ? b.to(at::kBFloat16).contiguous() : at::Tensor();
+  const size_t bytes = kernels::gemm_swiglu_scratch_bytes(fp8, variant, rows, inter);
+  const at::Tensor scratch = at::empty({static_cast<int64_t>(std::max<size_t>(bytes, 1))},
+                                       at::TensorOptions().dtype(at::kByte).device(x.device()));
+  check_launch(
+      kernels::gemm_swiglu(fp8, variant, x.data_ptr(), w.data_ptr(),
+                           bias.defined() ? bias.data_ptr() : nullptr, out.data_ptr(), rows, inter,
+                           K, x_scale, w_scale, out_scale, scratch.data_ptr(), current_stream(x)),
+      "gemm_swiglu");
+}
+}  // namespace
+
+at::Tensor linear_swiglu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                         int64_t inter, int variant) {
+  VLA_CHECK(x.dim() == 2 && w.dim() == 2 && w.size(0) == 2 * inter && w.size(1) == x.size(1),
+            "linear_swiglu: weights ", w.sizes(), " are not [2 * ", inter, ", ", x.size(1), "]");
+  VLA_CHECK(!b.defined() || b.numel() == 2 * inter, "linear_swiglu: bias of ", b.numel(),
+            " values for 2 * ", inter, " outputs");
+  if (variant < 0) {
+    const at::Tensor y =
+        linear(x.to(at::kFloat), w.to(at::kFloat), b.defined() ? b.to(at::kFloat) : at::Tensor());
+    return (at::silu(y.narrow(1, 0, inter)) * y.narrow(1, inter, inter)).to(x.scalar_type());
+  }
+  VLA_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16,
+            "linear_swiglu: the fused kernel takes bf16 operands");
+  at::Tensor out = at::empty({x.size(0), inter}, x.options());
+  launch_swiglu(false, variant, x, w, b, out, nullptr, nullptr, nullptr);
+  return out;
 }
 
 Fp8Rows linear_swiglu_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b, int64_t inter,
@@ -994,19 +1033,9 @@ Fp8Rows linear_swiglu_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& 
                         /*fused=*/false, out_scale);
   }
 #ifdef VLA_HAVE_FP8
-  VLA_CHECK(variant < linear_swiglu_fp8_variants(x.q), "linear_swiglu_fp8: variant ", variant,
-            " is not compiled for ", x.q.device().str());
-  VLA_CHECK(x.q.is_contiguous() && w.q.is_contiguous(),
-            "linear_swiglu_fp8: x and w must be contiguous");
-  const at::Tensor bias = b.defined() ? b.to(at::kBFloat16).contiguous() : at::Tensor();
-  const int64_t rows = x.q.size(0);
-  Fp8Rows r = alloc_fp8(rows, inter, x.q.device(), out_scale);
-  check_launch(
-      kernels::gemm_swiglu_fp8(variant, x.q.data_ptr(), w.q.data_ptr(),
-                               bias.defined() ? bias.data_ptr() : nullptr, r.q.data_ptr(), rows,
-                               inter, K, fixed_ptr(x.scale, x.q), w.scale.data_ptr<float>(),
-                               fixed_ptr(out_scale, x.q), current_stream(x.q)),
-      "gemm_swiglu_fp8");
+  Fp8Rows r = alloc_fp8(x.q.size(0), inter, x.q.device(), out_scale);
+  launch_swiglu(true, variant, x.q, w.q, b, r.q, fixed_ptr(x.scale, x.q), w.scale.data_ptr<float>(),
+                fixed_ptr(out_scale, x.q));
   return r;
 #else
   no_fp8();

@@ -108,17 +108,22 @@ void linear_fp8_accumulate_(at::Tensor& residual, const Fp8Rows& x, const Fp8Row
                             const at::Tensor& b, bool fused, bool fast_accum);
 bool linear_fp8_accumulate_fused(const at::Tensor& residual, const Fp8Rows& x, const Fp8Rows& w,
                                  const at::Tensor& b, bool fused, bool fast_accum);
-// The MLP's gate|up projection and SwiGLU as one FP8 GEMM whose epilogue applies SwiGLU and the
-// static output quantisation (kernels.h gemm_swiglu_fp8: a Triton kernel, present when the build
-// had Triton): silu_mul_fp8(linear_fp8(x, w, b, float), inter, .., out_scale) without the
-// [rows, 2 * inter] product in memory. x: quantised with one static scale (x.scale one float);
-// w: the fused gate|up weights [2 * inter, K] quantised per tensor (quantize_fp8_tensor);
-// b: [2 * inter] or undefined; out_scale: one float32 on x's device. Returns q [rows, inter]
-// e4m3, scale = out_scale. variant: 0 .. linear_swiglu_fp8_variants(x.q) - 1 runs that compiled
-// tile configuration (CUDA); -1 the float32 reference (dequantise, product, SwiGLU, quantise; any
-// device). Source: transformers' Qwen2MLP / Qwen2_5_VLMLP, act_fn(gate_proj(x)) * up_proj(x).
-// Throws vla::Error on mismatched shapes, missing scales or a variant the device lacks.
-int linear_swiglu_fp8_variants(const at::Tensor& x);
+// The MLP's gate|up projection and SwiGLU as one GEMM whose epilogue applies SwiGLU (kernels.h
+// gemm_swiglu: a Triton kernel, present when the build had Triton), so the [rows, 2 * inter]
+// product never goes to memory. Source: transformers' Qwen2MLP / Qwen2_5_VLMLP,
+// act_fn(gate_proj(x)) * up_proj(x). Both take the fused gate|up weights w [2 * inter, K] (gate
+// rows, then up rows) and a bias b [2 * inter] or undefined; variant 0 .. linear_swiglu_variants
+// (x, fp8) - 1 runs that compiled tile configuration (CUDA), -1 the float32 reference (any
+// device). Throw vla::Error on mismatched shapes, missing scales or a variant the device lacks.
+// Compiled variants usable for x's device: 0 off CUDA, without Triton at build time or FP8 types.
+int linear_swiglu_variants(const at::Tensor& x, bool fp8);
+// bf16: silu_mul(linear(x, w, b), inter) for x [rows, K] bf16 -> [rows, inter] bf16.
+at::Tensor linear_swiglu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                         int64_t inter, int variant);
+// FP8 with static output quantisation: silu_mul_fp8(linear_fp8(x, w, b, float), inter, ..,
+// out_scale). x: quantised with one static scale (x.scale one float); w quantised per tensor
+// (quantize_fp8_tensor); out_scale: one float32 on x's device. Returns q [rows, inter] e4m3,
+// scale = out_scale.
 Fp8Rows linear_swiglu_fp8(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& b, int64_t inter,
                           const at::Tensor& out_scale, int variant);
 

@@ -625,10 +625,12 @@ TEST(GpuOpTable, EveryCaseMatchesOnCuda) {
     // attention runs flash where torch has it; causal_attention (and its _static_fp8 variant) has
     // a kernel for bf16 and head dims 16 .. 128 only (the other cases check its fallback).
     const bool causal = c.op.compare(0, 16, "causal_attention") == 0;
-    // linear_swiglu_static_fp8's kernel exists when the build had Triton (GpuTriton checks it).
+    // linear_swiglu(_static_fp8)'s kernel exists when the build had Triton (GpuTriton checks it).
     const bool kernel_optional =
         c.op == "attention" ||
-        (c.op == "linear_swiglu_static_fp8" && kernels::gemm_swiglu_fp8_variants() == 0) ||
+        (c.op == "linear_swiglu_static_fp8" && kernels::gemm_swiglu_variants(true) == 0) ||
+        (c.op == "linear_swiglu" &&
+         (c.dtype != at::kBFloat16 || kernels::gemm_swiglu_variants(false) == 0)) ||
         // the residual-add GEMM: bf16 residual, K and N multiples of 16
         (c.op.compare(0, 17, "linear_accumulate") == 0 &&
          (c.dtype != at::kBFloat16 || c.dims[1] % 16 != 0 || c.dims[2] % 16 != 0)) ||
@@ -869,7 +871,7 @@ TEST(GpuGemm, EveryCublasLtCandidateMatchesTheReference) {
 // vision tower's 5-view shapes; a width that fits no tile is refused.
 TEST(GpuTriton, EveryLinearSwigluVariantMatchesTheReference) {
   REQUIRE_FP8_CUDA();
-  const int variants = kernels::gemm_swiglu_fp8_variants();
+  const int variants = kernels::gemm_swiglu_variants(true);
   if (variants == 0) GTEST_SKIP() << "this build has no Triton kernels (no Triton at build time)";
   struct Shape {
     int64_t rows, inter, k;
@@ -895,13 +897,13 @@ TEST(GpuTriton, EveryLinearSwigluVariantMatchesTheReference) {
     const ops::Fp8Rows ref = ops::linear_swiglu_fp8(x8, w8, b, sh.inter, out_scale, -1);
     int ran = 0;
     for (int v = 0; v < variants; ++v) {
-      if (!kernels::gemm_swiglu_fp8_fits(v, sh.inter, sh.k)) continue;
+      if (!kernels::gemm_swiglu_fits(true, v, sh.inter, sh.k)) continue;
       ++ran;
       const ops::Fp8Rows got = ops::linear_swiglu_fp8(x8, w8, b, sh.inter, out_scale, v);
       ASSERT_EQ(got.q.size(0), sh.rows);
       ASSERT_EQ(got.q.size(1), sh.inter);
       EXPECT_LE(rel_err(ops::dequantize_fp8(got), ops::dequantize_fp8(ref)), 1e-2)
-          << kernels::gemm_swiglu_fp8_variant_name(v) << " rows " << sh.rows << " inter "
+          << kernels::gemm_swiglu_variant_name(true, v) << " rows " << sh.rows << " inter "
           << sh.inter;
     }
     EXPECT_GT(ran, 0) << "no compiled variant fits inter " << sh.inter << ", K " << sh.k;
@@ -911,6 +913,46 @@ TEST(GpuTriton, EveryLinearSwigluVariantMatchesTheReference) {
   const ops::Fp8Rows w8 = ops::quantize_fp8_tensor(at::randn({200, 256}, cuda_opts(at::kFloat)));
   EXPECT_THROW(ops::linear_swiglu_fp8(x8, w8, {}, 100, at::ones({1}, cuda_opts(at::kFloat)), 0),
                Error);
+}
+
+// The bf16 twin: every compiled tile configuration of the gate|up GEMM + SwiGLU kernel with bf16
+// operands against the float32 reference (product, SwiGLU) at a unit shape and the 3B decoder's
+// and vision tower's 5-view and 1-view shapes (rows not a multiple of the tiles); a width that
+// fits no tile is refused.
+TEST(GpuTriton, EveryBf16LinearSwigluVariantMatchesTheReference) {
+  REQUIRE_CUDA();
+  const int variants = kernels::gemm_swiglu_variants(false);
+  if (variants == 0) GTEST_SKIP() << "this build has no Triton kernels (no Triton at build time)";
+  struct Shape {
+    int64_t rows, inter, k;
+    bool bias;
+  };
+  for (const Shape& sh :
+       {Shape{37, 128, 256, false}, Shape{1525, 11008, 2048, false}, Shape{5980, 3456, 1280, true},
+        Shape{321, 11008, 2048, false}, Shape{1196, 3456, 1280, true}}) {
+    const at::Tensor x = at::randn({sh.rows, sh.k}, cuda_opts(at::kBFloat16));
+    const at::Tensor w =
+        (at::randn({2 * sh.inter, sh.k}, cuda_opts(at::kFloat)) * 2 / std::sqrt(double(sh.k)))
+            .to(at::kBFloat16);
+    const at::Tensor b =
+        sh.bias ? (at::randn({2 * sh.inter}, cuda_opts(at::kFloat)) * 0.5).to(at::kBFloat16)
+                : at::Tensor();
+    const at::Tensor ref = ops::linear_swiglu(x, w, b, sh.inter, -1);
+    int ran = 0;
+    for (int v = 0; v < variants; ++v) {
+      if (!kernels::gemm_swiglu_fits(false, v, sh.inter, sh.k)) continue;
+      ++ran;
+      const at::Tensor got = ops::linear_swiglu(x, w, b, sh.inter, v);
+      ASSERT_EQ(got.size(0), sh.rows);
+      ASSERT_EQ(got.size(1), sh.inter);
+      EXPECT_LE(rel_err(got, ref), 1e-2) << kernels::gemm_swiglu_variant_name(false, v) << " rows "
+                                         << sh.rows << " inter " << sh.inter;
+    }
+    EXPECT_GT(ran, 0) << "no compiled variant fits inter " << sh.inter << ", K " << sh.k;
+  }
+  const at::Tensor x = at::randn({8, 256}, cuda_opts(at::kBFloat16));
+  const at::Tensor w = at::randn({200, 256}, cuda_opts(at::kBFloat16));
+  EXPECT_THROW(ops::linear_swiglu(x, w, {}, 100, 0), Error);
 }
 
 // Every compiled tile configuration of the Triton causal attention kernel, bf16 and static-FP8

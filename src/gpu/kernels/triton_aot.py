@@ -4,14 +4,15 @@
 Run by CMake (src/gpu/CMakeLists.txt) when the build has CUDA and `import triton` works; the
 output is linked into vla_gpu_kernels and launched through the CUDA driver API by
 triton_kernels.cpp, so nothing at run time needs Python or Triton. Without Triton the engine
-keeps its cuBLAS + CUDA-kernel path (kernels.h: gemm_swiglu_fp8_variants() and
+keeps its cuBLAS + CUDA-kernel path (kernels.h: gemm_swiglu_variants() and
 causal_attention_triton_variants() return 0).
 
 Each variant is one kernel specialised to one tile configuration (its constexprs); the engine
 times the variants on its plan's shapes and keeps the fastest (engine.cpp). The generated file
-records, per variant: the cubin, the kernel's symbol, its shared memory, warps and number of
-parameters (Triton appends scratch-pointer parameters of its own after the kernel's: those are
-passed as null, and a kernel that needs global scratch memory is refused here).
+records, per variant: the cubin, the kernel's symbol, its shared memory, warps, number of
+parameters and global scratch per program (Triton appends scratch-pointer parameters of its own
+after the kernel's: the launcher passes the caller's global scratch buffer first, then null; a
+kernel that needs profiler scratch is refused here).
 
 Usage: triton_aot.py --out FILE.cpp [--arch 90]
 """
@@ -30,20 +31,28 @@ HERE = Path(__file__).resolve().parent
 # and the table's facts: tile rows / columns / depth and the kernel's flag). Tile configurations:
 # the ones measured fastest on an H200 for the 3B model's 1- and 5-view shapes (docs/benchmarks.md,
 # "Triton kernels"); the engine picks among them per shape.
-SWIGLU_SIG = ["*fp8e4nv:16", "*fp8e4nv:16", "*bf16:16", "*fp8e4nv:16", "*fp32:16", "*fp32:16",
-              "*fp32:16", "i32", "i32:16", "i32:16"]
-TILES = [  # BM, BN, BK, G, warps, stages
-    (128, 128, 128, 8, 8, 3),  # 5 views (decoder and vision tower)
-    (128, 128, 64, 8, 8, 4),
-    (64, 128, 128, 8, 4, 3),  # 1 view, vision tower
-    (64, 256, 128, 8, 8, 3),  # 1 view, decoder
-]
+# gemm_swiglu: a, w, bias, out, a_scale, w_scale, out_scale, M, N, K; one table name per operand
+# type. Tiles (BM, BN = half the product's columns, BK, G, warps, stages): the fastest on an H200
+# at the 3B model's 5-view shapes (BM 128) and 1-view vision tower (BM 64), docs/benchmarks.md
+# "thirteenth run".
+def swiglu_sig(fp8):
+    t = "*fp8e4nv:16" if fp8 else "*bf16:16"
+    return [t, t, "*bf16:16", t, "*fp32:16", "*fp32:16", "*fp32:16", "i32", "i32:16", "i32:16"]
+
+
+SWIGLU_TILES = {
+    1: [(128, 128, 128, 8, 8, 3), (128, 128, 64, 8, 8, 4), (64, 128, 128, 8, 8, 4)],
+    0: [(128, 128, 64, 8, 8, 3), (128, 128, 64, 8, 8, 4), (64, 128, 64, 8, 8, 4)],
+}
 VARIANTS = []
-for has_bias in (0, 1):
-    for bm, bn, bk, g, warps, stages in TILES:
-        VARIANTS.append(dict(file="gemm_swiglu_fp8.py", kernel="gemm_swiglu_fp8", sig=SWIGLU_SIG,
-                             const=dict(HAS_BIAS=has_bias, BM=bm, BN=bn, BK=bk, G=g),
-                             warps=warps, stages=stages, bm=bm, bn=bn, bk=bk, flag=has_bias))
+for fp8 in (1, 0):
+    for has_bias in (0, 1):
+        for bm, bn, bk, g, warps, stages in SWIGLU_TILES[fp8]:
+            VARIANTS.append(dict(file="gemm_swiglu.py", kernel="gemm_swiglu",
+                                 table="gemm_swiglu_fp8" if fp8 else "gemm_swiglu_bf16",
+                                 sig=swiglu_sig(fp8),
+                                 const=dict(FP8=fp8, HAS_BIAS=has_bias, BM=bm, BN=bn, BK=bk, G=g),
+                                 warps=warps, stages=stages, bm=bm, bn=bn, bk=bk, flag=has_bias))
 
 
 # causal_attention: q, k, v, cu, out, out_scale, q / k / v / out strides (elements), seqs, tiles,
@@ -95,8 +104,11 @@ def compile_variant(v, target):
     options = backend.parse_options({"num_warps": v["warps"], "num_stages": v["stages"]})
     k = triton.compile(src, target=target, options=options.__dict__)
     md = k.metadata
-    if getattr(md, "global_scratch_size", 0) > 0:
-        raise SystemExit(f"{v['kernel']}: needs global scratch memory ({md.global_scratch_size} B)")
+    scratch = getattr(md, "global_scratch_size", 0)
+    if scratch > 0 and getattr(md, "global_scratch_align", 1) > 256:
+        raise SystemExit(f"{v['kernel']}: global scratch aligned to {md.global_scratch_align} B")
+    if getattr(md, "profile_scratch_size", 0) > 0:
+        raise SystemExit(f"{v['kernel']}: needs profiler scratch memory")
     ptx = k.asm["ptx"]
     entry = re.search(r"\.entry\s+" + re.escape(md.name) + r"\s*\((.*?)\)", ptx, re.S)
     if not entry:
@@ -105,7 +117,7 @@ def compile_variant(v, target):
     if nparams < len(runtime):
         raise SystemExit(f"{v['kernel']}: PTX has {nparams} parameters, fewer than {len(runtime)}")
     return dict(cubin=k.asm["cubin"], symbol=md.name, shared=md.shared, warps=v["warps"],
-                nparams=nparams, nargs=len(runtime))
+                nparams=nparams, nargs=len(runtime), scratch=scratch)
 
 
 def main():
@@ -130,13 +142,13 @@ def main():
         const = v["const"]
         depth = "D" if v["kernel"] == "causal_attention" else "BK"
         table.append(
-            f'  {{"{v["kernel"]}", kCubin{i}, sizeof(kCubin{i}), "{c["symbol"]}", {c["shared"]}, '
-            f'{c["warps"]}, {c["nparams"]}, {c["nargs"]}, {v["bm"]}, {v["bn"]}, {v["bk"]}, '
-            f'{v["flag"]}, "BM{v["bm"]} BN{v["bn"]} {depth}{v["bk"]} w{v["warps"]} '
-            f's{v["stages"]}"}},')
-        print(f"triton_aot: {v['kernel']} {const} warps {v['warps']} stages {v['stages']}: "
-              f"{len(c['cubin'])} B cubin, {c['shared']} B shared, {c['nparams']} params",
-              file=sys.stderr)
+            f'  {{"{v.get("table", v["kernel"])}", kCubin{i}, sizeof(kCubin{i}), "{c["symbol"]}", '
+            f'{c["shared"]}, {c["warps"]}, {c["nparams"]}, {c["nargs"]}, {c["scratch"]}, '
+            f'{v["bm"]}, {v["bn"]}, {v["bk"]}, {v["flag"]}, "BM{v["bm"]} BN{v["bn"]} '
+            f'{depth}{v["bk"]} w{v["warps"]} s{v["stages"]}"}},')
+        print(f"triton_aot: {v.get('table', v['kernel'])} {const} warps {v['warps']} stages "
+              f"{v['stages']}: {len(c['cubin'])} B cubin, {c['shared']} B shared, "
+              f"{c['nparams']} params, {c['scratch']} B scratch per program", file=sys.stderr)
     lines += ["}  // namespace", "", "const Variant kVariants[] = {"] + table + [
         "};", f"const int kVariantCount = {len(VARIANTS)};", f"const int kArch = {args.arch};",
         "", "}  // namespace vla::gpu::kernels::triton_aot", ""]

@@ -1,4 +1,4 @@
-// Launchers of the ahead-of-time compiled Triton kernels (kernels.h: gemm_swiglu_fp8,
+// Launchers of the ahead-of-time compiled Triton kernels (kernels.h: gemm_swiglu,
 // causal_attention_triton). The cubins
 // and their launch facts come from the file kernels/triton_aot.py generates at build time
 // (or, when the build found no Triton, the empty table of triton_variants_none.cpp: no variants).
@@ -8,6 +8,7 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -106,15 +107,19 @@ const char* launchable(const char* kernel, int usable, int variant, int flag, in
 }
 
 // Launches table entry `index` on `grid` with the kernel's own parameters (pointers to each
-// argument, in order) followed by null scratch pointers.
+// argument, in order) followed by Triton's scratch pointers: `global_scratch` (the kernel's
+// Variant::scratch bytes per program, or null when it needs none), then null.
 const char* launch(int index, std::vector<void*> params, unsigned grid_x, unsigned grid_y,
-                   void* stream) {
+                   void* stream, void* global_scratch = nullptr) {
   const Variant& v = kVariants[index];
   if (static_cast<int>(params.size()) != v.args)
     return "triton kernels: compiled kernel has an unexpected signature";
+  if (v.scratch > 0 && (global_scratch == nullptr || v.params - v.args < 1))
+    return "triton kernels: the kernel needs global scratch memory";
   std::vector<CUfunction>* fns = nullptr;
   if (const char* e = functions(&fns)) return e;
   std::vector<CUdeviceptr> scratch(static_cast<size_t>(v.params - v.args), 0);
+  if (!scratch.empty()) scratch[0] = reinterpret_cast<CUdeviceptr>(global_scratch);
   for (CUdeviceptr& p : scratch) params.push_back(&p);
   const CUresult r = cuLaunchKernel(
       (*fns)[static_cast<size_t>(index)], grid_x, grid_y, 1, static_cast<unsigned>(32 * v.warps), 1,
@@ -124,40 +129,67 @@ const char* launch(int index, std::vector<void*> params, unsigned grid_x, unsign
 
 bool aligned16(const void* p) { return p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Streaming multiprocessors of the current device (0 if it cannot be asked).
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return 0;
+  return n;
+}
+
+const char* swiglu_table(bool fp8) { return fp8 ? "gemm_swiglu_fp8" : "gemm_swiglu_bf16"; }
+
+// gemm_swiglu's persistent grid: one program per SM, at most one per output tile.
+int64_t swiglu_programs(const Variant& v, int64_t M, int64_t N) {
+  const int64_t tiles = (M + v.bm - 1) / v.bm * (N / v.bn);
+  return std::min<int64_t>(tiles, std::max(sm_count(), 1));
+}
+
 }  // namespace
 
-int gemm_swiglu_fp8_variants() {
-  return arch_matches() ? static_cast<int>(variants_of("gemm_swiglu_fp8", 0).size()) : 0;
+int gemm_swiglu_variants(bool fp8) {
+  return arch_matches() ? static_cast<int>(variants_of(swiglu_table(fp8), 0).size()) : 0;
 }
 
-const char* gemm_swiglu_fp8_variant_name(int variant) {
-  return variant_name("gemm_swiglu_fp8", variant);
+const char* gemm_swiglu_variant_name(bool fp8, int variant) {
+  return variant_name(swiglu_table(fp8), variant);
 }
 
-bool gemm_swiglu_fp8_fits(int variant, int64_t N, int64_t K) {
-  const int index = table_index("gemm_swiglu_fp8", variant, 0);
+bool gemm_swiglu_fits(bool fp8, int variant, int64_t N, int64_t K) {
+  const int index = table_index(swiglu_table(fp8), variant, 0);
   if (index < 0) return false;
   const Variant& x = kVariants[index];
   return N > 0 && K > 0 && N % x.bn == 0 && K % x.bk == 0;
 }
 
-const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const void* bias, void* out,
-                            int64_t M, int64_t N, int64_t K, const float* a_scale,
-                            const float* w_scale, const float* out_scale, void* stream) {
+size_t gemm_swiglu_scratch_bytes(bool fp8, int variant, int64_t M, int64_t N) {
+  const int index = table_index(swiglu_table(fp8), variant, 0);
+  if (index < 0 || M < 1 || N < 1) return 0;
+  const Variant& v = kVariants[index];
+  return static_cast<size_t>(swiglu_programs(v, M, N)) * static_cast<size_t>(v.scratch);
+}
+
+const char* gemm_swiglu(bool fp8, int variant, const void* a, const void* w, const void* bias,
+                        void* out, int64_t M, int64_t N, int64_t K, const float* a_scale,
+                        const float* w_scale, const float* out_scale, void* scratch, void* stream) {
   int index = -1;
-  if (const char* e = launchable("gemm_swiglu_fp8", gemm_swiglu_fp8_variants(), variant,
+  if (const char* e = launchable(swiglu_table(fp8), gemm_swiglu_variants(fp8), variant,
                                  bias != nullptr ? 1 : 0, index))
     return e;
   const Variant& v = kVariants[index];
-  if (M < 1 || M > INT32_MAX || N < 1 || N > INT32_MAX || K < 1 || K > INT32_MAX || N % v.bn != 0 ||
-      K % v.bk != 0 || N % 16 != 0 || K % 16 != 0)
-    return "gemm_swiglu_fp8: shape outside the variant's tiles (N % BN, K % BK)";
-  for (const void* p : {a, w, static_cast<const void*>(out), static_cast<const void*>(a_scale),
-                        static_cast<const void*>(w_scale), static_cast<const void*>(out_scale)})
-    if (!aligned16(p)) return "gemm_swiglu_fp8: null or not 16-byte aligned pointer";
-  if (bias != nullptr && !aligned16(bias)) return "gemm_swiglu_fp8: bias not 16-byte aligned";
-  const int64_t tiles = (M + v.bm - 1) / v.bm * (N / v.bn);
-  if (tiles > INT32_MAX) return "gemm_swiglu_fp8: grid too large";
+  if (M < 1 || M > INT32_MAX || N < 1 || 2 * N > INT32_MAX || K < 1 || K > INT32_MAX ||
+      N % v.bn != 0 || K % v.bk != 0 || N % 16 != 0 || K % 16 != 0)
+    return "gemm_swiglu: shape outside the variant's tiles (N % BN, K % BK)";
+  for (const void* p : {a, w, static_cast<const void*>(out)})
+    if (!aligned16(p)) return "gemm_swiglu: null or not 16-byte aligned pointer";
+  if (fp8)
+    for (const void* p : {static_cast<const void*>(a_scale), static_cast<const void*>(w_scale),
+                          static_cast<const void*>(out_scale)})
+      if (!aligned16(p)) return "gemm_swiglu: null or not 16-byte aligned FP8 scale";
+  if (bias != nullptr && !aligned16(bias)) return "gemm_swiglu: bias not 16-byte aligned";
+  if (v.scratch > 0 && (scratch == nullptr || reinterpret_cast<uintptr_t>(scratch) % 256 != 0))
+    return "gemm_swiglu: null or not 256-byte aligned scratch";
   // Parameters in the kernel's order.
   CUdeviceptr ptrs[7] = {
       reinterpret_cast<CUdeviceptr>(a),        reinterpret_cast<CUdeviceptr>(w),
@@ -168,7 +200,8 @@ const char* gemm_swiglu_fp8(int variant, const void* a, const void* w, const voi
   std::vector<void*> params;
   for (CUdeviceptr& p : ptrs) params.push_back(&p);
   for (int32_t& d : dims) params.push_back(&d);
-  return launch(index, std::move(params), static_cast<unsigned>(tiles), 1, stream);
+  return launch(index, std::move(params), static_cast<unsigned>(swiglu_programs(v, M, N)), 1,
+                stream, scratch);
 }
 
 int causal_attention_triton_variants() {

@@ -7,7 +7,7 @@
 namespace vla::gpu::kernels::triton_aot {
 
 struct Variant {
-  const char* kernel;          // the Python function's name, e.g. "gemm_swiglu_fp8"
+  const char* kernel;          // the table's name, e.g. "gemm_swiglu_fp8" (bf16 / e4m3 twins)
   const unsigned char* cubin;  // the compiled module (ELF)
   size_t cubin_size;           // bytes
   const char* symbol;          // the kernel's entry in the module
@@ -15,8 +15,9 @@ struct Variant {
   int warps;                   // block = warps * 32 threads
   int params;                  // entry parameters; those past `args` are Triton's scratch pointers
   int args;                    // the kernel's own runtime parameters
+  int scratch;                 // global scratch bytes per program (device-side TMA descriptors)
   int bm, bn, bk;              // tile rows x columns, reduction depth (attention: BM, BN, D)
-  int flag;                    // gemm_swiglu_fp8: HAS_BIAS; causal_attention: OUT_FP8
+  int flag;                    // gemm_swiglu_*: HAS_BIAS; causal_attention: OUT_FP8
   const char* name;            // "BM128 BN128 BK128 w8 s3"
 };
 

@@ -5,7 +5,7 @@
 
 namespace vla::gpu::kernels::triton_aot {
 
-const Variant kVariants[] = {{"none", nullptr, 0, "", 0, 0, 0, 0, 1, 1, 1, 0, "none"}};
+const Variant kVariants[] = {{"none", nullptr, 0, "", 0, 0, 0, 0, 0, 1, 1, 1, 0, "none"}};
 const int kVariantCount = 0;
 const int kArch = 0;
 
