@@ -28,34 +28,10 @@
 #include <string>
 #include <vector>
 
+#include "cuda_probe.cuh"
 #include "gpu/kernels/gemm_lt.cpp"
 
 using namespace vla::gpu::kernels;
-
-#define CK(x)                                                     \
-  do {                                                            \
-    auto e_ = (x);                                                \
-    if (e_ != 0) {                                                \
-      printf("error %d at %s:%d\n", (int)e_, __FILE__, __LINE__); \
-      exit(1);                                                    \
-    }                                                             \
-  } while (0)
-
-__device__ float hrand(uint64_t i) {
-  uint64_t x = i * 0x9E3779B97F4A7C15ull;
-  x ^= x >> 31;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 29;
-  return ((x >> 40) * (1.0f / 16777216.0f)) * 2.f - 1.f;
-}
-__global__ void fill_bf16(__nv_bfloat16* p, size_t n, float s, uint64_t seed) {
-  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-    p[i] = __float2bfloat16(hrand(i + seed) * s);
-}
-__global__ void fill_e4m3(__nv_fp8_e4m3* p, size_t n, float s, uint64_t seed) {
-  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-    p[i] = __nv_fp8_e4m3(hrand(i + seed) * s);
-}
 
 struct Prob {
   const char* name;

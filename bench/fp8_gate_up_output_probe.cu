@@ -16,29 +16,10 @@
 #include <cstdio>
 #include <functional>
 
+#include "cuda_probe.cuh"
 #include "gpu/kernels/swiglu.cu"
 
 using namespace vla::gpu::kernels;
-#define CK(x)                                                     \
-  do {                                                            \
-    auto e_ = (x);                                                \
-    if (e_ != 0) {                                                \
-      printf("error %d at %s:%d\n", (int)e_, __FILE__, __LINE__); \
-      exit(1);                                                    \
-    }                                                             \
-  } while (0)
-
-__device__ float hrand(uint64_t i) {
-  uint64_t x = i * 0x9E3779B97F4A7C15ull;
-  x ^= x >> 31;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 29;
-  return ((x >> 40) * (1.0f / 16777216.0f)) * 2.f - 1.f;
-}
-__global__ void fill_e4m3(__nv_fp8_e4m3* p, size_t n, float s, uint64_t seed) {
-  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-    p[i] = __nv_fp8_e4m3(hrand(i + seed) * s);
-}
 
 // e4m3 gate|up rows [rows, 2 inter] (scale *in_scale) -> e4m3 silu(g) * u / *out_scale.
 __global__ void __launch_bounds__(128)
