@@ -40,22 +40,13 @@ struct Prob {
   int count;  // per 5-view forward
 };
 
-static cudaEvent_t e0, e1;
 static sigjmp_buf jb;
 static void on_fpe(int) { siglongjmp(jb, 1); }
+// Microseconds per call of f (best of 3 rounds of `reps`), or -1 when it fails.
 double time_us(const std::function<bool()>& f, int reps = 10) {
   for (int i = 0; i < 2; ++i)
     if (!f()) return -1;
-  double best = 1e30;
-  for (int r = 0; r < 3; ++r) {
-    cudaEventRecord(e0);
-    for (int i = 0; i < reps; ++i) f();
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    best = std::min(best, ms * 1e3 / reps);
-  }
+  const double best = best_us_per_call([&] { f(); }, reps, 3);
   if (cudaGetLastError() != cudaSuccess) return -1;
   return best;
 }
@@ -91,8 +82,6 @@ std::string cfg_str(const cublasLtMatmulAlgo_t& a) {
 int main(int argc, char** argv) {
   double budget_s = argc > 1 ? atof(argv[1]) : 8.0;  // search seconds per problem
   signal(SIGFPE, on_fpe);
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
   cublasLtHandle_t h;
   CK(cublasLtCreate(&h));
   const size_t ws_bytes = 32 << 20;

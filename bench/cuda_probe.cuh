@@ -1,16 +1,18 @@
 // Shared by the standalone CUDA probes in bench/ (each compiled by hand with nvcc, not part of the
 // build): a check macro that stops the probe at the first CUDA / cuBLAS error, and device fills of
 // bf16 / e4m3 buffers with reproducible pseudo-random values (random operands: the GEMMs run at
-// the GPU's power limit, where constant data would flatter them). Each probe is one translation
-// unit, so the kernels are defined here.
+// the GPU's power limit, where constant data would flatter them), and the timing loop they share.
+// Each probe is one translation unit, so the kernels are defined here.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 
 #define CK(x)                                                     \
   do {                                                            \
@@ -37,4 +39,25 @@ __global__ void fill_bf16(__nv_bfloat16* p, size_t n, float s, uint64_t seed) {
 __global__ void fill_e4m3(__nv_fp8_e4m3* p, size_t n, float s, uint64_t seed) {
   for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
     p[i] = __nv_fp8_e4m3(hrand(i + seed) * s);
+}
+
+// The fastest of `rounds` runs of `reps` back-to-back calls of f on the current stream, timed
+// between two CUDA events, in microseconds per call (the caller warms up first).
+inline double best_us_per_call(const std::function<void()>& f, int reps, int rounds) {
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  double best = 1e30;
+  for (int r = 0; r < rounds; ++r) {
+    cudaEventRecord(e0);
+    for (int i = 0; i < reps; ++i) f();
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    best = std::min(best, ms * 1e3 / reps);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return best;
 }

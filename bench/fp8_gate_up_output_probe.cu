@@ -49,25 +49,13 @@ __global__ void __launch_bounds__(128)
   reinterpret_cast<uint4*>(out)[idx] = o;
 }
 
-static cudaEvent_t e0, e1;
+// Microseconds per call of f: 3 warm-up calls, then the best of 5 rounds of `reps`.
 double time_us(const std::function<void()>& f, int reps = 20) {
   for (int i = 0; i < 3; ++i) f();
-  double best = 1e30;
-  for (int r = 0; r < 5; ++r) {
-    cudaEventRecord(e0);
-    for (int i = 0; i < reps; ++i) f();
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    best = std::min(best, ms * 1e3 / reps);
-  }
-  return best;
+  return best_us_per_call(f, reps, 5);
 }
 
 int main() {
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
   cublasLtHandle_t h;
   CK(cublasLtCreate(&h));
   size_t wsb = 32 << 20;
